@@ -1,0 +1,1 @@
+from face3d.errors import FaceSynthError

@@ -1,0 +1,108 @@
+"""Reading photos robustly and writing outputs atomically.
+
+Every reader error becomes a one-line `FaceSynthError`, never a traceback: the CLI and the batch
+jobs record the message and carry on.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from face3d.errors import FaceSynthError
+
+#: Images larger than this (in pixels) are refused before decoding (decompression bombs).
+MAX_PIXELS = 100_000_000
+#: Images are downscaled so that their longer side is at most this many pixels before detection;
+#: fitting needs a few hundred pixels across the face, not a 40-megapixel frame.
+MAX_SIDE = 2048
+
+
+def load_image(path: str | os.PathLike, max_side: int = MAX_SIDE) -> np.ndarray:
+    """Read any common photo as uint8 RGB (H, W, 3).
+
+    Grayscale is replicated to three channels, alpha is composited over white, 16-bit and
+    float images are scaled to 8 bits, CMYK is converted, EXIF orientation is applied, and
+    images larger than `max_side` are downscaled (the caller works in the downscaled frame).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FaceSynthError(f"{path}: no such file")
+    if p.is_dir():
+        raise FaceSynthError(f"{path}: is a directory, not an image")
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    try:
+        with Image.open(p) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise FaceSynthError(f"{path}: image too large ({im.width}x{im.height})")
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            rgb = _to_rgb8(im)
+    except FaceSynthError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise FaceSynthError(f"{path}: not a readable image ({type(exc).__name__})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FaceSynthError(f"{path}: unreadable or truncated image ({first})") from None
+    if min(rgb.shape[:2]) < 16:
+        raise FaceSynthError(f"{path}: image too small ({rgb.shape[1]}x{rgb.shape[0]})")
+    h, w = rgb.shape[:2]
+    if max(h, w) > max_side:
+        s = max_side / max(h, w)
+        import cv2
+
+        rgb = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(rgb)
+
+
+def _to_rgb8(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im).astype(np.float64)
+        hi = 65535.0 if mode.startswith("I;16") or a.max() > 255 else 255.0
+        a = np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2)
+    if mode == "F":
+        a = np.asarray(im).astype(np.float64)
+        a = a / max(a.max(), 1e-12) if a.max() > 1.0 else a
+        a = np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(bg, rgba).convert("RGB"))
+    if mode == "RGB":
+        return np.asarray(im)
+    # 16-bit RGB PNGs arrive as mode "RGB" in recent Pillow with 8-bit data, or as raw arrays;
+    # everything else (L, 1, P, CMYK, YCbCr, LAB) converts directly.
+    return np.asarray(im.convert("RGB"))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Save a uint8 RGB (H, W, 3) array as PNG, atomically."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())

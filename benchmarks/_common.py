@@ -1,0 +1,35 @@
+"""Shared helpers of the benchmark scripts (not part of the installed package)."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def machine() -> dict:
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(), "platform": platform.platform()}
+
+
+def write_json(path: str | Path, payload: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"machine": machine(), **payload}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float))
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+
+
+def face_photos() -> list[Path]:
+    from face3d.morphable_model import default_data_dir
+
+    data = default_data_dir()
+    return sorted((data / "faces").glob("*/*.jpg"))

@@ -1,0 +1,387 @@
+"""Fitting a morphable model to one photo: `fit_morphable_model(image, landmarks, model, config)`.
+
+The fit minimises, over identity alpha, expression beta, rotation R (yaw, pitch, roll), translation t
+and focal length f (plus SH lighting and a per-vertex albedo in the dense stage):
+
+    E = E_lmk + w_id ||alpha||^2 + w_ex ||beta||^2 + w_f (log f - log f0)^2  [+ E_dense]
+
+    E_lmk = 1/68 sum_k w_k || pi(R S_k(alpha, beta) + t) - q_k ||^2 / d_eye^2
+
+where q_k are dlib's 68 iBUG landmarks, d_eye the outer-eye-corner distance (iBUG 37-46) and pi the
+perspective projection. Jaw landmarks 1-8 and 10-17 have no fixed vertex on a turned head: dlib
+puts them on the visible outline, so each is matched every few steps to the model vertex, among
+those near its mean-shape vertex, that lies furthest out along the 2D outline normal (the
+occluding contour), as eos does with its contour correspondences.
+
+The optional dense stage (see `face3d.dense`) adds a photometric term over the visible face.
+The rigid start comes from PnP of the mean shape's landmarks.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from face3d.camera import PerspectiveCamera, euler_to_matrix, matrix_to_euler, solve_pnp, transform
+from face3d.errors import FaceSynthError
+from face3d.landmarks import outer_eye_distance
+from face3d.morphable_model import MorphableModel
+
+JAW = np.arange(17)
+CHIN = 8
+
+
+@dataclass
+class FitConfig:
+    """Settings of `fit_morphable_model` (defaults tuned on the synthetic benchmark)."""
+
+    num_identity: int = 60           # leading identity modes optimised
+    fit_expression: bool = True
+    landmark_steps: int = 40
+    contour_every: int = 5           # re-pick the jaw-contour vertices every N steps
+    identity_prior: float = 5e-6     # w_id, per coefficient (MAP with ~1.5% landmark noise)
+    expression_prior: float = 5e-6   # w_ex, per coefficient
+    focal_prior: float = 1e-2        # w_f
+    fov_degrees: float = 12.0        # initial field of view over the image diagonal's longer side
+    jaw_weight: float = 0.5          # contour points are less reliable than inner points
+    dense: bool = True               # add the photometric term after the landmark stage
+    dense_steps: int = 40
+    dense_size: int = 112            # working resolution (px) of the dense term's face crop
+    dense_weight: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class FaceFit:
+    """The result of fitting: model coefficients, camera, lighting and the residuals of the fit."""
+
+    model_name: str
+    image_size: tuple[int, int]                 # (H, W) of the image the fit refers to
+    identity: np.ndarray                        # (K,) leading identity coefficients
+    expression: np.ndarray                      # (E,)
+    rotation: np.ndarray                        # (3, 3)
+    translation: np.ndarray                     # (3,) mm
+    focal: float                                # px
+    center: tuple[float, float]                 # principal point, px
+    landmarks: np.ndarray                       # (68, 2) detected landmarks the fit used
+    sh: np.ndarray = field(default_factory=lambda: np.zeros((9, 3), np.float32))  # SH lighting (9, 3)
+    albedo: np.ndarray | None = None            # per-vertex albedo (V, 3) from the dense stage, 0..1
+    residuals: dict = field(default_factory=dict)
+
+    @property
+    def pose(self):
+        return matrix_to_euler(self.rotation)
+
+    @property
+    def landmark_error(self) -> float:
+        """Mean 68-point reprojection error / outer-eye-corner distance."""
+        return float(self.residuals.get("landmark_error", float("nan")))
+
+    def vertices(self, model: MorphableModel, expression: np.ndarray | None = None) -> torch.Tensor:
+        """Fitted vertices in model space (1, V, 3)."""
+        ex = self.expression if expression is None else expression
+        return model.shape(torch.from_numpy(self.identity[None].astype(np.float32)),
+                           torch.from_numpy(np.asarray(ex, np.float32)[None]))
+
+    def camera(self) -> PerspectiveCamera:
+        return PerspectiveCamera(torch.tensor([self.focal], dtype=torch.float32),
+                                 torch.tensor([self.center], dtype=torch.float32))
+
+    def project(self, model: MorphableModel, vertices: torch.Tensor | None = None) -> torch.Tensor:
+        """Screen coordinates (1, V, 3) of the fitted mesh in the source photo."""
+        v = self.vertices(model) if vertices is None else vertices
+        R = torch.from_numpy(self.rotation.astype(np.float32))[None]
+        t = torch.from_numpy(self.translation.astype(np.float32))[None]
+        return self.camera().project(transform(v, R, t))
+
+    # --- persistence: arrays in .npz, everything else in a readable .json beside it
+    def save(self, path: str | Path) -> None:
+        from face3d.image_io import atomic_write_bytes
+        import io
+
+        path = Path(path).with_suffix("")
+        arrays = {"identity": self.identity, "expression": self.expression, "rotation": self.rotation,
+                  "translation": self.translation, "landmarks": self.landmarks, "sh": self.sh}
+        if self.albedo is not None:
+            arrays["albedo"] = self.albedo
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write_bytes(path.with_suffix(".npz"), buf.getvalue())
+        meta = {"model_name": self.model_name, "image_size": list(self.image_size), "focal": self.focal,
+                "center": list(self.center), "pose": asdict(self.pose), "residuals": self.residuals}
+        atomic_write_bytes(path.with_suffix(".json"), json.dumps(meta, indent=2).encode())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FaceFit":
+        path = Path(path).with_suffix("")
+        try:
+            meta = json.loads(path.with_suffix(".json").read_text())
+            with np.load(path.with_suffix(".npz")) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, KeyError) as exc:
+            raise FaceSynthError(f"cannot read fit {path}: {exc}") from None
+        return cls(model_name=meta["model_name"], image_size=tuple(meta["image_size"]),
+                   identity=arrays["identity"], expression=arrays["expression"], rotation=arrays["rotation"],
+                   translation=arrays["translation"], focal=float(meta["focal"]), center=tuple(meta["center"]),
+                   landmarks=arrays["landmarks"], sh=arrays["sh"], albedo=arrays.get("albedo"),
+                   residuals=meta.get("residuals", {}))
+
+
+# ------------------------------------------------------------------------------------------
+# Jaw contour correspondences
+
+
+@dataclass
+class ContourIndex:
+    """Per jaw landmark: candidate vertices near its mean-shape vertex (on the same side)."""
+
+    candidates: list[np.ndarray]
+
+
+def build_contour_index(model: MorphableModel, radius_mm: float = 22.0) -> ContourIndex:
+    cache = model._torch_cache.get("_contour")
+    if cache is not None:
+        return cache
+    lm = model.landmark_vertices
+    mean = model.mean
+    skin = np.nonzero(model.skin)[0]
+    # the outline lives on the cheeks and jaw, in front of the ears
+    cands = []
+    fixed = lm[JAW]
+    # For models without fixed jaw vertices (SFM) use their contour lists as anchors.
+    right, left = model.contour_candidates
+    for k in JAW:
+        if k == CHIN and lm[k] >= 0:
+            cands.append(np.array([lm[k]]))
+            continue
+        anchor = fixed[k]
+        if anchor < 0:
+            side = right if k < CHIN else left
+            j = k if k < CHIN else 16 - k
+            anchor = side[min(j * 2, len(side) - 1)] if len(side) else -1
+        if anchor < 0:
+            cands.append(np.zeros(0, dtype=np.int64))
+            continue
+        d = np.linalg.norm(mean[skin] - mean[anchor], axis=1)
+        sel = skin[d < radius_mm]
+        sel = sel[np.sign(mean[sel, 0]) == np.sign(mean[anchor, 0])] if abs(mean[anchor, 0]) > 5 else sel
+        cands.append(np.union1d(sel, [anchor]))
+    idx = ContourIndex(cands)
+    model._torch_cache["_contour"] = idx
+    return idx
+
+
+def _outline_normals(q: np.ndarray) -> np.ndarray:
+    """Outward 2D normals of the detected jaw outline (17, 2)."""
+    jaw = q[JAW]
+    tang = np.gradient(jaw, axis=0)
+    n = np.stack([tang[:, 1], -tang[:, 0]], axis=1)
+    centre = q[27:36].mean(axis=0)  # nose: inside the face
+    flip = np.sum(n * (jaw - centre), axis=1) < 0
+    n[flip] *= -1
+    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-9)
+
+
+def select_contour_vertices(model: MorphableModel, screen_of, q: np.ndarray, bin_frac: float = 0.015) -> np.ndarray:
+    """For each jaw landmark, the occluding-contour vertex nearest to it.
+
+    The candidates near the landmark are sliced across the outline's tangent; the outermost
+    candidate of each slice (along the outline's outward normal) lies on the silhouette, and the
+    slice point nearest to the detected landmark is its correspondence. Matching to the nearest
+    silhouette point, not to a fixed vertex, stops the fit from sliding along the outline.
+    """
+    idx = build_contour_index(model)
+    normals = _outline_normals(q)
+    out = model.landmark_vertices.copy()
+    allc = np.unique(np.concatenate([c for c in idx.candidates if c.size]))
+    pts = screen_of(allc)  # (n, 2) numpy
+    lookup = np.full(int(allc.max()) + 1, -1, dtype=np.int64)
+    lookup[allc] = np.arange(allc.size)
+    width = bin_frac * outer_eye_distance(q)
+    for k in JAW:
+        c = idx.candidates[k]
+        if c.size <= 1:
+            if c.size:
+                out[k] = c[0]
+            continue
+        p = pts[lookup[c]]
+        n = normals[k]
+        tang = np.array([-n[1], n[0]])
+        outer = p @ n
+        slot = np.floor((p @ tang) / width).astype(np.int64)
+        order = np.lexsort((-outer, slot))          # per slot, the outermost first
+        first = np.ones(order.size, dtype=bool)
+        first[1:] = slot[order][1:] != slot[order][:-1]
+        sil = order[first]
+        d = np.linalg.norm(p[sil] - q[k], axis=1)
+        out[k] = c[sil[int(np.argmin(d))]]
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Fitting
+
+
+def initial_focal(image_size: tuple[int, int], fov_degrees: float) -> float:
+    return 0.5 * max(image_size) / math.tan(math.radians(fov_degrees) / 2)
+
+
+def fit_morphable_model(image: np.ndarray | None, landmarks: np.ndarray, model: MorphableModel,
+                        config: FitConfig | None = None, image_size: tuple[int, int] | None = None) -> FaceFit:
+    """Fit `model` to 68 landmarks (and, with `config.dense`, to the pixels of `image`).
+
+    `image` is uint8 RGB (H, W, 3) or None (landmarks only; then `image_size` is required).
+    """
+    cfg = config or FitConfig()
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    if image is not None:
+        image_size = image.shape[:2]
+    if image_size is None:
+        raise ValueError("image_size is required without an image")
+    H, W = image_size
+    q = np.asarray(landmarks, dtype=np.float64)
+    if q.shape != (68, 2) or not np.all(np.isfinite(q)):
+        raise FaceSynthError("landmarks must be a finite (68, 2) array")
+    d_eye = outer_eye_distance(q)
+    if d_eye < 2:
+        raise FaceSynthError("face too small: the outer eye corners are under 2 px apart")
+    center = (W / 2.0, H / 2.0)
+    f0 = initial_focal((H, W), cfg.fov_degrees)
+
+    lm = model.landmark_vertices.copy()
+    valid = lm >= 0
+    # Rigid start: PnP of the mean shape on the inner (non-jaw) landmarks.
+    inner = np.array([k for k in range(17, 68) if valid[k]])
+    R0, t0v = solve_pnp(model.mean[lm[inner]], q[inner], f0, center)
+
+    K = min(cfg.num_identity, model.num_identity)
+    E = model.num_expressions if cfg.fit_expression else 0
+    dev = torch.device("cpu")
+    pose0 = matrix_to_euler(R0)
+    angles = torch.tensor([math.radians(pose0.yaw), math.radians(pose0.pitch), math.radians(pose0.roll)],
+                          dtype=torch.float32, requires_grad=True)
+    trans = torch.tensor(t0v, dtype=torch.float32, requires_grad=True)
+    log_f = torch.tensor(math.log(f0), dtype=torch.float32, requires_grad=True)
+    alpha = torch.zeros(1, K, requires_grad=True)
+    beta = torch.zeros(1, E, requires_grad=True)
+    lo, hi = model.expression_range
+
+    qt = torch.tensor(q, dtype=torch.float32)
+    weights = torch.ones(68)
+    weights[JAW] = cfg.jaw_weight
+    weights[~torch.from_numpy(valid)] = 0.0
+    ctr = torch.tensor([center], dtype=torch.float32)
+
+    def screen(vert_idx: np.ndarray, need_grad: bool = True) -> torch.Tensor:
+        vi = torch.from_numpy(vert_idx)
+        v = model.shape(alpha, beta if E else None, vertices=vi)
+        R = euler_to_matrix(angles[0:1], angles[1:2], angles[2:3])
+        cam = PerspectiveCamera(torch.exp(log_f)[None], ctr)
+        return cam.project(transform(v, R, trans[None]))[0]
+
+    def screen_np(vert_idx):
+        with torch.no_grad():
+            return screen(vert_idx)[:, :2].numpy()
+
+    # Levenberg-Marquardt on the stacked residual vector r(theta): 68 landmark residuals plus the
+    # square roots of the prior terms, so that ||r||^2 = E. With ~120 unknowns and ~260 residuals
+    # the dense Jacobian is tiny, and LM converges in a few dozen steps where Adam needs hundreds.
+    sizes = [3, 3, 1, K, E]
+    theta = torch.cat([angles.detach(), trans.detach(), log_f.detach()[None], alpha.detach()[0], beta.detach()[0]])
+    scale = torch.cat([torch.full((3,), 1.0), torch.full((3,), 100.0), torch.ones(1), torch.ones(K), torch.ones(E)])
+    sw = torch.sqrt(weights)
+
+    def unpack(th):
+        a, tr, lf, al, be = torch.split(th * scale, sizes)
+        return a, tr, lf[0], al[None], be[None]
+
+    def residual(th, corr_t):
+        a, tr, lf, al, be = unpack(th)
+        v = model.shape(al, be if E else None, vertices=corr_t)
+        R = euler_to_matrix(a[0:1], a[1:2], a[2:3])
+        cam = PerspectiveCamera(torch.exp(lf)[None], ctr)
+        p = cam.project(transform(v, R, tr[None]))[0, :, :2]
+        r_l = ((p - qt) / d_eye * sw[:, None]).reshape(-1) / math.sqrt(float(weights.sum()))
+        parts = [r_l, math.sqrt(cfg.identity_prior) * al[0], math.sqrt(cfg.focal_prior) * (lf - math.log(f0))[None]]
+        if E:
+            parts.append(math.sqrt(cfg.expression_prior) * be[0])
+        return torch.cat(parts)
+
+    theta = theta / scale
+    lam = 1e-3
+    lo_t = torch.full_like(theta, -float("inf"))
+    hi_t = torch.full_like(theta, float("inf"))
+    off = 7
+    lo_t[off:off + K], hi_t[off:off + K] = -3.5, 3.5
+    lo_t[off + K:], hi_t[off + K:] = lo, hi
+
+    def set_state(th):
+        a, tr, lf, al, be = unpack(th)
+        with torch.no_grad():
+            angles.copy_(a), trans.copy_(tr), log_f.copy_(lf), alpha.copy_(al)
+            if E:
+                beta.copy_(be)
+
+    corr = lm.copy()
+    corr[~valid] = 0
+    for it in range(cfg.landmark_steps):
+        if it % cfg.contour_every == 0:
+            set_state(theta)
+            corr = select_contour_vertices(model, screen_np, q)
+            corr[~valid & (np.arange(68) > 16)] = 0
+            corr_t = torch.from_numpy(corr)
+        r = residual(theta, corr_t)
+        J = torch.autograd.functional.jacobian(lambda th: residual(th, corr_t), theta, vectorize=True)
+        JtJ, Jtr = J.T @ J, J.T @ r
+        cost = float(r @ r)
+        improved = False
+        for _ in range(8):
+            step = torch.linalg.solve(JtJ + lam * torch.diag(torch.diagonal(JtJ) + 1e-9), -Jtr)
+            cand = torch.minimum(torch.maximum(theta + step, lo_t), hi_t)
+            c_cost = float((residual(cand, corr_t) ** 2).sum())
+            if c_cost < cost:
+                theta, lam, improved = cand, max(lam / 3, 1e-7), True
+                break
+            lam *= 4
+        if not improved or (cost - c_cost) < 1e-10 * max(cost, 1e-12):
+            if (it + 1) % cfg.contour_every != 0 and it > cfg.contour_every:
+                break
+    set_state(theta)
+    fit_iters = it + 1
+
+    with torch.no_grad():
+        corr = select_contour_vertices(model, screen_np, q)
+        R = euler_to_matrix(angles[0:1], angles[1:2], angles[2:3])[0].numpy().astype(np.float64)
+    fit = FaceFit(model_name=model.name, image_size=(H, W), identity=alpha.detach()[0].numpy().copy(),
+                  expression=(beta.detach()[0].numpy().copy() if E else np.zeros(model.num_expressions, np.float32)),
+                  rotation=R, translation=trans.detach().numpy().astype(np.float64), focal=float(torch.exp(log_f.detach())),
+                  center=center, landmarks=q)
+    fit.residuals["landmark_stage_seconds"] = time.perf_counter() - t0
+    fit.residuals["landmark_iterations"] = fit_iters
+    if cfg.dense and image is not None:
+        from face3d.dense import refine_dense
+
+        fit = refine_dense(fit, image, model, cfg)
+    fit.residuals.update(landmark_residuals(fit, model))
+    fit.residuals["fit_seconds"] = time.perf_counter() - t0
+    return fit
+
+
+def landmark_residuals(fit: FaceFit, model: MorphableModel) -> dict:
+    """Reprojection residuals of the fit on its 68 landmarks (jaw matched to the contour)."""
+    with torch.no_grad():
+        scr = fit.project(model)[0, :, :2].numpy()
+    corr = select_contour_vertices(model, lambda idx: scr[idx], fit.landmarks)
+    valid = model.landmark_vertices >= 0
+    valid[JAW] = True
+    per_point = np.linalg.norm(scr[corr] - fit.landmarks, axis=1) / outer_eye_distance(fit.landmarks)
+    return {"landmark_error": float(per_point[valid].mean()),
+            "landmark_error_inner": float(per_point[17:][valid[17:]].mean()),
+            "landmark_error_jaw": float(per_point[:17].mean()),
+            "landmark_points": int(valid.sum())}

@@ -1,0 +1,170 @@
+"""The dense photometric term of the fit: per-vertex albedo under SH shading, with a symmetry prior.
+
+Neither model has an albedo basis, so the colour of each skin vertex is a free unknown a_v. Alone
+that would explain any image; two priors make the shading carry geometric information:
+
+    E_dense = 1/|M| sum_{p in M} rho( I(p) - a(p) * (Y(n(p)) . L) )        photometric, robust (Charbonnier)
+            + w_sym  1/V sum_v || a_v - a_mirror(v) ||^2                      faces are (nearly) symmetric in albedo
+            + w_smooth 1/|edges| sum_(u,v) || a_u - a_v ||^2                 albedo varies slowly
+            + E_lmk + priors                                                  as in the landmark stage
+
+where M are the pixels of the visible skin in a face crop of `dense_size` px, a(p) and n(p) are
+interpolated with the rasterizer's differentiable barycentrics, Y is the 9-term SH basis and L the
+SH lighting (9 x 3). Asymmetric shading can then only come from the light and the geometry, which
+is what moves the shape and pose beyond the 68 landmarks.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from face3d.camera import PerspectiveCamera, euler_to_matrix, transform
+from face3d.image_io import sample_bilinear
+from face3d.landmarks import outer_eye_distance
+from face3d.morphable_model import MorphableModel
+from face3d.rasterizer import interpolate_vertex_attributes, rasterize_meshes
+from face3d.shading import sh_basis, vertex_normals
+
+
+def _skin_faces(model: MorphableModel) -> np.ndarray:
+    key = "_skin_faces"
+    if key not in model._torch_cache:
+        tri = model.triangles
+        model._torch_cache[key] = np.nonzero(model.skin[tri].all(axis=1))[0]
+    return model._torch_cache[key]
+
+
+def _edges(tri: np.ndarray) -> np.ndarray:
+    e = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]])
+    e = np.sort(e, axis=1)
+    return np.unique(e, axis=0)
+
+
+def face_crop(landmarks: np.ndarray, image_hw, size: int, margin: float = 1.7):
+    """Square crop (x0, y0, scale) around the landmarks; pixel in crop = (p - (x0, y0)) * scale."""
+    lo, hi = landmarks.min(0), landmarks.max(0)
+    c = 0.5 * (lo + hi)
+    side = margin * float(max(hi - lo))
+    return c[0] - side / 2, c[1] - side / 2, size / side
+
+
+def refine_dense(fit, image: np.ndarray, model: MorphableModel, cfg):
+    """Refine `fit` (a FaceFit from the landmark stage) with the dense term; returns a new FaceFit."""
+    import cv2
+
+    t0 = time.perf_counter()
+    S = cfg.dense_size
+    x0, y0, sc = face_crop(fit.landmarks, image.shape[:2], S)
+    M = np.array([[sc, 0, -x0 * sc], [0, sc, -y0 * sc]], dtype=np.float64)
+    crop = cv2.warpAffine(image, M, (S, S), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+    target = torch.from_numpy(crop).float() / 255.0                                   # (S, S, 3)
+
+    skin_f = _skin_faces(model)
+    tri_all = model.triangles
+    faces = torch.from_numpy(tri_all)
+    used_v = np.unique(tri_all[skin_f])
+    edges = torch.from_numpy(_edges(tri_all[skin_f]))
+    mirror = torch.from_numpy(model.mirror_vertex)
+    is_skin_face = torch.zeros(tri_all.shape[0], dtype=torch.bool)
+    is_skin_face[torch.from_numpy(skin_f)] = True
+
+    K = fit.identity.shape[0]
+    E = fit.expression.shape[0] if cfg.fit_expression else 0
+    pose = fit.pose
+    angles = torch.tensor([math.radians(pose.yaw), math.radians(pose.pitch), math.radians(pose.roll)], requires_grad=True)
+    trans = torch.tensor(fit.translation, dtype=torch.float32, requires_grad=True)
+    log_f = torch.tensor(math.log(fit.focal), dtype=torch.float32, requires_grad=True)
+    alpha = torch.tensor(fit.identity[None], dtype=torch.float32, requires_grad=True)
+    beta = torch.tensor(fit.expression[None], dtype=torch.float32, requires_grad=True)
+    f0 = math.log(fit.focal)
+    # Lighting starts ambient; albedo starts from the photo at each vertex (then symmetrised).
+    sh = torch.zeros(9, 3)
+    sh[0] = 1.0 / 0.886227
+    sh.requires_grad_(True)
+    focal_crop = lambda: torch.exp(log_f) * sc
+    centre = torch.tensor([[(fit.center[0] - x0) * sc, (fit.center[1] - y0) * sc]], dtype=torch.float32)
+
+    def geometry():
+        v = model.shape(alpha, beta if E else None)
+        R = euler_to_matrix(angles[0:1], angles[1:2], angles[2:3])
+        cam_pts = transform(v, R, trans[None])
+        scr = PerspectiveCamera(focal_crop()[None], centre).project(cam_pts)
+        return cam_pts, scr
+
+    with torch.no_grad():
+        cam_pts, scr = geometry()
+        xy = scr[0, :, :2].numpy()
+        sample = sample_bilinear(crop, xy) / 255.0
+        a0 = torch.from_numpy(sample.astype(np.float32))
+        a0 = 0.5 * (a0 + a0[mirror])
+    albedo = a0.clone().requires_grad_(True)
+
+    lm = model.landmark_vertices
+    from face3d.fitting import JAW, select_contour_vertices
+
+    q = torch.tensor(fit.landmarks, dtype=torch.float32)
+    d_eye = outer_eye_distance(fit.landmarks)
+    w_l = torch.ones(68)
+    w_l[JAW] = cfg.jaw_weight
+    w_l[torch.from_numpy(lm < 0)] = 0
+    full_centre = torch.tensor([fit.center], dtype=torch.float32)
+
+    opt = torch.optim.Adam([
+        {"params": [angles], "lr": 2e-3}, {"params": [trans], "lr": 0.5}, {"params": [log_f], "lr": 2e-3},
+        {"params": [alpha], "lr": 0.02}, {"params": [beta], "lr": 0.01},
+        {"params": [sh], "lr": 0.03}, {"params": [albedo], "lr": 0.02},
+    ])
+    lo, hi = model.expression_range
+    w_sym, w_smooth = 1.0, 5.0
+    history = []
+    corr = None
+    for step in range(cfg.dense_steps):
+        opt.zero_grad()
+        cam_pts, scr = geometry()
+        if corr is None or step % 10 == 0:
+            full = PerspectiveCamera(torch.exp(log_f.detach())[None], full_centre).project(cam_pts.detach())[0, :, :2].numpy()
+            corr = torch.from_numpy(select_contour_vertices(model, lambda i: full[i], fit.landmarks).clip(min=0))
+        frag = rasterize_meshes(scr, faces, S, cull_backfaces=True)
+        mask = (frag.pix_to_face >= 0) & is_skin_face[frag.pix_to_face.clamp(min=0)]
+        normals = vertex_normals(cam_pts, faces)
+        attrs = torch.cat([albedo[None], normals], dim=-1)
+        pix = interpolate_vertex_attributes(frag, faces, attrs)[0]                      # (S, S, 6)
+        n = torch.nn.functional.normalize(pix[..., 3:], dim=-1)
+        shade = sh_basis(n) @ sh                                                        # (S, S, 3)
+        pred = pix[..., :3] * shade
+        m = mask[0]
+        diff = (pred - target)[m]
+        e_photo = torch.sqrt(diff ** 2 + 1e-4).mean()
+        e_sym = ((albedo[used_v] - albedo[mirror[used_v]]) ** 2).sum(-1).mean()
+        e_smooth = ((albedo[edges[:, 0]] - albedo[edges[:, 1]]) ** 2).sum(-1).mean()
+        # landmark term in the full image frame, as in the landmark stage
+        full_scr = PerspectiveCamera(torch.exp(log_f)[None], full_centre).project(cam_pts[:, corr])[0, :, :2]
+        e_lmk = (w_l * ((full_scr - q) ** 2).sum(-1)).sum() / w_l.sum() / d_eye ** 2
+        prior = cfg.identity_prior * (alpha ** 2).sum() + cfg.focal_prior * (log_f - f0) ** 2
+        if E:
+            prior = prior + cfg.expression_prior * (beta ** 2).sum()
+        loss = cfg.dense_weight * (e_photo + w_sym * e_sym + w_smooth * e_smooth) * 1e-2 + e_lmk + prior
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            if E:
+                beta.clamp_(lo, hi)
+            alpha.clamp_(-3.5, 3.5)
+            albedo.clamp_(0.0, 1.5)
+        history.append(float(e_photo))
+
+    from face3d.fitting import FaceFit
+
+    R = euler_to_matrix(angles[0:1], angles[1:2], angles[2:3])[0].detach().numpy().astype(np.float64)
+    out = FaceFit(model_name=fit.model_name, image_size=fit.image_size, identity=alpha.detach()[0].numpy().copy(),
+                  expression=beta.detach()[0].numpy().copy() if E else fit.expression, rotation=R,
+                  translation=trans.detach().numpy().astype(np.float64), focal=float(torch.exp(log_f.detach())),
+                  center=fit.center, landmarks=fit.landmarks, sh=sh.detach().numpy().copy(),
+                  albedo=albedo.detach().numpy().copy(), residuals=dict(fit.residuals))
+    out.residuals["dense_photometric_start"] = history[0] if history else float("nan")
+    out.residuals["dense_photometric_end"] = history[-1] if history else float("nan")
+    out.residuals["dense_seconds"] = time.perf_counter() - t0
+    return out

@@ -1,0 +1,43 @@
+"""The 3D stage in a few calls: photo -> reconstructions (fit + texture) -> views.
+
+    from face3d import load_morphable_model, load_image, reconstruct_faces, render_views, Pose
+    model = load_morphable_model()
+    rec = reconstruct_faces(load_image("me.jpg"), model)[0]
+    views = render_views(rec.fit, rec.texture, [Pose(yaw=y) for y in (-45, 0, 45)], model, size=128)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from face3d.errors import NoFaceError
+from face3d.fitting import FaceFit, FitConfig, fit_morphable_model
+from face3d.landmarks import DetectedFace, detect_faces
+from face3d.morphable_model import MorphableModel
+from face3d.texture import Texture, TextureConfig, extract_texture
+
+
+@dataclass
+class Reconstruction:
+    """One face of a photo: where it was found, the fitted model and its photo texture."""
+
+    face: DetectedFace
+    fit: FaceFit
+    texture: Texture
+
+
+def reconstruct_faces(image: np.ndarray, model: MorphableModel, all_faces: bool = False,
+                      fit_config: FitConfig | None = None, texture_config: TextureConfig | None = None,
+                      source: str = "image") -> list[Reconstruction]:
+    """Detect faces (largest only unless `all_faces`), fit the model to each and extract its texture."""
+    faces = detect_faces(image)
+    if not faces:
+        raise NoFaceError(f"{source}: no face found")
+    if not all_faces:
+        faces = faces[:1]
+    out = []
+    for face in faces:
+        fit = fit_morphable_model(image, face.landmarks, model, fit_config)
+        out.append(Reconstruction(face, fit, extract_texture(fit, image, model, texture_config)))
+    return out

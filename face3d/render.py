@@ -1,0 +1,115 @@
+"""Re-posing: render the fitted, textured head at new absolute poses as aligned square face crops.
+
+A renderer is a rasterizer plus a shader: `rasterize_meshes` gives the visible triangle and the
+barycentrics per pixel, `shade_textured` looks the UV atlas up there. Each view places the head
+the same way: the pivot (the mid-face point on the vertical head axis) sits on the optical axis at
+a fixed distance, so the face keeps its size and place across poses; only R(pose) changes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from face3d.camera import PerspectiveCamera, Pose, euler_to_matrix, transform
+from face3d.morphable_model import MorphableModel
+from face3d.rasterizer import Fragments, interpolate_face_attributes, rasterize_meshes
+from face3d.texture import Texture
+
+#: Vertical eye-to-mouth distance as a fraction of the crop side (the face's scale in every view).
+EYE_MOUTH_FRACTION = 0.28
+#: Field of view of the virtual camera (a moderate telephoto, as in portrait photos).
+VIEW_FOV_DEGREES = 10.0
+
+
+@dataclass
+class RenderedViews:
+    """A batch of views: images (B, S, S, 3) uint8, head masks (B, S, S) float 0..1, texture confidence (B, S, S)."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    confidence: np.ndarray
+    poses: list[Pose]
+    landmarks: np.ndarray        # (B, 68, 2) projected model landmarks (jaw: fixed vertices), pixels
+
+
+def view_camera(size: int, eye_mouth_mm: float):
+    """Focal length (px) and distance (mm) for crops of `size` px where eye-mouth spans the set fraction."""
+    focal = 0.5 * size / math.tan(math.radians(VIEW_FOV_DEGREES) / 2)
+    distance = focal * eye_mouth_mm / (EYE_MOUTH_FRACTION * size)
+    return focal, distance
+
+
+def head_pivot(vertices: torch.Tensor, model: MorphableModel) -> tuple[torch.Tensor, float]:
+    """Pivot (3,) of the re-posing rotation and the eye-to-mouth distance (mm) of this face."""
+    lm = torch.from_numpy(np.maximum(model.landmark_vertices, 0))
+    p = vertices[0, lm]
+    eyes = 0.5 * (p[36] + p[45])
+    mouth = 0.5 * (p[48] + p[54])
+    centre = 0.5 * (eyes + mouth)
+    # on the vertical axis, half-way between the face plane and the model origin (head centre)
+    pivot = torch.stack([torch.zeros(()), centre[1], 0.5 * centre[2]])
+    return pivot, float(torch.linalg.norm(eyes - mouth))
+
+
+def shade_textured(fragments: Fragments, face_uvs: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:
+    """Texture lookup: (B, H, W, 2) UVs interpolated per pixel, bilinear sample of (1 or B, C, Ht, Wt)."""
+    uv = interpolate_face_attributes(fragments, face_uvs)                 # (B, H, W, 2), v up
+    grid = torch.stack([uv[..., 0] * 2 - 1, (1 - uv[..., 1]) * 2 - 1], dim=-1)
+    tex = texture.expand(grid.shape[0], -1, -1, -1) if texture.shape[0] == 1 else texture
+    return F.grid_sample(tex, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def view_screen(vertices: torch.Tensor, model: MorphableModel, poses: list[Pose], size: int) -> torch.Tensor:
+    """Screen coordinates (B, V, 3) of the head at each pose in the aligned crop of `size` px."""
+    pivot, eye_mouth = head_pivot(vertices, model)
+    focal, dist = view_camera(size, eye_mouth)
+    B = len(poses)
+    ang = torch.tensor([[math.radians(p.yaw), math.radians(p.pitch), math.radians(p.roll)] for p in poses])
+    R = euler_to_matrix(ang[:, 0], ang[:, 1], ang[:, 2])
+    trans = torch.tensor([0.0, 0.0, -dist]).expand(B, 3) - (R @ pivot)
+    cam = PerspectiveCamera(torch.full((B,), focal), torch.full((B, 2), size / 2.0))
+    return cam.project(transform(vertices.expand(B, -1, -1), R, trans))
+
+
+def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel, size: int = 128,
+                 background: np.ndarray | float = 0.5, vertices: torch.Tensor | None = None,
+                 batch: int = 32) -> RenderedViews:
+    """Render the fitted head with its photo texture at each absolute pose.
+
+    `background` is a grey level (0..1) or a (B, size, size, 3) uint8 array to composite over.
+    """
+    t = model.tensors()
+    faces, face_uvs = t["triangles"], t["face_uvs"]
+    with torch.no_grad():
+        verts = fit.vertices(model) if vertices is None else vertices
+        tex = torch.from_numpy(np.concatenate([texture.image, texture.confidence[..., None]], axis=2)).permute(2, 0, 1)[None]
+        imgs, masks, confs, lms = [], [], [], []
+        for s in range(0, len(poses), batch):
+            chunk = poses[s : s + batch]
+            screen = view_screen(verts, model, chunk, size)
+            frag = rasterize_meshes(screen, faces, size, cull_backfaces=True)
+            out = shade_textured(frag, face_uvs, tex)                        # (B, 4, S, S)
+            mask = (frag.pix_to_face >= 0).float()
+            # soften the hard silhouette by one pixel (cheap anti-aliasing of the head outline)
+            alpha = F.avg_pool2d(mask[:, None], 3, stride=1, padding=1)[:, 0] * mask + \
+                (1 - mask) * 0.5 * F.avg_pool2d(mask[:, None], 3, stride=1, padding=1)[:, 0]
+            imgs.append(out[:, :3].permute(0, 2, 3, 1))
+            confs.append(out[:, 3] * mask)
+            masks.append(alpha)
+            lm = torch.from_numpy(np.maximum(model.landmark_vertices, 0))
+            lms.append(screen[:, lm, :2])
+        rgb = torch.cat(imgs).clamp(0, 1).numpy()
+        alpha = torch.cat(masks).numpy()
+        conf = torch.cat(confs).numpy()
+        lms = torch.cat(lms).numpy()
+    if isinstance(background, np.ndarray):
+        bg = background.astype(np.float32) / 255.0
+    else:
+        bg = np.full_like(rgb, float(background))
+    comp = rgb * alpha[..., None] + bg * (1 - alpha[..., None])
+    images = np.clip(comp * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return RenderedViews(images=images, masks=alpha, confidence=conf, poses=list(poses), landmarks=lms)

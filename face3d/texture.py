@@ -1,0 +1,221 @@
+"""Texture extraction: the photo sampled into the model's UV atlas, with per-texel confidence.
+
+For each atlas texel we know (from a UV-space rasterization, cached per model and size) which
+triangle it lies in and its barycentrics, hence its 3D point on the fitted mesh. The texel is
+projected into the photo; it is *seen* when it passes the source view's z-buffer and faces the
+camera, with confidence cos(angle between normal and view ray). Texels the photo sees badly take
+colour from their mirror texel (the nearest texel to the x-mirrored 3D point on the mean shape,
+cached), and whatever is still unknown, the back of the head and the gutters between UV charts,
+is filled by push-pull (pyramid) inpainting, so no hole ever reaches a rendered view.
+
+Confidence map semantics (used later by the refiner): 1 seen frontally, lower for grazing views,
+0.5 * mirror confidence where filled by symmetry, 0.05 where inpainted.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from face3d.camera import transform
+from face3d.image_io import sample_bilinear
+from face3d.morphable_model import MorphableModel, cache_dir
+from face3d.rasterizer import rasterize_meshes
+from face3d.shading import vertex_normals
+
+INPAINT_CONFIDENCE = 0.05
+MIRROR_SCALE = 0.5
+
+
+@dataclass
+class TextureConfig:
+    height: int = 512              # atlas height in texels (width follows the model's atlas aspect: 2.5x)
+    mirror_below: float = 0.45     # texels seen with lower confidence borrow from their mirror texel
+    min_cosine: float = 0.08       # grazing texels under this cosine count as unseen
+    depth_tolerance_mm: float = 4.0
+    visibility_size: int = 384     # resolution of the source-view z-buffer used for the visibility test
+
+
+@dataclass
+class Texture:
+    """A UV atlas (H, W, 3) float32 in 0..1 and its per-texel confidence (H, W)."""
+
+    image: np.ndarray
+    confidence: np.ndarray
+
+    def tensor(self) -> torch.Tensor:
+        return torch.from_numpy(self.image).permute(2, 0, 1)[None].contiguous()
+
+
+@dataclass
+class UVRaster:
+    """Per texel of the atlas: covering triangle (-1 in gutters) and barycentrics; plus mirror texels."""
+
+    face: np.ndarray      # (H, W) int64
+    bary: np.ndarray      # (H, W, 3) float32
+    mirror: np.ndarray    # (H, W) int64 flat index of the mirror texel, -1 where none
+
+
+def atlas_size(height: int) -> tuple[int, int]:
+    return height, int(round(height * 2.5))
+
+
+def uv_raster(model: MorphableModel, height: int) -> UVRaster:
+    key = ("uv_raster", height)
+    if key in model._torch_cache:
+        return model._torch_cache[key]
+    H, W = atlas_size(height)
+    digest = hashlib.sha1(model.face_uvs.tobytes() + model.mean.tobytes()[:4096]).hexdigest()[:12]
+    path = cache_dir() / f"uvraster_{model.name}_{height}_{digest}.npz"
+    r = None
+    if path.is_file():
+        try:
+            with np.load(path) as z:
+                r = UVRaster(z["face"], z["bary"], z["mirror"])
+        except Exception:
+            r = None
+    if r is None:
+        r = _build_uv_raster(model, H, W)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, face=r.face, bary=r.bary, mirror=r.mirror)
+        os.replace(tmp, path)
+    model._torch_cache[key] = r
+    return r
+
+
+def _build_uv_raster(model: MorphableModel, H: int, W: int) -> UVRaster:
+    from scipy.spatial import cKDTree
+
+    uv = torch.from_numpy(model.face_uvs)                      # (F, 3, 2)
+    F = uv.shape[0]
+    # Each corner gets its own vertex so the UV layout (with seams) is a triangle soup.
+    verts = torch.stack([uv[..., 0] * W, (1.0 - uv[..., 1]) * H, torch.ones_like(uv[..., 0])], dim=-1).reshape(1, F * 3, 3)
+    faces = torch.arange(F * 3).reshape(F, 3)
+    frag = rasterize_meshes(verts, faces, (H, W), cull_backfaces=False, perspective_correct=False)
+    face = frag.pix_to_face[0].numpy().astype(np.int64)
+    bary = frag.bary_coords[0].detach().numpy().astype(np.float32)
+    # 3D point of each texel on the mean shape; mirror texel = nearest texel to the mirrored point
+    # among texels of the same kind of surface (skin to skin, eye to eye).
+    tri = model.triangles
+    valid = face >= 0
+    fi = face[valid]
+    p = np.einsum("nk,nkc->nc", bary[valid], model.mean[tri[fi]])
+    mirror = np.full(H * W, -1, dtype=np.int64)
+    flat_valid = np.nonzero(valid.reshape(-1))[0]
+    tree = cKDTree(p)
+    dist, j = tree.query(p * np.array([-1.0, 1.0, 1.0]), distance_upper_bound=6.0)
+    ok = np.isfinite(dist)
+    mirror[flat_valid[ok]] = flat_valid[j[ok]]
+    return UVRaster(face, bary, mirror.reshape(H, W))
+
+
+def _source_zbuffer(screen: torch.Tensor, faces: torch.Tensor, image_hw, size: int):
+    """z-buffer of the fitted mesh in the photo, at reduced resolution around the face."""
+    H, W = image_hw
+    xy = screen[0, :, :2]
+    lo = xy.min(0).values.clamp(min=0)
+    hi = torch.minimum(xy.max(0).values, torch.tensor([W, H], dtype=xy.dtype))
+    side = float(max((hi - lo).max(), 1.0))
+    s = size / side
+    crop = screen.clone()
+    crop[..., 0] = (screen[..., 0] - lo[0]) * s
+    crop[..., 1] = (screen[..., 1] - lo[1]) * s
+    frag = rasterize_meshes(crop, faces, size, cull_backfaces=True)
+    return frag.zbuf[0], lo, s
+
+
+def extract_texture(fit, image: np.ndarray, model: MorphableModel, config: TextureConfig | None = None,
+                    vertices: torch.Tensor | None = None) -> Texture:
+    """Sample `image` (uint8 RGB) into the model's UV atlas using the fitted geometry."""
+    cfg = config or TextureConfig()
+    raster = uv_raster(model, cfg.height)
+    Ht, Wt = raster.face.shape
+    t = model.tensors()
+    faces = t["triangles"]
+    with torch.no_grad():
+        verts = fit.vertices(model) if vertices is None else vertices                  # (1, V, 3)
+        R = torch.from_numpy(fit.rotation.astype(np.float32))[None]
+        tr = torch.from_numpy(fit.translation.astype(np.float32))[None]
+        cam_pts = transform(verts, R, tr)
+        screen = fit.camera().project(cam_pts)
+        normals = vertex_normals(cam_pts, faces)                                          # camera frame
+        zbuf, lo, s = _source_zbuffer(screen, faces, image.shape[:2], cfg.visibility_size)
+
+    valid = raster.face >= 0
+    fi = raster.face[valid]
+    tri = model.triangles[fi]
+    b = raster.bary[valid]
+    scr = screen[0].numpy()
+    p = np.einsum("nk,nkc->nc", b, scr[tri])                                               # x, y, depth
+    pc = np.einsum("nk,nkc->nc", b, cam_pts[0].numpy()[tri])
+    n = np.einsum("nk,nkc->nc", b, normals[0].numpy()[tri])
+    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-9)
+    view = -pc / np.maximum(np.linalg.norm(pc, axis=1, keepdims=True), 1e-9)             # toward the camera
+    cos = np.sum(n * view, axis=1)
+
+    # visibility: compare with the source z-buffer (nearest pixel of the reduced-resolution buffer)
+    zb = zbuf.numpy()
+    zx = np.clip(((p[:, 0] - float(lo[0])) * s).astype(np.int64), 0, zb.shape[1] - 1)
+    zy = np.clip(((p[:, 1] - float(lo[1])) * s).astype(np.int64), 0, zb.shape[0] - 1)
+    zref = zb[zy, zx]
+    H, W = image.shape[:2]
+    inside = (p[:, 0] >= 0) & (p[:, 0] <= W - 1) & (p[:, 1] >= 0) & (p[:, 1] <= H - 1)
+    seen = inside & (zref > 0) & (p[:, 2] <= zref + cfg.depth_tolerance_mm) & (cos > cfg.min_cosine)
+
+    colours = sample_bilinear(image, p[:, :2])
+    tex = np.zeros((Ht * Wt, 3), np.float32)
+    conf = np.zeros(Ht * Wt, np.float32)
+    flat = np.nonzero(valid.reshape(-1))[0]
+    tex[flat] = colours.astype(np.float32) / 255.0
+    conf[flat] = np.where(seen, np.clip(cos, 0.0, 1.0), 0.0)
+
+    # symmetry fill: low-confidence texels borrow from their mirror texel where it is seen better
+    mir = raster.mirror.reshape(-1)
+    has = (mir >= 0) & (conf < cfg.mirror_below)
+    src = np.nonzero(has)[0]
+    m = mir[src]
+    w_own = conf[src]
+    w_mir = conf[m] * np.clip((cfg.mirror_below - w_own) / cfg.mirror_below, 0.0, 1.0)
+    use = w_mir > w_own * 0.5
+    src, m, w_own, w_mir = src[use], m[use], w_own[use], w_mir[use]
+    tot = np.maximum(w_own + w_mir, 1e-6)
+    tex[src] = (tex[src] * w_own[:, None] + tex[m] * w_mir[:, None]) / tot[:, None]
+    conf[src] = np.maximum(w_own, MIRROR_SCALE * w_mir)
+
+    tex = tex.reshape(Ht, Wt, 3)
+    conf = conf.reshape(Ht, Wt)
+    known = conf > 0
+    filled = push_pull_fill(tex, known)
+    conf = np.where(known, conf, np.where(valid, INPAINT_CONFIDENCE, 0.0)).astype(np.float32)
+    return Texture(filled.astype(np.float32), conf)
+
+
+def push_pull_fill(image: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Fill unknown pixels smoothly from the known ones (pyramid push-pull, Gortler et al. 1996)."""
+    import cv2
+
+    w = known.astype(np.float32)
+    levels = []
+    img = image * w[..., None]
+    while True:
+        levels.append((img, w))
+        if min(img.shape[:2]) <= 2:
+            break
+        img = cv2.resize(img, (max(1, img.shape[1] // 2), max(1, img.shape[0] // 2)), interpolation=cv2.INTER_AREA)
+        w = cv2.resize(w, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_AREA)
+    # pull: from coarse to fine, fill each level's unknown part from the coarser estimate
+    img, w = levels[-1]
+    est = img / np.maximum(w, 1e-8)[..., None]
+    if not np.any(w > 0):
+        est[:] = 0.5
+    for img, w in reversed(levels[:-1]):
+        up = cv2.resize(est, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
+        a = np.clip(w, 0.0, 1.0)[..., None]
+        est = img / np.maximum(w, 1e-8)[..., None] * a + up * (1 - a)
+        est = np.where((w > 0)[..., None], est, up)
+    return np.where(known[..., None], image, est)

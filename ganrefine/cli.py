@@ -1,0 +1,120 @@
+"""The `facesynth` command line.
+
+    facesynth rotate IMAGE [IMAGE...] --yaw -60,-30,0,30,60 [--pitch 0] [--size 128] [--method 3d] --out DIR
+
+Exit codes: 0 every input succeeded, 1 some input failed (each failure is one manifest line with
+`source` and `error`), 2 bad usage. User errors print one line, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from face3d.errors import FaceSynthError
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad usage as one line and exit code 2 (its default) without the usage dump noise."""
+
+    def error(self, message):
+        self.exit(2, f"facesynth: error: {message}\n")
+
+
+def parse_angles(text: str, name: str) -> list[float]:
+    """'-60,-30,0' -> [-60.0, -30.0, 0.0]; ranges 'a:b:step' are accepted too (inclusive)."""
+    out: list[float] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                raise ValueError
+            if ":" in part:
+                a, b, step = (float(x) for x in part.split(":"))
+                if step <= 0:
+                    raise ValueError
+                n = int(round((b - a) / step))
+                out.extend(a + i * step for i in range(n + 1))
+            else:
+                out.append(float(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--{name} expects comma-separated degrees like -30,0,30, got {text!r}") from None
+    for v in out:
+        if not (-90.0 <= v <= 90.0) or v != v:
+            raise argparse.ArgumentTypeError(f"--{name} values must lie in [-90, 90] degrees, got {v:g}")
+    return out
+
+
+def _angles(name):
+    return lambda text: parse_angles(text, name)
+
+
+def _size(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size expects an integer, got {text!r}") from None
+    if not 32 <= v <= 1024:
+        raise argparse.ArgumentTypeError(f"--size must be between 32 and 1024, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="facesynth", description="Turn one face photo into views of the same person at other head poses.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    sub.required = True
+
+    r = sub.add_parser("rotate", help="render each face of each photo at the given head poses")
+    r.add_argument("images", nargs="+", metavar="IMAGE")
+    r.add_argument("--yaw", type=_angles("yaw"), default=[-60.0, -30.0, 0.0, 30.0, 60.0],
+                   help="absolute yaw angles in degrees, + turns the nose to the image's right (default -60,-30,0,30,60)")
+    r.add_argument("--pitch", type=_angles("pitch"), default=[0.0], help="absolute pitch angles, + nose up (default 0)")
+    r.add_argument("--roll", type=_angles("roll"), default=[0.0], help="absolute roll angles (default 0)")
+    r.add_argument("--size", type=_size, default=128, help="output crop size in pixels (default 128)")
+    r.add_argument("--method", choices=["3d"], default="3d", help="synthesis method (default 3d)")
+    r.add_argument("--out", required=True, metavar="DIR", help="output folder (PNG views + manifest.jsonl)")
+    r.add_argument("--model", default=None, metavar="DIR",
+                   help="morphable model folder (ICT FaceKit or Surrey SFM); default $FACESYNTH_MODEL or ../shared/data/3dmm/ict_facekit")
+    r.add_argument("--all-faces", action="store_true", help="process every detected face, not only the largest")
+    r.add_argument("--background", choices=["plain", "photo"], default="plain",
+                   help="plain grey background (default) or the photo's own background warped around the head")
+    r.add_argument("--export-mesh", choices=["obj", "ply", "glb"], default=None,
+                   help="also write the fitted textured mesh in this format")
+    r.add_argument("--no-dense", action="store_true", help="fit landmarks only (skip the dense photometric term)")
+    r.add_argument("--save-fit", action="store_true", help="also write each FaceFit (.npz + .json)")
+    r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    r.set_defaults(func=_run_rotate)
+
+    try:
+        from ganrefine.verify import add_verify_parser
+    except ImportError:  # the identity network is optional for the 3D stage
+        add_verify_parser = None
+    if add_verify_parser is not None:
+        add_verify_parser(sub)
+    return p
+
+
+def _run_rotate(args) -> int:
+    from ganrefine.rotate import run_rotate
+
+    return run_rotate(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except FaceSynthError as exc:
+        print(f"facesynth: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("facesynth: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""`facesynth rotate`: photos in, one PNG per (face, pose) and a JSON line per view out."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from face3d.camera import Pose
+from face3d.errors import FaceSynthError
+
+
+def _name(value: float) -> str:
+    v = f"{value:g}".replace("-", "m").replace(".", "p")
+    return v
+
+
+class Manifest:
+    """`DIR/manifest.jsonl`: each record goes out as one whole line in one write, then fsync."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(self, records: list[dict]) -> None:
+        if not records:
+            return
+        data = "".join(json.dumps(r, sort_keys=False) + "\n" for r in records).encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def run_rotate(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from face3d.fitting import FitConfig
+    from face3d.image_io import load_image, save_png
+    from face3d.landmarks import outer_eye_distance
+    from face3d.morphable_model import load_morphable_model
+    from face3d.pipeline import reconstruct_faces
+    from face3d.render import render_views
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FaceSynthError(f"--out {out}: exists and is not a folder")
+    model = load_morphable_model(args.model)
+    manifest = Manifest(out / "manifest.jsonl")
+    poses = [Pose(y, p, r) for p in args.pitch for y in args.yaw for r in args.roll]
+    fit_cfg = FitConfig(dense=not args.no_dense)
+    failed = 0
+    used_stems: dict[str, int] = {}
+    for src in tqdm(args.images, desc="rotate", unit="photo", disable=len(args.images) < 2):
+        stem = Path(src).stem
+        n = used_stems.get(stem, 0)
+        used_stems[stem] = n + 1
+        stem = stem if n == 0 else f"{stem}-{n + 1}"
+        t0 = time.perf_counter()
+        try:
+            image = load_image(src)
+            recs = reconstruct_faces(image, model, all_faces=args.all_faces, fit_config=fit_cfg, source=src)
+            records = []
+            for fi, rec in enumerate(recs):
+                bg = 0.5
+                if args.background == "photo":
+                    from face3d.background import photo_backgrounds
+
+                    bg = photo_backgrounds(rec.fit, image, model, poses, args.size)
+                views = render_views(rec.fit, rec.texture, poses, model, size=args.size, background=bg)
+                face_tag = f"_face{fi}" if args.all_faces else ""
+                for pose, img in zip(poses, views.images):
+                    rel = f"{stem}{face_tag}_yaw{_name(pose.yaw)}_pitch{_name(pose.pitch)}" + (
+                        f"_roll{_name(pose.roll)}" if pose.roll else "") + ".png"
+                    save_png(out / rel, img)
+                    records.append({
+                        "source": src, "output": rel, "face": fi, "yaw": pose.yaw, "pitch": pose.pitch,
+                        "roll": pose.roll, "method": args.method, "model": model.name,
+                        "fit_landmark_error": round(rec.fit.landmark_error, 6),
+                        "source_pose": {k: round(v, 3) for k, v in zip(("yaw", "pitch", "roll"), rec.fit.pose.as_tuple())},
+                        "size": args.size,
+                    })
+                if args.export_mesh:
+                    from face3d.mesh_export import export_mesh
+
+                    verts = rec.fit.vertices(model)[0].numpy()
+                    mesh_rel = f"{stem}{face_tag}_mesh.{args.export_mesh}"
+                    export_mesh(out / mesh_rel, verts, model, rec.texture)
+                    for r in records[-len(poses):]:
+                        r["mesh"] = mesh_rel
+                if args.save_fit:
+                    rec.fit.save(out / f"{stem}{face_tag}_fit")
+            seconds = time.perf_counter() - t0
+            for r in records:
+                r["seconds_per_photo"] = round(seconds, 3)
+            manifest.append(records)
+        except FaceSynthError as exc:
+            failed += 1
+            manifest.append([{"source": src, "error": str(exc)}])
+            tqdm.write(f"facesynth: {exc}")
+        except Exception as exc:  # a batch goes on; the reason is recorded, not a traceback
+            failed += 1
+            msg = f"{src}: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            manifest.append([{"source": src, "error": msg}])
+            tqdm.write(f"facesynth: {msg}")
+    ok = len(args.images) - failed
+    print(f"facesynth: {ok} of {len(args.images)} photo(s) done, {len(poses)} pose(s) each; output in {out}/ (manifest: {out / 'manifest.jsonl'})")
+    return 0 if failed == 0 else 1

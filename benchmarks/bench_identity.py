@@ -14,21 +14,29 @@ descriptors on dlib's chips, the max distance to dlib's descriptor through the t
 from the full photo, and the agreement of same/different decisions at 0.6 on every pair.
 
     .venv/bin/python benchmarks/bench_identity.py [--json PATH] [--runs N] [--batch 32]
+
+OpenMP threads that spin while waiting starve everything else on a small shared machine (and
+are starved by it: on 2 busy cores torch's 2-thread timing degrades several-fold). Unless
+OMP_WAIT_POLICY is already set, this script sets it to PASSIVE before importing torch; the
+policy in effect is printed and recorded in the JSON.
 """
 from __future__ import annotations
 
-import argparse
-import itertools
-import json
 import os
-import platform
-import statistics
-import sys
-import time
-from pathlib import Path
 
-import numpy as np
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import itertools  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -151,7 +159,7 @@ def main(argv=None) -> int:
     best = max(configs, key=lambda n: speed[n]["descriptors_per_s"])
 
     print(f"\nthroughput, batch of {args.batch} chips, median of {args.runs} runs "
-          f"(load average before: {load_before[0]:.2f})")
+          f"(load average before: {load_before[0]:.2f}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')})")
     print(f"  {'method':<18} {'ms/chip':>9} {'desc/s':>9} {'vs dlib':>8}")
     for name in [*configs, "dlib"]:
         s = speed[name]
@@ -182,6 +190,7 @@ def main(argv=None) -> int:
             "cpu_count": os.cpu_count(),
             "torch": torch.__version__,
             "torch_default_threads": default_threads,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "dlib": getattr(dlib, "__version__", "?"),
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(),

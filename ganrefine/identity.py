@@ -275,9 +275,9 @@ def _expected_kinds() -> list[str]:
 
 def _add_prev(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """dlib's add_prev: the output takes the larger size on every axis, each input is placed at
-    the top-left corner and zeros fill the rest."""
+    the top-left corner and zeros fill the rest. ``a`` (a block's fresh output) may be reused."""
     if a.shape == b.shape:
-        return a + b
+        return a.add_(b)  # a is always a fresh conv output (autograd-safe in place)
     c, h, w = (max(a.shape[i], b.shape[i]) for i in (1, 2, 3))
 
     def pad(t: torch.Tensor) -> torch.Tensor:
@@ -298,9 +298,9 @@ class _Block(nn.Module):
         self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv2(F.relu(self.conv1(x)))
+        y = self.conv2(F.relu_(self.conv1(x)))
         shortcut = F.avg_pool2d(x, 2, 2) if self.down else x
-        return F.relu(_add_prev(y, shortcut))
+        return F.relu_(_add_prev(y, shortcut))
 
 
 class DlibFaceResNet(nn.Module):
@@ -321,7 +321,7 @@ class DlibFaceResNet(nn.Module):
 
     def forward(self, chips: torch.Tensor) -> torch.Tensor:
         x = (chips - self.means) / 256.0  # dlib's input_rgb_image: (value - mean)/256
-        x = F.max_pool2d(F.relu(self.stem(x)), 3, 2)
+        x = F.max_pool2d(F.relu_(self.stem(x)), 3, 2)
         x = self.blocks(x)
         return self.fc(x.mean(dim=(2, 3)))
 

@@ -289,45 +289,81 @@ def fit_morphable_model(image: np.ndarray | None, landmarks: np.ndarray, model: 
         with torch.no_grad():
             return screen(vert_idx)[:, :2].numpy()
 
-    # Levenberg-Marquardt on the stacked residual vector r(theta): 68 landmark residuals plus the
-    # square roots of the prior terms, so that ||r||^2 = E. With ~120 unknowns and ~260 residuals
-    # the dense Jacobian is tiny, and LM converges in a few dozen steps where Adam needs hundreds.
-    sizes = [3, 3, 1, K, E]
-    theta = torch.cat([angles.detach(), trans.detach(), log_f.detach()[None], alpha.detach()[0], beta.detach()[0]])
-    scale = torch.cat([torch.full((3,), 1.0), torch.full((3,), 100.0), torch.ones(1), torch.ones(K), torch.ones(E)])
-    sw = torch.sqrt(weights)
+    # Levenberg-Marquardt on the stacked residual vector r(theta) = [landmarks; sqrt(priors)], so
+    # that ||r||^2 = E. The Jacobian is written out (the model is linear in alpha and beta, the
+    # projection's derivative is closed-form, R's is by central differences of three angles), which
+    # makes a step cost well under a millisecond; autograd Jacobians cost ~50 ms here.
+    theta = torch.cat([angles.detach(), trans.detach(), log_f.detach()[None], alpha.detach()[0],
+                       beta.detach()[0]]).double()
+    n_par = theta.numel()
+    lo_t = torch.full((n_par,), -float("inf"), dtype=torch.float64)
+    hi_t = torch.full((n_par,), float("inf"), dtype=torch.float64)
+    lo_t[7:7 + K], hi_t[7:7 + K] = -3.5, 3.5
+    lo_t[7 + K:], hi_t[7 + K:] = lo, hi
+    t_mod = model.tensors()
+    mean_d = t_mod["mean"].double()
+    U_d = t_mod["identity_basis"][:K].double()
+    E_d = t_mod["expression_basis"][:E].double() if E else None
+    qd = qt.double()
+    sw = torch.sqrt(weights.double() / float(weights.sum())) / d_eye
+    cx, cy = center
+    prior_diag = torch.cat([torch.full((K,), math.sqrt(cfg.identity_prior)), torch.full((E,), math.sqrt(cfg.expression_prior))]).double()
 
-    def unpack(th):
-        a, tr, lf, al, be = torch.split(th * scale, sizes)
-        return a, tr, lf[0], al[None], be[None]
+    def rot(a):
+        return euler_to_matrix(a[0:1], a[1:2], a[2:3])[0]
 
-    def residual(th, corr_t):
-        a, tr, lf, al, be = unpack(th)
-        v = model.shape(al, be if E else None, vertices=corr_t)
-        R = euler_to_matrix(a[0:1], a[1:2], a[2:3])
-        cam = PerspectiveCamera(torch.exp(lf)[None], ctr)
-        p = cam.project(transform(v, R, tr[None]))[0, :, :2]
-        r_l = ((p - qt) / d_eye * sw[:, None]).reshape(-1) / math.sqrt(float(weights.sum()))
-        parts = [r_l, math.sqrt(cfg.identity_prior) * al[0], math.sqrt(cfg.focal_prior) * (lf - math.log(f0))[None]]
+    def residual_and_jacobian(th, corr_t, want_j=True):
+        a, tr, lf = th[:3], th[3:6], th[6]
+        al, be = th[7:7 + K], th[7 + K:]
+        Uc = U_d[:, corr_t]                                              # (K, N, 3)
+        v = mean_d[corr_t] + torch.einsum("k,knc->nc", al, Uc)
         if E:
-            parts.append(math.sqrt(cfg.expression_prior) * be[0])
-        return torch.cat(parts)
-
-    theta = theta / scale
-    lam = 1e-3
-    lo_t = torch.full_like(theta, -float("inf"))
-    hi_t = torch.full_like(theta, float("inf"))
-    off = 7
-    lo_t[off:off + K], hi_t[off:off + K] = -3.5, 3.5
-    lo_t[off + K:], hi_t[off + K:] = lo, hi
+            Ec = E_d[:, corr_t]
+            v = v + torch.einsum("e,enc->nc", be, Ec)
+        R = rot(a)
+        X = v @ R.T + tr                                                 # camera frame (N, 3)
+        f = torch.exp(lf)
+        Z = X[:, 2]
+        u = cx - f * X[:, 0] / Z
+        w = cy + f * X[:, 1] / Z
+        p = torch.stack([u, w], dim=1)
+        r_l = ((p - qd) * sw[:, None]).reshape(-1)
+        r_p = torch.cat([prior_diag * torch.cat([al, be]), math.sqrt(cfg.focal_prior) * (lf - math.log(f0))[None]])
+        r = torch.cat([r_l, r_p])
+        if not want_j:
+            return r, None
+        N = X.shape[0]
+        dP = torch.zeros(N, 2, 3, dtype=torch.float64)                  # d(u, w) / d X_cam
+        dP[:, 0, 0] = -f / Z
+        dP[:, 0, 2] = f * X[:, 0] / Z ** 2
+        dP[:, 1, 1] = f / Z
+        dP[:, 1, 2] = -f * X[:, 1] / Z ** 2
+        dP = dP * sw[:, None, None]
+        J = torch.zeros(r.numel(), n_par, dtype=torch.float64)
+        h = 1e-6
+        for i in range(3):
+            e = torch.zeros(3, dtype=torch.float64)
+            e[i] = h
+            dR = (rot(a + e) - rot(a - e)) / (2 * h)
+            J[: 2 * N, i] = torch.einsum("nij,nj->ni", dP, v @ dR.T).reshape(-1)
+        J[: 2 * N, 3:6] = dP.reshape(2 * N, 3)
+        J[: 2 * N, 6] = ((p - torch.tensor([cx, cy], dtype=torch.float64)) * sw[:, None]).reshape(-1)
+        J[: 2 * N, 7:7 + K] = torch.einsum("nij,knj->nik", dP, Uc @ R.T).reshape(2 * N, K)
+        if E:
+            J[: 2 * N, 7 + K:] = torch.einsum("nij,enj->nie", dP, Ec @ R.T).reshape(2 * N, E)
+        idx = torch.arange(K + E)
+        J[2 * N + idx, 7 + idx] = prior_diag
+        J[-1, 6] = math.sqrt(cfg.focal_prior)
+        return r, J
 
     def set_state(th):
-        a, tr, lf, al, be = unpack(th)
+        th = th.float()
         with torch.no_grad():
-            angles.copy_(a), trans.copy_(tr), log_f.copy_(lf), alpha.copy_(al)
+            angles.copy_(th[:3]), trans.copy_(th[3:6]), log_f.copy_(th[6]), alpha.copy_(th[7:7 + K][None])
             if E:
-                beta.copy_(be)
+                beta.copy_(th[7 + K:][None])
 
+    lam = 1e-3
     corr = lm.copy()
     corr[~valid] = 0
     for it in range(cfg.landmark_steps):
@@ -336,22 +372,21 @@ def fit_morphable_model(image: np.ndarray | None, landmarks: np.ndarray, model: 
             corr = select_contour_vertices(model, screen_np, q)
             corr[~valid & (np.arange(68) > 16)] = 0
             corr_t = torch.from_numpy(corr)
-        r = residual(theta, corr_t)
-        J = torch.autograd.functional.jacobian(lambda th: residual(th, corr_t), theta, vectorize=True)
+        r, J = residual_and_jacobian(theta, corr_t)
         JtJ, Jtr = J.T @ J, J.T @ r
         cost = float(r @ r)
-        improved = False
-        for _ in range(8):
-            step = torch.linalg.solve(JtJ + lam * torch.diag(torch.diagonal(JtJ) + 1e-9), -Jtr)
+        improved, c_cost = False, cost
+        for _ in range(10):
+            step = torch.linalg.solve(JtJ + lam * torch.diag(torch.diagonal(JtJ) + 1e-12), -Jtr)
             cand = torch.minimum(torch.maximum(theta + step, lo_t), hi_t)
-            c_cost = float((residual(cand, corr_t) ** 2).sum())
+            c_cost = float((residual_and_jacobian(cand, corr_t, want_j=False)[0] ** 2).sum())
             if c_cost < cost:
-                theta, lam, improved = cand, max(lam / 3, 1e-7), True
+                theta, lam, improved = cand, max(lam / 3, 1e-9), True
                 break
             lam *= 4
-        if not improved or (cost - c_cost) < 1e-10 * max(cost, 1e-12):
-            if (it + 1) % cfg.contour_every != 0 and it > cfg.contour_every:
-                break
+        converged = not improved or (cost - c_cost) < 1e-9 * max(cost, 1e-12)
+        if converged and it >= cfg.contour_every and (it + 1) % cfg.contour_every != 0:
+            break
     set_state(theta)
     fit_iters = it + 1
 

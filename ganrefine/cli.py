@@ -103,9 +103,30 @@ def _run_rotate(args) -> int:
     return run_rotate(args)
 
 
+_ANGLE_FLAGS = ("--yaw", "--pitch", "--roll")
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """`--yaw -60,-30` -> `--yaw=-60,-30`: argparse would read '-60,-30' as an option."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a in _ANGLE_FLAGS and i + 1 < len(argv) and argv[i + 1][:1] == "-" and argv[i + 1][1:2].isdigit():
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = parser.parse_args(_join_negative_values(argv))
+    except SystemExit as exc:  # usage errors (2) and --help (0) return their code instead of exiting
+        return int(exc.code or 0)
     try:
         return int(args.func(args))
     except FaceSynthError as exc:

@@ -1,0 +1,59 @@
+"""Shared fixtures: the real data in ../shared/data (read where it lies) and the default model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from face3d.morphable_model import default_data_dir
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    d = default_data_dir()
+    if d is None or not (d / "faces").is_dir():
+        pytest.fail("../shared/data is missing: the tests read the shared data where it lies")
+    return d
+
+
+@pytest.fixture(scope="session")
+def face_photos(data_dir) -> list[Path]:
+    return sorted((data_dir / "faces").glob("*/*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def ict_model():
+    from face3d.morphable_model import load_morphable_model
+
+    return load_morphable_model()
+
+
+@pytest.fixture(scope="session")
+def sfm_model(data_dir):
+    from face3d.morphable_model import load_morphable_model
+
+    return load_morphable_model(data_dir / "3dmm" / "surrey_sfm_3448")
+
+
+@pytest.fixture(scope="session")
+def obama_path(data_dir) -> Path:
+    return data_dir / "faces" / "obama" / "face_recognition_obama.jpg"
+
+
+@pytest.fixture(scope="session")
+def obama_image(obama_path) -> np.ndarray:
+    from face3d.image_io import load_image
+
+    return load_image(obama_path)
+
+
+@pytest.fixture(scope="session")
+def obama_reconstruction(obama_image, ict_model):
+    from face3d.fitting import FitConfig
+    from face3d.pipeline import reconstruct_faces
+
+    return reconstruct_faces(obama_image, ict_model, fit_config=FitConfig(dense=False))[0]

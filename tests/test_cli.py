@@ -1,0 +1,165 @@
+"""The `facesynth rotate` contract and its handling of bad input: one-line errors, exit codes, manifest."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ganrefine.cli import main
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def assert_one_line_error(err: str):
+    lines = [l for l in err.splitlines() if l.strip() and "%|" not in l]
+    assert "Traceback" not in err
+    assert len(lines) >= 1
+    assert all(l.startswith("facesynth") for l in lines), lines
+
+
+@pytest.mark.slow
+def test_rotate_writes_views_and_manifest(tmp_path, capsys, obama_path):
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "rotate", obama_path, "--yaw", "-30,0,30", "--pitch", "0,10", "--out", out, "--no-dense")
+    assert code == 0, err
+    rows = manifest(out)
+    assert len(rows) == 6
+    for r in rows:
+        for key in ("source", "output", "yaw", "pitch", "roll", "method", "fit_landmark_error"):
+            assert key in r
+        assert r["source"] == str(obama_path)
+        assert r["method"] == "3d"
+        assert 0 < r["fit_landmark_error"] < 0.05
+        img = np.asarray(Image.open(out / r["output"]))
+        assert img.shape == (128, 128, 3)
+        assert img.std() > 10  # a real picture, not a flat fill
+    assert sorted({(r["yaw"], r["pitch"]) for r in rows}) == [(-30, 0), (-30, 10), (0, 0), (0, 10), (30, 0), (30, 10)]
+    assert str(out) in stdout
+
+
+@pytest.mark.slow
+def test_size_256_and_mesh_export(tmp_path, capsys, obama_path):
+    import trimesh
+
+    out = tmp_path / "o"
+    code, _, err = run(capsys, "rotate", obama_path, "--yaw", "20", "--size", "256", "--out", out,
+                       "--export-mesh", "glb", "--no-dense", "--save-fit")
+    assert code == 0, err
+    (row,) = manifest(out)
+    assert np.asarray(Image.open(out / row["output"])).shape == (256, 256, 3)
+    mesh = trimesh.load(out / row["mesh"], force="mesh")
+    assert len(mesh.faces) > 10000
+    assert mesh.visual.uv is not None and mesh.visual.material.baseColorTexture is not None
+    from face3d.fitting import FaceFit
+
+    fit = FaceFit.load(out / "face_recognition_obama_fit")
+    assert fit.landmark_error == pytest.approx(row["fit_landmark_error"], abs=1e-5)
+
+
+def _write_variants(src: Path, d: Path) -> dict[str, Path]:
+    """The bad-input zoo, made from one real photo."""
+    im = Image.open(src).convert("RGB")
+    im.thumbnail((640, 640))
+    files = {}
+    files["gray"] = d / "gray.png"
+    im.convert("L").save(files["gray"])
+    files["rgba"] = d / "rgba.png"
+    rgba = im.convert("RGBA")
+    rgba.putalpha(200)
+    rgba.save(files["rgba"])
+    files["png16"] = d / "gray16.png"
+    arr16 = (np.asarray(im.convert("L")).astype(np.uint16) * 257)
+    Image.fromarray(arr16).save(files["png16"])
+    files["noface"] = d / "noface.png"
+    Image.fromarray(np.full((300, 300, 3), 127, np.uint8)).save(files["noface"])
+    files["garbage"] = d / "garbage.jpg"
+    files["garbage"].write_bytes(b"this is not an image" * 50)
+    files["truncated"] = d / "truncated.jpg"
+    full = d / "full.jpg"
+    im.save(full, quality=90)
+    files["truncated"].write_bytes(full.read_bytes()[: full.stat().st_size // 3])
+    files["tiny"] = d / "tiny.png"
+    im.resize((10, 8)).save(files["tiny"])
+    files["missing"] = d / "does_not_exist.jpg"
+    return files
+
+
+@pytest.mark.slow
+def test_bad_inputs_are_recorded_and_the_batch_goes_on(tmp_path, capsys, obama_path):
+    files = _write_variants(obama_path, tmp_path)
+    out = tmp_path / "out"
+    order = ["gray", "rgba", "png16", "noface", "garbage", "truncated", "tiny", "missing"]
+    code, _, err = run(capsys, "rotate", *[files[k] for k in order], "--yaw", "0", "--out", out, "--no-dense")
+    assert code == 1  # some inputs failed
+    assert "Traceback" not in err
+    rows = {Path(r["source"]).name: r for r in manifest(out)}
+    for ok in ("gray", "rgba", "png16"):
+        r = rows[files[ok].name]
+        assert "error" not in r, r
+        assert (out / r["output"]).is_file()
+    reasons = {"noface": "no face", "garbage": "not a readable image", "truncated": "truncated",
+               "tiny": "too small", "missing": "no such file"}
+    for bad, reason in reasons.items():
+        r = rows[files[bad].name]
+        assert reason in r["error"], r
+        assert "\n" not in r["error"]
+        assert "output" not in r
+
+
+def test_huge_image_is_refused(tmp_path, capsys):
+    big = tmp_path / "huge.png"
+    Image.new("1", (12000, 10000)).save(big)  # 120 megapixels, tiny on disk
+    code, _, err = run(capsys, "rotate", big, "--yaw", "0", "--out", tmp_path / "o")
+    assert code == 1
+    assert "too large" in manifest(tmp_path / "o")[0]["error"]
+
+
+@pytest.mark.parametrize("value", ["abc", "10,,20", "0,200", "nan"])
+def test_bad_yaw_value_is_usage_error(tmp_path, capsys, obama_path, value):
+    code, _, err = run(capsys, "rotate", obama_path, "--yaw", value, "--out", tmp_path / "o")
+    assert code == 2
+    assert "--yaw" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_size_and_method_are_usage_errors(tmp_path, capsys, obama_path):
+    assert run(capsys, "rotate", obama_path, "--size", "7", "--out", tmp_path)[0] == 2
+    assert run(capsys, "rotate", obama_path, "--method", "magic", "--out", tmp_path)[0] == 2
+    assert run(capsys, "rotate", obama_path)[0] == 2  # --out is required
+
+
+def test_missing_model_is_one_line_error(tmp_path, capsys, obama_path):
+    code, _, err = run(capsys, "rotate", obama_path, "--yaw", "0", "--out", tmp_path / "o", "--model", tmp_path / "nomodel")
+    assert code == 1
+    assert_one_line_error(err)
+    assert str(tmp_path / "nomodel") in err
+
+
+def test_corrupt_model_is_one_line_error(tmp_path, capsys, obama_path):
+    d = tmp_path / "badict"
+    d.mkdir()
+    (d / "FaceXModel.tar.xz").write_bytes(b"\xfd7zXZ\x00\x00garbage" * 100)
+    code, _, err = run(capsys, "rotate", obama_path, "--yaw", "0", "--out", tmp_path / "o", "--model", d)
+    assert code == 1
+    assert_one_line_error(err)
+    assert "corrupt" in err and str(d) in err
+
+
+def test_model_from_environment_variable(tmp_path, capsys, obama_path, monkeypatch):
+    monkeypatch.setenv("FACESYNTH_MODEL", str(tmp_path / "elsewhere"))
+    code, _, err = run(capsys, "rotate", obama_path, "--yaw", "0", "--out", tmp_path / "o")
+    assert code == 1
+    assert str(tmp_path / "elsewhere") in err

@@ -29,18 +29,19 @@ from face3d.rasterizer import interpolate_vertex_attributes, rasterize_meshes
 from face3d.shading import sh_basis, vertex_normals
 
 
-def _skin_faces(model: MorphableModel) -> np.ndarray:
-    key = "_skin_faces"
+def _skin_topology(model: MorphableModel):
+    """Skin triangles, their vertices and their unique edges (cached on the model)."""
+    key = "_skin_topology"
     if key not in model._torch_cache:
         tri = model.triangles
-        model._torch_cache[key] = np.nonzero(model.skin[tri].all(axis=1))[0]
+        skin_f = np.nonzero(model.skin[tri].all(axis=1))[0]
+        t = tri[skin_f]
+        e = np.sort(np.concatenate([t[:, [0, 1]], t[:, [1, 2]], t[:, [2, 0]]]), axis=1)
+        n = int(tri.max()) + 1
+        e = np.unique(e[:, 0] * n + e[:, 1])  # pack each pair into one integer for a fast unique
+        edges = np.stack([e // n, e % n], axis=1)
+        model._torch_cache[key] = (skin_f, np.unique(t), torch.from_numpy(edges))
     return model._torch_cache[key]
-
-
-def _edges(tri: np.ndarray) -> np.ndarray:
-    e = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]])
-    e = np.sort(e, axis=1)
-    return np.unique(e, axis=0)
 
 
 def face_crop(landmarks: np.ndarray, image_hw, size: int, margin: float = 1.7):
@@ -62,11 +63,9 @@ def refine_dense(fit, image: np.ndarray, model: MorphableModel, cfg):
     crop = cv2.warpAffine(image, M, (S, S), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
     target = torch.from_numpy(crop).float() / 255.0                                   # (S, S, 3)
 
-    skin_f = _skin_faces(model)
+    skin_f, used_v, edges = _skin_topology(model)
     tri_all = model.triangles
     faces = torch.from_numpy(tri_all)
-    used_v = np.unique(tri_all[skin_f])
-    edges = torch.from_numpy(_edges(tri_all[skin_f]))
     mirror = torch.from_numpy(model.mirror_vertex)
     is_skin_face = torch.zeros(tri_all.shape[0], dtype=torch.bool)
     is_skin_face[torch.from_numpy(skin_f)] = True
@@ -154,7 +153,7 @@ def refine_dense(fit, image: np.ndarray, model: MorphableModel, cfg):
                 beta.clamp_(lo, hi)
             alpha.clamp_(-3.5, 3.5)
             albedo.clamp_(0.0, 1.5)
-        history.append(float(e_photo))
+        history.append(float(e_photo.detach()))
 
     from face3d.fitting import FaceFit
 

@@ -153,24 +153,28 @@ def build_contour_index(model: MorphableModel, radius_mm: float = 22.0) -> Conto
     # the outline lives on the cheeks and jaw, in front of the ears
     cands = []
     fixed = lm[JAW]
-    # For models without fixed jaw vertices (SFM) use their contour lists as anchors.
     right, left = model.contour_candidates
     for k in JAW:
         if k == CHIN and lm[k] >= 0:
             cands.append(np.array([lm[k]]))
             continue
-        anchor = fixed[k]
-        if anchor < 0:
-            side = right if k < CHIN else left
-            j = k if k < CHIN else 16 - k
-            anchor = side[min(j * 2, len(side) - 1)] if len(side) else -1
-        if anchor < 0:
+        if fixed[k] >= 0:
+            anchors = np.array([fixed[k]])
+        else:
+            # no fixed vertex (the SFM): the whole contour line of that side; the silhouette
+            # search below picks the point nearest to the detected landmark anyway
+            anchors = right if k < CHIN else left
+        if anchors.size == 0:
             cands.append(np.zeros(0, dtype=np.int64))
             continue
-        d = np.linalg.norm(mean[skin] - mean[anchor], axis=1)
-        sel = skin[d < radius_mm]
-        sel = sel[np.sign(mean[sel, 0]) == np.sign(mean[anchor, 0])] if abs(mean[anchor, 0]) > 5 else sel
-        cands.append(np.union1d(sel, [anchor]))
+        from scipy.spatial import cKDTree
+
+        near = cKDTree(mean[anchors]).query(mean[skin], distance_upper_bound=radius_mm)[0]
+        sel = skin[np.isfinite(near)]
+        side = np.sign(mean[anchors, 0].mean())
+        if abs(mean[anchors, 0].mean()) > 5:
+            sel = sel[np.sign(mean[sel, 0]) == side]
+        cands.append(np.union1d(sel, anchors))
     idx = ContourIndex(cands)
     model._torch_cache["_contour"] = idx
     return idx

@@ -10,8 +10,8 @@ Conventions
   has its centre at ``(x=j+0.5, y=i+0.5)``. ``z`` is the positive view depth.
 * Triangles with a vertex at ``z <= 0`` and zero-area triangles are ignored.
 * A pixel is covered when its centre is inside the triangle. Edge functions are
-  evaluated from a *canonical* endpoint of each edge (the one with the smaller x),
-  so the two triangles sharing an edge compute exactly opposite
+  evaluated in a form symmetric in the edge's endpoints (relative to its midpoint,
+  see ``_edge_setup``), so the two triangles sharing an edge compute exactly opposite
   values; a centre exactly on an edge goes to one side only (a top-left style tie
   rule on the edge direction). Closed meshes therefore render without cracks or
   double coverage.
@@ -28,16 +28,24 @@ Conventions
 
 Algorithm
 ---------
-1. Per face (no grad, float32): edge coefficients, signed area, pixel bounding box
-   of the pixel *centres* inside the triangle's box. Faces that are behind the
-   camera, degenerate, culled or whose box holds no pixel centre are dropped.
-2. The remaining (face, pixel) candidate pairs are enumerated without Python loops
-   (``repeat_interleave`` + ``cumsum`` offsets), in chunks of bounded size, then
-   edge-tested; the covered pairs are reduced per pixel with ``scatter_reduce``.
-3. For the visible faces only, barycentrics and depth are recomputed from
+1. Per face (no grad, float32, all B*F faces at once): signed area and the box of
+   pixel *centres* covered by the triangle's bounding box. Faces behind the camera,
+   degenerate, culled or whose box holds no pixel centre are dropped; the others are
+   sorted by box shape (rows, cols rounded up to a size table; uint8 radix sort).
+2. Each shape bucket is evaluated as one dense (rows, cols, faces) block, in chunks
+   of bounded size. The edge functions are separable (a per-row term minus a
+   per-column term), the inside test, depth and key are pure float arithmetic (no
+   boolean masks, which are much slower on CPU), and the int64 keys
+   ``(depth bits << 32) | face`` are reduced per pixel with
+   ``scatter_reduce('amin')``: nearest depth, then smallest face index.
+3. For the covered pixels only, barycentrics and depth are recomputed from
    ``verts_screen`` *with autograd*, so gradients reach vertex positions (and the
    attributes through :func:`interpolate_vertex_attributes`). Empty pixels hold
    constants (no NaN gradients).
+
+No Python loop runs over triangles or pixels; the Python loops are over the (few)
+shape buckets and the 3 edges. Thread count and allocator settings are left to the
+caller.
 """
 from __future__ import annotations
 
@@ -53,12 +61,27 @@ __all__ = [
 ]
 
 # Upper bound on the candidate (face, pixel) slots evaluated at once: bounds the
-# temporary memory (~70 bytes per slot) at large image sizes / big triangles.
+# temporary memory (~50 bytes per slot) at large image sizes / big triangles.
 _MAX_SLOTS_PER_CHUNK = 1 << 20
 _EMPTY_KEY = torch.iinfo(torch.int64).max
-_MAX_IMAGE_SIDE = 1 << 14  # box sizes (<= 2**14) are bucketed by log2 into a uint8 key
-# Smallest positive float32 (subnormal): `w > -_TINY` is exactly `w >= 0`.
+_INF_BITS = 0x7F800000  # float32 +inf; keys with high word >= this are empty
+_MAX_IMAGE_SIDE = 1 << 14
+# Dense-bucket codes of box sizes: a box of n rows goes to the first size >= n (then the
+# bucket is trimmed to the largest box it actually holds). 15 row x 16 column codes fit a
+# uint8 sort key (255 = culled), and uint8 keys sort fast (radix sort).
+_ROW_SIZES = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 64, 256, 1 << 14]
+_COL_SIZES = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 64, 128, 512, 1 << 14]
+
+
+def _size_lut(sizes):
+    codes = [0] + [next(i for i, s in enumerate(sizes) if s >= n) for n in range(1, _MAX_IMAGE_SIDE + 1)]
+    return torch.tensor(codes, dtype=torch.uint8)
+
+
+_ROW_LUT, _COL_LUT = _size_lut(_ROW_SIZES), _size_lut(_COL_SIZES)
+# Smallest positive float32 (subnormal): `w + _TINY > 0` is exactly `w >= 0`.
 _TINY = torch.finfo(torch.float32).smallest_normal * torch.finfo(torch.float32).eps
+_HUGE = 3e38
 
 
 @dataclass
@@ -88,46 +111,41 @@ def _image_hw(image_size) -> tuple[int, int]:
 
 
 def _edge_setup(x0, y0, x1, y1, x2, y2):
-    """Canonical, inside-positive edge functions of triangles (any common shape).
+    """Inside-positive, shared-edge-consistent edge functions of triangles (1D tensors).
 
-    Returns, for the edges k = 0, 1, 2 (edge k joins vertices k+1 and k+2, opposite
-    vertex k), lists ``ox, oy, dx, dy, tie`` such that the edge function at a point p
+    For edge k (from vertex a = k+1 to b = k+2, opposite vertex k) returns per face
+    ``dx, dy, sx, sy, thr`` such that the edge function at a point p is
 
-        w_k = dx_k * (p_y - oy_k) - dy_k * (p_x - ox_k)
+        w_k = dx * (2 p_y - sy) - dy * (2 p_x - sx)     (= 2 (d x (p - midpoint)))
 
-    is positive inside the triangle whatever its winding. ``(ox, oy)`` is a canonical
-    endpoint (the one with the smaller x), so two triangles sharing an edge compute
-    bitwise opposite ``w`` (IEEE arithmetic is sign-symmetric). ``tie_k`` says
-    whether ``w_k == 0`` counts as inside: true iff the oriented edge direction
-    (dx, dy) has dy > 0, or dy == 0 and dx < 0 - exactly one of two triangles on
-    opposite sides of a shared edge gets a pixel centre lying on it. Also returns the
-    signed doubled area ``(v1 - v0) x (v2 - v0)`` (negative = front-facing).
+    with ``d = (b - a) * sign(area)`` (so w > 0 inside, whatever the winding) and
+    ``sx = ax + bx``, ``sy = ay + by``. The formula is symmetric in a and b except for
+    the sign of d, so the two triangles sharing an edge compute exactly opposite w
+    (IEEE +, -, * are sign-symmetric and + is commutative): no gaps, no overlaps.
+    ``thr`` is ``-tiny`` (the smallest subnormal) for "tie" edges and 0 otherwise; the
+    test ``w - thr > 0`` means ``w > 0``, or ``w >= 0`` on tie edges. Tie edges are
+    those whose direction d has ``dy > 0``, or ``dy == 0`` and ``dx < 0``: of the two
+    triangles on either side of an edge exactly one owns the centres lying on it.
+    Also returns the signed doubled area ``(v1 - v0) x (v2 - v0)``.
     """
     xs, ys = (x0, x1, x2), (y0, y1, y2)
     area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
-    # The raw edge function of (a -> b) has the sign of `area` at the opposite vertex;
-    # multiplying the direction by sign(area) makes it inside-positive. Since
-    # a - b == -(b - a) exactly, the direction does not depend on the canonical origin.
-    sgn = torch.where(area < 0, -1.0, 1.0).to(area.dtype)
-    ox, oy, dx, dy, tie = [], [], [], [], []
+    sgn = torch.sign(area)
+    out = []
     for k in range(3):
         ax, ay = xs[(k + 1) % 3], ys[(k + 1) % 3]
         bx, by = xs[(k + 2) % 3], ys[(k + 2) % 3]
-        # Origin: the endpoint with the smaller x. (For a vertical edge dx == 0 exactly,
-        # so the choice of origin does not change w; no tie-break on y is needed.)
-        swap = bx < ax
-        ox.append(torch.where(swap, bx, ax))
-        oy.append(torch.where(swap, by, ay))
-        d_x, d_y = (bx - ax) * sgn, (by - ay) * sgn
-        dx.append(d_x)
-        dy.append(d_y)
-        tie.append((d_y > 0) | ((d_y == 0) & (d_x < 0)))
-    return ox, oy, dx, dy, tie, area
+        dx, dy = (bx - ax) * sgn, (by - ay) * sgn
+        # tie <=> 2 sign(dy) - sign(dx) > 0; all in float arithmetic (no masks: faster).
+        thr = (2.0 * torch.sign(dy) - torch.sign(dx)).clamp_(0.0, 1.0).mul_(-_TINY)
+        out.append((dx, dy, ax + bx, ay + by, thr))
+    return out, area
 
 
 def _denormals_are_zero() -> bool:
-    """True if denormal operands read as zero (``torch.set_flush_denormal(True)``)."""
-    return not bool(torch.tensor(-_TINY, dtype=torch.float32) < 0)
+    """True if denormals are flushed (``torch.set_flush_denormal(True)``)."""
+    t = torch.tensor([0.0, _TINY], dtype=torch.float32)
+    return not bool((t[0] + t[1]) > 0)
 
 
 def _gather_corners(verts: torch.Tensor, vert_idx: torch.Tensor):
@@ -141,55 +159,78 @@ def _gather_corners(verts: torch.Tensor, vert_idx: torch.Tensor):
     return [vt[c].index_select(0, flat).view(3, -1) for c in range(3)]
 
 
-@torch.no_grad()
-def _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspective_correct):
-    """Flat (B*H*W,) int64 index of the visible face per pixel, -1 if none."""
-    batch, n_verts, _ = verts_screen.shape
-    n_faces = faces.shape[0]
-    n_pix = height * width
-    # ---- Per-face stage (all B*F faces): gather corners, cull, pixel-centre boxes. ----
-    vert_idx = faces.t().contiguous().unsqueeze(1) + (torch.arange(batch) * n_verts).view(1, batch, 1)  # (3, B, F)
-    gx, gy, gz = _gather_corners(verts_screen.detach().to(torch.float32), vert_idx.view(3, -1))
-    (x0, x1, x2), (y0, y1, y2), (z0, z1, z2) = gx.unbind(0), gy.unbind(0), gz.unbind(0)
-    area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
-    # Pixel columns j with centre j + 0.5 in [xmin, xmax] (kept in float: no overflow).
+def _box(x0, x1, x2, y0, y1, y2, height, width):
+    """First pixel column/row whose centre is in the triangle's box, and (count - 1)."""
     c0 = torch.ceil(torch.minimum(torch.minimum(x0, x1), x2) - 0.5).clamp_(min=0)
     ncols = torch.floor(torch.maximum(torch.maximum(x0, x1), x2) - 0.5).clamp_(max=width - 1).sub_(c0)
     r0 = torch.ceil(torch.minimum(torch.minimum(y0, y1), y2) - 0.5).clamp_(min=0)
     nrows = torch.floor(torch.maximum(torch.maximum(y0, y1), y2) - 0.5).clamp_(max=height - 1).sub_(r0)
-    # (ncols, nrows hold count - 1 here.)  NaN coordinates fail all these comparisons.
-    keep = (ncols >= 0) & (nrows >= 0) & (z0 > 0) & (z1 > 0) & (z2 > 0)
-    keep &= (area < 0) if cull_backfaces else (area != 0)
-    # Bucket the kept faces by box shape rounded up to powers of two (frexp(n - 1)[1] is
-    # ceil(log2(n)) for integers n >= 1); each bucket becomes one dense block below.
-    # A stable sort of uint8 keys is a fast radix sort.
-    bucket = torch.frexp(nrows.clamp(0, 1 << 15))[1] * 16 + torch.frexp(ncols.clamp(0, 1 << 15))[1]
-    bucket = bucket.to(torch.uint8).masked_fill_(~keep, 255)
-    bucket, order = torch.sort(bucket, stable=True)
+    return c0, r0, ncols, nrows
+
+
+@torch.no_grad()
+def _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspective_correct):
+    """Covered pixels (flat indices into B*H*W, increasing) and their visible face index.
+
+    Written with float arithmetic rather than boolean masks / torch.where where
+    possible: on CPU the latter are an order of magnitude slower per element.
+    """
+    batch, n_verts, _ = verts_screen.shape
+    n_faces = faces.shape[0]
+    n_pix = height * width
+    # ---- Per-face stage (all B*F faces): gather corners, cull, pixel-centre boxes. ----
+    vert_idx = faces.t().contiguous().unsqueeze(1) + (torch.arange(batch) * n_verts).view(1, batch, 1)
+    gx, gy, gz = _gather_corners(verts_screen.detach().to(torch.float32), vert_idx.view(3, -1))
+    (x0, x1, x2), (y0, y1, y2), (z0, z1, z2) = gx.unbind(0), gy.unbind(0), gz.unbind(0)
+    area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
+    c0, r0, ncols, nrows = _box(x0, x1, x2, y0, y1, y2, height, width)
+    # Kept: a pixel centre in the box, all z > 0, nonzero (or front-facing) area. NaNs fail.
+    crit = torch.minimum(torch.minimum(ncols, nrows) + 0.5, torch.minimum(torch.minimum(z0, z1), z2))
+    crit = torch.minimum(crit, -area if cull_backfaces else area.abs())
+    keep = crit > 0
     n_keep = int(keep.sum())
     if n_keep == 0:
-        return torch.full((batch * n_pix,), -1, dtype=torch.int64)
+        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+    # Sort the kept faces by box shape code so that each bucket is evaluated as one dense
+    # (rows, cols, faces) block. Culled faces may hold NaN / negative counts: the int clamp
+    # makes any of them a valid table index (their code is overwritten anyway).
+    code_r = _ROW_LUT.index_select(0, (nrows + 1).clamp_(1, _MAX_IMAGE_SIDE).to(torch.int32).clamp_(1, _MAX_IMAGE_SIDE))
+    code_c = _COL_LUT.index_select(0, (ncols + 1).clamp_(1, _MAX_IMAGE_SIDE).to(torch.int32).clamp_(1, _MAX_IMAGE_SIDE))
+    sort_key = code_r.mul_(16).add_(code_c).masked_fill_(~keep, 255)
+    sort_key, order = torch.sort(sort_key, stable=True)
     sel = order[:n_keep]
-    bucket_ids, bucket_counts = torch.unique_consecutive(bucket[:n_keep], return_counts=True)
+    bucket_ids, bucket_counts = torch.unique_consecutive(sort_key[:n_keep], return_counts=True)
 
     # ---- Kept faces, sorted by bucket. ----
-    x0, x1, x2, y0, y1, y2, z0, z1, z2, c0, r0, ncols, nrows = (
-        t.index_select(0, sel) for t in (x0, x1, x2, y0, y1, y2, z0, z1, z2, c0, r0, ncols, nrows)
-    )
-    ox, oy, dx, dy, tie, _ = _edge_setup(x0, y0, x1, y1, x2, y2)
-    if _denormals_are_zero():  # then `w > -_TINY` would not mean `w >= 0`
-        thr = None
-    else:  # tie-inclusive edges test w > -tiny (== w >= 0), the others w > 0
-        thr = [torch.where(t, -_TINY, 0.0) for t in tie]
-    zz = [1.0 / z0, 1.0 / z1, 1.0 / z2] if perspective_correct else [z0, z1, z2]
-    fid = sel % n_faces
-    base = (sel // n_faces) * n_pix + r0.to(torch.int64) * width + c0.to(torch.int64)
-    px0, py0 = c0.add_(0.5), r0.add_(0.5)
+    x0, x1, x2, y0, y1, y2, z0, z1, z2 = (t.index_select(0, sel) for t in (x0, x1, x2, y0, y1, y2, z0, z1, z2))
+    c0, r0, ncols, nrows = _box(x0, x1, x2, y0, y1, y2, height, width)
+    edges, _ = _edge_setup(x0, y0, x1, y1, x2, y2)
+    zz = [z0.reciprocal(), z1.reciprocal(), z2.reciprocal()] if perspective_correct else [z0, z1, z2]
+    # Face index and first-pixel offset of each kept face, by lookups rather than int64 / and %.
+    fid = torch.arange(n_faces).repeat(batch).index_select(0, sel)
+    base = torch.arange(0, batch * n_pix, n_pix).repeat_interleave(n_faces).index_select(0, sel)
+    if n_pix < (1 << 24):  # float32 is exact here
+        base += (r0 * width + c0).to(torch.int64)
+    else:
+        base += r0.to(torch.int64) * width + c0.to(torch.int64)
+    px2, py2 = c0.mul_(2).add_(1), r0.mul_(2).add_(1)  # twice the first pixel centre
+    if _denormals_are_zero():  # `w - thr > 0` would not mean `w >= 0` on tie edges
+        return _visible_faces_fallback(edges, zz, fid, base, px2, py2, ncols, nrows, bucket_ids,
+                                       bucket_counts, batch * n_pix, width, perspective_correct)
 
-    # Pixel buffer padded so that slots past the end of a box never index out of range
-    # (those slots are never inside, they only carry the empty key).
-    shapes = [(1 << (b // 16), 1 << (b % 16)) for b in bucket_ids.tolist()]
+    # Bucket shapes, trimmed to the largest box present (only for the coarse codes).
+    shapes, start = [], 0
+    for b, cnt in zip(bucket_ids.tolist(), bucket_counts.tolist()):
+        n_r, n_c = _ROW_SIZES[b // 16], _COL_SIZES[b % 16]
+        if n_r > 16:
+            n_r = int(nrows[start:start + cnt].max()) + 1
+        if n_c > 16:
+            n_c = int(ncols[start:start + cnt].max()) + 1
+        shapes.append((n_r, n_c))
+        start += cnt
     max_rows, max_cols = max(r for r, _ in shapes), max(c for _, c in shapes)
+    # Pixel buffer padded so that slots past the end of a box never index out of range
+    # (those slots are never inside, they only carry an empty key).
     keys = torch.full((batch * n_pix + max_rows * width + max_cols,), _EMPTY_KEY, dtype=torch.int64)
 
     # ---- Each bucket is a dense (rows, cols, faces) block, faces innermost. ----
@@ -201,37 +242,65 @@ def _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspecti
         offs = torch.arange(n_r).view(n_r, 1, 1) * width + torch.arange(n_c).view(1, n_c, 1)
         for lo in range(start, start + cnt, step):
             s = slice(lo, min(lo + step, start + cnt))
-            py = py0[s] + rr  # (R, n): pixel-centre y of each box row
-            px = px0[s] + cc  # (C, n)
+            ys = py2[s] + 2 * rr  # (R, n): twice the pixel-centre y of each box row
+            xs = px2[s] + 2 * cc  # (C, n)
+            u = None
             w = []
-            for k in range(3):
-                # Separable edge function: w = dx*(py - oy) - dy*(px - ox) = Y[row] - X[col].
-                y_term = dx[k][s] * (py - oy[k][s])
-                x_term = dy[k][s] * (px - ox[k][s])
-                if k == 0:  # slots outside the actual box get w0 = -inf: never inside
-                    y_term.masked_fill_(rr > nrows[s], float("-inf"))
-                    x_term.masked_fill_(cc > ncols[s], float("inf"))
+            for k, (dx, dy, sx, sy, thr) in enumerate(edges):
+                # Separable edge function: w = dx*(2py - sy) - dy*(2px - sx) = Y[row] - X[col].
+                y_term = dx[s] * (ys - sy[s])
+                x_term = dy[s] * (xs - sx[s])
+                if k == 0:  # slots past the actual box get w0 = -inf: never inside
+                    y_term += (nrows[s] - rr).clamp_(max=0) * _HUGE
+                    x_term -= (ncols[s] - cc).clamp_(max=0) * _HUGE
                 w.append(y_term.unsqueeze(1) - x_term.unsqueeze(0))  # (R, C, n)
-            if thr is not None:
-                inside = (w[0] > thr[0][s]) & (w[1] > thr[1][s])
-                inside &= w[2] > thr[2][s]
-            else:
-                inside = (w[0] > 0) | ((w[0] == 0) & tie[0][s])
-                for k in (1, 2):
-                    inside &= (w[k] > 0) | ((w[k] == 0) & tie[k][s])
+                margin = w[k] - thr[s]  # > 0 iff the centre is on the inner side of edge k
+                u = margin if u is None else torch.minimum(u, margin, out=u)
             num = w[0] * zz[0][s] + w[1] * zz[1][s] + w[2] * zz[2][s]
             wsum = w[0] + w[1] + w[2]
             depth = wsum.div_(num) if perspective_correct else num.div_(wsum)
-            inside &= depth > 0  # excludes NaN (all-zero w) and negative depths
+            # Outside (u <= 0 or NaN): divide by 0 / NaN -> inf or NaN, i.e. an empty key.
+            depth.div_(u.sign_().clamp_(min=0)).abs_()
             # Positive float32 bit patterns order like integers: (depth, face) in one int64.
             key = depth.view(torch.int32).to(torch.int64).bitwise_left_shift_(32).bitwise_or_(fid[s])
-            key.masked_fill_(~inside, _EMPTY_KEY)
             keys.scatter_reduce_(0, (base[s] + offs).view(-1), key.view(-1), reduce="amin")
         start += cnt
 
     keys = keys[: batch * n_pix]
-    pix_to_face = keys & 0xFFFFFFFF
-    return pix_to_face.masked_fill_(keys == _EMPTY_KEY, -1)
+    covered = (keys < (_INF_BITS << 32)).nonzero().squeeze(1)
+    return covered, keys.index_select(0, covered).bitwise_and_(0xFFFFFFFF)
+
+
+def _visible_faces_fallback(edges, zz, fid, base, px2, py2, ncols, nrows, bucket_ids, bucket_counts,
+                            n_pix_total, width, perspective_correct):
+    """Same as the bucketed loop of :func:`_visible_faces`, with boolean tie tests.
+
+    Used when denormals are flushed to zero (then ``w + tiny > 0`` is not ``w >= 0``).
+    Simple (one pixel per row of a (face, pixel) list) rather than fast.
+    """
+    counts = ((nrows + 1) * (ncols + 1)).to(torch.int64)
+    pf = torch.repeat_interleave(torch.arange(fid.numel()), counts)
+    local = torch.arange(pf.numel()) - (counts.cumsum(0) - counts)[pf]
+    nc = (ncols + 1).to(torch.int64)[pf]
+    row, col = local // nc, local % nc
+    ys, xs = py2[pf] + 2 * row, px2[pf] + 2 * col
+    inside = torch.ones(pf.numel(), dtype=torch.bool)
+    w = []
+    for dx, dy, sx, sy, _ in edges:
+        dx, dy = dx[pf], dy[pf]
+        wk = dx * (ys - sy[pf]) - dy * (xs - sx[pf])
+        tie = (dy > 0) | ((dy == 0) & (dx < 0))
+        inside &= (wk > 0) | ((wk == 0) & tie)
+        w.append(wk)
+    num = w[0] * zz[0][pf] + w[1] * zz[1][pf] + w[2] * zz[2][pf]
+    wsum = w[0] + w[1] + w[2]
+    depth = wsum / num if perspective_correct else num / wsum
+    inside &= torch.isfinite(depth)
+    key = (depth.view(torch.int32).to(torch.int64) << 32) | fid[pf]
+    keys = torch.full((n_pix_total,), _EMPTY_KEY, dtype=torch.int64)
+    keys.scatter_reduce_(0, (base[pf] + row * width + col)[inside], key[inside], reduce="amin")
+    covered = (keys != _EMPTY_KEY).nonzero().squeeze(1)
+    return covered, keys[covered] & 0xFFFFFFFF
 
 
 def rasterize_meshes(
@@ -273,17 +342,18 @@ def rasterize_meshes(
     verts_screen = verts_screen.contiguous()
     dtype = verts_screen.dtype
 
-    pix_to_face = _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspective_correct)
+    covered, f = _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspective_correct)
+    pix_to_face = torch.full((batch * n_pix,), -1, dtype=torch.int64).index_put_((covered,), f)
 
     # ---- Differentiable recomputation, for the covered pixels only. ----
-    covered = (pix_to_face >= 0).nonzero().squeeze(1)
-    f = pix_to_face.index_select(0, covered)
     b = torch.div(covered, n_pix, rounding_mode="floor")
     p = covered - b * n_pix
     r = torch.div(p, width, rounding_mode="floor")
     px = (p - r * width).to(dtype).add_(0.5)
     py = r.to(dtype).add_(0.5)
-    vert_idx = faces.t().contiguous().index_select(1, f).add_(b * n_verts)  # (3, P)
+    b *= n_verts
+    faces_t = faces.t().contiguous()
+    vert_idx = torch.stack([faces_t[k].index_select(0, f).add_(b) for k in range(3)])  # (3, P)
     (x0, x1, x2), (y0, y1, y2), (z0, z1, z2) = (t.unbind(0) for t in _gather_corners(verts_screen, vert_idx))
     # Raw edge functions w_k = (v_{k+2} - v_{k+1}) x (p - v_{k+1}); their common sign
     # (the winding) cancels in the ratios below.
@@ -292,17 +362,19 @@ def rasterize_meshes(
     w2 = (x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)
     wsum = w0 + w1 + w2
     if perspective_correct:
-        q0, q1, q2 = w0 / z0, w1 / z1, w2 / z2
-        qsum = q0 + q1 + q2
-        bary = torch.stack([q0, q1, q2], 1).div_(qsum.unsqueeze(1))
+        q = (w0 / z0, w1 / z1, w2 / z2)
+        qsum = q[0] + q[1] + q[2]
+        bary = [qk / qsum for qk in q]
         depth = wsum / qsum
     else:
-        bary = torch.stack([w0, w1, w2], 1).div_(wsum.unsqueeze(1))
+        bary = [w0 / wsum, w1 / wsum, w2 / wsum]
         depth = (w0 * z0 + w1 * z1 + w2 * z2) / wsum
 
     # In-place scatter into fresh buffers (differentiable w.r.t. the scattered values).
     zbuf = torch.full((batch * n_pix,), -1.0, dtype=dtype).index_put_((covered,), depth)
-    bary_full = torch.zeros((batch * n_pix, 3), dtype=dtype).index_put_((covered,), bary)
+    bary_full = torch.zeros((batch * n_pix, 3), dtype=dtype)
+    for k in range(3):
+        bary_full[:, k].index_put_((covered,), bary[k])
     return Fragments(
         pix_to_face=pix_to_face.view(batch, height, width),
         zbuf=zbuf.view(batch, height, width),
@@ -311,16 +383,17 @@ def rasterize_meshes(
 
 
 def _interpolate(fragments: Fragments, corner_values_fn) -> torch.Tensor:
+    """Shared body: corner_values_fn(batch_of_pixel, face_of_pixel) -> (P, 3, C) values."""
     batch, height, width = fragments.pix_to_face.shape
     p2f = fragments.pix_to_face.reshape(-1)
     covered = (p2f >= 0).nonzero().squeeze(1)
-    bary = fragments.bary_coords.reshape(-1, 3)[covered]  # (P, 3)
-    b = torch.div(covered, height * width, rounding_mode="floor")
-    vals = corner_values_fn(b, p2f[covered])  # (P, 3, C)
+    bary = fragments.bary_coords.reshape(-1, 3).index_select(0, covered)  # (P, 3)
+    vals = corner_values_fn(lambda: torch.div(covered, height * width, rounding_mode="floor"),
+                            p2f.index_select(0, covered))
     out_vals = (bary.unsqueeze(-1).to(vals.dtype) * vals).sum(1)
     channels = out_vals.shape[-1]
     out = torch.zeros((batch * height * width, channels), dtype=out_vals.dtype, device=out_vals.device)
-    return out.index_put((covered,), out_vals).view(batch, height, width, channels)
+    return out.index_put_((covered,), out_vals).view(batch, height, width, channels)
 
 
 def interpolate_vertex_attributes(fragments: Fragments, faces: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
@@ -329,14 +402,26 @@ def interpolate_vertex_attributes(fragments: Fragments, faces: torch.Tensor, att
     Differentiable w.r.t. ``attributes`` and, through ``fragments.bary_coords``, the vertices.
     """
     faces = faces.to(torch.int64)
-    if attributes.dim() == 2:
-        return _interpolate(fragments, lambda b, f: attributes[faces[f]])
-    return _interpolate(fragments, lambda b, f: attributes[b.unsqueeze(1), faces[f]])
+    n_verts, channels = attributes.shape[-2:]
+
+    def corner_values(batch_idx, f):
+        vidx = faces.index_select(0, f)  # (P, 3)
+        if attributes.dim() == 2:
+            return attributes.index_select(0, vidx.view(-1)).view(-1, 3, channels)
+        vidx = vidx + (batch_idx() * n_verts).unsqueeze(1)
+        return attributes.reshape(-1, channels).index_select(0, vidx.view(-1)).view(-1, 3, channels)
+
+    return _interpolate(fragments, corner_values)
 
 
 def interpolate_face_attributes(fragments: Fragments, face_attributes: torch.Tensor) -> torch.Tensor:
     """Interpolate per-corner face attributes (F, 3, C) or (B, F, 3, C) (e.g. UVs with seams)
-    to (B, H, W, C); zeros where empty."""
-    if face_attributes.dim() == 3:
-        return _interpolate(fragments, lambda b, f: face_attributes[f])
-    return _interpolate(fragments, lambda b, f: face_attributes[b, f])
+    to (B, H, W, C); zeros where empty. Differentiable w.r.t. the attributes and the vertices."""
+    n_faces, _, channels = face_attributes.shape[-3:]
+
+    def corner_values(batch_idx, f):
+        if face_attributes.dim() == 3:
+            return face_attributes.index_select(0, f)
+        return face_attributes.reshape(-1, 3, channels).index_select(0, batch_idx() * n_faces + f)
+
+    return _interpolate(fragments, corner_values)

@@ -2,8 +2,9 @@
 
 A renderer is a rasterizer plus a shader: `rasterize_meshes` gives the visible triangle and the
 barycentrics per pixel, `shade_textured` looks the UV atlas up there. Each view places the head
-the same way: the pivot (the mid-face point on the vertical head axis) sits on the optical axis at
+the same way: the pivot sits on the optical axis at
 a fixed distance, so the face keeps its size and place across poses; only R(pose) changes.
+The pivot is the point midway between the eye centre and the mouth centre, as in aligned face crops.
 """
 from __future__ import annotations
 
@@ -50,9 +51,8 @@ def head_pivot(vertices: torch.Tensor, model: MorphableModel) -> tuple[torch.Ten
     eyes = 0.5 * (p[36] + p[45])
     mouth = 0.5 * (p[48] + p[54])
     centre = 0.5 * (eyes + mouth)
-    # on the vertical axis, half-way between the face plane and the model origin (head centre)
-    pivot = torch.stack([torch.zeros(()), centre[1], 0.5 * centre[2]])
-    return pivot, float(torch.linalg.norm(eyes - mouth))
+    # the mid-face point: it projects to the crop centre at every pose, as in landmark-aligned crops
+    return centre, float(torch.linalg.norm(eyes - mouth))
 
 
 def shade_textured(fragments: Fragments, face_uvs: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:

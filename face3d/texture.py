@@ -185,7 +185,7 @@ def extract_texture(fit, image: np.ndarray, model: MorphableModel, config: Textu
     src, m, w_own, w_mir = src[use], m[use], w_own[use], w_mir[use]
     tot = np.maximum(w_own + w_mir, 1e-6)
     tex[src] = (tex[src] * w_own[:, None] + tex[m] * w_mir[:, None]) / tot[:, None]
-    conf[src] = np.maximum(w_own, MIRROR_SCALE * w_mir)
+    conf[src] = np.maximum(np.maximum(w_own, MIRROR_SCALE * w_mir), INPAINT_CONFIDENCE)
 
     tex = tex.reshape(Ht, Wt, 3)
     conf = conf.reshape(Ht, Wt)

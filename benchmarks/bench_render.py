@@ -1,0 +1,52 @@
+"""Rendering throughput of `render_views`: views per second for a batch of 32 poses at 128 and 256 px.
+
+The full re-posing path is timed (transform, rasterize 32.7k triangles, interpolate UVs, sample the
+texture atlas, composite), on a real fitted face. Median of several runs after a warm-up.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from _common import RESULTS, face_photos, write_json
+from face3d.camera import Pose
+from face3d.fitting import FitConfig
+from face3d.image_io import load_image
+from face3d.morphable_model import load_morphable_model
+from face3d.pipeline import reconstruct_faces
+from face3d.render import render_views
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=str(RESULTS / "render.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model = load_morphable_model()
+    photo = [p for p in face_photos() if p.name == "face_recognition_obama.jpg"][0]
+    rec = reconstruct_faces(load_image(photo), model, fit_config=FitConfig(dense=False))[0]
+    rng = np.random.default_rng(0)
+    poses = [Pose(float(y), float(p), 0.0) for y, p in zip(rng.uniform(-60, 60, 32), rng.uniform(-20, 20, 32))]
+    out = {"triangles": int(model.triangles.shape[0]), "batch": len(poses)}
+    print(f"render_views, batch of {len(poses)} poses, {model.triangles.shape[0]} triangles, torch threads {torch.get_num_threads()}")
+    for size in (128, 256):
+        render_views(rec.fit, rec.texture, poses, model, size=size)  # warm-up
+        times = []
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            render_views(rec.fit, rec.texture, poses, model, size=size)
+            times.append(time.perf_counter() - t0)
+        med = float(np.median(times))
+        out[f"size_{size}"] = {"seconds_per_batch": med, "views_per_second": len(poses) / med, "runs": times}
+        target = "  (target >= 200)" if size == 128 else ""
+        print(f"  {size:4d} px: {len(poses) / med:7.1f} views/s  ({1000 * med / len(poses):.2f} ms/view){target}")
+    write_json(args.json, out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Fitting: synthetic recovery with known truth, FaceFit persistence, pose convention."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from face3d.camera import Pose, euler_to_matrix, matrix_to_euler, pose_matrix
+from face3d.fitting import FaceFit, FitConfig, fit_morphable_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_fit_synthetic import random_face  # noqa: E402  (the benchmark's generator, reused)
+
+
+def test_euler_round_trip_and_convention():
+    for pose in [Pose(30, 0, 0), Pose(-50, 15, 5), Pose(10, -20, -8)]:
+        back = matrix_to_euler(pose_matrix(pose))
+        assert back.yaw == pytest.approx(pose.yaw, abs=1e-6)
+        assert back.pitch == pytest.approx(pose.pitch, abs=1e-6)
+        assert back.roll == pytest.approx(pose.roll, abs=1e-6)
+    nose = np.array([0.0, 0.0, 1.0])
+    assert (pose_matrix(Pose(30, 0, 0)) @ nose)[0] > 0.4      # yaw > 0: nose toward image right (+x)
+    assert (pose_matrix(Pose(0, 20, 0)) @ nose)[1] > 0.3      # pitch > 0: nose up (+y)
+    up = np.array([0.0, 1.0, 0.0])
+    assert (pose_matrix(Pose(0, 0, 20)) @ up)[0] < -0.3       # roll > 0: counter-clockwise in the image
+
+
+def test_synthetic_recovery(ict_model):
+    rng = np.random.default_rng(123)
+    errs, lmk = [], []
+    for _ in range(6):
+        face = random_face(ict_model, rng)
+        fit = fit_morphable_model(None, face["landmarks"], ict_model, FitConfig(dense=False), image_size=(512, 512))
+        p, g = fit.pose, face["pose"]
+        errs.append(max(abs(p.yaw - g.yaw), abs(p.pitch - g.pitch), abs(p.roll - g.roll)))
+        lmk.append(fit.landmark_error)
+    assert np.median(errs) < 3.0
+    assert np.median(lmk) < 0.02
+
+
+def test_fit_on_real_photo_and_save_load(tmp_path, obama_reconstruction, ict_model):
+    fit = obama_reconstruction.fit
+    assert fit.landmark_error < 0.03
+    assert abs(fit.pose.yaw) < 15  # an official, near-frontal portrait
+    fit.save(tmp_path / "fit")
+    back = FaceFit.load(tmp_path / "fit")
+    assert np.allclose(back.identity, fit.identity) and np.allclose(back.rotation, fit.rotation)
+    assert back.focal == pytest.approx(fit.focal) and back.residuals["landmark_error"] == fit.landmark_error
+    assert torch.allclose(back.project(ict_model), fit.project(ict_model))
+
+
+def test_fit_rejects_bad_landmarks(ict_model):
+    from face3d.errors import FaceSynthError
+
+    with pytest.raises(FaceSynthError):
+        fit_morphable_model(None, np.full((68, 2), np.nan), ict_model, image_size=(100, 100))
+    with pytest.raises(FaceSynthError):
+        fit_morphable_model(None, np.zeros((68, 2)), ict_model, image_size=(100, 100))
+
+
+def test_sfm_fit_on_real_photo(obama_image, obama_reconstruction, sfm_model):
+    fit = fit_morphable_model(obama_image, obama_reconstruction.face.landmarks, sfm_model, FitConfig(dense=False))
+    assert fit.residuals["landmark_points"] < 68  # the SFM maps 50 points + the dynamic jaw contour
+    assert fit.landmark_error < 0.04
+
+
+@pytest.mark.slow
+def test_dense_term_reduces_photometric_error(obama_image, obama_reconstruction, ict_model):
+    fit = fit_morphable_model(obama_image, obama_reconstruction.face.landmarks, ict_model,
+                              FitConfig(dense=True, dense_steps=20))
+    r = fit.residuals
+    assert r["dense_photometric_end"] < 0.8 * r["dense_photometric_start"]
+    assert fit.landmark_error < 0.03  # the landmark term keeps the alignment
+    assert fit.albedo is not None and np.isfinite(fit.albedo).all()

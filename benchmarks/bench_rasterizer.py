@@ -102,6 +102,7 @@ def project_views(verts: torch.Tensor, n_views: int, image_size: int, fill: floa
 
 
 def _median_time(fn, warmup: int = 2, runs: int = 7) -> float:
+    """Median wall time of ``runs`` calls after ``warmup`` calls (the best is kept in _BEST)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -109,7 +110,11 @@ def _median_time(fn, warmup: int = 2, runs: int = 7) -> float:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
+    _BEST[fn.__name__] = min(times)
     return statistics.median(times)
+
+
+_BEST: dict = {}
 
 
 def main(argv=None):
@@ -134,6 +139,7 @@ def main(argv=None):
         "num_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
+        "loadavg_at_start": os.getloadavg(),
         "n_faces": int(faces.shape[0]),
         "batch": args.batch,
         "sizes": {},
@@ -175,11 +181,14 @@ def main(argv=None):
             "render_fwd_bwd_views_per_s": args.batch / t_back,
             "raster_ms_per_batch": 1000 * t_raster,
             "render_ms_per_batch": 1000 * t_render,
+            "raster_views_per_s_best_run": args.batch / _BEST["raster"],
+            "render_views_per_s_best_run": args.batch / _BEST["render"],
         }
         results["sizes"][str(size)] = row
         print(f"{size:4d}px  coverage {coverage:.2f}  raster {row['raster_views_per_s']:7.0f} views/s  "
               f"raster+uv+texture {row['render_views_per_s']:7.0f} views/s  "
-              f"(fwd+bwd through vertices {row['render_fwd_bwd_views_per_s']:5.0f} views/s)")
+              f"(fwd+bwd through vertices {row['render_fwd_bwd_views_per_s']:5.0f} views/s; best runs: raster "
+              f"{row['raster_views_per_s_best_run']:.0f}, raster+uv+texture {row['render_views_per_s_best_run']:.0f})")
 
     if not args.no_reference:
         sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -195,6 +204,9 @@ def main(argv=None):
         print(f"reference (per-triangle loop) at {size}px: {1.0 / t_ref:.3f} views/s "
               f"-> fast rasterizer is {fast * t_ref:.0f}x faster")
 
+    results["loadavg_at_end"] = os.getloadavg()
+    print(f"load average (1, 5, 15 min) at start {results['loadavg_at_start']}, at end {results['loadavg_at_end']} "
+          f"(other processes on the machine slow down the timings)")
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as fh:
         json.dump(results, fh, indent=2)

@@ -18,9 +18,9 @@ from face3d.rasterizer import (
 # --------------------------------------------------------------------------------------
 # Reference: loop over triangles in Python, test every pixel centre of the image, keep the
 # nearest depth (strict <, so the smallest face index wins ties). It uses the same float32
-# edge-function arithmetic as the fast rasterizer (canonical edge origin = the
-# lexicographically smaller endpoint, direction (b - a) * sign(area), tie rule on the
-# direction), so that the two agree exactly.
+# edge-function arithmetic as the fast rasterizer (w = 2 d x (p - edge midpoint), with the
+# direction d = (b - a) * sign(area); tie rule on the direction), so that the two agree
+# exactly.
 # --------------------------------------------------------------------------------------
 def _reference_cover(tri, px, py, perspective_correct=True):
     """Coverage mask and depth of one float32 triangle (3, 3) at pixel centres (N,)."""
@@ -28,15 +28,15 @@ def _reference_cover(tri, px, py, perspective_correct=True):
     y = [tri[k, 1] for k in range(3)]
     z = [tri[k, 2] for k in range(3)]
     area = (x[1] - x[0]) * (y[2] - y[0]) - (y[1] - y[0]) * (x[2] - x[0])
-    sgn = -1.0 if area < 0 else 1.0
+    sgn = torch.sign(area)
     inside = torch.ones_like(px, dtype=torch.bool)
     w = []
     for k in range(3):
         a, b = (k + 1) % 3, (k + 2) % 3
-        o = b if (x[b], y[b]) < (x[a], y[a]) else a  # lexicographic (x, y)
-        dx = (x[b] - x[a]) * sgn
+        dx = (x[b] - x[a]) * sgn  # edge direction, oriented so that w > 0 inside
         dy = (y[b] - y[a]) * sgn
-        wk = dx * (py - y[o]) - dy * (px - x[o])
+        # 2 * cross(d, p - midpoint): symmetric in a, b up to the sign of d.
+        wk = dx * (2 * py - (y[a] + y[b])) - dy * (2 * px - (x[a] + x[b]))
         tie = bool(dy > 0) or (bool(dy == 0) and bool(dx < 0))
         inside &= (wk > 0) | ((wk == 0) & tie)
         w.append(wk)
@@ -45,7 +45,7 @@ def _reference_cover(tri, px, py, perspective_correct=True):
         depth = wsum / (w[0] * (1.0 / z[0]) + w[1] * (1.0 / z[1]) + w[2] * (1.0 / z[2]))
     else:
         depth = (w[0] * z[0] + w[1] * z[1] + w[2] * z[2]) / wsum
-    inside &= depth > 0
+    inside &= torch.isfinite(depth)
     return inside, depth, area
 
 

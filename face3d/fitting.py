@@ -45,7 +45,7 @@ class FitConfig:
     landmark_steps: int = 40
     contour_every: int = 5           # re-pick the jaw-contour vertices every N steps
     identity_prior: float = 5e-6     # w_id, per coefficient (MAP with ~1.5% landmark noise)
-    expression_prior: float = 5e-6   # w_ex, per coefficient
+    expression_prior: float = 5e-4   # w_ex, per coefficient (weaker lets 53 blendshapes overfit)
     focal_prior: float = 1e-2        # w_f
     fov_degrees: float = 12.0        # initial field of view over the image diagonal's longer side
     jaw_weight: float = 0.5          # contour points are less reliable than inner points

@@ -27,7 +27,7 @@ import torch
 
 from face3d.errors import FaceSynthError
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 ENV_MODEL = "FACESYNTH_MODEL"
 ENV_DATA = "FACESYNTH_DATA"
 
@@ -49,6 +49,7 @@ class MorphableModel:
     skin: np.ndarray                      # (V,) bool: face skin used by the dense term and the texture
     mirror_vertex: np.ndarray             # (V,) int64: the vertex nearest to the x-mirrored position
     expression_range: tuple[float, float] = (0.0, 1.0)
+    mouth_interior: np.ndarray | None = None  # (V,) bool: mouth socket (gets a default colour where unseen)
     _torch_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -275,7 +276,7 @@ def _build_ict(archive: Path) -> dict:
         "name": np.array("ict_facekit"), "mean": mean.astype(np.float32), "identity_basis": identity,
         "expression_basis": expression, "expression_names": np.array(expr_names), "triangles": tris,
         "face_uvs": uvs, "landmark_vertices": landmarks, "contour_right": right, "contour_left": left,
-        "skin": skin, "mirror_vertex": _mirror_vertices(mean, part),
+        "skin": skin, "mirror_vertex": _mirror_vertices(mean, part), "mouth_interior": part == 2,
         "expression_range": np.array([0.0, 1.0], dtype=np.float32),
     }
 
@@ -417,5 +418,5 @@ def _from_arrays(a: dict, source: str) -> MorphableModel:
         landmark_vertices=a["landmark_vertices"].astype(np.int64),
         contour_candidates=(a["contour_right"].astype(np.int64), a["contour_left"].astype(np.int64)),
         skin=a["skin"].astype(bool), mirror_vertex=a["mirror_vertex"].astype(np.int64),
-        expression_range=(float(rng[0]), float(rng[1])),
+        expression_range=(float(rng[0]), float(rng[1])), mouth_interior=a["mouth_interior"].astype(bool),
     )

@@ -21,7 +21,7 @@ from face3d.rasterizer import Fragments, interpolate_face_attributes, rasterize_
 from face3d.texture import Texture
 
 #: Vertical eye-to-mouth distance as a fraction of the crop side (the face's scale in every view).
-EYE_MOUTH_FRACTION = 0.28
+EYE_MOUTH_FRACTION = 0.22
 #: Field of view of the virtual camera (a moderate telephoto, as in portrait photos).
 VIEW_FOV_DEGREES = 10.0
 

@@ -28,6 +28,7 @@ from face3d.shading import vertex_normals
 
 INPAINT_CONFIDENCE = 0.05
 MIRROR_SCALE = 0.5
+MOUTH_INTERIOR_RGB = (0.23, 0.09, 0.09)
 
 
 @dataclass
@@ -187,6 +188,14 @@ def extract_texture(fit, image: np.ndarray, model: MorphableModel, config: Textu
     tex[src] = (tex[src] * w_own[:, None] + tex[m] * w_mir[:, None]) / tot[:, None]
     conf[src] = np.maximum(np.maximum(w_own, MIRROR_SCALE * w_mir), INPAINT_CONFIDENCE)
 
+    # the mouth socket where the photo does not show it: a dark mouth-interior colour, not a
+    # smear of the surrounding charts
+    if model.mouth_interior is not None and model.mouth_interior.any():
+        mouth = np.zeros(Ht * Wt, dtype=bool)
+        mouth[flat] = model.mouth_interior[tri[:, 0]]
+        dark = mouth & (conf == 0)
+        tex[dark] = MOUTH_INTERIOR_RGB
+        conf[dark] = INPAINT_CONFIDENCE
     tex = tex.reshape(Ht, Wt, 3)
     conf = conf.reshape(Ht, Wt)
     known = conf > 0

@@ -31,6 +31,7 @@ from face3d.shading import sh_basis, vertex_normals
 import torch.nn.functional as F
 
 SIZE = 512
+DENSE_OVERRIDES: dict = {}
 
 
 def random_sh(rng):
@@ -98,8 +99,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=None, help="override FitConfig.dense_steps")
+    ap.add_argument("--size", type=int, default=None, help="override FitConfig.dense_size")
     ap.add_argument("--json", default=str(RESULTS / "dense_term.json"))
     args = ap.parse_args()
+    if args.steps:
+        DENSE_OVERRIDES["dense_steps"] = args.steps
+    if args.size:
+        DENSE_OVERRIDES["dense_size"] = args.size
     torch.set_num_threads(2)
     model = load_morphable_model()
     rng = np.random.default_rng(args.seed)
@@ -119,7 +126,7 @@ def main():
         depths = {}
         for name, dense in (("landmarks", False), ("dense", True)):
             t0 = time.perf_counter()
-            fit = fit_morphable_model(s["image"], q, model, FitConfig(dense=dense))
+            fit = fit_morphable_model(s["image"], q, model, FitConfig(dense=dense, **DENSE_OVERRIDES))
             dt = time.perf_counter() - t0
             v = fit.vertices(model)[0].numpy()
             p = fit.pose

@@ -18,7 +18,7 @@ b. Fitting time per face, warm (one warm-up call per method first), torch.set_nu
    median over photos of the per-photo median of `--repeats` calls, all methods timed in the same
    run one after the other on the same photo and landmarks. Detection = dlib HOG detector +
    68-point predictor (`face3d.landmarks.detect_faces`).
-c. Identity kept: each photo is reconstructed (ICT, landmarks only, photo texture) and rendered at
+c. Identity kept: each photo is reconstructed (ICT, default fit: landmarks + dense, photo texture) and rendered at
    yaw -45..45 in 15 degree steps at 128 px. dlib finds the face in each view (HOG, upsample 1; a
    miss is a failure with distance inf), and dlib's face descriptor (`compute_face_descriptor` on
    the 68-point shape) is compared with the source photo's descriptor (Euclidean distance; dlib's
@@ -235,13 +235,13 @@ def main() -> None:
         row["ict"]["seconds_with_detection"] = t_det + t_l
         row["eos"]["seconds_with_detection"] = t_det + t_e
 
-        # c + d: identity and pose of the re-posed views (ICT, landmarks only)
+        # c + d: identity and pose of the re-posed views (ICT, the default fit: landmarks + dense)
         rect = dl.dlib.rectangle(*face.box)
         src_desc = dl.descriptor(img, dl.shape(img, rect))
-        texture = extract_texture(fit_l, img, ict)
+        texture = extract_texture(fit_d, img, ict)
         poses = [Pose(float(y), 0.0, 0.0) for y in YAWS]
-        views = render_views(fit_l, texture, poses, ict, size=SIZE)
-        verts = fit_l.vertices(ict)
+        views = render_views(fit_d, texture, poses, ict, size=SIZE)
+        verts = fit_d.vertices(ict)
         lmv = ict.landmark_vertices
         pts3 = verts[0, np.maximum(lmv, 0)].numpy().astype(np.float64)
         pts3[lmv < 0] = np.nan
@@ -322,7 +322,7 @@ def main() -> None:
           f"with dense {'PASS' if timing['ict_dense_with_detection'] <= TARGETS['fit_seconds'] else 'FAIL'}")
 
     # ---------------------------------------------------------------- c + d. views
-    print(f"\n(c) Identity kept: dlib descriptor distance, rendered view vs source photo ({SIZE} px, ICT landmarks-only fit; "
+    print(f"\n(c) Identity kept: dlib descriptor distance, rendered view vs source photo ({SIZE} px, ICT default fit (landmarks + dense); "
           f"same person < {SAME_PERSON}; no face found = failure, distance inf)")
     print(f"(d) Pose check: dlib landmarks + PnP on the view vs the pose asked for (target: median |error| <= "
           f"{TARGETS['pose_deg']:.0f} deg)")

@@ -50,8 +50,8 @@ class FitConfig:
     fov_degrees: float = 12.0        # initial field of view over the image diagonal's longer side
     jaw_weight: float = 0.5          # contour points are less reliable than inner points
     dense: bool = True               # add the photometric term after the landmark stage
-    dense_steps: int = 40
-    dense_size: int = 112            # working resolution (px) of the dense term's face crop
+    dense_steps: int = 25
+    dense_size: int = 96             # working resolution (px) of the dense term's face crop
     dense_weight: float = 1.0
     seed: int = 0
 

@@ -55,7 +55,7 @@ def run_rotate(args) -> int:
     model = load_morphable_model(args.model)
     manifest = Manifest(out / "manifest.jsonl")
     poses = [Pose(y, p, r) for p in args.pitch for y in args.yaw for r in args.roll]
-    fit_cfg = FitConfig(dense=not args.no_dense)
+    fit_cfg = FitConfig(dense=args.dense)
     failed = 0
     used_stems: dict[str, int] = {}
     for src in tqdm(args.images, desc="rotate", unit="photo", disable=len(args.images) < 2):

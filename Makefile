@@ -24,7 +24,8 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	cd benchmarks && ../$(BIN)/python bench_fit_synthetic.py && ../$(BIN)/python bench_real_photos.py && ../$(BIN)/python bench_speed.py
+	$(BIN)/pip install -q eos-py  # benchmark-only: the eos-py baseline of bench_real_photos
+	cd benchmarks && for b in bench_fit_synthetic bench_real_photos bench_dense bench_render bench_rasterizer bench_identity; do ../$(BIN)/python $$b.py || exit 1; done
 
 clean:
 	rm -rf out .pytest_cache

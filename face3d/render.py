@@ -63,9 +63,14 @@ def shade_textured(fragments: Fragments, face_uvs: torch.Tensor, texture: torch.
     return F.grid_sample(tex, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def view_screen(vertices: torch.Tensor, model: MorphableModel, poses: list[Pose], size: int) -> torch.Tensor:
-    """Screen coordinates (B, V, 3) of the head at each pose in the aligned crop of `size` px."""
-    pivot, eye_mouth = head_pivot(vertices, model)
+def view_screen(vertices: torch.Tensor, model: MorphableModel, poses: list[Pose], size: int,
+                frame_vertices: torch.Tensor | None = None) -> torch.Tensor:
+    """Screen coordinates (B, V, 3) of the head at each pose in the aligned crop of `size` px.
+
+    `frame_vertices` (1, V, 3), when given, sets the pivot and scale instead of `vertices` (an
+    expression edit is framed like the fitted face, so an open mouth does not zoom the view out).
+    """
+    pivot, eye_mouth = head_pivot(vertices if frame_vertices is None else frame_vertices, model)
     focal, dist = view_camera(size, eye_mouth)
     B = len(poses)
     ang = torch.tensor([[math.radians(p.yaw), math.radians(p.pitch), math.radians(p.roll)] for p in poses])
@@ -77,10 +82,12 @@ def view_screen(vertices: torch.Tensor, model: MorphableModel, poses: list[Pose]
 
 def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel, size: int = 128,
                  background: np.ndarray | float = 0.5, vertices: torch.Tensor | None = None,
-                 batch: int = 32) -> RenderedViews:
+                 batch: int = 32, frame_vertices: torch.Tensor | None = None) -> RenderedViews:
     """Render the fitted head with its photo texture at each absolute pose.
 
     `background` is a grey level (0..1) or a (B, size, size, 3) uint8 array to composite over.
+    `vertices` (1, V, 3) replaces the fitted mesh (an expression or shape edit); `frame_vertices`
+    sets the crop's pivot and scale (default: the rendered mesh itself).
     """
     t = model.tensors()
     faces, face_uvs = t["triangles"], t["face_uvs"]
@@ -90,13 +97,13 @@ def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel
         imgs, masks, confs, lms = [], [], [], []
         for s in range(0, len(poses), batch):
             chunk = poses[s : s + batch]
-            screen = view_screen(verts, model, chunk, size)
+            screen = view_screen(verts, model, chunk, size, frame_vertices)
             frag = rasterize_meshes(screen, faces, size, cull_backfaces=True)
             out = shade_textured(frag, face_uvs, tex)                        # (B, 4, S, S)
             mask = (frag.pix_to_face >= 0).float()
             # soften the hard silhouette by one pixel (cheap anti-aliasing of the head outline)
-            alpha = F.avg_pool2d(mask[:, None], 3, stride=1, padding=1)[:, 0] * mask + \
-                (1 - mask) * 0.5 * F.avg_pool2d(mask[:, None], 3, stride=1, padding=1)[:, 0]
+            cover = F.avg_pool2d(mask[:, None], 3, stride=1, padding=1)[:, 0]
+            alpha = cover * mask + (1 - mask) * 0.5 * cover
             imgs.append(out[:, :3].permute(0, 2, 3, 1))
             confs.append(out[:, 3] * mask)
             masks.append(alpha)

@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fit landmarks only: ~5x faster fitting, slightly less accurate depth")
     r.add_argument("--save-fit", action="store_true", help="also write each FaceFit (.npz + .json)")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    from ganrefine.expression_options import add_expression_arguments
+
+    add_expression_arguments(r)
     r.set_defaults(func=_run_rotate)
 
     # Other subcommands register themselves from their own modules.

@@ -46,6 +46,8 @@ def run_rotate(args) -> int:
     from face3d.morphable_model import load_morphable_model
     from face3d.pipeline import reconstruct_faces
     from face3d.render import render_views
+    from ganrefine.expression_options import (check_expression_arguments, expression_variants, render_variant,
+                                              variant_record)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -53,6 +55,7 @@ def run_rotate(args) -> int:
     if out.exists() and not out.is_dir():
         raise FaceSynthError(f"--out {out}: exists and is not a folder")
     model = load_morphable_model(args.model)
+    check_expression_arguments(args, model)
     manifest = Manifest(out / "manifest.jsonl")
     poses = [Pose(y, p, r) for p in args.pitch for y in args.yaw for r in args.roll]
     fit_cfg = FitConfig(dense=args.dense)
@@ -74,26 +77,30 @@ def run_rotate(args) -> int:
                     from face3d.background import photo_backgrounds
 
                     bg = photo_backgrounds(rec.fit, image, model, poses, args.size)
-                views = render_views(rec.fit, rec.texture, poses, model, size=args.size, background=bg)
                 face_tag = f"_face{fi}" if args.all_faces else ""
-                for pose, img in zip(poses, views.images):
-                    rel = f"{stem}{face_tag}_yaw{_name(pose.yaw)}_pitch{_name(pose.pitch)}" + (
-                        f"_roll{_name(pose.roll)}" if pose.roll else "") + ".png"
-                    save_png(out / rel, img)
-                    records.append({
-                        "source": src, "output": rel, "face": fi, "yaw": pose.yaw, "pitch": pose.pitch,
-                        "roll": pose.roll, "method": args.method, "model": model.name,
-                        "fit_landmark_error": round(rec.fit.landmark_error, 6),
-                        "source_pose": {k: round(v, 3) for k, v in zip(("yaw", "pitch", "roll"), rec.fit.pose.as_tuple())},
-                        "size": args.size,
-                    })
+                first = len(records)
+                # one render per (expression, shape sample); the plain fit when neither flag is given
+                for variant in expression_variants(args, rec.fit, model, key=f"{stem}{face_tag}"):
+                    views = render_variant(variant, rec, model, poses, args.size, bg)
+                    for pose, img in zip(poses, views.images):
+                        rel = f"{stem}{face_tag}{variant.tag}_yaw{_name(pose.yaw)}_pitch{_name(pose.pitch)}" + (
+                            f"_roll{_name(pose.roll)}" if pose.roll else "") + ".png"
+                        save_png(out / rel, img)
+                        records.append({
+                            "source": src, "output": rel, "face": fi, "yaw": pose.yaw, "pitch": pose.pitch,
+                            "roll": pose.roll, "method": args.method, "model": model.name,
+                            "fit_landmark_error": round(rec.fit.landmark_error, 6),
+                            "source_pose": {k: round(v, 3) for k, v in zip(("yaw", "pitch", "roll"), rec.fit.pose.as_tuple())},
+                            "size": args.size,
+                            **variant_record(variant, args, model),
+                        })
                 if args.export_mesh:
                     from face3d.mesh_export import export_mesh
 
                     verts = rec.fit.vertices(model)[0].numpy()
                     mesh_rel = f"{stem}{face_tag}_mesh.{args.export_mesh}"
                     export_mesh(out / mesh_rel, verts, model, rec.texture)
-                    for r in records[-len(poses):]:
+                    for r in records[first:]:
                         r["mesh"] = mesh_rel
                 if args.save_fit:
                     rec.fit.save(out / f"{stem}{face_tag}_fit")

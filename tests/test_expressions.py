@@ -1,0 +1,186 @@
+"""Expression presets, raw coefficients, shape jitter and the rotate flags (issue 8)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from face3d.errors import FaceSynthError
+from face3d.expressions import (ICT_PRESETS, PRESET_NAMES, SFM_PRESETS, expression_coefficients,
+                                expression_texture, parse_expression, parse_expression_list, shape_samples)
+
+
+def _landmarks(model, beta, identity=None):
+    ident = torch.zeros(1, 60) if identity is None else torch.from_numpy(identity[None])
+    v = model.shape(ident, torch.from_numpy(np.asarray(beta, np.float32))[None])[0].numpy()
+    return v[np.maximum(model.landmark_vertices, 0)]
+
+
+def _ear(p):
+    return (np.linalg.norm(p[1] - p[5]) + np.linalg.norm(p[2] - p[4])) / (2 * np.linalg.norm(p[0] - p[3]))
+
+
+def test_presets_parse_and_use_real_blendshape_names(ict_model, sfm_model):
+    for name in PRESET_NAMES:
+        spec = parse_expression(name)
+        assert spec.presets == (name,) and spec.label == name
+        beta = expression_coefficients(spec, ict_model)
+        assert beta.shape == (53,) and (beta >= 0).all() and (beta <= 1).all()
+        assert (beta > 0).any() == (name != "neutral")
+    for table, model in ((ICT_PRESETS, ict_model), (SFM_PRESETS, sfm_model)):
+        for weights in table.values():
+            assert set(weights) <= set(model.expression_names)
+    assert expression_coefficients("smile", sfm_model)[sfm_model.expression_names.index("happiness")] > 0
+    with pytest.raises(FaceSynthError, match="cannot be expressed by model surrey_sfm_3448") as e:
+        expression_coefficients("blink", sfm_model)
+    assert "\n" not in str(e.value)
+    # presets replace the fit's expression; 'fitted' keeps it
+    fitted = np.full(53, 0.2, np.float32)
+    assert expression_coefficients("neutral", ict_model, fitted).sum() == 0
+    np.testing.assert_allclose(expression_coefficients("fitted", ict_model, fitted), fitted)
+    j = ict_model.expression_names.index("jawOpen")
+    assert expression_coefficients("fitted+jawOpen=0.7", ict_model, fitted)[j] == pytest.approx(0.7)
+
+
+def test_raw_coefficients_and_errors(ict_model):
+    beta = expression_coefficients("jawOpen=0.6,mouthSmile_L=0.5", ict_model)
+    names = ict_model.expression_names
+    assert beta[names.index("jawOpen")] == pytest.approx(0.6)
+    assert beta[names.index("mouthSmile_L")] == pytest.approx(0.5)
+    assert np.count_nonzero(beta) == 2
+    specs = parse_expression_list("neutral,jawOpen=0.6,mouthSmile_L=0.5,smile+jawOpen=0.2")
+    assert [s.label for s in specs] == ["neutral", "jawOpen0p6-mouthSmile_L0p5", "smile-jawOpen0p2"]
+    s = expression_coefficients(specs[2], ict_model)
+    assert s[names.index("jawOpen")] == pytest.approx(0.2) and s[names.index("mouthSmile_R")] > 0
+    with pytest.raises(FaceSynthError, match="close matches: jawOpen") as e:
+        expression_coefficients("jawOpn=0.3", ict_model)
+    assert "\n" not in str(e.value)
+    with pytest.raises(FaceSynthError, match="outside the model's range"):
+        expression_coefficients("jawOpen=1.5", ict_model)
+    with pytest.raises(FaceSynthError, match="did you mean smile"):
+        parse_expression("smiel")
+    with pytest.raises(FaceSynthError, match="not name=number"):
+        parse_expression("jawOpen=abc")
+    with pytest.raises(FaceSynthError, match="more than once"):
+        parse_expression_list("smile,neutral,smile")
+
+
+def test_presets_move_the_model_landmarks(ict_model):
+    n = _landmarks(ict_model, expression_coefficients("neutral", ict_model))
+    o = _landmarks(ict_model, expression_coefficients("open-mouth", ict_model))
+    s = _landmarks(ict_model, expression_coefficients("smile", ict_model))
+    b = _landmarks(ict_model, expression_coefficients("blink", ict_model))
+    gap = lambda p: np.linalg.norm(p[62] - p[66])
+    width = lambda p: np.linalg.norm(p[54] - p[48])
+    assert gap(o) > gap(n) + 10.0                         # mm: the jaw opens
+    assert gap(o) / width(o) - gap(n) / width(n) > 0.3
+    assert width(s) > 1.08 * width(n)                     # the smile widens ...
+    centre = lambda p: 0.5 * (p[62][1] + p[66][1])
+    for k in (48, 54):                                    # ... and lifts both corners (+y up)
+        assert s[k][1] - centre(s) > n[k][1] - centre(n) + 1.0
+    for eye in (slice(36, 42), slice(42, 48)):            # the lids close
+        assert _ear(b[eye]) < 0.3 * _ear(n[eye])
+    np.testing.assert_allclose(b[48:68], n[48:68], atol=0.01)   # mm: blink leaves the mouth alone
+
+
+def test_shape_samples_are_seeded_and_scaled(ict_model):
+    ident = np.linspace(-1, 1, 60).astype(np.float32)
+    a = shape_samples(ident, ict_model, 0.5, 3, seed=7, key="photo")
+    b = shape_samples(ident, ict_model, 0.5, 3, seed=7, key="photo")
+    c = shape_samples(ident, ict_model, 0.5, 3, seed=8, key="photo")
+    for x, y, z in zip(a, b, c):
+        np.testing.assert_array_equal(x.identity, y.identity)
+        assert not np.allclose(x.delta, z.delta)
+        np.testing.assert_allclose(x.identity[:60] - x.delta[:60], ident, atol=1e-6)
+    assert not np.allclose(a[0].delta, a[1].delta)
+    K = ict_model.num_identity
+    norms = [s.norm for s in a]
+    assert all(0.5 * np.sqrt(K) * 0.7 < v < 0.5 * np.sqrt(K) * 1.3 for v in norms)
+    v0 = _landmarks(ict_model, np.zeros(53), np.pad(ident, (0, K - 60)))
+    v1 = _landmarks(ict_model, np.zeros(53), a[0].identity)
+    assert np.linalg.norm(v1 - v0, axis=1).mean() > 0.5   # mm: the shape really changes
+    assert len(shape_samples(ident, ict_model, 0.0, 5)) == 1
+    with pytest.raises(FaceSynthError):
+        shape_samples(ident, ict_model, -1.0)
+
+
+def test_closed_lid_texture_only_for_blink(ict_model, obama_reconstruction):
+    rec = obama_reconstruction
+    same = expression_texture(rec.texture, ict_model, expression_coefficients("smile", ict_model), rec.fit.expression)
+    assert same is rec.texture
+    lid = expression_texture(rec.texture, ict_model, expression_coefficients("blink", ict_model), rec.fit.expression)
+    changed = np.abs(lid.image - rec.texture.image).max(axis=2) > 1e-3
+    assert 100 < changed.sum() < 0.02 * changed.size      # a small region of the atlas: the lids
+
+
+def test_expression_views_keep_the_framing(ict_model, obama_reconstruction):
+    from face3d import Pose
+    from face3d.expressions import Variant
+    from ganrefine.expression_options import render_variant
+
+    rec = obama_reconstruction
+    views = {}
+    for name in ("neutral", "open-mouth"):
+        spec = parse_expression(name)
+        v = Variant(spec, expression_coefficients(spec, ict_model, rec.fit.expression), None)
+        views[name] = render_variant(v, rec, ict_model, [Pose(0)], 96)
+    n, o = views["neutral"].landmarks[0], views["open-mouth"].landmarks[0]
+    assert np.abs(n[36:48] - o[36:48]).max() < 1.0          # eyes stay put (px) ...
+    assert o[57][1] - n[57][1] > 5.0                        # ... the chin-side lip drops
+    assert not np.array_equal(views["neutral"].images, views["open-mouth"].images)
+
+
+@pytest.mark.slow
+def test_rotate_expression_grid_and_shape_jitter(tmp_path, capsys, obama_path, ict_model):
+    from PIL import Image
+
+    from ganrefine.cli import main
+
+    out = tmp_path / "out"
+    code = main(["rotate", str(obama_path), "--yaw", "0,30", "--size", "64", "--no-dense",
+                 "--expression", "neutral,smile", "--shape-jitter", "0.5", "--jitter-samples", "2",
+                 "--seed", "3", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    rows = [json.loads(l) for l in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 2 * 2                          # expressions x shapes x poses
+    assert len({r["output"] for r in rows}) == len(rows)   # unique names
+    for r in rows:
+        assert (out / r["output"]).is_file() and f"_expr-{r['expression']}_shape{r['shape_sample']}_" in r["output"]
+        assert np.asarray(Image.open(out / r["output"])).shape == (64, 64, 3)
+        assert r["shape_jitter"] == 0.5 and r["seed"] == 3
+    assert {r["expression"] for r in rows} == {"neutral", "smile"}
+    assert all(r["expression_weights"] == {} for r in rows if r["expression"] == "neutral")
+    assert all(r["expression_weights"]["mouthSmile_L"] > 0 for r in rows if r["expression"] == "smile")
+    # the recorded norms are the seeded draws' norms, the same for every expression of a sample
+    from face3d.fitting import FitConfig
+    from face3d.image_io import load_image
+    from face3d.pipeline import reconstruct_faces
+
+    norms = {(r["shape_sample"]): r["shape_jitter_norm"] for r in rows}
+    assert len({(r["shape_sample"], r["shape_jitter_norm"]) for r in rows}) == 2
+    fit = reconstruct_faces(load_image(obama_path), ict_model, fit_config=FitConfig(dense=False))[0].fit
+    expect = shape_samples(fit.identity, ict_model, 0.5, 2, seed=3, key=obama_path.stem)
+    for s in expect:
+        assert norms[s.index] == pytest.approx(s.norm, abs=1e-3)
+    # a second run with the same seed writes identical pixels
+    out2 = tmp_path / "out2"
+    assert main(["rotate", str(obama_path), "--yaw", "0", "--size", "64", "--no-dense", "--expression", "smile",
+                 "--shape-jitter", "0.5", "--jitter-samples", "2", "--seed", "3", "--out", str(out2)]) == 0
+    name = "face_recognition_obama_expr-smile_shape1_yaw0_pitch0.png"
+    np.testing.assert_array_equal(np.asarray(Image.open(out / name)), np.asarray(Image.open(out2 / name)))
+
+
+def test_rotate_rejects_bad_expressions(tmp_path, capsys, obama_path, data_dir):
+    from ganrefine.cli import main
+
+    assert main(["rotate", str(obama_path), "--expression", "smiel", "--out", str(tmp_path / "a")]) == 2
+    assert "did you mean smile" in capsys.readouterr().err
+    assert main(["rotate", str(obama_path), "--expression", "jawOpn=0.3", "--out", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert "close matches: jawOpen" in err and "Traceback" not in err
+    assert main(["rotate", str(obama_path), "--expression", "pout", "--model",
+                 str(data_dir / "3dmm" / "surrey_sfm_3448"), "--out", str(tmp_path / "c")]) == 1
+    assert "cannot be expressed" in capsys.readouterr().err
+    assert main(["rotate", str(obama_path), "--shape-jitter", "-1", "--out", str(tmp_path / "d")]) == 2

@@ -80,14 +80,33 @@ def view_screen(vertices: torch.Tensor, model: MorphableModel, poses: list[Pose]
     return cam.project(transform(vertices.expand(B, -1, -1), R, trans))
 
 
+def _relight(out, frag, verts, faces, poses, sh, start):
+    """Multiply the colour channels by the SH shading of the per-pixel normals in each view's camera frame."""
+    from face3d.shading import sh_basis, vertex_normals
+
+    B = len(poses)
+    ang = torch.tensor([[math.radians(p.yaw), math.radians(p.pitch), math.radians(p.roll)] for p in poses])
+    R = euler_to_matrix(ang[:, 0], ang[:, 1], ang[:, 2])
+    n = vertex_normals(verts, faces).expand(B, -1, -1) @ R.transpose(1, 2)
+    from face3d.rasterizer import interpolate_vertex_attributes
+
+    npix = F.normalize(interpolate_vertex_attributes(frag, faces, n), dim=-1)      # (B, S, S, 3)
+    L = torch.from_numpy(sh if sh.ndim == 3 else np.broadcast_to(sh, (start + B, 9, 3)).copy())[start:start + B]
+    shade = torch.einsum("bhwk,bkc->bhwc", sh_basis(npix), L).clamp(min=0).permute(0, 3, 1, 2)
+    return torch.cat([out[:, :3] * shade, out[:, 3:]], dim=1)
+
+
 def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel, size: int = 128,
                  background: np.ndarray | float = 0.5, vertices: torch.Tensor | None = None,
-                 batch: int = 32, frame_vertices: torch.Tensor | None = None) -> RenderedViews:
+                 batch: int = 32, frame_vertices: torch.Tensor | None = None,
+                 sh: np.ndarray | None = None) -> RenderedViews:
     """Render the fitted head with its photo texture at each absolute pose.
 
     `background` is a grey level (0..1) or a (B, size, size, 3) uint8 array to composite over.
     `vertices` (1, V, 3) replaces the fitted mesh (an expression or shape edit); `frame_vertices`
-    sets the crop's pivot and scale (default: the rendered mesh itself).
+    sets the crop's pivot and scale (default: the rendered mesh itself). `sh` (9, 3) or (B, 9, 3):
+    SH lighting in each view's camera frame; the texture (then a de-lit albedo) is multiplied by
+    its shading (`--relight`, see `face3d.sfs.relight_sh`).
     """
     t = model.tensors()
     faces, face_uvs = t["triangles"], t["face_uvs"]
@@ -100,6 +119,8 @@ def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel
             screen = view_screen(verts, model, chunk, size, frame_vertices)
             frag = rasterize_meshes(screen, faces, size, cull_backfaces=True)
             out = shade_textured(frag, face_uvs, tex)                        # (B, 4, S, S)
+            if sh is not None:
+                out = _relight(out, frag, verts, faces, chunk, np.asarray(sh, np.float32), s)
             mask = (frag.pix_to_face >= 0).float()
             # soften the hard silhouette by one pixel (cheap anti-aliasing of the head outline)
             cover = F.avg_pool2d(mask[:, None], 3, stride=1, padding=1)[:, 0]

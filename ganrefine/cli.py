@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ganrefine.expression_options import add_expression_arguments
 
     add_expression_arguments(r)
+    from ganrefine.sfs_options import add_sfs_arguments
+
+    add_sfs_arguments(r)
     r.set_defaults(func=_run_rotate)
 
     # Other subcommands register themselves from their own modules.

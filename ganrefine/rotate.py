@@ -48,6 +48,7 @@ def run_rotate(args) -> int:
     from face3d.render import render_views
     from ganrefine.expression_options import (check_expression_arguments, expression_variants, render_variant,
                                               variant_record)
+    from ganrefine.sfs_options import prepare_sfs, render_sfs_variant, sfs_record
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -78,10 +79,12 @@ def run_rotate(args) -> int:
 
                     bg = photo_backgrounds(rec.fit, image, model, poses, args.size)
                 face_tag = f"_face{fi}" if args.all_faces else ""
+                sfs = prepare_sfs(args, rec, image, model, key=f"{stem}{face_tag}")
                 first = len(records)
                 # one render per (expression, shape sample); the plain fit when neither flag is given
                 for variant in expression_variants(args, rec.fit, model, key=f"{stem}{face_tag}"):
-                    views = render_variant(variant, rec, model, poses, args.size, bg)
+                    views = (render_variant(variant, rec, model, poses, args.size, bg) if sfs is None
+                             else render_sfs_variant(variant, rec, model, poses, args.size, bg, sfs))
                     for pose, img in zip(poses, views.images):
                         rel = f"{stem}{face_tag}{variant.tag}_yaw{_name(pose.yaw)}_pitch{_name(pose.pitch)}" + (
                             f"_roll{_name(pose.roll)}" if pose.roll else "") + ".png"
@@ -93,6 +96,7 @@ def run_rotate(args) -> int:
                             "source_pose": {k: round(v, 3) for k, v in zip(("yaw", "pitch", "roll"), rec.fit.pose.as_tuple())},
                             "size": args.size,
                             **variant_record(variant, args, model),
+                            **sfs_record(sfs),
                         })
                 if args.export_mesh:
                     from face3d.mesh_export import export_mesh

@@ -1,0 +1,494 @@
+"""Shape from Shading on top of a 3DMM fit (after Kemelmacher-Shlizerman & Basri, TPAMI 2011).
+
+The fitted morphable model is the reference shape; its smooth PCA surface misses the relief that
+the photo's shading shows (nose profile, cheekbones, brow ridge, folds). This stage recovers a
+per-vertex displacement d_v (mm) along the fitted mesh's normals over the visible face skin.
+
+Image model (Lambertian, 9-term SH lighting as in `face3d.shading`), per visible vertex v and
+colour channel c:
+
+    I_vc = rho_vc * s_c(n_v),      s_c(n) = sh_basis(n) . L_c
+
+1. Lighting and albedo from the fit (KSB's reference albedo): with the fit's normals, L is the
+   weighted least-squares fit of I ~ rho * s(n) for a constant albedo first, then for a smooth,
+   mirror-symmetric albedo (screened-Poisson low-pass over the mesh, ~2-3 cm scale) of I / s.
+   Fine dark detail (brows, stubble, make-up) stays in the image residual and is down-weighted
+   by robust (Cauchy) weights instead of being read as geometry; the magnitude prior bounds it.
+2. Geometry: Gauss-Newton on
+
+       E(d) = sum_v w_v a_v sum_c (rho_vc s_c(n_v(d)) - I_vc)^2          data (linearised)
+            + w_lap ||Lap d||^2 + sum_v m_v d_v^2                         smoothness + magnitude
+
+   with the normal perturbation n_v(d) ~ n_v - (grad d)_v (grad: the mesh's tangential gradient
+   operator), a_v the vertex area and m_v growing towards the border of the visible region. The
+   vertices outside the region (and on its border) are fixed at d = 0 (Dirichlet), so the refined
+   surface meets the 3DMM surface without cracks. Each step is one sparse linear solve (SuperLU).
+3. Safety: a face whose visible skin is mostly saturated or very dark, a failed light estimate, a
+   non-finite or implausibly large displacement -> zero displacement and a `warning` (the caller
+   records it) - never an exception or a broken mesh.
+
+The displacement lives in model space (along the fitted mesh's model-space normals), so re-posing
+uses `result.vertices(fit, model)` via `render_views(..., vertices=...)`, and the texture is
+de-lit with `delight_image` (divide the photo by the estimated shading) for `--relight`.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+import torch
+
+from face3d.camera import PerspectiveCamera, transform
+from face3d.image_io import sample_bilinear
+from face3d.morphable_model import MorphableModel
+from face3d.rasterizer import interpolate_vertex_attributes, rasterize_meshes
+from face3d.shading import SH_LAMBERT, SH_NORMALIZATION, sh_basis, vertex_normals
+
+_K = [a * b for a, b in zip(SH_LAMBERT, SH_NORMALIZATION)]   # per-term constants of sh_basis
+
+
+@dataclass
+class SFSConfig:
+    """Settings of `refine_shape_from_shading` (tuned on benchmarks/bench_sfs.py, synthetic set)."""
+
+    size: int = 128                  # working resolution (px) of the face crop
+    margin: float = 1.7              # crop side / landmark extent (as the dense stage)
+    iterations: int = 3              # Gauss-Newton relinearisations
+    smoothness: float = 0.05         # w_lap: ||Lap d||^2 (uniform Laplacian, per unit vertex area)
+    magnitude: float = 2e-4          # m: ||d||^2 prior toward the 3DMM surface (per mm^2)
+    border_magnitude: float = 2e-2   # extra m at the border of the region, tapering inwards
+    taper_rings: int = 4             # rings over which the border prior fades
+    albedo_smoothing: float = 60.0   # screened-Poisson weight of the albedo low-pass (graph Laplacian; ~sqrt(mu) rings)
+    robust_scale: float = 0.06       # Cauchy scale of the photometric residual (0..1 intensity)
+    min_cosine: float = 0.25         # vertices more oblique than this to the camera carry no data
+    depth_tolerance_mm: float = 4.0  # visibility test against the source z-buffer
+    dark: float = 0.04               # a vertex under this intensity (max channel) carries no data
+    bright: float = 0.985            # ... nor over this (saturated)
+    min_valid_fraction: float = 0.5  # of the visible face skin; below -> fall back with a warning
+    max_displacement_mm: float = 12.0  # any |d| over this -> fall back with a warning
+    max_gradient_gain: float = 2.5   # vertices whose gradient stencil is this many times the median get no data
+    clip_mm: float = 6.0             # displacements are clipped to +-clip_mm (smoothly, tanh)
+
+
+@dataclass
+class SFSResult:
+    """Per-vertex displacement (V,) mm along `normals` (V, 3, model space), lighting, albedo, diagnostics."""
+
+    displacement: np.ndarray
+    normals: np.ndarray
+    sh: np.ndarray                   # (9, 3) estimated SH lighting, source camera frame
+    albedo: np.ndarray               # (V, 3) smooth albedo estimate (0 where unknown)
+    region: np.ndarray               # (V,) bool: vertices whose displacement was solved
+    warning: str | None = None
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def applied(self) -> bool:
+        return self.warning is None and bool(np.any(self.displacement != 0))
+
+    def vertices(self, fit, model: MorphableModel) -> torch.Tensor:
+        """Refined model-space vertices (1, V, 3): fit vertices + displacement * normals."""
+        v = fit.vertices(model)
+        off = torch.from_numpy((self.displacement[:, None] * self.normals).astype(np.float32))
+        return v + off[None]
+
+
+# ------------------------------------------------------------------------------------------
+# Mesh operators
+
+
+def _topology(model: MorphableModel):
+    """Vertex adjacency (V x V, 0/1, CSR) and its uniform Laplacian I - D^-1 A (cached)."""
+    key = "_sfs_topology"
+    if key not in model._torch_cache:
+        tri = model.triangles
+        V = model.num_vertices
+        i = np.concatenate([tri[:, 0], tri[:, 1], tri[:, 2], tri[:, 1], tri[:, 2], tri[:, 0]])
+        j = np.concatenate([tri[:, 1], tri[:, 2], tri[:, 0], tri[:, 0], tri[:, 1], tri[:, 2]])
+        A = sp.csr_matrix((np.ones(i.size), (i, j)), shape=(V, V))
+        A.data[:] = 1.0
+        deg = np.asarray(A.sum(1)).ravel()
+        lap = sp.identity(V, format="csr") - sp.diags(1.0 / np.maximum(deg, 1)) @ A
+        model._torch_cache[key] = (A.tocsr(), lap.tocsr())
+    return model._torch_cache[key]
+
+
+def _gradient_operator(points: np.ndarray, tri: np.ndarray, rows: np.ndarray, cols: np.ndarray):
+    """Tangential gradient at the vertices `rows` of a function given at the vertices `cols`.
+
+    Per face, grad phi_i = N x (p_k - p_j) / (2 A) for a piecewise-linear hat function; a vertex
+    gets the area-weighted mean over its faces. Returns (Gx, Gy, Gz), each (len(rows), len(cols)).
+    """
+    V = points.shape[0]
+    p0, p1, p2 = points[tri[:, 0]], points[tri[:, 1]], points[tri[:, 2]]
+    cr = np.cross(p1 - p0, p2 - p0)
+    dbl = np.linalg.norm(cr, axis=1)                              # 2 A
+    ok = dbl > 1e-12
+    N = cr / np.maximum(dbl, 1e-12)[:, None]
+    grads = [np.cross(N, p2 - p1), np.cross(N, p0 - p2), np.cross(N, p1 - p0)]   # times 1/(2A)
+    col_of = np.full(V, -1, np.int64)
+    col_of[cols] = np.arange(cols.size)
+    row_of = np.full(V, -1, np.int64)
+    row_of[rows] = np.arange(rows.size)
+    # vertex weights: sum of incident face areas (rows only)
+    area = 0.5 * dbl * ok
+    vw = np.zeros(V)
+    for k in range(3):
+        np.add.at(vw, tri[:, k], area)
+    out = []
+    for c in range(3):
+        ri, ci, val = [], [], []
+        for a in range(3):            # the vertex whose gradient row receives the face term
+            ra = row_of[tri[:, a]]
+            keep_a = (ra >= 0) & ok
+            for b in range(3):        # the hat function of vertex b
+                cb = col_of[tri[:, b]]
+                keep = keep_a & (cb >= 0)
+                # area-weighted: A_f * grad/(2A_f) = grad / 2
+                ri.append(ra[keep])
+                ci.append(cb[keep])
+                val.append(0.5 * grads[b][keep, c] / np.maximum(vw[tri[keep, a]], 1e-12))
+        out.append(sp.csr_matrix((np.concatenate(val), (np.concatenate(ri), np.concatenate(ci))),
+                                 shape=(rows.size, cols.size)))
+    return out
+
+
+def _vertex_areas(points: np.ndarray, tri: np.ndarray) -> np.ndarray:
+    a = 0.5 * np.linalg.norm(np.cross(points[tri[:, 1]] - points[tri[:, 0]], points[tri[:, 2]] - points[tri[:, 0]]), axis=1)
+    out = np.zeros(points.shape[0])
+    for k in range(3):
+        np.add.at(out, tri[:, k], a / 3.0)
+    return out
+
+
+def _ring_distance(adj: sp.csr_matrix, inside: np.ndarray, rings: int) -> np.ndarray:
+    """Rings (0..rings) from each vertex of `inside` to the nearest vertex outside it (graph BFS)."""
+    dist = np.where(inside, rings, 0).astype(np.int64)
+    front = ~inside
+    reached = front.copy()
+    for r in range(1, rings):
+        nxt = (adj @ front.astype(np.float64)) > 0
+        nxt &= ~reached
+        dist[nxt & inside] = r
+        reached |= nxt
+        front = nxt
+    return dist
+
+
+# ------------------------------------------------------------------------------------------
+# Shading and lighting
+
+
+def _sh_np(n: np.ndarray) -> np.ndarray:
+    return sh_basis(torch.from_numpy(n)).numpy()
+
+
+def _sh_grad(n: np.ndarray) -> np.ndarray:
+    """d sh_basis / d n: (N, 3 [x, y, z], 9)."""
+    x, y, z = n[:, 0], n[:, 1], n[:, 2]
+    k = _K
+    zero = np.zeros_like(x)
+    one = np.ones_like(x)
+    dx = np.stack([zero, zero, zero, k[3] * one, k[4] * y, zero, zero, k[7] * z, 2 * k[8] * x], 1)
+    dy = np.stack([zero, k[1] * one, zero, zero, k[4] * x, k[5] * z, zero, zero, -2 * k[8] * y], 1)
+    dz = np.stack([zero, zero, k[2] * one, zero, zero, k[5] * y, 6 * k[6] * z, k[7] * x, zero], 1)
+    return np.stack([dx, dy, dz], 1)
+
+
+def _fit_light(Y: np.ndarray, I: np.ndarray, rho: np.ndarray, w: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
+    """Weighted LS of I_vc ~ rho_vc * Y_v . L_c per channel -> L (9, 3); bands 1-2 lightly ridged."""
+    L = np.zeros((9, 3))
+    reg = np.array([0.0] + [ridge] * 3 + [10 * ridge] * 5)
+    for c in range(3):
+        A = Y * rho[:, c:c + 1]
+        Aw = A * w[:, None]
+        H = A.T @ Aw + np.diag(reg) * max(float(w.sum()), 1e-9)
+        L[:, c] = np.linalg.solve(H, Aw.T @ I[:, c])
+    return L
+
+
+def _smooth_on_mesh(values: np.ndarray, weight: np.ndarray, adj: sp.csr_matrix, idx: np.ndarray,
+                    mu: float, mirror: np.ndarray | None = None) -> np.ndarray:
+    """Screened-Poisson low-pass of `values` (V, C) over the vertices `idx`: (W + mu K) x = W v, K = D - A.
+
+    With `mirror`, the data of each vertex is also given to its mirror vertex (a symmetric prior
+    where only one side is seen; where both are, the result is the average of the two sides).
+    """
+    V = values.shape[0]
+    w = weight.copy()
+    v = values * weight[:, None]
+    if mirror is not None:
+        w = w + 0.5 * weight[mirror]
+        v = v + 0.5 * values[mirror] * weight[mirror][:, None]
+    sub = adj[idx][:, idx]                        # graph Laplacian D - A of the sub-mesh (1-ring)
+    sub = sp.diags(np.asarray(sub.sum(1)).ravel()) - sub
+    A = (sp.diags(w[idx] + 1e-6) + mu * sub).tocsc()
+    out = np.zeros_like(values)
+    out[idx] = spla.splu(A).solve(v[idx])
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def _fallback(V: int, normals: np.ndarray, sh, warning: str, stats: dict) -> SFSResult:
+    stats = dict(stats)
+    stats["fallback"] = True
+    return SFSResult(np.zeros(V, np.float32), normals.astype(np.float32), np.asarray(sh, np.float32),
+                     np.zeros((V, 3), np.float32), np.zeros(V, bool), warning, stats)
+
+
+def refine_shape_from_shading(fit, image: np.ndarray, model: MorphableModel,
+                              config: SFSConfig | None = None, *, albedo: np.ndarray | None = None,
+                              sh: np.ndarray | None = None) -> SFSResult:
+    """Displacement along the normals that explains the photo's shading (see the module doc).
+
+    `image` is the uint8 RGB photo the fit refers to. Never raises on bad photos: a result with
+    zero displacement and a `warning` comes back instead.
+    """
+    import cv2
+
+    from face3d.dense import face_crop
+
+    cfg = config or SFSConfig()
+    t0 = time.perf_counter()
+    tri = model.triangles
+    V = model.num_vertices
+    adj, lap = _topology(model)
+    with torch.no_grad():
+        v0_t = fit.vertices(model)
+        n0 = vertex_normals(v0_t, torch.from_numpy(tri))[0].numpy().astype(np.float64)
+    v0 = v0_t[0].numpy().astype(np.float64)
+    R = np.asarray(fit.rotation, np.float64)
+    t = np.asarray(fit.translation, np.float64)
+    stats: dict = {}
+
+    # working crop
+    S = cfg.size
+    x0, y0, sc = face_crop(fit.landmarks, image.shape[:2], S, cfg.margin)
+    # crop pixel = (p - (x0, y0)) * sc in the rasterizer's convention (pixel centres at +0.5)
+    M = np.array([[sc, 0, (0.5 - x0) * sc - 0.5], [0, sc, (0.5 - y0) * sc - 0.5]], dtype=np.float64)
+    crop = cv2.warpAffine(image, M, (S, S), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+    cam = PerspectiveCamera(torch.tensor([fit.focal * sc], dtype=torch.float32),
+                            torch.tensor([[(fit.center[0] - x0) * sc, (fit.center[1] - y0) * sc]], dtype=torch.float32))
+
+    def project(vm: np.ndarray):
+        cp = vm @ R.T + t
+        scr = cam.project(torch.from_numpy(cp[None].astype(np.float32)))[0].numpy().astype(np.float64)
+        return cp, scr
+
+    cp0, scr0 = project(v0)
+    faces_t = torch.from_numpy(tri)
+    frag = rasterize_meshes(torch.from_numpy(scr0[None].astype(np.float32)), faces_t, S, cull_backfaces=True)
+    zb = frag.zbuf[0].numpy()
+    px = np.clip(np.floor(scr0[:, 0]).astype(np.int64), 0, S - 1)
+    py = np.clip(np.floor(scr0[:, 1]).astype(np.int64), 0, S - 1)
+    inside = (scr0[:, 0] >= 0) & (scr0[:, 0] < S) & (scr0[:, 1] >= 0) & (scr0[:, 1] < S)
+    zref = zb[py, px]
+    ncam0 = n0 @ R.T
+    view = -cp0 / np.maximum(np.linalg.norm(cp0, axis=1, keepdims=True), 1e-9)
+    cos0 = np.sum(ncam0 * view, axis=1)
+    skin = model.skin.copy()
+    if model.mouth_interior is not None:
+        skin &= ~model.mouth_interior
+    visible = skin & inside & (zref > 0) & (scr0[:, 2] <= zref + cfg.depth_tolerance_mm) & (cos0 > cfg.min_cosine)
+    I_all = sample_bilinear(crop, scr0[:, :2].astype(np.float32)).astype(np.float64) / 255.0
+    peak = I_all.max(axis=1)
+    usable = visible & (peak > cfg.dark) & (peak < cfg.bright)
+    n_vis, n_use = int(visible.sum()), int(usable.sum())
+    stats.update(visible_vertices=n_vis, data_vertices=n_use)
+    sh_fallback = np.asarray(fit.sh, np.float64) if np.any(fit.sh) else np.zeros((9, 3))
+    if n_vis < 200:
+        return _fallback(V, n0, sh_fallback, f"SFS skipped: only {n_vis} face-skin vertices visible", stats)
+    frac = n_use / n_vis
+    stats["valid_fraction"] = frac
+    if frac < cfg.min_valid_fraction:
+        sat = float(np.mean(peak[visible] >= cfg.bright))
+        dark = float(np.mean(peak[visible] <= cfg.dark))
+        return _fallback(V, n0, sh_fallback, f"SFS skipped: face region {100 * sat:.0f}% saturated, "
+                         f"{100 * dark:.0f}% too dark; kept the 3DMM geometry", stats)
+
+    # --- 1. lighting and a smooth, symmetric albedo from the 3DMM normals
+    area = _vertex_areas(v0, tri)
+    w_data = np.where(usable, np.clip(cos0, 0, 1) * area, 0.0)
+    w_data /= max(w_data[usable].mean(), 1e-12)
+    uidx = np.nonzero(usable)[0]
+    Y0 = _sh_np(ncam0.astype(np.float32)).astype(np.float64)
+    I = I_all
+    rho = np.ones((V, 3)) * (np.average(I[uidx], axis=0, weights=w_data[uidx]) / 0.886227 / 1.0)[None]
+    skin_idx = np.nonzero(skin)[0]
+    robust = np.ones(V)
+    L = None
+    for it in range(3):
+        wl = w_data * robust
+        L = _fit_light(Y0[uidx], I[uidx], rho[uidx], wl[uidx])
+        s = Y0 @ L
+        if not np.all(np.isfinite(L)) or np.mean(s[uidx].min(axis=1) > 1e-3) < 0.8:
+            return _fallback(V, n0, sh_fallback, "SFS skipped: lighting estimate failed; kept the 3DMM geometry", stats)
+        raw = I / np.maximum(s, 1e-3)
+        rho = _smooth_on_mesh(raw, wl, adj, skin_idx, cfg.albedo_smoothing, model.mirror_vertex)
+        r = np.linalg.norm(rho * s - I, axis=1)
+        robust = 1.0 / (1.0 + (r / cfg.robust_scale) ** 2)
+    if sh is not None:       # known lighting / albedo (diagnostics and tests)
+        L = np.asarray(sh, np.float64)
+    if albedo is not None:
+        rho = np.asarray(albedo, np.float64)
+    stats["light_seconds"] = time.perf_counter() - t0
+
+    # --- 2. region, border taper and Gauss-Newton on the displacement
+    # the solved region: the usable vertices and the visible holes between them, minus the border ring
+    region = visible.copy()
+    rings = _ring_distance(adj, region, cfg.taper_rings + 1)
+    free = rings >= 1
+    fidx = np.nonzero(free)[0]
+    nf = fidx.size
+    taper = np.clip((rings[fidx] - 1) / max(cfg.taper_rings, 1), 0.0, 1.0)
+    m_diag = cfg.magnitude + cfg.border_magnitude * (1.0 - taper) ** 2
+    a_f = area[fidx] / max(area[fidx].mean(), 1e-12)
+    lap_ff = lap[fidx][:, fidx]
+    reg = (cfg.smoothness * (lap_ff.T @ sp.diags(a_f) @ lap_ff) + sp.diags(m_diag * a_f)).tocsc()
+    d = np.zeros(V)
+    cost_hist = []
+    didx = np.nonzero(usable[fidx])[0]            # rows of the data term, among the free vertices
+    dv = fidx[didx]
+    for it in range(cfg.iterations):
+        vm = v0 + d[:, None] * n0
+        cp, _ = project(vm)
+        with torch.no_grad():
+            nc = vertex_normals(torch.from_numpy(cp[None].astype(np.float32)), faces_t)[0].numpy().astype(np.float64)
+        s_basis = _sh_np(nc[dv].astype(np.float32)).astype(np.float64)
+        s = s_basis @ L                                                       # (n, 3)
+        res = rho[dv] * s - I[dv]                                             # (n, 3)
+        wv = w_data[dv] * robust[dv] * (sane if it else 1.0)
+        data_cost = float((wv[:, None] * res ** 2).sum())
+        df = d[fidx]
+        cost = data_cost + float(df @ (reg @ df))
+        cost_hist.append(cost)
+        Gx, Gy, Gz = _gradient_operator(cp, tri, dv, fidx)
+        if it == 0:
+            # folded / degenerate spots (lip contact, eyelid creases): tiny triangles make the
+            # normal hypersensitive to d and the linearisation useless there - no data term
+            gn = np.sqrt(np.asarray(Gx.multiply(Gx).sum(1)).ravel() + np.asarray(Gy.multiply(Gy).sum(1)).ravel()
+                         + np.asarray(Gz.multiply(Gz).sum(1)).ravel())
+            sane = gn < cfg.max_gradient_gain * np.median(gn)
+            stats["data_vertices_sane"] = int(sane.sum())
+        wv = wv * sane
+        dS = _sh_grad(nc[dv]) @ L                                             # (n, 3 xyz, 3 ch)
+        Jt = []
+        for c in range(3):
+            coef = -rho[dv, c:c + 1] * dS[:, :, c]                            # (n, 3 xyz)
+            Jt.append(sp.diags(coef[:, 0]) @ Gx + sp.diags(coef[:, 1]) @ Gy + sp.diags(coef[:, 2]) @ Gz)
+        J = sp.vstack(Jt).tocsr()
+        r = res.T.reshape(-1)
+        W = np.tile(wv, 3)
+        H = (J.T @ sp.diags(W) @ J + reg).tocsc()
+        g = J.T @ (W * r) + reg @ df
+        try:
+            step = spla.spsolve(H, -g)
+        except Exception as exc:  # singular systems: keep what we have
+            stats["solver_error"] = str(exc)
+            break
+        if not np.all(np.isfinite(step)):
+            break
+        d[fidx] = df + step
+        # robust re-weighting from the linearised residual
+        rlin = (r + J @ step).reshape(3, -1).T
+        rr = np.linalg.norm(rlin, axis=1)
+        robust[dv] = 1.0 / (1.0 + (rr / cfg.robust_scale) ** 2)
+    d = cfg.clip_mm * np.tanh(d / cfg.clip_mm)
+    stats["cost_history"] = cost_hist
+    # photometric RMS of the model (smooth albedo, estimated light) before and after, at the data vertices
+    vm = v0 + d[:, None] * n0
+    cp, _ = project(vm)
+    with torch.no_grad():
+        nc = vertex_normals(torch.from_numpy(cp[None].astype(np.float32)), faces_t)[0].numpy().astype(np.float64)
+    after = rho[uidx] * (_sh_np(nc[uidx].astype(np.float32)) @ L) - I[uidx]
+    before = rho[uidx] * (Y0[uidx] @ L) - I[uidx]
+    stats["photometric_rms_before"] = float(np.sqrt((before ** 2).mean()))
+    stats["photometric_rms_after"] = float(np.sqrt((after ** 2).mean()))
+    stats["max_abs_mm"] = float(np.abs(d).max())
+    stats["rms_mm"] = float(np.sqrt((d[fidx] ** 2).mean())) if nf else 0.0
+    stats["seconds"] = time.perf_counter() - t0
+    if not np.all(np.isfinite(d)) or np.abs(d).max() > cfg.max_displacement_mm:
+        return _fallback(V, n0, L, "SFS discarded: non-finite or implausibly large displacement; kept the 3DMM geometry", stats)
+    return SFSResult(d.astype(np.float32), n0.astype(np.float32), L.astype(np.float32), rho.astype(np.float32),
+                     free, None, stats)
+
+
+# ------------------------------------------------------------------------------------------
+# De-lighting and re-lighting
+
+
+def source_shading(fit, image_hw, model: MorphableModel, result: SFSResult, vertices: torch.Tensor | None = None,
+                   size: int = 256) -> np.ndarray:
+    """Estimated shading (H, W, 3) of the (refined) face in the photo, normalised to median 1 on the face; 1 elsewhere."""
+    import cv2
+
+    from face3d.dense import face_crop
+
+    H, W = image_hw
+    verts = result.vertices(fit, model) if vertices is None else vertices
+    x0, y0, sc = face_crop(fit.landmarks, image_hw, size, 2.2)
+    faces = torch.from_numpy(model.triangles)
+    with torch.no_grad():
+        R = torch.from_numpy(fit.rotation.astype(np.float32))[None]
+        tr = torch.from_numpy(fit.translation.astype(np.float32))[None]
+        cp = transform(verts, R, tr)
+        cam = PerspectiveCamera(torch.tensor([fit.focal * sc], dtype=torch.float32),
+                                torch.tensor([[(fit.center[0] - x0) * sc, (fit.center[1] - y0) * sc]], dtype=torch.float32))
+        frag = rasterize_meshes(cam.project(cp), faces, size, cull_backfaces=True)
+        n = torch.nn.functional.normalize(interpolate_vertex_attributes(frag, faces, vertex_normals(cp, faces))[0], dim=-1)
+        shade = (sh_basis(n) @ torch.from_numpy(np.asarray(result.sh, np.float32))).numpy()
+    covered = frag.pix_to_face[0].numpy() >= 0
+    skin_f = model.skin[model.triangles].all(1)
+    face = covered & skin_f[np.maximum(frag.pix_to_face[0].numpy(), 0)]
+    if face.sum() < 50:
+        return np.ones((H, W, 3), np.float32)
+    norm = np.median(shade[face], axis=0)
+    shade = np.where(covered[..., None], shade / np.maximum(norm, 1e-6), 1.0)
+    shade = np.clip(shade, 0.25, 4.0).astype(np.float32)
+    # back to the photo's pixels (crop pixel = (p - (x0, y0)) * sc, centres at +0.5)
+    M = np.array([[sc, 0, (0.5 - x0) * sc - 0.5], [0, sc, (0.5 - y0) * sc - 0.5]], dtype=np.float64)
+    return cv2.warpAffine(shade, M, (W, H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(1.0, 1.0, 1.0))
+
+
+def delight_image(fit, image: np.ndarray, model: MorphableModel, result: SFSResult,
+                  vertices: torch.Tensor | None = None) -> np.ndarray:
+    """The photo divided by the estimated shading (uint8): an albedo-like image to texture from."""
+    shade = source_shading(fit, image.shape[:2], model, result, vertices)
+    return np.clip(image.astype(np.float32) / shade + 0.5, 0, 255).astype(np.uint8)
+
+
+def relight_sh(mode: str, count: int, seed: int = 0) -> np.ndarray | None:
+    """SH lights (count, 9, 3) in each view's camera frame for `--relight`; None for 'keep'.
+
+    The de-lit texture has median shading 1 on the face, so these lights are scaled to match:
+    'frontal' = ambient 0.7 + 0.4 n_z (a soft light from the viewer), 'random' = ambient 0.5-0.8
+    plus a directional term 0.3-0.6 from a random direction in the front hemisphere, slightly tinted.
+    """
+    if mode == "keep":
+        return None
+    out = np.zeros((count, 9, 3), np.float32)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        if mode == "frontal":
+            amb, strength, d, tint = 0.7, 0.4, np.array([0.0, 0.0, 1.0]), np.ones(3)
+        elif mode == "random":
+            d = rng.normal(size=3)
+            d[2] = abs(d[2]) + 0.6
+            d /= np.linalg.norm(d)
+            amb, strength = rng.uniform(0.5, 0.8), rng.uniform(0.3, 0.6)
+            tint = rng.uniform(0.95, 1.05, size=3)
+        else:
+            raise ValueError(f"relight mode must be keep, frontal or random, got {mode!r}")
+        out[i, 0] = amb / _K[0]
+        out[i, 1] = strength * d[1] / _K[1]
+        out[i, 2] = strength * d[2] / _K[2]
+        out[i, 3] = strength * d[0] / _K[3]
+        out[i] *= tint[None].astype(np.float32)
+    return out

@@ -1,0 +1,136 @@
+"""`facesynth augment` throughput and worker memory.
+
+1. Throughput on the first N LFW images (sorted; default 200), 5 yaws, 128 px, `--method 3d` with the
+   default fit, in source images per second: local backend with 1 and 2 workers, Ray backend (a local
+   Ray started by the run) with 1 and 2 workers, side by side. Two rates per cell: `wall` over the
+   whole call (pool / Ray start-up included) and `steady` between the first and the last finished
+   image. Every cell must produce the same PNG bytes (checked).
+2. Memory: a run over `--rss-images` LFW images (default 1000) with 2 local workers; each worker's RSS
+   and peak RSS after its first and after its last image.
+
+The inputs are a CSV list of the LFW files where they lie; outputs go to a temp folder.
+Other jobs may share the CPU: the load average is recorded before and after.
+
+    python bench_augment.py [--images 200] [--rss-images 1000] [--yaw -60,-30,0,30,60] [--size 128]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import RESULTS, write_json  # noqa: E402
+
+from ganrefine.augment import AugmentOptions, augment  # noqa: E402
+
+LFW = Path("/work/shared/data/lfw/images")
+
+
+def lfw_list(n: int, folder: Path) -> Path:
+    root = LFW
+    if not root.is_dir():
+        from face3d.morphable_model import default_data_dir
+
+        root = default_data_dir() / "lfw" / "images"
+    files = sorted(root.glob("*/*.jpg"))[:n]
+    if len(files) < n:
+        raise SystemExit(f"only {len(files)} LFW images under {root}")
+    path = folder / f"lfw_first_{n}.csv"
+    with open(path, "w") as f:
+        f.write("path,identity\n")
+        for p in files:
+            f.write(f"{p},{p.parent.name}\n")
+    return path
+
+
+def digest(out: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(out.rglob("*.png")):
+        h.update(p.relative_to(out).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=200)
+    ap.add_argument("--rss-images", type=int, default=1000)
+    ap.add_argument("--yaw", default="-60,-30,0,30,60")
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--workdir", default=None, help="temp folder for outputs (default: system temp)")
+    ap.add_argument("--out", default=str(RESULTS / "augment.json"))
+    args = ap.parse_args()
+    yaws = [float(v) for v in args.yaw.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="bench_augment_", dir=args.workdir))
+    payload = {"config": {"images": args.images, "rss_images": args.rss_images, "yaw": yaws, "size": args.size,
+                          "method": "3d", "fit": "default (dense)", "torch_threads_per_worker": 1},
+               "loadavg_start": os.getloadavg(), "throughput": [], "rss": None}
+    try:
+        inp = lfw_list(args.images, work)
+        digests = {}
+        print(f"throughput on the first {args.images} LFW images, {len(yaws)} yaws, {args.size} px")
+        print(f"{'backend':8s} {'workers':>7s} {'wall img/s':>11s} {'steady img/s':>13s} {'seconds':>8s} {'failed':>7s}")
+        for backend in ("local", "ray"):
+            for workers in (1, 2):
+                out = work / f"{backend}_{workers}"
+                load = os.getloadavg()
+                t0 = time.perf_counter()
+                res = augment(AugmentOptions(input=str(inp), output=str(out), yaw=yaws, size=args.size,
+                                             workers=workers, backend=backend, progress=False))
+                wall = time.perf_counter() - t0
+                digests[(backend, workers)] = digest(out)
+                row = {"backend": backend, "workers": workers, "images": res.processed, "seconds": round(wall, 2),
+                       "wall_images_per_s": round(res.processed / wall, 4),
+                       "steady_images_per_s": round(res.steady_rate, 4),
+                       "failed": res.failed_sources, "ok": res.ok_sources, "loadavg_before": load,
+                       "output_sha256": digests[(backend, workers)]}
+                payload["throughput"].append(row)
+                print(f"{backend:8s} {workers:7d} {row['wall_images_per_s']:11.3f} {row['steady_images_per_s']:13.3f} "
+                      f"{wall:8.1f} {res.failed_sources:7d}", flush=True)
+                shutil.rmtree(out, ignore_errors=True)
+                write_json(args.out, payload)
+        tp = {(r["backend"], r["workers"]): r for r in payload["throughput"]}
+        payload["speedup_2_vs_1"] = {b: {k: round(tp[(b, 2)][k] / tp[(b, 1)][k], 3)
+                                         for k in ("wall_images_per_s", "steady_images_per_s")}
+                                     for b in ("local", "ray")}
+        payload["ray_vs_local"] = {w: {k: round(tp[("ray", w)][k] / tp[("local", w)][k], 3)
+                                       for k in ("wall_images_per_s", "steady_images_per_s")} for w in (1, 2)}
+        payload["identical_outputs_across_cells"] = len(set(digests.values())) == 1
+        print("speed-up 2 vs 1 workers:", payload["speedup_2_vs_1"])
+        print("ray / local:", payload["ray_vs_local"])
+        print("identical outputs in all four cells:", payload["identical_outputs_across_cells"])
+        write_json(args.out, payload)
+
+        if args.rss_images:
+            inp = lfw_list(args.rss_images, work)
+            out = work / "rss"
+            t0 = time.perf_counter()
+            res = augment(AugmentOptions(input=str(inp), output=str(out), yaw=yaws, size=args.size, workers=2,
+                                         progress=False))
+            wall = time.perf_counter() - t0
+            workers = [{"pid": pid, "images": w["items"],
+                        "rss_start_mb": round(w["first_rss_kb"] / 1024, 1), "rss_end_mb": round(w["last_rss_kb"] / 1024, 1),
+                        "peak_rss_start_mb": round(w["first_peak_kb"] / 1024, 1),
+                        "peak_rss_end_mb": round(w["last_peak_kb"] / 1024, 1)}
+                       for pid, w in sorted(res.workers.items())]
+            payload["rss"] = {"images": res.processed, "workers": 2, "backend": "local", "seconds": round(wall, 1),
+                              "failed": res.failed_sources, "per_worker": workers}
+            print(f"memory over {res.processed} images (2 local workers, {wall:.0f} s):")
+            for w in workers:
+                print(f"  worker {w['pid']}: {w['images']} images, RSS {w['rss_start_mb']} -> {w['rss_end_mb']} MB, "
+                      f"peak {w['peak_rss_start_mb']} -> {w['peak_rss_end_mb']} MB")
+        payload["loadavg_end"] = os.getloadavg()
+        write_json(args.out, payload)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -58,12 +58,12 @@ class SFSConfig:
     size: int = 128                  # working resolution (px) of the face crop
     margin: float = 1.7              # crop side / landmark extent (as the dense stage)
     iterations: int = 3              # Gauss-Newton relinearisations
-    smoothness: float = 0.05         # w_lap: ||Lap d||^2 (uniform Laplacian, per unit vertex area)
+    smoothness: float = 0.2          # w_lap: ||Lap d||^2 (uniform Laplacian, per unit vertex area)
     magnitude: float = 2e-4          # m: ||d||^2 prior toward the 3DMM surface (per mm^2)
     border_magnitude: float = 2e-2   # extra m at the border of the region, tapering inwards
     taper_rings: int = 4             # rings over which the border prior fades
     albedo_smoothing: float = 60.0   # screened-Poisson weight of the albedo low-pass (graph Laplacian; ~sqrt(mu) rings)
-    robust_scale: float = 0.06       # Cauchy scale of the photometric residual (0..1 intensity)
+    robust_scale: float = 0.03       # Cauchy scale of the photometric residual (0..1 intensity)
     min_cosine: float = 0.25         # vertices more oblique than this to the camera carry no data
     depth_tolerance_mm: float = 4.0  # visibility test against the source z-buffer
     dark: float = 0.04               # a vertex under this intensity (max channel) carries no data

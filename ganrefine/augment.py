@@ -736,11 +736,14 @@ def _check_settings(out: Path, settings: dict) -> None:
     atomic_write_bytes(path, (json.dumps(settings, indent=2) + "\n").encode())
 
 
+_TEMP_FILE = re.compile(r"^\..+\.(png|parquet|json)\.[A-Za-z0-9_]+\.tmp$")
+
+
 def _clean_temp_files(out: Path) -> None:
     """Remove temp files a killed run left behind (`.<name>.<random>.tmp` from atomic_write_bytes)."""
     for dirpath, _dirs, files in os.walk(out):
         for f in files:
-            if f.startswith(".") and f.endswith(".tmp"):
+            if _TEMP_FILE.match(f):
                 try:
                     os.unlink(os.path.join(dirpath, f))
                 except OSError:
@@ -811,7 +814,7 @@ def augment(opts: AugmentOptions) -> AugmentResult:
             if st == "ok" or (st == "failed" and not opts.retry_failed):
                 continue
             todo.append(s)
-        cfg = {"model": str(model_dir), "method": opts.method, "poses": poses, "size": opts.size, "dense": opts.dense,
+        cfg = {"model": os.path.abspath(model_dir), "method": opts.method, "poses": poses, "size": opts.size, "dense": opts.dense,
                "seed": opts.seed, "keep_original": opts.keep_original, "multi_face": opts.multi_face}
         result = AugmentResult(output=out, selected=len(selected), skipped=len(selected) - len(todo))
         last_parquet = [time.monotonic(), 0.0]

@@ -38,6 +38,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from _common import RESULTS, face_photos, write_json  # noqa: E402
+from bench_dense import random_sh  # noqa: E402  (the same random SH light as the dense-term benchmark)
 from face3d.camera import PerspectiveCamera, Pose, euler_to_matrix, transform  # noqa: E402
 from face3d.fitting import FitConfig, fit_morphable_model, select_contour_vertices  # noqa: E402
 from face3d.image_io import load_image  # noqa: E402
@@ -56,18 +57,6 @@ YAWS = (-45.0, -30.0, 30.0, 45.0)
 
 # ------------------------------------------------------------------------------------------
 # synthetic faces with relief
-
-
-def random_sh(rng):
-    sh = np.zeros((9, 3), np.float32)
-    sh[0] = rng.uniform(0.8, 1.1) / 0.886227
-    d = rng.normal(size=3)
-    d[2] = abs(d[2]) + 0.5
-    d /= np.linalg.norm(d)
-    strength = rng.uniform(0.3, 0.7)
-    sh[1:4] = (strength * np.array([d[1], d[2], d[0]]) / 1.023328)[:, None]
-    sh[4:] = rng.normal(scale=0.05, size=(5, 1))
-    return sh * rng.uniform(0.9, 1.1, size=(1, 3)).astype(np.float32)
 
 
 def synthetic_albedo(atlas: np.ndarray) -> torch.Tensor:

@@ -48,16 +48,18 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 from face3d.errors import FaceSynthError
 
 #: Columns of manifest.parquet, in order. `seconds_*` are timings (the only run-dependent columns).
 COLUMNS = ["source", "identity", "output", "kind", "yaw", "pitch", "roll", "method", "fit_landmark_error",
-           "status", "error", "reason", "note", "faces",
+           "status", "error", "reason", "note", "faces", "expression", "shape_jitter", "shape_jitter_norm",
            "seconds_load", "seconds_detect", "seconds_fit", "seconds_render", "seconds_total"]
 TIMING_COLUMNS = [c for c in COLUMNS if c.startswith("seconds_")]
 #: Settings stored in OUTPUT/augment.json; a resumed run must match them.
 OUTPUT_SETTINGS = ["input", "yaw", "pitch", "roll", "size", "method", "seed", "model", "dense",
+                   "expression", "shape_jitter", "jitter_samples",
                    "keep_original", "multi_face"]
 PARQUET_MIN_INTERVAL_S = 60.0
 
@@ -102,7 +104,10 @@ def add_augment_arguments(p: argparse.ArgumentParser) -> None:
                    help="Ray cluster to join (e.g. auto); default: start a local Ray with --workers CPUs")
     p.add_argument("--limit", type=_positive("limit"), default=None, metavar="K",
                    help="process only the first K sources of INPUT (in sorted/list order)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the fit (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the fit and the shape draws (default 0)")
+    from ganrefine.expression_options import add_expression_arguments
+
+    add_expression_arguments(p, seed=False)  # --expression, --shape-jitter, --jitter-samples
     p.add_argument("--retry-failed", action="store_true", help="on resume, redo sources that failed before")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
@@ -145,6 +150,9 @@ class AugmentOptions:
     ray_address: str | None = None
     limit: int | None = None
     seed: int = 0
+    expression: list | None = None        # parsed --expression specs (None: the photo's own expression)
+    shape_jitter: float = 0.0
+    jitter_samples: int = 1
     retry_failed: bool = False
     progress: bool = True
 
@@ -496,7 +504,7 @@ def process_source(item: dict, cfg: dict) -> dict:
         from face3d.image_io import MAX_SIDE, load_image
         from face3d.landmarks import detect_faces
         from face3d.pipeline import reconstruct_faces
-        from face3d.render import render_views
+        from ganrefine.expression_options import expression_variants, render_variant, variant_record
 
         path = item["path"]
         kind, why = _entry_problem(path)
@@ -534,7 +542,6 @@ def process_source(item: dict, cfg: dict) -> dict:
         t3 = time.perf_counter()
         times["seconds_fit"] = t3 - t2
         poses = [Pose(*p) for p in cfg["poses"]]
-        views = render_views(rec.fit, rec.texture, poses, model, size=cfg["size"])
         lm_err = round(float(rec.fit.landmark_error), 6)
         note = "; ".join(notes)
         ok = dict(base, status="ok", error="", reason="", note=note, faces=faces_n, fit_landmark_error=lm_err)
@@ -544,11 +551,20 @@ def process_source(item: dict, cfg: dict) -> dict:
             sp = rec.fit.pose
             rows.append(dict(ok, output=rel, kind="original", yaw=round(sp.yaw, 3), pitch=round(sp.pitch, 3),
                              roll=round(sp.roll, 3)))
-        for pose, img in zip(poses, views.images):
-            rel = f"{item['stem']}{_pose_name(pose.yaw, pose.pitch, pose.roll)}.png"
-            images[rel] = _png_bytes(img)
-            rows.append(dict(ok, output=rel, kind="view", yaw=float(pose.yaw), pitch=float(pose.pitch),
-                             roll=float(pose.roll)))
+        # one render per (expression, shape sample); the plain fit when neither flag is given
+        flags = SimpleNamespace(expression=cfg.get("expression"), shape_jitter=cfg.get("shape_jitter", 0.0),
+                                jitter_samples=cfg.get("jitter_samples", 1), seed=cfg["seed"])
+        for variant in expression_variants(flags, rec.fit, model, key=f"{item['identity']}/{item['stem']}"):
+            views = render_variant(variant, rec, model, poses, cfg["size"])
+            vrec = variant_record(variant, flags, model)
+            extra = {"expression": vrec["expression"] if cfg.get("expression") else None,
+                     "shape_jitter": vrec["shape_jitter"] if variant.shape is not None else None,
+                     "shape_jitter_norm": vrec.get("shape_jitter_norm")}
+            for pose, img in zip(poses, views.images):
+                rel = f"{item['stem']}{variant.tag}{_pose_name(pose.yaw, pose.pitch, pose.roll)}.png"
+                images[rel] = _png_bytes(img)
+                rows.append(dict(ok, output=rel, kind="view", yaw=float(pose.yaw), pitch=float(pose.pitch),
+                                 roll=float(pose.roll), **extra))
         times["seconds_render"] = time.perf_counter() - t3
     except _Fail as exc:
         rows, images = [_failed_row(base, exc.reason, str(exc), faces_n)], {}
@@ -654,7 +670,8 @@ def write_parquet(path: Path, rows: list[dict]) -> None:
         ("source", pa.string()), ("identity", pa.string()), ("output", pa.string()), ("kind", pa.string()),
         ("yaw", pa.float64()), ("pitch", pa.float64()), ("roll", pa.float64()), ("method", pa.string()),
         ("fit_landmark_error", pa.float64()), ("status", pa.string()), ("error", pa.string()),
-        ("reason", pa.string()), ("note", pa.string()), ("faces", pa.int32()),
+        ("reason", pa.string()), ("note", pa.string()), ("faces", pa.int32()), ("expression", pa.string()),
+        ("shape_jitter", pa.float64()), ("shape_jitter_norm", pa.float64()),
     ] + [(c, pa.float64()) for c in TIMING_COLUMNS])
     cols = {name: [r.get(name) for r in rows] for name in schema.names}
     table = pa.Table.from_pydict(cols, schema=schema)
@@ -793,7 +810,12 @@ def augment(opts: AugmentOptions) -> AugmentResult:
                 "pitch": [float(v) for v in opts.pitch], "roll": [float(v) for v in opts.roll],
                 "size": opts.size, "method": opts.method, "seed": opts.seed, "model": model.name,
                 "model_dir": str(model_dir), "dense": opts.dense, "keep_original": opts.keep_original,
-                "multi_face": opts.multi_face, "format": 1}
+                "multi_face": opts.multi_face, "format": 1,
+                "expression": [e.text for e in opts.expression] if opts.expression else None,
+                "shape_jitter": float(opts.shape_jitter or 0.0), "jitter_samples": int(opts.jitter_samples or 1)}
+    from ganrefine.expression_options import check_expression_arguments
+
+    check_expression_arguments(opts, model)  # unknown blendshape names fail here, before any work
     out.mkdir(parents=True, exist_ok=True)
     lock = open(out / ".augment.lock", "w")
     try:
@@ -808,14 +830,18 @@ def augment(opts: AugmentOptions) -> AugmentResult:
         selected = sources[: opts.limit] if opts.limit else sources
         order = {s.source: s.index for s in sources}
         todo = []
-        expected = len(poses) + (1 if opts.keep_original else 0)
+        n_variants = (len(opts.expression) if opts.expression else 1) * (
+            int(opts.jitter_samples or 1) if (opts.shape_jitter or 0) > 0 else 1)
+        expected = n_variants * len(poses) + (1 if opts.keep_original else 0)
         for s in selected:
             st = log.status(s.source, expected)
             if st == "ok" or (st == "failed" and not opts.retry_failed):
                 continue
             todo.append(s)
         cfg = {"model": os.path.abspath(model_dir), "method": opts.method, "poses": poses, "size": opts.size, "dense": opts.dense,
-               "seed": opts.seed, "keep_original": opts.keep_original, "multi_face": opts.multi_face}
+               "seed": opts.seed, "keep_original": opts.keep_original, "multi_face": opts.multi_face,
+               "expression": opts.expression, "shape_jitter": float(opts.shape_jitter or 0.0),
+               "jitter_samples": int(opts.jitter_samples or 1)}
         result = AugmentResult(output=out, selected=len(selected), skipped=len(selected) - len(todo))
         last_parquet = [time.monotonic(), 0.0]
 

@@ -48,8 +48,11 @@ def _seed(text: str) -> int:
         raise argparse.ArgumentTypeError(f"--seed expects an integer, got {text!r}") from None
 
 
-def add_expression_arguments(parser: argparse.ArgumentParser) -> None:
-    """The expression / shape-variation flags (one definition for every subcommand)."""
+def add_expression_arguments(parser: argparse.ArgumentParser, seed: bool = True) -> None:
+    """The expression / shape-variation flags (one definition for every subcommand).
+
+    `seed=False` leaves `--seed` out, for a command that defines its own (its value is used here too).
+    """
     g = parser.add_argument_group("expression and shape")
     g.add_argument("--expression", type=_expression_list, default=None, metavar="SPEC[,SPEC...]",
                    help="expression of the views: fitted (the photo's, default), neutral, smile, open-mouth, "
@@ -60,7 +63,8 @@ def add_expression_arguments(parser: argparse.ArgumentParser) -> None:
                         "the photo texture is kept (default 0: the fitted shape)")
     g.add_argument("--jitter-samples", type=_samples, default=1, metavar="N",
                    help="shapes drawn per face with --shape-jitter (default 1)")
-    g.add_argument("--seed", type=_seed, default=0, help="random seed of the shape draws (default 0)")
+    if seed:
+        g.add_argument("--seed", type=_seed, default=0, help="random seed of the shape draws (default 0)")
 
 
 def expression_variants(args, fit, model, key: str = ""):

@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from _common import ROOT
 from face3d import FitConfig, Pose, load_image, load_morphable_model, reconstruct_faces
 from face3d.expressions import PRESET_NAMES, Variant, expression_coefficients, parse_expression
 from ganrefine.expression_options import render_variant
+from make_figures import label, photo_crop
 
 SIZE = 160
 YAWS = [-60, -45, -30, -15, 0, 15, 30, 45]
-
-
-def label(img: np.ndarray, text: str) -> np.ndarray:
-    im = Image.fromarray(img)
-    ImageDraw.Draw(im).text((4, 2), text, fill=(255, 255, 255))
-    return np.asarray(im)
 
 
 def main():
@@ -26,12 +21,7 @@ def main():
     model = load_morphable_model()
     photo = load_image(ROOT / "assets" / "astronaut.png")
     rec = reconstruct_faces(photo, model, fit_config=FitConfig())[0]
-    lm = rec.face.landmarks
-    c = lm.mean(0)
-    side = 2.2 * (lm.max(0) - lm.min(0)).max()
-    x0, y0 = int(c[0] - side / 2), int(c[1] - side / 2)
-    crop = photo[max(0, y0): y0 + int(side), max(0, x0): x0 + int(side)]
-    src = np.asarray(Image.fromarray(crop).resize((SIZE, SIZE), Image.LANCZOS))
+    src = photo_crop(photo, rec.face.landmarks, SIZE)
 
     def variant(name):
         spec = parse_expression(name)

@@ -15,18 +15,22 @@ def label(img: np.ndarray, text: str) -> np.ndarray:
     return np.asarray(im)
 
 
+def photo_crop(photo: np.ndarray, landmarks: np.ndarray, size: int) -> np.ndarray:
+    """A square crop of the photo around the face, for the first column of a figure."""
+    c = landmarks.mean(0)
+    side = 2.2 * (landmarks.max(0) - landmarks.min(0)).max()
+    x0, y0 = int(c[0] - side / 2), int(c[1] - side / 2)
+    crop = photo[max(0, y0): y0 + int(side), max(0, x0): x0 + int(side)]
+    return np.asarray(Image.fromarray(crop).resize((size, size), Image.LANCZOS))
+
+
 def main():
     torch.set_num_threads(2)
     model = load_morphable_model()
     photo = load_image(ROOT / "assets" / "astronaut.png")
     rec = reconstruct_faces(photo, model, fit_config=FitConfig())[0]
     size = 160
-    lm = rec.face.landmarks
-    c = lm.mean(0)
-    side = 2.2 * (lm.max(0) - lm.min(0)).max()
-    x0, y0 = int(c[0] - side / 2), int(c[1] - side / 2)
-    crop = photo[max(0, y0): y0 + int(side), max(0, x0): x0 + int(side)]
-    src = np.asarray(Image.fromarray(crop).resize((size, size), Image.LANCZOS))
+    src = photo_crop(photo, rec.face.landmarks, size)
     yaws = [-60, -45, -30, -15, 0, 15, 30, 45, 60]
     row1 = render_views(rec.fit, rec.texture, [Pose(y) for y in yaws], model, size=size).images
     row2 = render_views(rec.fit, rec.texture, [Pose(y, p) for y, p in zip([-30, 0, 30] * 3, [20] * 3 + [-20] * 3 + [0] * 3)],

@@ -141,3 +141,24 @@ def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel
     comp = rgb * alpha[..., None] + bg * (1 - alpha[..., None])
     images = np.clip(comp * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return RenderedViews(images=images, masks=alpha, confidence=conf, poses=list(poses), landmarks=lms)
+
+
+def view_fit(fit, model: MorphableModel, pose: Pose, size: int, vertices: torch.Tensor | None = None):
+    """A FaceFit that describes the aligned view of `render_views` at `pose` and `size`.
+
+    Its camera, rotation and translation are those the view was rendered with, so the view can be
+    treated like a photo: `extract_texture(view_fit(...), view_image, model)` takes the texture that
+    the rendered view shows (the Rotate-and-Render step).
+    """
+    from dataclasses import replace
+
+    with torch.no_grad():
+        verts = fit.vertices(model) if vertices is None else vertices
+        pivot, eye_mouth = head_pivot(verts, model)
+        focal, dist = view_camera(size, eye_mouth)
+        ang = torch.tensor([math.radians(pose.yaw), math.radians(pose.pitch), math.radians(pose.roll)])
+        R = euler_to_matrix(ang[0:1], ang[1:2], ang[2:3])[0]
+        t = torch.tensor([0.0, 0.0, -dist]) - R @ pivot
+    return replace(fit, image_size=(size, size), rotation=R.numpy().astype(np.float64),
+                   translation=t.numpy().astype(np.float64), focal=float(focal),
+                   center=(size / 2.0, size / 2.0), residuals=dict(fit.residuals))

@@ -44,6 +44,41 @@ def _skin_topology(model: MorphableModel):
     return model._torch_cache[key]
 
 
+class Adam:
+    """Adam (Kingma & Ba 2015), the same update as `torch.optim.Adam` with default betas and eps.
+
+    Written out because constructing `torch.optim.Adam` imports torch's compiler stack on first use,
+    which costs ~2.4 s per process: more than the whole dense stage. `tests/test_fitting.py`
+    checks it against torch's implementation.
+    """
+
+    def __init__(self, groups: list[dict], betas=(0.9, 0.999), eps: float = 1e-8):
+        self.groups = [(g["params"], float(g["lr"])) for g in groups]
+        self.b1, self.b2 = betas
+        self.eps = eps
+        self.t = 0
+        self.state = {id(p): (torch.zeros_like(p), torch.zeros_like(p)) for ps, _ in self.groups for p in ps}
+
+    def zero_grad(self) -> None:
+        for ps, _ in self.groups:
+            for p in ps:
+                p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        c1 = 1 - self.b1 ** self.t
+        c2 = 1 - self.b2 ** self.t
+        for ps, lr in self.groups:
+            for p in ps:
+                if p.grad is None:
+                    continue
+                m, v = self.state[id(p)]
+                m.mul_(self.b1).add_(p.grad, alpha=1 - self.b1)
+                v.mul_(self.b2).addcmul_(p.grad, p.grad, value=1 - self.b2)
+                p.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-lr / c1)
+
+
 def face_crop(landmarks: np.ndarray, image_hw, size: int, margin: float = 1.7):
     """Square crop (x0, y0, scale) around the landmarks; pixel in crop = (p - (x0, y0)) * scale."""
     lo, hi = landmarks.min(0), landmarks.max(0)
@@ -111,7 +146,7 @@ def refine_dense(fit, image: np.ndarray, model: MorphableModel, cfg):
     w_l[torch.from_numpy(lm < 0)] = 0
     full_centre = torch.tensor([fit.center], dtype=torch.float32)
 
-    opt = torch.optim.Adam([
+    opt = Adam([
         {"params": [angles], "lr": 2e-3}, {"params": [trans], "lr": 0.5}, {"params": [log_f], "lr": 2e-3},
         {"params": [alpha], "lr": 0.02}, {"params": [beta], "lr": 0.01},
         {"params": [sh], "lr": 0.03}, {"params": [albedo], "lr": 0.02},

@@ -76,3 +76,22 @@ def test_dense_term_reduces_photometric_error(obama_image, obama_reconstruction,
     assert r["dense_photometric_end"] < 0.8 * r["dense_photometric_start"]
     assert fit.landmark_error < 0.03  # the landmark term keeps the alignment
     assert fit.albedo is not None and np.isfinite(fit.albedo).all()
+
+
+def test_dense_adam_matches_torch():
+    from face3d.dense import Adam
+
+    torch.manual_seed(0)
+    target = torch.randn(5, 3)
+    a = torch.randn(5, 3, requires_grad=True)
+    b = a.detach().clone().requires_grad_(True)
+    s1 = torch.randn(3, requires_grad=True)
+    s2 = s1.detach().clone().requires_grad_(True)
+    ours = Adam([{"params": [a], "lr": 0.05}, {"params": [s1], "lr": 0.3}])
+    ref = torch.optim.Adam([{"params": [b], "lr": 0.05}, {"params": [s2], "lr": 0.3}])
+    for _ in range(20):
+        for x, s, opt in ((a, s1, ours), (b, s2, ref)):
+            opt.zero_grad()
+            (((x - target) ** 2).sum() + (s ** 4).sum()).backward()
+            opt.step()
+    assert torch.allclose(a, b, atol=1e-6) and torch.allclose(s1, s2, atol=1e-6)

@@ -182,7 +182,7 @@ def main():
         },
         "seconds": round(time.perf_counter() - t_start, 1),
     }
-    print(json_dump := __import__("json").dumps(summary, indent=2))
+    print(__import__("json").dumps(summary, indent=2))
     write_json(RESULTS / "expressions.json", {
         "size": SIZE, "presets": {k: ICT_PRESETS[k] for k in PRESET_NAMES}, "summary": summary, "rows": rows})
 

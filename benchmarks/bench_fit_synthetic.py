@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from _common import RESULTS, write_json
-from face3d.camera import PerspectiveCamera, Pose, euler_to_matrix, matrix_to_euler, transform
+from face3d.camera import PerspectiveCamera, Pose, euler_to_matrix, transform
 from face3d.fitting import FitConfig, fit_morphable_model, select_contour_vertices
 from face3d.morphable_model import load_morphable_model
 

@@ -105,7 +105,6 @@ def refine_dense(fit, image: np.ndarray, model: MorphableModel, cfg):
     faces = torch.from_numpy(tri_all[skin_f])
     mirror = torch.from_numpy(model.mirror_vertex)
 
-    K = fit.identity.shape[0]
     E = fit.expression.shape[0] if cfg.fit_expression else 0
     pose = fit.pose
     angles = torch.tensor([math.radians(pose.yaw), math.radians(pose.pitch), math.radians(pose.roll)], requires_grad=True)

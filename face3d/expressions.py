@@ -325,11 +325,9 @@ def expression_texture(texture, model: MorphableModel, expression: np.ndarray,
     if float(extra.max()) < 0.05:
         return texture
     disp = np.zeros(model.num_vertices, np.float32)           # how far each vertex moves, mm
-    full = np.zeros(model.num_vertices, np.float32)           # ... at full blink
     for i, e in zip(idx, extra):
         d = np.linalg.norm(model.expression_basis[i], axis=1)
         disp = np.maximum(disp, e * d)
-        full = np.maximum(full, d)
     raster = uv_raster(model, height or texture.image.shape[0])
     Ht, Wt = raster.face.shape
     if (Ht, Wt) != texture.image.shape[:2]:
@@ -339,7 +337,6 @@ def expression_texture(texture, model: MorphableModel, expression: np.ndarray,
     b = raster.bary[valid]
     skin = model.skin[tri].all(axis=1)
     t_disp = np.einsum("nk,nk->n", b, disp[tri])
-    t_full = np.einsum("nk,nk->n", b, full[tri])
     img = texture.image.reshape(-1, 3).copy()
     flat = np.nonzero(valid.reshape(-1))[0]
     # the lid's colour continues the skin around it (push-pull fill in atlas space, so no

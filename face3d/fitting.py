@@ -266,7 +266,6 @@ def fit_morphable_model(image: np.ndarray | None, landmarks: np.ndarray, model: 
 
     K = min(cfg.num_identity, model.num_identity)
     E = model.num_expressions if cfg.fit_expression else 0
-    dev = torch.device("cpu")
     pose0 = matrix_to_euler(R0)
     angles = torch.tensor([math.radians(pose0.yaw), math.radians(pose0.pitch), math.radians(pose0.roll)],
                           dtype=torch.float32, requires_grad=True)

@@ -60,7 +60,6 @@ def detect_faces(image: np.ndarray, upsample: int | None = None) -> list[Detecte
     Small images are upsampled once by the detector (dlib's HOG detector misses faces under
     ~80 px otherwise).
     """
-    import dlib
 
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise FaceSynthError("detect_faces expects a uint8 RGB image (H, W, 3)")

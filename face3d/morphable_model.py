@@ -14,7 +14,6 @@ into one texture atlas (`face_uvs`, per triangle corner, so UV seams survive).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import struct

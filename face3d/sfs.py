@@ -33,7 +33,6 @@ de-lit with `delight_image` (divide the photo by the estimated shading) for `--r
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -218,7 +217,6 @@ def _smooth_on_mesh(values: np.ndarray, weight: np.ndarray, adj: sp.csr_matrix, 
     With `mirror`, the data of each vertex is also given to its mirror vertex (a symmetric prior
     where only one side is seen; where both are, the result is the average of the two sides).
     """
-    V = values.shape[0]
     w = weight.copy()
     v = values * weight[:, None]
     if mirror is not None:

@@ -44,7 +44,6 @@ import json
 import os
 import re
 import stat
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

@@ -6,7 +6,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 
 from face3d.camera import Pose
 from face3d.errors import FaceSynthError
@@ -42,10 +41,8 @@ def run_rotate(args) -> int:
 
     from face3d.fitting import FitConfig
     from face3d.image_io import load_image, save_png
-    from face3d.landmarks import outer_eye_distance
     from face3d.morphable_model import load_morphable_model
     from face3d.pipeline import reconstruct_faces
-    from face3d.render import render_views
     from ganrefine.expression_options import (check_expression_arguments, expression_variants, render_variant,
                                               variant_record)
     from ganrefine.sfs_options import prepare_sfs, render_sfs_variant, sfs_record

@@ -1,7 +1,6 @@
 """Fitting: synthetic recovery with known truth, FaceFit persistence, pose convention."""
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from face3d.camera import Pose, euler_to_matrix, matrix_to_euler, pose_matrix
+from face3d.camera import Pose, matrix_to_euler, pose_matrix
 from face3d.fitting import FaceFit, FitConfig, fit_morphable_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

@@ -1,7 +1,6 @@
 """Morphable model loading: both models through one interface, cache, and corrupt files."""
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from face3d.camera import Pose
 from face3d.render import render_views

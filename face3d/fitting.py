@@ -267,12 +267,6 @@ def fit_morphable_model(image: np.ndarray | None, landmarks: np.ndarray, model: 
     K = min(cfg.num_identity, model.num_identity)
     E = model.num_expressions if cfg.fit_expression else 0
     pose0 = matrix_to_euler(R0)
-    angles = torch.tensor([math.radians(pose0.yaw), math.radians(pose0.pitch), math.radians(pose0.roll)],
-                          dtype=torch.float32, requires_grad=True)
-    trans = torch.tensor(t0v, dtype=torch.float32, requires_grad=True)
-    log_f = torch.tensor(math.log(f0), dtype=torch.float32, requires_grad=True)
-    alpha = torch.zeros(1, K, requires_grad=True)
-    beta = torch.zeros(1, E, requires_grad=True)
     lo, hi = model.expression_range
 
     qt = torch.tensor(q, dtype=torch.float32)
@@ -281,23 +275,27 @@ def fit_morphable_model(image: np.ndarray | None, landmarks: np.ndarray, model: 
     weights[~torch.from_numpy(valid)] = 0.0
     ctr = torch.tensor([center], dtype=torch.float32)
 
-    def screen(vert_idx: np.ndarray, need_grad: bool = True) -> torch.Tensor:
-        vi = torch.from_numpy(vert_idx)
-        v = model.shape(alpha, beta if E else None, vertices=vi)
-        R = euler_to_matrix(angles[0:1], angles[1:2], angles[2:3])
-        cam = PerspectiveCamera(torch.exp(log_f)[None], ctr)
-        return cam.project(transform(v, R, trans[None]))[0]
+    def unpack32(th: torch.Tensor):
+        """(angles, translation, log focal, alpha (1, K), beta (1, E)) of theta, in float32."""
+        th = th.float()
+        return th[:3], th[3:6], th[6], th[7:7 + K][None], th[7 + K:][None]
 
-    def screen_np(vert_idx):
+    def screen_np(vert_idx: np.ndarray, th: torch.Tensor) -> np.ndarray:
+        """Pixel positions (n, 2) of some model vertices under the parameters theta."""
+        a, tr, lf, al, be = unpack32(th)
         with torch.no_grad():
-            return screen(vert_idx)[:, :2].numpy()
+            v = model.shape(al, be if E else None, vertices=torch.from_numpy(vert_idx))
+            R = euler_to_matrix(a[0:1], a[1:2], a[2:3])
+            cam = PerspectiveCamera(torch.exp(lf)[None], ctr)
+            return cam.project(transform(v, R, tr[None]))[0, :, :2].numpy()
 
     # Levenberg-Marquardt on the stacked residual vector r(theta) = [landmarks; sqrt(priors)], so
     # that ||r||^2 = E. The Jacobian is written out (the model is linear in alpha and beta, the
     # projection's derivative is closed-form, R's is by central differences of three angles), which
     # makes a step cost well under a millisecond; autograd Jacobians cost ~50 ms here.
-    theta = torch.cat([angles.detach(), trans.detach(), log_f.detach()[None], alpha.detach()[0],
-                       beta.detach()[0]]).double()
+    theta = torch.cat([torch.tensor([math.radians(pose0.yaw), math.radians(pose0.pitch), math.radians(pose0.roll)]),
+                       torch.tensor(t0v, dtype=torch.float32), torch.tensor([math.log(f0)]),
+                       torch.zeros(K + E)]).float().double()
     n_par = theta.numel()
     lo_t = torch.full((n_par,), -float("inf"), dtype=torch.float64)
     hi_t = torch.full((n_par,), float("inf"), dtype=torch.float64)
@@ -359,20 +357,12 @@ def fit_morphable_model(image: np.ndarray | None, landmarks: np.ndarray, model: 
         J[-1, 6] = math.sqrt(cfg.focal_prior)
         return r, J
 
-    def set_state(th):
-        th = th.float()
-        with torch.no_grad():
-            angles.copy_(th[:3]), trans.copy_(th[3:6]), log_f.copy_(th[6]), alpha.copy_(th[7:7 + K][None])
-            if E:
-                beta.copy_(th[7 + K:][None])
-
     lam = 1e-3
     corr = lm.copy()
     corr[~valid] = 0
     for it in range(cfg.landmark_steps):
         if it % cfg.contour_every == 0:
-            set_state(theta)
-            corr = select_contour_vertices(model, screen_np, q)
+            corr = select_contour_vertices(model, lambda idx: screen_np(idx, theta), q)
             corr[~valid & (np.arange(68) > 16)] = 0
             corr_t = torch.from_numpy(corr)
         r, J = residual_and_jacobian(theta, corr_t)
@@ -390,15 +380,13 @@ def fit_morphable_model(image: np.ndarray | None, landmarks: np.ndarray, model: 
         converged = not improved or (cost - c_cost) < 1e-9 * max(cost, 1e-12)
         if converged and it >= cfg.contour_every and (it + 1) % cfg.contour_every != 0:
             break
-    set_state(theta)
     fit_iters = it + 1
 
-    with torch.no_grad():
-        corr = select_contour_vertices(model, screen_np, q)
-        R = euler_to_matrix(angles[0:1], angles[1:2], angles[2:3])[0].numpy().astype(np.float64)
-    fit = FaceFit(model_name=model.name, image_size=(H, W), identity=alpha.detach()[0].numpy().copy(),
-                  expression=(beta.detach()[0].numpy().copy() if E else np.zeros(model.num_expressions, np.float32)),
-                  rotation=R, translation=trans.detach().numpy().astype(np.float64), focal=float(torch.exp(log_f.detach())),
+    a, tr, lf, al, be = unpack32(theta)
+    R = euler_to_matrix(a[0:1], a[1:2], a[2:3])[0].numpy().astype(np.float64)
+    fit = FaceFit(model_name=model.name, image_size=(H, W), identity=al[0].numpy().copy(),
+                  expression=(be[0].numpy().copy() if E else np.zeros(model.num_expressions, np.float32)),
+                  rotation=R, translation=tr.numpy().astype(np.float64), focal=float(torch.exp(lf)),
                   center=center, landmarks=q)
     fit.residuals["landmark_stage_seconds"] = time.perf_counter() - t0
     fit.residuals["landmark_iterations"] = fit_iters

@@ -46,35 +46,47 @@ def random_sh(rng):
     return sh * rng.uniform(0.9, 1.1, size=(1, 3)).astype(np.float32)
 
 
-def synth(model, albedo_tex, rng):
+def random_face_camera(model, rng, yaw: float, pitch: float, roll: float, size: int = SIZE):
+    """A random model face (identity within +-2 sigma, 3 mild expressions) at a random pose within
+    +-(yaw, pitch, roll) degrees, framed to about 45% of a `size` px image by a random focal length."""
     K = model.num_identity
     alpha = np.clip(rng.standard_normal(K), -2, 2).astype(np.float32)
     beta = np.zeros(model.num_expressions, np.float32)
     for j in rng.choice(model.num_expressions, size=3, replace=False):
         beta[j] = rng.uniform(0.0, 0.25)
-    pose = Pose(rng.uniform(-45, 45), rng.uniform(-15, 15), rng.uniform(-8, 8))
+    pose = Pose(rng.uniform(-yaw, yaw), rng.uniform(-pitch, pitch), rng.uniform(-roll, roll))
     focal = rng.uniform(2000, 4000)
-    dist = focal * 160.0 / (0.45 * SIZE)
+    dist = focal * 160.0 / (0.45 * size)
     R = euler_to_matrix(*(torch.tensor([math.radians(a)]) for a in pose.as_tuple()))
     t = torch.tensor([[rng.uniform(-10, 10), rng.uniform(-10, 10), -dist]], dtype=torch.float32)
     v = model.shape(torch.from_numpy(alpha)[None], torch.from_numpy(beta)[None])
-    cam_pts = transform(v, R, t)
-    cam = PerspectiveCamera(torch.tensor([focal]), torch.tensor([[SIZE / 2, SIZE / 2]]))
-    scr = cam.project(cam_pts)
+    return {"alpha": alpha, "beta": beta, "pose": pose, "focal": focal, "R": R, "t": t, "v": v}
+
+
+def render_albedo_sh(model, v, R, t, focal, albedo_tex, sh, size: int = SIZE):
+    """Mesh (1, V, 3) with an albedo atlas under SH light `sh` (9, 3), over a smooth background.
+    Returns the uint8 image, the fragments and the screen coordinates."""
     faces = model.tensors()["triangles"]
-    frag = rasterize_meshes(scr, faces, SIZE, cull_backfaces=True)
+    cam_pts = transform(v, R, t)
+    cam = PerspectiveCamera(torch.tensor([focal]), torch.tensor([[size / 2, size / 2]]))
+    scr = cam.project(cam_pts)
+    frag = rasterize_meshes(scr, faces, size, cull_backfaces=True)
     uv = interpolate_face_attributes(frag, model.tensors()["face_uvs"])
     grid = torch.stack([uv[..., 0] * 2 - 1, (1 - uv[..., 1]) * 2 - 1], -1)
     alb = F.grid_sample(albedo_tex, grid, align_corners=False)[0].permute(1, 2, 0)
     n = F.normalize(interpolate_vertex_attributes(frag, faces, vertex_normals(cam_pts, faces))[0], dim=-1)
-    shade = sh_basis(n) @ torch.from_numpy(random_sh(rng))
-    rgb = (alb * shade).clamp(0, 1).numpy()
+    rgb = (alb * (sh_basis(n) @ torch.from_numpy(sh))).clamp(0, 1).numpy()
     mask = (frag.pix_to_face[0] >= 0).numpy()
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    yy, xx = np.mgrid[0:size, 0:size] / size
     bg = np.stack([0.4 + 0.2 * np.sin(6 * xx), 0.45 + 0.1 * np.cos(5 * yy), 0.5 + 0.1 * xx], -1)
-    img = np.where(mask[..., None], rgb, bg)
-    img = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
-    return {"image": img, "alpha": alpha, "beta": beta, "pose": pose, "vertices": v[0].numpy(),
+    img = np.clip(np.where(mask[..., None], rgb, bg) * 255 + 0.5, 0, 255).astype(np.uint8)
+    return img, frag, scr
+
+
+def synth(model, albedo_tex, rng):
+    f = random_face_camera(model, rng, 45, 15, 8)
+    img, frag, _ = render_albedo_sh(model, f["v"], f["R"], f["t"], f["focal"], albedo_tex, random_sh(rng))
+    return {"image": img, "alpha": f["alpha"], "beta": f["beta"], "pose": f["pose"], "vertices": f["v"][0].numpy(),
             "zbuf": frag.zbuf[0].numpy(), "face": frag.pix_to_face[0].numpy()}
 
 

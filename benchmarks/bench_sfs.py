@@ -29,7 +29,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import math  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -38,8 +37,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from _common import RESULTS, face_photos, write_json  # noqa: E402
-from bench_dense import random_sh  # noqa: E402  (the same random SH light as the dense-term benchmark)
-from face3d.camera import PerspectiveCamera, Pose, euler_to_matrix, transform  # noqa: E402
+from bench_dense import random_face_camera, random_sh, render_albedo_sh  # noqa: E402  (the same synthetic faces)
+from face3d.camera import Pose, transform  # noqa: E402
 from face3d.fitting import FitConfig, fit_morphable_model, select_contour_vertices  # noqa: E402
 from face3d.image_io import load_image  # noqa: E402
 from face3d.landmarks import detect_faces, model_file  # noqa: E402
@@ -99,40 +98,20 @@ def random_relief(model, rng) -> np.ndarray:
 
 
 def synth(model, albedo_tex, rng, relief=True):
-    K = model.num_identity
-    alpha = np.clip(rng.standard_normal(K), -2, 2).astype(np.float32)
-    beta = np.zeros(model.num_expressions, np.float32)
-    for j in rng.choice(model.num_expressions, size=3, replace=False):
-        beta[j] = rng.uniform(0.0, 0.25)
-    pose = Pose(rng.uniform(-30, 30), rng.uniform(-10, 10), rng.uniform(-5, 5))
-    focal = rng.uniform(2000, 4000)
-    dist = focal * 160.0 / (0.45 * SIZE)
-    R = euler_to_matrix(*(torch.tensor([math.radians(a)]) for a in pose.as_tuple()))
-    t = torch.tensor([[rng.uniform(-10, 10), rng.uniform(-10, 10), -dist]], dtype=torch.float32)
+    f = random_face_camera(model, rng, 30, 10, 5)
     faces = model.tensors()["triangles"]
-    v = model.shape(torch.from_numpy(alpha)[None], torch.from_numpy(beta)[None])
+    v = f["v"]
     rel = torch.zeros(model.num_vertices)
     if relief:
         n = vertex_normals(v, faces)
         rel = torch.from_numpy(random_relief(model, rng).astype(np.float32))
         v = v + rel[None, :, None] * n
-    cam_pts = transform(v, R, t)
-    cam = PerspectiveCamera(torch.tensor([focal]), torch.tensor([[SIZE / 2, SIZE / 2]]))
-    scr = cam.project(cam_pts)
-    frag = rasterize_meshes(scr, faces, SIZE, cull_backfaces=True)
-    uv = interpolate_face_attributes(frag, model.tensors()["face_uvs"])
-    grid = torch.stack([uv[..., 0] * 2 - 1, (1 - uv[..., 1]) * 2 - 1], -1)
-    alb = F.grid_sample(albedo_tex, grid, align_corners=False)[0].permute(1, 2, 0)
-    nrm = F.normalize(interpolate_vertex_attributes(frag, faces, vertex_normals(cam_pts, faces))[0], dim=-1)
     sh = random_sh(rng)
-    rgb = (alb * (sh_basis(nrm) @ torch.from_numpy(sh))).clamp(0, 1).numpy()
-    mask = (frag.pix_to_face[0] >= 0).numpy()
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
-    bg = np.stack([0.4 + 0.2 * np.sin(6 * xx), 0.45 + 0.1 * np.cos(5 * yy), 0.5 + 0.1 * xx], -1)
-    img = np.clip(np.where(mask[..., None], rgb, bg) * 255 + 0.5, 0, 255).astype(np.uint8)
-    return {"image": img, "pose": pose, "sh": sh, "screen": scr[0].numpy(), "zbuf": frag.zbuf[0].numpy(),
-            "face": frag.pix_to_face[0].numpy(), "vertices": v, "relief": rel.numpy(), "alpha": alpha, "beta": beta,
-            "rotation": R[0].numpy().astype(np.float64), "translation": t[0].numpy().astype(np.float64), "focal": focal}
+    img, frag, scr = render_albedo_sh(model, v, f["R"], f["t"], f["focal"], albedo_tex, sh)
+    return {"image": img, "pose": f["pose"], "sh": sh, "screen": scr[0].numpy(), "zbuf": frag.zbuf[0].numpy(),
+            "face": frag.pix_to_face[0].numpy(), "vertices": v, "relief": rel.numpy(), "alpha": f["alpha"],
+            "beta": f["beta"], "rotation": f["R"][0].numpy().astype(np.float64),
+            "translation": f["t"][0].numpy().astype(np.float64), "focal": f["focal"]}
 
 
 def oracle_fit(model, s, q):

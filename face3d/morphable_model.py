@@ -210,7 +210,7 @@ def _load_ict(folder: Path) -> MorphableModel:
         raise
     except (tarfile.TarError, EOFError, OSError, ValueError, KeyError, json.JSONDecodeError, LZMAErrorProxy) as exc:
         raise FaceSynthError(f"corrupt ICT FaceKit model file {archive}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    _save_npz(cache, arrays)
+    save_cache_npz(cache, arrays)
     return _from_arrays(arrays, source=str(folder))
 
 
@@ -394,7 +394,8 @@ def _load_sfm(folder: Path) -> MorphableModel:
 # Cache
 
 
-def _save_npz(path: Path, arrays: dict) -> None:
+def save_cache_npz(path: Path, arrays: dict) -> None:
+    """Write a cache file atomically (temp file + rename), so a killed process leaves no half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     with open(tmp, "wb") as f:

@@ -14,7 +14,6 @@ Confidence map semantics (used later by the refiner): 1 seen frontally, lower fo
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 
 from face3d.camera import transform
 from face3d.image_io import sample_bilinear
-from face3d.morphable_model import MorphableModel, cache_dir
+from face3d.morphable_model import MorphableModel, cache_dir, save_cache_npz
 from face3d.rasterizer import rasterize_meshes
 from face3d.shading import vertex_normals
 
@@ -80,11 +79,7 @@ def uv_raster(model: MorphableModel, height: int) -> UVRaster:
             r = None
     if r is None:
         r = _build_uv_raster(model, H, W)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, face=r.face, bary=r.bary, mirror=r.mirror)
-        os.replace(tmp, path)
+        save_cache_npz(path, {"face": r.face, "bary": r.bary, "mirror": r.mirror})
     model._torch_cache[key] = r
     return r
 

@@ -57,7 +57,7 @@ COLUMNS = ["source", "identity", "output", "kind", "yaw", "pitch", "roll", "meth
            "seconds_load", "seconds_detect", "seconds_fit", "seconds_render", "seconds_total"]
 TIMING_COLUMNS = [c for c in COLUMNS if c.startswith("seconds_")]
 #: Settings stored in OUTPUT/augment.json; a resumed run must match them.
-OUTPUT_SETTINGS = ["input", "yaw", "pitch", "roll", "size", "method", "seed", "model", "dense",
+OUTPUT_SETTINGS = ["input", "yaw", "pitch", "roll", "size", "method", "refiner_sha256", "seed", "model", "dense",
                    "expression", "shape_jitter", "jitter_samples",
                    "keep_original", "multi_face"]
 PARQUET_MIN_INTERVAL_S = 60.0
@@ -82,8 +82,8 @@ def add_augment_arguments(p: argparse.ArgumentParser) -> None:
                    help="absolute yaw angles in degrees, e.g. -60,-30,0,30,60 or -60:60:30")
     p.add_argument("--pitch", type=_angles("pitch"), default=[0.0], help="absolute pitch angles (default 0)")
     p.add_argument("--roll", type=_angles("roll"), default=[0.0], help="absolute roll angles (default 0)")
-    p.add_argument("--method", choices=["3d"], default="3d",
-                   help="synthesis method (default 3d; hybrid plugs in when it exists)")
+    p.add_argument("--method", choices=["3d", "hybrid"], default="3d",
+                   help="3d: the renders (default); hybrid: the renders refined by the trained refiner")
     p.add_argument("--size", type=_size, default=128, help="output crop size in pixels (default 128)")
     p.add_argument("--keep-original", action="store_true",
                    help="also write the original photo aligned like the views (<stem>_original.png)")
@@ -555,11 +555,16 @@ def process_source(item: dict, cfg: dict) -> dict:
                                 jitter_samples=cfg.get("jitter_samples", 1), seed=cfg["seed"])
         for variant in expression_variants(flags, rec.fit, model, key=f"{item['identity']}/{item['stem']}"):
             views = render_variant(variant, rec, model, poses, cfg["size"])
+            view_images = views.images
+            if cfg["method"] == "hybrid":
+                from ganrefine.hybrid import load_hybrid_refiner, refine_views
+
+                view_images = refine_views(load_hybrid_refiner(cfg["refiner"]), views)
             vrec = variant_record(variant, flags, model)
             extra = {"expression": vrec["expression"] if cfg.get("expression") else None,
                      "shape_jitter": vrec["shape_jitter"] if variant.shape is not None else None,
                      "shape_jitter_norm": vrec.get("shape_jitter_norm")}
-            for pose, img in zip(poses, views.images):
+            for pose, img in zip(poses, view_images):
                 rel = f"{item['stem']}{variant.tag}{_pose_name(pose.yaw, pose.pitch, pose.roll)}.png"
                 images[rel] = _png_bytes(img)
                 rows.append(dict(ok, output=rel, kind="view", yaw=float(pose.yaw), pitch=float(pose.pitch),
@@ -788,8 +793,6 @@ def augment(opts: AugmentOptions) -> AugmentResult:
 
     from face3d.image_io import atomic_write_bytes
 
-    if opts.method != "3d":
-        raise FaceSynthError(f"--method {opts.method}: not available yet (use --method 3d)")
     inp, out = Path(opts.input), Path(opts.output)
     if out.exists() and not out.is_dir():
         raise FaceSynthError(f"OUTPUT {out}: exists and is not a folder")
@@ -805,13 +808,19 @@ def augment(opts: AugmentOptions) -> AugmentResult:
     model_dir = resolve_model_dir(opts.model)
     model = load_morphable_model(opts.model)  # fail early, in the driver, with a clear message
     poses = [(float(y), float(p), float(r)) for p in opts.pitch for y in opts.yaw for r in opts.roll]
+    refiner = None
+    if opts.method == "hybrid":
+        from ganrefine.hybrid import load_hybrid_refiner
+
+        refiner = load_hybrid_refiner()  # missing weights fail here, before any work
     settings = {"input": os.path.abspath(inp), "yaw": [float(v) for v in opts.yaw],
                 "pitch": [float(v) for v in opts.pitch], "roll": [float(v) for v in opts.roll],
                 "size": opts.size, "method": opts.method, "seed": opts.seed, "model": model.name,
                 "model_dir": str(model_dir), "dense": opts.dense, "keep_original": opts.keep_original,
                 "multi_face": opts.multi_face, "format": 1,
                 "expression": [e.text for e in opts.expression] if opts.expression else None,
-                "shape_jitter": float(opts.shape_jitter or 0.0), "jitter_samples": int(opts.jitter_samples or 1)}
+                "shape_jitter": float(opts.shape_jitter or 0.0), "jitter_samples": int(opts.jitter_samples or 1),
+                "refiner": refiner.path if refiner else None, "refiner_sha256": refiner.sha256 if refiner else None}
     from ganrefine.expression_options import check_expression_arguments
 
     check_expression_arguments(opts, model)  # unknown blendshape names fail here, before any work
@@ -837,7 +846,8 @@ def augment(opts: AugmentOptions) -> AugmentResult:
             if st == "ok" or (st == "failed" and not opts.retry_failed):
                 continue
             todo.append(s)
-        cfg = {"model": os.path.abspath(model_dir), "method": opts.method, "poses": poses, "size": opts.size, "dense": opts.dense,
+        cfg = {"model": os.path.abspath(model_dir), "method": opts.method, "refiner": refiner.path if refiner else None,
+               "poses": poses, "size": opts.size, "dense": opts.dense,
                "seed": opts.seed, "keep_original": opts.keep_original, "multi_face": opts.multi_face,
                "expression": opts.expression, "shape_jitter": float(opts.shape_jitter or 0.0),
                "jitter_samples": int(opts.jitter_samples or 1)}

@@ -1,6 +1,6 @@
 """The `facesynth` command line.
 
-    facesynth rotate IMAGE [IMAGE...] --yaw -60,-30,0,30,60 [--pitch 0] [--size 128] [--method 3d] --out DIR
+    facesynth rotate IMAGE [IMAGE...] --yaw -60,-30,0,30,60 [--pitch 0] [--size 128] [--method hybrid|3d] --out DIR
 
 Exit codes: 0 every input succeeded, 1 some input failed (each failure is one manifest line with
 `source` and `error`), 2 bad usage. User errors print one line, never a traceback.
@@ -74,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--pitch", type=_angles("pitch"), default=[0.0], help="absolute pitch angles, + nose up (default 0)")
     r.add_argument("--roll", type=_angles("roll"), default=[0.0], help="absolute roll angles (default 0)")
     r.add_argument("--size", type=_size, default=128, help="output crop size in pixels (default 128)")
-    r.add_argument("--method", choices=["3d"], default="3d", help="synthesis method (default 3d)")
+    r.add_argument("--method", choices=["hybrid", "3d"], default="hybrid",
+                   help="hybrid: the 3D stage's views refined by the trained refiner (default); 3d: the renders alone")
+    r.add_argument("--refiner", default=None, metavar="FILE",
+                   help="refiner weights for --method hybrid (default $FACESYNTH_REFINER or the shipped assets/refiner/refiner.pt)")
     r.add_argument("--out", required=True, metavar="DIR", help="output folder (PNG views + manifest.jsonl)")
     r.add_argument("--model", default=None, metavar="DIR",
                    help="morphable model folder (ICT FaceKit or Surrey SFM); default $FACESYNTH_MODEL or ../shared/data/3dmm/ict_facekit")
@@ -100,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Other subcommands register themselves from their own modules.
     import importlib
 
-    for module, hook in (("ganrefine.verify", "add_verify_parser"), ("ganrefine.augment", "add_augment_parser")):
+    for module, hook in (("ganrefine.verify", "add_verify_parser"), ("ganrefine.augment", "add_augment_parser"),
+                         ("ganrefine.pairs_cli", "add_make_pairs_parser"),
+                         ("ganrefine.train_refiner", "add_train_refiner_parser")):
         try:
             register = getattr(importlib.import_module(module), hook)
         except (ImportError, AttributeError):

@@ -99,42 +99,132 @@ def pair_seed(path: str, seed: int) -> int:
     return zlib.crc32(f"{seed}:{path}".encode())
 
 
-def generate_pairs(photos: list[Path], cache: Path, model, size: int = 128, seed: int = 0,
-                   progress: bool = True) -> dict:
-    """Make (or reuse) the pair of every photo under `cache`; returns counts and the failures.
+#: Identities of `../shared/data/faces` (their LFW names where LFW has them): never trained on.
+EXCLUDED_IDENTITIES = frozenset({"Barack_Obama", "Joe_Biden", "Mark_Zuckerberg", "Jack_Dorsey"})
 
-    One file per photo, `<cache>/<identity>/<stem>.npz`, written atomically: a killed run loses
-    at most the photo in flight, and a re-run skips every photo already done. Photos without a
-    usable face are listed in `<cache>/failed.txt` and skipped on re-runs too.
+
+@dataclass
+class LfwSplit:
+    """Photos for pair generation: train photos from train identities, held-out photos from the rest."""
+
+    train: list[Path]
+    heldout: list[Path]
+    train_identities: list[str]
+    heldout_identities: list[str]
+
+
+def split_lfw(root: Path, holdout: int = 300, train_photos: int | None = None, seed: int = 0) -> LfwSplit:
+    """Split LFW (``root/<name>/<name>_NNNN.jpg``) by identity and choose the photos.
+
+    Held out: one photo per held-out identity (the first), so every held-out person counts once.
+    Train: every photo of the train identities, or a seeded choice of `train_photos` of them that
+    takes one photo of each person before any second one (identity diversity over repeats).
     """
-    from tqdm import tqdm
+    root = Path(root)
+    if not root.is_dir():
+        raise FaceSynthError(f"{root}: not a folder of LFW identities")
+    by_name = {d.name: sorted(d.glob("*.jpg")) for d in sorted(root.iterdir()) if d.is_dir()}
+    by_name = {k: v for k, v in by_name.items() if v and k not in EXCLUDED_IDENTITIES}
+    if not by_name:
+        raise FaceSynthError(f"{root}: no <identity>/*.jpg photos found")
+    train_ids, held_ids = split_identities(list(by_name), holdout=holdout, seed=seed)
+    held = [by_name[n][0] for n in held_ids]
+    # round-robin over identities in a seeded order: rank r holds every identity's r-th photo
+    key = lambda p: hashlib.sha1(f"{seed}:{p.name}".encode()).hexdigest()  # noqa: E731
+    ranked = sorted(((r, key(p), p) for n in train_ids for r, p in enumerate(by_name[n])))
+    train = [p for _, _, p in ranked]
+    if train_photos is not None:
+        train = train[:train_photos]
+    return LfwSplit(train=sorted(train), heldout=held, train_identities=train_ids, heldout_identities=held_ids)
 
+
+def pair_path(cache: Path, photo: Path) -> Path:
+    return Path(cache) / photo.parent.name / f"{photo.stem}.npz"
+
+
+def make_pair_file(photo: Path, cache: Path, model, size: int = 128, seed: int = 0) -> str | None:
+    """Fit one photo, make its pair and write it to the cache; returns an error line or None."""
     from face3d.fitting import FitConfig
     from face3d.image_io import load_image
     from face3d.pipeline import reconstruct_faces
 
+    rng = np.random.default_rng(pair_seed(str(photo), seed))
+    offset = float(rng.uniform(MIN_YAW_OFFSET, MAX_YAW_OFFSET) * rng.choice([-1.0, 1.0]))
+    try:
+        image = load_image(photo)
+        rec = reconstruct_faces(image, model, fit_config=FitConfig(dense=False), source=str(photo))[0]
+        pair = make_rotate_and_render_pair(rec, image, model, offset, size)
+    except FaceSynthError as exc:
+        return str(exc)
+    out = pair_path(cache, photo)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pair.save(out)
+    return None
+
+
+_WORKER_MODEL = None
+
+
+def _init_pair_worker(model_path) -> None:
+    import torch
+
+    from face3d.morphable_model import load_morphable_model
+
+    global _WORKER_MODEL
+    torch.set_num_threads(1)
+    _WORKER_MODEL = load_morphable_model(model_path)
+
+
+def _pair_job(photo: Path, cache: Path, size: int, seed: int) -> tuple[Path, str | None]:
+    return photo, make_pair_file(photo, cache, _WORKER_MODEL, size, seed)
+
+
+def generate_pairs(photos: list[Path], cache: Path, model, size: int = 128, seed: int = 0,
+                   progress: bool = True, workers: int = 1) -> dict:
+    """Make (or reuse) the pair of every photo under `cache`; returns counts and the failures.
+
+    One file per photo, `<cache>/<identity>/<stem>.npz`, written atomically: a killed run loses
+    at most the photos in flight, and a re-run skips every photo already done. Photos without a
+    usable face are listed in `<cache>/failed.txt` and skipped on re-runs too. With `workers` > 1
+    the photos are spread over that many processes (one torch thread each); `model` must then be
+    a loaded `MorphableModel` whose `source` folder the workers load again.
+    """
+    from tqdm import tqdm
+
+    cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
     failed_log = cache / "failed.txt"
     failed = set(failed_log.read_text().splitlines()) if failed_log.exists() else set()
-    done = made = 0
-    errors = []
-    for photo in tqdm(photos, desc="pairs", unit="photo", disable=not progress):
-        out = cache / photo.parent.name / f"{photo.stem}.npz"
-        if out.exists() or str(photo) in failed:
-            done += 1
-            continue
-        rng = np.random.default_rng(pair_seed(str(photo), seed))
-        offset = float(rng.uniform(MIN_YAW_OFFSET, MAX_YAW_OFFSET) * rng.choice([-1.0, 1.0]))
-        try:
-            image = load_image(photo)
-            rec = reconstruct_faces(image, model, fit_config=FitConfig(dense=False), source=str(photo))[0]
-            pair = make_rotate_and_render_pair(rec, image, model, offset, size)
-        except FaceSynthError as exc:
-            errors.append(str(exc))
-            with open(failed_log, "a") as f:
+    todo = [p for p in photos if not pair_path(cache, p).exists() and str(p) not in failed]
+    done = len(photos) - len(todo)
+    made = 0
+    errors: list[str] = []
+    bar = tqdm(total=len(todo), desc="pairs", unit="photo", disable=not progress)
+
+    def consume(photo, err):
+        nonlocal made
+        if err is None:
+            made += 1
+        else:
+            errors.append(err)
+            with open(failed_log, "a") as f:  # the parent process alone writes this log
                 f.write(f"{photo}\n")
-            continue
-        out.parent.mkdir(parents=True, exist_ok=True)
-        pair.save(out)
-        made += 1
+        bar.update(1)
+
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            for photo in todo:
+                consume(photo, make_pair_file(photo, cache, model, size, seed))
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            ctx = mp.get_context("spawn")  # forking a process with live OpenMP threads can deadlock
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_pair_worker,
+                                     initargs=(model.source,)) as pool:
+                for photo, err in pool.map(_pair_job, todo, [cache] * len(todo), [size] * len(todo),
+                                           [seed] * len(todo), chunksize=4):
+                    consume(photo, err)
+    finally:
+        bar.close()
     return {"photos": len(photos), "made": made, "already_done": done, "failed": len(errors), "errors": errors}

@@ -126,6 +126,9 @@ class RefinerGenerator(nn.Module):
         self.local = nn.ModuleList([LocalPathway(cfg.in_channels, cfg.local) for _ in PATCHES])
         self.fuse = nn.Sequential(_conv(c + len(PATCHES) * cfg.local + cfg.in_channels, c),
                                   nn.Conv2d(c, 3, 3, 1, 1))
+        # zero residual at initialisation: training starts from the render itself, not from noise
+        nn.init.zeros_(self.fuse[-1].weight)
+        nn.init.zeros_(self.fuse[-1].bias)
 
     def forward(self, inputs: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
         """inputs (B, 5, S, S) (render in 0..1, confidence, mask), landmarks (B, 68, 2) px -> (B, 3, S, S) in 0..1."""

@@ -54,6 +54,11 @@ def run_rotate(args) -> int:
         raise FaceSynthError(f"--out {out}: exists and is not a folder")
     model = load_morphable_model(args.model)
     check_expression_arguments(args, model)
+    refiner = None
+    if args.method == "hybrid":
+        from ganrefine.hybrid import load_hybrid_refiner, refine_views
+
+        refiner = load_hybrid_refiner(args.refiner)
     manifest = Manifest(out / "manifest.jsonl")
     poses = [Pose(y, p, r) for p in args.pitch for y in args.yaw for r in args.roll]
     fit_cfg = FitConfig(dense=args.dense)
@@ -82,7 +87,8 @@ def run_rotate(args) -> int:
                 for variant in expression_variants(args, rec.fit, model, key=f"{stem}{face_tag}"):
                     views = (render_variant(variant, rec, model, poses, args.size, bg) if sfs is None
                              else render_sfs_variant(variant, rec, model, poses, args.size, bg, sfs))
-                    for pose, img in zip(poses, views.images):
+                    images = views.images if refiner is None else refine_views(refiner, views, bg)
+                    for pose, img in zip(poses, images):
                         rel = f"{stem}{face_tag}{variant.tag}_yaw{_name(pose.yaw)}_pitch{_name(pose.pitch)}" + (
                             f"_roll{_name(pose.roll)}" if pose.roll else "") + ".png"
                         save_png(out / rel, img)
@@ -95,6 +101,8 @@ def run_rotate(args) -> int:
                             **variant_record(variant, args, model),
                             **sfs_record(sfs),
                         })
+                        if refiner is not None:
+                            records[-1].update(refiner.record())
                 if args.export_mesh:
                     from face3d.mesh_export import export_mesh
 

@@ -39,13 +39,50 @@ def test_rotate_writes_views_and_manifest(tmp_path, capsys, obama_path):
         for key in ("source", "output", "yaw", "pitch", "roll", "method", "fit_landmark_error"):
             assert key in r
         assert r["source"] == str(obama_path)
-        assert r["method"] == "3d"
+        assert r["method"] == "hybrid"  # the default method: the 3D stage, then the shipped refiner
+        assert r["refiner"] == "refiner.pt" and len(r["refiner_sha256"]) == 64
         assert 0 < r["fit_landmark_error"] < 0.05
         img = np.asarray(Image.open(out / r["output"]))
         assert img.shape == (128, 128, 3)
         assert img.std() > 10  # a real picture, not a flat fill
     assert sorted({(r["yaw"], r["pitch"]) for r in rows}) == [(-30, 0), (-30, 10), (0, 0), (0, 10), (30, 0), (30, 10)]
     assert str(out) in stdout
+
+
+@pytest.mark.slow
+def test_method_3d_is_the_plain_render_and_hybrid_refines_it(tmp_path, capsys, obama_path):
+    import hashlib
+
+    from ganrefine.hybrid import default_weights_path
+
+    views = {}
+    for method in ("3d", "hybrid"):
+        out = tmp_path / method
+        code, _, err = run(capsys, "rotate", obama_path, "--yaw", "-45,0", "--method", method, "--out", out, "--no-dense")
+        assert code == 0, err
+        rows = manifest(out)
+        assert [r["method"] for r in rows] == [method] * 2
+        views[method] = [np.asarray(Image.open(out / r["output"])).astype(np.float64) for r in rows]
+        if method == "3d":
+            assert "refiner" not in rows[0]
+        else:
+            assert rows[0]["refiner_sha256"] == hashlib.sha256(default_weights_path().read_bytes()).hexdigest()
+    for plain, refined in zip(views["3d"], views["hybrid"]):
+        diff = np.abs(plain - refined).mean()
+        assert 0.5 < diff < 40  # the refiner changes the render, and does not repaint it
+    # with --background photo the refined head is composited over the photo's own background
+    out = tmp_path / "bg"
+    code, _, err = run(capsys, "rotate", obama_path, "--yaw", "0", "--background", "photo", "--out", out, "--no-dense")
+    assert code == 0, err
+    img = np.asarray(Image.open(out / manifest(out)[0]["output"]))
+    assert img.shape == (128, 128, 3) and img[:8, :8].std() > 0  # not the plain grey corner
+
+
+def test_missing_refiner_weights_is_a_one_line_error(tmp_path, capsys, obama_path):
+    code, _, err = run(capsys, "rotate", obama_path, "--refiner", tmp_path / "none.pt", "--out", tmp_path / "o")
+    assert code == 1
+    assert_one_line_error(err)
+    assert "refiner weights not found" in err
 
 
 @pytest.mark.slow

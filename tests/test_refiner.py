@@ -35,6 +35,9 @@ def test_generator_shapes_range_and_gradients():
     g = RefinerGenerator(RefinerConfig(base=8, res_blocks=1, local=4))
     x = torch.rand(2, 5, 128, 128, requires_grad=True)
     lm = _landmarks(2)
+    # at initialisation the residual is exactly zero: the output is the render
+    assert torch.equal(g(x, lm), x[:, :3].clamp(0, 1))
+    torch.nn.init.normal_(g.fuse[-1].weight, std=0.01)  # a trained-like last layer, so gradients reach every layer
     y = g(x, lm)
     assert y.shape == (2, 3, 128, 128)
     assert torch.isfinite(y).all() and y.min() >= 0 and y.max() <= 1

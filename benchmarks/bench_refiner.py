@@ -1,0 +1,202 @@
+"""The refiner against the raw render (issue 4), on identities never trained on, side by side.
+
+(a) Reconstruction where ground truth exists: the Rotate-and-Render pairs of the held-out test
+    identities (`facesynth make-pairs` cache, `heldout/` minus the validation pairs used for
+    checkpoint selection). Render vs refined against the real photo: L1 and SSIM over the head the
+    render covers, dlib-descriptor distance to the photo (all three images aligned by the same
+    projected model landmarks). Targets: L1 -30%, SSIM up, identity distance -20%.
+(b) Novel views, yaw -60..60: held-out LFW test photos and ../shared/data/faces, fitted as
+    `facesynth rotate` does (landmarks + dense), rendered (`--method 3d`) and refined
+    (`--method hybrid`). Per view: dlib detection + descriptor distance to the source photo (no
+    face found = distance inf) and dlib landmarks + PnP vs the pose asked for. Targets: hybrid median
+    distance <= 3d + 0.02, median pose error <= 3d + 2 deg.
+(c) Speed: the refiner alone (ms per 128-px view, batch 32) and `facesynth rotate` of one photo to
+    9 poses, hybrid vs 3d, as a fresh process (what a user waits for) and as the in-process
+    per-photo time that the manifest records.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _common import RESULTS, ROOT, face_photos, write_json
+from bench_real_photos import Dlib, load_average
+from face3d.camera import Pose
+from face3d.errors import FaceSynthError
+from face3d.fitting import FitConfig
+from face3d.image_io import load_image
+from face3d.morphable_model import load_morphable_model
+from face3d.pipeline import reconstruct_faces
+from face3d.pose_estimation import angle_error, estimate_pose
+from face3d.render import head_pivot, render_views, view_camera
+from ganrefine.hybrid import load_hybrid_refiner, refine_views
+from ganrefine.train_refiner import PairSet, evaluate_refiner, pair_files, split_heldout, summarise
+
+YAWS = [-60, -45, -30, -15, 0, 15, 30, 45, 60]
+SIZE = 128
+SAME_PERSON = 0.6
+
+
+def reconstruction(refiner, pairs_dir: Path, val_pairs: int) -> dict:
+    from ganrefine.identity import IdentityEncoder
+
+    _, test = split_heldout(pair_files(pairs_dir / "heldout"), val_pairs)
+    data = PairSet.load(test)
+    per = evaluate_refiner(refiner.generator, data, IdentityEncoder.load())
+    s = summarise(per)
+    print(f"\n(a) Reconstruction on {len(data)} held-out test pairs (head region the render covers), mean [median]")
+    print(f"{'':22s} {'raw render':>18s} {'refined':>18s} {'change':>10s} {'target':>10s}")
+    for k, label, tgt in (("l1", "L1 (0..1)", "-30%"), ("ssim", "SSIM", "higher"), ("id", "identity distance", "-20%")):
+        a, b = s[f"{k}_render_mean"], s[f"{k}_refined_mean"]
+        am, bm = s[f"{k}_render_median"], s[f"{k}_refined_median"]
+        change = f"{100 * (b / a - 1):+.1f}%" if k != "ssim" else f"{b - a:+.4f}"
+        print(f"{label:22s} {a:9.4f} [{am:.4f}] {b:9.4f} [{bm:.4f}] {change:>10s} {tgt:>10s}")
+    passed = {"l1": s["l1_reduction"] >= 0.30, "ssim": s["ssim_gain"] > 0, "identity": s["id_reduction"] >= 0.20}
+    print("   " + ", ".join(f"{k}: {'PASS' if v else 'FAIL'}" for k, v in passed.items()))
+    wins = {k: float(np.mean(per[f"{k}_refined"] < per[f"{k}_render"])) if k != "ssim"
+            else float(np.mean(per["ssim_refined"] > per["ssim_render"])) for k in ("l1", "ssim", "id")}
+    print(f"   refined better than the render on {100 * wins['l1']:.0f}% (L1), {100 * wins['ssim']:.0f}% (SSIM), "
+          f"{100 * wins['id']:.0f}% (identity) of the pairs")
+    return {"pairs": len(data), "summary": s, "pass": passed, "share_better": wins}
+
+
+def novel_views(refiner, photos: list[Path], model, dl) -> dict:
+    rows = []
+    poses = [Pose(float(y), 0.0, 0.0) for y in YAWS]
+    for path in photos:
+        img = load_image(path)
+        try:
+            rec = reconstruct_faces(img, model, fit_config=FitConfig(dense=True), source=str(path))[0]
+        except FaceSynthError as exc:
+            print(f"  {path.name}: {exc}")
+            continue
+        r0 = dl.largest(img, 1)
+        if r0 is None:
+            continue
+        src = dl.descriptor(img, dl.shape(img, r0))
+        views = render_views(rec.fit, rec.texture, poses, model, size=SIZE)
+        hybrid = refine_views(refiner, views)
+        verts = rec.fit.vertices(model)
+        lmv = model.landmark_vertices
+        pts3 = verts[0, np.maximum(lmv, 0)].numpy().astype(np.float64)
+        pts3[lmv < 0] = np.nan
+        _, eye_mouth = head_pivot(verts, model)
+        focal, _ = view_camera(SIZE, eye_mouth)
+        for method, images in (("3d", views.images), ("hybrid", hybrid)):
+            for im, pose in zip(images, poses):
+                im = np.ascontiguousarray(im)
+                r = {"photo": f"{path.parent.name}/{path.name}", "method": method, "yaw": pose.yaw}
+                box = dl.largest(im, 1)
+                if box is None:
+                    r.update(detected=False, distance=float("inf"), pose_error=float("inf"))
+                else:
+                    sh = dl.shape(im, box)
+                    est = estimate_pose(dl.points(sh), pts3, focal, (SIZE / 2, SIZE / 2))
+                    err = max(abs(angle_error(est.yaw, pose.yaw)), abs(angle_error(est.pitch, pose.pitch)))
+                    r.update(detected=True, distance=float(np.linalg.norm(dl.descriptor(im, sh) - src)),
+                             pose_error=float(err))
+                rows.append(r)
+    out = {}
+    print(f"\n(b) Novel views of {len({r['photo'] for r in rows})} photos, yaw {YAWS[0]}..{YAWS[-1]}: dlib distance view-source "
+          f"(no face = inf) and pose error max(|yaw|,|pitch|) from dlib landmarks + PnP")
+    print(f"{'yaw':>6s} {'3d dist':>9s} {'hybrid':>9s} {'3d <0.6':>8s} {'hyb <0.6':>9s} {'3d pose':>8s} {'hyb pose':>9s}")
+    for yaw in YAWS + ["all"]:
+        sel = lambda m: [r for r in rows if r["method"] == m and (yaw == "all" or r["yaw"] == yaw)]  # noqa: E731
+        s = {}
+        for m in ("3d", "hybrid"):
+            rs = sel(m)
+            d = np.array([r["distance"] for r in rs])
+            pe = np.array([r["pose_error"] for r in rs])
+            s[m] = {"views": len(rs), "median_distance": float(np.median(d)), "share_under_0.6": float(np.mean(d < SAME_PERSON)),
+                    "median_pose_error": float(np.median(pe)), "no_face": int(sum(not r["detected"] for r in rs))}
+        out[str(yaw)] = s
+        print(f"{str(yaw):>6s} {s['3d']['median_distance']:9.3f} {s['hybrid']['median_distance']:9.3f} "
+              f"{100 * s['3d']['share_under_0.6']:7.0f}% {100 * s['hybrid']['share_under_0.6']:8.0f}% "
+              f"{s['3d']['median_pose_error']:8.2f} {s['hybrid']['median_pose_error']:9.2f}")
+    a = out["all"]
+    passed = {"identity": a["hybrid"]["median_distance"] <= a["3d"]["median_distance"] + 0.02,
+              "pose": a["hybrid"]["median_pose_error"] <= a["3d"]["median_pose_error"] + 2.0}
+    print("   targets (hybrid vs 3d, all views): " + ", ".join(f"{k}: {'PASS' if v else 'FAIL'}" for k, v in passed.items()))
+    return {"per_yaw": out, "pass": passed, "views": rows}
+
+
+def speed(refiner, photo: Path, runs: int) -> dict:
+    g = refiner.generator
+    x = torch.rand(32, 5, SIZE, SIZE)
+    lm = torch.rand(32, 68, 2) * 50 + 39
+    with torch.no_grad():
+        g(x, lm)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            g(x, lm)
+            times.append(time.perf_counter() - t0)
+    ms = 1000 * float(np.median(times)) / 32
+    print(f"\n(c) Speed. Refiner alone: {ms:.1f} ms per 128-px view in a batch of 32 (target <= 60 ms): "
+          f"{'PASS' if ms <= 60 else 'FAIL'}")
+    exe = Path(sys.executable).with_name("facesynth")
+    res = {"refiner_ms_per_view": ms, "refiner_runs": times}
+    yaw = ",".join(str(y) for y in YAWS)
+    for method in ("3d", "hybrid"):
+        walls, per_photo = [], []
+        for _ in range(runs):
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                subprocess.run([str(exe), "rotate", str(photo), f"--yaw={yaw}", "--method", method, "--out", tmp],
+                               check=True, capture_output=True)
+                walls.append(time.perf_counter() - t0)
+                per_photo.append(json.loads(Path(tmp, "manifest.jsonl").read_text().splitlines()[0])["seconds_per_photo"])
+        res[method] = {"cli_wall_seconds": float(np.median(walls)), "seconds_per_photo": float(np.median(per_photo)),
+                       "runs": walls}
+        print(f"   facesynth rotate --method {method:6s} 1 photo -> 9 poses: {np.median(walls):.2f} s wall as a fresh process, "
+              f"{np.median(per_photo):.2f} s in-process (fit + render{' + refine' if method == 'hybrid' else ''})")
+    h = res["hybrid"]
+    print(f"   hybrid target <= 3 s: fresh process {'PASS' if h['cli_wall_seconds'] <= 3 else 'FAIL'}, "
+          f"in-process {'PASS' if h['seconds_per_photo'] <= 3 else 'FAIL'}")
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", default=str(Path.home() / ".cache" / "facesynth" / "pairs128"),
+                    help="the make-pairs cache the shipped refiner was trained on")
+    ap.add_argument("--refiner", default=None, help="weights (default: the shipped ones)")
+    ap.add_argument("--val-pairs", type=int, default=100, help="held-out pairs used for checkpoint selection (skipped)")
+    ap.add_argument("--lfw-photos", type=int, default=40, help="held-out test LFW photos for (b)")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c")
+    ap.add_argument("--json", default=str(RESULTS / "refiner.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    refiner = load_hybrid_refiner(args.refiner)
+    pairs = Path(args.pairs)
+    print(f"refiner {refiner.path} (sha256 {refiner.sha256[:12]}); torch threads {torch.get_num_threads()}; "
+          f"load average {load_average()}")
+    out = {"refiner": refiner.path, "refiner_sha256": refiner.sha256, "load_average_start": load_average()}
+    skip = set(args.skip.split(","))
+    if "a" not in skip:
+        out["reconstruction"] = reconstruction(refiner, pairs, args.val_pairs)
+    if "b" not in skip:
+        split = json.loads((pairs / "split.json").read_text())
+        lfw = Path(split["lfw"])
+        # the photos behind the test pairs (never seen by training or checkpoint selection)
+        _, test = split_heldout(pair_files(pairs / "heldout"), args.val_pairs)
+        photos = [lfw / f.parent.name / f"{f.stem}.jpg" for f in test[:args.lfw_photos]] + face_photos()
+        out["novel_views"] = novel_views(refiner, photos, load_morphable_model(), Dlib())
+    if "c" not in skip:
+        out["speed"] = speed(refiner, ROOT / "assets" / "astronaut.png", args.runs)
+    out["load_average_end"] = load_average()
+    write_json(args.json, out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The hybrid method: the 3D stage's views, then the trained refiner on each (`--method hybrid`).
+
+The refiner works at its training size (128 px) on renders over the plain grey background it was
+trained with. Views of another size are refined at 128 px and the refiner's *correction* (output
+minus input) is upsampled and added to the full-size render, so a 256-px view keeps the render's
+detail and gains the refiner's changes. With `--background photo` the refined head is composited
+over the photo's own background, as the 3D method does.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from face3d.errors import FaceSynthError
+
+#: The shipped weights (see assets/refiner/MODEL_CARD.md); FACESYNTH_REFINER overrides.
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "refiner" / "refiner.pt"
+PLAIN_BACKGROUND = 0.5
+
+
+@dataclass
+class Refiner:
+    generator: torch.nn.Module
+    path: str
+    sha256: str
+    size: int
+
+    def record(self) -> dict:
+        """What the manifest says about the weights that made a view."""
+        return {"refiner": os.path.basename(self.path), "refiner_sha256": self.sha256}
+
+
+_CACHE: dict[str, Refiner] = {}
+_LOCK = threading.Lock()
+
+
+def default_weights_path() -> Path:
+    return Path(os.environ.get("FACESYNTH_REFINER") or DEFAULT_WEIGHTS)
+
+
+def load_hybrid_refiner(path: str | os.PathLike | None = None) -> Refiner:
+    """The refiner of `path` (default: the shipped weights), loaded once per process."""
+    from ganrefine.train_refiner import load_refiner
+
+    p = Path(path) if path is not None else default_weights_path()
+    key = str(p.resolve())
+    with _LOCK:
+        if key not in _CACHE:
+            if not p.is_file():
+                raise FaceSynthError(f"refiner weights not found at {p} (use --method 3d, or --refiner FILE)")
+            digest = hashlib.sha256(p.read_bytes()).hexdigest()
+            gen, _ = load_refiner(p)
+            _CACHE[key] = Refiner(gen, str(p), digest, gen.cfg.size)
+        return _CACHE[key]
+
+
+@torch.no_grad()
+def refine_images(refiner: Refiner, images: np.ndarray, confidence: np.ndarray, masks: np.ndarray,
+                  landmarks: np.ndarray, batch: int = 32) -> np.ndarray:
+    """Refine (B, S, S, 3) uint8 renders on the plain background -> (B, S, S, 3) uint8 photographs."""
+    size = images.shape[1]
+    work = refiner.size
+    out = np.empty_like(images)
+    for s in range(0, len(images), batch):
+        sl = slice(s, s + batch)
+        rgb = torch.from_numpy(images[sl]).permute(0, 3, 1, 2).float() / 255
+        conf = torch.from_numpy(np.asarray(confidence[sl], np.float32))[:, None]
+        mask = torch.from_numpy(np.asarray(masks[sl], np.float32))[:, None]
+        lm = torch.from_numpy(np.asarray(landmarks[sl], np.float32))
+        x = torch.cat([rgb, conf, mask], 1)
+        if size != work:
+            x = F.interpolate(x, size=(work, work), mode="bilinear", align_corners=False, antialias=True)
+            lm = lm * (work / size)
+        y = refiner.generator(x, lm)
+        if size != work:
+            delta = F.interpolate(y - x[:, :3], size=(size, size), mode="bilinear", align_corners=False)
+            y = (rgb + delta).clamp(0, 1)
+        out[sl] = (y.permute(0, 2, 3, 1).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+    return out
+
+
+def refine_views(refiner: Refiner, views, background: np.ndarray | float = PLAIN_BACKGROUND) -> np.ndarray:
+    """The refined images of a `face3d.render.RenderedViews` that was rendered over `background`."""
+    imgs = views.images
+    alpha = views.masks[..., None].astype(np.float32)
+    if isinstance(background, np.ndarray) or background != PLAIN_BACKGROUND:
+        # undo the composite: the refiner was trained on heads over the plain grey background
+        bg = background.astype(np.float32) if isinstance(background, np.ndarray) else np.float32(background * 255)
+        plain = imgs.astype(np.float32) + (1 - alpha) * (PLAIN_BACKGROUND * 255 - bg)
+        refined = refine_images(refiner, (plain + 0.5).clip(0, 255).astype(np.uint8), views.confidence,
+                                views.masks, views.landmarks)
+        comp = alpha * refined.astype(np.float32) + (1 - alpha) * bg
+        return (comp + 0.5).clip(0, 255).astype(np.uint8)
+    return refine_images(refiner, imgs, views.confidence, views.masks, views.landmarks)

@@ -1,0 +1,67 @@
+"""`facesynth make-pairs LFW --out CACHE`: the refiner's Rotate-and-Render pairs, cached and resumable.
+
+    CACHE/train/<identity>/<photo>.npz     pairs of the train identities
+    CACHE/heldout/<identity>/<photo>.npz   one pair per held-out identity (evaluation only)
+    CACHE/split.json                       the identity split, so training and evaluation agree
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from face3d.errors import FaceSynthError
+
+
+def _positive_int(name):
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--{name} expects an integer, got {text!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"--{name} must be at least 1, got {v}")
+        return v
+    return parse
+
+
+def add_make_pairs_parser(sub) -> None:
+    p = sub.add_parser("make-pairs", help="make the refiner's Rotate-and-Render training pairs from LFW")
+    p.add_argument("lfw", metavar="LFW", help="LFW images folder (<identity>/<identity>_NNNN.jpg)")
+    p.add_argument("--out", required=True, metavar="CACHE", help="pair cache folder (keep it outside the repository)")
+    p.add_argument("--train-photos", type=_positive_int("train-photos"), default=3000,
+                   help="train photos to use, one per identity before any second (default 3000)")
+    p.add_argument("--holdout", type=_positive_int("holdout"), default=300,
+                   help="identities held out for evaluation, one pair each (default 300)")
+    p.add_argument("--size", type=_positive_int("size"), default=128, help="pair crop size (default 128)")
+    p.add_argument("--workers", type=_positive_int("workers"), default=1, help="processes (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="split and yaw-offset seed (default 0)")
+    p.add_argument("--model", default=None, metavar="DIR", help="morphable model folder (default ICT FaceKit)")
+    p.set_defaults(func=run_make_pairs)
+
+
+def run_make_pairs(args) -> int:
+    from face3d.image_io import atomic_write_bytes
+    from face3d.morphable_model import load_morphable_model
+    from ganrefine.pairs import generate_pairs, split_lfw
+
+    split = split_lfw(Path(args.lfw), holdout=args.holdout, train_photos=args.train_photos, seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = {"lfw": str(Path(args.lfw).resolve()), "seed": args.seed, "size": args.size,
+            "train_identities": split.train_identities, "heldout_identities": split.heldout_identities,
+            "train_photos": len(split.train), "heldout_photos": len(split.heldout)}
+    split_file = out / "split.json"
+    if split_file.exists():
+        old = json.loads(split_file.read_text())
+        if old.get("heldout_identities") != info["heldout_identities"] or old.get("size") != args.size:
+            raise FaceSynthError(f"{out} holds pairs of another split or size; use a new --out")
+    atomic_write_bytes(split_file, json.dumps(info, indent=1).encode())
+    model = load_morphable_model(args.model)
+    failed = 0
+    for name, photos in (("heldout", split.heldout), ("train", split.train)):
+        res = generate_pairs(photos, out / name, model, size=args.size, seed=args.seed, workers=args.workers)
+        failed += res["failed"]
+        print(f"{name}: {res['made']} made, {res['already_done']} already done, {res['failed']} without a usable face")
+    print(f"pairs in {out}")
+    return 0

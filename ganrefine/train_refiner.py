@@ -1,0 +1,423 @@
+"""Training the refiner on Rotate-and-Render pairs: one plain loop, checkpoints that carry their config.
+
+    facesynth train-refiner --data CACHE --steps N --out CKPT [--resume]
+
+CACHE is what `facesynth make-pairs` wrote (`train/`, `heldout/`, `split.json`). The held-out pairs
+are split in two fixed halves: `val` (checkpoint selection) and `test` (the reported figures, never
+looked at during training). Files next to CKPT:
+
+    CKPT                     the latest training state (generator, discriminator, optimisers, config)
+    <stem>_best.pt           generator weights of the best validation step (what ships), with config
+    <stem>_log.csv           losses per logged step
+    <stem>_val.csv           validation metrics per evaluation
+    <stem>_samples/          image grids: render | refined | real photo, for fixed validation pairs
+
+Losses of the generator (each weighted by `TrainConfig` and logged):
+    pixel     multi-scale L1 (32, 64, 128 px) against the photo; weight 1 on the rendered head and
+              `outside_weight` elsewhere, so hair and background are learnt without drowning the face
+    symmetry  TP-GAN's symmetry loss, on the near-frontal samples only
+    adv       LSGAN against a patch discriminator conditioned on the render
+    identity  dlib descriptor distance between output and photo (the torch port, frozen)
+    tv        total variation
+Every step draws its batch from a generator seeded by (seed, step), so a resumed run draws exactly
+the batches the uninterrupted run would have drawn.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from face3d.errors import FaceSynthError
+from ganrefine.refiner import (PatchDiscriminator, RefinerConfig, RefinerGenerator, lsgan_loss, multiscale_l1,
+                               symmetry_loss, total_variation)
+
+CHECKPOINT_FORMAT = "facesynth-refiner-train/1"
+WEIGHTS_FORMAT = "facesynth-refiner/1"
+
+#: iBUG 68-point index permutation of a horizontally mirrored face.
+FLIP68 = (list(range(16, -1, -1)) + list(range(26, 16, -1)) + [27, 28, 29, 30] + [35, 34, 33, 32, 31]
+          + [45, 44, 43, 42, 47, 46] + [39, 38, 37, 36, 41, 40] + [54, 53, 52, 51, 50, 49, 48]
+          + [59, 58, 57, 56, 55] + [64, 63, 62, 61, 60] + [67, 66, 65])
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch: int = 8
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    pixel_weight: float = 1.0
+    outside_weight: float = 0.25      # pixel-loss weight off the rendered head (hair, background)
+    symmetry_weight: float = 0.05
+    adv_weight: float = 0.01
+    identity_weight: float = 0.1
+    tv_weight: float = 1e-4
+    frontal_asymmetry: float = 0.06   # |nose - eye-centre| / eye distance below this counts as frontal
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 200
+    checkpoint_every: int = 100
+    val_pairs: int = 100              # the first held-out identities: checkpoint selection only
+    threads: int | None = None
+    refiner: RefinerConfig = field(default_factory=RefinerConfig)
+
+
+# ------------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class PairSet:
+    """Pairs held in memory, channels-first: uint8 images, float16 maps."""
+
+    render: torch.Tensor       # (N, 3, S, S) uint8
+    target: torch.Tensor       # (N, 3, S, S) uint8
+    confidence: torch.Tensor   # (N, 1, S, S) float16
+    mask: torch.Tensor         # (N, 1, S, S) float16
+    landmarks: torch.Tensor    # (N, 68, 2) float32 pixels
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @classmethod
+    def load(cls, files: list[Path], progress: bool = False) -> "PairSet":
+        from tqdm import tqdm
+
+        from ganrefine.pairs import TrainingPair
+
+        if not files:
+            raise FaceSynthError("no training pairs found")
+        r, t, c, m, lm = [], [], [], [], []
+        for f in tqdm(files, desc="loading pairs", unit="pair", disable=not progress):
+            p = TrainingPair.load(f)
+            r.append(p.render)
+            t.append(p.target)
+            c.append(p.confidence)
+            m.append(p.mask)
+            lm.append(p.landmarks)
+        chw = lambda a: torch.from_numpy(np.stack(a)).permute(0, 3, 1, 2).contiguous()  # noqa: E731
+        return cls(render=chw(r), target=chw(t), confidence=torch.from_numpy(np.stack(c))[:, None].half(),
+                   mask=torch.from_numpy(np.stack(m))[:, None].half(), landmarks=torch.from_numpy(np.stack(lm)).float(),
+                   names=[f"{f.parent.name}/{f.stem}" for f in files])
+
+    def batch(self, idx: torch.Tensor, flip: torch.Tensor | None = None) -> dict:
+        """Float tensors (0..1 images) for the samples `idx`, mirrored where `flip` is True."""
+        b = {"render": self.render[idx].float() / 255, "target": self.target[idx].float() / 255,
+             "confidence": self.confidence[idx].float(), "mask": self.mask[idx].float(),
+             "landmarks": self.landmarks[idx].clone()}
+        if flip is not None and bool(flip.any()):
+            size = b["render"].shape[-1]
+            for k in ("render", "target", "confidence", "mask"):
+                b[k][flip] = torch.flip(b[k][flip], dims=[-1])
+            lm = b["landmarks"][flip][:, FLIP68]
+            lm[..., 0] = size - lm[..., 0]  # pixel centres at +0.5: x -> S - x
+            b["landmarks"][flip] = lm
+        return b
+
+
+def pair_files(folder: Path) -> list[Path]:
+    return sorted(Path(folder).glob("*/*.npz"))
+
+
+def split_heldout(files: list[Path], val_pairs: int) -> tuple[list[Path], list[Path]]:
+    """(val, test): the held-out pairs in a fixed order, the first `val_pairs` for selection."""
+    return files[:val_pairs], files[val_pairs:]
+
+
+def refiner_inputs(b: dict) -> torch.Tensor:
+    return torch.cat([b["render"], b["confidence"], b["mask"]], dim=1)
+
+
+def frontal_flags(landmarks: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Near-frontal samples: the nose tip sits midway between the outer eye corners."""
+    left, right, nose = landmarks[:, 36], landmarks[:, 45], landmarks[:, 30]
+    eye = (right - left).norm(dim=-1).clamp(min=1.0)
+    return ((nose[:, 0] - 0.5 * (left[:, 0] + right[:, 0])).abs() / eye) < threshold
+
+
+# ------------------------------------------------------------------------------------------------
+# Identity
+
+
+def identity_embeddings(encoder, images: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+    """dlib descriptors of (B, 3, S, S) 0..1 images aligned by the given landmarks (differentiable)."""
+    return encoder.embed(images * 255.0, landmarks, quantize=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def evaluate_refiner(generator: RefinerGenerator, data: PairSet, encoder, batch: int = 32) -> dict:
+    """Per-pair L1, SSIM (over the head the render covers) and identity distance to the photo, for
+    the raw render and the refined output. Identity uses the same model-landmark alignment for all
+    three images, so the comparison is not confounded by landmark detection on renders."""
+    from ganrefine.metrics import masked_l1, masked_ssim
+
+    generator.eval()
+    rows = {k: [] for k in ("l1_render", "l1_refined", "ssim_render", "ssim_refined", "id_render", "id_refined")}
+    for s in range(0, len(data), batch):
+        idx = torch.arange(s, min(s + batch, len(data)))
+        b = data.batch(idx)
+        out = generator(refiner_inputs(b), b["landmarks"])
+        head = (b["mask"] > 0.5).float()
+        rows["l1_render"].append(masked_l1(b["render"], b["target"], head))
+        rows["l1_refined"].append(masked_l1(out, b["target"], head))
+        rows["ssim_render"].append(masked_ssim(b["render"], b["target"], head))
+        rows["ssim_refined"].append(masked_ssim(out, b["target"], head))
+        e_t = identity_embeddings(encoder, b["target"], b["landmarks"])
+        e_r = identity_embeddings(encoder, b["render"], b["landmarks"])
+        e_o = identity_embeddings(encoder, out, b["landmarks"])
+        rows["id_render"].append((e_r - e_t).norm(dim=-1))
+        rows["id_refined"].append((e_o - e_t).norm(dim=-1))
+    generator.train()
+    return {k: torch.cat(v).numpy() for k, v in rows.items()}
+
+
+def summarise(per_pair: dict) -> dict:
+    s = {f"{k}_mean": float(np.mean(v)) for k, v in per_pair.items()}
+    s.update({f"{k}_median": float(np.median(v)) for k, v in per_pair.items()})
+    s["l1_reduction"] = 1 - s["l1_refined_mean"] / s["l1_render_mean"]
+    s["id_reduction"] = 1 - s["id_refined_mean"] / s["id_render_mean"]
+    s["ssim_gain"] = s["ssim_refined_mean"] - s["ssim_render_mean"]
+    # selection score: relative L1 and relative identity distance, equally weighted (lower is better)
+    s["score"] = 0.5 * (s["l1_refined_mean"] / s["l1_render_mean"] + s["id_refined_mean"] / s["id_render_mean"])
+    return s
+
+
+def sample_grid(generator: RefinerGenerator, data: PairSet, n: int = 8) -> np.ndarray:
+    """(3 S, n S, 3) uint8: rows render, refined, photo for the first n pairs of `data`."""
+    with torch.no_grad():
+        generator.eval()
+        b = data.batch(torch.arange(min(n, len(data))))
+        out = generator(refiner_inputs(b), b["landmarks"])
+        generator.train()
+    rows = [torch.cat(list(x), dim=-1) for x in (b["render"], out, b["target"])]
+    grid = torch.cat(rows, dim=-2).permute(1, 2, 0).numpy()
+    return (grid * 255 + 0.5).clip(0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _config_from_dict(d: dict) -> TrainConfig:
+    d = dict(d)
+    d["refiner"] = RefinerConfig(**d.get("refiner", {}))
+    return TrainConfig(**d)
+
+
+def save_weights(path: Path, generator: RefinerGenerator, info: dict) -> None:
+    """The generator alone, with its architecture config: what `load_refiner` reads."""
+    import io
+
+    from face3d.image_io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    torch.save({"format": WEIGHTS_FORMAT, "refiner_config": asdict(generator.cfg),
+                "state_dict": generator.state_dict(), **info}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_refiner(path: str | os.PathLike) -> tuple[RefinerGenerator, dict]:
+    """A trained generator (eval mode) and its info from a `_best.pt` weights file or a training checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise FaceSynthError(f"{path}: refiner weights not found")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated or foreign file
+        raise FaceSynthError(f"{path}: not a refiner weights file ({type(exc).__name__})") from None
+    if not isinstance(ck, dict) or ck.get("format") not in (WEIGHTS_FORMAT, CHECKPOINT_FORMAT):
+        raise FaceSynthError(f"{path}: not a refiner weights file")
+    if ck["format"] == CHECKPOINT_FORMAT:
+        cfg = RefinerConfig(**ck["config"]["refiner"])
+        state = ck["generator"]
+    else:
+        cfg = RefinerConfig(**ck["refiner_config"])
+        state = ck["state_dict"]
+    g = RefinerGenerator(cfg)
+    g.load_state_dict(state)
+    g.eval()
+    info = {k: v for k, v in ck.items() if k not in ("state_dict", "generator", "discriminator", "opt_g", "opt_d")}
+    return g, info
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    from face3d.image_io import atomic_write_bytes, save_png
+    from ganrefine.identity import IdentityEncoder
+
+    data_dir, out = Path(data_dir), Path(out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    train_files = pair_files(data_dir / "train")
+    held_files = pair_files(data_dir / "heldout")
+    if not train_files:
+        raise FaceSynthError(f"{data_dir}: no pairs under train/ (run `facesynth make-pairs` first)")
+    val_files, _ = split_heldout(held_files, cfg.val_pairs)
+    if not val_files:
+        raise FaceSynthError(f"{data_dir}: no held-out pairs under heldout/ for validation")
+    stem = out.with_suffix("")
+    best_path = Path(f"{stem}_best.pt")
+    log_path, val_path = Path(f"{stem}_log.csv"), Path(f"{stem}_val.csv")
+    samples = Path(f"{stem}_samples")
+
+    torch.manual_seed(cfg.seed)
+    gen = RefinerGenerator(cfg.refiner)
+    disc = PatchDiscriminator(in_channels=6)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr_g, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999))
+    start, best = 0, {"score": math.inf, "step": None}
+    if out.exists():
+        if not resume:
+            raise FaceSynthError(f"{out} exists: pass --resume to continue it, or choose another --out")
+        ck = torch.load(out, map_location="cpu", weights_only=False)
+        if ck.get("format") != CHECKPOINT_FORMAT:
+            raise FaceSynthError(f"{out}: not a refiner training checkpoint")
+        saved = _config_from_dict(ck["config"])
+        if asdict(saved.refiner) != asdict(cfg.refiner):
+            raise FaceSynthError(f"{out}: was trained with another refiner architecture")
+        cfg = _config_from_dict({**ck["config"], "steps": cfg.steps, "threads": cfg.threads})
+        gen.load_state_dict(ck["generator"])
+        disc.load_state_dict(ck["discriminator"])
+        opt_g.load_state_dict(ck["opt_g"])
+        opt_d.load_state_dict(ck["opt_d"])
+        start, best = int(ck["step"]), ck["best"]
+    elif resume:
+        raise FaceSynthError(f"{out}: nothing to resume")
+
+    train = PairSet.load(train_files, progress=progress)
+    val = PairSet.load(val_files, progress=False)
+    encoder = IdentityEncoder.load()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    samples.mkdir(parents=True, exist_ok=True)
+
+    def save_checkpoint(step: int) -> None:
+        import io
+
+        buf = io.BytesIO()
+        torch.save({"format": CHECKPOINT_FORMAT, "config": asdict(cfg), "step": step, "best": best,
+                    "generator": gen.state_dict(), "discriminator": disc.state_dict(),
+                    "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                    "data": str(data_dir), "train_pairs": len(train)}, buf)
+        atomic_write_bytes(out, buf.getvalue())
+
+    def append_csv(path: Path, row: dict) -> None:
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    def validate(step: int) -> None:
+        nonlocal best
+        s = summarise(evaluate_refiner(gen, val, encoder))
+        append_csv(val_path, {"step": step, **{k: round(v, 6) for k, v in s.items()}})
+        save_png(samples / f"step_{step:06d}.png", sample_grid(gen, val))
+        if s["score"] < best["score"]:
+            best = {"score": s["score"], "step": step}
+            save_weights(best_path, gen, {"step": step, "val": s, "train_config": asdict(cfg),
+                                          "train_pairs": len(train), "data": str(data_dir)})
+
+    if start == 0:
+        validate(0)  # the untrained generator returns the render itself: the baseline row
+    t0 = time.time()
+    bar = tqdm(total=cfg.steps, initial=start, desc="train-refiner", unit="step", disable=not progress)
+    for step in range(start + 1, cfg.steps + 1):
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        idx = torch.randint(len(train), (cfg.batch,), generator=g)
+        flip = torch.rand(cfg.batch, generator=g) < 0.5
+        b = train.batch(idx, flip)
+        x = refiner_inputs(b)
+        out_img = gen(x, b["landmarks"])
+
+        # discriminator
+        opt_d.zero_grad(set_to_none=True)
+        d_loss = 0.5 * (lsgan_loss(disc(b["target"], b["render"]), True)
+                        + lsgan_loss(disc(out_img.detach(), b["render"]), False))
+        d_loss.backward()
+        opt_d.step()
+
+        # generator
+        opt_g.zero_grad(set_to_none=True)
+        weight = b["mask"] + cfg.outside_weight * (1 - b["mask"])
+        l_pix = multiscale_l1(out_img, b["target"], weight)
+        frontal = frontal_flags(b["landmarks"], cfg.frontal_asymmetry)
+        l_sym = symmetry_loss(out_img[frontal], b["mask"][frontal]) if bool(frontal.any()) else out_img.new_zeros(())
+        l_adv = lsgan_loss(disc(out_img, b["render"]), True)
+        with torch.no_grad():
+            e_t = identity_embeddings(encoder, b["target"], b["landmarks"])
+        l_id = (identity_embeddings(encoder, out_img, b["landmarks"]) - e_t).norm(dim=-1).mean()
+        l_tv = total_variation(out_img)
+        loss = (cfg.pixel_weight * l_pix + cfg.symmetry_weight * l_sym + cfg.adv_weight * l_adv
+                + cfg.identity_weight * l_id + cfg.tv_weight * l_tv)
+        if not torch.isfinite(loss):
+            raise FaceSynthError(f"training diverged at step {step} (loss {float(loss.detach())}); resume from the last checkpoint "
+                                 "with a lower learning rate")
+        loss.backward()
+        opt_g.step()
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            item = lambda t: float(t.detach())  # noqa: E731
+            row = {"step": step, "seconds": round(time.time() - t0, 1), "g_total": item(loss), "pixel": item(l_pix),
+                   "symmetry": item(l_sym), "adv": item(l_adv), "identity": item(l_id), "tv": item(l_tv),
+                   "d": item(d_loss), "frontal": int(frontal.sum())}
+            append_csv(log_path, {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+            bar.set_postfix(pix=f"{row['pixel']:.4f}", id=f"{row['identity']:.3f}", d=f"{row['d']:.3f}")
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            validate(step)
+        if step % cfg.checkpoint_every == 0 or step % cfg.eval_every == 0 or step == cfg.steps:
+            save_checkpoint(step)
+    bar.close()
+    if start >= cfg.steps:
+        save_checkpoint(start)
+    summary = {"steps": cfg.steps, "best_step": best["step"], "best_score": best["score"], "weights": str(best_path),
+               "checkpoint": str(out), "log": str(log_path), "seconds_this_run": round(time.time() - t0, 1)}
+    atomic_write_bytes(Path(f"{stem}_summary.json"), json.dumps(summary, indent=1).encode())
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_train_refiner_parser(sub) -> None:
+    from ganrefine.pairs_cli import _positive_int
+
+    p = sub.add_parser("train-refiner", help="train the refiner on `make-pairs` output")
+    p.add_argument("--data", required=True, metavar="DIR", help="pair cache written by `facesynth make-pairs`")
+    p.add_argument("--steps", type=_positive_int("steps"), required=True, help="total training steps")
+    p.add_argument("--out", required=True, metavar="CKPT", help="training checkpoint file (.pt); logs and samples go beside it")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint at --out")
+    p.add_argument("--batch", type=_positive_int("batch"), default=TrainConfig.batch, help=f"batch size (default {TrainConfig.batch})")
+    p.add_argument("--eval-every", type=_positive_int("eval-every"), default=TrainConfig.eval_every,
+                   help=f"validate and keep the best weights every N steps (default {TrainConfig.eval_every})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the batch order (default 0)")
+    p.add_argument("--threads", type=_positive_int("threads"), default=None, help="torch CPU threads (default: all cores)")
+    p.set_defaults(func=run_train_refiner)
+
+
+def run_train_refiner(args) -> int:
+    cfg = TrainConfig(steps=args.steps, batch=args.batch, eval_every=args.eval_every, seed=args.seed, threads=args.threads)
+    s = train_refiner(Path(args.data), Path(args.out), cfg, resume=args.resume)
+    print(f"best validation step {s['best_step']} (score {s['best_score']:.4f}); weights {s['weights']}")
+    return 0

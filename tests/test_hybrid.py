@@ -1,0 +1,55 @@
+"""The shipped refiner on people it never saw (issue 4): finite, not grey, a correction of the render."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from face3d.camera import Pose
+from face3d.fitting import FitConfig
+from face3d.image_io import load_image
+from face3d.pipeline import reconstruct_faces
+from face3d.render import render_views
+from ganrefine.hybrid import default_weights_path, load_hybrid_refiner, refine_images, refine_views
+from ganrefine.pairs import split_lfw
+
+
+@pytest.fixture(scope="module")
+def refiner():
+    assert default_weights_path().is_file(), "the trained refiner weights must ship in assets/refiner/"
+    return load_hybrid_refiner()
+
+
+@pytest.mark.slow
+def test_refiner_on_heldout_photos_is_finite_and_not_grey(refiner, data_dir, ict_model):
+    split = split_lfw(data_dir / "lfw" / "images", holdout=300)
+    photos = split.heldout[150:154]  # held-out test identities: never trained on, never used for selection
+    poses = [Pose(-60.0, 0.0, 0.0), Pose(0.0, 10.0, 0.0), Pose(45.0, 0.0, 0.0)]
+    for photo in photos:
+        img = load_image(photo)
+        rec = reconstruct_faces(img, ict_model, fit_config=FitConfig(dense=False))[0]
+        views = render_views(rec.fit, rec.texture, poses, ict_model, size=128)
+        out = refine_views(refiner, views)
+        assert out.shape == views.images.shape and out.dtype == np.uint8
+        for im, plain, mask in zip(out, views.images, views.masks):
+            head = mask > 0.5
+            face = im[head].astype(np.float64)
+            assert np.isfinite(face).all()
+            assert face.std() > 12, f"{photo.name}: refined head is nearly flat"
+            assert np.abs(face - 127.5).mean() > 8 or face.std() > 25, f"{photo.name}: an all-grey output"
+            # a correction of the render, not a different picture
+            assert np.abs(face - plain[head].astype(np.float64)).mean() < 40
+
+
+def test_refine_images_other_sizes_keep_the_render_detail(refiner, obama_reconstruction, ict_model):
+    """At 256 px the refiner runs at 128 px and its upsampled correction is added to the render."""
+    rec = obama_reconstruction
+    v128 = render_views(rec.fit, rec.texture, [Pose(20.0, 0.0, 0.0)], ict_model, size=128)
+    v256 = render_views(rec.fit, rec.texture, [Pose(20.0, 0.0, 0.0)], ict_model, size=256)
+    r128 = refine_views(refiner, v128)[0].astype(np.float64)
+    r256 = refine_images(refiner, v256.images, v256.confidence, v256.masks, v256.landmarks)[0].astype(np.float64)
+    assert r256.shape == (256, 256, 3)
+    down = r256.reshape(128, 2, 128, 2, 3).mean(axis=(1, 3))
+    assert np.abs(down - r128).mean() < 6  # the same correction at both sizes
+    # high-frequency detail of the 256-px render survives (the correction is smooth, the render is not)
+    hf = lambda x: np.abs(np.diff(x, axis=0)).mean()  # noqa: E731
+    assert hf(r256) > 0.8 * hf(v256.images[0].astype(np.float64))

@@ -1,0 +1,127 @@
+"""Refiner training (issue 4): data flips, metrics, the loop's checkpoints and exact resume, the CLI."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ganrefine.metrics import masked_l1, masked_ssim
+from ganrefine.refiner import RefinerConfig
+from ganrefine.train_refiner import FLIP68, PairSet, TrainConfig, load_refiner, train_refiner
+
+TINY = RefinerConfig(base=8, res_blocks=1, local=4)
+
+
+def test_flip_permutation_is_a_mirror_involution():
+    assert sorted(FLIP68) == list(range(68))
+    assert [FLIP68[i] for i in FLIP68] == list(range(68))
+    # left/right structures swap, the midline stays
+    assert FLIP68[0] == 16 and FLIP68[36] == 45 and FLIP68[48] == 54 and FLIP68[30] == 30 and FLIP68[8] == 8
+
+
+def test_ssim_and_l1_reference_values():
+    torch.manual_seed(0)
+    a = torch.rand(2, 3, 32, 32)
+    mask = torch.ones(2, 1, 32, 32)
+    assert torch.allclose(masked_ssim(a, a, mask), torch.ones(2), atol=1e-5)
+    assert (masked_ssim(a, torch.rand(2, 3, 32, 32), mask) < 0.2).all()
+    b = a + 0.1
+    half = torch.zeros(2, 1, 32, 32)
+    half[..., :16] = 1
+    assert torch.allclose(masked_l1(a, b, half), torch.full((2,), 0.1), atol=1e-6)
+    # a change outside the mask does not count
+    c = a.clone()
+    c[..., 16:] += 0.5
+    assert masked_l1(a, c, half).abs().max() < 1e-7
+
+
+@pytest.fixture(scope="module")
+def tiny_pairs(tmp_path_factory, data_dir, ict_model) -> Path:
+    """A real pair cache in make-pairs' layout: 3 train photos, 2 held-out ones."""
+    from ganrefine.pairs import generate_pairs
+
+    root = tmp_path_factory.mktemp("pairs")
+    lfw = data_dir / "lfw" / "images"
+    train = [lfw / "Al_Gore" / "Al_Gore_0001.jpg", lfw / "AJ_Cook" / "AJ_Cook_0001.jpg",
+             lfw / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg"]
+    held = [lfw / "Abel_Pacheco" / "Abel_Pacheco_0001.jpg", lfw / "Ai_Sugiyama" / "Ai_Sugiyama_0001.jpg"]
+    assert generate_pairs(train, root / "train", ict_model, progress=False)["made"] == 3
+    assert generate_pairs(held, root / "heldout", ict_model, progress=False)["made"] == 2
+    return root
+
+
+def test_pairset_flip_mirrors_images_and_landmarks(tiny_pairs):
+    from ganrefine.train_refiner import pair_files
+
+    data = PairSet.load(pair_files(tiny_pairs / "train"))
+    idx = torch.tensor([0, 1])
+    plain = data.batch(idx)
+    flipped = data.batch(idx, torch.tensor([True, False]))
+    assert torch.equal(flipped["render"][0], torch.flip(plain["render"][0], dims=[-1]))
+    assert torch.equal(flipped["render"][1], plain["render"][1])
+    # the subject's left eye becomes the right one, mirrored about the image centre
+    size = plain["render"].shape[-1]
+    assert torch.allclose(flipped["landmarks"][0, 36], torch.stack([size - plain["landmarks"][0, 45, 0],
+                                                                      plain["landmarks"][0, 45, 1]]))
+
+
+def _tiny_config(steps: int) -> TrainConfig:
+    return TrainConfig(steps=steps, batch=2, eval_every=2, checkpoint_every=1, log_every=1, val_pairs=1, refiner=TINY)
+
+
+@pytest.mark.slow
+def test_training_writes_its_files_and_resumes_exactly(tiny_pairs, tmp_path):
+    full = train_refiner(tiny_pairs, tmp_path / "a" / "ck.pt", _tiny_config(3), progress=False)
+    assert full["best_step"] is not None
+    for name in ("ck.pt", "ck_best.pt", "ck_log.csv", "ck_val.csv", "ck_summary.json"):
+        assert (tmp_path / "a" / name).is_file(), name
+    rows = list(csv.DictReader(open(tmp_path / "a" / "ck_log.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert all(np.isfinite(float(r[k])) for r in rows for k in ("pixel", "identity", "adv", "d"))
+    val = list(csv.DictReader(open(tmp_path / "a" / "ck_val.csv")))
+    assert [int(r["step"]) for r in val] == [0, 2, 3]
+    assert abs(float(val[0]["l1_refined_mean"]) - float(val[0]["l1_render_mean"])) < 1e-6  # step 0 is the render
+    assert len(list((tmp_path / "a" / "ck_samples").glob("step_*.png"))) == 3
+    ck = torch.load(tmp_path / "a" / "ck.pt", weights_only=False)
+    assert ck["step"] == 3 and ck["config"]["refiner"]["base"] == 8  # the checkpoint carries its config
+
+    # stop after 2 steps, resume to 3: the same weights as the uninterrupted run
+    train_refiner(tiny_pairs, tmp_path / "b" / "ck.pt", _tiny_config(2), progress=False)
+    with pytest.raises(Exception, match="--resume"):
+        train_refiner(tiny_pairs, tmp_path / "b" / "ck.pt", _tiny_config(3), progress=False)
+    train_refiner(tiny_pairs, tmp_path / "b" / "ck.pt", _tiny_config(3), resume=True, progress=False)
+    a = torch.load(tmp_path / "a" / "ck.pt", weights_only=False)["generator"]
+    b = torch.load(tmp_path / "b" / "ck.pt", weights_only=False)["generator"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    gen, info = load_refiner(tmp_path / "a" / "ck_best.pt")
+    assert gen.cfg == TINY and info["step"] == full["best_step"]
+
+
+def test_train_refiner_cli_errors(tmp_path, capsys):
+    from ganrefine.cli import main
+
+    assert main(["train-refiner", "--data", str(tmp_path), "--steps", "0", "--out", str(tmp_path / "c.pt")]) == 2
+    assert main(["train-refiner", "--data", str(tmp_path), "--steps", "5", "--out", str(tmp_path / "c.pt")]) == 1
+    err = capsys.readouterr().err
+    assert "make-pairs" in err and "Traceback" not in err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    from face3d.errors import FaceSynthError
+
+    with pytest.raises(FaceSynthError, match="not a refiner weights file"):
+        load_refiner(bad)
+
+
+def test_split_json_written_by_make_pairs_guards_the_cache(tmp_path, data_dir, capsys):
+    """make-pairs refuses to mix pairs of another split into an existing cache."""
+    from ganrefine.cli import main
+
+    out = tmp_path / "cache"
+    out.mkdir()
+    (out / "split.json").write_text(json.dumps({"heldout_identities": ["Someone_Else"], "size": 128}))
+    assert main(["make-pairs", str(data_dir / "lfw" / "images"), "--out", str(out), "--train-photos", "1"]) == 1
+    assert "another split" in capsys.readouterr().err

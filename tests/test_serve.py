@@ -1,0 +1,207 @@
+"""`facesynth serve`: the web demo through its API (gradio_client) and in a real browser (Playwright + chromium).
+
+One server (a `facesynth serve` subprocess on a free port, 128 px views, landmark-only fits) is shared by
+the tests of this module; its TMPDIR is a test folder, checked to be empty once the server has stopped.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 128
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """URL of a running `facesynth serve`; stopped (SIGTERM) and checked for leftovers afterwards."""
+    base = tmp_path_factory.mktemp("serve")
+    tmpdir = base / "tmp"
+    tmpdir.mkdir()
+    log = base / "server.log"
+    port = _free_port()
+    env = dict(os.environ, TMPDIR=str(tmpdir), GRADIO_ANALYTICS_ENABLED="False")
+    env.pop("GRADIO_TEMP_DIR", None)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "ganrefine.cli", "serve", "--port", str(port),
+                                 "--size", str(SIZE), "--no-dense", "--threads", "2"],
+                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"facesynth serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "config", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"facesynth serve did not answer in 120 s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield url
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    left = sorted(p.name for p in tmpdir.iterdir())
+    assert not [n for n in left if n.startswith("facesynth-serve-") or n == "gradio"], \
+        f"the server left files in its TMPDIR: {left}"
+
+
+def _render(client, photo, yaw_list="", yaw=0.0, expression="fitted", sfs=False):
+    from gradio_client import handle_file
+
+    t0 = time.perf_counter()
+    gallery, mesh, status = client.predict(handle_file(str(photo)), "3d", yaw, 0.0, yaw_list, "", expression, sfs,
+                                           api_name="/render")
+    return gallery, mesh, status, time.perf_counter() - t0
+
+
+@pytest.mark.slow
+def test_api_views_errors_and_zip(server, obama_path, tmp_path):
+    from gradio_client import Client
+
+    client = Client(server, verbose=False, download_files=str(tmp_path / "downloads"))
+
+    # bad uploads: one readable line in `status`, no views, and the server goes on
+    grey = tmp_path / "grey.png"
+    Image.fromarray(np.full((200, 200, 3), 128, np.uint8)).save(grey)
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a photo")
+    truncated = tmp_path / "cut.jpg"
+    data = obama_path.read_bytes()
+    truncated.write_bytes(data[: len(data) // 3])
+    for path, expected in ((grey, "grey.png: no face found"), (text, "notes.jpg: not a readable image"),
+                           (truncated, "cut.jpg: unreadable or truncated image")):
+        gallery, mesh, status, _ = _render(client, path, "0")
+        assert gallery == [] and mesh is None
+        assert expected in status and "\n" not in status.strip(), status
+        assert "Traceback" not in status
+
+    # a real photo: three views of the asked size, the mesh, then the identity distances and the zip
+    gallery, mesh, status, seconds = _render(client, obama_path, "-30,0,30")
+    assert len(gallery) == 3, status
+    for item in gallery:
+        with Image.open(item["image"]) as im:
+            assert im.size == (SIZE, SIZE)
+    assert [g["caption"] for g in gallery] == ["yaw -30°, pitch 0°", "yaw 0°, pitch 0°", "yaw 30°, pitch 0°"]
+    assert mesh.endswith(".glb") and Path(mesh).stat().st_size > 10_000
+    assert "3 view(s)" in status
+
+    table, zpath, status = client.predict(api_name="/score")
+    rows = table["data"]
+    assert [r[0] for r in rows] == [-30.0, 0.0, 30.0]
+    assert float(rows[1][2]) < 0.6, rows          # the frontal view is the same person
+    with zipfile.ZipFile(zpath) as z:
+        names = set(z.namelist())
+        manifest = [json.loads(line) for line in z.read("manifest.jsonl").decode().splitlines()]
+        with Image.open(io.BytesIO(z.read(manifest[0]["output"]))) as im:
+            assert im.size == (SIZE, SIZE)
+    assert len(manifest) == 3 and {r["output"] for r in manifest} | {"manifest.jsonl", manifest[0]["mesh"]} == names
+    assert all(r["method"] == "3d" and r["size"] == SIZE and r["source"] == obama_path.name for r in manifest)
+    assert all(isinstance(r["identity_distance"], float) or r["identity_error"] == "no face found" for r in manifest)
+
+    # a slider move: the fit is reused and only the one pose is rendered
+    gallery, _, status, seconds = _render(client, obama_path, "", yaw=45.0, expression="smile")
+    assert len(gallery) == 1 and "fit reused" in status, status
+    print(f"re-render with the cached fit: {seconds:.2f} s ({status})")
+    assert seconds < 5.0
+
+
+def _browser_args() -> list[str]:
+    return ["--no-sandbox", "--disable-dev-shm-usage", "--enable-unsafe-swiftshader", "--use-angle=swiftshader"]
+
+
+@pytest.mark.slow
+def test_browser_upload_slider_gallery(server, tmp_path):
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("no chromium executable (apt-get install chromium); Playwright cannot download its own browser here")
+    from playwright.sync_api import sync_playwright
+
+    shot = (REPO / "assets" / "figures" / "serve_demo.png" if os.environ.get("FACESYNTH_SAVE_SCREENSHOT") == "1"
+            else tmp_path / "serve_demo.png")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, args=_browser_args())
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(server)
+                       else route.abort())          # offline: nothing but the demo itself
+            page.goto(server)
+            status = page.locator("#status")
+            page.locator("#yaw_list textarea, #yaw_list input").first.fill("-45,0,45")
+            # the bundled public-domain photo: this screenshot is the README's
+            page.locator("#photo input[type=file]").set_input_files(str(REPO / "assets" / "astronaut.png"))
+            page.wait_for_function("document.querySelector('#status').innerText.includes('3 view(s)')", timeout=60_000)
+
+            # move the yaw slider: the one pose it shows is rendered with the cached fit
+            box = page.locator("#yaw input[type=range]").bounding_box()
+            page.mouse.click(box["x"] + 0.75 * box["width"], box["y"] + box["height"] / 2)
+            page.wait_for_function("document.querySelector('#status').innerText.includes('1 view(s)')", timeout=30_000)
+            assert "fit reused" in status.inner_text()
+
+            # a preset row of poses fills the gallery for the screenshot
+            page.get_by_role("button", name="yaw -60..60 in 9 steps").click()
+            page.wait_for_function("document.querySelector('#status').innerText.includes('9 view(s)') && "
+                                   "document.querySelector('#status').innerText.includes('identity distances')",
+                                   timeout=60_000)
+            page.wait_for_function("""() => {
+                const imgs = [...document.querySelectorAll('#gallery img')];
+                return imgs.length >= 9 && imgs.every(i => i.complete && i.naturalWidth > 0);
+            }""", timeout=30_000)
+            loaded = page.evaluate("[...document.querySelectorAll('#gallery img')].filter(i => i.naturalWidth > 0).length")
+            assert loaded > 0
+            assert "no face found" in page.locator("#identity").inner_text() or \
+                any(c.isdigit() for c in page.locator("#identity").inner_text())
+            page.wait_for_timeout(1500)      # let the mesh viewer draw
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 10_000
+
+
+def test_serve_cli_errors(capsys):
+    from ganrefine.cli import main
+
+    assert main(["serve", "--port", "http"]) == 2
+    assert main(["serve", "--port", "70000"]) == 2
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"facesynth: error: cannot listen on 127.0.0.1:{port}: already in use (choose another --port)"
+    assert not any("Traceback" in line for line in err)
+
+
+def test_rotate_does_not_import_gradio():
+    code = "import sys; from ganrefine.cli import build_parser; build_parser(); assert 'gradio' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

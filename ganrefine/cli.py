@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     for module, hook in (("ganrefine.verify", "add_verify_parser"), ("ganrefine.augment", "add_augment_parser"),
                          ("ganrefine.pairs_cli", "add_make_pairs_parser"),
                          ("ganrefine.train_refiner", "add_train_refiner_parser"),
-                         ("ganrefine.serve", "add_serve_parser")):
+                         ("ganrefine.serve", "add_serve_parser"),
+                         ("ganrefine.compare", "add_compare_parser")):
         try:
             register = getattr(importlib.import_module(module), hook)
         except (ImportError, AttributeError):

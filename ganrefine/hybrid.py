@@ -4,7 +4,9 @@ The refiner works at its training size (128 px) on renders over the plain grey b
 trained with. Views of another size are refined at 128 px and the refiner's *correction* (output
 minus input) is upsampled and added to the full-size render, so a 256-px view keeps the render's
 detail and gains the refiner's changes. With `--background photo` the refined head is composited
-over the photo's own background, as the 3D method does.
+over the photo's own background, as the 3D method does. Away from the head (beyond a halo of 5% of
+the view size, where the refiner adds hair and softens the silhouette) the views keep their plain
+or photo background: the refiner's guesses of the unknown surroundings are a coloured blur.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from face3d.errors import FaceSynthError
 #: The shipped weights (see assets/refiner/MODEL_CARD.md); FACESYNTH_REFINER overrides.
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "refiner" / "refiner.pt"
 PLAIN_BACKGROUND = 0.5
+#: Width (fraction of the view size) of the band around the rendered head where the refiner's output is kept.
+HALO_FRACTION = 0.05
 
 
 @dataclass
@@ -86,16 +90,34 @@ def refine_images(refiner: Refiner, images: np.ndarray, confidence: np.ndarray, 
     return out
 
 
+def head_halo(masks: np.ndarray, fraction: float = HALO_FRACTION) -> np.ndarray:
+    """(B, S, S) head masks -> (B, S, S, 1) weights: 1 on the head and a band of `fraction` x S around
+    it, then a soft fall-off of the same width to 0."""
+    m = torch.from_numpy(np.asarray(masks, np.float32))[:, None]
+    r = max(1, round(fraction * m.shape[-1]))
+    grown = F.max_pool2d(m, 2 * r + 1, stride=1, padding=r)
+    soft = F.avg_pool2d(F.max_pool2d(grown, 2 * r + 1, stride=1, padding=r), 2 * r + 1, stride=1, padding=r,
+                        count_include_pad=False)
+    return torch.maximum(grown, soft).permute(0, 2, 3, 1).numpy()
+
+
 def refine_views(refiner: Refiner, views, background: np.ndarray | float = PLAIN_BACKGROUND) -> np.ndarray:
-    """The refined images of a `face3d.render.RenderedViews` that was rendered over `background`."""
+    """The refined images of a `face3d.render.RenderedViews` that was rendered over `background`.
+
+    The refiner also paints the background (it learnt the photos' surroundings, which it cannot know,
+    as a blur); only the head and a halo around it (hair, a softened silhouette) are kept, and the
+    background the views were rendered over shows elsewhere."""
     imgs = views.images
     alpha = views.masks[..., None].astype(np.float32)
+    halo = head_halo(views.masks)
     if isinstance(background, np.ndarray) or background != PLAIN_BACKGROUND:
         # undo the composite: the refiner was trained on heads over the plain grey background
         bg = background.astype(np.float32) if isinstance(background, np.ndarray) else np.float32(background * 255)
         plain = imgs.astype(np.float32) + (1 - alpha) * (PLAIN_BACKGROUND * 255 - bg)
         refined = refine_images(refiner, (plain + 0.5).clip(0, 255).astype(np.uint8), views.confidence,
                                 views.masks, views.landmarks)
-        comp = alpha * refined.astype(np.float32) + (1 - alpha) * bg
-        return (comp + 0.5).clip(0, 255).astype(np.uint8)
-    return refine_images(refiner, imgs, views.confidence, views.masks, views.landmarks)
+    else:
+        bg = imgs.astype(np.float32)  # outside the head the render is the plain background
+        refined = refine_images(refiner, imgs, views.confidence, views.masks, views.landmarks)
+    comp = halo * refined.astype(np.float32) + (1 - halo) * bg
+    return (comp + 0.5).clip(0, 255).astype(np.uint8)

@@ -408,3 +408,28 @@ def test_expression_and_shape_jitter_flags(photo_input, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "jawOpen" in err and "Traceback" not in err
     assert not (tmp_path / "o3" / "manifest.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_hybrid_method_refines_the_3d_views(reference, photo_input, tmp_path):
+    """--method hybrid: the same layout and rows as 3d, refined pixels, the weights' hash in augment.json."""
+    import hashlib
+    import json
+
+    from ganrefine.hybrid import default_weights_path
+
+    inp = tmp_path / "in"
+    (inp / "Abdullah_Gul").mkdir(parents=True)
+    shutil.copyfile(photo_input / PHOTOS[0], inp / PHOTOS[0])
+    out3, outh = tmp_path / "o3", tmp_path / "oh"
+    augment(opts(inp, out3, keep_original=False))
+    res = augment(opts(inp, outh, keep_original=False, method="hybrid"))
+    assert res.failed_sources == 0
+    files3, rows3 = snapshot(out3)
+    filesh, rowsh = snapshot(outh)
+    assert sorted(files3) == sorted(filesh) and len(filesh) == 2
+    assert all(r["method"] == "hybrid" for r in rowsh)
+    for rel in files3:
+        assert files3[rel] != filesh[rel]
+    settings = json.loads((outh / "augment.json").read_text())
+    assert settings["refiner_sha256"] == hashlib.sha256(default_weights_path().read_bytes()).hexdigest()

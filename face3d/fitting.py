@@ -167,10 +167,10 @@ def build_contour_index(model: MorphableModel, radius_mm: float = 22.0) -> Conto
         if anchors.size == 0:
             cands.append(np.zeros(0, dtype=np.int64))
             continue
-        from scipy.spatial import cKDTree
-
-        near = cKDTree(mean[anchors]).query(mean[skin], distance_upper_bound=radius_mm)[0]
-        sel = skin[np.isfinite(near)]
+        # skin vertices within radius_mm of any anchor (a few thousand x at most a few dozen
+        # distances: brute force, and no scipy import on the start-up path of every command)
+        d2 = ((mean[skin][:, None, :] - mean[anchors][None, :, :]) ** 2).sum(-1).min(axis=1)
+        sel = skin[d2 < radius_mm * radius_mm]
         side = np.sign(mean[anchors, 0].mean())
         if abs(mean[anchors, 0].mean()) > 5:
             sel = sel[np.sign(mean[sel, 0]) == side]

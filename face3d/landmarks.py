@@ -41,6 +41,13 @@ def _predictor():
     return dlib.shape_predictor(str(model_file("shape_predictor_68_face_landmarks.dat")))
 
 
+def load_landmark_models() -> None:
+    """Load dlib's detector and 68-point predictor now (about 1 s, once per process), so a batch's
+    first photo does not pay for it."""
+    _detector()
+    _predictor()
+
+
 @dataclass(frozen=True)
 class DetectedFace:
     """One detected face: its box (left, top, right, bottom) and 68 iBUG landmarks (68, 2) in pixels (x, y)."""

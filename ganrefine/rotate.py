@@ -59,6 +59,9 @@ def run_rotate(args) -> int:
         from ganrefine.hybrid import load_hybrid_refiner, refine_views
 
         refiner = load_hybrid_refiner(args.refiner)
+    from face3d.landmarks import load_landmark_models
+
+    load_landmark_models()  # one-time model loading stays out of each photo's seconds_per_photo
     manifest = Manifest(out / "manifest.jsonl")
     poses = [Pose(y, p, r) for p in args.pitch for y in args.yaw for r in args.roll]
     fit_cfg = FitConfig(dense=args.dense)

@@ -253,9 +253,16 @@ def shape_samples(identity: np.ndarray, model: MorphableModel, scale: float, cou
 
 def edited_vertices(fit, model: MorphableModel, expression: np.ndarray | None = None,
                     identity: np.ndarray | None = None) -> torch.Tensor:
-    """`model.shape(identity, expression)` (1, V, 3), each defaulting to the fit's own."""
+    """`model.shape(identity, expression)` (1, V, 3), each defaulting to the fit's own.
+
+    An expression that closes the eyes beyond the fit's own blink is first scaled to this face
+    (`closing_expression`), so that a full blink meets the lower lid instead of leaving a gap or
+    pushing the upper lid through it.
+    """
     ident = fit.identity if identity is None else identity
     expr = fit.expression if expression is None else expression
+    if expression is not None:
+        expr = closing_expression(model, expr, fit.expression, ident)
     with torch.no_grad():
         return model.shape(torch.from_numpy(np.asarray(ident, np.float32)[None]),
                            torch.from_numpy(np.asarray(expr, np.float32)[None]))
@@ -291,17 +298,152 @@ def variants(fit, model: MorphableModel, expressions: list[ExpressionSpec] | Non
 
 
 # --------------------------------------------------------------------------------------------
-# Texture of closed eyelids
+# Closing the eyes: lid geometry scaled per face, and the texture of the closed lids
 
 #: Blendshapes that pull the upper eyelid over the eye (texels they stretch get lid skin colour).
 EYELID_BLENDSHAPES = ("eyeBlink_L", "eyeBlink_R")
-LASH_RGB_SCALE = 0.3    # the lash line at the closed lid margin: skin colour darkened to this fraction
-LASH_FROM = 0.5         # texels moving more than this fraction of the lid's largest move are the lid ...
-LASH_TEXELS = 3         # ... and the last texels of it toward the eye opening the lash line
+#: iBUG landmark pairs (upper lid, lower lid) of each eye, 0-based: subject's right eye, left eye.
+_LID_PAIRS = (((37, 41), (38, 40)), ((43, 47), (44, 46)))
+LID_CLOSE_LIMITS = (0.5, 1.5)  # the per-face scale of a blink stays within these factors
+LASH_RGB_SCALE = 0.25   # lash colour: the lid skin colour darkened to this fraction
+LASH_ABOVE_MM = 1.5     # the lash line covers the closed upper lid this far above its margin ...
+LASH_SHADOW = 0.5       # ... followed by a lash shadow of this strength (fraction of the lash) ...
+LASH_SHADOW_MM = 1.5    # ... fading over this many mm further up
+LASH_BELOW_MM = 2.5     # closed lashes hang over the lower lid: dark this far below the margin ...
+LASH_TIP_MM = 4.5       # ... fading out at this distance
+UPPER_LID_MM = 1.0      # the upper lid: skin that the eyelid blendshapes move down by more than this
+MARGIN_PX_PER_MM = 8.0  # resolution of the frontal render that finds the closed lid margin
 LID_FILL_FROM_MM = 0.4  # skin that moves less than this gives the closed lid its colour
-LID_SHADE = 0.92        # the closed lid is a little darker than the skin around it
 LID_START_MM = 1.0      # texels moved less than this keep the photo's colour ...
 LID_RAMP_MM = 2.0       # ... and blend to the lid colour over this many mm more
+EYE_CLOSED_FROM = 0.85  # eyeballs (hidden by closed lids) get the lash colour from this closure ...
+EYE_CLOSED_FULL = 0.95  # ... fully from this one (a half-open eye keeps its eyeball texture)
+
+
+def eyeball_vertices(model: MorphableModel) -> np.ndarray:
+    """(V,) bool: the vertices of the eyeball meshes (ICT FaceKit; none for other models)."""
+    from face3d.morphable_model import _ICT_PARTS
+
+    out = np.zeros(model.num_vertices, bool)
+    sizes = [b - a + 1 for _, (a, b), _, _, _ in _ICT_PARTS]
+    if model.name != "ict_facekit" or sum(sizes) != model.num_vertices:
+        return out
+    start = 0
+    for (name, *_), n in zip(_ICT_PARTS, sizes):
+        if name.startswith("eye"):
+            out[start:start + n] = True
+        start += n
+    return out
+
+
+def _lid_shapes(model: MorphableModel) -> list[tuple[int, tuple]]:
+    """(blendshape index, landmark pairs of the eye it closes) for each eyelid blendshape."""
+    lm = model.landmark_vertices
+    out = []
+    for n in EYELID_BLENDSHAPES:
+        if n not in model.expression_names:
+            continue
+        i = model.expression_names.index(n)
+        moves = [np.abs(model.expression_basis[i][lm[[p[0] for p in pairs]], 1]).sum() for pairs in _LID_PAIRS]
+        pairs = _LID_PAIRS[int(np.argmax(moves))]
+        if min(lm[[k for p in pairs for k in p]]) >= 0:
+            out.append((i, pairs))
+    return out
+
+
+def closing_expression(model: MorphableModel, expression: np.ndarray, fitted: np.ndarray | None = None,
+                       identity: np.ndarray | None = None) -> np.ndarray:
+    """`expression` with its eyelid closing scaled so that a full blink just closes this face's eyes.
+
+    The eyeBlink blendshapes move the upper lid by a fixed distance (the generic face's eye
+    opening, ~8 mm), so on a fitted face with a narrower opening the lid passes through the lower
+    lid (2-3 mm), and on a wider one it leaves the eyeball showing. Per eye, the part of the
+    weight beyond the fit's own (`fitted`) is rescaled by (lid gap without it) / (gap the
+    blendshape closes), measured on this `identity` at its lid landmarks: weight 1 then makes the
+    lids meet, 0.5 closes half of the remaining opening. Other coefficients are unchanged.
+    """
+    beta = np.asarray(expression, np.float32)
+    shapes = _lid_shapes(model)
+    base = np.zeros_like(beta) if fitted is None else np.asarray(fitted, np.float32).reshape(-1)[: beta.size]
+    base = np.pad(base, (0, beta.size - base.size))
+    extra = {i: float(beta[i] - min(base[i], beta[i])) for i, _ in shapes}
+    if not shapes or max(extra.values()) < 1e-3:
+        return beta
+    out = beta.copy()
+    lm = model.landmark_vertices
+    ident = np.zeros(0, np.float32) if identity is None else np.asarray(identity, np.float32).reshape(-1)
+    rows = np.unique(lm[[k for _, pairs in shapes for p in pairs for k in p]])
+    pos = model.mean[rows] + np.einsum("k,kvc->vc", ident, model.identity_basis[: ident.size, rows])
+    opened = beta.copy()
+    for i, _ in shapes:
+        opened[i] -= extra[i]
+    pos = pos + np.einsum("e,evc->vc", opened, model.expression_basis[: beta.size, rows])
+    at = {v: r for r, v in enumerate(rows)}
+    lo, hi = LID_CLOSE_LIMITS
+    for i, pairs in shapes:
+        if extra[i] < 1e-3:
+            continue
+        up = [at[lm[p[0]]] for p in pairs]
+        down = [at[lm[p[1]]] for p in pairs]
+        gap = float(np.mean(pos[up, 1] - pos[down, 1]))
+        basis = model.expression_basis[i, rows]
+        closes = float(np.mean(basis[down, 1] - basis[up, 1]))    # mm per unit weight
+        if closes <= 1e-3:
+            continue
+        full = 1.0 - min(opened[i], 1.0 - 1e-3)                     # the weight that means "closed"
+        out[i] = opened[i] + extra[i] * float(np.clip(gap / closes / full, lo, hi))
+    return out
+
+
+def _closed_lid_margin(model: MorphableModel, beta: np.ndarray, down: np.ndarray, size: tuple[int, int]):
+    """Per texel of the atlas (H*W,): lash darkness 0..1 around the margin of the closed upper lid.
+
+    The lids are rendered frontally (orthographic, skin only, generic face with `beta`). Pixels of
+    the upper lid (moved down by more than UPPER_LID_MM by the eyelid blendshapes, `down` (V,) mm)
+    get the lash line up to LASH_ABOVE_MM above the margin, then its shadow; pixels below the
+    margin (the lower lid, where closed lashes hang) get it down to LASH_TIP_MM. Each texel takes
+    the mean over the pixels that show it; texels not seen stay 0.
+    """
+    from face3d.rasterizer import rasterize_meshes
+
+    Ht, Wt = size
+    V = model.mean + np.einsum("e,evc->vc", beta, model.expression_basis[: beta.size])
+    T = model.triangles
+    moving = np.abs(down) > 0.3
+    lo, hi = V[moving].min(0) - 3.0, V[moving].max(0) + 3.0
+    tris = np.nonzero(model.skin[T].all(axis=1))[0]
+    c = V[T[tris]]
+    tris = tris[((c[..., 0] > lo[0]) & (c[..., 0] < hi[0]) & (c[..., 1] > lo[1]) & (c[..., 1] < hi[1])).any(axis=1)]
+    s = MARGIN_PX_PER_MM
+    W, H = int(np.ceil((hi[0] - lo[0]) * s)), int(np.ceil((hi[1] - lo[1]) * s))
+    screen = np.stack([(V[:, 0] - lo[0]) * s, (hi[1] - V[:, 1]) * s, 1000.0 - V[:, 2]], axis=1)
+    frag = rasterize_meshes(torch.from_numpy(screen[None].astype(np.float32)), torch.from_numpy(T[tris]), (H, W),
+                            cull_backfaces=True, perspective_correct=False)
+    p2f, bary = frag.pix_to_face[0].numpy(), frag.bary_coords[0].detach().numpy()
+    cov = p2f >= 0
+    f = tris[np.maximum(p2f, 0)]
+    upper = cov & (np.einsum("hwk,hwk->hw", bary, down[T[f]]) > UPPER_LID_MM)
+    above = np.full((H, W), np.inf, np.float32)      # px from an upper-lid pixel down to the margin
+    below = np.full((H, W), np.inf, np.float32)      # px from the margin down to a lower-lid pixel
+    run = np.full(W, np.inf, np.float32)
+    for r in range(H - 1, -1, -1):
+        run = np.where(upper[r], np.where(np.isfinite(run), run + 1, 0.0), np.inf)
+        above[r] = run
+    run = np.full(W, np.inf, np.float32)
+    for r in range(1, H):
+        run = np.where(upper[r - 1], 0.0, run + 1)
+        below[r] = np.where(cov[r] & ~upper[r], run + 0.5, np.inf)
+    above, below = above / s, below / s
+    dark = np.where(upper, np.where(above < LASH_ABOVE_MM, 1.0,
+                                    LASH_SHADOW * np.exp(-(above - LASH_ABOVE_MM) / LASH_SHADOW_MM)),
+                    np.clip((LASH_TIP_MM - below) / (LASH_TIP_MM - LASH_BELOW_MM), 0.0, 1.0))
+    sel = cov & (dark > 0)
+    uv = np.einsum("nk,nkc->nc", bary[sel], model.face_uvs[f[sel]])
+    texel = (np.clip(((1.0 - uv[:, 1]) * Ht).astype(np.int64), 0, Ht - 1) * Wt
+             + np.clip((uv[:, 0] * Wt).astype(np.int64), 0, Wt - 1))
+    total = np.bincount(texel, dark[sel], Ht * Wt)
+    count = np.bincount(texel, None, Ht * Wt)
+    return np.where(count > 0, total / np.maximum(count, 1), 0.0).astype(np.float32)
 
 
 def expression_texture(texture, model: MorphableModel, expression: np.ndarray,
@@ -311,53 +453,67 @@ def expression_texture(texture, model: MorphableModel, expression: np.ndarray,
     Closing the eyes stretches the upper lid over the eyeball; in an open-eye photo those lid
     texels sampled the lash line and the eye itself (the lid is a thin strip there), so a plain
     re-render shows a dark smear where the lid should be. Texels that the eyelid blendshapes move
-    by more than ~1 mm (beyond the fit's own blink) take the colour of the lid skin ring around
-    them, with a darker lash line along the lid margin. Other expressions return `texture` as is.
+    by more than ~1 mm (beyond the fit's own blink) take the colour of the skin around them
+    (push-pull fill from skin texels that stay put), with a dark lash line along the closed lid
+    margin that fades into the lower lid, as closed lashes do; the eyeballs, hidden behind the
+    closed lids, take the lash colour so no eye white shows where the lids meet. Other
+    expressions return `texture` as is.
     """
     from face3d.texture import Texture, push_pull_fill, uv_raster
 
-    idx = [model.expression_names.index(n) for n in EYELID_BLENDSHAPES if n in model.expression_names]
-    if not idx:
+    shapes = _lid_shapes(model)
+    if not shapes:
         return texture
     beta = np.asarray(expression, np.float32)
-    base = np.zeros_like(beta) if fitted is None else np.asarray(fitted, np.float32)[: beta.size]
-    extra = np.clip(beta[idx] - base[idx], 0.0, None)
+    base = np.zeros_like(beta) if fitted is None else np.asarray(fitted, np.float32).reshape(-1)[: beta.size]
+    base = np.pad(base, (0, beta.size - base.size))
+    extra = np.array([max(float(beta[i] - base[i]), 0.0) for i, _ in shapes])
     if float(extra.max()) < 0.05:
         return texture
-    disp = np.zeros(model.num_vertices, np.float32)           # how far each vertex moves, mm
-    for i, e in zip(idx, extra):
-        d = np.linalg.norm(model.expression_basis[i], axis=1)
-        disp = np.maximum(disp, e * d)
     raster = uv_raster(model, height or texture.image.shape[0])
     Ht, Wt = raster.face.shape
     if (Ht, Wt) != texture.image.shape[:2]:
         return texture
+    closed = closing_expression(model, beta, base)                # on the generic face
+    disp = np.zeros(model.num_vertices, np.float32)               # how far each vertex moves, mm
+    down = np.zeros(model.num_vertices, np.float32)               # ... and how far down
+    for (i, _), e in zip(shapes, extra):
+        w = float(closed[i] - beta[i]) + e                         # the closing beyond the fit's own
+        disp = np.maximum(disp, w * np.linalg.norm(model.expression_basis[i], axis=1))
+        down -= w * model.expression_basis[i][:, 1]
     valid = raster.face >= 0
-    tri = model.triangles[raster.face[valid]]
-    b = raster.bary[valid]
-    skin = model.skin[tri].all(axis=1)
-    t_disp = np.einsum("nk,nk->n", b, disp[tri])
-    img = texture.image.reshape(-1, 3).copy()
     flat = np.nonzero(valid.reshape(-1))[0]
-    # the lid's colour continues the skin around it (push-pull fill in atlas space, so no
-    # eye-shaped patch outline remains), with a darker lash line where the lids meet
+    tri = model.triangles[raster.face[valid]]
     d = np.zeros(Ht * Wt, np.float32)
-    d[flat] = t_disp
-    sk = np.zeros(Ht * Wt, bool)
-    sk[flat] = skin
-    lid = sk & (d > LID_START_MM)
+    d[flat] = np.einsum("nk,nk->n", raster.bary[valid], disp[tri])
+    skin = np.zeros(Ht * Wt, bool)
+    skin[flat] = model.skin[tri].all(axis=1)
+    lid = skin & (d > LID_START_MM)
     if not lid.any():
         return texture
-    unknown = sk & (d > LID_FILL_FROM_MM)        # the fill borrows from skin that stays put
-    filled = push_pull_fill(texture.image, ~unknown.reshape(Ht, Wt)).reshape(-1, 3)
-    # lash line: the lid margin, i.e. the strongly moving texels whose neighbour toward the eye
-    # opening (down in the atlas) is not lid any more
-    strong = (d > LASH_FROM * float(d.max())).reshape(Ht, Wt)
-    below = np.zeros_like(strong)
-    below[:-LASH_TEXELS] = strong[LASH_TEXELS:]
-    margin = (strong & ~below).reshape(-1)[lid].astype(np.float32)[:, None]
+    img = texture.image.reshape(-1, 3)
+    # the lid's colour continues the skin around it: push-pull fill in atlas space from skin
+    # texels that stay put (not from the atlas gutters, which hold blurred eye colours)
+    known = skin & (d <= LID_FILL_FROM_MM)
+    filled = push_pull_fill(texture.image, known.reshape(Ht, Wt)).reshape(-1, 3)
     w = np.clip((d[lid] - LID_START_MM) / LID_RAMP_MM, 0.0, 1.0)[:, None]
-    target = filled[lid] * LID_SHADE * (1.0 - (1.0 - LASH_RGB_SCALE) * margin)
     out = img.copy()
-    out[lid] = img[lid] * (1 - w) + target * w
+    out[lid] = img[lid] * (1 - w) + filled[lid] * w
+    lash = _closed_lid_margin(model, closed, down, (Ht, Wt)) * skin
+    m = lash > 0
+    out[m] *= 1.0 - (1.0 - LASH_RGB_SCALE) * lash[m, None]
+    # eyeballs of closed eyes: the lash colour (they show only as a sliver where the lids meet)
+    eye = eyeball_vertices(model)
+    if eye.any():
+        lash_rgb = np.median(filled[lid], axis=0) * LASH_RGB_SCALE
+        T = model.triangles
+        side_t = np.where(eye[T].all(axis=1), np.sign(model.mean[T, 0].mean(axis=1)), 0.0)   # per triangle
+        side = np.zeros(Ht * Wt, np.float32)
+        side[flat] = side_t[raster.face[valid]]
+        lm = model.landmark_vertices
+        for (i, pairs), e in zip(shapes, extra):
+            frac = e / max(1.0 - float(base[i]), 1e-3)              # share of the opening closed
+            k = float(np.clip((frac - EYE_CLOSED_FROM) / (EYE_CLOSED_FULL - EYE_CLOSED_FROM), 0.0, 1.0))
+            sel = side == np.sign(model.mean[lm[pairs[0][0]], 0])
+            out[sel] = out[sel] * (1 - k) + lash_rgb * k
     return Texture(out.reshape(Ht, Wt, 3).astype(np.float32), texture.confidence)

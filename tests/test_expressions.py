@@ -107,12 +107,83 @@ def test_shape_samples_are_seeded_and_scaled(ict_model):
 
 
 def test_closed_lid_texture_only_for_blink(ict_model, obama_reconstruction):
+    from face3d.expressions import eyeball_vertices
+    from face3d.texture import uv_raster
+
     rec = obama_reconstruction
     same = expression_texture(rec.texture, ict_model, expression_coefficients("smile", ict_model), rec.fit.expression)
     assert same is rec.texture
     lid = expression_texture(rec.texture, ict_model, expression_coefficients("blink", ict_model), rec.fit.expression)
+    raster = uv_raster(ict_model, rec.texture.image.shape[0])
+    tri = ict_model.triangles[np.maximum(raster.face, 0)]
+    skin = (raster.face >= 0) & ict_model.skin[tri].all(axis=2)
+    eye = (raster.face >= 0) & eyeball_vertices(ict_model)[tri].all(axis=2)
     changed = np.abs(lid.image - rec.texture.image).max(axis=2) > 1e-3
-    assert 100 < changed.sum() < 0.02 * changed.size      # a small region of the atlas: the lids
+    assert 100 < (changed & skin).sum() < 0.02 * changed.size   # a small region of the skin: the lids
+    assert not (changed & ~skin & ~eye).any()                    # head, ears and mouth keep their texture
+    lum = lambda t, m: float(t.image[m].mean())
+    assert lum(lid, eye) < 0.5 * lum(rec.texture, eye)           # the hidden eyeballs take the lash colour
+    assert np.count_nonzero(lid.image[skin].mean(axis=1) < 0.5 * np.median(lid.image[changed & skin])) > 50  # lash line
+    half = expression_coefficients("eyeBlink_L=0.5,eyeBlink_R=0.5", ict_model)
+    ajar = expression_texture(rec.texture, ict_model, half, rec.fit.expression)
+    np.testing.assert_array_equal(ajar.image[eye], rec.texture.image[eye])   # a half-open eye shows its eyeball
+
+
+def _lid_gaps(model, verts):
+    lm, v = model.landmark_vertices, verts[0].numpy()
+    return [float(np.mean([v[lm[u], 1] - v[lm[d], 1] for u, d in pairs]))
+            for pairs in (((37, 41), (38, 40)), ((43, 47), (44, 46)))]
+
+
+def test_blink_closes_the_lids_of_the_fitted_face(ict_model, obama_reconstruction):
+    from face3d.expressions import closing_expression, edited_vertices
+
+    fit = obama_reconstruction.fit
+    blink = expression_coefficients("blink", ict_model, fit.expression)
+    ident = torch.from_numpy(np.asarray(fit.identity, np.float32)[None])
+    plain = ict_model.shape(ident, torch.from_numpy(blink[None]))
+    # this face's eyes open less than the generic face's: the raw blendshape pushes the upper lid
+    # ~2 mm through the lower one; scaled to the face, the lids meet (upper landmark on the lower)
+    assert max(_lid_gaps(ict_model, plain)) < -1.0
+    assert all(abs(g) < 0.3 for g in _lid_gaps(ict_model, edited_vertices(fit, ict_model, blink)))
+    half = expression_coefficients("eyeBlink_L=0.5,eyeBlink_R=0.5", ict_model, fit.expression)
+    opened = _lid_gaps(ict_model, edited_vertices(fit, ict_model, expression_coefficients("neutral", ict_model)))
+    for g, g0 in zip(_lid_gaps(ict_model, edited_vertices(fit, ict_model, half)), opened):
+        assert abs(g - 0.5 * g0) < 0.3                       # half a blink closes half of the opening
+    # everything else is the model's own shape: other presets, the fitted expression, the frame
+    for spec in ("smile", "surprise", "fitted"):
+        beta = expression_coefficients(spec, ict_model, fit.expression)
+        np.testing.assert_array_equal(closing_expression(ict_model, beta, fit.expression, fit.identity), beta)
+        np.testing.assert_array_equal(edited_vertices(fit, ict_model, beta).numpy(),
+                                      ict_model.shape(ident, torch.from_numpy(beta[None])).numpy())
+    blink_beta = closing_expression(ict_model, blink, fit.expression, fit.identity)
+    names = ict_model.expression_names
+    others = [i for i, n in enumerate(names) if not n.startswith("eyeBlink")]
+    np.testing.assert_array_equal(blink_beta[others], blink[others])
+
+
+@pytest.mark.slow
+def test_blink_view_closes_the_eyes_for_dlib(data_dir, ict_model):
+    """Issue 8's measure on one real photo: dlib's eye aspect ratio of the blink view < half of neutral's."""
+    from face3d import Pose
+    from face3d.expressions import Variant
+    from face3d.fitting import FitConfig
+    from face3d.image_io import load_image
+    from face3d.landmarks import detect_faces
+    from face3d.pipeline import reconstruct_faces
+    from ganrefine.expression_options import render_variant
+
+    rec = reconstruct_faces(load_image(data_dir / "faces" / "deepface_jack" / "deepface_img61.jpg"), ict_model,
+                            fit_config=FitConfig(dense=False))[0]
+    ear = {}
+    for name in ("neutral", "blink"):
+        spec = parse_expression(name)
+        v = Variant(spec, expression_coefficients(spec, ict_model, rec.fit.expression), None)
+        faces = detect_faces(render_variant(v, rec, ict_model, [Pose(0)], 256).images[0])
+        assert faces, f"no face found in the {name} view"
+        lm = faces[0].landmarks
+        ear[name] = 0.5 * (_ear(lm[36:42]) + _ear(lm[42:48]))
+    assert ear["blink"] < 0.5 * ear["neutral"], ear
 
 
 def test_expression_views_keep_the_framing(ict_model, obama_reconstruction):

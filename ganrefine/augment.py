@@ -73,7 +73,7 @@ def add_augment_arguments(p: argparse.ArgumentParser) -> None:
     A new flag goes here, into `AugmentOptions` (same name as its argparse dest), into the worker
     config `cfg` built in `augment()` and, if it changes the images, into `OUTPUT_SETTINGS`.
     """
-    from ganrefine.cli import _angles, _size
+    from ganrefine.cli import _angles, _size, int_option
 
     p.add_argument("input", metavar="INPUT",
                    help="identity folder (INPUT/<identity>/<image>) or a .csv/.jsonl list of path,identity")
@@ -95,13 +95,13 @@ def add_augment_arguments(p: argparse.ArgumentParser) -> None:
                    help="fit landmarks only: ~3x faster, slightly less accurate depth")
     p.add_argument("--model", default=None, metavar="DIR",
                    help="morphable model folder (default $FACESYNTH_MODEL or ../shared/data/3dmm/ict_facekit)")
-    p.add_argument("--workers", type=_positive("workers"), default=1,
+    p.add_argument("--workers", type=int_option("workers", 1), default=1,
                    help="worker processes (local) or local Ray CPUs (default 1; each runs torch with 1 thread)")
     p.add_argument("--backend", choices=["local", "ray"], default="local",
                    help="local process pool (default) or Ray tasks")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="Ray cluster to join (e.g. auto); default: start a local Ray with --workers CPUs")
-    p.add_argument("--limit", type=_positive("limit"), default=None, metavar="K",
+    p.add_argument("--limit", type=int_option("limit", 1), default=None, metavar="K",
                    help="process only the first K sources of INPUT (in sorted/list order)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the fit and the shape draws (default 0)")
     from ganrefine.expression_options import add_expression_arguments
@@ -117,18 +117,6 @@ def add_augment_parser(subparsers) -> argparse.ArgumentParser:
     add_augment_arguments(p)
     p.set_defaults(func=run_augment_cli)
     return p
-
-
-def _positive(name):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"--{name} expects a positive integer, got {text!r}") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"--{name} must be at least 1, got {v}")
-        return v
-    return parse
 
 
 @dataclass

@@ -52,14 +52,25 @@ def _angles(name):
     return lambda text: parse_angles(text, name)
 
 
-def _size(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--size expects an integer, got {text!r}") from None
-    if not 32 <= v <= 1024:
-        raise argparse.ArgumentTypeError(f"--size must be between 32 and 1024, got {v}")
-    return v
+def int_option(name: str, lo: int | None = None, hi: int | None = None):
+    """An argparse `type` for the integer option --name within [lo, hi] (either end may be open):
+    a bad value is a one-line usage error that names the option and the range."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--{name} expects an integer, got {text!r}") from None
+        if lo is not None and hi is not None and not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"--{name} must be between {lo} and {hi}, got {v}")
+        if lo is not None and v < lo:
+            raise argparse.ArgumentTypeError(f"--{name} must be at least {lo}, got {v}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"--{name} must be at most {hi}, got {v}")
+        return v
+    return parse
+
+
+_size = int_option("size", 32, 1024)
 
 
 def build_parser() -> argparse.ArgumentParser:

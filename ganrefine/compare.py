@@ -372,19 +372,9 @@ def _methods_arg(text: str) -> list[str]:
     return names
 
 
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--real-photos expects an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"--real-photos must be >= 0, got {v}")
-    return v
-
-
 def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``compare`` subcommand on an argparse subparsers object."""
-    from ganrefine.cli import _angles, _size
+    from ganrefine.cli import _angles, _size, int_option
 
     p = subparsers.add_parser(
         "compare", help="generate views with several methods and score them (identity, pose, realism, speed)",
@@ -399,7 +389,7 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size, default=128, help="view size in pixels (default 128)")
     p.add_argument("--lfw", default=None, metavar="DIR",
                    help="real photos for the realism test, LFW layout DIR/<Name>/*.jpg (default shared/data/lfw/images)")
-    p.add_argument("--real-photos", type=_count, default=200, metavar="N",
+    p.add_argument("--real-photos", type=int_option("real-photos", 0), default=200, metavar="N",
                    help="number of real photos for the realism test, a fixed seeded choice (default 200; 0 skips it)")
     p.add_argument("--refiner", default=None, metavar="FILE",
                    help="refiner weights for hybrid (default $FACESYNTH_REFINER or assets/refiner/refiner.pt)")

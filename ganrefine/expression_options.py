@@ -31,16 +31,6 @@ def _jitter(text: str) -> float:
     return v
 
 
-def _samples(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--jitter-samples expects an integer, got {text!r}") from None
-    if not 1 <= v <= 100:
-        raise argparse.ArgumentTypeError(f"--jitter-samples must be between 1 and 100, got {v}")
-    return v
-
-
 def _seed(text: str) -> int:
     try:
         return int(text)
@@ -53,6 +43,8 @@ def add_expression_arguments(parser: argparse.ArgumentParser, seed: bool = True)
 
     `seed=False` leaves `--seed` out, for a command that defines its own (its value is used here too).
     """
+    from ganrefine.cli import int_option
+
     g = parser.add_argument_group("expression and shape")
     g.add_argument("--expression", type=_expression_list, default=None, metavar="SPEC[,SPEC...]",
                    help="expression of the views: fitted (the photo's, default), neutral, smile, open-mouth, "
@@ -61,7 +53,7 @@ def add_expression_arguments(parser: argparse.ArgumentParser, seed: bool = True)
     g.add_argument("--shape-jitter", type=_jitter, default=0.0, metavar="S",
                    help="draw identity shapes around the fit, perturbed by S sigma per coefficient (e.g. 0.5); "
                         "the photo texture is kept (default 0: the fitted shape)")
-    g.add_argument("--jitter-samples", type=_samples, default=1, metavar="N",
+    g.add_argument("--jitter-samples", type=int_option("jitter-samples", 1, 100), default=1, metavar="N",
                    help="shapes drawn per face with --shape-jitter (default 1)")
     if seed:
         g.add_argument("--seed", type=_seed, default=0, help="random seed of the shape draws (default 0)")

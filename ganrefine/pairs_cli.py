@@ -6,35 +6,24 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from face3d.errors import FaceSynthError
 
 
-def _positive_int(name):
-    def parse(text):
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"--{name} expects an integer, got {text!r}") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"--{name} must be at least 1, got {v}")
-        return v
-    return parse
-
-
 def add_make_pairs_parser(sub) -> None:
+    from ganrefine.cli import int_option
+
     p = sub.add_parser("make-pairs", help="make the refiner's Rotate-and-Render training pairs from LFW")
     p.add_argument("lfw", metavar="LFW", help="LFW images folder (<identity>/<identity>_NNNN.jpg)")
     p.add_argument("--out", required=True, metavar="CACHE", help="pair cache folder (keep it outside the repository)")
-    p.add_argument("--train-photos", type=_positive_int("train-photos"), default=3000,
+    p.add_argument("--train-photos", type=int_option("train-photos", 1), default=3000,
                    help="train photos to use, one per identity before any second (default 3000)")
-    p.add_argument("--holdout", type=_positive_int("holdout"), default=300,
+    p.add_argument("--holdout", type=int_option("holdout", 1), default=300,
                    help="identities held out for evaluation, one pair each (default 300)")
-    p.add_argument("--size", type=_positive_int("size"), default=128, help="pair crop size (default 128)")
-    p.add_argument("--workers", type=_positive_int("workers"), default=1, help="processes (default 1)")
+    p.add_argument("--size", type=int_option("size", 32, 1024), default=128, help="pair crop size (default 128)")
+    p.add_argument("--workers", type=int_option("workers", 1), default=1, help="processes (default 1)")
     p.add_argument("--seed", type=int, default=0, help="split and yaw-offset seed (default 0)")
     p.add_argument("--model", default=None, metavar="DIR", help="morphable model folder (default ICT FaceKit)")
     p.set_defaults(func=run_make_pairs)

@@ -57,24 +57,6 @@ NO_FACE = "no face found"
 # Command line
 
 
-def _port(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--port expects an integer, got {text!r}") from None
-    if not 1 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"--port must be between 1 and 65535, got {v}")
-    return v
-
-
-def _size(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--size expects an integer, got {text!r}") from None
-    if not 32 <= v <= 512:
-        raise argparse.ArgumentTypeError(f"--size must be between 32 and 512, got {v}")
-    return v
 
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
@@ -83,8 +65,10 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
-    p.add_argument("--port", type=_port, default=7860, help="port (default 7860)")
-    p.add_argument("--size", type=_size, default=256, help="view size in pixels (default 256)")
+    from ganrefine.cli import int_option
+
+    p.add_argument("--port", type=int_option("port", 1, 65535), default=7860, help="port (default 7860)")
+    p.add_argument("--size", type=int_option("size", 32, 512), default=256, help="view size in pixels (default 256)")
     p.add_argument("--dense", dest="dense", action="store_true", default=True,
                    help="fit with the dense photometric term (default)")
     p.add_argument("--no-dense", dest="dense", action="store_false", help="fit landmarks only (faster fits)")

@@ -401,18 +401,18 @@ def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = Fa
 
 
 def add_train_refiner_parser(sub) -> None:
-    from ganrefine.pairs_cli import _positive_int
+    from ganrefine.cli import int_option
 
     p = sub.add_parser("train-refiner", help="train the refiner on `make-pairs` output")
     p.add_argument("--data", required=True, metavar="DIR", help="pair cache written by `facesynth make-pairs`")
-    p.add_argument("--steps", type=_positive_int("steps"), required=True, help="total training steps")
+    p.add_argument("--steps", type=int_option("steps", 1), required=True, help="total training steps")
     p.add_argument("--out", required=True, metavar="CKPT", help="training checkpoint file (.pt); logs and samples go beside it")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint at --out")
-    p.add_argument("--batch", type=_positive_int("batch"), default=TrainConfig.batch, help=f"batch size (default {TrainConfig.batch})")
-    p.add_argument("--eval-every", type=_positive_int("eval-every"), default=TrainConfig.eval_every,
+    p.add_argument("--batch", type=int_option("batch", 1), default=TrainConfig.batch, help=f"batch size (default {TrainConfig.batch})")
+    p.add_argument("--eval-every", type=int_option("eval-every", 1), default=TrainConfig.eval_every,
                    help=f"validate and keep the best weights every N steps (default {TrainConfig.eval_every})")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the batch order (default 0)")
-    p.add_argument("--threads", type=_positive_int("threads"), default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--threads", type=int_option("threads", 1), default=None, help="torch CPU threads (default: all cores)")
     p.set_defaults(func=run_train_refiner)
 
 

@@ -132,7 +132,7 @@ def test_usage_errors(tmp_path, capsys):
     inp = tmp_path / "in"
     (inp / "a").mkdir(parents=True)
     assert run(capsys, "augment", inp, tmp_path / "o")[0] == 2                          # --yaw is required
-    assert run(capsys, "augment", inp, tmp_path / "o", "--yaw", "0", "--method", "hybrid")[0] == 2
+    assert run(capsys, "augment", inp, tmp_path / "o", "--yaw", "0", "--method", "magic")[0] == 2
     assert run(capsys, "augment", inp, tmp_path / "o", "--yaw", "0", "--workers", "0")[0] == 2
     code, _, err = run(capsys, "augment", tmp_path / "missing", tmp_path / "o", "--yaw", "0")
     assert code == 1 and "no such file" in err

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from face3d.camera import Pose
+from face3d.errors import NoFaceError
 from face3d.fitting import FitConfig
 from face3d.image_io import load_image
 from face3d.pipeline import reconstruct_faces
@@ -22,11 +23,16 @@ def refiner():
 @pytest.mark.slow
 def test_refiner_on_heldout_photos_is_finite_and_not_grey(refiner, data_dir, ict_model):
     split = split_lfw(data_dir / "lfw" / "images", holdout=300)
-    photos = split.heldout[150:154]  # held-out test identities: never trained on, never used for selection
+    photos = split.heldout[150:156]  # held-out test identities: never trained on, never used for selection
     poses = [Pose(-60.0, 0.0, 0.0), Pose(0.0, 10.0, 0.0), Pose(45.0, 0.0, 0.0)]
+    checked = 0
     for photo in photos:
         img = load_image(photo)
-        rec = reconstruct_faces(img, ict_model, fit_config=FitConfig(dense=False))[0]
+        try:
+            rec = reconstruct_faces(img, ict_model, fit_config=FitConfig(dense=False))[0]
+        except NoFaceError:  # a few LFW photos have no face dlib can find
+            continue
+        checked += 1
         views = render_views(rec.fit, rec.texture, poses, ict_model, size=128)
         out = refine_views(refiner, views)
         assert out.shape == views.images.shape and out.dtype == np.uint8
@@ -38,6 +44,7 @@ def test_refiner_on_heldout_photos_is_finite_and_not_grey(refiner, data_dir, ict
             assert np.abs(face - 127.5).mean() > 8 or face.std() > 25, f"{photo.name}: an all-grey output"
             # a correction of the render, not a different picture
             assert np.abs(face - plain[head].astype(np.float64)).mean() < 40
+    assert checked >= 4
 
 
 def test_background_away_from_the_head_is_kept(refiner, obama_reconstruction, ict_model):

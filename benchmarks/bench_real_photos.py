@@ -49,8 +49,8 @@ from face3d.fitting import FitConfig, fit_morphable_model  # noqa: E402
 from face3d.image_io import load_image  # noqa: E402
 from face3d.landmarks import _detector, _predictor, detect_faces, model_file, outer_eye_distance  # noqa: E402
 from face3d.morphable_model import default_data_dir, load_morphable_model  # noqa: E402
-from face3d.pose_estimation import angle_error, estimate_pose  # noqa: E402
-from face3d.render import head_pivot, render_views, view_camera  # noqa: E402
+from face3d.pose_estimation import angle_error, view_pose_reference  # noqa: E402
+from face3d.render import render_views  # noqa: E402
 from face3d.texture import extract_texture  # noqa: E402
 
 YAWS = list(range(-45, 46, 15))
@@ -243,12 +243,7 @@ def main() -> None:
         texture = extract_texture(fit_d, img, ict)
         poses = [Pose(float(y), 0.0, 0.0) for y in YAWS]
         views = render_views(fit_d, texture, poses, ict, size=SIZE)
-        verts = fit_d.vertices(ict)
-        lmv = ict.landmark_vertices
-        pts3 = verts[0, np.maximum(lmv, 0)].numpy().astype(np.float64)
-        pts3[lmv < 0] = np.nan
-        _, eye_mouth = head_pivot(verts, ict)
-        focal, _ = view_camera(SIZE, eye_mouth)
+        reference = view_pose_reference(fit_d, ict, SIZE)
         for im, pose in zip(views.images, poses):
             im = np.ascontiguousarray(im)
             vr = {"photo": name, "yaw": pose.yaw, "pitch": pose.pitch}
@@ -259,7 +254,7 @@ def main() -> None:
                 sh = dl.shape(im, r)
                 vr["detected"] = True
                 vr["distance"] = float(np.linalg.norm(dl.descriptor(im, sh) - src_desc))
-                est = estimate_pose(dl.points(sh), pts3, focal, (SIZE / 2.0, SIZE / 2.0))
+                est = reference.estimate(dl.points(sh))
                 vr["estimated"] = est.as_tuple()
                 vr["yaw_error"] = angle_error(est.yaw, pose.yaw)
                 vr["pitch_error"] = angle_error(est.pitch, pose.pitch)

@@ -35,8 +35,8 @@ from face3d.fitting import FitConfig
 from face3d.image_io import load_image
 from face3d.morphable_model import load_morphable_model
 from face3d.pipeline import reconstruct_faces
-from face3d.pose_estimation import angle_error, estimate_pose
-from face3d.render import head_pivot, render_views, view_camera
+from face3d.pose_estimation import angle_error, view_pose_reference
+from face3d.render import render_views
 from ganrefine.hybrid import load_hybrid_refiner, refine_views
 from ganrefine.train_refiner import PairSet, evaluate_refiner, pair_files, split_heldout, summarise
 
@@ -84,12 +84,7 @@ def novel_views(refiner, photos: list[Path], model, dl) -> dict:
         src = dl.descriptor(img, dl.shape(img, r0))
         views = render_views(rec.fit, rec.texture, poses, model, size=SIZE)
         hybrid = refine_views(refiner, views)
-        verts = rec.fit.vertices(model)
-        lmv = model.landmark_vertices
-        pts3 = verts[0, np.maximum(lmv, 0)].numpy().astype(np.float64)
-        pts3[lmv < 0] = np.nan
-        _, eye_mouth = head_pivot(verts, model)
-        focal, _ = view_camera(SIZE, eye_mouth)
+        reference = view_pose_reference(rec.fit, model, SIZE)
         for method, images in (("3d", views.images), ("hybrid", hybrid)):
             for im, pose in zip(images, poses):
                 im = np.ascontiguousarray(im)
@@ -99,7 +94,7 @@ def novel_views(refiner, photos: list[Path], model, dl) -> dict:
                     r.update(detected=False, distance=float("inf"), pose_error=float("inf"))
                 else:
                     sh = dl.shape(im, box)
-                    est = estimate_pose(dl.points(sh), pts3, focal, (SIZE / 2, SIZE / 2))
+                    est = reference.estimate(dl.points(sh))
                     err = max(abs(angle_error(est.yaw, pose.yaw)), abs(angle_error(est.pitch, pose.pitch)))
                     r.update(detected=True, distance=float(np.linalg.norm(dl.descriptor(im, sh) - src)),
                              pose_error=float(err))

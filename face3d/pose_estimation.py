@@ -13,6 +13,8 @@ face, so they have no fixed 3D counterpart and would bias the pose.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from face3d.camera import Pose, matrix_to_euler, solve_pnp
@@ -44,3 +46,30 @@ def estimate_pose(landmarks_2d: np.ndarray, points_3d: np.ndarray, focal: float,
 def angle_error(estimated: float, target: float) -> float:
     """Signed difference of two angles in degrees, wrapped to [-180, 180)."""
     return (estimated - target + 180.0) % 360.0 - 180.0
+
+
+@dataclass
+class ViewPoseReference:
+    """What PnP needs to read the head pose off a rendered view of one fit: the fitted mesh's 68
+    landmark points (model space, NaN where the model has no vertex) and the view camera."""
+
+    points_3d: np.ndarray    # (68, 3)
+    focal: float             # px, of `face3d.render.view_camera` at this size
+    size: int                # view size in px; the principal point is the crop centre
+
+    def estimate(self, landmarks_2d: np.ndarray) -> Pose:
+        """The pose of a (size x size) view whose dlib landmarks are `landmarks_2d` (68, 2)."""
+        return estimate_pose(landmarks_2d, self.points_3d, self.focal, (self.size / 2.0, self.size / 2.0))
+
+
+def view_pose_reference(fit, model, size: int) -> ViewPoseReference:
+    """The `ViewPoseReference` of `fit`'s views rendered by `face3d.render.render_views` at `size` px."""
+    from face3d.render import head_pivot, view_camera
+
+    verts = fit.vertices(model)
+    lmv = model.landmark_vertices
+    pts = verts[0, np.maximum(lmv, 0)].detach().numpy().astype(np.float64)
+    pts[lmv < 0] = np.nan
+    _, eye_mouth = head_pivot(verts, model)
+    focal, _ = view_camera(size, eye_mouth)
+    return ViewPoseReference(pts, float(focal), size)

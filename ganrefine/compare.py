@@ -304,20 +304,14 @@ def detect_view_face(image: np.ndarray):
     return faces[0] if faces else None
 
 
-def view_pose_error(landmarks: np.ndarray, rec, model, size: int, pose: Pose) -> float:
-    """max(|yaw error|, |pitch error|) in degrees of a view of ``rec``'s fit asked at ``pose``,
-    estimated by PnP of dlib's landmarks on the view (the recipe of bench_real_photos.py)."""
-    from face3d.pose_estimation import angle_error, estimate_pose
-    from face3d.render import head_pivot, view_camera
+def view_pose_error(landmarks: np.ndarray, reference, pose: Pose) -> float:
+    """max(|yaw error|, |pitch error|) in degrees of a view asked at ``pose``, estimated by PnP of
+    dlib's landmarks on the view against ``reference`` (`face3d.pose_estimation.view_pose_reference`
+    of the view's fit)."""
+    from face3d.pose_estimation import angle_error
 
-    verts = rec.fit.vertices(model)
-    lmv = model.landmark_vertices
-    pts3 = verts[0, np.maximum(lmv, 0)].detach().numpy().astype(np.float64)
-    pts3[lmv < 0] = np.nan
-    _, eye_mouth = head_pivot(verts, model)
-    focal, _ = view_camera(size, eye_mouth)
     try:
-        est = estimate_pose(landmarks, pts3, focal, (size / 2.0, size / 2.0))
+        est = reference.estimate(landmarks)
     except ValueError:
         return float("inf")
     return max(abs(angle_error(est.yaw, pose.yaw)), abs(angle_error(est.pitch, pose.pitch)))
@@ -422,6 +416,7 @@ def run_compare(args) -> int:
 
     from face3d.image_io import load_image
     from face3d.morphable_model import load_morphable_model
+    from face3d.pose_estimation import view_pose_reference
 
     root = Path(args.input)
     if not root.is_dir():
@@ -494,10 +489,10 @@ def run_compare(args) -> int:
         users = [m for m in made if m in ctx.fit_users.get(src, ())]
         for m in users:  # every method has len(poses) views of this photo: an even split per view
             fit_share[m] += ctx.fit_seconds[src] / len(users)
+        reference = view_pose_reference(rec.fit, model, args.size)  # one per photo, shared by its views
         for m, imgs in made.items():
             try:
-                views.extend(_score_views(imgs, poses, m, rel, identity, rec, model, args.size, enc,
-                                          sources[rel]["descriptor"]))
+                views.extend(_score_views(imgs, poses, m, rel, identity, reference, enc, sources[rel]["descriptor"]))
             except Exception as exc:  # a scoring bug must not lose the other photos' results
                 msg = f"{rel}: scoring {m}: internal error: {type(exc).__name__}: {_first_line(exc)}"
                 failures.append({"source": rel, "method": m, "error": msg})
@@ -551,7 +546,7 @@ def _thumbnail(image: np.ndarray, box, size: int) -> np.ndarray:
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def _score_views(imgs, poses, method, rel, identity, rec, model, size, enc, src_desc) -> list[dict]:
+def _score_views(imgs, poses, method, rel, identity, reference, enc, src_desc) -> list[dict]:
     recs, det_imgs, det_lms, det_idx = [], [], [], []
     for img, pose in zip(imgs, poses):
         face = detect_view_face(img)
@@ -559,7 +554,7 @@ def _score_views(imgs, poses, method, rel, identity, rec, model, size, enc, src_
              "image": img, "detected": face is not None, "distance": float("inf"), "pose_error": float("inf"),
              "descriptor": None, "feature": None}
         if face is not None:
-            r["pose_error"] = view_pose_error(face.landmarks, rec, model, size, pose)
+            r["pose_error"] = view_pose_error(face.landmarks, reference, pose)
             det_imgs.append(img)
             det_lms.append(face.landmarks)
             det_idx.append(len(recs))

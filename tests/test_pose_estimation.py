@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from face3d.camera import PerspectiveCamera, Pose, euler_to_matrix, transform
-from face3d.pose_estimation import angle_error, estimate_pose
+from face3d.pose_estimation import angle_error, estimate_pose, view_pose_reference
 
 POSES = [Pose(0, 0, 0), Pose(30, 0, 0), Pose(-30, 0, 0), Pose(55, 0, 0), Pose(-60, 10, 0),
          Pose(0, 20, 0), Pose(0, -20, 0), Pose(0, 0, 15), Pose(0, 0, -25),
@@ -69,16 +69,11 @@ def test_rendered_views_of_obama_have_the_asked_pose(obama_reconstruction, ict_m
     """Reconstruct a real photo, render yaw -30/0/+30 and measure each view's pose with dlib's
     landmarks + PnP against the fitted mesh: an independent check of renderer and convention."""
     from face3d.landmarks import _detector, _predictor
-    from face3d.render import head_pivot, render_views, view_camera
+    from face3d.render import render_views
 
     size = 128
     rec = obama_reconstruction
-    verts = rec.fit.vertices(ict_model)
-    lm = ict_model.landmark_vertices
-    pts = verts[0, np.maximum(lm, 0)].numpy().astype(np.float64)
-    pts[lm < 0] = np.nan
-    _, eye_mouth = head_pivot(verts, ict_model)
-    focal, _ = view_camera(size, eye_mouth)
+    reference = view_pose_reference(rec.fit, ict_model, size)
     poses = [Pose(-30, 0, 0), Pose(0, 0, 0), Pose(30, 0, 0)]
     views = render_views(rec.fit, rec.texture, poses, ict_model, size=size)
     est = {}
@@ -87,7 +82,7 @@ def test_rendered_views_of_obama_have_the_asked_pose(obama_reconstruction, ict_m
         assert len(rects) > 0, f"dlib finds no face in the yaw {pose.yaw} view"
         shape = _predictor()(img, rects[0])
         q = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
-        e = estimate_pose(q, pts, focal, (size / 2.0, size / 2.0))
+        e = reference.estimate(q)
         est[pose.yaw] = e
         assert abs(angle_error(e.yaw, pose.yaw)) < 7, (pose, e)
         assert abs(angle_error(e.pitch, pose.pitch)) < 7, (pose, e)

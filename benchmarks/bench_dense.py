@@ -63,19 +63,25 @@ def random_face_camera(model, rng, yaw: float, pitch: float, roll: float, size: 
     return {"alpha": alpha, "beta": beta, "pose": pose, "focal": focal, "R": R, "t": t, "v": v}
 
 
-def render_albedo_sh(model, v, R, t, focal, albedo_tex, sh, size: int = SIZE):
-    """Mesh (1, V, 3) with an albedo atlas under SH light `sh` (9, 3), over a smooth background.
-    Returns the uint8 image, the fragments and the screen coordinates."""
+def shade_albedo_sh(model, cam_pts, scr, albedo_tex, sh, size: int = SIZE):
+    """Rasterize the mesh (camera points `cam_pts`, screen points `scr`, (1, V, 3)) and shade its
+    albedo atlas under SH light `sh` (9, 3): the fragments and the (S, S, 3) float RGB in 0..1."""
     faces = model.tensors()["triangles"]
-    cam_pts = transform(v, R, t)
-    cam = PerspectiveCamera(torch.tensor([focal]), torch.tensor([[size / 2, size / 2]]))
-    scr = cam.project(cam_pts)
     frag = rasterize_meshes(scr, faces, size, cull_backfaces=True)
     uv = interpolate_face_attributes(frag, model.tensors()["face_uvs"])
     grid = torch.stack([uv[..., 0] * 2 - 1, (1 - uv[..., 1]) * 2 - 1], -1)
     alb = F.grid_sample(albedo_tex, grid, align_corners=False)[0].permute(1, 2, 0)
     n = F.normalize(interpolate_vertex_attributes(frag, faces, vertex_normals(cam_pts, faces))[0], dim=-1)
-    rgb = (alb * (sh_basis(n) @ torch.from_numpy(sh))).clamp(0, 1).numpy()
+    return frag, (alb * (sh_basis(n) @ torch.from_numpy(sh))).clamp(0, 1).numpy()
+
+
+def render_albedo_sh(model, v, R, t, focal, albedo_tex, sh, size: int = SIZE):
+    """Mesh (1, V, 3) with an albedo atlas under SH light `sh` (9, 3), over a smooth background.
+    Returns the uint8 image, the fragments and the screen coordinates."""
+    cam_pts = transform(v, R, t)
+    cam = PerspectiveCamera(torch.tensor([focal]), torch.tensor([[size / 2, size / 2]]))
+    scr = cam.project(cam_pts)
+    frag, rgb = shade_albedo_sh(model, cam_pts, scr, albedo_tex, sh, size)
     mask = (frag.pix_to_face[0] >= 0).numpy()
     yy, xx = np.mgrid[0:size, 0:size] / size
     bg = np.stack([0.4 + 0.2 * np.sin(6 * xx), 0.45 + 0.1 * np.cos(5 * yy), 0.5 + 0.1 * xx], -1)

@@ -34,20 +34,18 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from _common import RESULTS, face_photos, write_json  # noqa: E402
-from bench_dense import random_face_camera, random_sh, render_albedo_sh  # noqa: E402  (the same synthetic faces)
+from bench_dense import random_face_camera, random_sh, render_albedo_sh, shade_albedo_sh  # noqa: E402  (the same synthetic faces)
 from face3d.camera import Pose, transform  # noqa: E402
 from face3d.fitting import FitConfig, fit_morphable_model, select_contour_vertices  # noqa: E402
 from face3d.image_io import load_image  # noqa: E402
 from face3d.landmarks import detect_faces, model_file  # noqa: E402
 from face3d.morphable_model import load_morphable_model  # noqa: E402
 from face3d.pipeline import reconstruct_faces  # noqa: E402
-from face3d.rasterizer import interpolate_face_attributes, interpolate_vertex_attributes, rasterize_meshes  # noqa: E402
 from face3d.render import render_views  # noqa: E402
 from face3d.sfs import SFSConfig, refine_shape_from_shading  # noqa: E402
-from face3d.shading import sh_basis, vertex_normals  # noqa: E402
+from face3d.shading import vertex_normals  # noqa: E402
 from face3d.texture import extract_texture  # noqa: E402
 
 SIZE = 512
@@ -137,17 +135,10 @@ def true_landmarks(model, s):
 
 def source_render(fit, model, verts, albedo_tex, sh):
     """Depth (S, S), face index (S, S) and the rendering with the given albedo atlas and light."""
-    faces = model.tensors()["triangles"]
     R = torch.from_numpy(fit.rotation.astype(np.float32))[None]
     tr = torch.from_numpy(fit.translation.astype(np.float32))[None]
     cam_pts = transform(verts, R, tr)
-    scr = fit.camera().project(cam_pts)
-    frag = rasterize_meshes(scr, faces, SIZE, cull_backfaces=True)
-    uv = interpolate_face_attributes(frag, model.tensors()["face_uvs"])
-    grid = torch.stack([uv[..., 0] * 2 - 1, (1 - uv[..., 1]) * 2 - 1], -1)
-    alb = F.grid_sample(albedo_tex, grid, align_corners=False)[0].permute(1, 2, 0)
-    nrm = F.normalize(interpolate_vertex_attributes(frag, faces, vertex_normals(cam_pts, faces))[0], dim=-1)
-    rgb = (alb * (sh_basis(nrm) @ torch.from_numpy(sh))).clamp(0, 1).numpy()
+    frag, rgb = shade_albedo_sh(model, cam_pts, fit.camera().project(cam_pts), albedo_tex, sh, SIZE)
     return frag.zbuf[0].numpy(), frag.pix_to_face[0].numpy(), rgb
 
 

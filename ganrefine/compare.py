@@ -38,7 +38,7 @@ the cross-verification.
   ``bench_real_photos.py``).
 - ``realism``: held-out accuracy of a classifier two-sample test (:func:`c2st`) between generated
   views and real LFW photos, on pooled intermediate activations of dlib's identity network
-  (:func:`identity_features`). 0.5: the classifier cannot tell them apart; 1.0: always can.
+  (:meth:`FaceEncoder.encode`). 0.5: the classifier cannot tell them apart; 1.0: always can.
   Computed per method on all yaws pooled, and per yaw where each class has at least
   :data:`MIN_C2ST_PER_CLASS` samples (else ``null``). The split and the counts are in
   ``info.realism`` of metrics.json.
@@ -289,11 +289,6 @@ class FaceEncoder:
         if not descs:
             return np.zeros((0, 128)), np.zeros((0, 0))
         return np.concatenate(descs), np.concatenate(feats)
-
-
-def identity_features(encoder: FaceEncoder, images: list[np.ndarray], landmarks: list[np.ndarray]):
-    """(descriptors (B, 128), realism features (B, C)) of faces in images with dlib landmarks."""
-    return encoder.encode(images, landmarks)
 
 
 def detect_view_face(image: np.ndarray):

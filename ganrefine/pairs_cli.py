@@ -47,10 +47,8 @@ def run_make_pairs(args) -> int:
             raise FaceSynthError(f"{out} holds pairs of another split or size; use a new --out")
     atomic_write_bytes(split_file, json.dumps(info, indent=1).encode())
     model = load_morphable_model(args.model)
-    failed = 0
     for name, photos in (("heldout", split.heldout), ("train", split.train)):
         res = generate_pairs(photos, out / name, model, size=args.size, seed=args.seed, workers=args.workers)
-        failed += res["failed"]
         print(f"{name}: {res['made']} made, {res['already_done']} already done, {res['failed']} without a usable face")
     print(f"pairs in {out}")
     return 0

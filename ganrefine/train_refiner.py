@@ -217,16 +217,21 @@ def _config_from_dict(d: dict) -> TrainConfig:
     return TrainConfig(**d)
 
 
-def save_weights(path: Path, generator: RefinerGenerator, info: dict) -> None:
-    """The generator alone, with its architecture config: what `load_refiner` reads."""
+def _save_atomic(path: Path, obj: dict) -> None:
+    """torch.save to a temporary file, then rename: a killed run never leaves half a checkpoint."""
     import io
 
     from face3d.image_io import atomic_write_bytes
 
     buf = io.BytesIO()
-    torch.save({"format": WEIGHTS_FORMAT, "refiner_config": asdict(generator.cfg),
-                "state_dict": generator.state_dict(), **info}, buf)
+    torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def save_weights(path: Path, generator: RefinerGenerator, info: dict) -> None:
+    """The generator alone, with its architecture config: what `load_refiner` reads."""
+    _save_atomic(path, {"format": WEIGHTS_FORMAT, "refiner_config": asdict(generator.cfg),
+                        "state_dict": generator.state_dict(), **info})
 
 
 def load_refiner(path: str | os.PathLike) -> tuple[RefinerGenerator, dict]:
@@ -311,14 +316,10 @@ def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = Fa
     samples.mkdir(parents=True, exist_ok=True)
 
     def save_checkpoint(step: int) -> None:
-        import io
-
-        buf = io.BytesIO()
-        torch.save({"format": CHECKPOINT_FORMAT, "config": asdict(cfg), "step": step, "best": best,
-                    "generator": gen.state_dict(), "discriminator": disc.state_dict(),
-                    "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                    "data": str(data_dir), "train_pairs": len(train)}, buf)
-        atomic_write_bytes(out, buf.getvalue())
+        _save_atomic(out, {"format": CHECKPOINT_FORMAT, "config": asdict(cfg), "step": step, "best": best,
+                           "generator": gen.state_dict(), "discriminator": disc.state_dict(),
+                           "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                           "data": str(data_dir), "train_pairs": len(train)})
 
     def append_csv(path: Path, row: dict) -> None:
         new = not path.exists()

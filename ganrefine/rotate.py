@@ -16,6 +16,23 @@ def _name(value: float) -> str:
     return v
 
 
+def view_file_name(stem: str, pose) -> str:
+    """`<stem>_yaw<y>_pitch<p>[_roll<r>].png`, minus signs as 'm' and points as 'p' (-7.5 -> m7p5)."""
+    roll = f"_roll{_name(pose.roll)}" if pose.roll else ""
+    return f"{stem}_yaw{_name(pose.yaw)}_pitch{_name(pose.pitch)}{roll}.png"
+
+
+def view_record(source: str, output: str, face: int, pose, method: str, model, fit, size: int,
+                extra: dict, refiner=None) -> dict:
+    """One manifest line of a view (`rotate`'s manifest.jsonl, and the web demo's zip): `extra`
+    holds the expression / SFS fields; the refiner's file and hash follow for `hybrid`."""
+    return {"source": source, "output": output, "face": face, "yaw": pose.yaw, "pitch": pose.pitch,
+            "roll": pose.roll, "method": method, "model": model.name,
+            "fit_landmark_error": round(fit.landmark_error, 6),
+            "source_pose": {k: round(v, 3) for k, v in zip(("yaw", "pitch", "roll"), fit.pose.as_tuple())},
+            "size": size, **extra, **({} if refiner is None else refiner.record())}
+
+
 class Manifest:
     """`DIR/manifest.jsonl`: each record goes out as one whole line in one write, then fsync."""
 
@@ -91,21 +108,12 @@ def run_rotate(args) -> int:
                     views = (render_variant(variant, rec, model, poses, args.size, bg) if sfs is None
                              else render_sfs_variant(variant, rec, model, poses, args.size, bg, sfs))
                     images = views.images if refiner is None else refine_views(refiner, views, bg)
+                    extra = {**variant_record(variant, args, model), **sfs_record(sfs)}
                     for pose, img in zip(poses, images):
-                        rel = f"{stem}{face_tag}{variant.tag}_yaw{_name(pose.yaw)}_pitch{_name(pose.pitch)}" + (
-                            f"_roll{_name(pose.roll)}" if pose.roll else "") + ".png"
+                        rel = view_file_name(f"{stem}{face_tag}{variant.tag}", pose)
                         save_png(out / rel, img)
-                        records.append({
-                            "source": src, "output": rel, "face": fi, "yaw": pose.yaw, "pitch": pose.pitch,
-                            "roll": pose.roll, "method": args.method, "model": model.name,
-                            "fit_landmark_error": round(rec.fit.landmark_error, 6),
-                            "source_pose": {k: round(v, 3) for k, v in zip(("yaw", "pitch", "roll"), rec.fit.pose.as_tuple())},
-                            "size": args.size,
-                            **variant_record(variant, args, model),
-                            **sfs_record(sfs),
-                        })
-                        if refiner is not None:
-                            records[-1].update(refiner.record())
+                        records.append(view_record(src, rel, fi, pose, args.method, model, rec.fit, args.size,
+                                                   extra, refiner))
                 if args.export_mesh:
                     from face3d.mesh_export import export_mesh
 

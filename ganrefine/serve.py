@@ -257,6 +257,7 @@ class FaceSynthServer:
         from face3d.image_io import save_png
         from ganrefine.expression_options import expression_variants, render_variant, variant_record
         from ganrefine.sfs_options import render_sfs_variant, sfs_record
+        from ganrefine.rotate import view_file_name, view_record
 
         if method not in ("3d", "hybrid"):
             raise FaceSynthError(f"unknown method {method!r} (3d or hybrid)")
@@ -291,17 +292,12 @@ class FaceSynthServer:
         folder = self._new_result_folder()
         mesh = self.mesh(entry)
         records = []
+        extra = {**variant_record(variant, args, model), **sfs_record(state)}
         for pose, img in zip(poses, images):
-            rel = f"{stem}{variant.tag}_yaw{_name(pose.yaw)}_pitch{_name(pose.pitch)}.png"
+            rel = view_file_name(f"{stem}{variant.tag}", pose)
             save_png(folder / rel, img)
-            records.append({
-                "source": entry.name, "output": rel, "face": 0, "yaw": pose.yaw, "pitch": pose.pitch,
-                "roll": pose.roll, "method": method, "model": model.name,
-                "fit_landmark_error": round(rec.fit.landmark_error, 6),
-                "source_pose": {k: round(v, 3) for k, v in zip(("yaw", "pitch", "roll"), rec.fit.pose.as_tuple())},
-                "size": self.size, **variant_record(variant, args, model), **sfs_record(state),
-                **({} if refiner is None else refiner.record()), "mesh": mesh.name,
-            })
+            records.append({**view_record(entry.name, rel, 0, pose, method, model, rec.fit, self.size, extra, refiner),
+                            "mesh": mesh.name})
         fit_note = "fit reused" if cached else f"fit {entry.seconds:.1f} s"
         sfs_note = ""
         if state is not None and not state.applied:
@@ -375,10 +371,6 @@ class FaceSynthServer:
             while len(self._results) > KEEP_RESULTS:
                 shutil.rmtree(self._results.popleft(), ignore_errors=True)
         return folder
-
-
-def _name(value: float) -> str:
-    return f"{value:g}".replace("-", "m").replace(".", "p")
 
 
 def _display_name(p: Path) -> str:

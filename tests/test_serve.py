@@ -97,12 +97,20 @@ def test_api_views_errors_and_zip(server, obama_path, tmp_path):
     truncated = tmp_path / "cut.jpg"
     data = obama_path.read_bytes()
     truncated.write_bytes(data[: len(data) // 3])
+    huge = tmp_path / "huge.png"                      # over 100 megapixels, a few kB on disk
+    Image.new("1", (10_001, 10_001)).save(huge)
     for path, expected in ((grey, "grey.png: no face found"), (text, "notes.jpg: not a readable image"),
-                           (truncated, "cut.jpg: unreadable or truncated image")):
+                           (truncated, "cut.jpg: unreadable or truncated image"),
+                           (huge, "huge.png: image too large (10001x10001)")):
         gallery, mesh, status, _ = _render(client, path, "0")
         assert gallery == [] and mesh is None
         assert expected in status and "\n" not in status.strip(), status
         assert "Traceback" not in status
+    # a file over the 50 MB upload limit is refused before the app reads it; the server goes on (below)
+    big = tmp_path / "big.jpg"
+    big.write_bytes(data[:2] + bytes(51 * 2**20))
+    with pytest.raises(Exception, match="exceeds the maximum file size of 52428800 bytes"):
+        _render(client, big, "0")
 
     # a real photo: three views of the asked size, the mesh, then the identity distances and the zip
     gallery, mesh, status, seconds = _render(client, obama_path, "-30,0,30")

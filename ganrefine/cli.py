@@ -85,10 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--pitch", type=_angles("pitch"), default=[0.0], help="absolute pitch angles, + nose up (default 0)")
     r.add_argument("--roll", type=_angles("roll"), default=[0.0], help="absolute roll angles (default 0)")
     r.add_argument("--size", type=_size, default=128, help="output crop size in pixels (default 128)")
-    r.add_argument("--method", choices=["hybrid", "3d"], default="hybrid",
-                   help="hybrid: the 3D stage's views refined by the trained refiner (default); 3d: the renders alone")
+    r.add_argument("--method", choices=["hybrid", "3d", "gan"], default="hybrid",
+                   help="hybrid: the 3D stage's views refined by the trained refiner (default); 3d: the renders alone; "
+                        "gan: the GAN-only baseline (CAPG-GAN: photo + target-pose landmarks, no 3D rendering)")
     r.add_argument("--refiner", default=None, metavar="FILE",
                    help="refiner weights for --method hybrid (default $FACESYNTH_REFINER or the shipped assets/refiner/refiner.pt)")
+    r.add_argument("--capg", default=None, metavar="FILE",
+                   help="CAPG-GAN weights for --method gan (default $FACESYNTH_CAPG or the shipped assets/capg/capg.pt)")
     r.add_argument("--out", required=True, metavar="DIR", help="output folder (PNG views + manifest.jsonl)")
     r.add_argument("--model", default=None, metavar="DIR",
                    help="morphable model folder (ICT FaceKit or Surrey SFM); default $FACESYNTH_MODEL or ../shared/data/3dmm/ict_facekit")
@@ -116,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module, hook in (("ganrefine.verify", "add_verify_parser"), ("ganrefine.augment", "add_augment_parser"),
                          ("ganrefine.pairs_cli", "add_make_pairs_parser"),
+                         ("ganrefine.pose_pairs", "add_make_pose_photos_parser"),
                          ("ganrefine.train_refiner", "add_train_refiner_parser"),
+                         ("ganrefine.train_capg", "add_train_capg_parser"),
                          ("ganrefine.serve", "add_serve_parser"),
                          ("ganrefine.compare", "add_compare_parser")):
         try:

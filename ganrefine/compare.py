@@ -38,7 +38,9 @@ the cross-verification.
   ``bench_real_photos.py``).
 - ``realism``: held-out accuracy of a classifier two-sample test (:func:`c2st`) between generated
   views and real LFW photos, on pooled intermediate activations of dlib's identity network
-  (:meth:`FaceEncoder.encode`). 0.5: the classifier cannot tell them apart; 1.0: always can.
+  (:meth:`FaceEncoder.encode`) over the face alone (outside the landmark hull set to grey, in real
+  and generated images alike, so a plain backdrop does not decide the test). 0.5: the classifier
+  cannot tell them apart; 1.0: always can.
   Computed per method on all yaws pooled, and per yaw where each class has at least
   :data:`MIN_C2ST_PER_CLASS` samples (else ``null``). The split and the counts are in
   ``info.realism`` of metrics.json.
@@ -102,6 +104,7 @@ class CompareContext:
 
     model: object
     refiner_path: str | None = None
+    capg_path: str | None = None
     dense: bool = True
     current_method: str | None = None
     _refiner: object = None
@@ -130,6 +133,11 @@ class CompareContext:
             self._refiner = load_hybrid_refiner(self.refiner_path)
         return self._refiner
 
+    def capg(self):
+        from ganrefine.capg import load_default_capg
+
+        return load_default_capg(self.capg_path).generator
+
 
 def generate_3d(image: np.ndarray, source: str, poses: list[Pose], size: int, ctx: CompareContext) -> np.ndarray:
     """The 3D stage alone: the fitted, photo-textured head rendered at each pose (grey background)."""
@@ -149,8 +157,17 @@ def generate_hybrid(image: np.ndarray, source: str, poses: list[Pose], size: int
     return refine_views(ctx.refiner(), views)
 
 
+def generate_gan(image: np.ndarray, source: str, poses: list[Pose], size: int, ctx: CompareContext) -> np.ndarray:
+    """The GAN-only baseline (``facesynth rotate --method gan``): CAPG-GAN on the aligned photo and
+    the target-pose landmarks. The fit only places those landmarks and the crop; nothing is rendered."""
+    from ganrefine.capg import rotate_with_capg
+
+    rec = ctx.reconstruction(image, source)
+    return rotate_with_capg(ctx.capg(), rec.fit, image, ctx.model, poses, size)
+
+
 #: name -> generator; the order is the report's row order.
-METHODS: dict[str, Callable[..., np.ndarray]] = {"3d": generate_3d, "hybrid": generate_hybrid}
+METHODS: dict[str, Callable[..., np.ndarray]] = {"3d": generate_3d, "gan": generate_gan, "hybrid": generate_hybrid}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,12 +270,27 @@ def c2st_accuracy(real_feats: np.ndarray, fake_feats: np.ndarray, seed: int = 0)
     return c2st(real_feats, fake_feats, seed)["accuracy"]
 
 
+def face_region(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """The image with everything outside the convex hull of its 68 landmarks (jaw line to brows)
+    set to mid-grey: what the realism test looks at, so that it judges the face and not the
+    background, hair or clothes (a 3D view's plain grey backdrop would give it away at once)."""
+    import cv2
+
+    hull = cv2.convexHull(np.round(np.asarray(landmarks, np.float64) - 0.5).astype(np.int32))
+    mask = np.zeros(image.shape[:2], np.uint8)
+    cv2.fillConvexPoly(mask, hull, 1)
+    out = np.full_like(image, 128)
+    out[mask > 0] = image[mask > 0]
+    return out
+
+
 class FaceEncoder:
-    """dlib's face descriptor and the realism features from one pass of its ResNet (torch port).
+    """dlib's face descriptor and the realism features of an image, from its ResNet (torch port).
 
     :meth:`encode` takes full images with their 68 dlib landmarks, aligns them like
-    ``dlib.get_face_chip(img, shape, 150, 0.25)`` and returns the (B, 128) descriptors and the
-    (B, C) global average of block :data:`FEATURE_BLOCK`'s output, read with a forward hook."""
+    ``dlib.get_face_chip(img, shape, 150, 0.25)`` and returns the (B, 128) descriptors of the
+    images and the (B, C) realism features: the global average of block :data:`FEATURE_BLOCK`'s
+    output (read with a forward hook) on the same chip of :func:`face_region` (face only)."""
 
     def __init__(self):
         from ganrefine.identity import IdentityEncoder
@@ -274,15 +306,18 @@ class FaceEncoder:
 
         from ganrefine.identity import align_faces, image_tensor
 
+        def chips(ims, lms):
+            return align_faces([image_tensor(im) for im in ims], [torch.from_numpy(np.asarray(lm, np.float64)) for lm in lms])
+
         descs, feats = [], []
         handle = self.encoder.net.blocks[FEATURE_BLOCK].register_forward_hook(self._hook)
         try:
             with torch.no_grad():
                 for s in range(0, len(images), batch):
-                    chips = align_faces([image_tensor(im) for im in images[s:s + batch]],
-                                        [torch.from_numpy(np.asarray(lm, np.float64)) for lm in landmarks[s:s + batch]])
+                    ims, lms = images[s:s + batch], landmarks[s:s + batch]
+                    descs.append(self.encoder.embed_chips(chips(ims, lms)).numpy().astype(np.float64))
                     self._feat = None
-                    descs.append(self.encoder.embed_chips(chips).numpy().astype(np.float64))
+                    self.encoder.embed_chips(chips([face_region(im, lm) for im, lm in zip(ims, lms)], lms))
                     feats.append(self._feat.numpy().astype(np.float64))
         finally:
             handle.remove()
@@ -382,6 +417,8 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
                    help="number of real photos for the realism test, a fixed seeded choice (default 200; 0 skips it)")
     p.add_argument("--refiner", default=None, metavar="FILE",
                    help="refiner weights for hybrid (default $FACESYNTH_REFINER or assets/refiner/refiner.pt)")
+    p.add_argument("--capg", default=None, metavar="FILE",
+                   help="CAPG-GAN weights for gan (default $FACESYNTH_CAPG or assets/capg/capg.pt)")
     p.add_argument("--model", default=None, metavar="DIR", help="morphable model folder (default as for rotate)")
     p.add_argument("--no-dense", dest="dense", action="store_false", default=True,
                    help="fit landmarks only (~5x faster fitting; default: landmarks + dense stage)")
@@ -429,9 +466,11 @@ def run_compare(args) -> int:
         torch.set_num_threads(args.threads)
     methods: list[str] = list(args.methods)
     model = load_morphable_model(args.model)
-    ctx = CompareContext(model, refiner_path=args.refiner, dense=args.dense)
+    ctx = CompareContext(model, refiner_path=args.refiner, capg_path=args.capg, dense=args.dense)
     if "hybrid" in methods:
         ctx.refiner()  # missing weights: one line, before any work
+    if "gan" in methods:
+        ctx.capg()
     poses = [Pose(float(y), float(p), 0.0) for p in args.pitch for y in args.yaw]
     yaw_keys = list(dict.fromkeys(_yaw_key(y) for y in args.yaw))
     enc = FaceEncoder()
@@ -593,7 +632,8 @@ def _aggregate(views, sources, methods, yaw_keys, real_feats, seed, gen_seconds,
     multi = len(set(q_id.tolist())) >= 2
     metrics, counts = {}, {}
     realism = {"features": f"global average pool of dlib ResNet block {FEATURE_BLOCK} (end of the 128-channel stage), "
-                           "dlib-aligned 150x150 chips of dlib-detected faces",
+                           "dlib-aligned 150x150 chips of dlib-detected faces, everything outside the convex hull of "
+                           "the 68 landmarks set to grey (the face, not the background, is judged)",
                "classifier": "L2-regularised logistic regression on standardised features (l2=0.01, L-BFGS)",
                "split": "classes balanced by subsampling the bigger one to n = min(real, fake) (seeded); each class "
                         "split at random into a training half (floor(n/2)) and a held-out half; accuracy on the held-out half",

@@ -175,19 +175,21 @@ def _init_pair_worker(model_path) -> None:
     _WORKER_MODEL = load_morphable_model(model_path)
 
 
-def _pair_job(photo: Path, cache: Path, size: int, seed: int) -> tuple[Path, str | None]:
-    return photo, make_pair_file(photo, cache, _WORKER_MODEL, size, seed)
+def _pair_job(photo: Path, cache: Path, size: int, seed: int, maker) -> tuple[Path, str | None]:
+    return photo, maker(photo, cache, _WORKER_MODEL, size, seed)
 
 
 def generate_pairs(photos: list[Path], cache: Path, model, size: int = 128, seed: int = 0,
-                   progress: bool = True, workers: int = 1) -> dict:
+                   progress: bool = True, workers: int = 1, maker=make_pair_file) -> dict:
     """Make (or reuse) the pair of every photo under `cache`; returns counts and the failures.
 
     One file per photo, `<cache>/<identity>/<stem>.npz`, written atomically: a killed run loses
     at most the photos in flight, and a re-run skips every photo already done. Photos without a
     usable face are listed in `<cache>/failed.txt` and skipped on re-runs too. With `workers` > 1
     the photos are spread over that many processes (one torch thread each); `model` must then be
-    a loaded `MorphableModel` whose `source` folder the workers load again.
+    a loaded `MorphableModel` whose `source` folder the workers load again. `maker` makes one
+    photo's file (`make_pair_file`, or `ganrefine.pose_pairs.make_pose_photo_file` for the
+    GAN baseline's real photos), a module-level function so that workers can receive it.
     """
     from tqdm import tqdm
 
@@ -214,7 +216,7 @@ def generate_pairs(photos: list[Path], cache: Path, model, size: int = 128, seed
     try:
         if workers <= 1 or len(todo) <= 1:
             for photo in todo:
-                consume(photo, make_pair_file(photo, cache, model, size, seed))
+                consume(photo, maker(photo, cache, model, size, seed))
         else:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
@@ -222,8 +224,9 @@ def generate_pairs(photos: list[Path], cache: Path, model, size: int = 128, seed
             ctx = mp.get_context("spawn")  # forking a process with live OpenMP threads can deadlock
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_pair_worker,
                                      initargs=(model.source,)) as pool:
-                for photo, err in pool.map(_pair_job, todo, [cache] * len(todo), [size] * len(todo),
-                                           [seed] * len(todo), chunksize=4):
+                n = len(todo)
+                for photo, err in pool.map(_pair_job, todo, [cache] * n, [size] * n, [seed] * n, [maker] * n,
+                                           chunksize=4):
                     consume(photo, err)
     finally:
         bar.close()

@@ -25,7 +25,8 @@ def view_file_name(stem: str, pose) -> str:
 def view_record(source: str, output: str, face: int, pose, method: str, model, fit, size: int,
                 extra: dict, refiner=None) -> dict:
     """One manifest line of a view (`rotate`'s manifest.jsonl, and the web demo's zip): `extra`
-    holds the expression / SFS fields; the refiner's file and hash follow for `hybrid`."""
+    holds the expression / SFS fields; the weights' file and hash follow for `hybrid` (the
+    refiner's) and `gan` (CAPG-GAN's)."""
     return {"source": source, "output": output, "face": face, "yaw": pose.yaw, "pitch": pose.pitch,
             "roll": pose.roll, "method": method, "model": model.name,
             "fit_landmark_error": round(fit.landmark_error, 6),
@@ -69,6 +70,12 @@ def run_rotate(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FaceSynthError(f"--out {out}: exists and is not a folder")
+    if args.method == "gan":
+        edits = [flag for flag, on in (("--expression", args.expression), ("--shape-jitter", args.shape_jitter),
+                                       ("--sfs", args.sfs), ("--background photo", args.background == "photo")) if on]
+        if edits:
+            raise FaceSynthError(f"{', '.join(edits)}: not available with --method gan (it edits no 3D model); "
+                                 "use --method 3d or hybrid")
     model = load_morphable_model(args.model)
     check_expression_arguments(args, model)
     refiner = None
@@ -76,6 +83,10 @@ def run_rotate(args) -> int:
         from ganrefine.hybrid import load_hybrid_refiner, refine_views
 
         refiner = load_hybrid_refiner(args.refiner)
+    elif args.method == "gan":
+        from ganrefine.capg import load_default_capg, rotate_with_capg
+
+        refiner = load_default_capg(args.capg)
     from face3d.landmarks import load_landmark_models
 
     load_landmark_models()  # one-time model loading stays out of each photo's seconds_per_photo
@@ -107,7 +118,12 @@ def run_rotate(args) -> int:
                 for variant in expression_variants(args, rec.fit, model, key=f"{stem}{face_tag}"):
                     views = (render_variant(variant, rec, model, poses, args.size, bg) if sfs is None
                              else render_sfs_variant(variant, rec, model, poses, args.size, bg, sfs))
-                    images = views.images if refiner is None else refine_views(refiner, views, bg)
+                    if args.method == "gan":  # no 3D at inference: the fit only places landmarks and crop
+                        images = rotate_with_capg(refiner.generator, rec.fit, image, model, poses, args.size)
+                    elif refiner is not None:
+                        images = refine_views(refiner, views, bg)
+                    else:
+                        images = views.images
                     extra = {**variant_record(variant, args, model), **sfs_record(sfs)}
                     for pose, img in zip(poses, images):
                         rel = view_file_name(f"{stem}{face_tag}{variant.tag}", pose)

@@ -1,0 +1,169 @@
+"""Real same-person photo pairs for the GAN-only baseline (CAPG-GAN), from LFW.
+
+CAPG-GAN learns pose from real photos only: (photo A of a person, the landmarks of photo B of the
+same person) -> photo B. Every photo is brought into the aligned crop that the 3D views use
+(`ganrefine.augment.aligned_original`: a similarity of the photo's landmarks onto the fit's own-pose
+view), so that the GAN's input, its target and its output are framed exactly like the 3D and hybrid
+views it is compared with. Stored per photo (``CACHE/<split>/<identity>/<stem>.npz``):
+
+    crop        (S, S, 3) uint8   the photo in the aligned crop
+    landmarks   (68, 2) float32   the fitted model's iBUG landmarks at the photo's own pose, in the
+                                  crop (what the generator is conditioned on for a target photo;
+                                  at inference the same points come from the source's fit at the
+                                  asked pose, so training and inference use one landmark recipe)
+    pose        (3,) float32      the fitted (yaw, pitch, roll), degrees
+
+Pairs are not stored: training draws any two photos of one train identity.
+
+The identity split is `ganrefine.pairs.split_identities` with the refiner's seed and hold-out, so
+the GAN, the refiner and every evaluation agree on which people were never trained on; only
+identities with at least two photos are used, at most `per_identity` photos each (LFW's long tail of
+George W Bush photos would otherwise dominate).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from face3d.errors import FaceSynthError
+
+
+@dataclass
+class PosePhoto:
+    crop: np.ndarray        # (S, S, 3) uint8
+    landmarks: np.ndarray   # (68, 2) float32 crop pixels (centres at +0.5)
+    pose: np.ndarray        # (3,) float32 yaw, pitch, roll in degrees
+
+    def save(self, path: str | os.PathLike) -> None:
+        from face3d.image_io import atomic_write_bytes
+
+        buf = io.BytesIO()
+        np.savez_compressed(buf, crop=self.crop, landmarks=self.landmarks.astype(np.float32),
+                            pose=self.pose.astype(np.float32))
+        atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "PosePhoto":
+        with np.load(path) as z:
+            return cls(crop=z["crop"], landmarks=z["landmarks"], pose=z["pose"])
+
+
+def own_pose_landmarks(fit, model, size: int) -> np.ndarray:
+    """The fitted model's 68 landmarks at the fit's own pose in the aligned crop of `size` px."""
+    import torch
+
+    from face3d.render import view_screen
+
+    with torch.no_grad():
+        screen = view_screen(fit.vertices(model), model, [fit.pose], size)[0, :, :2].numpy()
+    return screen[np.maximum(model.landmark_vertices, 0)].astype(np.float32)
+
+
+def make_pose_photo_file(photo: Path, cache: Path, model, size: int = 128, seed: int = 0) -> str | None:
+    """Fit one photo (landmark stage) and store its aligned crop, landmarks and pose; an error line or None."""
+    from face3d.fitting import FitConfig, fit_morphable_model
+    from face3d.image_io import load_image
+    from face3d.landmarks import detect_faces
+    from ganrefine.augment import aligned_original
+    from ganrefine.pairs import pair_path
+
+    try:
+        image = load_image(photo)
+        faces = detect_faces(image)
+        if not faces:
+            return f"{photo}: no face found"
+        fit = fit_morphable_model(image, faces[0].landmarks, model, FitConfig(dense=False))
+        rec = PosePhoto(crop=aligned_original(fit, image, model, size), landmarks=own_pose_landmarks(fit, model, size),
+                        pose=np.array([fit.pose.yaw, fit.pose.pitch, fit.pose.roll], np.float32))
+    except FaceSynthError as exc:
+        return str(exc)
+    out = pair_path(cache, photo)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rec.save(out)
+    return None
+
+
+@dataclass
+class PoseSplit:
+    train: list[Path]
+    heldout: list[Path]
+    train_identities: list[str]
+    heldout_identities: list[str]
+
+
+def split_pose_photos(root: Path, holdout: int = 300, per_identity: int = 3, heldout_per_identity: int = 6,
+                      seed: int = 0) -> PoseSplit:
+    """The photos of multi-photo identities, split by identity like the refiner's pairs."""
+    from ganrefine.pairs import EXCLUDED_IDENTITIES, split_identities
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FaceSynthError(f"{root}: not a folder of LFW identities")
+    by_name = {d.name: sorted(d.glob("*.jpg")) for d in sorted(root.iterdir()) if d.is_dir()}
+    by_name = {k: v for k, v in by_name.items() if v and k not in EXCLUDED_IDENTITIES}
+    if not by_name:
+        raise FaceSynthError(f"{root}: no <identity>/*.jpg photos found")
+    train_ids, held_ids = split_identities(list(by_name), holdout=holdout, seed=seed)
+    key = lambda p: hashlib.sha1(f"{seed}:{p.name}".encode()).hexdigest()  # noqa: E731
+
+    def choose(names, cap):
+        names = [n for n in names if len(by_name[n]) >= 2]
+        return names, sorted(p for n in names for p in sorted(by_name[n], key=key)[:cap])
+
+    train_ids, train = choose(train_ids, per_identity)
+    held_ids, held = choose(held_ids, heldout_per_identity)
+    return PoseSplit(train=train, heldout=held, train_identities=train_ids, heldout_identities=held_ids)
+
+
+def add_make_pose_photos_parser(sub) -> None:
+    from ganrefine.cli import int_option
+
+    p = sub.add_parser("make-pose-photos",
+                       help="fit and align LFW photos of multi-photo identities (the GAN baseline's real pose pairs)")
+    p.add_argument("lfw", metavar="LFW", help="LFW images folder (<identity>/<identity>_NNNN.jpg)")
+    p.add_argument("--out", required=True, metavar="CACHE", help="cache folder (keep it outside the repository)")
+    p.add_argument("--per-identity", type=int_option("per-identity", 2), default=3,
+                   help="photos per train identity (default 3)")
+    p.add_argument("--heldout-per-identity", type=int_option("heldout-per-identity", 2), default=6,
+                   help="photos per held-out identity (default 6)")
+    p.add_argument("--holdout", type=int_option("holdout", 1), default=300,
+                   help="identities held out (the refiner's split; default 300)")
+    p.add_argument("--size", type=int_option("size", 32, 1024), default=128, help="crop size (default 128)")
+    p.add_argument("--workers", type=int_option("workers", 1), default=1, help="processes (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="split seed (default 0, the refiner's)")
+    p.add_argument("--model", default=None, metavar="DIR", help="morphable model folder (default ICT FaceKit)")
+    p.set_defaults(func=run_make_pose_photos)
+
+
+def run_make_pose_photos(args) -> int:
+    import json
+
+    from face3d.image_io import atomic_write_bytes
+    from face3d.morphable_model import load_morphable_model
+    from ganrefine.pairs import generate_pairs
+
+    split = split_pose_photos(Path(args.lfw), holdout=args.holdout, per_identity=args.per_identity,
+                              heldout_per_identity=args.heldout_per_identity, seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = {"lfw": str(Path(args.lfw).resolve()), "seed": args.seed, "size": args.size, "holdout": args.holdout,
+            "train_identities": split.train_identities, "heldout_identities": split.heldout_identities,
+            "train_photos": len(split.train), "heldout_photos": len(split.heldout)}
+    split_file = out / "split.json"
+    if split_file.exists():
+        old = json.loads(split_file.read_text())
+        if old.get("heldout_identities") != info["heldout_identities"] or old.get("size") != args.size:
+            raise FaceSynthError(f"{out} holds photos of another split or size; use a new --out")
+    atomic_write_bytes(split_file, json.dumps(info, indent=1).encode())
+    model = load_morphable_model(args.model)
+    for name, photos in (("heldout", split.heldout), ("train", split.train)):
+        res = generate_pairs(photos, out / name, model, size=args.size, seed=args.seed, workers=args.workers,
+                             maker=make_pose_photo_file)
+        print(f"{name}: {res['made']} made, {res['already_done']} already done, {res['failed']} without a usable face")
+    print(f"aligned photos in {out}")
+    return 0

@@ -1,0 +1,352 @@
+"""Training the CAPG-GAN baseline on real same-person LFW photo pairs (`facesynth make-pose-photos`).
+
+    facesynth train-capg --data CACHE --steps N --out CKPT [--resume]
+
+One plain loop like `train-refiner` (same checkpoint, log, sample and resume conventions): every
+step draws `batch` train identities and two different photos of each (source, target), each
+mirrored or not at random, from a generator seeded by (seed, step), so a resumed run is exact.
+
+Losses of the generator (weighted by `CapgTrainConfig`, each logged):
+    pixel     multi-scale L1 (32, 64, 128 px) against the real target photo; weight 1 on the
+              target's face (its landmark hull) and `outside_weight` on hair and background
+    adv_a     agent A, LSGAN on (output, source) vs (target, source): same person as the source?
+    adv_b     agent B, LSGAN on (output, target heatmaps) vs (target, heatmaps): right pose?
+    identity  dlib descriptor distance between output and target photo (torch port, frozen)
+    tv        total variation
+
+Validation: pairs of the first `val_identities` held-out identities (first photo -> second and
+back); the remaining held-out identities are never looked at here (`benchmarks/` reports on them).
+The baseline row "copy" takes the source photo itself as the prediction: a generator that only
+copies its input scores 1.0 on the selection score (mean of L1 and identity distance relative to copy).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from face3d.errors import FaceSynthError
+from ganrefine.capg import CapgConfig, CapgGenerator, face_weight, landmark_heatmaps, save_capg_weights
+from ganrefine.refiner import PatchDiscriminator, lsgan_loss, multiscale_l1, total_variation
+from ganrefine.train_refiner import FLIP68, _save_atomic, identity_embeddings
+
+CHECKPOINT_FORMAT = "facesynth-capg-train/1"
+
+
+@dataclass
+class CapgTrainConfig:
+    steps: int = 2000
+    batch: int = 8
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    pixel_weight: float = 1.0
+    outside_weight: float = 0.25
+    adv_weight: float = 0.01          # each agent
+    identity_weight: float = 0.1
+    tv_weight: float = 1e-4
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 200
+    checkpoint_every: int = 100
+    val_identities: int = 50
+    threads: int | None = None
+    capg: CapgConfig = field(default_factory=CapgConfig)
+
+
+@dataclass
+class PoseSet:
+    """Aligned photos in memory with their identity index; channels-first uint8."""
+
+    crop: torch.Tensor        # (N, 3, S, S) uint8
+    landmarks: torch.Tensor   # (N, 68, 2)
+    weight: torch.Tensor      # (N, 1, S, S) pixel-loss weight
+    pose: torch.Tensor        # (N, 3)
+    person: torch.Tensor      # (N,) identity index
+    names: list[str]
+    outside_weight: float
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @classmethod
+    def load(cls, folder: Path, identities: list[str] | None = None, outside_weight: float = 0.25,
+             progress: bool = False) -> "PoseSet":
+        from tqdm import tqdm
+
+        from ganrefine.pose_pairs import PosePhoto
+
+        folder = Path(folder)
+        ids = identities if identities is not None else sorted(d.name for d in folder.iterdir() if d.is_dir())
+        files, person = [], []
+        for i, name in enumerate(ids):
+            fs = sorted((folder / name).glob("*.npz"))
+            if len(fs) >= 2:  # a person with one usable photo makes no pair
+                files += fs
+                person += [i] * len(fs)
+        if not files:
+            raise FaceSynthError(f"{folder}: no identity with two aligned photos (run `facesynth make-pose-photos`)")
+        crops, lms, poses, weights = [], [], [], []
+        for f in tqdm(files, desc="loading photos", unit="photo", disable=not progress):
+            p = PosePhoto.load(f)
+            crops.append(p.crop)
+            lms.append(p.landmarks)
+            poses.append(p.pose)
+            weights.append(face_weight(p.landmarks, p.crop.shape[0], outside_weight))
+        return cls(crop=torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous(),
+                   landmarks=torch.from_numpy(np.stack(lms)).float(), weight=torch.from_numpy(np.stack(weights))[:, None],
+                   pose=torch.from_numpy(np.stack(poses)).float(), person=torch.tensor(person),
+                   names=[f"{f.parent.name}/{f.stem}" for f in files], outside_weight=outside_weight)
+
+    def images(self, idx: torch.Tensor, flip: torch.Tensor | None = None) -> dict:
+        """0..1 images, landmarks and weights of `idx`, mirrored where `flip` is True."""
+        b = {"image": self.crop[idx].float() / 255, "landmarks": self.landmarks[idx].clone(),
+             "weight": self.weight[idx].clone()}
+        if flip is not None and bool(flip.any()):
+            size = b["image"].shape[-1]
+            for k in ("image", "weight"):
+                b[k][flip] = torch.flip(b[k][flip], dims=[-1])
+            lm = b["landmarks"][flip][:, FLIP68]
+            lm[..., 0] = size - lm[..., 0]
+            b["landmarks"][flip] = lm
+        return b
+
+    def draw_pairs(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(source, target) indices: `n` random identities, two different photos of each."""
+        people = torch.unique(self.person)
+        chosen = people[torch.randint(len(people), (n,), generator=g)]
+        src, tgt = [], []
+        for p in chosen.tolist():
+            members = torch.nonzero(self.person == p)[:, 0]
+            perm = members[torch.randperm(len(members), generator=g)[:2]]
+            src.append(perm[0])
+            tgt.append(perm[1])
+        return torch.stack(src), torch.stack(tgt)
+
+    def fixed_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every identity's first photo -> second and second -> first (evaluation)."""
+        src, tgt = [], []
+        for p in torch.unique(self.person).tolist():
+            a, b = torch.nonzero(self.person == p)[:2, 0].tolist()
+            src += [a, b]
+            tgt += [b, a]
+        return torch.tensor(src), torch.tensor(tgt)
+
+
+def heldout_identities(data_dir: Path) -> list[str]:
+    info = json.loads((Path(data_dir) / "split.json").read_text())
+    return list(info["heldout_identities"])
+
+
+def split_val_test(data_dir: Path, val_identities: int) -> tuple[list[str], list[str]]:
+    held = heldout_identities(data_dir)
+    return held[:val_identities], held[val_identities:]
+
+
+@torch.no_grad()
+def evaluate_capg(generator: CapgGenerator, data: PoseSet, encoder, batch: int = 32) -> dict:
+    """Per pair: L1 on the target's face and dlib distance to the target photo, for the generated view
+    and for the copy baseline (the source photo itself); both aligned by the target's landmarks."""
+    from ganrefine.metrics import masked_l1
+
+    generator.eval()
+    src_idx, tgt_idx = data.fixed_pairs()
+    rows = {k: [] for k in ("l1_copy", "l1_gan", "id_copy", "id_gan")}
+    for s in range(0, len(src_idx), batch):
+        src, tgt = data.images(src_idx[s:s + batch]), data.images(tgt_idx[s:s + batch])
+        out = generator(src["image"], landmark_heatmaps(tgt["landmarks"], src["image"].shape[-1]))
+        face = (tgt["weight"] >= 1.0).float()
+        rows["l1_copy"].append(masked_l1(src["image"], tgt["image"], face))
+        rows["l1_gan"].append(masked_l1(out, tgt["image"], face))
+        e_t = identity_embeddings(encoder, tgt["image"], tgt["landmarks"])
+        rows["id_copy"].append((identity_embeddings(encoder, src["image"], src["landmarks"]) - e_t).norm(dim=-1))
+        rows["id_gan"].append((identity_embeddings(encoder, out, tgt["landmarks"]) - e_t).norm(dim=-1))
+    generator.train()
+    return {k: torch.cat(v).numpy() for k, v in rows.items()}
+
+
+def summarise_capg(per_pair: dict) -> dict:
+    s = {f"{k}_mean": float(np.mean(v)) for k, v in per_pair.items()}
+    s.update({f"{k}_median": float(np.median(v)) for k, v in per_pair.items()})
+    s["score"] = 0.5 * (s["l1_gan_mean"] / s["l1_copy_mean"] + s["id_gan_mean"] / s["id_copy_mean"])
+    return s
+
+
+def sample_grid(generator: CapgGenerator, data: PoseSet, n: int = 8) -> np.ndarray:
+    """(3 S, n S, 3) uint8: rows source, generated at the target's landmarks, real target."""
+    src_idx, tgt_idx = data.fixed_pairs()
+    with torch.no_grad():
+        generator.eval()
+        src, tgt = data.images(src_idx[:n]), data.images(tgt_idx[:n])
+        out = generator(src["image"], landmark_heatmaps(tgt["landmarks"], src["image"].shape[-1]))
+        generator.train()
+    rows = [torch.cat(list(x), dim=-1) for x in (src["image"], out, tgt["image"])]
+    grid = torch.cat(rows, dim=-2).permute(1, 2, 0).numpy()
+    return (grid * 255 + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def _config_from_dict(d: dict) -> CapgTrainConfig:
+    d = dict(d)
+    d["capg"] = CapgConfig(**d.get("capg", {}))
+    return CapgTrainConfig(**d)
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def train_capg(data_dir: Path, out: Path, cfg: CapgTrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    from face3d.image_io import atomic_write_bytes, save_png
+    from ganrefine.identity import IdentityEncoder
+
+    data_dir, out = Path(data_dir), Path(out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if not (data_dir / "split.json").is_file():
+        raise FaceSynthError(f"{data_dir}: no split.json (run `facesynth make-pose-photos` first)")
+    stem = out.with_suffix("")
+    best_path = Path(f"{stem}_best.pt")
+    log_path, val_path, samples = Path(f"{stem}_log.csv"), Path(f"{stem}_val.csv"), Path(f"{stem}_samples")
+
+    torch.manual_seed(cfg.seed)
+    gen = CapgGenerator(cfg.capg)
+    nk = gen.e0[0][0].in_channels - 3
+    disc_a = PatchDiscriminator(in_channels=6)        # (image, source)
+    disc_b = PatchDiscriminator(in_channels=3 + nk)   # (image, target heatmaps)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr_g, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(list(disc_a.parameters()) + list(disc_b.parameters()), lr=cfg.lr_d, betas=(0.5, 0.999))
+    start, best = 0, {"score": math.inf, "step": None}
+    if out.exists():
+        if not resume:
+            raise FaceSynthError(f"{out} exists: pass --resume to continue it, or choose another --out")
+        ck = torch.load(out, map_location="cpu", weights_only=False)
+        if ck.get("format") != CHECKPOINT_FORMAT:
+            raise FaceSynthError(f"{out}: not a CAPG-GAN training checkpoint")
+        saved = _config_from_dict(ck["config"])
+        if asdict(saved.capg) != asdict(cfg.capg):
+            raise FaceSynthError(f"{out}: was trained with another generator architecture")
+        cfg = _config_from_dict({**ck["config"], "steps": cfg.steps, "threads": cfg.threads})
+        gen.load_state_dict(ck["generator"])
+        disc_a.load_state_dict(ck["disc_a"])
+        disc_b.load_state_dict(ck["disc_b"])
+        opt_g.load_state_dict(ck["opt_g"])
+        opt_d.load_state_dict(ck["opt_d"])
+        start, best = int(ck["step"]), ck["best"]
+    elif resume:
+        raise FaceSynthError(f"{out}: nothing to resume")
+
+    val_ids, _ = split_val_test(data_dir, cfg.val_identities)
+    train = PoseSet.load(data_dir / "train", outside_weight=cfg.outside_weight, progress=progress)
+    val = PoseSet.load(data_dir / "heldout", identities=val_ids, outside_weight=cfg.outside_weight)
+    encoder = IdentityEncoder.load()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    samples.mkdir(parents=True, exist_ok=True)
+    size = cfg.capg.size
+
+    def save_checkpoint(step: int) -> None:
+        _save_atomic(out, {"format": CHECKPOINT_FORMAT, "config": asdict(cfg), "step": step, "best": best,
+                           "generator": gen.state_dict(), "disc_a": disc_a.state_dict(), "disc_b": disc_b.state_dict(),
+                           "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "data": str(data_dir),
+                           "train_photos": len(train)})
+
+    def validate(step: int) -> None:
+        nonlocal best
+        s = summarise_capg(evaluate_capg(gen, val, encoder))
+        _append_csv(val_path, {"step": step, **{k: round(v, 6) for k, v in s.items()}})
+        save_png(samples / f"step_{step:06d}.png", sample_grid(gen, val))
+        if s["score"] < best["score"]:
+            best = {"score": s["score"], "step": step}
+            save_capg_weights(best_path, gen, {"step": step, "val": s, "train_config": asdict(cfg),
+                                               "train_photos": len(train), "data": str(data_dir)})
+
+    if start == 0:
+        validate(0)
+    t0 = time.time()
+    bar = tqdm(total=cfg.steps, initial=start, desc="train-capg", unit="step", disable=not progress)
+    for step in range(start + 1, cfg.steps + 1):
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        si, ti = train.draw_pairs(cfg.batch, g)
+        src = train.images(si, torch.rand(cfg.batch, generator=g) < 0.5)
+        tgt = train.images(ti, torch.rand(cfg.batch, generator=g) < 0.5)
+        heat = landmark_heatmaps(tgt["landmarks"], size)
+        fake = gen(src["image"], heat)
+
+        opt_d.zero_grad(set_to_none=True)
+        d_loss = 0.25 * (lsgan_loss(disc_a(tgt["image"], src["image"]), True)
+                         + lsgan_loss(disc_a(fake.detach(), src["image"]), False)
+                         + lsgan_loss(disc_b(tgt["image"], heat), True)
+                         + lsgan_loss(disc_b(fake.detach(), heat), False))
+        d_loss.backward()
+        opt_d.step()
+
+        opt_g.zero_grad(set_to_none=True)
+        l_pix = multiscale_l1(fake, tgt["image"], tgt["weight"])
+        l_a = lsgan_loss(disc_a(fake, src["image"]), True)
+        l_b = lsgan_loss(disc_b(fake, heat), True)
+        with torch.no_grad():
+            e_t = identity_embeddings(encoder, tgt["image"], tgt["landmarks"])
+        l_id = (identity_embeddings(encoder, fake, tgt["landmarks"]) - e_t).norm(dim=-1).mean()
+        l_tv = total_variation(fake)
+        loss = (cfg.pixel_weight * l_pix + cfg.adv_weight * (l_a + l_b) + cfg.identity_weight * l_id
+                + cfg.tv_weight * l_tv)
+        if not torch.isfinite(loss):
+            raise FaceSynthError(f"training diverged at step {step}; resume from the last checkpoint with a lower learning rate")
+        loss.backward()
+        opt_g.step()
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            item = lambda t: float(t.detach())  # noqa: E731
+            row = {"step": step, "seconds": round(time.time() - t0, 1), "g_total": item(loss), "pixel": item(l_pix),
+                   "adv_a": item(l_a), "adv_b": item(l_b), "identity": item(l_id), "tv": item(l_tv), "d": item(d_loss)}
+            _append_csv(log_path, {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+            bar.set_postfix(pix=f"{row['pixel']:.4f}", id=f"{row['identity']:.3f}", d=f"{row['d']:.3f}")
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            validate(step)
+        if step % cfg.checkpoint_every == 0 or step % cfg.eval_every == 0 or step == cfg.steps:
+            save_checkpoint(step)
+    bar.close()
+    if start >= cfg.steps:
+        save_checkpoint(start)
+    summary = {"steps": cfg.steps, "best_step": best["step"], "best_score": best["score"], "weights": str(best_path),
+               "checkpoint": str(out), "log": str(log_path), "seconds_this_run": round(time.time() - t0, 1)}
+    atomic_write_bytes(Path(f"{stem}_summary.json"), json.dumps(summary, indent=1).encode())
+    return summary
+
+
+def add_train_capg_parser(sub) -> None:
+    from ganrefine.cli import int_option
+
+    p = sub.add_parser("train-capg", help="train the GAN-only baseline (CAPG-GAN) on `make-pose-photos` output")
+    p.add_argument("--data", required=True, metavar="DIR", help="cache written by `facesynth make-pose-photos`")
+    p.add_argument("--steps", type=int_option("steps", 1), required=True, help="total training steps")
+    p.add_argument("--out", required=True, metavar="CKPT", help="training checkpoint (.pt); logs and samples go beside it")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint at --out")
+    p.add_argument("--batch", type=int_option("batch", 1), default=CapgTrainConfig.batch,
+                   help=f"batch size (default {CapgTrainConfig.batch})")
+    p.add_argument("--eval-every", type=int_option("eval-every", 1), default=CapgTrainConfig.eval_every,
+                   help=f"validate and keep the best weights every N steps (default {CapgTrainConfig.eval_every})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the batch order (default 0)")
+    p.add_argument("--threads", type=int_option("threads", 1), default=None, help="torch CPU threads (default: all cores)")
+    p.set_defaults(func=run_train_capg)
+
+
+def run_train_capg(args) -> int:
+    cfg = CapgTrainConfig(steps=args.steps, batch=args.batch, eval_every=args.eval_every, seed=args.seed,
+                          threads=args.threads)
+    s = train_capg(Path(args.data), Path(args.out), cfg, resume=args.resume)
+    print(f"best validation step {s['best_step']} (score {s['best_score']:.4f}); weights {s['weights']}")
+    return 0

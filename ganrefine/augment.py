@@ -1,6 +1,6 @@
 """`facesynth augment`: a face dataset in, the same dataset at several head poses out.
 
-    facesynth augment INPUT OUTPUT --yaw -60,-30,0,30,60 [--pitch 0] [--size 128] [--method 3d]
+    facesynth augment INPUT OUTPUT --yaw -60,-30,0,30,60 [--pitch 0] [--size 128] [--method 3d|hybrid|gan]
                       [--workers N] [--backend local|ray] [--ray-address ADDR] [--limit K] [--seed S]
 
 INPUT is a folder in the identity layout (`INPUT/<identity>/<image>`, as LFW, CASIA-WebFace,
@@ -57,7 +57,7 @@ COLUMNS = ["source", "identity", "output", "kind", "yaw", "pitch", "roll", "meth
            "seconds_load", "seconds_detect", "seconds_fit", "seconds_render", "seconds_total"]
 TIMING_COLUMNS = [c for c in COLUMNS if c.startswith("seconds_")]
 #: Settings stored in OUTPUT/augment.json; a resumed run must match them.
-OUTPUT_SETTINGS = ["input", "yaw", "pitch", "roll", "size", "method", "refiner_sha256", "seed", "model", "dense",
+OUTPUT_SETTINGS = ["input", "yaw", "pitch", "roll", "size", "method", "refiner_sha256", "capg_sha256", "seed", "model", "dense",
                    "expression", "shape_jitter", "jitter_samples",
                    "keep_original", "multi_face"]
 PARQUET_MIN_INTERVAL_S = 60.0
@@ -82,8 +82,9 @@ def add_augment_arguments(p: argparse.ArgumentParser) -> None:
                    help="absolute yaw angles in degrees, e.g. -60,-30,0,30,60 or -60:60:30")
     p.add_argument("--pitch", type=_angles("pitch"), default=[0.0], help="absolute pitch angles (default 0)")
     p.add_argument("--roll", type=_angles("roll"), default=[0.0], help="absolute roll angles (default 0)")
-    p.add_argument("--method", choices=["3d", "hybrid"], default="3d",
-                   help="3d: the renders (default); hybrid: the renders refined by the trained refiner")
+    p.add_argument("--method", choices=["3d", "hybrid", "gan"], default="3d",
+                   help="3d: the renders (default); hybrid: the renders refined by the trained refiner; "
+                        "gan: the GAN-only baseline (CAPG-GAN, no 3D rendering; no expression or shape edits)")
     p.add_argument("--size", type=_size, default=128, help="output crop size in pixels (default 128)")
     p.add_argument("--keep-original", action="store_true",
                    help="also write the original photo aligned like the views (<stem>_original.png)")
@@ -544,7 +545,12 @@ def process_source(item: dict, cfg: dict) -> dict:
         for variant in expression_variants(flags, rec.fit, model, key=f"{item['identity']}/{item['stem']}"):
             views = render_variant(variant, rec, model, poses, cfg["size"])
             view_images = views.images
-            if cfg["method"] == "hybrid":
+            if cfg["method"] == "gan":  # the GAN alone: the fit only places the target landmarks and crop
+                from ganrefine.capg import load_default_capg, rotate_with_capg
+
+                view_images = rotate_with_capg(load_default_capg(cfg["capg"]).generator, rec.fit, image, model,
+                                               poses, cfg["size"])
+            elif cfg["method"] == "hybrid":
                 from ganrefine.hybrid import load_hybrid_refiner, refine_views
 
                 view_images = refine_views(load_hybrid_refiner(cfg["refiner"]), views)
@@ -801,6 +807,13 @@ def augment(opts: AugmentOptions) -> AugmentResult:
         from ganrefine.hybrid import load_hybrid_refiner
 
         refiner = load_hybrid_refiner()  # missing weights fail here, before any work
+    capg = None
+    if opts.method == "gan":
+        from ganrefine.capg import load_default_capg
+
+        if opts.expression or (opts.shape_jitter or 0) > 0:
+            raise FaceSynthError("--expression / --shape-jitter: not available with --method gan (it edits no 3D model)")
+        capg = load_default_capg()
     settings = {"input": os.path.abspath(inp), "yaw": [float(v) for v in opts.yaw],
                 "pitch": [float(v) for v in opts.pitch], "roll": [float(v) for v in opts.roll],
                 "size": opts.size, "method": opts.method, "seed": opts.seed, "model": model.name,
@@ -808,7 +821,8 @@ def augment(opts: AugmentOptions) -> AugmentResult:
                 "multi_face": opts.multi_face, "format": 1,
                 "expression": [e.text for e in opts.expression] if opts.expression else None,
                 "shape_jitter": float(opts.shape_jitter or 0.0), "jitter_samples": int(opts.jitter_samples or 1),
-                "refiner": refiner.path if refiner else None, "refiner_sha256": refiner.sha256 if refiner else None}
+                "refiner": refiner.path if refiner else None, "refiner_sha256": refiner.sha256 if refiner else None,
+                "capg_sha256": capg.sha256 if capg else None}
     from ganrefine.expression_options import check_expression_arguments
 
     check_expression_arguments(opts, model)  # unknown blendshape names fail here, before any work
@@ -835,6 +849,7 @@ def augment(opts: AugmentOptions) -> AugmentResult:
                 continue
             todo.append(s)
         cfg = {"model": os.path.abspath(model_dir), "method": opts.method, "refiner": refiner.path if refiner else None,
+               "capg": capg.path if capg else None,
                "poses": poses, "size": opts.size, "dense": opts.dense,
                "seed": opts.seed, "keep_original": opts.keep_original, "multi_face": opts.multi_face,
                "expression": opts.expression, "shape_jitter": float(opts.shape_jitter or 0.0),

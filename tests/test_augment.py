@@ -433,3 +433,33 @@ def test_hybrid_method_refines_the_3d_views(reference, photo_input, tmp_path):
         assert files3[rel] != filesh[rel]
     settings = json.loads((outh / "augment.json").read_text())
     assert settings["refiner_sha256"] == hashlib.sha256(default_weights_path().read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_gan_method_writes_the_same_layout_with_the_gan_weights_hash(reference, photo_input, tmp_path):
+    """--method gan: the same layout and rows as 3d, other pixels, the CAPG-GAN weights' hash in augment.json;
+    3D edits are refused before any work."""
+    import hashlib
+    import json
+
+    from face3d.errors import FaceSynthError
+    from ganrefine.capg import DEFAULT_WEIGHTS
+
+    inp = tmp_path / "in"
+    (inp / "Abdullah_Gul").mkdir(parents=True)
+    shutil.copyfile(photo_input / PHOTOS[0], inp / PHOTOS[0])
+    out3, outg = tmp_path / "o3", tmp_path / "og"
+    augment(opts(inp, out3, keep_original=False))
+    res = augment(opts(inp, outg, keep_original=False, method="gan"))
+    assert res.failed_sources == 0
+    files3, _ = snapshot(out3)
+    filesg, rowsg = snapshot(outg)
+    assert sorted(files3) == sorted(filesg) and len(filesg) == 2
+    assert all(r["method"] == "gan" for r in rowsg)
+    assert all(files3[rel] != filesg[rel] for rel in files3)
+    settings = json.loads((outg / "augment.json").read_text())
+    assert settings["capg_sha256"] == hashlib.sha256(DEFAULT_WEIGHTS.read_bytes()).hexdigest()
+    assert settings["refiner_sha256"] is None
+    with pytest.raises(FaceSynthError, match="not available with --method gan"):
+        augment(opts(inp, tmp_path / "oe", method="gan", shape_jitter=0.5))
+    assert not (tmp_path / "oe").exists()

@@ -71,7 +71,7 @@ def test_cross_verification_counts_pairs_by_hand():
 
 
 def test_method_registry_shape():
-    assert list(compare.METHODS) == ["3d", "hybrid"]
+    assert list(compare.METHODS) == ["3d", "gan", "hybrid"]
     assert all(callable(fn) for fn in compare.METHODS.values())
 
 
@@ -82,7 +82,7 @@ def test_compare_usage_errors(tmp_path, capsys):
     empty.mkdir()
     assert main(["compare", str(empty), "--yaw", "0", "--out", str(tmp_path / "o")]) == 2
     assert main(["compare", str(tmp_path / "missing"), "--yaw", "0", "--out", str(tmp_path / "o")]) == 2
-    assert main(["compare", str(empty), "--yaw", "0", "--methods", "3d,gan", "--out", str(tmp_path / "o")]) == 2
+    assert main(["compare", str(empty), "--yaw", "0", "--methods", "3d,tpgan", "--out", str(tmp_path / "o")]) == 2
     assert main(["compare", str(empty), "--yaw", "95", "--out", str(tmp_path / "o")]) == 2
     assert main(["compare", str(empty), "--yaw", "0", "--real-photos", "-1", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
@@ -91,12 +91,6 @@ def test_compare_usage_errors(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------ end to end
-
-
-def _hybrid_available() -> bool:
-    from ganrefine.hybrid import default_weights_path
-
-    return default_weights_path().is_file()
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +110,7 @@ def compare_run(tmp_path_factory, data_dir):
     (inp / "nobody").mkdir()
     (inp / "nobody" / "broken.jpg").write_bytes(b"not a jpeg")
     Image.new("RGB", (120, 120), (90, 140, 200)).save(inp / "nobody" / "sky.png")
-    methods = "3d,hybrid" if _hybrid_available() else "3d"
+    methods = "3d,gan,hybrid"  # the shipped refiner and CAPG-GAN weights
     out = root / "out"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(compare, "MIN_C2ST_PER_CLASS", 2)   # 4 photos: let the per-yaw realism test run too

@@ -1,0 +1,88 @@
+"""The seed's thesis on held-out identities (issue 6): 3D vs GAN-only vs hybrid with `facesynth compare`.
+
+Input: the held-out LFW identities with several photos that chose no checkpoint of the GAN (the
+multi-photo held-out identities after its first 50 validation ones; `ganrefine.pose_pairs`),
+`--photos-per-identity` photos each, laid out as `compare` expects (symlinks in a temporary folder).
+`facesynth compare` runs in this process with its defaults (landmarks + dense fit, 128 px) on
+yaw -60..60 and writes its report to `--out` (default ~/.cache/facesynth/compare_heldout); this
+script prints the per-method table and the thesis checks, writes benchmarks/results/compare.json
+and the README figure assets/figures/compare_plots.png (the report's own plot).
+
+Thesis (issue 6): hybrid identity_to_source <= 3d + 0.02 and < gan; |hybrid realism - 0.5| < |3d realism - 0.5|.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from _common import RESULTS, ROOT, write_json
+from face3d.morphable_model import default_data_dir
+from ganrefine.pose_pairs import split_pose_photos
+
+YAWS = "-60,-45,-30,-15,0,15,30,45,60"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--photos-per-identity", type=int, default=2)
+    ap.add_argument("--val-identities", type=int, default=50, help="the GAN's validation identities, skipped")
+    ap.add_argument("--real-photos", type=int, default=400)
+    ap.add_argument("--out", default=str(Path.home() / ".cache" / "facesynth" / "compare_heldout"))
+    args = ap.parse_args()
+
+    from ganrefine import compare
+    from ganrefine.cli import main as cli
+
+    lfw = default_data_dir() / "lfw" / "images"
+    split = split_pose_photos(lfw)
+    by_id: dict[str, list[Path]] = {}
+    for p in split.heldout:
+        by_id.setdefault(p.parent.name, []).append(p)
+    ids = sorted(by_id)[args.val_identities:]
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        for ident in ids:
+            (Path(tmp) / ident).mkdir()
+            for p in sorted(by_id[ident])[: args.photos_per_identity]:
+                (Path(tmp) / ident / p.name).symlink_to(p)
+        code = cli(["compare", tmp, "--yaw", YAWS, "--methods", "3d,gan,hybrid", "--real-photos", str(args.real_photos),
+                    "--out", args.out])
+    wall = time.time() - t0
+    data = json.loads((Path(args.out) / "metrics.json").read_text())
+    m = data["methods"]
+    names = compare.METRIC_NAMES
+    print(f"\n{len(ids)} held-out identities x {args.photos_per_identity} photos, yaw {YAWS}; compare exit {code}; "
+          f"{wall / 60:.1f} min")
+    print(f"{'method':<8} " + " ".join(f"{n:>20}" for n in names))
+    for k, v in m.items():
+        print(f"{k:<8} " + " ".join(f"{(v['all'][n] if v['all'][n] is not None else float('nan')):20.3f}" for n in names))
+    print("\nper yaw (identity_to_source / realism / pose_error):")
+    for y in YAWS.split(","):
+        print(f"  yaw {y:>4}: " + "   ".join(
+            f"{k} {v['per_yaw'][y]['identity_to_source']:.3f}/{(v['per_yaw'][y]['realism'] or float('nan')):.3f}/"
+            f"{v['per_yaw'][y]['pose_error']:.1f}" for k, v in m.items()))
+    h, d3, g = m["hybrid"]["all"], m["3d"]["all"], m["gan"]["all"]
+    checks = {
+        "hybrid_identity_within_3d_plus_0.02": h["identity_to_source"] <= d3["identity_to_source"] + 0.02,
+        "hybrid_identity_better_than_gan": h["identity_to_source"] < g["identity_to_source"],
+        "hybrid_realism_closer_to_half_than_3d": abs(h["realism"] - 0.5) < abs(d3["realism"] - 0.5),
+    }
+    for k, ok in checks.items():
+        print(f"{k}: {'yes' if ok else 'NO'}")
+    plot = compare._plots_uri(m, list(m), YAWS.split(","))
+    if plot:
+        fig = ROOT / "assets" / "figures" / "compare_plots.png"
+        fig.write_bytes(base64.b64decode(plot.split(",", 1)[1]))
+        print(f"wrote {fig}")
+    write_json(RESULTS / "compare.json", {"identities": len(ids), "photos_per_identity": args.photos_per_identity,
+                                          "yaws": YAWS, "exit_code": code, "wall_seconds": round(wall, 1),
+                                          "metrics": m, "info": data["info"], "thesis": checks,
+                                          "report": str(Path(args.out) / "report.html")})
+
+
+if __name__ == "__main__":
+    main()

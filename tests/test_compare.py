@@ -131,9 +131,11 @@ def test_compare_writes_metrics_and_report(compare_run):
         assert list(data["methods"][m]["per_yaw"]) == list(YAWS)
         for block in [data["methods"][m]["all"], *data["methods"][m]["per_yaw"].values()]:
             assert list(block) == list(METRIC_NAMES)
-            assert 0.0 <= block["identity_to_source"] < 0.6          # 3D views of these photos keep identity
+            # the 3D stage keeps identity and pose; the GAN-only baseline is looser (LFW-trained, 128 px)
+            kept = m != "gan"
+            assert 0.0 <= block["identity_to_source"] < (0.6 if kept else 0.9)
             assert 0.0 <= block["cross_verification"] <= 1.0
-            assert 0.0 <= block["pose_error"] < 10.0
+            assert 0.0 <= block["pose_error"] < (10.0 if kept else 30.0)
             assert 0.0 <= block["realism"] <= 1.0
             assert block["seconds_per_view"] > 0
     info = data["info"]

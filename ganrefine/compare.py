@@ -7,7 +7,8 @@ INPUT is an identity-layout folder (``INPUT/<identity>/<image>``). Every photo i
 (ICT FaceKit, landmarks + dense stage; ``--no-dense``: landmarks only) and every method in
 ``--methods`` turns it into one view per pose. Each view is scored, and ``DIR/report.html`` (one
 self-contained page: images and plots as base64 PNG data URIs), ``DIR/metrics.json`` and
-``DIR/metrics.csv`` are written atomically.
+``DIR/metrics.csv`` (and ``DIR/views.csv``: one row per view with its detection, distance and pose
+error) are written atomically.
 
 Methods
 -------
@@ -819,6 +820,13 @@ def _write_outputs(out: Path, result: dict, views, sources, methods, poses, args
         for y, row in [("all", result["methods"][m]["all"])] + list(result["methods"][m]["per_yaw"].items()):
             w.writerow([m, y, *("" if row[n] is None else row[n] for n in METRIC_NAMES)])
     atomic_write_bytes(out / "metrics.csv", buf.getvalue().encode())
+    buf = io.StringIO()  # one row per view: what the medians are made of, for analyses of one's own
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["photo", "identity", "method", "yaw", "pitch", "face_detected", "identity_to_source", "pose_error"])
+    for v in views:
+        w.writerow([v["photo"], v["identity"], v["method"], v["yaw"], v["pitch"], int(v["detected"]),
+                    *("" if not math.isfinite(x) else round(x, 6) for x in (v["distance"], v["pose_error"]))])
+    atomic_write_bytes(out / "views.csv", buf.getvalue().encode())
     atomic_write_bytes(out / "report.html", _report_html(result, views, sources, methods, poses, args).encode())
-    for name in ("metrics.json", "metrics.csv", "report.html"):
+    for name in ("metrics.json", "metrics.csv", "views.csv", "report.html"):
         os.chmod(out / name, 0o644)  # the temporary file's 0600 is no mode for a report

@@ -153,6 +153,11 @@ def test_compare_writes_metrics_and_report(compare_run):
     assert list(rows[0]) == ["method", "yaw", *METRIC_NAMES]
     assert [(r["method"], r["yaw"]) for r in rows] == [(m, y) for m in methods for y in ("all", *YAWS)]
     assert float(rows[0]["identity_to_source"]) == pytest.approx(data["methods"]["3d"]["all"]["identity_to_source"])
+    # views.csv: one row per view, and its distances are what the medians were taken of
+    per_view = list(csv.DictReader((out / "views.csv").open()))
+    assert len(per_view) == len(methods) * 4 * len(YAWS)
+    d3 = [float(r["identity_to_source"]) if r["identity_to_source"] else np.inf for r in per_view if r["method"] == "3d"]
+    assert float(np.median(d3)) == pytest.approx(data["methods"]["3d"]["all"]["identity_to_source"], abs=1e-5)
 
     page = (out / "report.html").read_text()
     assert not re.search(r"""src\s*=\s*["']?(https?:)?//""", page)       # self-contained

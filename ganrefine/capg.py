@@ -110,16 +110,9 @@ def save_capg_weights(path: Path, generator: CapgGenerator, info: dict) -> None:
 def load_capg(path: str | os.PathLike) -> tuple[CapgGenerator, dict]:
     """A trained generator (eval mode) and its info from a weights file or a `train-capg` checkpoint."""
     from ganrefine.train_capg import CHECKPOINT_FORMAT
+    from ganrefine.train_refiner import load_torch_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise FaceSynthError(f"{path}: CAPG-GAN weights not found")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated or foreign file
-        raise FaceSynthError(f"{path}: not a CAPG-GAN weights file ({type(exc).__name__})") from None
-    if not isinstance(ck, dict) or ck.get("format") not in (WEIGHTS_FORMAT, CHECKPOINT_FORMAT):
-        raise FaceSynthError(f"{path}: not a CAPG-GAN weights file")
+    ck = load_torch_file(path, (WEIGHTS_FORMAT, CHECKPOINT_FORMAT), "CAPG-GAN")
     if ck["format"] == CHECKPOINT_FORMAT:
         cfg, state = CapgConfig(**ck["config"]["capg"]), ck["generator"]
     else:

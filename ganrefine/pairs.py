@@ -113,13 +113,8 @@ class LfwSplit:
     heldout_identities: list[str]
 
 
-def split_lfw(root: Path, holdout: int = 300, train_photos: int | None = None, seed: int = 0) -> LfwSplit:
-    """Split LFW (``root/<name>/<name>_NNNN.jpg``) by identity and choose the photos.
-
-    Held out: one photo per held-out identity (the first), so every held-out person counts once.
-    Train: every photo of the train identities, or a seeded choice of `train_photos` of them that
-    takes one photo of each person before any second one (identity diversity over repeats).
-    """
+def lfw_photos_by_identity(root: Path) -> dict[str, list[Path]]:
+    """``root/<name>/*.jpg`` as {name: sorted photos}, without `EXCLUDED_IDENTITIES`."""
     root = Path(root)
     if not root.is_dir():
         raise FaceSynthError(f"{root}: not a folder of LFW identities")
@@ -127,6 +122,17 @@ def split_lfw(root: Path, holdout: int = 300, train_photos: int | None = None, s
     by_name = {k: v for k, v in by_name.items() if v and k not in EXCLUDED_IDENTITIES}
     if not by_name:
         raise FaceSynthError(f"{root}: no <identity>/*.jpg photos found")
+    return by_name
+
+
+def split_lfw(root: Path, holdout: int = 300, train_photos: int | None = None, seed: int = 0) -> LfwSplit:
+    """Split LFW (``root/<name>/<name>_NNNN.jpg``) by identity and choose the photos.
+
+    Held out: one photo per held-out identity (the first), so every held-out person counts once.
+    Train: every photo of the train identities, or a seeded choice of `train_photos` of them that
+    takes one photo of each person before any second one (identity diversity over repeats).
+    """
+    by_name = lfw_photos_by_identity(root)
     train_ids, held_ids = split_identities(list(by_name), holdout=holdout, seed=seed)
     held = [by_name[n][0] for n in held_ids]
     # round-robin over identities in a seeded order: rank r holds every identity's r-th photo

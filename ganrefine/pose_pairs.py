@@ -99,15 +99,9 @@ class PoseSplit:
 def split_pose_photos(root: Path, holdout: int = 300, per_identity: int = 3, heldout_per_identity: int = 6,
                       seed: int = 0) -> PoseSplit:
     """The photos of multi-photo identities, split by identity like the refiner's pairs."""
-    from ganrefine.pairs import EXCLUDED_IDENTITIES, split_identities
+    from ganrefine.pairs import lfw_photos_by_identity, split_identities
 
-    root = Path(root)
-    if not root.is_dir():
-        raise FaceSynthError(f"{root}: not a folder of LFW identities")
-    by_name = {d.name: sorted(d.glob("*.jpg")) for d in sorted(root.iterdir()) if d.is_dir()}
-    by_name = {k: v for k, v in by_name.items() if v and k not in EXCLUDED_IDENTITIES}
-    if not by_name:
-        raise FaceSynthError(f"{root}: no <identity>/*.jpg photos found")
+    by_name = lfw_photos_by_identity(root)
     train_ids, held_ids = split_identities(list(by_name), holdout=holdout, seed=seed)
     key = lambda p: hashlib.sha1(f"{seed}:{p.name}".encode()).hexdigest()  # noqa: E731
 
@@ -122,44 +116,30 @@ def split_pose_photos(root: Path, holdout: int = 300, per_identity: int = 3, hel
 
 def add_make_pose_photos_parser(sub) -> None:
     from ganrefine.cli import int_option
+    from ganrefine.pairs_cli import add_cache_arguments
 
     p = sub.add_parser("make-pose-photos",
                        help="fit and align LFW photos of multi-photo identities (the GAN baseline's real pose pairs)")
-    p.add_argument("lfw", metavar="LFW", help="LFW images folder (<identity>/<identity>_NNNN.jpg)")
-    p.add_argument("--out", required=True, metavar="CACHE", help="cache folder (keep it outside the repository)")
+    add_cache_arguments(p, "identities held out (the refiner's split; default 300)")
     p.add_argument("--per-identity", type=int_option("per-identity", 2), default=3,
                    help="photos per train identity (default 3)")
     p.add_argument("--heldout-per-identity", type=int_option("heldout-per-identity", 2), default=6,
                    help="photos per held-out identity (default 6)")
-    p.add_argument("--holdout", type=int_option("holdout", 1), default=300,
-                   help="identities held out (the refiner's split; default 300)")
-    p.add_argument("--size", type=int_option("size", 32, 1024), default=128, help="crop size (default 128)")
-    p.add_argument("--workers", type=int_option("workers", 1), default=1, help="processes (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="split seed (default 0, the refiner's)")
-    p.add_argument("--model", default=None, metavar="DIR", help="morphable model folder (default ICT FaceKit)")
     p.set_defaults(func=run_make_pose_photos)
 
 
 def run_make_pose_photos(args) -> int:
-    import json
-
-    from face3d.image_io import atomic_write_bytes
     from face3d.morphable_model import load_morphable_model
     from ganrefine.pairs import generate_pairs
+    from ganrefine.pairs_cli import write_split
 
     split = split_pose_photos(Path(args.lfw), holdout=args.holdout, per_identity=args.per_identity,
                               heldout_per_identity=args.heldout_per_identity, seed=args.seed)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    info = {"lfw": str(Path(args.lfw).resolve()), "seed": args.seed, "size": args.size, "holdout": args.holdout,
-            "train_identities": split.train_identities, "heldout_identities": split.heldout_identities,
-            "train_photos": len(split.train), "heldout_photos": len(split.heldout)}
-    split_file = out / "split.json"
-    if split_file.exists():
-        old = json.loads(split_file.read_text())
-        if old.get("heldout_identities") != info["heldout_identities"] or old.get("size") != args.size:
-            raise FaceSynthError(f"{out} holds photos of another split or size; use a new --out")
-    atomic_write_bytes(split_file, json.dumps(info, indent=1).encode())
+    write_split(out, {"lfw": str(Path(args.lfw).resolve()), "seed": args.seed, "size": args.size,
+                      "holdout": args.holdout, "train_identities": split.train_identities,
+                      "heldout_identities": split.heldout_identities, "train_photos": len(split.train),
+                      "heldout_photos": len(split.heldout)})
     model = load_morphable_model(args.model)
     for name, photos in (("heldout", split.heldout), ("train", split.train)):
         res = generate_pairs(photos, out / name, model, size=args.size, seed=args.seed, workers=args.workers,

@@ -21,7 +21,6 @@ copies its input scores 1.0 on the selection score (mean of L1 and identity dist
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -34,7 +33,8 @@ import torch
 from face3d.errors import FaceSynthError
 from ganrefine.capg import CapgConfig, CapgGenerator, face_weight, landmark_heatmaps, save_capg_weights
 from ganrefine.refiner import PatchDiscriminator, lsgan_loss, multiscale_l1, total_variation
-from ganrefine.train_refiner import FLIP68, _save_atomic, identity_embeddings
+from ganrefine.train_refiner import (FLIP68, _save_atomic, add_training_arguments, append_csv, identity_embeddings,
+                                     log_losses, open_checkpoint, write_summary)
 
 CHECKPOINT_FORMAT = "facesynth-capg-train/1"
 
@@ -196,19 +196,10 @@ def _config_from_dict(d: dict) -> CapgTrainConfig:
     return CapgTrainConfig(**d)
 
 
-def _append_csv(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
-
-
 def train_capg(data_dir: Path, out: Path, cfg: CapgTrainConfig, resume: bool = False, progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    from face3d.image_io import atomic_write_bytes, save_png
+    from face3d.image_io import save_png
     from ganrefine.identity import IdentityEncoder
 
     data_dir, out = Path(data_dir), Path(out)
@@ -228,12 +219,8 @@ def train_capg(data_dir: Path, out: Path, cfg: CapgTrainConfig, resume: bool = F
     opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr_g, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(list(disc_a.parameters()) + list(disc_b.parameters()), lr=cfg.lr_d, betas=(0.5, 0.999))
     start, best = 0, {"score": math.inf, "step": None}
-    if out.exists():
-        if not resume:
-            raise FaceSynthError(f"{out} exists: pass --resume to continue it, or choose another --out")
-        ck = torch.load(out, map_location="cpu", weights_only=False)
-        if ck.get("format") != CHECKPOINT_FORMAT:
-            raise FaceSynthError(f"{out}: not a CAPG-GAN training checkpoint")
+    ck = open_checkpoint(out, resume, CHECKPOINT_FORMAT, "CAPG-GAN")
+    if ck is not None:
         saved = _config_from_dict(ck["config"])
         if asdict(saved.capg) != asdict(cfg.capg):
             raise FaceSynthError(f"{out}: was trained with another generator architecture")
@@ -244,8 +231,6 @@ def train_capg(data_dir: Path, out: Path, cfg: CapgTrainConfig, resume: bool = F
         opt_g.load_state_dict(ck["opt_g"])
         opt_d.load_state_dict(ck["opt_d"])
         start, best = int(ck["step"]), ck["best"]
-    elif resume:
-        raise FaceSynthError(f"{out}: nothing to resume")
 
     val_ids, _ = split_val_test(data_dir, cfg.val_identities)
     train = PoseSet.load(data_dir / "train", outside_weight=cfg.outside_weight, progress=progress)
@@ -266,7 +251,7 @@ def train_capg(data_dir: Path, out: Path, cfg: CapgTrainConfig, resume: bool = F
     def validate(step: int) -> None:
         nonlocal best
         s = summarise_capg(evaluate_capg(gen, val, encoder))
-        _append_csv(val_path, {"step": step, **{k: round(v, 6) for k, v in s.items()}})
+        append_csv(val_path, {"step": step, **{k: round(v, 6) for k, v in s.items()}})
         save_png(samples / f"step_{step:06d}.png", sample_grid(gen, val))
         if s["score"] < best["score"]:
             best = {"score": s["score"], "step": step}
@@ -312,8 +297,7 @@ def train_capg(data_dir: Path, out: Path, cfg: CapgTrainConfig, resume: bool = F
             item = lambda t: float(t.detach())  # noqa: E731
             row = {"step": step, "seconds": round(time.time() - t0, 1), "g_total": item(loss), "pixel": item(l_pix),
                    "adv_a": item(l_a), "adv_b": item(l_b), "identity": item(l_id), "tv": item(l_tv), "d": item(d_loss)}
-            _append_csv(log_path, {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
-            bar.set_postfix(pix=f"{row['pixel']:.4f}", id=f"{row['identity']:.3f}", d=f"{row['d']:.3f}")
+            log_losses(log_path, bar, row)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             validate(step)
         if step % cfg.checkpoint_every == 0 or step % cfg.eval_every == 0 or step == cfg.steps:
@@ -321,26 +305,12 @@ def train_capg(data_dir: Path, out: Path, cfg: CapgTrainConfig, resume: bool = F
     bar.close()
     if start >= cfg.steps:
         save_checkpoint(start)
-    summary = {"steps": cfg.steps, "best_step": best["step"], "best_score": best["score"], "weights": str(best_path),
-               "checkpoint": str(out), "log": str(log_path), "seconds_this_run": round(time.time() - t0, 1)}
-    atomic_write_bytes(Path(f"{stem}_summary.json"), json.dumps(summary, indent=1).encode())
-    return summary
+    return write_summary(out, cfg.steps, best, t0)
 
 
 def add_train_capg_parser(sub) -> None:
-    from ganrefine.cli import int_option
-
     p = sub.add_parser("train-capg", help="train the GAN-only baseline (CAPG-GAN) on `make-pose-photos` output")
-    p.add_argument("--data", required=True, metavar="DIR", help="cache written by `facesynth make-pose-photos`")
-    p.add_argument("--steps", type=int_option("steps", 1), required=True, help="total training steps")
-    p.add_argument("--out", required=True, metavar="CKPT", help="training checkpoint (.pt); logs and samples go beside it")
-    p.add_argument("--resume", action="store_true", help="continue the checkpoint at --out")
-    p.add_argument("--batch", type=int_option("batch", 1), default=CapgTrainConfig.batch,
-                   help=f"batch size (default {CapgTrainConfig.batch})")
-    p.add_argument("--eval-every", type=int_option("eval-every", 1), default=CapgTrainConfig.eval_every,
-                   help=f"validate and keep the best weights every N steps (default {CapgTrainConfig.eval_every})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the batch order (default 0)")
-    p.add_argument("--threads", type=int_option("threads", 1), default=None, help="torch CPU threads (default: all cores)")
+    add_training_arguments(p, CapgTrainConfig, "cache written by `facesynth make-pose-photos`")
     p.set_defaults(func=run_train_capg)
 
 

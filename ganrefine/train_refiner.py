@@ -228,6 +228,75 @@ def _save_atomic(path: Path, obj: dict) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def load_torch_file(path: str | os.PathLike, formats: tuple[str, ...], what: str) -> dict:
+    """A `torch.save`d dict whose "format" is one of `formats`; a one-line error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise FaceSynthError(f"{path}: {what} weights not found")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated or foreign file
+        raise FaceSynthError(f"{path}: not a {what} weights file ({type(exc).__name__})") from None
+    if not isinstance(ck, dict) or ck.get("format") not in formats:
+        raise FaceSynthError(f"{path}: not a {what} weights file")
+    return ck
+
+
+def open_checkpoint(out: Path, resume: bool, fmt: str, what: str) -> dict | None:
+    """The checkpoint to continue (`--resume`), None for a fresh run; refuses to overwrite one."""
+    if out.exists():
+        if not resume:
+            raise FaceSynthError(f"{out} exists: pass --resume to continue it, or choose another --out")
+        ck = torch.load(out, map_location="cpu", weights_only=False)
+        if ck.get("format") != fmt:
+            raise FaceSynthError(f"{out}: not a {what} training checkpoint")
+        return ck
+    if resume:
+        raise FaceSynthError(f"{out}: nothing to resume")
+    return None
+
+
+def append_csv(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def log_losses(path: Path, bar, row: dict) -> None:
+    """One row of the loss log (floats rounded) and the progress bar's pixel / identity / D figures."""
+    append_csv(path, {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+    bar.set_postfix(pix=f"{row['pixel']:.4f}", id=f"{row['identity']:.3f}", d=f"{row['d']:.3f}")
+
+
+def write_summary(out: Path, steps: int, best: dict, t0: float) -> dict:
+    """`<stem>_summary.json` at the end of a run (what the CLI prints), returned."""
+    from face3d.image_io import atomic_write_bytes
+
+    stem = out.with_suffix("")
+    summary = {"steps": steps, "best_step": best["step"], "best_score": best["score"], "weights": f"{stem}_best.pt",
+               "checkpoint": str(out), "log": f"{stem}_log.csv", "seconds_this_run": round(time.time() - t0, 1)}
+    atomic_write_bytes(Path(f"{stem}_summary.json"), json.dumps(summary, indent=1).encode())
+    return summary
+
+
+def add_training_arguments(p, cfg_cls, data_help: str) -> None:
+    """The flags that `train-refiner` and `train-capg` share."""
+    from ganrefine.cli import int_option
+
+    p.add_argument("--data", required=True, metavar="DIR", help=data_help)
+    p.add_argument("--steps", type=int_option("steps", 1), required=True, help="total training steps")
+    p.add_argument("--out", required=True, metavar="CKPT", help="training checkpoint file (.pt); logs and samples go beside it")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint at --out")
+    p.add_argument("--batch", type=int_option("batch", 1), default=cfg_cls.batch, help=f"batch size (default {cfg_cls.batch})")
+    p.add_argument("--eval-every", type=int_option("eval-every", 1), default=cfg_cls.eval_every,
+                   help=f"validate and keep the best weights every N steps (default {cfg_cls.eval_every})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the batch order (default 0)")
+    p.add_argument("--threads", type=int_option("threads", 1), default=None, help="torch CPU threads (default: all cores)")
+
+
 def save_weights(path: Path, generator: RefinerGenerator, info: dict) -> None:
     """The generator alone, with its architecture config: what `load_refiner` reads."""
     _save_atomic(path, {"format": WEIGHTS_FORMAT, "refiner_config": asdict(generator.cfg),
@@ -236,15 +305,7 @@ def save_weights(path: Path, generator: RefinerGenerator, info: dict) -> None:
 
 def load_refiner(path: str | os.PathLike) -> tuple[RefinerGenerator, dict]:
     """A trained generator (eval mode) and its info from a `_best.pt` weights file or a training checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise FaceSynthError(f"{path}: refiner weights not found")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated or foreign file
-        raise FaceSynthError(f"{path}: not a refiner weights file ({type(exc).__name__})") from None
-    if not isinstance(ck, dict) or ck.get("format") not in (WEIGHTS_FORMAT, CHECKPOINT_FORMAT):
-        raise FaceSynthError(f"{path}: not a refiner weights file")
+    ck = load_torch_file(path, (WEIGHTS_FORMAT, CHECKPOINT_FORMAT), "refiner")
     if ck["format"] == CHECKPOINT_FORMAT:
         cfg = RefinerConfig(**ck["config"]["refiner"])
         state = ck["generator"]
@@ -265,7 +326,7 @@ def load_refiner(path: str | os.PathLike) -> tuple[RefinerGenerator, dict]:
 def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    from face3d.image_io import atomic_write_bytes, save_png
+    from face3d.image_io import save_png
     from ganrefine.identity import IdentityEncoder
 
     data_dir, out = Path(data_dir), Path(out)
@@ -289,12 +350,8 @@ def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = Fa
     opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr_g, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999))
     start, best = 0, {"score": math.inf, "step": None}
-    if out.exists():
-        if not resume:
-            raise FaceSynthError(f"{out} exists: pass --resume to continue it, or choose another --out")
-        ck = torch.load(out, map_location="cpu", weights_only=False)
-        if ck.get("format") != CHECKPOINT_FORMAT:
-            raise FaceSynthError(f"{out}: not a refiner training checkpoint")
+    ck = open_checkpoint(out, resume, CHECKPOINT_FORMAT, "refiner")
+    if ck is not None:
         saved = _config_from_dict(ck["config"])
         if asdict(saved.refiner) != asdict(cfg.refiner):
             raise FaceSynthError(f"{out}: was trained with another refiner architecture")
@@ -304,8 +361,6 @@ def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = Fa
         opt_g.load_state_dict(ck["opt_g"])
         opt_d.load_state_dict(ck["opt_d"])
         start, best = int(ck["step"]), ck["best"]
-    elif resume:
-        raise FaceSynthError(f"{out}: nothing to resume")
 
     train = PairSet.load(train_files, progress=progress)
     val = PairSet.load(val_files, progress=False)
@@ -320,14 +375,6 @@ def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = Fa
                            "generator": gen.state_dict(), "discriminator": disc.state_dict(),
                            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                            "data": str(data_dir), "train_pairs": len(train)})
-
-    def append_csv(path: Path, row: dict) -> None:
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
 
     def validate(step: int) -> None:
         nonlocal best
@@ -382,8 +429,7 @@ def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = Fa
             row = {"step": step, "seconds": round(time.time() - t0, 1), "g_total": item(loss), "pixel": item(l_pix),
                    "symmetry": item(l_sym), "adv": item(l_adv), "identity": item(l_id), "tv": item(l_tv),
                    "d": item(d_loss), "frontal": int(frontal.sum())}
-            append_csv(log_path, {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
-            bar.set_postfix(pix=f"{row['pixel']:.4f}", id=f"{row['identity']:.3f}", d=f"{row['d']:.3f}")
+            log_losses(log_path, bar, row)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             validate(step)
         if step % cfg.checkpoint_every == 0 or step % cfg.eval_every == 0 or step == cfg.steps:
@@ -391,10 +437,7 @@ def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = Fa
     bar.close()
     if start >= cfg.steps:
         save_checkpoint(start)
-    summary = {"steps": cfg.steps, "best_step": best["step"], "best_score": best["score"], "weights": str(best_path),
-               "checkpoint": str(out), "log": str(log_path), "seconds_this_run": round(time.time() - t0, 1)}
-    atomic_write_bytes(Path(f"{stem}_summary.json"), json.dumps(summary, indent=1).encode())
-    return summary
+    return write_summary(out, cfg.steps, best, t0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -402,18 +445,9 @@ def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = Fa
 
 
 def add_train_refiner_parser(sub) -> None:
-    from ganrefine.cli import int_option
 
     p = sub.add_parser("train-refiner", help="train the refiner on `make-pairs` output")
-    p.add_argument("--data", required=True, metavar="DIR", help="pair cache written by `facesynth make-pairs`")
-    p.add_argument("--steps", type=int_option("steps", 1), required=True, help="total training steps")
-    p.add_argument("--out", required=True, metavar="CKPT", help="training checkpoint file (.pt); logs and samples go beside it")
-    p.add_argument("--resume", action="store_true", help="continue the checkpoint at --out")
-    p.add_argument("--batch", type=int_option("batch", 1), default=TrainConfig.batch, help=f"batch size (default {TrainConfig.batch})")
-    p.add_argument("--eval-every", type=int_option("eval-every", 1), default=TrainConfig.eval_every,
-                   help=f"validate and keep the best weights every N steps (default {TrainConfig.eval_every})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the batch order (default 0)")
-    p.add_argument("--threads", type=int_option("threads", 1), default=None, help="torch CPU threads (default: all cores)")
+    add_training_arguments(p, TrainConfig, "pair cache written by `facesynth make-pairs`")
     p.set_defaults(func=run_train_refiner)
 
 

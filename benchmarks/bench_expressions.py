@@ -7,6 +7,9 @@ For every photo in ../shared/data/faces: fit (default settings), render frontal 
   smile       mouth width (/ eye distance) grows by >= 8 %, both corners rise relative to the lip centre
   blink       eye aspect ratio < 0.5 x neutral's
 
+Views whose expression parts the lips beyond the fit's own render the ICT teeth, gums and tongue
+(`face3d.expressions.mouth_mesh`); each preset row records whether it did (`mouth_parts`).
+
 Identity: dlib face-descriptor distance between each edited view and the source photo < 0.6.
 Shape jitter S = 0.5 (3 draws per photo, fitted expression): share of views under 0.6 and the mean
 dlib landmark shift against the un-jittered view (px, and / outer-eye distance).
@@ -70,7 +73,8 @@ def main():
     torch.set_num_threads(args.threads)
 
     from face3d import Pose, load_image, load_morphable_model, reconstruct_faces
-    from face3d.expressions import ICT_PRESETS, PRESET_NAMES, expression_coefficients, shape_samples, Variant, parse_expression
+    from face3d.expressions import (ICT_PRESETS, PRESET_NAMES, Variant, expression_coefficients, mouth_opens,
+                                    parse_expression, shape_samples)
     from face3d.landmarks import detect_faces
     from ganrefine.expression_options import render_variant
 
@@ -102,6 +106,7 @@ def main():
             m = mouth_eye_metrics(f[0].landmarks)
             m["distance"] = float(np.linalg.norm(descriptor(view, f[0]) - src_desc))
             m["detected"] = True
+            m["mouth_parts"] = mouth_opens(model, v.coefficients, rec.fit.expression, rec.fit.identity)
             per[name] = m
         row["render_s_per_view"] = round((time.perf_counter() - t0) / len(PRESET_NAMES), 3)
         row["presets"] = per
@@ -171,6 +176,8 @@ def main():
         "identity_distance_max": {k: (float(np.max(v)) if v else None) for k, v in ident.items()},
         "identity_under_0.6": {k: f"{int(np.sum(np.array(v) < 0.6))}/{len(v) + undetected[k]}" for k, v in ident.items()},
         "views_without_face": undetected,
+        "views_with_mouth_parts": {k: int(sum(bool(r.get("presets", {}).get(k, {}).get("mouth_parts")) for r in rows))
+                                   for k in PRESET_NAMES},
         "jitter": {
             "scale": JITTER, "samples_per_photo": JITTER_SAMPLES,
             "share_distance_under_0.6": float(np.mean(np.array(jd) < 0.6)) if jd else None,

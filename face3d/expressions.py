@@ -517,3 +517,87 @@ def expression_texture(texture, model: MorphableModel, expression: np.ndarray,
             sel = side == np.sign(model.mean[lm[pairs[0][0]], 0])
             out[sel] = out[sel] * (1 - k) + lash_rgb * k
     return Texture(out.reshape(Ht, Wt, 3).astype(np.float32), texture.confidence)
+
+
+# --------------------------------------------------------------------------------------------
+# Opening the mouth: the teeth, gums and tongue that a closed-mouth photo did not show
+
+#: iBUG inner-lip landmark pairs (upper, lower), 0-based: the lip gap is their mean distance.
+_INNER_LIP_PAIRS = ((61, 67), (62, 66), (63, 65))
+MOUTH_OPENS_MM = 1.0          # teeth are rendered when the lips part this much more than the fit's
+TEETH_RGB = (0.90, 0.87, 0.78)        # off-white enamel (sRGB, 0..1)
+GUMS_RGB = (0.72, 0.33, 0.36)         # pink-red gums and tongue
+#: Light falls off into the mouth cavity: a surface this many mm behind the front teeth gets 1/e
+#: of the light, never less than the floor. A dark cavity is what photos of open mouths show, and
+#: what dlib's landmarks need: with a brighter interior (1/e at 45 mm, floor 0.4) they took it for
+#: the lower lip on bearded faces (benchmarks/bench_expressions.py, deepface_jack img61/62).
+MOUTH_FALLOFF_MM = 12.0
+MOUTH_FALLOFF_FLOOR = 0.06
+
+
+def lip_gap(model: MorphableModel, expression: np.ndarray, identity: np.ndarray | None = None) -> float:
+    """Mean inner-lip gap (mm) of the model with these coefficients: upper minus lower inner-lip
+    landmark height (+y up), so lips pressed through each other (mouthClose alone) count as closed,
+    not as open. 0 where the model lacks the landmarks."""
+    lm = model.landmark_vertices
+    rows = np.array([lm[k] for p in _INNER_LIP_PAIRS for k in p])
+    if (rows < 0).any():
+        return 0.0
+    pos = model.mean[rows].astype(np.float64)
+    if identity is not None:
+        a = np.asarray(identity, np.float32).reshape(-1)[: model.num_identity]
+        pos = pos + np.einsum("k,kvc->vc", a, model.identity_basis[: a.size, rows])
+    b = np.asarray(expression, np.float32).reshape(-1)[: model.num_expressions]
+    pos = pos + np.einsum("e,evc->vc", b, model.expression_basis[: b.size, rows])
+    return float(np.mean([pos[2 * i, 1] - pos[2 * i + 1, 1] for i in range(len(_INNER_LIP_PAIRS))]))
+
+
+def mouth_opens(model: MorphableModel, expression: np.ndarray, fitted: np.ndarray | None = None,
+                identity: np.ndarray | None = None) -> bool:
+    """Whether `expression` parts the lips more than the fit's own expression (by MOUTH_OPENS_MM;
+    a fit whose lips overlap counts as closed, gap 0)."""
+    base = np.zeros(model.num_expressions, np.float32) if fitted is None else fitted
+    return lip_gap(model, expression, identity) > max(lip_gap(model, base, identity), 0.0) + MOUTH_OPENS_MM
+
+
+def mouth_part_colours(parts) -> np.ndarray:
+    """(Vm, 3) default colours of the teeth (off-white) and gums and tongue (pink-red), darkened with
+    depth into the mouth and by a frontal light on the mean shape, so the unlit render reads as a
+    mouth cavity rather than a flat cut-out."""
+    from face3d.morphable_model import MOUTH_PART_NAMES
+
+    V, T = parts.mean.astype(np.float64), parts.triangles
+    n = np.zeros_like(V)
+    fn = np.cross(V[T[:, 1]] - V[T[:, 0]], V[T[:, 2]] - V[T[:, 0]])
+    for k in range(3):
+        np.add.at(n, T[:, k], fn)
+    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-9)
+    teeth = np.isin(parts.part, [MOUTH_PART_NAMES.index("upper_teeth"), MOUTH_PART_NAMES.index("lower_teeth")])
+    front = V[teeth, 2].max()
+    depth = np.exp(-np.maximum(front - V[:, 2], 0.0) / MOUTH_FALLOFF_MM)
+    light = (0.55 + 0.45 * np.clip(n[:, 2], 0.0, 1.0)) * np.maximum(depth, MOUTH_FALLOFF_FLOOR)
+    base = np.where(teeth[:, None], np.array(TEETH_RGB), np.array(GUMS_RGB))
+    return np.clip(base * light[:, None], 0.0, 1.0).astype(np.float32)
+
+
+def mouth_mesh(model: MorphableModel, expression: np.ndarray, identity: np.ndarray,
+               fitted: np.ndarray | None = None):
+    """The teeth, gums and tongue to render with an expression (a `ColouredMesh`), or None.
+
+    None when the model has no mouth parts (the SFM) or when `expression` does not part the lips
+    beyond the fit's own (`mouth_opens`): a view that keeps the photo's mouth renders as before.
+    The parts follow the same identity and expression coefficients as the head, so the lower teeth
+    move with jawOpen.
+    """
+    from face3d.morphable_model import load_mouth_parts
+    from face3d.render import ColouredMesh
+
+    if not mouth_opens(model, expression, fitted, identity):
+        return None
+    parts = load_mouth_parts(model)
+    if parts is None:
+        return None
+    key = ("mouth_part_colours",)
+    if key not in model._torch_cache:
+        model._torch_cache[key] = mouth_part_colours(parts)
+    return ColouredMesh(parts.shape(identity, expression), parts.triangles, model._torch_cache[key])

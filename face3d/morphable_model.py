@@ -298,6 +298,122 @@ def _mirror_vertices(mean: np.ndarray, part: np.ndarray | None = None) -> np.nda
 
 
 # --------------------------------------------------------------------------------------------
+# ICT FaceKit teeth, gums and tongue (loaded on demand, apart from the head model)
+
+#: The ICT geometries inside the mouth, not part of `MorphableModel` (whose vertex list, atlas and
+#: caches stay as they are): name, vertex range, polygon range (README.upstream.md's tables).
+_ICT_MOUTH_PARTS = [
+    ("gums_tongue", (14062, 17038), (14034, 17005)),
+    ("upper_teeth", (17039, 19246), (17006, 19249)),   # teeth #0-#15
+    ("lower_teeth", (19247, 21450), (19250, 21495)),   # teeth #16-#31
+]
+MOUTH_PART_NAMES = tuple(n for n, _, _ in _ICT_MOUTH_PARTS)
+
+
+@dataclass
+class MouthParts:
+    """The teeth, gums and tongue of the ICT FaceKit as a linear model sharing the head's coefficients.
+
+    The same identity and expression coefficients as the head apply (the upstream blendshapes move
+    these parts too: jawOpen carries the lower teeth, gums and tongue with the jaw, the upper teeth
+    stay on the skull). Millimetres, the head model's axes.
+    """
+
+    mean: np.ndarray                      # (Vm, 3)
+    identity_basis: np.ndarray            # (K, Vm, 3)
+    expression_basis: np.ndarray          # (E, Vm, 3), same order as the head's expression_names
+    triangles: np.ndarray                 # (Fm, 3) int64, counter-clockwise seen from outside
+    part: np.ndarray                      # (Vm,) int64 index into MOUTH_PART_NAMES
+
+    @property
+    def num_vertices(self) -> int:
+        return self.mean.shape[0]
+
+    def shape(self, identity: np.ndarray, expression: np.ndarray | None = None) -> np.ndarray:
+        """Vertex positions (Vm, 3) for the head's identity (K',) and expression (E',) coefficients."""
+        a = np.asarray(identity, np.float32).reshape(-1)[: self.identity_basis.shape[0]]
+        out = self.mean + np.einsum("k,kvc->vc", a, self.identity_basis[: a.size])
+        if expression is not None:
+            b = np.asarray(expression, np.float32).reshape(-1)[: self.expression_basis.shape[0]]
+            out = out + np.einsum("e,evc->vc", b, self.expression_basis[: b.size])
+        return out.astype(np.float32)
+
+
+def load_mouth_parts(model: MorphableModel) -> MouthParts | None:
+    """The teeth, gums and tongue of `model` (ICT FaceKit only; None for models without them).
+
+    Read from the model's FaceXModel.tar.xz on first use and cached beside the head model's cache.
+    """
+    if model.name != "ict_facekit":
+        return None
+    key = ("mouth_parts",)
+    if key in model._torch_cache:
+        return model._torch_cache[key]
+    archive = Path(model.source) / "FaceXModel.tar.xz"
+    if not archive.is_file():
+        return None
+    cache = cache_dir() / f"ict_mouth_parts_{_file_fingerprint(archive)}.npz"
+    arrays = None
+    if cache.is_file():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception:
+            cache.unlink(missing_ok=True)
+    if arrays is None:
+        try:
+            arrays = _build_ict_mouth_parts(archive, list(model.expression_names), model.num_identity)
+        except (tarfile.TarError, EOFError, OSError, ValueError, KeyError, LZMAErrorProxy) as exc:
+            raise FaceSynthError(f"corrupt ICT FaceKit model file {archive}: {type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        save_cache_npz(cache, arrays)
+    parts = MouthParts(mean=arrays["mean"], identity_basis=arrays["identity_basis"],
+                       expression_basis=arrays["expression_basis"],
+                       triangles=arrays["triangles"].astype(np.int64), part=arrays["part"].astype(np.int64))
+    model._torch_cache[key] = parts
+    return parts
+
+
+def _build_ict_mouth_parts(archive: Path, expression_names: list[str], num_identity: int) -> dict:
+    wanted = {"generic_neutral_mesh.obj"} | {f"identity{i:03d}.obj" for i in range(num_identity)} | {
+        n + ".obj" for n in expression_names}
+    members: dict[str, bytes] = {}
+    with tarfile.open(archive, "r:xz") as tar:
+        for m in tar:
+            base = os.path.basename(m.name)
+            if m.isfile() and base in wanted:
+                members[base] = tar.extractfile(m).read()
+    neutral_text = members["generic_neutral_mesh.obj"].decode()
+    neutral = _parse_obj_vertices(neutral_text)
+    _, polys = _parse_obj_topology(neutral_text)
+    keep_v = np.concatenate([np.arange(a, b + 1) for _, (a, b), _ in _ICT_MOUTH_PARTS])
+    remap = -np.ones(neutral.shape[0], dtype=np.int64)
+    remap[keep_v] = np.arange(keep_v.size)
+    tris = []
+    for _, _, (p0, p1) in _ICT_MOUTH_PARTS:
+        for poly in polys[p0 : p1 + 1]:
+            vids = [remap[v] for v, _ in poly]
+            if min(vids) < 0:
+                raise ValueError("mouth polygon references a vertex outside the mouth parts")
+            for k in range(1, len(poly) - 1):
+                tris.append([vids[0], vids[k], vids[k + 1]])
+    scale = 10.0  # cm -> mm
+    mean = neutral[keep_v] * scale
+
+    def deltas(names):
+        out = np.empty((len(names), keep_v.size, 3), dtype=np.float32)
+        for i, n in enumerate(names):
+            out[i] = _parse_obj_vertices(members[n + ".obj"].decode())[keep_v] * scale - mean
+        return out
+
+    part = np.concatenate([np.full(b - a + 1, i) for i, (_, (a, b), _) in enumerate(_ICT_MOUTH_PARTS)])
+    return {"mean": mean.astype(np.float32),
+            "identity_basis": deltas([f"identity{i:03d}" for i in range(num_identity)]),
+            "expression_basis": deltas(expression_names), "triangles": np.array(tris, dtype=np.int64),
+            "part": part.astype(np.int64)}
+
+
+# --------------------------------------------------------------------------------------------
 # Surrey Face Model (eos cereal binary format, version 1; see the data folder's PROVENANCE.md)
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from face3d.camera import PerspectiveCamera, Pose, euler_to_matrix, transform
 from face3d.morphable_model import MorphableModel
-from face3d.rasterizer import Fragments, interpolate_face_attributes, rasterize_meshes
+from face3d.rasterizer import Fragments, interpolate_face_attributes, interpolate_vertex_attributes, rasterize_meshes
 from face3d.texture import Texture
 
 #: Vertical eye-to-mouth distance as a fraction of the crop side (the face's scale in every view).
@@ -96,22 +96,64 @@ def _relight(out, frag, verts, faces, poses, sh, start):
     return torch.cat([out[:, :3] * shade, out[:, 3:]], dim=1)
 
 
+#: Texture confidence reported for the pixels of an `extra` mesh (a default colour, like inpainting).
+EXTRA_CONFIDENCE = 0.05
+
+
+@dataclass
+class ColouredMesh:
+    """A mesh rendered beside the head in per-vertex colours: vertices (V', 3) mm in the model's
+    frame, triangles (F', 3) counter-clockwise seen from outside, colours (V', 3) in 0..1."""
+
+    vertices: np.ndarray | torch.Tensor
+    triangles: np.ndarray | torch.Tensor
+    colours: np.ndarray | torch.Tensor
+
+
+def _paint_extra(out, frag, n_head_faces: int, extra_faces, extra_rgb):
+    """Replace the colour (and confidence) of the pixels that show an extra-mesh face."""
+    from face3d.rasterizer import Fragments
+
+    p2f = frag.pix_to_face
+    sel = p2f >= n_head_faces
+    if not bool(sel.any()):
+        return out
+    local = Fragments(pix_to_face=torch.where(sel, p2f - n_head_faces, torch.full_like(p2f, -1)),
+                      zbuf=frag.zbuf, bary_coords=frag.bary_coords)
+    rgb = interpolate_vertex_attributes(local, extra_faces, extra_rgb).permute(0, 3, 1, 2)   # (B, 3, S, S)
+    m = sel[:, None].to(out.dtype)
+    conf = torch.full_like(out[:, 3:4], EXTRA_CONFIDENCE)
+    return torch.cat([out[:, :3] * (1 - m) + rgb * m, out[:, 3:4] * (1 - m) + conf * m, out[:, 4:]], dim=1)
+
+
 def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel, size: int = 128,
                  background: np.ndarray | float = 0.5, vertices: torch.Tensor | None = None,
                  batch: int = 32, frame_vertices: torch.Tensor | None = None,
-                 sh: np.ndarray | None = None) -> RenderedViews:
+                 sh: np.ndarray | None = None, extra: "ColouredMesh | None" = None) -> RenderedViews:
     """Render the fitted head with its photo texture at each absolute pose.
 
     `background` is a grey level (0..1) or a (B, size, size, 3) uint8 array to composite over.
     `vertices` (1, V, 3) replaces the fitted mesh (an expression or shape edit); `frame_vertices`
     sets the crop's pivot and scale (default: the rendered mesh itself). `sh` (9, 3) or (B, 9, 3):
     SH lighting in each view's camera frame; the texture (then a de-lit albedo) is multiplied by
-    its shading (`--relight`, see `face3d.sfs.relight_sh`).
+    its shading (`--relight`, see `face3d.sfs.relight_sh`). `extra` (a `ColouredMesh` in the
+    model's frame, e.g. the teeth of an opened mouth) is rendered with the head, z-buffered against
+    it, in its vertex colours (confidence `EXTRA_CONFIDENCE`); without it nothing changes.
     """
     t = model.tensors()
     faces, face_uvs = t["triangles"], t["face_uvs"]
+    n_head_faces = faces.shape[0]
     with torch.no_grad():
         verts = fit.vertices(model) if vertices is None else vertices
+        if extra is not None:   # one mesh: the head's faces first, so face ids >= n_head_faces are extra's
+            if frame_vertices is None:
+                frame_vertices = verts
+            ev = torch.as_tensor(extra.vertices, dtype=verts.dtype).reshape(1, -1, 3)
+            faces = torch.cat([faces, torch.as_tensor(extra.triangles, dtype=torch.int64) + verts.shape[1]])
+            face_uvs = torch.cat([face_uvs, face_uvs.new_zeros((len(extra.triangles), 3, 2))])
+            extra_faces = torch.as_tensor(extra.triangles, dtype=torch.int64)
+            extra_rgb = torch.as_tensor(extra.colours, dtype=torch.float32).reshape(-1, 3)
+            verts = torch.cat([verts, ev], dim=1)
         tex = torch.from_numpy(np.concatenate([texture.image, texture.confidence[..., None]], axis=2)).permute(2, 0, 1)[None]
         imgs, masks, confs, lms = [], [], [], []
         for s in range(0, len(poses), batch):
@@ -119,6 +161,8 @@ def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel
             screen = view_screen(verts, model, chunk, size, frame_vertices)
             frag = rasterize_meshes(screen, faces, size, cull_backfaces=True)
             out = shade_textured(frag, face_uvs, tex)                        # (B, 4, S, S)
+            if extra is not None:
+                out = _paint_extra(out, frag, n_head_faces, extra_faces, extra_rgb)
             if sh is not None:
                 out = _relight(out, frag, verts, faces, chunk, np.asarray(sh, np.float32), s)
             mask = (frag.pix_to_face >= 0).float()

@@ -69,7 +69,7 @@ def expression_variants(args, fit, model, key: str = ""):
 
 def render_variant(variant, rec, model, poses, size: int, background=0.5):
     """Render one variant of a reconstruction at `poses`, framed like the fitted face of that shape."""
-    from face3d.expressions import edited_vertices, expression_texture
+    from face3d.expressions import edited_vertices, expression_texture, mouth_mesh
     from face3d.render import render_views
 
     fit = rec.fit
@@ -77,8 +77,9 @@ def render_variant(variant, rec, model, poses, size: int, background=0.5):
     verts = edited_vertices(fit, model, variant.coefficients, identity)
     frame = edited_vertices(fit, model, None, identity)
     texture = expression_texture(rec.texture, model, variant.coefficients, fit.expression)
+    teeth = mouth_mesh(model, variant.coefficients, fit.identity if identity is None else identity, fit.expression)
     return render_views(fit, texture, poses, model, size=size, background=background, vertices=verts,
-                        frame_vertices=frame)
+                        frame_vertices=frame, extra=teeth)
 
 
 def variant_record(variant, args, model) -> dict:

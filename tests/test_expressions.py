@@ -255,3 +255,113 @@ def test_rotate_rejects_bad_expressions(tmp_path, capsys, obama_path, data_dir):
                  str(data_dir / "3dmm" / "surrey_sfm_3448"), "--out", str(tmp_path / "c")]) == 1
     assert "cannot be expressed" in capsys.readouterr().err
     assert main(["rotate", str(obama_path), "--shape-jitter", "-1", "--out", str(tmp_path / "d")]) == 2
+
+
+def test_mouth_parts_follow_the_jaw(ict_model, sfm_model):
+    """The ICT teeth, gums and tongue share the head's coefficients: jawOpen carries the lower teeth."""
+    from face3d.morphable_model import MOUTH_PART_NAMES, load_mouth_parts
+
+    parts = load_mouth_parts(ict_model)
+    assert load_mouth_parts(sfm_model) is None
+    assert parts.identity_basis.shape[0] == ict_model.num_identity
+    assert parts.expression_basis.shape[0] == ict_model.num_expressions
+    assert parts.triangles.min() == 0 and parts.triangles.max() == parts.num_vertices - 1
+    upper, lower, gums = (parts.part == MOUTH_PART_NAMES.index(n) for n in ("upper_teeth", "lower_teeth", "gums_tongue"))
+    assert upper.sum() > 1000 and lower.sum() > 1000 and gums.sum() > 1000
+    neutral = parts.shape(np.zeros(10), np.zeros(53))
+    beta = expression_coefficients("jawOpen=1", ict_model)
+    opened = parts.shape(np.zeros(10), beta)
+    np.testing.assert_allclose(opened[upper], neutral[upper], atol=1e-4)        # upper teeth stay on the skull
+    assert (opened - neutral)[lower, 1].mean() < -15.0                          # mm: lower teeth drop ...
+    assert (opened - neutral)[lower, 2].mean() < -10.0                          # ... and swing back with the jaw
+    assert (opened - neutral)[gums, 1].mean() < -5.0                            # the tongue follows
+    # the teeth sit inside the mouth: behind the lips, the front teeth between the mouth corners,
+    # and the lower ones follow the chin
+    lm = ict_model.landmark_vertices
+    head = ict_model.mean
+    teeth = neutral[upper | lower]
+    assert teeth[:, 2].max() < head[lm[[51, 57]], 2].min()
+    front = teeth[teeth[:, 2] > teeth[:, 2].max() - 5.0]
+    assert head[lm[48], 0] < front[:, 0].min() < front[:, 0].max() < head[lm[54], 0]
+    chin = ict_model.expression_basis[ict_model.expression_names.index("jawOpen"), lm[8]]
+    assert abs((opened - neutral)[lower, 1].mean() - chin[1]) < 0.35 * abs(chin[1])
+    # identity moves the teeth with the face
+    ident = np.zeros(ict_model.num_identity, np.float32)
+    ident[0] = 2.0
+    assert np.abs(parts.shape(ident, None) - neutral).max() > 1.0
+
+
+def _enamel(pixels):
+    """(N, 3) uint8 -> (N,) bool: off-white like the default teeth (bright, red and green alike)."""
+    p = pixels.astype(np.float32) / 255.0
+    return (p.min(axis=1) > 0.45) & (p[:, 0] - p[:, 1] < 0.07) & (p[:, 0] - p[:, 2] < 0.2)
+
+
+@pytest.fixture(scope="module")
+def closed_mouth_reconstruction(data_dir, ict_model):
+    from face3d.fitting import FitConfig
+    from face3d.image_io import load_image
+    from face3d.pipeline import reconstruct_faces
+
+    return reconstruct_faces(load_image(data_dir / "faces" / "deepface_mark" / "deepface_img13.jpg"), ict_model,
+                             fit_config=FitConfig(dense=False))[0]
+
+
+def test_open_mouth_renders_teeth(ict_model, closed_mouth_reconstruction):
+    """A closed-mouth photo opened by an expression shows off-white teeth in a dark-red mouth (not a
+    dark hole); views that keep the photo's mouth, or close it, render exactly as without the teeth."""
+    from face3d import Pose
+    from face3d.expressions import (Variant, edited_vertices, expression_texture, lip_gap, mouth_mesh,
+                                    mouth_opens)
+    from face3d.render import render_views
+    from ganrefine.expression_options import render_variant
+
+    rec = closed_mouth_reconstruction
+    fit = rec.fit
+    gap = {s: lip_gap(ict_model, expression_coefficients(s, ict_model, fit.expression), fit.identity)
+           for s in ("neutral", "fitted", "open-mouth", "mouthClose=0.5")}
+    assert gap["fitted"] < 2.0 and gap["neutral"] < 2.0                     # mm: the photo's lips are closed
+    assert gap["mouthClose=0.5"] < gap["neutral"]                           # lips pressed through count as closed
+    assert gap["open-mouth"] > gap["fitted"] + 10.0                         # the preset opens the mouth
+    size = 192
+    frame = edited_vertices(fit, ict_model, None)
+
+    def render(name):
+        spec = parse_expression(name)
+        beta = expression_coefficients(spec, ict_model, fit.expression)
+        with_parts = render_variant(Variant(spec, beta, None), rec, ict_model, [Pose(0)], size).images[0]
+        bare = render_views(fit, expression_texture(rec.texture, ict_model, beta, fit.expression), [Pose(0)],
+                            ict_model, size=size, vertices=edited_vertices(fit, ict_model, beta),
+                            frame_vertices=frame).images[0]
+        return beta, with_parts, bare
+
+    for name in ("neutral", "fitted", "mouthClose=0.5"):                    # closed mouths: no teeth, same pixels
+        beta, with_parts, bare = render(name)
+        assert not mouth_opens(ict_model, beta, fit.expression, fit.identity)
+        assert mouth_mesh(ict_model, beta, fit.identity, fit.expression) is None
+        np.testing.assert_array_equal(with_parts, bare)
+    # the upper lip raised over an open jaw: the upper teeth show, where the head alone shows the socket
+    beta, opened, bare = render("jawOpen=0.5,mouthUpperUp_L=0.7,mouthUpperUp_R=0.7")
+    assert mouth_opens(ict_model, beta, fit.expression, fit.identity)
+    shown = np.abs(opened.astype(int) - bare.astype(int)).max(axis=2) > 0
+    ys, xs = np.nonzero(shown)
+    lm = np.asarray(render_views(fit, rec.texture, [Pose(0)], ict_model, size=size,
+                                 vertices=edited_vertices(fit, ict_model, beta), frame_vertices=frame).landmarks[0])
+    assert lm[48][0] - 2 <= xs.min() and xs.max() <= lm[54][0] + 2          # the mouth parts show in the mouth only
+    assert lm[50][1] - 2 <= ys.min() and ys.max() <= lm[57][1] + 2
+    teeth = _enamel(opened[shown])
+    assert teeth.sum() >= 20, teeth.sum()                                  # off-white teeth ...
+    assert _enamel(bare[shown]).sum() == 0                                 # ... where there was a dark hole
+    inside = opened[shown][~teeth].astype(np.float32)
+    assert len(inside) > 50 and inside.mean() < 90 and inside[:, 0].mean() > 1.3 * inside[:, 2].mean()  # dark red
+    # the lower teeth follow the jaw: the mesh drops with jawOpen, the upper teeth do not move
+    from face3d.morphable_model import MOUTH_PART_NAMES, load_mouth_parts
+
+    part = load_mouth_parts(ict_model).part
+    low, up = {}, {}
+    for w in (0.4, 0.9):
+        b = expression_coefficients(f"jawOpen={w}", ict_model, fit.expression)
+        v = np.asarray(mouth_mesh(ict_model, b, fit.identity, fit.expression).vertices)
+        low[w] = v[part == MOUTH_PART_NAMES.index("lower_teeth"), 1].mean()
+        up[w] = v[part == MOUTH_PART_NAMES.index("upper_teeth"), 1].mean()
+    assert low[0.9] < low[0.4] - 8.0 and abs(up[0.9] - up[0.4]) < 1e-3

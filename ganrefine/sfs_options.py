@@ -58,19 +58,20 @@ def render_sfs_variant(variant, rec, model, poses, size: int, background, state:
     """As `render_variant`, with the SFS displacement added to the variant's vertices and the new light."""
     import torch
 
-    from face3d.expressions import edited_vertices, expression_texture
+    from face3d.expressions import edited_vertices, expression_texture, mouth_mesh
     from face3d.render import render_views
 
     fit = rec.fit
     identity = None if variant.shape is None else variant.shape.identity
     verts = edited_vertices(fit, model, variant.coefficients, identity)
     frame = edited_vertices(fit, model, None, identity)
+    teeth = mouth_mesh(model, variant.coefficients, fit.identity if identity is None else identity, fit.expression)
     if state.applied:
         r = state.result
         verts = verts + torch.from_numpy(r.displacement[:, None] * r.normals)[None].to(verts.dtype)
     texture = expression_texture(state.rec.texture, model, variant.coefficients, fit.expression)
     return render_views(fit, texture, poses, model, size=size, background=background, vertices=verts,
-                        frame_vertices=frame, sh=state.sh)
+                        frame_vertices=frame, sh=state.sh, extra=teeth)
 
 
 def sfs_record(state) -> dict:

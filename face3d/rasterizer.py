@@ -74,8 +74,10 @@ _COL_SIZES = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 64, 128, 512, 1 << 14]
 
 
 def _size_lut(sizes):
-    codes = [0] + [next(i for i, s in enumerate(sizes) if s >= n) for n in range(1, _MAX_IMAGE_SIDE + 1)]
-    return torch.tensor(codes, dtype=torch.uint8)
+    """code[n] = index of the first size >= n, for n = 0.._MAX_IMAGE_SIDE (code[0] = 0)."""
+    codes = torch.searchsorted(torch.tensor(sizes), torch.arange(_MAX_IMAGE_SIDE + 1), side="left")
+    codes[0] = 0
+    return codes.to(torch.uint8)
 
 
 _ROW_LUT, _COL_LUT = _size_lut(_ROW_SIZES), _size_lut(_COL_SIZES)

@@ -431,3 +431,11 @@ def test_bary_gradient_moves_with_vertex():
     frags = rasterize_meshes(verts, torch.tensor([[0, 1, 2]]), 16)
     frags.bary_coords[..., 2].sum().backward()
     assert verts.grad[0, 2, 0] < 0  # moving v2 further right spreads (lowers) its weights
+
+
+def test_box_size_lookup_tables_match_their_definition():
+    # each code is the index of the first bucket size that holds a box of n rows / columns
+    for sizes, lut in ((R._ROW_SIZES, R._ROW_LUT), (R._COL_SIZES, R._COL_LUT)):
+        assert lut.dtype == torch.uint8 and lut.numel() == R._MAX_IMAGE_SIDE + 1
+        for n in list(range(1, 70)) + [100, 255, 256, 257, 511, 512, 513, 4096, R._MAX_IMAGE_SIDE]:
+            assert int(lut[n]) == next(i for i, s in enumerate(sizes) if s >= n)

@@ -33,8 +33,9 @@ import torch
 from face3d.errors import FaceSynthError
 from ganrefine.capg import CapgConfig, CapgGenerator, face_weight, landmark_heatmaps, save_capg_weights
 from ganrefine.refiner import PatchDiscriminator, lsgan_loss, multiscale_l1, total_variation
-from ganrefine.train_refiner import (FLIP68, _save_atomic, add_training_arguments, append_csv, identity_embeddings,
-                                     log_losses, open_checkpoint, write_summary)
+from ganrefine.train_refiner import (FLIP68, _save_atomic, add_training_arguments, finish_run, frozen_identity_encoder,
+                                     generator_step, identity_embeddings, identity_loss, log_losses, on_schedule,
+                                     open_checkpoint, record_validation, run_files, run_training_command)
 
 CHECKPOINT_FORMAT = "facesynth-capg-train/1"
 
@@ -199,17 +200,12 @@ def _config_from_dict(d: dict) -> CapgTrainConfig:
 def train_capg(data_dir: Path, out: Path, cfg: CapgTrainConfig, resume: bool = False, progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    from face3d.image_io import save_png
-    from ganrefine.identity import IdentityEncoder
-
     data_dir, out = Path(data_dir), Path(out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if not (data_dir / "split.json").is_file():
         raise FaceSynthError(f"{data_dir}: no split.json (run `facesynth make-pose-photos` first)")
-    stem = out.with_suffix("")
-    best_path = Path(f"{stem}_best.pt")
-    log_path, val_path, samples = Path(f"{stem}_log.csv"), Path(f"{stem}_val.csv"), Path(f"{stem}_samples")
+    best_path, log_path, val_path, samples = run_files(out)
 
     torch.manual_seed(cfg.seed)
     gen = CapgGenerator(cfg.capg)
@@ -235,9 +231,7 @@ def train_capg(data_dir: Path, out: Path, cfg: CapgTrainConfig, resume: bool = F
     val_ids, _ = split_val_test(data_dir, cfg.val_identities)
     train = PoseSet.load(data_dir / "train", outside_weight=cfg.outside_weight, progress=progress)
     val = PoseSet.load(data_dir / "heldout", identities=val_ids, outside_weight=cfg.outside_weight)
-    encoder = IdentityEncoder.load()
-    for p in encoder.parameters():
-        p.requires_grad_(False)
+    encoder = frozen_identity_encoder()
     out.parent.mkdir(parents=True, exist_ok=True)
     samples.mkdir(parents=True, exist_ok=True)
     size = cfg.capg.size
@@ -251,8 +245,7 @@ def train_capg(data_dir: Path, out: Path, cfg: CapgTrainConfig, resume: bool = F
     def validate(step: int) -> None:
         nonlocal best
         s = summarise_capg(evaluate_capg(gen, val, encoder))
-        append_csv(val_path, {"step": step, **{k: round(v, 6) for k, v in s.items()}})
-        save_png(samples / f"step_{step:06d}.png", sample_grid(gen, val))
+        record_validation(step, s, val_path, samples, sample_grid(gen, val))
         if s["score"] < best["score"]:
             best = {"score": s["score"], "step": step}
             save_capg_weights(best_path, gen, {"step": step, "val": s, "train_config": asdict(cfg),
@@ -282,30 +275,18 @@ def train_capg(data_dir: Path, out: Path, cfg: CapgTrainConfig, resume: bool = F
         l_pix = multiscale_l1(fake, tgt["image"], tgt["weight"])
         l_a = lsgan_loss(disc_a(fake, src["image"]), True)
         l_b = lsgan_loss(disc_b(fake, heat), True)
-        with torch.no_grad():
-            e_t = identity_embeddings(encoder, tgt["image"], tgt["landmarks"])
-        l_id = (identity_embeddings(encoder, fake, tgt["landmarks"]) - e_t).norm(dim=-1).mean()
+        l_id = identity_loss(encoder, fake, tgt["image"], tgt["landmarks"])
         l_tv = total_variation(fake)
         loss = (cfg.pixel_weight * l_pix + cfg.adv_weight * (l_a + l_b) + cfg.identity_weight * l_id
                 + cfg.tv_weight * l_tv)
-        if not torch.isfinite(loss):
-            raise FaceSynthError(f"training diverged at step {step}; resume from the last checkpoint with a lower learning rate")
-        loss.backward()
-        opt_g.step()
+        generator_step(loss, opt_g, step)
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
-            item = lambda t: float(t.detach())  # noqa: E731
-            row = {"step": step, "seconds": round(time.time() - t0, 1), "g_total": item(loss), "pixel": item(l_pix),
-                   "adv_a": item(l_a), "adv_b": item(l_b), "identity": item(l_id), "tv": item(l_tv), "d": item(d_loss)}
-            log_losses(log_path, bar, row)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            validate(step)
-        if step % cfg.checkpoint_every == 0 or step % cfg.eval_every == 0 or step == cfg.steps:
-            save_checkpoint(step)
-    bar.close()
-    if start >= cfg.steps:
-        save_checkpoint(start)
-    return write_summary(out, cfg.steps, best, t0)
+            log_losses(log_path, bar, {"step": step, "seconds": round(time.time() - t0, 1), "g_total": loss,
+                                       "pixel": l_pix, "adv_a": l_a, "adv_b": l_b, "identity": l_id, "tv": l_tv,
+                                       "d": d_loss})
+        on_schedule(step, cfg, validate, save_checkpoint)
+    return finish_run(bar, start, cfg, save_checkpoint, out, best, t0)
 
 
 def add_train_capg_parser(sub) -> None:
@@ -315,8 +296,4 @@ def add_train_capg_parser(sub) -> None:
 
 
 def run_train_capg(args) -> int:
-    cfg = CapgTrainConfig(steps=args.steps, batch=args.batch, eval_every=args.eval_every, seed=args.seed,
-                          threads=args.threads)
-    s = train_capg(Path(args.data), Path(args.out), cfg, resume=args.resume)
-    print(f"best validation step {s['best_step']} (score {s['best_score']:.4f}); weights {s['weights']}")
-    return 0
+    return run_training_command(args, CapgTrainConfig, train_capg)

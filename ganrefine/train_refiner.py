@@ -153,6 +153,24 @@ def identity_embeddings(encoder, images: torch.Tensor, landmarks: torch.Tensor) 
     return encoder.embed(images * 255.0, landmarks, quantize=False)
 
 
+def frozen_identity_encoder():
+    """dlib's face-recognition ResNet (torch port) with gradients off: a loss, never trained."""
+    from ganrefine.identity import IdentityEncoder
+
+    encoder = IdentityEncoder.load()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    return encoder
+
+
+def identity_loss(encoder, images: torch.Tensor, targets: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+    """Mean descriptor distance of `images` to their `targets`, both aligned by the same landmarks;
+    the gradient flows through `images` only."""
+    with torch.no_grad():
+        e_t = identity_embeddings(encoder, targets, landmarks)
+    return (identity_embeddings(encoder, images, landmarks) - e_t).norm(dim=-1).mean()
+
+
 # ------------------------------------------------------------------------------------------------
 # Evaluation
 
@@ -266,19 +284,63 @@ def append_csv(path: Path, row: dict) -> None:
 
 
 def log_losses(path: Path, bar, row: dict) -> None:
-    """One row of the loss log (floats rounded) and the progress bar's pixel / identity / D figures."""
-    append_csv(path, {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+    """One row of the loss log (loss tensors and floats rounded) and the progress bar's pixel /
+    identity / D figures."""
+    row = {k: (round(float(v), 6) if isinstance(v, (float, torch.Tensor)) else v) for k, v in row.items()}
+    append_csv(path, row)
     bar.set_postfix(pix=f"{row['pixel']:.4f}", id=f"{row['identity']:.3f}", d=f"{row['d']:.3f}")
+
+
+def run_files(out: Path) -> tuple[Path, Path, Path, Path]:
+    """What a run writes beside its checkpoint `out`: best weights, loss log, validation log, samples folder."""
+    stem = out.with_suffix("")
+    return Path(f"{stem}_best.pt"), Path(f"{stem}_log.csv"), Path(f"{stem}_val.csv"), Path(f"{stem}_samples")
+
+
+def generator_step(loss: torch.Tensor, opt: torch.optim.Optimizer, step: int) -> None:
+    """Backward and update for the generator's total loss; a non-finite loss stops the run with a
+    one-line error (the last checkpoint stays as it was)."""
+    if not torch.isfinite(loss):
+        raise FaceSynthError(f"training diverged at step {step} (loss {float(loss.detach())}); resume from the last "
+                             "checkpoint with a lower learning rate")
+    loss.backward()
+    opt.step()
+
+
+def on_schedule(step: int, cfg, validate, save_checkpoint) -> None:
+    """Validate every `cfg.eval_every` steps and checkpoint every `cfg.checkpoint_every` (and after
+    each validation, so the best score in the checkpoint matches the best weights), and at the end."""
+    last = step == cfg.steps
+    if step % cfg.eval_every == 0 or last:
+        validate(step)
+    if step % cfg.checkpoint_every == 0 or step % cfg.eval_every == 0 or last:
+        save_checkpoint(step)
+
+
+def record_validation(step: int, summary: dict, val_path: Path, samples: Path, grid: np.ndarray) -> None:
+    """One row of the validation log and the sample grid of this step."""
+    from face3d.image_io import save_png
+
+    append_csv(val_path, {"step": step, **{k: round(v, 6) for k, v in summary.items()}})
+    save_png(samples / f"step_{step:06d}.png", grid)
+
+
+def finish_run(bar, start: int, cfg, save_checkpoint, out: Path, best: dict, t0: float) -> dict:
+    """Close the progress bar, checkpoint a run that had nothing left to do, write the summary."""
+    bar.close()
+    if start >= cfg.steps:
+        save_checkpoint(start)
+    return write_summary(out, cfg.steps, best, t0)
 
 
 def write_summary(out: Path, steps: int, best: dict, t0: float) -> dict:
     """`<stem>_summary.json` at the end of a run (what the CLI prints), returned."""
     from face3d.image_io import atomic_write_bytes
 
-    stem = out.with_suffix("")
-    summary = {"steps": steps, "best_step": best["step"], "best_score": best["score"], "weights": f"{stem}_best.pt",
-               "checkpoint": str(out), "log": f"{stem}_log.csv", "seconds_this_run": round(time.time() - t0, 1)}
-    atomic_write_bytes(Path(f"{stem}_summary.json"), json.dumps(summary, indent=1).encode())
+    best_path, log_path, _, _ = run_files(out)
+    summary = {"steps": steps, "best_step": best["step"], "best_score": best["score"], "weights": str(best_path),
+               "checkpoint": str(out), "log": str(log_path), "seconds_this_run": round(time.time() - t0, 1)}
+    atomic_write_bytes(out.with_name(f"{out.stem}_summary.json"), json.dumps(summary, indent=1).encode())
     return summary
 
 
@@ -295,6 +357,14 @@ def add_training_arguments(p, cfg_cls, data_help: str) -> None:
                    help=f"validate and keep the best weights every N steps (default {cfg_cls.eval_every})")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the batch order (default 0)")
     p.add_argument("--threads", type=int_option("threads", 1), default=None, help="torch CPU threads (default: all cores)")
+
+
+def run_training_command(args, cfg_cls, train) -> int:
+    """`train-refiner` / `train-capg`: the config from the shared flags, the run, its one-line result."""
+    cfg = cfg_cls(steps=args.steps, batch=args.batch, eval_every=args.eval_every, seed=args.seed, threads=args.threads)
+    s = train(Path(args.data), Path(args.out), cfg, resume=args.resume)
+    print(f"best validation step {s['best_step']} (score {s['best_score']:.4f}); weights {s['weights']}")
+    return 0
 
 
 def save_weights(path: Path, generator: RefinerGenerator, info: dict) -> None:
@@ -326,9 +396,6 @@ def load_refiner(path: str | os.PathLike) -> tuple[RefinerGenerator, dict]:
 def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    from face3d.image_io import save_png
-    from ganrefine.identity import IdentityEncoder
-
     data_dir, out = Path(data_dir), Path(out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -339,10 +406,7 @@ def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = Fa
     val_files, _ = split_heldout(held_files, cfg.val_pairs)
     if not val_files:
         raise FaceSynthError(f"{data_dir}: no held-out pairs under heldout/ for validation")
-    stem = out.with_suffix("")
-    best_path = Path(f"{stem}_best.pt")
-    log_path, val_path = Path(f"{stem}_log.csv"), Path(f"{stem}_val.csv")
-    samples = Path(f"{stem}_samples")
+    best_path, log_path, val_path, samples = run_files(out)
 
     torch.manual_seed(cfg.seed)
     gen = RefinerGenerator(cfg.refiner)
@@ -364,9 +428,7 @@ def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = Fa
 
     train = PairSet.load(train_files, progress=progress)
     val = PairSet.load(val_files, progress=False)
-    encoder = IdentityEncoder.load()
-    for p in encoder.parameters():
-        p.requires_grad_(False)
+    encoder = frozen_identity_encoder()
     out.parent.mkdir(parents=True, exist_ok=True)
     samples.mkdir(parents=True, exist_ok=True)
 
@@ -379,8 +441,7 @@ def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = Fa
     def validate(step: int) -> None:
         nonlocal best
         s = summarise(evaluate_refiner(gen, val, encoder))
-        append_csv(val_path, {"step": step, **{k: round(v, 6) for k, v in s.items()}})
-        save_png(samples / f"step_{step:06d}.png", sample_grid(gen, val))
+        record_validation(step, s, val_path, samples, sample_grid(gen, val))
         if s["score"] < best["score"]:
             best = {"score": s["score"], "step": step}
             save_weights(best_path, gen, {"step": step, "val": s, "train_config": asdict(cfg),
@@ -412,32 +473,18 @@ def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = Fa
         frontal = frontal_flags(b["landmarks"], cfg.frontal_asymmetry)
         l_sym = symmetry_loss(out_img[frontal], b["mask"][frontal]) if bool(frontal.any()) else out_img.new_zeros(())
         l_adv = lsgan_loss(disc(out_img, b["render"]), True)
-        with torch.no_grad():
-            e_t = identity_embeddings(encoder, b["target"], b["landmarks"])
-        l_id = (identity_embeddings(encoder, out_img, b["landmarks"]) - e_t).norm(dim=-1).mean()
+        l_id = identity_loss(encoder, out_img, b["target"], b["landmarks"])
         l_tv = total_variation(out_img)
         loss = (cfg.pixel_weight * l_pix + cfg.symmetry_weight * l_sym + cfg.adv_weight * l_adv
                 + cfg.identity_weight * l_id + cfg.tv_weight * l_tv)
-        if not torch.isfinite(loss):
-            raise FaceSynthError(f"training diverged at step {step} (loss {float(loss.detach())}); resume from the last checkpoint "
-                                 "with a lower learning rate")
-        loss.backward()
-        opt_g.step()
+        generator_step(loss, opt_g, step)
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
-            item = lambda t: float(t.detach())  # noqa: E731
-            row = {"step": step, "seconds": round(time.time() - t0, 1), "g_total": item(loss), "pixel": item(l_pix),
-                   "symmetry": item(l_sym), "adv": item(l_adv), "identity": item(l_id), "tv": item(l_tv),
-                   "d": item(d_loss), "frontal": int(frontal.sum())}
-            log_losses(log_path, bar, row)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            validate(step)
-        if step % cfg.checkpoint_every == 0 or step % cfg.eval_every == 0 or step == cfg.steps:
-            save_checkpoint(step)
-    bar.close()
-    if start >= cfg.steps:
-        save_checkpoint(start)
-    return write_summary(out, cfg.steps, best, t0)
+            log_losses(log_path, bar, {"step": step, "seconds": round(time.time() - t0, 1), "g_total": loss,
+                                       "pixel": l_pix, "symmetry": l_sym, "adv": l_adv, "identity": l_id, "tv": l_tv,
+                                       "d": d_loss, "frontal": int(frontal.sum())})
+        on_schedule(step, cfg, validate, save_checkpoint)
+    return finish_run(bar, start, cfg, save_checkpoint, out, best, t0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -452,7 +499,4 @@ def add_train_refiner_parser(sub) -> None:
 
 
 def run_train_refiner(args) -> int:
-    cfg = TrainConfig(steps=args.steps, batch=args.batch, eval_every=args.eval_every, seed=args.seed, threads=args.threads)
-    s = train_refiner(Path(args.data), Path(args.out), cfg, resume=args.resume)
-    print(f"best validation step {s['best_step']} (score {s['best_score']:.4f}); weights {s['weights']}")
-    return 0
+    return run_training_command(args, TrainConfig, train_refiner)

@@ -411,55 +411,36 @@ def test_expression_and_shape_jitter_flags(photo_input, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_hybrid_method_refines_the_3d_views(reference, photo_input, tmp_path):
-    """--method hybrid: the same layout and rows as 3d, refined pixels, the weights' hash in augment.json."""
-    import hashlib
-    import json
-
-    from ganrefine.hybrid import default_weights_path
-
-    inp = tmp_path / "in"
-    (inp / "Abdullah_Gul").mkdir(parents=True)
-    shutil.copyfile(photo_input / PHOTOS[0], inp / PHOTOS[0])
-    out3, outh = tmp_path / "o3", tmp_path / "oh"
-    augment(opts(inp, out3, keep_original=False))
-    res = augment(opts(inp, outh, keep_original=False, method="hybrid"))
-    assert res.failed_sources == 0
-    files3, rows3 = snapshot(out3)
-    filesh, rowsh = snapshot(outh)
-    assert sorted(files3) == sorted(filesh) and len(filesh) == 2
-    assert all(r["method"] == "hybrid" for r in rowsh)
-    for rel in files3:
-        assert files3[rel] != filesh[rel]
-    settings = json.loads((outh / "augment.json").read_text())
-    assert settings["refiner_sha256"] == hashlib.sha256(default_weights_path().read_bytes()).hexdigest()
-
-
-@pytest.mark.slow
-def test_gan_method_writes_the_same_layout_with_the_gan_weights_hash(reference, photo_input, tmp_path):
-    """--method gan: the same layout and rows as 3d, other pixels, the CAPG-GAN weights' hash in augment.json;
-    3D edits are refused before any work."""
+@pytest.mark.parametrize("method", ["hybrid", "gan"])
+def test_generator_methods_write_the_3d_layout_with_their_weights_hash(reference, photo_input, tmp_path, method):
+    """--method hybrid / gan: the same layout and rows as 3d, other pixels (refined / generated),
+    the hash of the method's weights in augment.json; gan refuses 3D edits before any work."""
     import hashlib
     import json
 
     from face3d.errors import FaceSynthError
     from ganrefine.capg import DEFAULT_WEIGHTS
+    from ganrefine.hybrid import default_weights_path
 
     inp = tmp_path / "in"
     (inp / "Abdullah_Gul").mkdir(parents=True)
     shutil.copyfile(photo_input / PHOTOS[0], inp / PHOTOS[0])
-    out3, outg = tmp_path / "o3", tmp_path / "og"
+    out3, outm = tmp_path / "o3", tmp_path / "om"
     augment(opts(inp, out3, keep_original=False))
-    res = augment(opts(inp, outg, keep_original=False, method="gan"))
+    res = augment(opts(inp, outm, keep_original=False, method=method))
     assert res.failed_sources == 0
     files3, _ = snapshot(out3)
-    filesg, rowsg = snapshot(outg)
-    assert sorted(files3) == sorted(filesg) and len(filesg) == 2
-    assert all(r["method"] == "gan" for r in rowsg)
-    assert all(files3[rel] != filesg[rel] for rel in files3)
-    settings = json.loads((outg / "augment.json").read_text())
-    assert settings["capg_sha256"] == hashlib.sha256(DEFAULT_WEIGHTS.read_bytes()).hexdigest()
-    assert settings["refiner_sha256"] is None
-    with pytest.raises(FaceSynthError, match="not available with --method gan"):
-        augment(opts(inp, tmp_path / "oe", method="gan", shape_jitter=0.5))
-    assert not (tmp_path / "oe").exists()
+    filesm, rowsm = snapshot(outm)
+    assert sorted(files3) == sorted(filesm) and len(filesm) == 2
+    assert all(r["method"] == method for r in rowsm)
+    assert all(files3[rel] != filesm[rel] for rel in files3)
+    settings = json.loads((outm / "augment.json").read_text())
+    sha = {name: hashlib.sha256(path.read_bytes()).hexdigest()
+           for name, path in (("refiner", default_weights_path()), ("capg", DEFAULT_WEIGHTS))}
+    used = "refiner" if method == "hybrid" else "capg"
+    assert settings[f"{used}_sha256"] == sha[used]
+    if method == "gan":
+        assert settings["refiner_sha256"] is None
+        with pytest.raises(FaceSynthError, match="not available with --method gan"):
+            augment(opts(inp, tmp_path / "oe", method="gan", shape_jitter=0.5))
+        assert not (tmp_path / "oe").exists()

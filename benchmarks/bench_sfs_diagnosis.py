@@ -16,7 +16,8 @@ TRUE albedo sampled per vertex), this measures what `face3d.sfs` could at best s
    crop, so resolution is not the limit): correlation and RMS of the recovered displacement
    against the true relief over the solved vertices.
 3. The SH light that SFS estimates from the oracle fit (default settings): relative error
-   |L - L_true| / |L_true|.
+   |L - L_true| / |L_true|, the same after the best per-channel scale (albedo and light share a
+   scale), the angle between the directional (first-order) parts and their contrast ratio.
 
     cd benchmarks && ../.venv/bin/python bench_sfs_diagnosis.py [--n 6]   -> results/sfs_diagnosis.json
 """
@@ -54,6 +55,24 @@ def vertex_albedo(model, albedo_tex: torch.Tensor) -> tuple[np.ndarray, np.ndarr
     one[v] = uv
     grid = torch.from_numpy(np.stack([one[:, 0] * 2 - 1, (1 - one[:, 1]) * 2 - 1], -1))[None, None]
     return F.grid_sample(albedo_tex, grid, align_corners=False)[0, :, 0].T.numpy().astype(np.float64), seam
+
+
+def light_errors(est: np.ndarray, true: np.ndarray) -> dict:
+    """SH light estimate vs truth, both (9, 3). Albedo and light share a scale that shading cannot
+    tell apart, so each channel of the estimate is first scaled by its least-squares factor: the
+    relative error left, the angle between the first-order (directional) parts, and their
+    contrast |L1| / L0 (estimate over truth)."""
+    e = np.asarray(est, np.float64)
+    t = np.asarray(true, np.float64)
+    k = (e * t).sum(0) / np.maximum((e * e).sum(0), 1e-12)
+    e = e * k
+    rel = float(np.linalg.norm(e - t) / np.linalg.norm(t))
+    d_e, d_t = e[1:4].mean(1), t[1:4].mean(1)
+    cos = float(d_e @ d_t / max(np.linalg.norm(d_e) * np.linalg.norm(d_t), 1e-12))
+    contrast = float((np.linalg.norm(d_e) / max(e[0].mean(), 1e-12)) / (np.linalg.norm(d_t) / t[0].mean()))
+    return {"light_relative_error": float(np.linalg.norm(np.asarray(est) - t) / np.linalg.norm(t)),
+            "light_relative_error_scaled": rel, "light_direction_error_deg": float(np.degrees(np.arccos(np.clip(cos, -1, 1)))),
+            "light_contrast_ratio": contrast}
 
 
 def model_residuals(model, s, rho: np.ndarray, shape: torch.Tensor, visible: np.ndarray, scale: int) -> np.ndarray:
@@ -120,15 +139,16 @@ def main():
             "rms_displacement_mm": float(np.sqrt((d ** 2).mean())), "rms_relief_mm": float(np.sqrt((tr ** 2).mean())),
             "rms_error_mm": float(np.sqrt(((d - tr) ** 2).mean()))}
         est = refine_shape_from_shading(fit, s["image"], model)
-        row["light_relative_error"] = float(np.linalg.norm(est.sh - s["sh"]) / np.linalg.norm(s["sh"]))
+        row.update(light_errors(est.sh, s["sh"]))
         rows.append(row)
         a, b, o = row["512"], row["128"], row["oracle_sfs_true_light_albedo"]
         print(f"{k}: relief explains {100 * a['cost_share_explained_by_relief']:.0f}% of the per-vertex data cost at 512 px "
               f"(median |r| {a['median_abs_oracle']:.4f} -> {a['median_abs_true']:.4f}), "
               f"{100 * b['cost_share_explained_by_relief']:.0f}% at 128 px (median |r| {b['median_abs_oracle']:.4f} -> "
               f"{b['median_abs_true']:.4f}) | SFS with true light + albedo: corr {o['corr_with_relief']:.2f}, "
-              f"rms d {o['rms_displacement_mm']:.2f} vs relief {o['rms_relief_mm']:.2f} mm | estimated light off by "
-              f"{100 * row['light_relative_error']:.0f}% | at the true shape {100 * row['cost_share_top_2pct']:.0f}% of the "
+              f"rms d {o['rms_displacement_mm']:.2f} vs relief {o['rms_relief_mm']:.2f} mm | estimated light (up to scale) "
+              f"off by {100 * row['light_relative_error_scaled']:.0f}%, direction {row['light_direction_error_deg']:.0f} deg, "
+              f"contrast x{row['light_contrast_ratio']:.2f} | at the true shape {100 * row['cost_share_top_2pct']:.0f}% of the "
               f"cost is in 2% of the vertices, {100 * row['cost_share_eyes_mouth']:.0f}% within 6 mm of the lid and lip "
               f"margins ({100 * row['vertices_share_eyes_mouth']:.0f}% of the vertices)", flush=True)
     med = lambda f: float(np.median([f(r) for r in rows]))  # noqa: E731
@@ -144,6 +164,9 @@ def main():
         "sfs_true_light_albedo_rms_ratio": med(lambda r: r["oracle_sfs_true_light_albedo"]["rms_displacement_mm"]
                                                / r["oracle_sfs_true_light_albedo"]["rms_relief_mm"]),
         "light_relative_error": med(lambda r: r["light_relative_error"]),
+        "light_relative_error_scaled": med(lambda r: r["light_relative_error_scaled"]),
+        "light_direction_error_deg": med(lambda r: r["light_direction_error_deg"]),
+        "light_contrast_ratio": med(lambda r: r["light_contrast_ratio"]),
         "cost_share_top_2pct_true_shape": med(lambda r: r["cost_share_top_2pct"]),
         "cost_share_eyes_mouth_true_shape": med(lambda r: r["cost_share_eyes_mouth"]),
         "vertices_share_eyes_mouth": med(lambda r: r["vertices_share_eyes_mouth"]),
@@ -155,7 +178,9 @@ def main():
           f"{summary['median_abs_residual_128']['true']:.4f} (128 px); SFS given the true light and albedo recovers "
           f"a displacement with correlation {summary['sfs_true_light_albedo_corr']:.2f} to the relief "
           f"(rms ratio {summary['sfs_true_light_albedo_rms_ratio']:.2f}); the estimated light is off by "
-          f"{100 * summary['light_relative_error']:.0f}%; at the true shape {100 * summary['cost_share_top_2pct_true_shape']:.0f}% "
+          f"{100 * summary['light_relative_error']:.0f}% ({100 * summary['light_relative_error_scaled']:.0f}% up to the "
+          f"albedo-light scale; first-order direction {summary['light_direction_error_deg']:.0f} deg off, contrast "
+          f"x{summary['light_contrast_ratio']:.2f}); at the true shape {100 * summary['cost_share_top_2pct_true_shape']:.0f}% "
           f"of the data cost lies in 2% of the vertices and {100 * summary['cost_share_eyes_mouth_true_shape']:.0f}% within 6 mm "
           f"of the lid and lip margins ({100 * summary['vertices_share_eyes_mouth']:.0f}% of the vertices)")
     write_json(RESULTS / "sfs_diagnosis.json", {"summary": summary, "rows": rows})

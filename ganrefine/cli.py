@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fit landmarks only: ~5x faster fitting, slightly less accurate depth")
     r.add_argument("--save-fit", action="store_true", help="also write each FaceFit (.npz + .json)")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    r.add_argument("--resume", action="store_true",
+                   help="continue a stopped run into the same --out with the same flags: photos whose views are all "
+                        "on disk and in the manifest are skipped, the others (failed or cut off) are done again")
     from ganrefine.expression_options import add_expression_arguments
 
     add_expression_arguments(r)

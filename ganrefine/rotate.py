@@ -41,6 +41,26 @@ class Manifest:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
 
+    def read(self) -> list[dict]:
+        """The records on disk; a line cut off by a killed run (not valid JSON) is dropped."""
+        if not self.path.is_file():
+            return []
+        out = []
+        for line in self.path.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+        return out
+
+    def rewrite(self, records: list[dict]) -> None:
+        """Replace the whole manifest with `records` (atomically: temp file, then rename)."""
+        from face3d.image_io import atomic_write_bytes
+
+        atomic_write_bytes(self.path, "".join(json.dumps(r, sort_keys=False) + "\n" for r in records).encode())
+
     def append(self, records: list[dict]) -> None:
         if not records:
             return
@@ -51,6 +71,55 @@ class Manifest:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+#: `DIR/rotate.json`: the flags that decide what a run writes; `--resume` must match them.
+RUN_SETTINGS = "rotate.json"
+
+
+def run_settings(args, poses, model, weights) -> dict:
+    """What a resumed run into the same folder must repeat to produce the same views."""
+    spec = getattr(args, "expression", None)
+    return {"method": args.method, "size": args.size, "poses": [list(p.as_tuple()) for p in poses],
+            "model": model.name, "weights_sha256": None if weights is None else weights.sha256,
+            "all_faces": bool(args.all_faces), "background": args.background, "dense": bool(args.dense),
+            "export_mesh": args.export_mesh, "save_fit": bool(args.save_fit),
+            "expression": None if not spec else [e.text for e in spec],
+            "shape_jitter": float(getattr(args, "shape_jitter", 0.0) or 0.0),
+            "jitter_samples": getattr(args, "jitter_samples", None), "seed": getattr(args, "seed", None),
+            "sfs": bool(getattr(args, "sfs", False)), "relight": getattr(args, "relight", None)}
+
+
+def resume_rotate(out: Path, settings: dict, manifest: Manifest) -> set[str]:
+    """The sources a stopped run finished (every view in the manifest and on disk); the manifest is
+    cut back to their records, so the others start clean. Refuses a folder made with other flags."""
+    path = out / RUN_SETTINGS
+    if not path.is_file():
+        if manifest.read():
+            raise FaceSynthError(f"--resume: {out} has no {RUN_SETTINGS} (not made by this version of `facesynth "
+                                 "rotate`); use another --out")
+        return set()
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise FaceSynthError(f"--resume: {path} is unreadable; use another --out") from None
+    diff = [k for k in settings if old.get(k) != settings[k]]
+    if diff:
+        k = diff[0]
+        raise FaceSynthError(f"--resume: {out} was made with other settings ({k}: {old.get(k)!r}, now {settings[k]!r}); "
+                             "use the same flags or another --out")
+    records = manifest.read()
+    by_source: dict[str, list[dict]] = {}
+    for r in records:
+        by_source.setdefault(str(r.get("source")), []).append(r)
+
+    def finished(rows: list[dict]) -> bool:
+        files = [r.get(k) for r in rows for k in ("output", "mesh") if r.get(k)]
+        return all("error" not in r for r in rows) and all((out / f).is_file() for f in files)
+
+    done = {src for src, rows in by_source.items() if finished(rows)}
+    manifest.rewrite([r for r in records if str(r.get("source")) in done])
+    return done
 
 
 def run_rotate(args) -> int:
@@ -92,14 +161,22 @@ def run_rotate(args) -> int:
     load_landmark_models()  # one-time model loading stays out of each photo's seconds_per_photo
     manifest = Manifest(out / "manifest.jsonl")
     poses = [Pose(y, p, r) for p in args.pitch for y in args.yaw for r in args.roll]
+    settings = run_settings(args, poses, model, refiner)
+    done = resume_rotate(out, settings, manifest) if getattr(args, "resume", False) else set()
+    from face3d.image_io import atomic_write_bytes
+
+    atomic_write_bytes(out / RUN_SETTINGS, (json.dumps(settings, indent=2) + "\n").encode())
     fit_cfg = FitConfig(dense=args.dense)
-    failed = 0
+    failed = skipped = 0
     used_stems: dict[str, int] = {}
     for src in tqdm(args.images, desc="rotate", unit="photo", disable=len(args.images) < 2):
         stem = Path(src).stem
         n = used_stems.get(stem, 0)
         used_stems[stem] = n + 1
         stem = stem if n == 0 else f"{stem}-{n + 1}"
+        if src in done:
+            skipped += 1
+            continue
         t0 = time.perf_counter()
         try:
             image = load_image(src)
@@ -154,5 +231,7 @@ def run_rotate(args) -> int:
             manifest.append([{"source": src, "error": msg}])
             tqdm.write(f"facesynth: {msg}")
     ok = len(args.images) - failed
-    print(f"facesynth: {ok} of {len(args.images)} photo(s) done, {len(poses)} pose(s) each; output in {out}/ (manifest: {out / 'manifest.jsonl'})")
+    before = f" ({skipped} of them in the run that was resumed)" if skipped else ""
+    print(f"facesynth: {ok} of {len(args.images)} photo(s) done{before}, {len(poses)} pose(s) each; output in {out}/ "
+          f"(manifest: {out / 'manifest.jsonl'})")
     return 0 if failed == 0 else 1

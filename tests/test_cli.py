@@ -199,3 +199,47 @@ def test_model_from_environment_variable(tmp_path, capsys, obama_path, monkeypat
     code, _, err = run(capsys, "rotate", obama_path, "--yaw", "0", "--out", tmp_path / "o")
     assert code == 1
     assert str(tmp_path / "elsewhere") in err
+
+
+@pytest.mark.slow
+def test_resume_skips_finished_photos_and_redoes_the_rest(tmp_path, capsys, obama_path, data_dir):
+    """--resume after a run that was cut off: finished photos are kept as they are, a photo whose
+    views are missing and a failed one are done again, the manifest holds each view once; other
+    flags, or a folder rotate did not make, are one-line errors."""
+    import os
+
+    biden = data_dir / "faces" / "biden" / "face_recognition_biden.jpg"
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    out = tmp_path / "out"
+    flags = ["--yaw", "-30,30", "--method", "3d", "--no-dense", "--out", out]
+    code, _, _ = run(capsys, "rotate", obama_path, biden, bad, *flags)
+    assert code == 1                                   # the broken file failed, the others are done
+    first = manifest(out)
+    assert len(first) == 5 and sum("error" in r for r in first) == 1
+    obama_files = [out / r["output"] for r in first if r.get("source") == str(obama_path)]
+    stamps = {f: os.stat(f).st_mtime_ns for f in obama_files}
+    # cut off: one of biden's views is gone, and the last manifest line is half written
+    (out / next(r["output"] for r in first if r.get("source") == str(biden))).unlink()
+    with open(out / "manifest.jsonl", "a") as f:
+        f.write('{"source": "half a li')
+    bad.write_bytes((Path(obama_path)).read_bytes())    # the failed photo is readable now
+
+    code, stdout, err = run(capsys, "rotate", obama_path, biden, bad, *flags, "--resume")
+    assert code == 0, err
+    assert "1 of them in the run that was resumed" in stdout
+    rows = manifest(out)
+    assert all("error" not in r for r in rows)
+    assert sorted((r["source"], r["yaw"]) for r in rows) == sorted(
+        (str(s), y) for s in (obama_path, biden, bad) for y in (-30.0, 30.0))
+    assert all((out / r["output"]).is_file() for r in rows)
+    assert {f: os.stat(f).st_mtime_ns for f in obama_files} == stamps   # not redone
+
+    code, _, err = run(capsys, "rotate", obama_path, "--yaw", "-30,30", "--method", "3d", "--no-dense", "--size", "96",
+                       "--out", out, "--resume")
+    assert code == 1 and "other settings" in err and "size" in err
+    assert_one_line_error(err)
+    (out / "rotate.json").unlink()
+    code, _, err = run(capsys, "rotate", obama_path, *flags, "--resume")
+    assert code == 1 and "rotate.json" in err
+    assert_one_line_error(err)

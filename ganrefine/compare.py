@@ -8,7 +8,9 @@ INPUT is an identity-layout folder (``INPUT/<identity>/<image>``). Every photo i
 ``--methods`` turns it into one view per pose. Each view is scored, and ``DIR/report.html`` (one
 self-contained page: images and plots as base64 PNG data URIs), ``DIR/metrics.json`` and
 ``DIR/metrics.csv`` (and ``DIR/views.csv``: one row per view with its detection, distance and pose
-error) are written atomically.
+error) are written atomically. Each finished photo's views and scores are kept in
+``DIR/cache/<settings>/`` (:class:`PhotoCache`), so the same command run again after a stop
+continues where it stopped (failed photos are tried again; other flags use another cache folder).
 
 Methods
 -------
@@ -404,7 +406,8 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "compare", help="generate views with several methods and score them (identity, pose, realism, speed)",
         description="For every photo of INPUT/<identity>/<image>, method and pose: generate the view and score "
-        "it; write DIR/report.html, DIR/metrics.json and DIR/metrics.csv.")
+        "it; write DIR/report.html, DIR/metrics.json and DIR/metrics.csv. Finished photos are kept in DIR/cache: "
+        "the same command run again after a stop continues where it stopped.")
     p.add_argument("input", metavar="INPUT", help="folder of photos in identity layout: INPUT/<identity>/<image>")
     p.add_argument("--yaw", type=_angles("yaw"), required=True, help="yaw angles in degrees, e.g. -60,-30,0,30,60")
     p.add_argument("--pitch", type=_angles("pitch"), default=[0.0], help="pitch angles (default 0)")
@@ -447,9 +450,7 @@ def run_compare(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from face3d.image_io import load_image
     from face3d.morphable_model import load_morphable_model
-    from face3d.pose_estimation import view_pose_reference
 
     root = Path(args.input)
     if not root.is_dir():
@@ -482,57 +483,29 @@ def run_compare(args) -> int:
     gen_seconds = {m: 0.0 for m in methods}
     fit_share = {m: 0.0 for m in methods}
     n_views = {m: 0 for m in methods}
+    cache = PhotoCache(out, _settings_key(args, methods, model, ctx))
+    reused = 0
     bar = tqdm(photos, desc="compare", unit="photo")
     for identity, path in bar:
-        src = str(path)
         rel = f"{identity}/{path.name}"
         bar.set_postfix_str(rel[-40:])
-        try:
-            image = load_image(path)
-            ctx.current_method = None
-            rec = ctx.reconstruction(image, src)
-            desc, _ = enc.encode([image], [rec.face.landmarks])
-            sources[rel] = {"identity": identity, "descriptor": desc[0], "thumb": _thumbnail(image, rec.face.box, args.size)}
-        except FaceSynthError as exc:
-            failures.append({"source": rel, "error": _first_line(exc)})
-            tqdm.write(f"facesynth compare: {_first_line(exc)}")
-            continue
-        except Exception as exc:  # the batch goes on; the reason is recorded
-            msg = f"{rel}: internal error: {type(exc).__name__}: {_first_line(exc)}"
-            failures.append({"source": rel, "error": msg})
-            tqdm.write(f"facesynth compare: {msg}")
-            continue
-        made: dict[str, np.ndarray] = {}
+        done = cache.load(rel, path)
+        if done is None:
+            done = _process_photo(identity, path, rel, methods, poses, args.size, ctx, enc, model)
+            if not done.failures:
+                cache.save(rel, path, done)
+        else:
+            reused += 1
+        for f in done.failures:
+            failures.append(f)
+            tqdm.write(f"facesynth compare: {f['error']}")
+        if done.source is not None:
+            sources[rel] = done.source
+        views.extend(done.views)
         for m in methods:
-            ctx.current_method = m
-            t0 = time.perf_counter()
-            try:
-                imgs = np.asarray(METHODS[m](image, src, poses, args.size, ctx))
-                if imgs.shape != (len(poses), args.size, args.size, 3) or imgs.dtype != np.uint8:
-                    raise RuntimeError(f"method {m} returned {imgs.shape} {imgs.dtype}, "
-                                       f"expected ({len(poses)}, {args.size}, {args.size}, 3) uint8")
-            except Exception as exc:
-                msg = f"{rel}: method {m}: {_first_line(exc)}"
-                failures.append({"source": rel, "method": m, "error": msg})
-                tqdm.write(f"facesynth compare: {msg}")
-                continue
-            finally:
-                ctx.current_method = None
-            gen_seconds[m] += time.perf_counter() - t0
-            n_views[m] += len(poses)
-            made[m] = imgs
-        users = [m for m in made if m in ctx.fit_users.get(src, ())]
-        for m in users:  # every method has len(poses) views of this photo: an even split per view
-            fit_share[m] += ctx.fit_seconds[src] / len(users)
-        reference = view_pose_reference(rec.fit, model, args.size)  # one per photo, shared by its views
-        for m, imgs in made.items():
-            try:
-                views.extend(_score_views(imgs, poses, m, rel, identity, reference, enc, sources[rel]["descriptor"]))
-            except Exception as exc:  # a scoring bug must not lose the other photos' results
-                msg = f"{rel}: scoring {m}: internal error: {type(exc).__name__}: {_first_line(exc)}"
-                failures.append({"source": rel, "method": m, "error": msg})
-                tqdm.write(f"facesynth compare: {msg}")
-        ctx.fits.pop(src, None)  # one photo's fit at a time in memory
+            gen_seconds[m] += done.gen_seconds.get(m, 0.0)
+            fit_share[m] += done.fit_share.get(m, 0.0)
+            n_views[m] += done.n_views.get(m, 0)
     bar.close()
 
     # realism: real photos, detected and aligned the same way
@@ -564,6 +537,150 @@ def run_compare(args) -> int:
     print(f"facesynth compare: {ok} of {len(photos)} photo(s) done, {len(methods)} method(s) x {len(poses)} pose(s); "
           f"report: {out / 'report.html'}")
     return 0 if not failures else 1
+
+
+@dataclass
+class PhotoResult:
+    """One photo's share of a compare run: its source entry, scored views, failures and timings."""
+
+    source: dict | None
+    views: list[dict]
+    failures: list[dict]
+    gen_seconds: dict[str, float]
+    fit_share: dict[str, float]
+    n_views: dict[str, int]
+
+
+def _process_photo(identity: str, path: Path, rel: str, methods: list[str], poses: list[Pose], size: int,
+                   ctx: CompareContext, enc: FaceEncoder, model) -> PhotoResult:
+    """Fit one photo, generate its views with every method and score them; failures are recorded,
+    never raised (the batch goes on)."""
+    from face3d.image_io import load_image
+    from face3d.pose_estimation import view_pose_reference
+
+    src = str(path)
+    res = PhotoResult(None, [], [], {}, {}, {})
+    try:
+        image = load_image(path)
+        ctx.current_method = None
+        rec = ctx.reconstruction(image, src)
+        desc, _ = enc.encode([image], [rec.face.landmarks])
+        res.source = {"identity": identity, "descriptor": desc[0], "thumb": _thumbnail(image, rec.face.box, size)}
+    except FaceSynthError as exc:
+        res.failures.append({"source": rel, "error": _first_line(exc)})
+        return res
+    except Exception as exc:  # the batch goes on; the reason is recorded
+        res.failures.append({"source": rel, "error": f"{rel}: internal error: {type(exc).__name__}: {_first_line(exc)}"})
+        return res
+    made: dict[str, np.ndarray] = {}
+    for m in methods:
+        ctx.current_method = m
+        t0 = time.perf_counter()
+        try:
+            imgs = np.asarray(METHODS[m](image, src, poses, size, ctx))
+            if imgs.shape != (len(poses), size, size, 3) or imgs.dtype != np.uint8:
+                raise RuntimeError(f"method {m} returned {imgs.shape} {imgs.dtype}, "
+                                   f"expected ({len(poses)}, {size}, {size}, 3) uint8")
+        except Exception as exc:
+            res.failures.append({"source": rel, "method": m, "error": f"{rel}: method {m}: {_first_line(exc)}"})
+            continue
+        finally:
+            ctx.current_method = None
+        res.gen_seconds[m] = time.perf_counter() - t0
+        res.n_views[m] = len(poses)
+        made[m] = imgs
+    users = [m for m in made if m in ctx.fit_users.get(src, ())]
+    for m in users:  # every method has len(poses) views of this photo: an even split per view
+        res.fit_share[m] = ctx.fit_seconds[src] / len(users)
+    reference = view_pose_reference(rec.fit, model, size)  # one per photo, shared by its views
+    for m, imgs in made.items():
+        try:
+            res.views.extend(_score_views(imgs, poses, m, rel, identity, reference, enc, res.source["descriptor"]))
+        except Exception as exc:  # a scoring bug must not lose the other photos' results
+            res.failures.append({"source": rel, "method": m,
+                                 "error": f"{rel}: scoring {m}: internal error: {type(exc).__name__}: {_first_line(exc)}"})
+    ctx.fits.pop(src, None)  # one photo's fit at a time in memory
+    return res
+
+
+def _settings_key(args, methods: list[str], model, ctx: CompareContext) -> str:
+    """What a photo's views and scores depend on (the realism test's seed and real photos are not
+    cached): the cache folder of a run; other flags use another folder."""
+    import hashlib
+
+    weights = {}
+    if "hybrid" in methods:
+        weights["hybrid"] = ctx.refiner().sha256
+    if "gan" in methods:
+        from ganrefine.capg import load_default_capg
+
+        weights["gan"] = load_default_capg(ctx.capg_path).sha256
+    key = {"methods": methods, "yaw": [float(y) for y in args.yaw], "pitch": [float(p) for p in args.pitch],
+           "size": args.size, "dense": bool(args.dense), "model": model.name, "weights": weights, "version": 1}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class PhotoCache:
+    """``DIR/cache/<settings>/<photo>.npz``: each finished photo's views and scores, so that a run
+    that was stopped continues where it stopped when the same command is run again. Plain arrays
+    and JSON text only (``allow_pickle=False``); a photo file that changed since is done again."""
+
+    def __init__(self, out: Path, key: str):
+        self.dir = out / "cache" / key
+
+    def _file(self, rel: str, path: Path) -> tuple[Path, str]:
+        import hashlib
+
+        st = path.stat()
+        stamp = f"{rel}|{st.st_size}|{st.st_mtime_ns}"
+        return self.dir / f"{hashlib.sha256(rel.encode()).hexdigest()[:24]}.npz", stamp
+
+    def load(self, rel: str, path: Path) -> PhotoResult | None:
+        try:
+            f, stamp = self._file(rel, path)
+            if not f.is_file():
+                return None
+            with np.load(f, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                if meta["stamp"] != stamp:
+                    return None
+                views = []
+                for i, v in enumerate(meta["views"]):
+                    det = v["detected"]
+                    views.append({**v, "image": z["images"][i],
+                                  "descriptor": z["descriptors"][i] if det else None,
+                                  "feature": z["features"][i] if det else None,
+                                  "distance": float(v["distance"]), "pose_error": float(v["pose_error"])})
+                source = {"identity": meta["identity"], "descriptor": z["source_descriptor"], "thumb": z["thumb"]}
+            return PhotoResult(source, views, [], meta["gen_seconds"], meta["fit_share"], meta["n_views"])
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            return None  # unreadable or from another version: do the photo again
+
+    def save(self, rel: str, path: Path, res: PhotoResult) -> None:
+        from face3d.image_io import atomic_write_bytes
+
+        f, stamp = self._file(rel, path)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        size = res.source["thumb"].shape[0]
+        n = len(res.views)
+        found = [v for v in res.views if v["feature"] is not None]   # kept in their own dtype: a resumed
+        d_dtype = found[0]["descriptor"].dtype if found else np.float32  # run scores exactly as a fresh one
+        f_dtype = found[0]["feature"].dtype if found else np.float32
+        desc = np.full((n, 128), np.nan, d_dtype)
+        feats = np.full((n, found[0]["feature"].shape[0] if found else 0), np.nan, f_dtype)
+        for i, v in enumerate(res.views):
+            if v["descriptor"] is not None:
+                desc[i] = v["descriptor"]
+                feats[i] = v["feature"]
+        meta = {"stamp": stamp, "identity": res.source["identity"], "gen_seconds": res.gen_seconds,
+                "fit_share": res.fit_share, "n_views": res.n_views,
+                "views": [{k: (str(x) if k in ("distance", "pose_error") else x) for k, x in v.items()
+                           if k not in ("image", "descriptor", "feature")} for v in res.views]}
+        buf = io.BytesIO()
+        np.savez(buf, meta=np.array(json.dumps(meta)), source_descriptor=np.asarray(res.source["descriptor"]),
+                 thumb=res.source["thumb"], images=np.stack([v["image"] for v in res.views]) if n else
+                 np.zeros((0, size, size, 3), np.uint8), descriptors=desc, features=feats)
+        atomic_write_bytes(f, buf.getvalue())
 
 
 def _thumbnail(image: np.ndarray, box, size: int) -> np.ndarray:

@@ -112,11 +112,12 @@ def compare_run(tmp_path_factory, data_dir):
     Image.new("RGB", (120, 120), (90, 140, 200)).save(inp / "nobody" / "sky.png")
     methods = "3d,gan,hybrid"  # the shipped refiner and CAPG-GAN weights
     out = root / "out"
+    argv = ["compare", str(inp), "--yaw", "0,30", "--size", "128", "--methods", methods, "--no-dense",
+            "--real-photos", "12", "--out", str(out)]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(compare, "MIN_C2ST_PER_CLASS", 2)   # 4 photos: let the per-yaw realism test run too
-        code = main(["compare", str(inp), "--yaw", "0,30", "--size", "128", "--methods", methods, "--no-dense",
-                     "--real-photos", "12", "--out", str(out)])
-    return {"code": code, "out": out, "methods": methods.split(",")}
+        code = main(argv)
+    return {"code": code, "out": out, "methods": methods.split(","), "argv": argv, "input": inp}
 
 
 @pytest.mark.slow
@@ -189,3 +190,32 @@ def test_compare_report_loads_in_a_browser(compare_run):
     assert len(widths) == 4 * (1 + 2 * len(compare_run["methods"])) + 1
     assert all(w > 0 for w in widths)
     assert all(u.startswith(("file:", "data:")) for u in requested)
+
+
+@pytest.mark.slow
+def test_compare_run_again_reuses_finished_photos(compare_run, monkeypatch):
+    """The same command again (as after a stop) takes the finished photos from DIR/cache and writes
+    the same metrics; the failed photos are tried again; a photo that changed is done again."""
+    from ganrefine.cli import main
+
+    out = compare_run["out"]
+    first = (out / "metrics.json").read_text()
+    calls = []
+
+    def recorded(name):
+        def generate(image, source, poses, size, ctx):
+            calls.append((name, source))
+            return real[name](image, source, poses, size, ctx)
+        return generate
+
+    real = dict(compare.METHODS)
+    monkeypatch.setattr(compare, "METHODS", {m: recorded(m) for m in real})
+    monkeypatch.setattr(compare, "MIN_C2ST_PER_CLASS", 2)
+    assert main(compare_run["argv"]) == 1           # the two bad photos fail again
+    assert calls == []                              # no view generated again
+    assert (out / "metrics.json").read_text() == first
+    changed = compare_run["input"] / "obama" / "face_recognition_obama2.jpg"
+    changed.write_bytes(changed.read_bytes())       # a new modification time: the photo is done again
+    assert main(compare_run["argv"]) == 1
+    assert sorted({Path(src).name for _, src in calls}) == ["face_recognition_obama2.jpg"]
+    assert len(calls) == len(compare_run["methods"])

@@ -677,7 +677,7 @@ class PhotoCache:
                 "views": [{k: (str(x) if k in ("distance", "pose_error") else x) for k, x in v.items()
                            if k not in ("image", "descriptor", "feature")} for v in res.views]}
         buf = io.BytesIO()
-        np.savez(buf, meta=np.array(json.dumps(meta)), source_descriptor=np.asarray(res.source["descriptor"]),
+        np.savez_compressed(buf, meta=np.array(json.dumps(meta)), source_descriptor=np.asarray(res.source["descriptor"]),
                  thumb=res.source["thumb"], images=np.stack([v["image"] for v in res.views]) if n else
                  np.zeros((0, size, size, 3), np.uint8), descriptors=desc, features=feats)
         atomic_write_bytes(f, buf.getvalue())

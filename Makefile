@@ -18,7 +18,7 @@ install: $(BIN)/facesynth
 
 demo: install
 	$(BIN)/facesynth rotate assets/astronaut.png --yaw -60,-45,-30,-15,0,15,30,45,60 --size 256 --export-mesh glb --out $(OUT)
-	@echo "Demo output: $(OUT)/ (PNG views, astronaut_mesh.glb, manifest.jsonl)"
+	@echo "Demo output: $(OUT)/ (PNG views, astronaut_mesh.glb, manifest.jsonl, rotate.json)"
 
 test: install
 	$(BIN)/python -m pytest -q

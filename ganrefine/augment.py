@@ -615,13 +615,8 @@ class ManifestLog:
                 f.truncate(keep)
                 f.flush()
                 os.fsync(f.fileno())
-            data = data[:keep]
-        for line in data.decode("utf-8", "replace").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and "source" in row:
+        for row in self._writer.read():
+            if "source" in row:
                 self._add(row)
 
     def _add(self, row: dict) -> None:
@@ -742,11 +737,12 @@ def _check_settings(out: Path, settings: dict) -> None:
         except (OSError, ValueError):
             old = None
         if isinstance(old, dict):
-            diff = [k for k in OUTPUT_SETTINGS if old.get(k) != settings.get(k)]
-            if diff:
-                k = diff[0]
-                raise FaceSynthError(f"OUTPUT {out} was made with other settings ({k}: {old.get(k)!r}, now "
-                                     f"{settings.get(k)!r}); use a new OUTPUT folder or the same flags")
+            from ganrefine.rotate import changed_setting
+
+            change = changed_setting(old, settings, OUTPUT_SETTINGS)
+            if change:
+                raise FaceSynthError(f"OUTPUT {out} was made with other settings ({change}); "
+                                     "use a new OUTPUT folder or the same flags")
             return
     atomic_write_bytes(path, (json.dumps(settings, indent=2) + "\n").encode())
 

@@ -484,7 +484,6 @@ def run_compare(args) -> int:
     fit_share = {m: 0.0 for m in methods}
     n_views = {m: 0 for m in methods}
     cache = PhotoCache(out, _settings_key(args, methods, model, ctx))
-    reused = 0
     bar = tqdm(photos, desc="compare", unit="photo")
     for identity, path in bar:
         rel = f"{identity}/{path.name}"
@@ -494,8 +493,6 @@ def run_compare(args) -> int:
             done = _process_photo(identity, path, rel, methods, poses, args.size, ctx, enc, model)
             if not done.failures:
                 cache.save(rel, path, done)
-        else:
-            reused += 1
         for f in done.failures:
             failures.append(f)
             tqdm.write(f"facesynth compare: {f['error']}")

@@ -41,6 +41,10 @@ class Manifest:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
 
+    @staticmethod
+    def _encode(records: list[dict]) -> bytes:
+        return "".join(json.dumps(r, sort_keys=False) + "\n" for r in records).encode()
+
     def read(self) -> list[dict]:
         """The records on disk; a line cut off by a killed run (not valid JSON) is dropped."""
         if not self.path.is_file():
@@ -59,12 +63,12 @@ class Manifest:
         """Replace the whole manifest with `records` (atomically: temp file, then rename)."""
         from face3d.image_io import atomic_write_bytes
 
-        atomic_write_bytes(self.path, "".join(json.dumps(r, sort_keys=False) + "\n" for r in records).encode())
+        atomic_write_bytes(self.path, self._encode(records))
 
     def append(self, records: list[dict]) -> None:
         if not records:
             return
-        data = "".join(json.dumps(r, sort_keys=False) + "\n" for r in records).encode()
+        data = self._encode(records)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             os.write(fd, data)
@@ -90,6 +94,15 @@ def run_settings(args, poses, model, weights) -> dict:
             "sfs": bool(getattr(args, "sfs", False)), "relight": getattr(args, "relight", None)}
 
 
+def changed_setting(old: dict, new: dict, keys) -> str | None:
+    """`key: old, now new` for the first of `keys` whose stored value differs from the new one, else
+    None: what a run into a folder made with other flags is refused with (rotate --resume, augment)."""
+    for k in keys:
+        if old.get(k) != new.get(k):
+            return f"{k}: {old.get(k)!r}, now {new.get(k)!r}"
+    return None
+
+
 def resume_rotate(out: Path, settings: dict, manifest: Manifest) -> set[str]:
     """The sources a stopped run finished (every view in the manifest and on disk); the manifest is
     cut back to their records, so the others start clean. Refuses a folder made with other flags."""
@@ -103,11 +116,9 @@ def resume_rotate(out: Path, settings: dict, manifest: Manifest) -> set[str]:
         old = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         raise FaceSynthError(f"--resume: {path} is unreadable; use another --out") from None
-    diff = [k for k in settings if old.get(k) != settings[k]]
-    if diff:
-        k = diff[0]
-        raise FaceSynthError(f"--resume: {out} was made with other settings ({k}: {old.get(k)!r}, now {settings[k]!r}); "
-                             "use the same flags or another --out")
+    change = changed_setting(old, settings, settings)
+    if change:
+        raise FaceSynthError(f"--resume: {out} was made with other settings ({change}); use the same flags or another --out")
     records = manifest.read()
     by_source: dict[str, list[dict]] = {}
     for r in records:
@@ -162,7 +173,7 @@ def run_rotate(args) -> int:
     manifest = Manifest(out / "manifest.jsonl")
     poses = [Pose(y, p, r) for p in args.pitch for y in args.yaw for r in args.roll]
     settings = run_settings(args, poses, model, refiner)
-    done = resume_rotate(out, settings, manifest) if getattr(args, "resume", False) else set()
+    done = resume_rotate(out, settings, manifest) if args.resume else set()
     from face3d.image_io import atomic_write_bytes
 
     atomic_write_bytes(out / RUN_SETTINGS, (json.dumps(settings, indent=2) + "\n").encode())

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import random
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -127,7 +126,7 @@ def main():
     print(f"(b) dlib EAR ratio < 0.5 on {len(recs)} LFW faces: shipped lash constants {summary['shipped_pass_share']:.1%}; "
           f"{len(others)} random settings {summary['random_pass_share_min']:.1%}-{summary['random_pass_share_max']:.1%}")
     write_json(RESULTS / "blink_lash.json", {"shipped": shipped, "summary": summary, "geometry": geometry,
-                                             "settings": rows, "lfw": str(Path(lfw))})
+                                             "settings": rows, "lfw": str(lfw)})
 
 
 if __name__ == "__main__":

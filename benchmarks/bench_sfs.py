@@ -184,7 +184,6 @@ def evaluate_synthetic(model, albedo_tex, rng, sfs_cfg=None, fit_cfg=None, oracl
     if oracle:
         fits["oracle_"] = oracle_fit(model, s, q)
     mask = face_mask(model, s, q)
-    img = s["image"].astype(np.float64) / 255.0
     out = {"pose": s["pose"].as_tuple()}
     for prefix, fit in fits.items():
         t0 = time.perf_counter()
@@ -192,24 +191,32 @@ def evaluate_synthetic(model, albedo_tex, rng, sfs_cfg=None, fit_cfg=None, oracl
         out[prefix + "sfs_seconds"] = time.perf_counter() - t0
         out[prefix + "warning"] = res.warning
         out[prefix + "max_disp_mm"] = float(np.abs(res.displacement).max())
-        maps = {}
-        with torch.no_grad():
-            for name, verts in (("fit", fit.vertices(model)), ("sfs", res.vertices(fit, model))):
-                maps[name] = source_render(fit, model, verts, albedo_tex, s["sh"])
-        common = mask.copy()
-        for name in maps:
-            common &= maps[name][1] >= 0
-        smooth = common & ~depth_jumps(s["zbuf"])
-        for name, (z, f, rgb) in maps.items():
-            dz = z[common] - s["zbuf"][common]
-            dz = dz - np.median(dz)
-            out[f"{prefix}depth_rmse_{name}"] = float(np.sqrt((dz ** 2).mean()))
-            dc = z[smooth] - s["zbuf"][smooth]
-            dc = dc - np.median(dc)
-            out[f"{prefix}depthc_rmse_{name}"] = float(np.sqrt((dc ** 2).mean()))
-            out[f"{prefix}photo_rmse_{name}"] = float(np.sqrt(((rgb[common] - img[common]) ** 2).mean()))
-        out[prefix + "pixels"] = int(common.sum())
-        out[prefix + "pixels_off_contours"] = int(smooth.sum())
+        out.update({prefix + k: v for k, v in geometry_errors(model, s, fit, res, mask, albedo_tex).items()})
+    return out
+
+
+def geometry_errors(model, s, fit, res, mask, albedo_tex) -> dict:
+    """Depth RMSE (plain and off the occluding contours) and photometric RMSE of the fit and of the
+    fit + SFS result `res` against synthetic face `s`, over `mask` pixels that both surfaces cover."""
+    img = s["image"].astype(np.float64) / 255.0
+    maps, out = {}, {}
+    with torch.no_grad():
+        for name, verts in (("fit", fit.vertices(model)), ("sfs", res.vertices(fit, model))):
+            maps[name] = source_render(fit, model, verts, albedo_tex, s["sh"])
+    common = mask.copy()
+    for name in maps:
+        common &= maps[name][1] >= 0
+    smooth = common & ~depth_jumps(s["zbuf"])
+    for name, (z, f, rgb) in maps.items():
+        dz = z[common] - s["zbuf"][common]
+        dz = dz - np.median(dz)
+        out[f"depth_rmse_{name}"] = float(np.sqrt((dz ** 2).mean()))
+        dc = z[smooth] - s["zbuf"][smooth]
+        dc = dc - np.median(dc)
+        out[f"depthc_rmse_{name}"] = float(np.sqrt((dc ** 2).mean()))
+        out[f"photo_rmse_{name}"] = float(np.sqrt(((rgb[common] - img[common]) ** 2).mean()))
+    out["pixels"] = int(common.sum())
+    out["pixels_off_contours"] = int(smooth.sum())
     return out
 
 

@@ -641,12 +641,14 @@ class PhotoCache:
                 meta = json.loads(str(z["meta"]))
                 if meta["stamp"] != stamp:
                     return None
+                # each z[...] access decompresses the whole array: read each one once
+                images, descriptors, features = z["images"], z["descriptors"], z["features"]
                 views = []
                 for i, v in enumerate(meta["views"]):
                     det = v["detected"]
-                    views.append({**v, "image": z["images"][i],
-                                  "descriptor": z["descriptors"][i] if det else None,
-                                  "feature": z["features"][i] if det else None,
+                    views.append({**v, "image": images[i],
+                                  "descriptor": descriptors[i] if det else None,
+                                  "feature": features[i] if det else None,
                                   "distance": float(v["distance"]), "pose_error": float(v["pose_error"])})
                 source = {"identity": meta["identity"], "descriptor": z["source_descriptor"], "thumb": z["thumb"]}
             return PhotoResult(source, views, [], meta["gen_seconds"], meta["fit_share"], meta["n_views"])

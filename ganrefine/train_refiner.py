@@ -1,6 +1,6 @@
 """Training the refiner on Rotate-and-Render pairs: one plain loop, checkpoints that carry their config.
 
-    facesynth train-refiner --data CACHE --steps N --out CKPT [--resume]
+    facesynth train-refiner --data CACHE --steps N --out CKPT [--resume] [--init WEIGHTS]
 
 CACHE is what `facesynth make-pairs` wrote (`train/`, `heldout/`, `split.json`). The held-out pairs
 are split in two fixed halves: `val` (checkpoint selection) and `test` (the reported figures, never
@@ -67,6 +67,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     val_pairs: int = 100              # the first held-out identities: checkpoint selection only
     threads: int | None = None
+    init: str | None = None           # generator weights to start from (fine-tuning); None: random
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
 
 
@@ -359,9 +360,10 @@ def add_training_arguments(p, cfg_cls, data_help: str) -> None:
     p.add_argument("--threads", type=int_option("threads", 1), default=None, help="torch CPU threads (default: all cores)")
 
 
-def run_training_command(args, cfg_cls, train) -> int:
-    """`train-refiner` / `train-capg`: the config from the shared flags, the run, its one-line result."""
-    cfg = cfg_cls(steps=args.steps, batch=args.batch, eval_every=args.eval_every, seed=args.seed, threads=args.threads)
+def run_training_command(args, cfg_cls, train, **extra) -> int:
+    """`train-refiner` / `train-capg`: the config from the shared flags (and `extra` fields), the run, its one-line result."""
+    cfg = cfg_cls(steps=args.steps, batch=args.batch, eval_every=args.eval_every, seed=args.seed, threads=args.threads,
+                  **extra)
     s = train(Path(args.data), Path(args.out), cfg, resume=args.resume)
     print(f"best validation step {s['best_step']} (score {s['best_score']:.4f}); weights {s['weights']}")
     return 0
@@ -425,6 +427,13 @@ def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = Fa
         opt_g.load_state_dict(ck["opt_g"])
         opt_d.load_state_dict(ck["opt_d"])
         start, best = int(ck["step"]), ck["best"]
+    elif cfg.init:
+        # a fresh run from trained weights (the discriminator and optimisers start anew): step 0's
+        # validation row is then the starting weights' score, which the run must beat to replace them
+        init, _ = load_refiner(cfg.init)
+        if asdict(init.cfg) != asdict(cfg.refiner):
+            raise FaceSynthError(f"{cfg.init}: a refiner of another architecture than this run's")
+        gen.load_state_dict(init.state_dict())
 
     train = PairSet.load(train_files, progress=progress)
     val = PairSet.load(val_files, progress=False)
@@ -448,7 +457,7 @@ def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = Fa
                                           "train_pairs": len(train), "data": str(data_dir)})
 
     if start == 0:
-        validate(0)  # the untrained generator returns the render itself: the baseline row
+        validate(0)  # the untrained generator returns the render itself: the baseline row (with --init: the start)
     t0 = time.time()
     bar = tqdm(total=cfg.steps, initial=start, desc="train-refiner", unit="step", disable=not progress)
     for step in range(start + 1, cfg.steps + 1):
@@ -495,8 +504,16 @@ def add_train_refiner_parser(sub) -> None:
 
     p = sub.add_parser("train-refiner", help="train the refiner on `make-pairs` output")
     add_training_arguments(p, TrainConfig, "pair cache written by `facesynth make-pairs`")
+    p.add_argument("--init", metavar="WEIGHTS", default=None,
+                   help="start the generator from these refiner weights (e.g. assets/refiner/refiner.pt) instead of "
+                        "random ones; a fresh run only (not with --resume)")
     p.set_defaults(func=run_train_refiner)
 
 
 def run_train_refiner(args) -> int:
-    return run_training_command(args, TrainConfig, train_refiner)
+    if args.init is not None:
+        if args.resume:
+            raise FaceSynthError("--init starts a fresh run; --resume continues one: pass one of them")
+        if not Path(args.init).is_file():
+            raise FaceSynthError(f"--init {args.init}: no such file")
+    return run_training_command(args, TrainConfig, train_refiner, init=args.init)

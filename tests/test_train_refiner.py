@@ -100,6 +100,16 @@ def test_training_writes_its_files_and_resumes_exactly(tiny_pairs, tmp_path):
     gen, info = load_refiner(tmp_path / "a" / "ck_best.pt")
     assert gen.cfg == TINY and info["step"] == full["best_step"]
 
+    # --init: a fresh run from those weights; its step-0 validation scores them, not the render
+    cfg = _tiny_config(1)
+    cfg.init = str(tmp_path / "a" / "ck_best.pt")
+    train_refiner(tiny_pairs, tmp_path / "c" / "ck.pt", cfg, progress=False)
+    val_c = list(csv.DictReader(open(tmp_path / "c" / "ck_val.csv")))
+    best_row = [r for r in val if int(r["step"]) == full["best_step"]][0]
+    assert int(val_c[0]["step"]) == 0
+    assert abs(float(val_c[0]["l1_refined_mean"]) - float(best_row["l1_refined_mean"])) < 1e-5
+    assert torch.load(tmp_path / "c" / "ck.pt", weights_only=False)["config"]["init"] == cfg.init
+
 
 def test_train_refiner_cli_errors(tmp_path, capsys):
     from ganrefine.cli import main
@@ -108,6 +118,12 @@ def test_train_refiner_cli_errors(tmp_path, capsys):
     assert main(["train-refiner", "--data", str(tmp_path), "--steps", "5", "--out", str(tmp_path / "c.pt")]) == 1
     err = capsys.readouterr().err
     assert "make-pairs" in err and "Traceback" not in err
+    assert main(["train-refiner", "--data", str(tmp_path), "--steps", "5", "--out", str(tmp_path / "c.pt"),
+                 "--init", str(tmp_path / "none.pt")]) == 1
+    assert main(["train-refiner", "--data", str(tmp_path), "--steps", "5", "--out", str(tmp_path / "c.pt"),
+                 "--init", str(tmp_path / "none.pt"), "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "--init" in err and "no such file" in err and "--resume" in err and "Traceback" not in err
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     from face3d.errors import FaceSynthError

@@ -507,13 +507,23 @@ def add_train_refiner_parser(sub) -> None:
     p.add_argument("--init", metavar="WEIGHTS", default=None,
                    help="start the generator from these refiner weights (e.g. assets/refiner/refiner.pt) instead of "
                         "random ones; a fresh run only (not with --resume)")
+    p.add_argument("--identity-weight", type=float, default=None, metavar="W",
+                   help=f"weight of the identity loss (default {TrainConfig.identity_weight}); a fresh run only (a resumed "
+                        "run keeps its checkpoint's)")
     p.set_defaults(func=run_train_refiner)
 
 
 def run_train_refiner(args) -> int:
+    extra = {"init": args.init}
+    if args.identity_weight is not None:
+        if not (math.isfinite(args.identity_weight) and args.identity_weight >= 0):
+            raise FaceSynthError(f"--identity-weight must be a finite number >= 0, got {args.identity_weight}")
+        if args.resume:
+            raise FaceSynthError("--identity-weight sets a fresh run's loss; a resumed run keeps its checkpoint's")
+        extra["identity_weight"] = args.identity_weight
     if args.init is not None:
         if args.resume:
             raise FaceSynthError("--init starts a fresh run; --resume continues one: pass one of them")
         if not Path(args.init).is_file():
             raise FaceSynthError(f"--init {args.init}: no such file")
-    return run_training_command(args, TrainConfig, train_refiner, init=args.init)
+    return run_training_command(args, TrainConfig, train_refiner, **extra)

@@ -287,7 +287,8 @@ def append_csv(path: Path, row: dict) -> None:
 def log_losses(path: Path, bar, row: dict) -> None:
     """One row of the loss log (loss tensors and floats rounded) and the progress bar's pixel /
     identity / D figures."""
-    row = {k: (round(float(v), 6) if isinstance(v, (float, torch.Tensor)) else v) for k, v in row.items()}
+    row = {k: (round(float(v.detach()), 6) if isinstance(v, torch.Tensor) else round(v, 6) if isinstance(v, float) else v)
+           for k, v in row.items()}
     append_csv(path, row)
     bar.set_postfix(pix=f"{row['pixel']:.4f}", id=f"{row['identity']:.3f}", d=f"{row['d']:.3f}")
 

@@ -1,6 +1,6 @@
 """Training the refiner on Rotate-and-Render pairs: one plain loop, checkpoints that carry their config.
 
-    facesynth train-refiner --data CACHE --steps N --out CKPT [--resume] [--init WEIGHTS]
+    facesynth train-refiner --data CACHE --steps N --out CKPT [--resume | --init WEIGHTS] [--identity-weight W]
 
 CACHE is what `facesynth make-pairs` wrote (`train/`, `heldout/`, `split.json`). The held-out pairs
 are split in two fixed halves: `val` (checkpoint selection) and `test` (the reported figures, never

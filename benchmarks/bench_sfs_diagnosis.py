@@ -100,12 +100,19 @@ def model_residuals(model, s, rho: np.ndarray, shape: torch.Tensor, visible: np.
     return np.abs(pred - obs)[visible]
 
 
-class _Unrefined:
-    """A stand-in SFS result whose surface is the fit's own (geometry_errors of a fit alone)."""
+class _Refitted:
+    """The surface of `refit` as the second surface of `geometry_errors(model, s, fit, ...)`, which renders
+    both through `fit`'s camera: refit's camera-frame points taken back into fit's model frame, so the
+    fit and the refit are compared over the same pixels, as part 4 compares fit and fit + SFS."""
 
-    @staticmethod
-    def vertices(fit, model):
-        return fit.vertices(model)
+    def __init__(self, refit):
+        self.refit = refit
+
+    def vertices(self, fit, model):
+        R = torch.from_numpy(np.asarray(self.refit.rotation, np.float32))
+        cam = self.refit.vertices(model) @ R.T + torch.from_numpy(np.asarray(self.refit.translation, np.float32))
+        R0 = torch.from_numpy(np.asarray(fit.rotation, np.float32))
+        return (cam - torch.from_numpy(np.asarray(fit.translation, np.float32))) @ R0
 
 
 def photometric_refit(fit, image: np.ndarray, model, rho: np.ndarray, sh: np.ndarray, data: np.ndarray,
@@ -233,9 +240,8 @@ def main():
         fy = np.clip(np.floor(fscr[:, 1]).astype(int), 0, SIZE - 1)
         seen = (zf[fy, fx] > 0) & (fscr[:, 2] <= zf[fy, fx] + 2.0) & face_region(model) & ~seam
         refit = photometric_refit(lm_fit, s["image"], model, rho, s["sh"], seen)
-        before = geometry_errors(model, s, lm_fit, _Unrefined(), mask, albedo_tex)
-        after = geometry_errors(model, s, refit, _Unrefined(), mask, albedo_tex)
-        row["fit_refit_true_light_albedo"] = {f"{k}_{name}": g[f"{k}_fit"] for name, g in (("fit", before), ("refit", after))
+        g = geometry_errors(model, s, lm_fit, _Refitted(refit), mask, albedo_tex)
+        row["fit_refit_true_light_albedo"] = {f"{k}_{name}": g[f"{k}_{src}"] for name, src in (("fit", "fit"), ("refit", "sfs"))
                                               for k in ("depth_rmse", "depthc_rmse", "photo_rmse")}
         rows.append(row)
         a, b, o = row["512"], row["128"], row["oracle_sfs_true_light_albedo"]

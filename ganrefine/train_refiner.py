@@ -68,6 +68,7 @@ class TrainConfig:
     val_pairs: int = 100              # the first held-out identities: checkpoint selection only
     threads: int | None = None
     init: str | None = None           # generator weights to start from (fine-tuning); None: random
+    lr_decay_steps: int = 0           # both learning rates fall linearly to 0 over the run's last N steps (0: constant)
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
 
 
@@ -309,6 +310,20 @@ def generator_step(loss: torch.Tensor, opt: torch.optim.Optimizer, step: int) ->
     opt.step()
 
 
+def learning_rate_scale(step: int, steps: int, decay_steps: int) -> float:
+    """The factor on the base learning rates at `step` (1-based) of a `steps`-step run: 1, then a
+    linear fall over the last `decay_steps` steps (pix2pix's schedule), reaching 1/decay_steps at
+    the last step. It depends only on the step, so a resumed run continues the same schedule."""
+    if decay_steps <= 0:
+        return 1.0
+    return min(1.0, (steps - step + 1) / decay_steps)
+
+
+def set_learning_rate(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
 def on_schedule(step: int, cfg, validate, save_checkpoint) -> None:
     """Validate every `cfg.eval_every` steps and checkpoint every `cfg.checkpoint_every` (and after
     each validation, so the best score in the checkpoint matches the best weights), and at the end."""
@@ -466,6 +481,9 @@ def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = Fa
         idx = torch.randint(len(train), (cfg.batch,), generator=g)
         flip = torch.rand(cfg.batch, generator=g) < 0.5
         b = train.batch(idx, flip)
+        scale = learning_rate_scale(step, cfg.steps, cfg.lr_decay_steps)
+        set_learning_rate(opt_g, cfg.lr_g * scale)
+        set_learning_rate(opt_d, cfg.lr_d * scale)
         x = refiner_inputs(b)
         out_img = gen(x, b["landmarks"])
 
@@ -492,7 +510,8 @@ def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = Fa
         if step % cfg.log_every == 0 or step == cfg.steps:
             log_losses(log_path, bar, {"step": step, "seconds": round(time.time() - t0, 1), "g_total": loss,
                                        "pixel": l_pix, "symmetry": l_sym, "adv": l_adv, "identity": l_id, "tv": l_tv,
-                                       "d": d_loss, "frontal": int(frontal.sum())})
+                                       "d": d_loss, "frontal": int(frontal.sum()),
+                                       "lr_g": cfg.lr_g * scale})
         on_schedule(step, cfg, validate, save_checkpoint)
     return finish_run(bar, start, cfg, save_checkpoint, out, best, t0)
 
@@ -502,6 +521,7 @@ def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = Fa
 
 
 def add_train_refiner_parser(sub) -> None:
+    from ganrefine.cli import int_option
 
     p = sub.add_parser("train-refiner", help="train the refiner on `make-pairs` output")
     add_training_arguments(p, TrainConfig, "pair cache written by `facesynth make-pairs`")
@@ -511,6 +531,9 @@ def add_train_refiner_parser(sub) -> None:
     p.add_argument("--identity-weight", type=float, default=None, metavar="W",
                    help=f"weight of the identity loss (default {TrainConfig.identity_weight}); a fresh run only (a resumed "
                         "run keeps its checkpoint's)")
+    p.add_argument("--lr-decay-steps", type=int_option("lr-decay-steps", 0), default=None, metavar="N",
+                   help="let both learning rates fall linearly to zero over the last N steps (default "
+                        f"{TrainConfig.lr_decay_steps}: constant); a fresh run only (a resumed run keeps its checkpoint's)")
     p.set_defaults(func=run_train_refiner)
 
 
@@ -522,6 +545,10 @@ def run_train_refiner(args) -> int:
         if args.resume:
             raise FaceSynthError("--identity-weight sets a fresh run's loss; a resumed run keeps its checkpoint's")
         extra["identity_weight"] = args.identity_weight
+    if args.lr_decay_steps is not None:
+        if args.resume:
+            raise FaceSynthError("--lr-decay-steps sets a fresh run's schedule; a resumed run keeps its checkpoint's")
+        extra["lr_decay_steps"] = args.lr_decay_steps
     if args.init is not None:
         if args.resume:
             raise FaceSynthError("--init starts a fresh run; --resume continues one: pass one of them")

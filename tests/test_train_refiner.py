@@ -110,6 +110,27 @@ def test_training_writes_its_files_and_resumes_exactly(tiny_pairs, tmp_path):
     assert abs(float(val_c[0]["l1_refined_mean"]) - float(best_row["l1_refined_mean"])) < 1e-5
     assert torch.load(tmp_path / "c" / "ck.pt", weights_only=False)["config"]["init"] == cfg.init
 
+    # a decaying schedule: the logged learning rate falls over the last steps, and the optimiser used it
+    cfg = _tiny_config(3)
+    cfg.lr_decay_steps = 2
+    train_refiner(tiny_pairs, tmp_path / "d" / "ck.pt", cfg, progress=False)
+    lrs = [float(r["lr_g"]) for r in csv.DictReader(open(tmp_path / "d" / "ck_log.csv"))]
+    assert lrs == pytest.approx([2e-4, 2e-4, 1e-4])
+    ck_d = torch.load(tmp_path / "d" / "ck.pt", weights_only=False)
+    assert ck_d["opt_g"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+    assert ck_d["opt_d"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+    assert ck_d["config"]["lr_decay_steps"] == 2
+
+
+def test_learning_rate_scale_is_constant_then_linear_to_the_last_step():
+    from ganrefine.train_refiner import learning_rate_scale
+
+    assert [learning_rate_scale(s, 10, 0) for s in (1, 10)] == [1.0, 1.0]
+    scales = [learning_rate_scale(s, 10, 4) for s in range(1, 11)]
+    assert scales[:6] == [1.0] * 6
+    assert scales[6:] == pytest.approx([1.0, 0.75, 0.5, 0.25])
+    assert learning_rate_scale(1, 10, 20) == pytest.approx(0.5)  # a decay longer than the run starts below 1
+
 
 def test_train_refiner_cli_errors(tmp_path, capsys):
     from ganrefine.cli import main
@@ -130,6 +151,12 @@ def test_train_refiner_cli_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--init" in err and "no such file" in err and "--resume" in err and "Traceback" not in err
     assert "--identity-weight must be" in err and "a resumed run keeps" in err
+    assert main(["train-refiner", "--data", str(tmp_path), "--steps", "5", "--out", str(tmp_path / "c.pt"),
+                 "--lr-decay-steps", "-1"]) == 2
+    assert main(["train-refiner", "--data", str(tmp_path), "--steps", "5", "--out", str(tmp_path / "c.pt"),
+                 "--lr-decay-steps", "3", "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "--lr-decay-steps must be at least 0" in err and "sets a fresh run's schedule" in err
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     from face3d.errors import FaceSynthError

@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                          ("ganrefine.pairs_cli", "add_make_pairs_parser"),
                          ("ganrefine.pose_pairs", "add_make_pose_photos_parser"),
                          ("ganrefine.train_refiner", "add_train_refiner_parser"),
+                         ("ganrefine.soup", "add_soup_refiners_parser"),
                          ("ganrefine.train_capg", "add_train_capg_parser"),
                          ("ganrefine.serve", "add_serve_parser"),
                          ("ganrefine.compare", "add_compare_parser")):

@@ -174,3 +174,57 @@ def test_split_json_written_by_make_pairs_guards_the_cache(tmp_path, data_dir, c
     (out / "split.json").write_text(json.dumps({"heldout_identities": ["Someone_Else"], "size": 128}))
     assert main(["make-pairs", str(data_dir / "lfw" / "images"), "--out", str(out), "--train-photos", "1"]) == 1
     assert "another split" in capsys.readouterr().err
+
+
+def test_average_state_dicts_is_the_elementwise_mean():
+    from ganrefine.refiner import RefinerGenerator
+    from ganrefine.soup import average_state_dicts
+
+    torch.manual_seed(1)
+    a, b = RefinerGenerator(TINY).state_dict(), RefinerGenerator(TINY).state_dict()
+    m = average_state_dicts([a, b])
+    assert set(m) == set(a)
+    for k in a:
+        assert torch.allclose(m[k], (a[k] + b[k]) / 2, atol=1e-7), k
+    assert all(torch.equal(x, y) for x, y in zip(average_state_dicts([a]).values(), a.values()))
+
+
+def _perturbed_weights(path: Path, seed: int, scale: float) -> Path:
+    """A tiny refiner whose last layer (zero at initialisation) is random: a generator that changes the render."""
+    from ganrefine.refiner import RefinerGenerator
+    from ganrefine.train_refiner import save_weights
+
+    torch.manual_seed(seed)
+    g = RefinerGenerator(TINY)
+    with torch.no_grad():
+        g.fuse[-1].weight.normal_(0, scale)
+    save_weights(path, g, {})
+    return path
+
+
+def test_greedy_soup_keeps_what_helps_and_writes_the_mean(tiny_pairs, tmp_path, capsys):
+    from ganrefine.cli import main
+    from ganrefine.soup import average_state_dicts
+    from ganrefine.train_refiner import PairSet, evaluate_refiner, frozen_identity_encoder, pair_files, split_heldout, summarise
+
+    w = [_perturbed_weights(tmp_path / f"w{i}.pt", i, s) for i, s in enumerate((0.02, 0.03, 2.0))]
+    out = tmp_path / "soup" / "soup.pt"
+    assert main(["soup-refiners", "--data", str(tiny_pairs), "--out", str(out), "--val-pairs", "1", *map(str, w)]) == 0
+    soup, info = load_refiner(out)
+    rows = info["soup_rows"]
+    assert [r["own_score"] for r in rows] == sorted(r["own_score"] for r in rows)  # best candidate first
+    assert rows[0]["kept"] and rows[0]["soup_score"] == rows[0]["own_score"]
+    # greedy: the soup scores no worse than its best ingredient, and the wild candidate is left out
+    assert info["val"]["score"] <= rows[0]["own_score"] + 1e-9
+    assert not [r for r in rows if r["weights"] == str(w[2])][0]["kept"]
+    kept = [load_refiner(i["weights"])[0].state_dict() for i in info["soup"]]
+    mean = average_state_dicts(kept)
+    assert all(torch.allclose(soup.state_dict()[k], mean[k], atol=1e-7) for k in mean)
+    # the recorded score is the written generator's own
+    val_files, _ = split_heldout(pair_files(tiny_pairs / "heldout"), 1)
+    s = summarise(evaluate_refiner(soup, PairSet.load(val_files), frozen_identity_encoder()))
+    assert s["score"] == pytest.approx(info["val"]["score"], abs=1e-6)
+
+    assert main(["soup-refiners", "--data", str(tiny_pairs), "--out", str(out), str(tmp_path / "none.pt")]) == 1
+    err = capsys.readouterr().err
+    assert "none.pt: no such file" in err and "Traceback" not in err

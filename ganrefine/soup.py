@@ -1,0 +1,129 @@
+"""Weight averaging of refiner checkpoints: a greedy "model soup" (Wortsman et al., ICML 2022,
+"Model soups: averaging weights of multiple fine-tuned models improves accuracy without
+increasing inference time").
+
+Refiner runs that start from one another's weights (`train-refiner --init`) stay in one basin of
+the loss, so the plain mean of their parameters is itself a good generator, often better than any
+one of them: the average cancels part of each run's late, noisy drift (constant-rate Adam against a
+discriminator never settles). The greedy soup orders the candidates by their own validation score
+and adds each to the average only if the average's validation score does not get worse:
+
+    soup_0 = {best candidate};  soup_k = soup_{k-1} + {c_k}  if score(mean(soup_{k-1} + {c_k})) <= score(mean(soup_{k-1}))
+
+The score is `train-refiner`'s selection score on the same validation pairs (the first held-out
+identities), so the test pairs stay unseen. The result has the same architecture and the same
+inference cost as one refiner.
+
+    facesynth soup-refiners --data PAIRS --out SOUP.pt WEIGHTS [WEIGHTS ...]
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from face3d.errors import FaceSynthError
+
+
+def average_state_dicts(states: list[dict]) -> dict:
+    """The element-wise mean of equally shaped state dicts (floating tensors; others from the first)."""
+    out = {}
+    for k, v in states[0].items():
+        if v.is_floating_point():
+            out[k] = (sum(s[k].double() for s in states) / len(states)).to(v.dtype)
+        else:
+            out[k] = v.clone()
+    return out
+
+
+def greedy_soup(candidates: list[Path], data_dir: Path, val_pairs: int = 100, progress: bool = True) -> dict:
+    """Greedy soup of refiner weights files, scored on the validation pairs of `data_dir`.
+
+    Returns {"generator": the souped generator (eval mode), "ingredients": [paths kept],
+    "val": its validation summary, "rows": one row per candidate (own score, soup score, kept)}."""
+    from ganrefine.train_refiner import (PairSet, evaluate_refiner, frozen_identity_encoder, load_refiner, pair_files,
+                                         split_heldout, summarise)
+
+    if not candidates:
+        raise FaceSynthError("soup-refiners: no weights given")
+    val_files, _ = split_heldout(pair_files(Path(data_dir) / "heldout"), val_pairs)
+    if not val_files:
+        raise FaceSynthError(f"{data_dir}: no held-out pairs under heldout/ for validation")
+    val = PairSet.load(val_files, progress=False)
+    encoder = frozen_identity_encoder()
+    loaded = [(Path(c), *load_refiner(c)) for c in candidates]
+    cfg = loaded[0][1].cfg
+    for path, g, _ in loaded:
+        if g.cfg != cfg:
+            raise FaceSynthError(f"{path}: a refiner of another architecture than {loaded[0][0]}")
+
+    def score(generator) -> dict:
+        return summarise(evaluate_refiner(generator, val, encoder))
+
+    own = []
+    for path, g, _ in loaded:
+        s = score(g)
+        # cloned: a state dict holds the parameters themselves, which loading a trial average would overwrite
+        own.append((s["score"], path, {k: v.clone() for k, v in g.state_dict().items()}, s))
+        if progress:
+            print(f"  {path}: validation score {s['score']:.4f}", flush=True)
+    own.sort(key=lambda r: r[0])
+
+    from ganrefine.refiner import RefinerGenerator
+
+    work = RefinerGenerator(cfg).eval()  # each trial average is loaded into this one
+    kept_states, kept_paths = [own[0][2]], [own[0][1]]
+    best = own[0][3]
+    rows = [{"weights": str(own[0][1]), "own_score": own[0][0], "soup_score": best["score"], "kept": True}]
+    for own_score, path, state, _ in own[1:]:
+        work.load_state_dict(average_state_dicts(kept_states + [state]))
+        s = score(work)
+        keep = s["score"] <= best["score"]
+        rows.append({"weights": str(path), "own_score": own_score, "soup_score": s["score"], "kept": keep})
+        if progress:
+            print(f"  + {path}: soup score {s['score']:.4f} ({'kept' if keep else 'left out'})", flush=True)
+        if keep:
+            kept_states.append(state)
+            kept_paths.append(path)
+            best = s
+    work.load_state_dict(average_state_dicts(kept_states))
+    work.eval()
+    return {"generator": work, "ingredients": kept_paths, "val": best, "rows": rows}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def add_soup_refiners_parser(sub) -> None:
+    from ganrefine.cli import int_option
+
+    p = sub.add_parser("soup-refiners", help="average refiner weights files (a greedy model soup on the validation pairs)")
+    p.add_argument("weights", nargs="+", metavar="WEIGHTS", help="refiner weights files or training checkpoints")
+    p.add_argument("--data", required=True, metavar="DIR", help="pair cache written by `facesynth make-pairs` (its "
+                                                                 "validation pairs score the soup)")
+    p.add_argument("--out", required=True, metavar="WEIGHTS", help="the souped weights file (.pt)")
+    p.add_argument("--val-pairs", type=int_option("val-pairs", 1), default=100,
+                   help="the first N held-out pairs score the soup, as in train-refiner (default 100)")
+    p.set_defaults(func=run_soup_refiners)
+
+
+def run_soup_refiners(args) -> int:
+    from ganrefine.train_refiner import save_weights
+
+    for w in args.weights:
+        if not Path(w).is_file():
+            raise FaceSynthError(f"{w}: no such file")
+    r = greedy_soup([Path(w) for w in args.weights], Path(args.data), args.val_pairs)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(out, r["generator"], {"soup": [{"weights": str(p), "sha256": _sha256(p)} for p in r["ingredients"]],
+                                       "soup_rows": r["rows"], "val": r["val"], "data": str(args.data)})
+    s = r["val"]
+    print(json.dumps({"ingredients": [str(p) for p in r["ingredients"]], "val_score": round(s["score"], 4),
+                      "val_l1_change": round(s["l1_refined_mean"] / s["l1_render_mean"] - 1, 4),
+                      "val_identity_change": round(s["id_refined_mean"] / s["id_render_mean"] - 1, 4)}))
+    print(f"wrote {out}")
+    return 0

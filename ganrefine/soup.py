@@ -22,7 +22,6 @@ import hashlib
 import json
 from pathlib import Path
 
-
 from face3d.errors import FaceSynthError
 
 

@@ -277,9 +277,15 @@ def open_checkpoint(out: Path, resume: bool, fmt: str, what: str) -> dict | None
 
 
 def append_csv(path: Path, row: dict) -> None:
+    """One row; an existing log keeps its own columns (a run resumed from an older version that
+    logged fewer fields must not get rows longer than its header)."""
     new = not path.exists()
+    fields = list(row)
+    if not new:
+        with open(path, newline="") as f:
+            fields = next(csv.reader(f), None) or fields
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new:
             w.writeheader()
         w.writerow(row)

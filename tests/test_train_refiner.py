@@ -228,3 +228,13 @@ def test_greedy_soup_keeps_what_helps_and_writes_the_mean(tiny_pairs, tmp_path, 
     assert main(["soup-refiners", "--data", str(tiny_pairs), "--out", str(out), str(tmp_path / "none.pt")]) == 1
     err = capsys.readouterr().err
     assert "none.pt: no such file" in err and "Traceback" not in err
+
+
+def test_append_csv_keeps_an_existing_logs_columns(tmp_path):
+    from ganrefine.train_refiner import append_csv
+
+    path = tmp_path / "log.csv"
+    append_csv(path, {"step": 1, "pixel": 0.5})
+    append_csv(path, {"step": 2, "pixel": 0.4, "lr_g": 2e-4})  # a newer version logs one more field
+    rows = list(csv.reader(open(path)))
+    assert rows == [["step", "pixel"], ["1", "0.5"], ["2", "0.4"]]

@@ -36,20 +36,18 @@ def average_state_dicts(states: list[dict]) -> dict:
     return out
 
 
-def greedy_soup(candidates: list[Path], data_dir: Path, val_pairs: int = 100, progress: bool = True) -> dict:
+def greedy_soup(candidates: list[Path], data_dir: Path, val_pairs: int | None = None, progress: bool = True) -> dict:
     """Greedy soup of refiner weights files, scored on the validation pairs of `data_dir`.
 
     Returns {"generator": the souped generator (eval mode), "ingredients": [paths kept],
     "val": its validation summary, "rows": one row per candidate (own score, soup score, kept)}."""
-    from ganrefine.train_refiner import (PairSet, evaluate_refiner, frozen_identity_encoder, load_refiner, pair_files,
-                                         split_heldout, summarise)
+    from ganrefine.train_refiner import (PairSet, TrainConfig, evaluate_refiner, frozen_identity_encoder, load_refiner,
+                                         summarise, validation_files)
 
     if not candidates:
         raise FaceSynthError("soup-refiners: no weights given")
-    val_files, _ = split_heldout(pair_files(Path(data_dir) / "heldout"), val_pairs)
-    if not val_files:
-        raise FaceSynthError(f"{data_dir}: no held-out pairs under heldout/ for validation")
-    val = PairSet.load(val_files, progress=False)
+    val = PairSet.load(validation_files(data_dir, TrainConfig.val_pairs if val_pairs is None else val_pairs),
+                       progress=False)
     encoder = frozen_identity_encoder()
     loaded = [(Path(c), *load_refiner(c)) for c in candidates]
     cfg = loaded[0][1].cfg
@@ -103,8 +101,10 @@ def add_soup_refiners_parser(sub) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="pair cache written by `facesynth make-pairs` (its "
                                                                  "validation pairs score the soup)")
     p.add_argument("--out", required=True, metavar="WEIGHTS", help="the souped weights file (.pt)")
-    p.add_argument("--val-pairs", type=int_option("val-pairs", 1), default=100,
-                   help="the first N held-out pairs score the soup, as in train-refiner (default 100)")
+    from ganrefine.train_refiner import TrainConfig
+
+    p.add_argument("--val-pairs", type=int_option("val-pairs", 1), default=TrainConfig.val_pairs,
+                   help=f"the first N held-out pairs score the soup, as in train-refiner (default {TrainConfig.val_pairs})")
     p.set_defaults(func=run_soup_refiners)
 
 

@@ -135,6 +135,14 @@ def split_heldout(files: list[Path], val_pairs: int) -> tuple[list[Path], list[P
     return files[:val_pairs], files[val_pairs:]
 
 
+def validation_files(data_dir: Path, val_pairs: int) -> list[Path]:
+    """The pairs that select checkpoints (and soups): the first `val_pairs` of `data_dir/heldout/`."""
+    val_files, _ = split_heldout(pair_files(Path(data_dir) / "heldout"), val_pairs)
+    if not val_files:
+        raise FaceSynthError(f"{data_dir}: no held-out pairs under heldout/ for validation")
+    return val_files
+
+
 def refiner_inputs(b: dict) -> torch.Tensor:
     return torch.cat([b["render"], b["confidence"], b["mask"]], dim=1)
 
@@ -424,12 +432,9 @@ def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = Fa
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     train_files = pair_files(data_dir / "train")
-    held_files = pair_files(data_dir / "heldout")
     if not train_files:
         raise FaceSynthError(f"{data_dir}: no pairs under train/ (run `facesynth make-pairs` first)")
-    val_files, _ = split_heldout(held_files, cfg.val_pairs)
-    if not val_files:
-        raise FaceSynthError(f"{data_dir}: no held-out pairs under heldout/ for validation")
+    val_files = validation_files(data_dir, cfg.val_pairs)
     best_path, log_path, val_path, samples = run_files(out)
 
     torch.manual_seed(cfg.seed)

@@ -61,15 +61,16 @@ def greedy_soup(candidates: list[Path], data_dir: Path, val_pairs: int | None = 
     own = []
     for path, g, _ in loaded:
         s = score(g)
-        # cloned: a state dict holds the parameters themselves, which loading a trial average would overwrite
-        own.append((s["score"], path, {k: v.clone() for k, v in g.state_dict().items()}, s))
+        own.append((s["score"], path, g.state_dict(), s))
         if progress:
             print(f"  {path}: validation score {s['score']:.4f}", flush=True)
     own.sort(key=lambda r: r[0])
 
     from ganrefine.refiner import RefinerGenerator
 
-    work = RefinerGenerator(cfg).eval()  # each trial average is loaded into this one
+    # each trial average goes into a generator of its own: a state dict holds the candidate's parameters
+    # themselves, so loading an average into a candidate would overwrite that ingredient
+    work = RefinerGenerator(cfg).eval()
     kept_states, kept_paths = [own[0][2]], [own[0][1]]
     best = own[0][3]
     rows = [{"weights": str(own[0][1]), "own_score": own[0][0], "soup_score": best["score"], "kept": True}]
@@ -85,7 +86,6 @@ def greedy_soup(candidates: list[Path], data_dir: Path, val_pairs: int | None = 
             kept_paths.append(path)
             best = s
     work.load_state_dict(average_state_dicts(kept_states))
-    work.eval()
     return {"generator": work, "ingredients": kept_paths, "val": best, "rows": rows}
 
 

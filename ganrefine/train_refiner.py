@@ -550,16 +550,16 @@ def add_train_refiner_parser(sub) -> None:
 
 def run_train_refiner(args) -> int:
     extra = {"init": args.init}
-    if args.identity_weight is not None:
-        if not (math.isfinite(args.identity_weight) and args.identity_weight >= 0):
-            raise FaceSynthError(f"--identity-weight must be a finite number >= 0, got {args.identity_weight}")
+    if args.identity_weight is not None and not (math.isfinite(args.identity_weight) and args.identity_weight >= 0):
+        raise FaceSynthError(f"--identity-weight must be a finite number >= 0, got {args.identity_weight}")
+    # settings of a fresh run's config: a resumed run takes its checkpoint's
+    for flag, key, what in (("--identity-weight", "identity_weight", "loss"), ("--lr-decay-steps", "lr_decay_steps", "schedule")):
+        value = getattr(args, key)
+        if value is None:
+            continue
         if args.resume:
-            raise FaceSynthError("--identity-weight sets a fresh run's loss; a resumed run keeps its checkpoint's")
-        extra["identity_weight"] = args.identity_weight
-    if args.lr_decay_steps is not None:
-        if args.resume:
-            raise FaceSynthError("--lr-decay-steps sets a fresh run's schedule; a resumed run keeps its checkpoint's")
-        extra["lr_decay_steps"] = args.lr_decay_steps
+            raise FaceSynthError(f"{flag} sets a fresh run's {what}; a resumed run keeps its checkpoint's")
+        extra[key] = value
     if args.init is not None:
         if args.resume:
             raise FaceSynthError("--init starts a fresh run; --resume continues one: pass one of them")

@@ -109,10 +109,12 @@ class _Refitted:
         self.refit = refit
 
     def vertices(self, fit, model):
-        R = torch.from_numpy(np.asarray(self.refit.rotation, np.float32))
-        cam = self.refit.vertices(model) @ R.T + torch.from_numpy(np.asarray(self.refit.translation, np.float32))
-        R0 = torch.from_numpy(np.asarray(fit.rotation, np.float32))
-        return (cam - torch.from_numpy(np.asarray(fit.translation, np.float32))) @ R0
+        def tensor(a):
+            return torch.from_numpy(np.asarray(a, np.float32))[None]
+
+        cam = transform(self.refit.vertices(model), tensor(self.refit.rotation), tensor(self.refit.translation))
+        # the inverse of fit's transform: R0^T (X - t0), written row-wise as (X - t0) R0
+        return (cam - tensor(fit.translation)[:, None, :]) @ tensor(fit.rotation)
 
 
 def photometric_refit(fit, image: np.ndarray, model, rho: np.ndarray, sh: np.ndarray, data: np.ndarray,

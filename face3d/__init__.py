@@ -1,17 +1,31 @@
 """facesynth's 3D stage: morphable models, landmarks, camera, rasterizer and shading, fitting,
-texture extraction, re-posing and mesh export. It never imports `ganrefine`."""
-from face3d.camera import Pose
-from face3d.errors import FaceSynthError, NoFaceError
-from face3d.fitting import FaceFit, FitConfig, fit_morphable_model
-from face3d.image_io import load_image, save_png
-from face3d.landmarks import detect_faces
-from face3d.morphable_model import MorphableModel, load_morphable_model
-from face3d.pipeline import Reconstruction, reconstruct_faces
-from face3d.render import RenderedViews, render_views
-from face3d.texture import Texture, TextureConfig, extract_texture
+texture extraction, re-posing and mesh export. It never imports `ganrefine`.
 
-__all__ = [
-    "Pose", "FaceSynthError", "NoFaceError", "FaceFit", "FitConfig", "fit_morphable_model", "load_image",
-    "save_png", "detect_faces", "MorphableModel", "load_morphable_model", "Reconstruction", "reconstruct_faces",
-    "RenderedViews", "render_views", "Texture", "TextureConfig", "extract_texture",
-]
+The names below load on first use (PEP 562), so that `import face3d.landmarks` or
+`face3d.errors` does not import torch: a fresh `facesynth rotate` starts its face detection in
+a helper process before torch is imported (`face3d.detect_prefetch`)."""
+import importlib
+
+_SOURCES = {
+    "Pose": "face3d.camera", "FaceSynthError": "face3d.errors", "NoFaceError": "face3d.errors",
+    "FaceFit": "face3d.fitting", "FitConfig": "face3d.fitting", "fit_morphable_model": "face3d.fitting",
+    "load_image": "face3d.image_io", "save_png": "face3d.image_io", "detect_faces": "face3d.landmarks",
+    "MorphableModel": "face3d.morphable_model", "load_morphable_model": "face3d.morphable_model",
+    "Reconstruction": "face3d.pipeline", "reconstruct_faces": "face3d.pipeline",
+    "RenderedViews": "face3d.render", "render_views": "face3d.render",
+    "Texture": "face3d.texture", "TextureConfig": "face3d.texture", "extract_texture": "face3d.texture",
+}
+
+__all__ = list(_SOURCES)
+
+
+def __getattr__(name: str):
+    if name not in _SOURCES:
+        raise AttributeError(f"module 'face3d' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_SOURCES[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_SOURCES))

@@ -29,9 +29,13 @@ class Reconstruction:
 
 def reconstruct_faces(image: np.ndarray, model: MorphableModel, all_faces: bool = False,
                       fit_config: FitConfig | None = None, texture_config: TextureConfig | None = None,
-                      source: str = "image") -> list[Reconstruction]:
-    """Detect faces (largest only unless `all_faces`), fit the model to each and extract its texture."""
-    faces = detect_faces(image)
+                      source: str = "image", faces: list[DetectedFace] | None = None) -> list[Reconstruction]:
+    """Detect faces (largest only unless `all_faces`), fit the model to each and extract its texture.
+
+    `faces`: the photo's detections (`detect_faces`, largest first) when they were made elsewhere,
+    e.g. by `face3d.detection_helper`; None detects them here."""
+    if faces is None:
+        faces = detect_faces(image)
     if not faces:
         raise NoFaceError(f"{source}: no face found")
     if not all_faces:

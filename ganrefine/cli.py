@@ -160,20 +160,32 @@ def _join_negative_values(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
+    helper = None
+    if argv[:1] == ["rotate"]:
+        # before the parser's imports pull in torch: dlib loads and detects in a second process meanwhile
+        from face3d.detection_helper import start_detection_helper
+
+        helper = start_detection_helper()
     try:
-        args = parser.parse_args(_join_negative_values(argv))
-    except SystemExit as exc:  # usage errors (2) and --help (0) return their code instead of exiting
-        return int(exc.code or 0)
-    try:
-        return int(args.func(args))
-    except FaceSynthError as exc:
-        print(f"facesynth: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("facesynth: interrupted", file=sys.stderr)
-        return 130
+        parser = build_parser()
+        try:
+            args = parser.parse_args(_join_negative_values(argv))
+        except SystemExit as exc:  # usage errors (2) and --help (0) return their code instead of exiting
+            return int(exc.code or 0)
+        if helper is not None:
+            args.detection_helper = helper
+        try:
+            return int(args.func(args))
+        except FaceSynthError as exc:
+            print(f"facesynth: error: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("facesynth: interrupted", file=sys.stderr)
+            return 130
+    finally:
+        if helper is not None:
+            helper.close()
 
 
 if __name__ == "__main__":

@@ -134,6 +134,10 @@ def resume_rotate(out: Path, settings: dict, manifest: Manifest) -> set[str]:
 
 
 def run_rotate(args) -> int:
+    # the CLI's detection helper (face3d.detection_helper) starts on the first photos before torch loads
+    helper = getattr(args, "detection_helper", None)
+    if helper is not None:
+        helper.submit(args.images)
     import torch
     from tqdm import tqdm
 
@@ -167,9 +171,10 @@ def run_rotate(args) -> int:
         from ganrefine.capg import load_default_capg, rotate_with_capg
 
         refiner = load_default_capg(args.capg)
-    from face3d.landmarks import load_landmark_models
+    if helper is None:
+        from face3d.landmarks import load_landmark_models
 
-    load_landmark_models()  # one-time model loading stays out of each photo's seconds_per_photo
+        load_landmark_models()  # one-time model loading stays out of each photo's seconds_per_photo
     manifest = Manifest(out / "manifest.jsonl")
     poses = [Pose(y, p, r) for p in args.pitch for y in args.yaw for r in args.roll]
     settings = run_settings(args, poses, model, refiner)
@@ -191,7 +196,9 @@ def run_rotate(args) -> int:
         t0 = time.perf_counter()
         try:
             image = load_image(src)
-            recs = reconstruct_faces(image, model, all_faces=args.all_faces, fit_config=fit_cfg, source=src)
+            faces = None if helper is None else helper.faces(src)  # None: detect here
+            recs = reconstruct_faces(image, model, all_faces=args.all_faces, fit_config=fit_cfg, source=src,
+                                     faces=faces)
             records = []
             for fi, rec in enumerate(recs):
                 bg = 0.5

@@ -1,0 +1,146 @@
+"""Face detection in a helper process that starts before torch is imported.
+
+A fresh `facesynth rotate` spends about 0.8 s importing torch and about 0.6 s loading dlib's
+detector and 68-point model. Neither releases the GIL, so a thread cannot overlap them, but a
+second process can: `start_detection_helper` forks one while the main process has not yet
+imported torch. The helper loads dlib's models, then reads each photo it is sent with
+`load_image` and detects its faces with `detect_faces`, the same two calls the main process would
+make, so the landmarks are identical. Meanwhile the main process imports torch and loads the
+morphable model and the refiner; later photos of a batch are detected while it fits earlier ones.
+
+The main process sends photos a few at a time (`DEPTH`), so neither side can block the other on a
+full pipe, and reads the results in the order it sent them. Where the helper cannot help (no fork
+on this platform, a photo it could not read, a helper that died) `DetectionHelper.faces` returns
+None and the caller detects in-process, which also raises the usual one-line errors.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import signal
+from collections import deque
+
+#: photos sent to the helper and not yet read back; enough to keep it one photo ahead
+DEPTH = 3
+_FAILED = object()
+
+
+def _serve(conn) -> None:
+    """The helper's loop: path in, (path, detections or None) out; None ends it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    from face3d.image_io import load_image
+    from face3d.landmarks import detect_faces, load_landmark_models
+
+    load_landmark_models()
+    while True:
+        try:
+            path = conn.recv()
+        except (EOFError, OSError):
+            return
+        if path is None:
+            return
+        try:
+            faces = detect_faces(load_image(path))
+        except Exception:  # the main process meets the same error in-process and reports it
+            faces = None
+        try:
+            conn.send((path, faces))
+        except (BrokenPipeError, OSError):
+            return
+
+
+class DetectionHelper:
+    """The main process's side of the helper; `submit` the photos in order, then ask `faces` for each."""
+
+    def __init__(self):
+        ctx = multiprocessing.get_context("fork")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="facesynth-detect")
+        self._proc.start()
+        child.close()
+        self._todo: deque[str] = deque()   # submitted, not yet sent
+        self._sent: deque[str] = deque()   # sent, result not yet read
+        self._alive = True
+
+    def submit(self, paths) -> None:
+        """Queue photos for detection, in the order `faces` will ask for them."""
+        self._todo.extend(str(p) for p in paths)
+        self._top_up()
+
+    def _top_up(self) -> None:
+        while self._alive and self._todo and len(self._sent) < DEPTH:
+            path = self._todo.popleft()
+            try:
+                self._conn.send(path)
+            except (BrokenPipeError, OSError):
+                self.close()
+                return
+            self._sent.append(path)
+
+    def _receive(self):
+        while not self._conn.poll(0.2):
+            if not self._proc.is_alive():
+                return _FAILED
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError):
+            return _FAILED
+
+    def faces(self, path) -> list | None:
+        """The detections (`detect_faces`' list, largest first; empty when there is no face) of a
+        submitted photo, or None: detect it in-process. Photos submitted before `path` and not asked
+        for (a resumed run's finished ones) are dropped, or their results read and discarded."""
+        path = str(path)
+        if not self._alive:
+            return None
+        if path in self._todo and path not in self._sent:
+            while self._todo[0] != path:
+                self._todo.popleft()
+        elif path not in self._sent:
+            return None
+        while True:
+            self._top_up()
+            if not self._alive or not self._sent:
+                return None
+            expected = self._sent.popleft()
+            result = self._receive()
+            if result is _FAILED or result[0] != expected:
+                self.close()
+                return None
+            if expected == path:
+                self._top_up()
+                return result[1]
+
+    def close(self) -> None:
+        """Stop the helper (idempotent)."""
+        if not self._alive:
+            return
+        self._alive = False
+        try:
+            self._conn.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+        self._proc.join(timeout=1.0)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(timeout=1.0)
+        self._conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def start_detection_helper() -> DetectionHelper | None:
+    """A helper process, or None where it would not pay or cannot run: torch already imported (the
+    overlap it exists for is gone, and forking a process with torch's threads running is unsafe) or
+    no fork on this platform."""
+    import sys
+
+    if "torch" in sys.modules or "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    try:
+        return DetectionHelper()
+    except OSError:
+        return None

@@ -1,0 +1,118 @@
+"""The detection helper process that a fresh `facesynth rotate` starts before torch loads: its
+detections are the in-process ones, photos not asked for are skipped, and a dead or failing
+helper hands the work back to the main process instead of hanging."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from face3d.detection_helper import DetectionHelper, start_detection_helper
+from face3d.image_io import load_image
+from face3d.landmarks import detect_faces
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _same(a, b):
+    assert len(a) == len(b)
+    for fa, fb in zip(a, b):
+        assert fa.box == fb.box
+        np.testing.assert_array_equal(fa.landmarks, fb.landmarks)
+
+
+@pytest.fixture()
+def photos(tmp_path, data_dir, obama_path):
+    biden = data_dir / "faces" / "biden" / "face_recognition_biden.jpg"
+    noface = tmp_path / "noface.png"
+    Image.fromarray(np.full((200, 200, 3), 90, np.uint8)).save(noface)
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"not an image")
+    return {"obama": obama_path, "biden": biden, "noface": noface, "garbage": garbage}
+
+
+def test_helper_detections_are_the_in_process_ones(photos):
+    assert start_detection_helper() is None  # torch is loaded here: nothing left to overlap
+    order = ["obama", "noface", "garbage", "biden", "obama"]
+    with DetectionHelper() as helper:
+        helper.submit(photos[k] for k in order)
+        got = [helper.faces(photos[k]) for k in order]
+    for k, faces in zip(order, got):
+        if k == "garbage":
+            assert faces is None                 # the main process reads it and reports the error
+        elif k == "noface":
+            assert faces == []
+        else:
+            _same(faces, detect_faces(load_image(photos[k])))
+            assert len(faces) == 1
+
+
+def test_photos_not_asked_for_are_skipped(photos):
+    order = ["noface", "garbage", "noface", "biden", "obama"]
+    with DetectionHelper() as helper:
+        helper.submit(photos[k] for k in order)
+        _same(helper.faces(photos["biden"]), detect_faces(load_image(photos["biden"])))
+        assert helper.faces(photos["noface"]) is None      # behind us now: detect in-process
+        _same(helper.faces(photos["obama"]), detect_faces(load_image(photos["obama"])))
+        assert helper.faces(photos["obama"]) is None       # submitted once, asked once
+
+
+def test_a_dead_helper_hands_detection_back(photos):
+    helper = DetectionHelper()
+    helper.submit([photos["obama"], photos["biden"]])
+    os.kill(helper._proc.pid, signal.SIGKILL)
+    t0 = time.perf_counter()
+    assert helper.faces(photos["obama"]) is None
+    assert helper.faces(photos["biden"]) is None
+    assert time.perf_counter() - t0 < 10
+    helper.close()
+
+
+@pytest.mark.slow
+def test_fresh_rotate_detects_in_the_helper_with_the_same_result(tmp_path, photos):
+    """`facesynth rotate` in a fresh process (torch not yet loaded) uses the helper for every photo,
+    and its manifest matches an in-process run's: same fits, same per-photo errors."""
+    names = ["obama", "garbage", "noface", "biden"]
+    flags = ["--yaw", "-30,30", "--method", "3d", "--no-dense"]
+    probe = (
+        "import json, sys\n"
+        "import face3d.detection_helper as h\n"
+        "asked = []\n"
+        "faces = h.DetectionHelper.faces\n"
+        "def spy(self, path):\n"
+        "    out = faces(self, path)\n"
+        "    asked.append([path, out is not None])\n"
+        "    return out\n"
+        "h.DetectionHelper.faces = spy\n"
+        "from ganrefine.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print(json.dumps(asked))\n"
+        "sys.exit(code)\n")
+    fresh = tmp_path / "fresh"
+    proc = subprocess.run([sys.executable, "-c", probe, "rotate", *[str(photos[k]) for k in names], *flags,
+                           "--out", str(fresh)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr                 # garbage and noface failed, the batch went on
+    assert "Traceback" not in proc.stderr
+    asked = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [Path(p).name for p, _ in asked] == [photos[k].name for k in names if k != "garbage"]
+    assert [used for _, used in asked] == [True, True, True]  # garbage never reached detection
+
+    from ganrefine.cli import main
+
+    here = tmp_path / "here"
+    assert main(["rotate", *[str(photos[k]) for k in names], *flags, "--out", str(here)]) == 1
+
+    def rows(out):
+        keep = ("source", "yaw", "error", "fit_landmark_error", "source_pose")
+        return [{k: r.get(k) for k in keep} for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())]
+
+    assert rows(fresh) == rows(here)
+    assert sum(r["error"] is not None for r in rows(fresh)) == 2

@@ -31,6 +31,9 @@ HALO_FRACTION = 0.05
 
 @dataclass
 class Refiner:
+    """Trained refiner weights loaded for inference: `generator` is the flip-averaged generator
+    (`ganrefine.refiner.FlipAveraged`), the file and its hash are what the manifest records."""
+
     generator: torch.nn.Module
     path: str
     sha256: str
@@ -51,6 +54,7 @@ def default_weights_path() -> Path:
 
 def load_hybrid_refiner(path: str | os.PathLike | None = None) -> Refiner:
     """The refiner of `path` (default: the shipped weights), loaded once per process."""
+    from ganrefine.refiner import FlipAveraged
     from ganrefine.train_refiner import load_refiner
 
     p = Path(path) if path is not None else default_weights_path()
@@ -61,7 +65,8 @@ def load_hybrid_refiner(path: str | os.PathLike | None = None) -> Refiner:
                 raise FaceSynthError(f"refiner weights not found at {p} (use --method 3d, or --refiner FILE)")
             digest = hashlib.sha256(p.read_bytes()).hexdigest()
             gen, _ = load_refiner(p)
-            _CACHE[key] = Refiner(gen, str(p), digest, gen.cfg.size)
+            # inference averages the output with that of the mirrored view (see FlipAveraged)
+            _CACHE[key] = Refiner(FlipAveraged(gen).eval(), str(p), digest, gen.cfg.size)
         return _CACHE[key]
 
 

@@ -32,8 +32,8 @@ import torch
 
 from face3d.errors import FaceSynthError
 from ganrefine.capg import CapgConfig, CapgGenerator, face_weight, landmark_heatmaps, save_capg_weights
-from ganrefine.refiner import PatchDiscriminator, lsgan_loss, multiscale_l1, total_variation
-from ganrefine.train_refiner import (FLIP68, _save_atomic, add_training_arguments, finish_run, frozen_identity_encoder,
+from ganrefine.refiner import PatchDiscriminator, lsgan_loss, mirror_landmarks, multiscale_l1, total_variation
+from ganrefine.train_refiner import (_save_atomic, add_training_arguments, finish_run, frozen_identity_encoder,
                                      generator_step, identity_embeddings, identity_loss, log_losses, on_schedule,
                                      open_checkpoint, record_validation, run_files, run_training_command)
 
@@ -112,9 +112,7 @@ class PoseSet:
             size = b["image"].shape[-1]
             for k in ("image", "weight"):
                 b[k][flip] = torch.flip(b[k][flip], dims=[-1])
-            lm = b["landmarks"][flip][:, FLIP68]
-            lm[..., 0] = size - lm[..., 0]
-            b["landmarks"][flip] = lm
+            b["landmarks"][flip] = mirror_landmarks(b["landmarks"][flip], size)
         return b
 
     def draw_pairs(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

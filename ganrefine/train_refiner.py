@@ -36,16 +36,11 @@ import numpy as np
 import torch
 
 from face3d.errors import FaceSynthError
-from ganrefine.refiner import (PatchDiscriminator, RefinerConfig, RefinerGenerator, lsgan_loss, multiscale_l1,
-                               symmetry_loss, total_variation)
+from ganrefine.refiner import (PatchDiscriminator, RefinerConfig, RefinerGenerator, lsgan_loss, mirror_landmarks,
+                               multiscale_l1, symmetry_loss, total_variation)
 
 CHECKPOINT_FORMAT = "facesynth-refiner-train/1"
 WEIGHTS_FORMAT = "facesynth-refiner/1"
-
-#: iBUG 68-point index permutation of a horizontally mirrored face.
-FLIP68 = (list(range(16, -1, -1)) + list(range(26, 16, -1)) + [27, 28, 29, 30] + [35, 34, 33, 32, 31]
-          + [45, 44, 43, 42, 47, 46] + [39, 38, 37, 36, 41, 40] + [54, 53, 52, 51, 50, 49, 48]
-          + [59, 58, 57, 56, 55] + [64, 63, 62, 61, 60] + [67, 66, 65])
 
 
 @dataclass
@@ -120,9 +115,7 @@ class PairSet:
             size = b["render"].shape[-1]
             for k in ("render", "target", "confidence", "mask"):
                 b[k][flip] = torch.flip(b[k][flip], dims=[-1])
-            lm = b["landmarks"][flip][:, FLIP68]
-            lm[..., 0] = size - lm[..., 0]  # pixel centres at +0.5: x -> S - x
-            b["landmarks"][flip] = lm
+            b["landmarks"][flip] = mirror_landmarks(b["landmarks"][flip], size)
         return b
 
 

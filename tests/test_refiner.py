@@ -58,3 +58,23 @@ def test_discriminator_and_losses():
     sym = torch.cat([img[..., :64], torch.flip(img[..., :64], dims=[-1])], dim=-1)
     assert symmetry_loss(sym, mask) < 1e-6 < symmetry_loss(img, mask)
     assert total_variation(torch.ones(1, 3, 8, 8)) == 0
+
+
+def test_flip_averaged_is_the_mean_of_both_passes_and_mirror_equivariant():
+    from ganrefine.refiner import FLIP68, FlipAveraged, mirror_landmarks
+
+    torch.manual_seed(1)
+    g = RefinerGenerator(RefinerConfig(base=8, res_blocks=1, local=4)).eval()
+    torch.nn.init.normal_(g.fuse[-1].weight, std=0.05)
+    x, lm = torch.rand(3, 5, 128, 128), _landmarks(3)
+    tta = FlipAveraged(g).eval()
+    with torch.no_grad():
+        y = tta(x, lm)
+        plain, mirrored = g(x, lm), g(x.flip(-1), mirror_landmarks(lm, 128)).flip(-1)
+        assert torch.allclose(y, 0.5 * (plain + mirrored), atol=1e-5)
+        assert (plain - mirrored).abs().mean() > 1e-3   # the two passes differ: the mean is not a no-op
+        # mirror the input and the output is mirrored: the eyes swap pathways with their landmarks
+        assert torch.allclose(tta(x.flip(-1), mirror_landmarks(lm, 128)), y.flip(-1), atol=1e-5)
+    # landmark mirroring: an involution that swaps the outer eye corners and reflects x about S/2
+    assert torch.allclose(mirror_landmarks(mirror_landmarks(lm, 128), 128), lm, atol=1e-5)
+    assert torch.allclose(mirror_landmarks(lm, 128)[:, 36, 0], 128 - lm[:, FLIP68[36], 0])

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from ganrefine.metrics import masked_l1, masked_ssim
-from ganrefine.refiner import RefinerConfig
-from ganrefine.train_refiner import FLIP68, PairSet, TrainConfig, load_refiner, train_refiner
+from ganrefine.refiner import FLIP68, RefinerConfig
+from ganrefine.train_refiner import PairSet, TrainConfig, load_refiner, train_refiner
 
 TINY = RefinerConfig(base=8, res_blocks=1, local=4)
 

@@ -12,12 +12,14 @@
     (`--method hybrid`). Per view: dlib detection + descriptor distance to the source photo (no
     face found = distance inf) and dlib landmarks + PnP vs the pose asked for. Targets: hybrid median
     distance <= 3d + 0.02, median pose error <= 3d + 2 deg.
+The refiner runs as `facesynth rotate` runs it: flip-averaged (`ganrefine.refiner.FlipAveraged`, two
+generator passes per view); (a) also prints one pass of the same weights for reference.
 (c) Speed: the refiner alone (ms per 128-px view, batch 32) and `facesynth rotate` of one photo to
     9 poses, hybrid vs 3d, as a fresh process (what a user waits for) and as the in-process
     per-photo time that the manifest records.
 
     cd benchmarks && ../.venv/bin/python bench_refiner.py [--skip a,b]   -> results/refiner.json
-A skipped part keeps its figures from the previous run of the same weights (`measured` records
+A skipped part keeps its figures from the previous run of the same weights and inference (`measured` records
 when and under what load average each part ran): the fresh-process time depends on the load.
 """
 from __future__ import annotations
@@ -44,6 +46,7 @@ from face3d.pipeline import reconstruct_faces
 from face3d.pose_estimation import angle_error, view_pose_reference
 from face3d.render import render_views
 from ganrefine.hybrid import load_hybrid_refiner, refine_views
+from ganrefine.refiner import FlipAveraged
 from ganrefine.train_refiner import PairSet, evaluate_refiner, pair_files, split_heldout, summarise
 
 YAWS = [-60, -45, -30, -15, 0, 15, 30, 45, 60]
@@ -67,6 +70,12 @@ def reconstruction(refiner, pairs_dir: Path, val_pairs: int) -> dict:
         print(f"{label:22s} {a:9.4f} [{am:.4f}] {b:9.4f} [{bm:.4f}] {change:>10s} {tgt:>10s}")
     passed = {"l1": s["l1_reduction"] >= 0.30, "ssim": s["ssim_gain"] > 0, "identity": s["id_reduction"] >= 0.20}
     print("   " + ", ".join(f"{k}: {'PASS' if v else 'FAIL'}" for k, v in passed.items()))
+    single = None
+    if isinstance(refiner.generator, FlipAveraged):  # the same weights without the flip averaging, for reference
+        single = summarise(evaluate_refiner(refiner.generator.generator, data, IdentityEncoder.load()))
+        print(f"   one generator pass, no flip averaging: L1 {single['l1_refined_mean']:.4f} "
+              f"({-100 * single['l1_reduction']:+.1f}%), SSIM {single['ssim_refined_mean']:.4f}, identity "
+              f"{single['id_refined_mean']:.4f} ({-100 * single['id_reduction']:+.1f}%)")
     wins = {k: float(np.mean(per[f"{k}_refined"] < per[f"{k}_render"])) if k != "ssim"
             else float(np.mean(per["ssim_refined"] > per["ssim_render"])) for k in ("l1", "ssim", "id")}
     print(f"   refined better than the render on {100 * wins['l1']:.0f}% (L1), {100 * wins['ssim']:.0f}% (SSIM), "
@@ -80,7 +89,8 @@ def reconstruction(refiner, pairs_dir: Path, val_pairs: int) -> dict:
         g = room[who]["oracle_relit_l1"]
         print(f"   {who} relit by the photo itself (a multiplicative gain blurred by sigma px, an oracle): L1 "
               + ", ".join(f"sigma {k}: {v:.4f} ({100 * (v / r['l1'] - 1):+.1f}% vs the render)" for k, v in g.items()))
-    return {"pairs": len(data), "summary": s, "pass": passed, "share_better": wins, "headroom": room}
+    return {"pairs": len(data), "summary": s, "pass": passed, "share_better": wins, "headroom": room,
+            "single_pass_summary": single}
 
 
 LOW_CONFIDENCE = 0.7
@@ -189,7 +199,7 @@ def speed(refiner, photo: Path, runs: int) -> dict:
             g(x, lm)
             times.append(time.perf_counter() - t0)
     ms = 1000 * float(np.median(times)) / 32
-    print(f"\n(c) Speed. Refiner alone: {ms:.1f} ms per 128-px view in a batch of 32 (target <= 60 ms): "
+    print(f"\n(c) Speed. Refiner alone ({type(g).__name__}): {ms:.1f} ms per 128-px view in a batch of 32 (target <= 60 ms): "
           f"{'PASS' if ms <= 60 else 'FAIL'}")
     exe = Path(sys.executable).with_name("facesynth")
     res = {"refiner_ms_per_view": ms, "refiner_runs": times}
@@ -230,12 +240,14 @@ def main():
     pairs = Path(args.pairs)
     print(f"refiner {refiner.path} (sha256 {refiner.sha256[:12]}); torch threads {torch.get_num_threads()}; "
           f"load average {load_average()}")
-    out = {"refiner": refiner.path, "refiner_sha256": refiner.sha256, "load_average_start": load_average()}
+    inference = type(refiner.generator).__name__  # FlipAveraged: two generator passes per view
+    out = {"refiner": refiner.path, "refiner_sha256": refiner.sha256, "inference": inference,
+           "load_average_start": load_average()}
     skip = set(args.skip.split(","))
     # a part that is skipped keeps its figures from the previous run of the same weights, so one
     # part can be re-measured alone; "measured" says when (and under what load) each part ran
     previous = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
-    if previous.get("refiner_sha256") == refiner.sha256:
+    if previous.get("refiner_sha256") == refiner.sha256 and previous.get("inference") == inference:
         for key in ("reconstruction", "novel_views", "speed"):
             if key in previous:
                 out[key] = previous[key]

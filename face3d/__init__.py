@@ -3,7 +3,7 @@ texture extraction, re-posing and mesh export. It never imports `ganrefine`.
 
 The names below load on first use (PEP 562), so that `import face3d.landmarks` or
 `face3d.errors` does not import torch: a fresh `facesynth rotate` starts its face detection in
-a helper process before torch is imported (`face3d.detect_prefetch`)."""
+a helper process before torch is imported (`face3d.detection_helper`)."""
 import importlib
 
 _SOURCES = {

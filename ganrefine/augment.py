@@ -57,7 +57,8 @@ COLUMNS = ["source", "identity", "output", "kind", "yaw", "pitch", "roll", "meth
            "seconds_load", "seconds_detect", "seconds_fit", "seconds_render", "seconds_total"]
 TIMING_COLUMNS = [c for c in COLUMNS if c.startswith("seconds_")]
 #: Settings stored in OUTPUT/augment.json; a resumed run must match them.
-OUTPUT_SETTINGS = ["input", "yaw", "pitch", "roll", "size", "method", "refiner_sha256", "capg_sha256", "seed", "model", "dense",
+OUTPUT_SETTINGS = ["input", "yaw", "pitch", "roll", "size", "method", "refiner_sha256", "refiner_inference", "capg_sha256",
+                   "seed", "model", "dense",
                    "expression", "shape_jitter", "jitter_samples",
                    "keep_original", "multi_face"]
 PARQUET_MIN_INTERVAL_S = 60.0
@@ -818,6 +819,7 @@ def augment(opts: AugmentOptions) -> AugmentResult:
                 "expression": [e.text for e in opts.expression] if opts.expression else None,
                 "shape_jitter": float(opts.shape_jitter or 0.0), "jitter_samples": int(opts.jitter_samples or 1),
                 "refiner": refiner.path if refiner else None, "refiner_sha256": refiner.sha256 if refiner else None,
+                "refiner_inference": refiner.inference if refiner else None,
                 "capg_sha256": capg.sha256 if capg else None}
     from ganrefine.expression_options import check_expression_arguments
 

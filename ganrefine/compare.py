@@ -607,7 +607,7 @@ def _settings_key(args, methods: list[str], model, ctx: CompareContext) -> str:
 
     weights = {}
     if "hybrid" in methods:
-        weights["hybrid"] = ctx.refiner().sha256
+        weights["hybrid"] = [ctx.refiner().sha256, ctx.refiner().inference]
     if "gan" in methods:
         from ganrefine.capg import load_default_capg
 

@@ -38,10 +38,13 @@ class Refiner:
     path: str
     sha256: str
     size: int
+    #: how the weights are run; part of what a resumed run or a cache must match besides the hash
+    inference: str = "flip-averaged"
 
     def record(self) -> dict:
         """What the manifest says about the weights that made a view."""
-        return {"refiner": os.path.basename(self.path), "refiner_sha256": self.sha256}
+        return {"refiner": os.path.basename(self.path), "refiner_sha256": self.sha256,
+                "refiner_inference": self.inference}
 
 
 _CACHE: dict[str, Refiner] = {}

@@ -86,6 +86,7 @@ def run_settings(args, poses, model, weights) -> dict:
     spec = getattr(args, "expression", None)
     return {"method": args.method, "size": args.size, "poses": [list(p.as_tuple()) for p in poses],
             "model": model.name, "weights_sha256": None if weights is None else weights.sha256,
+            "weights_inference": getattr(weights, "inference", None),
             "all_faces": bool(args.all_faces), "background": args.background, "dense": bool(args.dense),
             "export_mesh": args.export_mesh, "save_fit": bool(args.save_fit),
             "expression": None if not spec else [e.text for e in spec],

@@ -243,3 +243,21 @@ def test_resume_skips_finished_photos_and_redoes_the_rest(tmp_path, capsys, obam
     code, _, err = run(capsys, "rotate", obama_path, *flags, "--resume")
     assert code == 1 and "rotate.json" in err
     assert_one_line_error(err)
+
+
+@pytest.mark.slow
+def test_resume_refuses_views_made_with_another_refiner_inference(tmp_path, capsys, obama_path):
+    """The weights' hash alone does not say how they were run: a folder whose views came from
+    another inference of the same refiner (e.g. one pass, before flip averaging) is not resumed."""
+    out = tmp_path / "out"
+    flags = ["--yaw", "0", "--no-dense", "--out", out]
+    code, _, err = run(capsys, "rotate", obama_path, *flags)
+    assert code == 0, err
+    assert manifest(out)[0]["refiner_inference"] == "flip-averaged"
+    settings = json.loads((out / "rotate.json").read_text())
+    assert settings["weights_inference"] == "flip-averaged"
+    settings["weights_inference"] = "one pass"
+    (out / "rotate.json").write_text(json.dumps(settings))
+    code, _, err = run(capsys, "rotate", obama_path, *flags, "--resume")
+    assert code == 1 and "weights_inference" in err
+    assert_one_line_error(err)

@@ -240,7 +240,7 @@ def main():
     pairs = Path(args.pairs)
     print(f"refiner {refiner.path} (sha256 {refiner.sha256[:12]}); torch threads {torch.get_num_threads()}; "
           f"load average {load_average()}")
-    inference = type(refiner.generator).__name__  # FlipAveraged: two generator passes per view
+    inference = refiner.inference  # flip-averaged: two generator passes per view
     out = {"refiner": refiner.path, "refiner_sha256": refiner.sha256, "inference": inference,
            "load_average_start": load_average()}
     skip = set(args.skip.split(","))

@@ -92,11 +92,13 @@ class DetectionHelper:
         path = str(path)
         if not self._alive:
             return None
-        if path in self._todo and path not in self._sent:
+        # _sent holds at most DEPTH photos, so it is searched first: a batch asked for in order
+        # finds each photo there without scanning the whole queue of later ones
+        if path not in self._sent:
+            if path not in self._todo:
+                return None
             while self._todo[0] != path:
                 self._todo.popleft()
-        elif path not in self._sent:
-            return None
         while True:
             self._top_up()
             if not self._alive or not self._sent:

@@ -8,6 +8,7 @@ Exit codes: 0 every input succeeded, 1 some input failed (each failure is one ma
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from face3d.errors import FaceSynthError
@@ -66,6 +67,20 @@ def int_option(name: str, lo: int | None = None, hi: int | None = None):
             raise argparse.ArgumentTypeError(f"--{name} must be at least {lo}, got {v}")
         if hi is not None and v > hi:
             raise argparse.ArgumentTypeError(f"--{name} must be at most {hi}, got {v}")
+        return v
+    return parse
+
+
+def float_option(name: str, lo: float):
+    """An argparse `type` for the finite number --name >= lo: a bad value (text, nan, inf, below lo)
+    is a one-line usage error that names the option."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--{name} expects a number, got {text!r}") from None
+        if not math.isfinite(v) or v < lo:
+            raise argparse.ArgumentTypeError(f"--{name} must be a finite number >= {lo:g}, got {text}")
         return v
     return parse
 

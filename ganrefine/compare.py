@@ -607,7 +607,8 @@ def _settings_key(args, methods: list[str], model, ctx: CompareContext) -> str:
 
     weights = {}
     if "hybrid" in methods:
-        weights["hybrid"] = [ctx.refiner().sha256, ctx.refiner().inference]
+        refiner = ctx.refiner()
+        weights["hybrid"] = [refiner.sha256, refiner.inference]
     if "gan" in methods:
         from ganrefine.capg import load_default_capg
 

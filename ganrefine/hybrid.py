@@ -38,8 +38,14 @@ class Refiner:
     path: str
     sha256: str
     size: int
-    #: how the weights are run; part of what a resumed run or a cache must match besides the hash
-    inference: str = "flip-averaged"
+
+    @property
+    def inference(self) -> str:
+        """How the weights are run ("flip-averaged" or "one-pass"): part of what a resumed run or a
+        cache must match besides the hash, derived from the generator so it cannot disagree with it."""
+        from ganrefine.refiner import FlipAveraged
+
+        return "flip-averaged" if isinstance(self.generator, FlipAveraged) else "one-pass"
 
     def record(self) -> dict:
         """What the manifest says about the weights that made a view."""

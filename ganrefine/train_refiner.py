@@ -525,14 +525,14 @@ def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = Fa
 
 
 def add_train_refiner_parser(sub) -> None:
-    from ganrefine.cli import int_option
+    from ganrefine.cli import float_option, int_option
 
     p = sub.add_parser("train-refiner", help="train the refiner on `make-pairs` output")
     add_training_arguments(p, TrainConfig, "pair cache written by `facesynth make-pairs`")
     p.add_argument("--init", metavar="WEIGHTS", default=None,
                    help="start the generator from these refiner weights (e.g. assets/refiner/refiner.pt) instead of "
                         "random ones; a fresh run only (not with --resume)")
-    p.add_argument("--identity-weight", type=float, default=None, metavar="W",
+    p.add_argument("--identity-weight", type=float_option("identity-weight", 0), default=None, metavar="W",
                    help=f"weight of the identity loss (default {TrainConfig.identity_weight}); a fresh run only (a resumed "
                         "run keeps its checkpoint's)")
     p.add_argument("--lr-decay-steps", type=int_option("lr-decay-steps", 0), default=None, metavar="N",
@@ -543,8 +543,6 @@ def add_train_refiner_parser(sub) -> None:
 
 def run_train_refiner(args) -> int:
     extra = {"init": args.init}
-    if args.identity_weight is not None and not (math.isfinite(args.identity_weight) and args.identity_weight >= 0):
-        raise FaceSynthError(f"--identity-weight must be a finite number >= 0, got {args.identity_weight}")
     # settings of a fresh run's config: a resumed run takes its checkpoint's
     for flag, key, what in (("--identity-weight", "identity_weight", "loss"), ("--lr-decay-steps", "lr_decay_steps", "schedule")):
         value = getattr(args, key)

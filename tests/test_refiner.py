@@ -78,3 +78,9 @@ def test_flip_averaged_is_the_mean_of_both_passes_and_mirror_equivariant():
     # landmark mirroring: an involution that swaps the outer eye corners and reflects x about S/2
     assert torch.allclose(mirror_landmarks(mirror_landmarks(lm, 128), 128), lm, atol=1e-5)
     assert torch.allclose(mirror_landmarks(lm, 128)[:, 36, 0], 128 - lm[:, FLIP68[36], 0])
+
+    # what a manifest records as the inference follows the generator that runs, not a separate label
+    from ganrefine.hybrid import Refiner
+
+    assert Refiner(tta, "w.pt", "0" * 64, 128).inference == "flip-averaged"
+    assert Refiner(g, "w.pt", "0" * 64, 128).inference == "one-pass"

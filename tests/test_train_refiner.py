@@ -143,14 +143,15 @@ def test_train_refiner_cli_errors(tmp_path, capsys):
                  "--init", str(tmp_path / "none.pt")]) == 1
     assert main(["train-refiner", "--data", str(tmp_path), "--steps", "5", "--out", str(tmp_path / "c.pt"),
                  "--init", str(tmp_path / "none.pt"), "--resume"]) == 1
-    for bad in ("nan", "-1"):
+    for bad in ("nan", "-1", "inf", "x"):
         assert main(["train-refiner", "--data", str(tmp_path), "--steps", "5", "--out", str(tmp_path / "c.pt"),
-                     "--identity-weight", bad]) == 1
+                     "--identity-weight", bad]) == 2
     assert main(["train-refiner", "--data", str(tmp_path), "--steps", "5", "--out", str(tmp_path / "c.pt"),
                  "--identity-weight", "0.3", "--resume"]) == 1
     err = capsys.readouterr().err
     assert "--init" in err and "no such file" in err and "--resume" in err and "Traceback" not in err
-    assert "--identity-weight must be" in err and "a resumed run keeps" in err
+    assert "--identity-weight must be a finite number" in err and "--identity-weight expects a number" in err
+    assert "a resumed run keeps" in err
     assert main(["train-refiner", "--data", str(tmp_path), "--steps", "5", "--out", str(tmp_path / "c.pt"),
                  "--lr-decay-steps", "-1"]) == 2
     assert main(["train-refiner", "--data", str(tmp_path), "--steps", "5", "--out", str(tmp_path / "c.pt"),

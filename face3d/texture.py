@@ -28,6 +28,8 @@ from face3d.shading import vertex_normals
 INPAINT_CONFIDENCE = 0.05
 MIRROR_SCALE = 0.5
 MOUTH_INTERIOR_RGB = (0.23, 0.09, 0.09)
+MOUTH_PLANE_CONFIDENCE = 0.25   # mouth-socket texels coloured from the photo's open mouth on the lip plane
+MOUTH_EYE_MM = 20.0             # the socket is projected onto the lip plane from this far in front of the lips
 
 
 @dataclass
@@ -111,7 +113,7 @@ def _build_uv_raster(model: MorphableModel, H: int, W: int) -> UVRaster:
 
 
 def _source_zbuffer(screen: torch.Tensor, faces: torch.Tensor, image_hw, size: int):
-    """z-buffer of the fitted mesh in the photo, at reduced resolution around the face."""
+    """z-buffer and front face ids of the fitted mesh in the photo, at reduced resolution around the face."""
     H, W = image_hw
     xy = screen[0, :, :2]
     lo = xy.min(0).values.clamp(min=0)
@@ -122,7 +124,7 @@ def _source_zbuffer(screen: torch.Tensor, faces: torch.Tensor, image_hw, size: i
     crop[..., 0] = (screen[..., 0] - lo[0]) * s
     crop[..., 1] = (screen[..., 1] - lo[1]) * s
     frag = rasterize_meshes(crop, faces, size, cull_backfaces=True)
-    return frag.zbuf[0], lo, s
+    return frag.zbuf[0], frag.pix_to_face[0], lo, s
 
 
 def extract_texture(fit, image: np.ndarray, model: MorphableModel, config: TextureConfig | None = None,
@@ -140,7 +142,7 @@ def extract_texture(fit, image: np.ndarray, model: MorphableModel, config: Textu
         cam_pts = transform(verts, R, tr)
         screen = fit.camera().project(cam_pts)
         normals = vertex_normals(cam_pts, faces)                                          # camera frame
-        zbuf, lo, s = _source_zbuffer(screen, faces, image.shape[:2], cfg.visibility_size)
+        zbuf, front_face, lo, s = _source_zbuffer(screen, faces, image.shape[:2], cfg.visibility_size)
 
     valid = raster.face >= 0
     fi = raster.face[valid]
@@ -183,20 +185,68 @@ def extract_texture(fit, image: np.ndarray, model: MorphableModel, config: Textu
     tex[src] = (tex[src] * w_own[:, None] + tex[m] * w_mir[:, None]) / tot[:, None]
     conf[src] = np.maximum(np.maximum(w_own, MIRROR_SCALE * w_mir), INPAINT_CONFIDENCE)
 
-    # the mouth socket where the photo does not show it: a dark mouth-interior colour, not a
-    # smear of the surrounding charts
+    # the mouth socket where the photo does not show it. A view from another angle looks at other
+    # walls of the deep socket than the photo did, so where the photo shows an open mouth (teeth,
+    # tongue) the unseen walls take the photo's colour at their point projected onto the plane of
+    # the inner lips (a flat stand-in for the teeth behind the lips), wherever that point lands on
+    # the socket as the photo shows it. The rest gets a dark mouth-interior colour, not a
+    # smear of the surrounding charts.
     if model.mouth_interior is not None and model.mouth_interior.any():
         mouth = np.zeros(Ht * Wt, dtype=bool)
         mouth[flat] = model.mouth_interior[tri[:, 0]]
-        dark = mouth & (conf == 0)
-        tex[dark] = MOUTH_INTERIOR_RGB
-        conf[dark] = INPAINT_CONFIDENCE
+        unseen = np.nonzero(mouth & (conf == 0))[0]
+        if len(unseen):
+            rows = np.searchsorted(flat, unseen)          # their rows in the per-texel arrays above
+            got, colour = _mouth_from_lip_plane(fit, verts, model, tri[rows], b[rows], front_face, lo, s, image)
+            tex[unseen[got]] = colour
+            conf[unseen[got]] = MOUTH_PLANE_CONFIDENCE
+            dark = unseen[~got]
+            tex[dark] = MOUTH_INTERIOR_RGB
+            conf[dark] = INPAINT_CONFIDENCE
     tex = tex.reshape(Ht, Wt, 3)
     conf = conf.reshape(Ht, Wt)
     known = conf > 0
     filled = push_pull_fill(tex, known)
     conf = np.where(known, conf, np.where(valid, INPAINT_CONFIDENCE, 0.0)).astype(np.float32)
     return Texture(filled.astype(np.float32), conf)
+
+
+def _mouth_from_lip_plane(fit, verts: torch.Tensor, model: MorphableModel, tri: np.ndarray, bary: np.ndarray,
+                          front_face: torch.Tensor, lo: torch.Tensor, s: float, image: np.ndarray):
+    """Colours for mouth-socket texels the photo does not see: (N,) bool got, (n_got, 3) colours.
+
+    Each texel's model-space point is projected onto the plane of the inner-lip landmarks, from a
+    point MOUTH_EYE_MM in front of their centre, and then into the photo; it takes the photo's colour there if the source view
+    shows the mouth socket at that pixel (the open mouth: teeth, tongue). Points that land on the
+    lips or the skin, or a closed mouth, get nothing."""
+    lips = model.landmark_vertices[60:68]
+    got = np.zeros(len(tri), dtype=bool)
+    if (lips < 0).any():
+        return got, np.zeros((0, 3), np.float32)
+    v = verts[0].numpy().astype(np.float64)
+    pm = np.einsum("nk,nkc->nc", bary, v[tri])
+    # central projection from a point MOUTH_EYE_MM in front of the lips' centre onto their plane:
+    # deeper walls (a side view sees the socket's side walls) are drawn in towards the opening
+    plane = float(np.median(v[lips, 2]))
+    centre = v[lips, :2].mean(axis=0)
+    gain = MOUTH_EYE_MM / (MOUTH_EYE_MM + np.maximum(plane - pm[:, 2], 0.0))
+    pm[:, :2] = centre + (pm[:, :2] - centre) * gain[:, None]
+    pm[:, 2] = plane
+    cam = transform(torch.from_numpy(pm[None].astype(np.float32)), torch.from_numpy(fit.rotation.astype(np.float32))[None],
+                    torch.from_numpy(fit.translation.astype(np.float32))[None])
+    with torch.no_grad():
+        p = fit.camera().project(cam)[0].numpy()
+    ff = front_face.numpy()
+    zx = np.floor((p[:, 0] - float(lo[0])) * s).astype(np.int64)
+    zy = np.floor((p[:, 1] - float(lo[1])) * s).astype(np.int64)
+    H, W = image.shape[:2]
+    inside = (zx >= 0) & (zx < ff.shape[1]) & (zy >= 0) & (zy < ff.shape[0]) & (p[:, 0] >= 0) & (p[:, 0] <= W - 1) \
+        & (p[:, 1] >= 0) & (p[:, 1] <= H - 1)
+    face_id = np.full(len(tri), -1, np.int64)
+    face_id[inside] = ff[zy[inside], zx[inside]]
+    hit = face_id >= 0
+    got[hit] = model.mouth_interior[model.triangles[face_id[hit], 0]]
+    return got, sample_bilinear(image, p[got, :2]).astype(np.float32) / 255.0
 
 
 def push_pull_fill(image: np.ndarray, known: np.ndarray) -> np.ndarray:

@@ -101,3 +101,33 @@ def test_mesh_export_formats(tmp_path, obama_reconstruction, ict_model):
         assert len(mesh.faces) == ict_model.triangles.shape[0]
         assert np.allclose(mesh.bounds, [verts.min(0), verts.max(0)], atol=1e-3)
     assert (tmp_path / "head.mtl").is_file()
+
+
+def _inner_mouth_pixels(views, k: int) -> np.ndarray:
+    import cv2
+
+    mask = np.zeros(views.images.shape[1:3], np.uint8)
+    cv2.fillPoly(mask, [views.landmarks[k][60:68].astype(np.int32)], 1)
+    return views.images[k][mask > 0]
+
+
+def test_an_open_mouth_shows_the_photos_teeth_from_other_angles(obama_reconstruction, ict_model, data_dir):
+    """The photo shows teeth; a view from another angle sees other walls of the mouth socket than
+    the photo did. They take the photo's open mouth on the lip plane, not the dark default."""
+    from face3d.fitting import FitConfig
+    from face3d.image_io import load_image
+    from face3d.pipeline import reconstruct_faces
+    from face3d.texture import MOUTH_INTERIOR_RGB, MOUTH_PLANE_CONFIDENCE
+
+    rec = obama_reconstruction
+    assert np.isclose(rec.texture.confidence, MOUTH_PLANE_CONFIDENCE).sum() > 1000
+    views = render_views(rec.fit, rec.texture, [Pose(-45), Pose(0), Pose(30)], ict_model, size=128)
+    dark = np.array(MOUTH_INTERIOR_RGB) * 255
+    for k in range(3):
+        px = _inner_mouth_pixels(views, k).astype(np.float64)
+        assert len(px) > 50 and px.mean() > 150                        # teeth, as in the photo
+        assert (np.abs(px - dark).max(axis=1) < 20).mean() < 0.1       # hardly any default mouth colour
+    # a closed mouth has no opening to take colours from: its socket keeps the default
+    closed = reconstruct_faces(load_image(data_dir / "faces" / "biden" / "face_recognition_biden.jpg"), ict_model,
+                               fit_config=FitConfig(dense=False))[0]
+    assert np.isclose(closed.texture.confidence, MOUTH_PLANE_CONFIDENCE).sum() < 50

@@ -25,6 +25,11 @@ EYE_MOUTH_FRACTION = 0.22
 #: Field of view of the virtual camera (a moderate telephoto, as in portrait photos).
 VIEW_FOV_DEGREES = 10.0
 
+#: The version of what a view looks like for the same fit and flags; runs that resume or cache views
+#: (rotate --resume, augment, compare) record it and do not mix versions. 2: an open mouth shows the
+#: photo's teeth from every angle (`face3d.texture`), where version 1 showed a dark socket.
+RENDER_VERSION = 2
+
 
 @dataclass
 class RenderedViews:

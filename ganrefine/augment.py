@@ -57,7 +57,8 @@ COLUMNS = ["source", "identity", "output", "kind", "yaw", "pitch", "roll", "meth
            "seconds_load", "seconds_detect", "seconds_fit", "seconds_render", "seconds_total"]
 TIMING_COLUMNS = [c for c in COLUMNS if c.startswith("seconds_")]
 #: Settings stored in OUTPUT/augment.json; a resumed run must match them.
-OUTPUT_SETTINGS = ["input", "yaw", "pitch", "roll", "size", "method", "refiner_sha256", "refiner_inference", "capg_sha256",
+OUTPUT_SETTINGS = ["input", "yaw", "pitch", "roll", "size", "method", "render_version", "refiner_sha256", "refiner_inference",
+                   "capg_sha256",
                    "seed", "model", "dense",
                    "expression", "shape_jitter", "jitter_samples",
                    "keep_original", "multi_face"]
@@ -795,6 +796,7 @@ def augment(opts: AugmentOptions) -> AugmentResult:
         raise FaceSynthError("--ray-address needs --backend ray")
     sources = list_sources(inp)
     from face3d.morphable_model import load_morphable_model, resolve_model_dir
+    from face3d.render import RENDER_VERSION
 
     model_dir = resolve_model_dir(opts.model)
     model = load_morphable_model(opts.model)  # fail early, in the driver, with a clear message
@@ -813,7 +815,8 @@ def augment(opts: AugmentOptions) -> AugmentResult:
         capg = load_default_capg()
     settings = {"input": os.path.abspath(inp), "yaw": [float(v) for v in opts.yaw],
                 "pitch": [float(v) for v in opts.pitch], "roll": [float(v) for v in opts.roll],
-                "size": opts.size, "method": opts.method, "seed": opts.seed, "model": model.name,
+                "size": opts.size, "method": opts.method, "render_version": None if opts.method == "gan" else RENDER_VERSION,
+                "seed": opts.seed, "model": model.name,
                 "model_dir": str(model_dir), "dense": opts.dense, "keep_original": opts.keep_original,
                 "multi_face": opts.multi_face, "format": 1,
                 "expression": [e.text for e in opts.expression] if opts.expression else None,

@@ -261,3 +261,13 @@ def test_resume_refuses_views_made_with_another_refiner_inference(tmp_path, caps
     code, _, err = run(capsys, "rotate", obama_path, *flags, "--resume")
     assert code == 1 and "weights_inference" in err
     assert_one_line_error(err)
+    # views of an older renderer (the dark mouth socket, render version 1) are not mixed in either
+    settings["weights_inference"] = "flip-averaged"
+    from face3d.render import RENDER_VERSION
+
+    assert settings["render_version"] == RENDER_VERSION
+    settings["render_version"] = RENDER_VERSION - 1
+    (out / "rotate.json").write_text(json.dumps(settings))
+    code, _, err = run(capsys, "rotate", obama_path, *flags, "--resume")
+    assert code == 1 and "render_version" in err
+    assert_one_line_error(err)

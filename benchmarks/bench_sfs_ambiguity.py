@@ -35,30 +35,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from _common import RESULTS, face_photos, write_json
-from bench_sfs import SIZE, face_mask, face_region, geometry_errors, synth, synthetic_albedo, true_landmarks
-from bench_sfs_diagnosis import _Refitted, light_errors, photometric_refit, vertex_albedo
+from _common import RESULTS, write_json
+from bench_sfs import face_mask, geometry_errors
+from bench_sfs_diagnosis import (_Refitted, light_errors, photometric_refit, synthetic_faces, synthetic_setup,
+                                 visible_data_vertices)
 from face3d.camera import transform
 from face3d.fitting import FitConfig, fit_morphable_model
-from face3d.image_io import load_image
 from face3d.morphable_model import load_morphable_model
-from face3d.pipeline import reconstruct_faces
-from face3d.rasterizer import rasterize_meshes
 from face3d.sfs import _fit_light, _sh_np, refine_shape_from_shading
 from face3d.shading import vertex_normals
 
 CASES = ("oracle", "oracle_light", "oracle_albedo", "fitted_light", "estimated", "part5")
-MARGIN_MM = 6.0
-
-
-def visible_data_vertices(fit, model, seam: np.ndarray) -> np.ndarray:
-    """(V,) bool: face-skin vertices of `fit` that its own z-buffer shows (as part 5 chooses them)."""
-    with torch.no_grad():
-        scr = fit.project(model)[0].numpy()
-    zb = rasterize_meshes(torch.from_numpy(scr[None]), model.tensors()["triangles"], SIZE, cull_backfaces=True).zbuf[0].numpy()
-    x = np.clip(np.floor(scr[:, 0]).astype(int), 0, SIZE - 1)
-    y = np.clip(np.floor(scr[:, 1]).astype(int), 0, SIZE - 1)
-    return (zb[y, x] > 0) & (scr[:, 2] <= zb[y, x] + 2.0) & face_region(model) & ~seam
 
 
 def fitted_light(fit, image: np.ndarray, model, rho: np.ndarray, data: np.ndarray) -> np.ndarray:
@@ -85,18 +72,9 @@ def main():
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     t_start = time.time()
     model = load_morphable_model()
-    photo = [p for p in face_photos() if p.name == "face_recognition_biden2.jpg"][0]
-    rec = reconstruct_faces(load_image(photo), model, fit_config=FitConfig(dense=False))[0]
-    albedo_tex = synthetic_albedo(rec.texture.image)
-    rho, seam = vertex_albedo(model, albedo_tex)
-    lm = model.mean[model.landmark_vertices]
-    margins = np.concatenate([lm[36:48, :2], lm[48:68, :2]])
-    near_margins = np.linalg.norm(model.mean[:, None, :2] - margins[None], axis=2).min(axis=1) < MARGIN_MM
-    rng = np.random.default_rng(args.seed)
+    albedo_tex, rho, seam, near_margins = synthetic_setup(model)
     rows = []
-    for k in range(args.n):
-        s = synth(model, albedo_tex, rng)
-        q = true_landmarks(model, s)
+    for k, (s, q) in enumerate(synthetic_faces(model, albedo_tex, args.n, args.seed)):
         fit = fit_morphable_model(s["image"], q, model, FitConfig())
         mask = face_mask(model, s, q)
         seen = visible_data_vertices(fit, model, seam)

@@ -176,6 +176,40 @@ def photometric_refit(fit, image: np.ndarray, model, rho: np.ndarray, sh: np.nda
                                rotation=R, translation=tr.detach().numpy().astype(np.float64))
 
 
+MARGIN_MM = 6.0   # vertices this close to the lid and lip landmarks (x/y, mean shape) count as margins
+
+
+def synthetic_setup(model):
+    """bench_sfs's known albedo (its atlas, per vertex, and the vertices on texture seams) and the
+    vertices near the lid and lip margins: (albedo_tex, rho (V, 3), seam (V,), near_margins (V,))."""
+    photo = [p for p in face_photos() if p.name == "face_recognition_biden2.jpg"][0]
+    rec = reconstruct_faces(load_image(photo), model, fit_config=FitConfig(dense=False))[0]
+    albedo_tex = synthetic_albedo(rec.texture.image)
+    rho, seam = vertex_albedo(model, albedo_tex)
+    lm = model.mean[model.landmark_vertices]
+    margins = np.concatenate([lm[36:48, :2], lm[48:68, :2]])
+    near_margins = np.linalg.norm(model.mean[:, None, :2] - margins[None], axis=2).min(axis=1) < MARGIN_MM
+    return albedo_tex, rho, seam, near_margins
+
+
+def synthetic_faces(model, albedo_tex, n: int, seed: int):
+    """bench_sfs's synthetic faces for `seed` (the same ones, in the same order): (face, true landmarks)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        s = synth(model, albedo_tex, rng)
+        yield s, true_landmarks(model, s)
+
+
+def visible_data_vertices(fit, model, seam: np.ndarray) -> np.ndarray:
+    """(V,) bool: face-skin vertices of `fit`, off texture seams, that its own z-buffer shows."""
+    with torch.no_grad():
+        scr = fit.project(model)[0].numpy()
+    zb = rasterize_meshes(torch.from_numpy(scr[None]), model.tensors()["triangles"], SIZE, cull_backfaces=True).zbuf[0].numpy()
+    x = np.clip(np.floor(scr[:, 0]).astype(int), 0, SIZE - 1)
+    y = np.clip(np.floor(scr[:, 1]).astype(int), 0, SIZE - 1)
+    return (zb[y, x] > 0) & (scr[:, 2] <= zb[y, x] + 2.0) & face_region(model) & ~seam
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=6)
@@ -183,18 +217,9 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     model = load_morphable_model()
-    photo = [p for p in face_photos() if p.name == "face_recognition_biden2.jpg"][0]
-    rec = reconstruct_faces(load_image(photo), model, fit_config=FitConfig(dense=False))[0]
-    albedo_tex = synthetic_albedo(rec.texture.image)
-    rho, seam = vertex_albedo(model, albedo_tex)
-    lm = model.mean[model.landmark_vertices]
-    margins = np.concatenate([lm[36:48, :2], lm[48:68, :2]])
-    near_eyes_mouth = np.linalg.norm(model.mean[:, None, :2] - margins[None], axis=2).min(axis=1) < 6.0
-    rng = np.random.default_rng(args.seed)
+    albedo_tex, rho, seam, near_eyes_mouth = synthetic_setup(model)
     rows = []
-    for k in range(args.n):
-        s = synth(model, albedo_tex, rng)
-        q = true_landmarks(model, s)
+    for k, (s, q) in enumerate(synthetic_faces(model, albedo_tex, args.n, args.seed)):
         fit = oracle_fit(model, s, q)
         scr = s["screen"]
         px = np.clip(np.floor(scr[:, 0]).astype(int), 0, SIZE - 1)
@@ -235,12 +260,7 @@ def main():
             res = refine_shape_from_shading(lm_fit, s["image"], model, SFSConfig(size=size), sh=s["sh"], albedo=rho)
             row[f"fit_sfs_true_light_albedo_{size}"] = geometry_errors(model, s, lm_fit, res, mask, albedo_tex)
         # 5. the whole model span refitted photometrically, given the true light and albedo
-        with torch.no_grad():
-            fscr = lm_fit.project(model)[0].numpy()
-        zf = rasterize_meshes(torch.from_numpy(fscr[None]), model.tensors()["triangles"], SIZE, cull_backfaces=True).zbuf[0].numpy()
-        fx = np.clip(np.floor(fscr[:, 0]).astype(int), 0, SIZE - 1)
-        fy = np.clip(np.floor(fscr[:, 1]).astype(int), 0, SIZE - 1)
-        seen = (zf[fy, fx] > 0) & (fscr[:, 2] <= zf[fy, fx] + 2.0) & face_region(model) & ~seam
+        seen = visible_data_vertices(lm_fit, model, seam)
         refit = photometric_refit(lm_fit, s["image"], model, rho, s["sh"], seen)
         g = geometry_errors(model, s, lm_fit, _Refitted(refit), mask, albedo_tex)
         row["fit_refit_true_light_albedo"] = {f"{k}_{name}": g[f"{k}_{src}"] for name, src in (("fit", "fit"), ("refit", "sfs"))

@@ -60,7 +60,9 @@ def test_saturated_or_dark_face_falls_back(obama_image, obama_reconstruction, ic
                    "explains 5% of the per-vertex data cost (97% of it sits at the lid and lip margins), so the "
                    "recovered displacement correlates 0.41 with the relief; on the landmark fit, SFS given the true "
                    "light and albedo lowers the depth error off the contours by only 3%, and refitting the whole "
-                   "model span to the pixels (part 5) by 5.6%")
+                   "model span to the pixels (part 5) by 5.6%; bench_sfs_ambiguity.py: that refit with the margins left "
+                   "out reaches -15.8% given the true light and albedo, and makes the error worse (+64%) with the "
+                   "light and albedo estimated from the photo, as they must be without an albedo model")
 def test_synthetic_relief_depth_error_drops(ict_model, obama_reconstruction):
     from bench_sfs import evaluate_synthetic, synthetic_albedo
 

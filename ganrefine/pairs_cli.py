@@ -35,6 +35,10 @@ def write_split(out: Path, info: dict) -> None:
         old = json.loads(split_file.read_text())
         if old.get("heldout_identities") != info["heldout_identities"] or old.get("size") != info["size"]:
             raise FaceSynthError(f"{out} holds data of another split or size; use a new --out")
+        # pairs are renders: a cache from another renderer (version 1 wrote no version) is not mixed into
+        if "render_version" in info and old.get("render_version", 1) != info["render_version"]:
+            raise FaceSynthError(f"{out} holds pairs of render version {old.get('render_version', 1)}, this is "
+                                 f"version {info['render_version']}; use a new --out")
     atomic_write_bytes(split_file, json.dumps(info, indent=1).encode())
 
 
@@ -52,9 +56,12 @@ def run_make_pairs(args) -> int:
     from face3d.morphable_model import load_morphable_model
     from ganrefine.pairs import generate_pairs, split_lfw
 
+    from face3d.render import RENDER_VERSION
+
     split = split_lfw(Path(args.lfw), holdout=args.holdout, train_photos=args.train_photos, seed=args.seed)
     out = Path(args.out)
     write_split(out, {"lfw": str(Path(args.lfw).resolve()), "seed": args.seed, "size": args.size,
+                      "render_version": RENDER_VERSION,
                       "train_identities": split.train_identities, "heldout_identities": split.heldout_identities,
                       "train_photos": len(split.train), "heldout_photos": len(split.heldout)})
     model = load_morphable_model(args.model)

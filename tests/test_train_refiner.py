@@ -175,6 +175,14 @@ def test_split_json_written_by_make_pairs_guards_the_cache(tmp_path, data_dir, c
     (out / "split.json").write_text(json.dumps({"heldout_identities": ["Someone_Else"], "size": 128}))
     assert main(["make-pairs", str(data_dir / "lfw" / "images"), "--out", str(out), "--train-photos", "1"]) == 1
     assert "another split" in capsys.readouterr().err
+    # the same split made by an older renderer (no render_version: version 1) is not mixed into either
+    from ganrefine.pairs import split_lfw
+
+    split = split_lfw(data_dir / "lfw" / "images", holdout=300, train_photos=1, seed=0)
+    (out / "split.json").write_text(json.dumps({"heldout_identities": split.heldout_identities, "size": 128}))
+    assert main(["make-pairs", str(data_dir / "lfw" / "images"), "--out", str(out), "--train-photos", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "render version 1" in err and "Traceback" not in err
 
 
 def test_average_state_dicts_is_the_elementwise_mean():

@@ -216,9 +216,9 @@ def _mouth_from_lip_plane(fit, verts: torch.Tensor, model: MorphableModel, tri: 
     """Colours for mouth-socket texels the photo does not see: (N,) bool got, (n_got, 3) colours.
 
     Each texel's model-space point is projected onto the plane of the inner-lip landmarks, from a
-    point MOUTH_EYE_MM in front of their centre, and then into the photo; it takes the photo's colour there if the source view
-    shows the mouth socket at that pixel (the open mouth: teeth, tongue). Points that land on the
-    lips or the skin, or a closed mouth, get nothing."""
+    point MOUTH_EYE_MM in front of their centre, and then into the photo. It takes the photo's
+    colour there if the source view shows the mouth socket at that pixel (the open mouth: teeth,
+    tongue). Points that land on the lips or the skin, or a closed mouth, get nothing."""
     lips = model.landmark_vertices[60:68]
     got = np.zeros(len(tri), dtype=bool)
     if (lips < 0).any():

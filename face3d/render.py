@@ -31,6 +31,11 @@ VIEW_FOV_DEGREES = 10.0
 RENDER_VERSION = 2
 
 
+def render_version(method: str) -> int | None:
+    """The render version a run of `method` records: None for the GAN-only baseline, which renders nothing."""
+    return None if method == "gan" else RENDER_VERSION
+
+
 @dataclass
 class RenderedViews:
     """A batch of views: images (B, S, S, 3) uint8, head masks (B, S, S) float 0..1, texture confidence (B, S, S)."""

@@ -796,7 +796,7 @@ def augment(opts: AugmentOptions) -> AugmentResult:
         raise FaceSynthError("--ray-address needs --backend ray")
     sources = list_sources(inp)
     from face3d.morphable_model import load_morphable_model, resolve_model_dir
-    from face3d.render import RENDER_VERSION
+    from face3d.render import render_version
 
     model_dir = resolve_model_dir(opts.model)
     model = load_morphable_model(opts.model)  # fail early, in the driver, with a clear message
@@ -815,7 +815,7 @@ def augment(opts: AugmentOptions) -> AugmentResult:
         capg = load_default_capg()
     settings = {"input": os.path.abspath(inp), "yaw": [float(v) for v in opts.yaw],
                 "pitch": [float(v) for v in opts.pitch], "roll": [float(v) for v in opts.roll],
-                "size": opts.size, "method": opts.method, "render_version": None if opts.method == "gan" else RENDER_VERSION,
+                "size": opts.size, "method": opts.method, "render_version": render_version(opts.method),
                 "seed": opts.seed, "model": model.name,
                 "model_dir": str(model_dir), "dense": opts.dense, "keep_original": opts.keep_original,
                 "multi_face": opts.multi_face, "format": 1,

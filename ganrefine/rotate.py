@@ -83,10 +83,11 @@ RUN_SETTINGS = "rotate.json"
 
 def run_settings(args, poses, model, weights) -> dict:
     """What a resumed run into the same folder must repeat to produce the same views."""
-    from face3d.render import RENDER_VERSION
+    from face3d.render import render_version
 
     spec = getattr(args, "expression", None)
-    return {"method": args.method, "render_version": None if args.method == "gan" else RENDER_VERSION, "size": args.size, "poses": [list(p.as_tuple()) for p in poses],
+    return {"method": args.method, "render_version": render_version(args.method), "size": args.size,
+            "poses": [list(p.as_tuple()) for p in poses],
             "model": model.name, "weights_sha256": None if weights is None else weights.sha256,
             "weights_inference": getattr(weights, "inference", None),
             "all_faces": bool(args.all_faces), "background": args.background, "dense": bool(args.dense),

@@ -247,9 +247,7 @@ def main():
     # a part that is skipped keeps its figures from the previous run of the same weights, so one
     # part can be re-measured alone; "measured" says when (and under what load) each part ran
     previous = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
-    # results written before the label came from `Refiner.inference` named the class instead
-    previous_inference = {"FlipAveraged": "flip-averaged"}.get(previous.get("inference"), previous.get("inference"))
-    if previous.get("refiner_sha256") == refiner.sha256 and previous_inference == inference:
+    if previous.get("refiner_sha256") == refiner.sha256 and previous.get("inference") == inference:
         for key in ("reconstruction", "novel_views", "speed"):
             if key in previous:
                 out[key] = previous[key]

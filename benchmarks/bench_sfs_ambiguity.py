@@ -27,8 +27,6 @@ photo, as in `estimated`.
 """
 from __future__ import annotations
 
-import argparse
-import os
 import time
 
 import numpy as np
@@ -37,11 +35,10 @@ import torch.nn.functional as F
 
 from _common import RESULTS, write_json
 from bench_sfs import face_mask, geometry_errors
-from bench_sfs_diagnosis import (_Refitted, light_errors, photometric_refit, synthetic_faces, synthetic_setup,
+from bench_sfs_diagnosis import (_Refitted, light_errors, photometric_refit, synthetic_bench_start, synthetic_faces,
                                  visible_data_vertices)
 from face3d.camera import transform
 from face3d.fitting import FitConfig, fit_morphable_model
-from face3d.morphable_model import load_morphable_model
 from face3d.sfs import _fit_light, _sh_np, refine_shape_from_shading
 from face3d.shading import vertex_normals
 
@@ -65,14 +62,8 @@ def fitted_light(fit, image: np.ndarray, model, rho: np.ndarray, data: np.ndarra
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=6)
-    ap.add_argument("--seed", type=int, default=3, help="bench_sfs's seed: the same synthetic faces")
-    args = ap.parse_args()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     t_start = time.time()
-    model = load_morphable_model()
-    albedo_tex, rho, seam, near_margins = synthetic_setup(model)
+    args, model, albedo_tex, rho, seam, near_margins = synthetic_bench_start()
     rows = []
     for k, (s, q) in enumerate(synthetic_faces(model, albedo_tex, args.n, args.seed)):
         fit = fit_morphable_model(s["image"], q, model, FitConfig())

@@ -210,14 +210,21 @@ def visible_data_vertices(fit, model, seam: np.ndarray) -> np.ndarray:
     return (zb[y, x] > 0) & (scr[:, 2] <= zb[y, x] + 2.0) & face_region(model) & ~seam
 
 
-def main():
+def synthetic_bench_start():
+    """The start of a synthetic-face SFS benchmark: --n faces of bench_sfs's --seed, torch threads
+    from OMP_NUM_THREADS (default 2), the default model and `synthetic_setup`:
+    (args, model, albedo_tex, rho, seam, near_margins)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=6)
     ap.add_argument("--seed", type=int, default=3, help="bench_sfs's seed: the same synthetic faces")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     model = load_morphable_model()
-    albedo_tex, rho, seam, near_eyes_mouth = synthetic_setup(model)
+    return (args, model, *synthetic_setup(model))
+
+
+def main():
+    args, model, albedo_tex, rho, seam, near_eyes_mouth = synthetic_bench_start()
     rows = []
     for k, (s, q) in enumerate(synthetic_faces(model, albedo_tex, args.n, args.seed)):
         fit = oracle_fit(model, s, q)

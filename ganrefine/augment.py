@@ -57,11 +57,9 @@ COLUMNS = ["source", "identity", "output", "kind", "yaw", "pitch", "roll", "meth
            "seconds_load", "seconds_detect", "seconds_fit", "seconds_render", "seconds_total"]
 TIMING_COLUMNS = [c for c in COLUMNS if c.startswith("seconds_")]
 #: Settings stored in OUTPUT/augment.json; a resumed run must match them.
-OUTPUT_SETTINGS = ["input", "yaw", "pitch", "roll", "size", "method", "render_version", "refiner_sha256", "refiner_inference",
-                   "capg_sha256",
-                   "seed", "model", "dense",
-                   "expression", "shape_jitter", "jitter_samples",
-                   "keep_original", "multi_face"]
+OUTPUT_SETTINGS = ["input", "yaw", "pitch", "roll", "size", "method", "render_version",
+                   "refiner_sha256", "refiner_inference", "capg_sha256", "seed", "model", "dense",
+                   "expression", "shape_jitter", "jitter_samples", "keep_original", "multi_face"]
 PARQUET_MIN_INTERVAL_S = 60.0
 
 

@@ -14,7 +14,12 @@ Identity: dlib face-descriptor distance between each edited view and the source 
 Shape jitter S = 0.5 (3 draws per photo, fitted expression): share of views under 0.6 and the mean
 dlib landmark shift against the un-jittered view (px, and / outer-eye distance).
 
+With --method hybrid (rotate's default) the same checks run on the refined views: the renders
+passed through the shipped refiner, flip-averaged as `rotate` runs it.
+
     cd benchmarks && ../.venv/bin/python bench_expressions.py    -> results/expressions.json
+    cd benchmarks && ../.venv/bin/python bench_expressions.py --method hybrid
+        -> results/expressions_hybrid.json
 """
 from __future__ import annotations
 
@@ -69,6 +74,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--limit", type=int, default=0, help="first N photos only (quick check)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--method", choices=["3d", "hybrid"], default="3d")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -79,6 +85,14 @@ def main():
     from ganrefine.expression_options import render_variant
 
     model = load_morphable_model()
+    if args.method == "hybrid":
+        from ganrefine.hybrid import load_hybrid_refiner, refine_views
+        refiner = load_hybrid_refiner()
+
+    def frontal(variant, rec):
+        views = render_variant(variant, rec, model, [Pose(0)], SIZE)
+        return views.images[0] if args.method == "3d" else refine_views(refiner, views)[0]
+
     photos = face_photos()[: args.limit or None]
     rows, t_start = [], time.perf_counter()
     for ph in photos:
@@ -98,7 +112,7 @@ def main():
         for name in PRESET_NAMES:
             spec = parse_expression(name)
             v = Variant(spec, expression_coefficients(spec, model, rec.fit.expression), None)
-            view = render_variant(v, rec, model, [Pose(0)], SIZE).images[0]
+            view = frontal(v, rec)
             f = detect_faces(view)
             if not f:
                 per[name] = {"detected": False}
@@ -113,10 +127,10 @@ def main():
         # shape jitter around the fit (fitted expression), compared with the plain fitted view
         spec = parse_expression("fitted")
         plain = Variant(spec, expression_coefficients(spec, model, rec.fit.expression), None)
-        base = detect_faces(render_variant(plain, rec, model, [Pose(0)], SIZE).images[0])
+        base = detect_faces(frontal(plain, rec))
         jit = []
         for s in shape_samples(rec.fit.identity, model, JITTER, JITTER_SAMPLES, seed=0, key=row["photo"]):
-            view = render_variant(Variant(spec, plain.coefficients, s), rec, model, [Pose(0)], SIZE).images[0]
+            view = frontal(Variant(spec, plain.coefficients, s), rec)
             f = detect_faces(view)
             j = {"norm": s.norm, "detected": bool(f)}
             if f:
@@ -190,8 +204,9 @@ def main():
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     print(__import__("json").dumps(summary, indent=2))
-    write_json(RESULTS / "expressions.json", {
-        "size": SIZE, "presets": {k: ICT_PRESETS[k] for k in PRESET_NAMES}, "summary": summary, "rows": rows})
+    name = "expressions.json" if args.method == "3d" else f"expressions_{args.method}.json"
+    write_json(RESULTS / name, {
+        "method": args.method, "size": SIZE, "presets": {k: ICT_PRESETS[k] for k in PRESET_NAMES}, "summary": summary, "rows": rows})
 
 
 if __name__ == "__main__":

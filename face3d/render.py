@@ -45,6 +45,7 @@ class RenderedViews:
     confidence: np.ndarray
     poses: list[Pose]
     landmarks: np.ndarray        # (B, 68, 2) projected model landmarks (jaw: fixed vertices), pixels
+    extra_masks: np.ndarray | None = None   # (B, S, S) float: pixels that show the `extra` mesh, if any
 
 
 def view_camera(size: int, eye_mouth_mm: float):
@@ -165,7 +166,7 @@ def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel
             extra_rgb = torch.as_tensor(extra.colours, dtype=torch.float32).reshape(-1, 3)
             verts = torch.cat([verts, ev], dim=1)
         tex = torch.from_numpy(np.concatenate([texture.image, texture.confidence[..., None]], axis=2)).permute(2, 0, 1)[None]
-        imgs, masks, confs, lms = [], [], [], []
+        imgs, masks, confs, lms, extras = [], [], [], [], []
         for s in range(0, len(poses), batch):
             chunk = poses[s : s + batch]
             screen = view_screen(verts, model, chunk, size, frame_vertices)
@@ -173,6 +174,7 @@ def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel
             out = shade_textured(frag, face_uvs, tex)                        # (B, 4, S, S)
             if extra is not None:
                 out = _paint_extra(out, frag, n_head_faces, extra_faces, extra_rgb)
+                extras.append((frag.pix_to_face >= n_head_faces).float())
             if sh is not None:
                 out = _relight(out, frag, verts, faces, chunk, np.asarray(sh, np.float32), s)
             mask = (frag.pix_to_face >= 0).float()
@@ -194,7 +196,9 @@ def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel
         bg = np.full_like(rgb, float(background))
     comp = rgb * alpha[..., None] + bg * (1 - alpha[..., None])
     images = np.clip(comp * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return RenderedViews(images=images, masks=alpha, confidence=conf, poses=list(poses), landmarks=lms)
+    extra_masks = torch.cat(extras).numpy() if extras else None
+    return RenderedViews(images=images, masks=alpha, confidence=conf, poses=list(poses), landmarks=lms,
+                         extra_masks=extra_masks)
 
 
 def view_fit(fit, model: MorphableModel, pose: Pose, size: int, vertices: torch.Tensor | None = None):

@@ -115,12 +115,30 @@ def head_halo(masks: np.ndarray, fraction: float = HALO_FRACTION) -> np.ndarray:
     return torch.maximum(grown, soft).permute(0, 2, 3, 1).numpy()
 
 
+#: Around the pixels of an extra mesh (the teeth of an opened mouth) the render is kept over a band
+#: of this fraction of the crop size, fading into the refined image over as much again.
+EXTRA_KEEP_FRACTION = 1 / 64
+
+
+def extra_keep(extra_masks: np.ndarray, fraction: float = EXTRA_KEEP_FRACTION) -> np.ndarray:
+    """(B, S, S) extra-mesh masks -> (B, S, S, 1) weights of the render: 1 on the mesh and a band
+    of `fraction` x S around it (the dark mouth socket between teeth and lips), then a soft fall-off."""
+    m = torch.from_numpy(np.asarray(extra_masks, np.float32))[:, None]
+    r = max(1, round(fraction * m.shape[-1]))
+    grown = F.max_pool2d(m, 2 * r + 1, stride=1, padding=r)
+    soft = F.avg_pool2d(grown, 2 * r + 1, stride=1, padding=r, count_include_pad=False)
+    return torch.maximum(m, soft).permute(0, 2, 3, 1).numpy()
+
+
 def refine_views(refiner: Refiner, views, background: np.ndarray | float = PLAIN_BACKGROUND) -> np.ndarray:
     """The refined images of a `face3d.render.RenderedViews` that was rendered over `background`.
 
     The refiner also paints the background (it learnt the photos' surroundings, which it cannot know,
     as a blur); only the head and a halo around it (hair, a softened silhouette) are kept, and the
-    background the views were rendered over shows elsewhere."""
+    background the views were rendered over shows elsewhere. Where the views show an extra mesh
+    (the teeth, gums and tongue of a mouth that an expression opened), the render is kept: the
+    refiner learnt from photos of mostly closed mouths and greys the dark cavity, so that dlib then
+    reads the lips of bearded faces as closed (benchmarks/bench_expressions.py --method hybrid)."""
     imgs = views.images
     alpha = views.masks[..., None].astype(np.float32)
     halo = head_halo(views.masks)
@@ -134,4 +152,8 @@ def refine_views(refiner: Refiner, views, background: np.ndarray | float = PLAIN
         bg = imgs.astype(np.float32)  # outside the head the render is the plain background
         refined = refine_images(refiner, imgs, views.confidence, views.masks, views.landmarks)
     comp = halo * refined.astype(np.float32) + (1 - halo) * bg
+    extra = getattr(views, "extra_masks", None)
+    if extra is not None and extra.any():
+        keep = extra_keep(extra)
+        comp = keep * imgs.astype(np.float32) + (1 - keep) * comp
     return (comp + 0.5).clip(0, 255).astype(np.uint8)

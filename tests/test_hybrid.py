@@ -74,3 +74,26 @@ def test_refine_images_other_sizes_keep_the_render_detail(refiner, obama_reconst
     # high-frequency detail of the 256-px render survives (the correction is smooth, the render is not)
     hf = lambda x: np.abs(np.diff(x, axis=0)).mean()  # noqa: E731
     assert hf(r256) > 0.8 * hf(v256.images[0].astype(np.float64))
+
+
+def test_teeth_of_an_opened_mouth_keep_the_render(refiner, obama_reconstruction, ict_model):
+    """The refiner never learnt open mouths with default teeth: where the render shows the teeth,
+    gums and tongue the hybrid view is the render itself, away from the mouth it is the refiner's."""
+    from face3d.expressions import Variant, expression_coefficients, parse_expression
+    from ganrefine.expression_options import render_variant
+    from ganrefine.hybrid import extra_keep
+
+    rec = obama_reconstruction
+    spec = parse_expression("open-mouth")
+    variant = Variant(spec, expression_coefficients(spec, ict_model, rec.fit.expression), None)
+    views = render_variant(variant, rec, ict_model, [Pose(0.0), Pose(30.0)], 128)
+    assert views.extra_masks is not None and (views.extra_masks.reshape(2, -1).sum(1) > 20).all()
+    out = refine_views(refiner, views)
+    teeth = views.extra_masks > 0.5
+    assert (out[teeth] == views.images[teeth]).all()
+    keep = extra_keep(views.extra_masks)[..., 0]
+    head = (views.masks > 0.5) & (keep == 0)
+    assert np.abs(out[head].astype(np.float64) - views.images[head]).mean() > 1.0   # refined there
+    # views without an extra mesh record none, and refine as before
+    plain = render_views(rec.fit, rec.texture, [Pose(0.0)], ict_model, size=128)
+    assert plain.extra_masks is None

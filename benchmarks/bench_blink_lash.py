@@ -58,7 +58,7 @@ def main():
     import face3d.expressions as E
     from face3d import Pose, load_image, load_morphable_model, reconstruct_faces
     from face3d.errors import FaceSynthError
-    from face3d.expressions import Variant, edited_vertices, expression_coefficients, parse_expression
+    from face3d.expressions import edited_vertices, make_variant
     from face3d.landmarks import detect_faces
     from face3d.morphable_model import default_data_dir
     from ganrefine.expression_options import render_variant
@@ -67,8 +67,7 @@ def main():
     t_start = time.perf_counter()
 
     def coefficients(name, rec):
-        spec = parse_expression(name)
-        return Variant(spec, expression_coefficients(spec, model, rec.fit.expression), None)
+        return make_variant(name, rec.fit, model)
 
     # a. geometry on the test photos
     geometry = []
@@ -79,7 +78,8 @@ def main():
             continue
         ears = {}
         for name in ("neutral", "blink"):
-            v = edited_vertices(rec.fit, model, coefficients(name, rec).coefficients)[0].numpy()
+            var = coefficients(name, rec)
+            v = edited_vertices(rec.fit if var.fit is None else var.fit, model, var.coefficients)[0].numpy()
             ears[name] = model_ear(v[model.landmark_vertices][:, :2])
         geometry.append({"photo": f"{ph.parent.name}/{ph.name}", "ear_neutral": ears["neutral"],
                          "ear_blink": ears["blink"], "ratio": ears["blink"] / ears["neutral"]})
@@ -123,8 +123,9 @@ def main():
                "random_settings": len(others), "random_pass_share_min": float(min(others)) if others else None,
                "random_pass_share_max": float(max(others)) if others else None,
                "seconds": round(time.perf_counter() - t_start, 1)}
-    print(f"(b) dlib EAR ratio < 0.5 on {len(recs)} LFW faces: shipped lash constants {summary['shipped_pass_share']:.1%}; "
-          f"{len(others)} random settings {summary['random_pass_share_min']:.1%}-{summary['random_pass_share_max']:.1%}")
+    spread = (f"; {len(others)} random settings {min(others):.1%}-{max(others):.1%}" if others else "")
+    print(f"(b) dlib EAR ratio < 0.5 on {len(recs)} LFW faces: shipped lash constants {summary['shipped_pass_share']:.1%}"
+          + spread)
     write_json(RESULTS / "blink_lash.json", {"shipped": shipped, "summary": summary, "geometry": geometry,
                                              "settings": rows, "lfw": str(lfw)})
 

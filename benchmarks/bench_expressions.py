@@ -79,8 +79,7 @@ def main():
     torch.set_num_threads(args.threads)
 
     from face3d import Pose, load_image, load_morphable_model, reconstruct_faces
-    from face3d.expressions import (ICT_PRESETS, PRESET_NAMES, Variant, expression_coefficients, mouth_opens,
-                                    parse_expression, shape_samples)
+    from face3d.expressions import ICT_PRESETS, PRESET_NAMES, make_variant, mouth_opens, shape_samples
     from face3d.landmarks import detect_faces
     from ganrefine.expression_options import render_variant
 
@@ -110,8 +109,7 @@ def main():
         per = {}
         t0 = time.perf_counter()
         for name in PRESET_NAMES:
-            spec = parse_expression(name)
-            v = Variant(spec, expression_coefficients(spec, model, rec.fit.expression), None)
+            v = make_variant(name, rec.fit, model)        # presets render on the re-split fit
             view = frontal(v, rec)
             f = detect_faces(view)
             if not f:
@@ -120,17 +118,17 @@ def main():
             m = mouth_eye_metrics(f[0].landmarks)
             m["distance"] = float(np.linalg.norm(descriptor(view, f[0]) - src_desc))
             m["detected"] = True
-            m["mouth_parts"] = mouth_opens(model, v.coefficients, rec.fit.expression, rec.fit.identity)
+            vf = rec.fit if v.fit is None else v.fit
+            m["mouth_parts"] = mouth_opens(model, v.coefficients, vf.expression, vf.identity)
             per[name] = m
         row["render_s_per_view"] = round((time.perf_counter() - t0) / len(PRESET_NAMES), 3)
         row["presets"] = per
         # shape jitter around the fit (fitted expression), compared with the plain fitted view
-        spec = parse_expression("fitted")
-        plain = Variant(spec, expression_coefficients(spec, model, rec.fit.expression), None)
+        plain = make_variant("fitted", rec.fit, model)
         base = detect_faces(frontal(plain, rec))
         jit = []
         for s in shape_samples(rec.fit.identity, model, JITTER, JITTER_SAMPLES, seed=0, key=row["photo"]):
-            view = frontal(Variant(spec, plain.coefficients, s), rec)
+            view = frontal(make_variant("fitted", rec.fit, model, s), rec)
             f = detect_faces(view)
             j = {"norm": s.norm, "detected": bool(f)}
             if f:

@@ -8,7 +8,7 @@ from PIL import Image
 
 from _common import ROOT
 from face3d import FitConfig, Pose, load_image, load_morphable_model, reconstruct_faces
-from face3d.expressions import PRESET_NAMES, Variant, expression_coefficients, parse_expression
+from face3d.expressions import PRESET_NAMES, make_variant
 from ganrefine.expression_options import render_variant
 from make_figures import label, photo_crop
 
@@ -24,8 +24,7 @@ def main():
     src = photo_crop(photo, rec.face.landmarks, SIZE)
 
     def variant(name):
-        spec = parse_expression(name)
-        return Variant(spec, expression_coefficients(spec, model, rec.fit.expression), None)
+        return make_variant(name, rec.fit, model)
 
     top = [label(src, "photo")]
     for name in PRESET_NAMES:

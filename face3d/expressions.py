@@ -271,14 +271,92 @@ def edited_vertices(fit, model: MorphableModel, expression: np.ndarray | None = 
                            torch.from_numpy(np.asarray(expr, np.float32)[None]))
 
 
+# --------------------------------------------------------------------------------------------
+# Re-splitting a fit between identity and expression, for edits that replace the expression
+
+#: Prior of the mouth and jaw blendshapes in the landmark refit that re-splits a fit for editing
+#: (`FitConfig.mouth_expression_prior`): the lowest mean error of the neutral face over synthetic
+#: faces with and without a smile (benchmarks/bench_expression_split.py).
+SPLIT_MOUTH_PRIOR = 1e-5
+
+
+def expression_split(fit, model: MorphableModel, prior: float = SPLIT_MOUTH_PRIOR):
+    """The fit with its face re-split between identity and expression, for edits that replace the
+    expression (`neutral`, the presets, raw coefficients). Same camera, pose, lighting and landmarks.
+
+    The landmark fit's expression prior (`FitConfig.expression_prior`) is strong, so that 53
+    blendshapes do not chase landmark noise; the price is that most of a broad smile goes into the
+    identity shape. On synthetic faces smiling at 0.3-1.0 the fit recovers about half of the smile
+    coefficient and the neutral face of its identity keeps a mouth 4% too wide
+    (benchmarks/bench_expression_split.py), so `neutral` still smiles and `smile` adds little.
+    The re-split refits the photo's landmarks (`fit.landmarks`, landmarks only) twice, with the
+    fit's default priors and with the weaker `prior` on the mouth and jaw blendshapes (the 20 mouth
+    landmarks pin them; the eyes keep the default), and moves the difference into the fit:
+
+        alpha' = alpha + (alpha_weak - alpha_default)
+        beta'  = clip(beta + (beta_weak - beta_default), 0, 1)
+
+    so what the fit's dense stage added stays. On the synthetic faces this lowers the neutral
+    face's error from 3.66 to 2.78 mm where they smile and raises it from 2.55 to 2.69 mm where they
+    do not. A fit without expression coefficients or landmarks is returned as is.
+    """
+    import dataclasses
+    import hashlib
+
+    from face3d.fitting import FitConfig, fit_morphable_model
+
+    beta = np.asarray(fit.expression, np.float32).reshape(-1)
+    q = np.asarray(getattr(fit, "landmarks", np.zeros(0)), np.float64)
+    if beta.size == 0 or q.shape != (68, 2) or not np.isfinite(q).all():
+        return fit
+    alpha = np.asarray(fit.identity, np.float32).reshape(-1)
+    key = ("expression_split", hashlib.sha1(q.tobytes() + alpha.tobytes() + beta.tobytes()
+                                            + np.float64(prior).tobytes()).hexdigest())
+    if key in model._torch_cache:
+        return model._torch_cache[key]
+    base = FitConfig(num_identity=alpha.size, dense=False)
+    default = fit_morphable_model(None, q, model, base, image_size=tuple(fit.image_size))
+    weak = fit_morphable_model(None, q, model, dataclasses.replace(base, mouth_expression_prior=prior),
+                               image_size=tuple(fit.image_size))
+    lo, hi = model.expression_range
+    out = dataclasses.replace(
+        fit, identity=(alpha + weak.identity - default.identity).astype(np.float32),
+        expression=np.clip(beta + weak.expression - default.expression, lo, hi).astype(np.float32))
+    held = [k for k in model._torch_cache if isinstance(k, tuple) and k[:1] == ("expression_split",)]
+    if len(held) >= 64:     # a batch job sees many photos: keep the cache small
+        for k in held:
+            del model._torch_cache[k]
+    model._torch_cache[key] = out
+    return out
+
+
 @dataclass
 class Variant:
-    """One (expression, shape sample) combination to render, with what the manifest records."""
+    """One (expression, shape sample) combination to render, with what the manifest records.
+
+    `fit` is the fit to render it with: the re-split one (`expression_split`) for a spec that
+    replaces the expression, None (the reconstruction's own) for one that starts from the fit."""
 
     expression: ExpressionSpec
     coefficients: np.ndarray
     shape: ShapeSample | None
     tag: str = field(default="")
+    fit: object | None = None
+
+
+def make_variant(spec: ExpressionSpec | str, fit, model: MorphableModel, shape: ShapeSample | None = None,
+                 tag: str = "") -> Variant:
+    """One variant of `fit`: `fitted` specs on the fit itself, the others on its re-split
+    (`expression_split`), with a shape sample's perturbation added to that fit's identity."""
+    spec = parse_expression(spec) if isinstance(spec, str) else spec
+    base = fit if spec.from_fit else expression_split(fit, model)
+    beta = expression_coefficients(spec, model, fit.expression)
+    if shape is not None and base is not fit:
+        ident = np.zeros(model.num_identity, np.float32)
+        a = np.asarray(base.identity, np.float32).reshape(-1)[: model.num_identity]
+        ident[: a.size] = a
+        shape = ShapeSample(ident + shape.delta, shape.delta, shape.scale, shape.index)
+    return Variant(spec, beta, shape, tag, None if base is fit else base)
 
 
 def variants(fit, model: MorphableModel, expressions: list[ExpressionSpec] | None = None,
@@ -291,12 +369,11 @@ def variants(fit, model: MorphableModel, expressions: list[ExpressionSpec] | Non
     shapes = shape_samples(fit.identity, model, shape_jitter, samples, seed, key) if shape_jitter > 0 else [None]
     out = []
     for spec in specs:
-        beta = expression_coefficients(spec, model, fit.expression)
         for s in shapes:
             tag = "" if expressions is None else f"_expr-{spec.label}"
             if s is not None:
                 tag += f"_shape{s.index}"
-            out.append(Variant(spec, beta, s, tag))
+            out.append(make_variant(spec, fit, model, s, tag))
     return out
 
 

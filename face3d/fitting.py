@@ -36,6 +36,11 @@ JAW = np.arange(17)
 CHIN = 8
 
 
+#: Blendshapes that `FitConfig.mouth_expression_prior` applies to: the 20 mouth landmarks pin these
+#: far better than the six lid points of each eye pin the eye and brow blendshapes.
+MOUTH_BLENDSHAPE_PREFIXES = ("mouth", "jaw")
+
+
 @dataclass
 class FitConfig:
     """Settings of `fit_morphable_model` (defaults tuned on the synthetic benchmark)."""
@@ -46,6 +51,7 @@ class FitConfig:
     contour_every: int = 5           # re-pick the jaw-contour vertices every N steps
     identity_prior: float = 5e-6     # w_id, per coefficient (MAP with ~1.5% landmark noise)
     expression_prior: float = 5e-4   # w_ex, per coefficient (weaker lets 53 blendshapes overfit)
+    mouth_expression_prior: float | None = None   # w_ex of the mouth and jaw blendshapes (None: w_ex)
     focal_prior: float = 1e-2        # w_f
     fov_degrees: float = 12.0        # initial field of view over the image diagonal's longer side
     jaw_weight: float = 0.5          # contour points are less reliable than inner points
@@ -308,7 +314,11 @@ def fit_morphable_model(image: np.ndarray | None, landmarks: np.ndarray, model: 
     qd = qt.double()
     sw = torch.sqrt(weights.double() / float(weights.sum())) / d_eye
     cx, cy = center
-    prior_diag = torch.cat([torch.full((K,), math.sqrt(cfg.identity_prior)), torch.full((E,), math.sqrt(cfg.expression_prior))]).double()
+    w_ex = np.full(E, cfg.expression_prior)
+    if cfg.mouth_expression_prior is not None:
+        w_ex[[i for i, n in enumerate(model.expression_names[:E]) if n.startswith(MOUTH_BLENDSHAPE_PREFIXES)]] = \
+            cfg.mouth_expression_prior
+    prior_diag = torch.cat([torch.full((K,), math.sqrt(cfg.identity_prior)), torch.from_numpy(np.sqrt(w_ex))]).double()
 
     def rot(a):
         return euler_to_matrix(a[0:1], a[1:2], a[2:3])[0]

@@ -72,7 +72,7 @@ def render_variant(variant, rec, model, poses, size: int, background=0.5):
     from face3d.expressions import edited_vertices, expression_texture, mouth_mesh
     from face3d.render import render_views
 
-    fit = rec.fit
+    fit = rec.fit if variant.fit is None else variant.fit     # the re-split fit for a replaced expression
     identity = None if variant.shape is None else variant.shape.identity
     verts = edited_vertices(fit, model, variant.coefficients, identity)
     frame = edited_vertices(fit, model, None, identity)
@@ -88,7 +88,8 @@ def variant_record(variant, args, model) -> dict:
 
     rec = {"expression": variant.expression.label,
            "expression_weights": named_weights(variant.coefficients, model),
-           "shape_jitter": float(getattr(args, "shape_jitter", 0.0) or 0.0)}
+           "shape_jitter": float(getattr(args, "shape_jitter", 0.0) or 0.0),
+           "expression_split": variant.fit is not None}
     if variant.shape is not None:
         rec.update({"shape_sample": variant.shape.index, "shape_jitter_norm": round(variant.shape.norm, 4),
                     "seed": int(getattr(args, "seed", 0) or 0)})

@@ -61,7 +61,7 @@ def render_sfs_variant(variant, rec, model, poses, size: int, background, state:
     from face3d.expressions import edited_vertices, expression_texture, mouth_mesh
     from face3d.render import render_views
 
-    fit = rec.fit
+    fit = rec.fit if variant.fit is None else variant.fit     # the re-split fit for a replaced expression
     identity = None if variant.shape is None else variant.shape.identity
     verts = edited_vertices(fit, model, variant.coefficients, identity)
     frame = edited_vertices(fit, model, None, identity)

@@ -9,7 +9,8 @@ import torch
 
 from face3d.errors import FaceSynthError
 from face3d.expressions import (ICT_PRESETS, PRESET_NAMES, SFM_PRESETS, expression_coefficients,
-                                expression_texture, parse_expression, parse_expression_list, shape_samples)
+                                expression_split, expression_texture, make_variant, parse_expression,
+                                parse_expression_list, shape_samples)
 
 
 def _landmarks(model, beta, identity=None):
@@ -177,8 +178,7 @@ def test_blink_view_closes_the_eyes_for_dlib(data_dir, ict_model):
                             fit_config=FitConfig(dense=False))[0]
     ear = {}
     for name in ("neutral", "blink"):
-        spec = parse_expression(name)
-        v = Variant(spec, expression_coefficients(spec, ict_model, rec.fit.expression), None)
+        v = make_variant(name, rec.fit, ict_model)
         faces = detect_faces(render_variant(v, rec, ict_model, [Pose(0)], 256).images[0])
         assert faces, f"no face found in the {name} view"
         lm = faces[0].landmarks
@@ -194,8 +194,7 @@ def test_expression_views_keep_the_framing(ict_model, obama_reconstruction):
     rec = obama_reconstruction
     views = {}
     for name in ("neutral", "open-mouth"):
-        spec = parse_expression(name)
-        v = Variant(spec, expression_coefficients(spec, ict_model, rec.fit.expression), None)
+        v = make_variant(name, rec.fit, ict_model)
         views[name] = render_variant(v, rec, ict_model, [Pose(0)], 96)
     n, o = views["neutral"].landmarks[0], views["open-mouth"].landmarks[0]
     assert np.abs(n[36:48] - o[36:48]).max() < 1.0          # eyes stay put (px) ...
@@ -224,6 +223,7 @@ def test_rotate_expression_grid_and_shape_jitter(tmp_path, capsys, obama_path, i
     assert {r["expression"] for r in rows} == {"neutral", "smile"}
     assert all(r["expression_weights"] == {} for r in rows if r["expression"] == "neutral")
     assert all(r["expression_weights"]["mouthSmile_L"] > 0 for r in rows if r["expression"] == "smile")
+    assert all(r["expression_split"] for r in rows)        # presets render on the re-split fit
     # the recorded norms are the seeded draws' norms, the same for every expression of a sample
     from face3d.fitting import FitConfig
     from face3d.image_io import load_image
@@ -365,3 +365,60 @@ def test_open_mouth_renders_teeth(ict_model, closed_mouth_reconstruction):
         low[w] = v[part == MOUTH_PART_NAMES.index("lower_teeth"), 1].mean()
         up[w] = v[part == MOUTH_PART_NAMES.index("upper_teeth"), 1].mean()
     assert low[0.9] < low[0.4] - 8.0 and abs(up[0.9] - up[0.4]) < 1e-3
+
+
+def test_expression_split_neutralises_a_smile(ict_model):
+    """A synthetic face smiling at 0.8, fitted from its landmarks: the fit keeps much of the smile in
+    the identity (its neutral mouth is too wide); the re-split moves it into the expression, so the
+    neutral face's mouth is near the true one, while the fitted face itself barely changes."""
+    import sys
+    from pathlib import Path
+
+    from face3d.fitting import FitConfig, fit_morphable_model
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_expression_split import smiling_face
+
+    lm = ict_model.landmark_vertices
+    zero = np.zeros(ict_model.num_expressions, np.float32)
+
+    def width(alpha, beta):
+        p = _landmarks(ict_model, beta, np.asarray(alpha, np.float32)[:60])
+        return np.linalg.norm(p[48] - p[54])
+
+    wide_fit, wide_split = [], []
+    for seed in range(4):
+        face = smiling_face(ict_model, np.random.default_rng(seed), smile=0.8)
+        fit = fit_morphable_model(None, face["landmarks"], ict_model, FitConfig(dense=False),
+                                  image_size=(face["size"],) * 2)
+        split = expression_split(fit, ict_model)
+        assert split is expression_split(fit, ict_model)                          # cached
+        for name in ("rotation", "translation", "landmarks", "sh"):                 # same camera and pose
+            np.testing.assert_array_equal(getattr(split, name), getattr(fit, name))
+        assert split.focal == fit.focal and not np.array_equal(split.identity, fit.identity)
+        truth = width(face["alpha"], zero)
+        wide_fit.append(width(fit.identity, zero) / truth - 1)
+        wide_split.append(width(split.identity, zero) / truth - 1)
+        # the fitted face (identity + expression) keeps its shape at the landmarks, up to the scale
+        # that a landmark fit cannot tell from the camera distance
+        X = _landmarks(ict_model, split.expression, split.identity)[lm >= 0]
+        Y = _landmarks(ict_model, fit.expression, fit.identity)[lm >= 0]
+        X0, Y0 = X - X.mean(0), Y - Y.mean(0)
+        U, S, Vt = np.linalg.svd(Y0.T @ X0)
+        aligned = S.sum() / (X0 ** 2).sum() * X0 @ (U @ Vt).T
+        assert np.linalg.norm(aligned - Y0, axis=1).mean() < 2.5
+        sm = [ict_model.expression_names.index(n) for n in ("mouthSmile_L", "mouthSmile_R")]
+        assert split.expression[sm].mean() > fit.expression[sm].mean() + 0.1
+    assert np.mean(wide_fit) > 0.02 and abs(np.mean(wide_split)) < 0.5 * np.mean(wide_fit), (wide_fit, wide_split)
+
+
+def test_fitted_views_keep_the_fit_and_presets_take_the_split(ict_model, obama_reconstruction):
+    fit = obama_reconstruction.fit
+    assert make_variant("fitted", fit, ict_model).fit is None
+    assert make_variant("fitted+jawOpen=0.3", fit, ict_model).fit is None
+    for name in ("neutral", "smile", "jawOpen=0.4"):
+        v = make_variant(name, fit, ict_model)
+        assert v.fit is expression_split(fit, ict_model)
+    s = shape_samples(fit.identity, ict_model, 0.5, 1, seed=2, key="k")[0]
+    v = make_variant("neutral", fit, ict_model, s)
+    np.testing.assert_allclose(v.shape.identity[:60], v.fit.identity[:60] + s.delta[:60], atol=1e-6)

@@ -167,7 +167,6 @@ def test_blink_closes_the_lids_of_the_fitted_face(ict_model, obama_reconstructio
 def test_blink_view_closes_the_eyes_for_dlib(data_dir, ict_model):
     """Issue 8's measure on one real photo: dlib's eye aspect ratio of the blink view < half of neutral's."""
     from face3d import Pose
-    from face3d.expressions import Variant
     from face3d.fitting import FitConfig
     from face3d.image_io import load_image
     from face3d.landmarks import detect_faces
@@ -188,7 +187,6 @@ def test_blink_view_closes_the_eyes_for_dlib(data_dir, ict_model):
 
 def test_expression_views_keep_the_framing(ict_model, obama_reconstruction):
     from face3d import Pose
-    from face3d.expressions import Variant
     from ganrefine.expression_options import render_variant
 
     rec = obama_reconstruction

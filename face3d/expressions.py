@@ -298,17 +298,18 @@ def expression_split(fit, model: MorphableModel, prior: float = SPLIT_MOUTH_PRIO
 
     so what the fit's dense stage added stays. On the synthetic faces this lowers the neutral
     face's error from 3.66 to 2.78 mm where they smile and raises it from 2.55 to 2.69 mm where they
-    do not. A fit without expression coefficients or landmarks is returned as is.
+    do not. A model without mouth blendshapes (the SFM) or a fit without landmarks is returned as is.
     """
     import dataclasses
     import hashlib
 
-    from face3d.fitting import FitConfig, fit_morphable_model
+    from face3d.fitting import MOUTH_BLENDSHAPE_PREFIXES, FitConfig, fit_morphable_model
 
     beta = np.asarray(fit.expression, np.float32).reshape(-1)
     q = np.asarray(getattr(fit, "landmarks", np.zeros(0)), np.float64)
-    if beta.size == 0 or q.shape != (68, 2) or not np.isfinite(q).all():
-        return fit
+    mouth = [n for n in model.expression_names[: beta.size] if n.startswith(MOUTH_BLENDSHAPE_PREFIXES)]
+    if not mouth or q.shape != (68, 2) or not np.isfinite(q).all():
+        return fit      # no mouth blendshapes (the SFM's six emotions), or no landmarks to refit
     alpha = np.asarray(fit.identity, np.float32).reshape(-1)
     key = ("expression_split", hashlib.sha1(q.tobytes() + alpha.tobytes() + beta.tobytes()
                                             + np.float64(prior).tobytes()).hexdigest())

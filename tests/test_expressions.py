@@ -410,6 +410,15 @@ def test_expression_split_neutralises_a_smile(ict_model):
     assert np.mean(wide_fit) > 0.02 and abs(np.mean(wide_split)) < 0.5 * np.mean(wide_fit), (wide_fit, wide_split)
 
 
+def test_expression_split_leaves_models_without_mouth_blendshapes(sfm_model, obama_image):
+    from face3d.fitting import FitConfig
+    from face3d.pipeline import reconstruct_faces
+
+    fit = reconstruct_faces(obama_image, sfm_model, fit_config=FitConfig(dense=False))[0].fit
+    assert expression_split(fit, sfm_model) is fit
+    assert make_variant("smile", fit, sfm_model).fit is None
+
+
 def test_fitted_views_keep_the_fit_and_presets_take_the_split(ict_model, obama_reconstruction):
     fit = obama_reconstruction.fit
     assert make_variant("fitted", fit, ict_model).fit is None

@@ -33,3 +33,19 @@ def face_photos() -> list[Path]:
 
     data = default_data_dir()
     return sorted((data / "faces").glob("*/*.jpg"))
+
+
+def lfw_sample(seed: int, count: int) -> list[Path]:
+    """The first photo of each of `count` LFW identities drawn with `random.Random(seed)`: a
+    development set for choices that must not be tuned on the test photos of ../shared/data/faces."""
+    import random
+
+    lfw = lfw_dir()
+    ids = sorted(p.name for p in lfw.iterdir())
+    return [sorted((lfw / i).iterdir())[0] for i in random.Random(seed).sample(ids, min(len(ids), count))]
+
+
+def lfw_dir() -> Path:
+    from face3d.morphable_model import default_data_dir
+
+    return default_data_dir() / "lfw" / "images"

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from _common import RESULTS, face_photos, write_json
+from _common import RESULTS, face_photos, lfw_dir, lfw_sample, write_json
 from bench_expressions import SIZE, mouth_eye_metrics
 
 LASH_CONSTANTS = ("LASH_ABOVE_MM", "LASH_BELOW_MM", "LASH_TIP_MM", "LASH_RGB_SCALE", "LASH_SHADOW", "LASH_SHADOW_MM")
@@ -60,7 +60,6 @@ def main():
     from face3d.errors import FaceSynthError
     from face3d.expressions import edited_vertices, make_variant
     from face3d.landmarks import detect_faces
-    from face3d.morphable_model import default_data_dir
     from ganrefine.expression_options import render_variant
 
     model = load_morphable_model()
@@ -89,11 +88,9 @@ def main():
           f"{max(g['ear_blink'] for g in geometry):.3f}", flush=True)
 
     # b. the lash band against dlib on LFW photos
-    lfw = default_data_dir() / "lfw" / "images"
-    ids = sorted(p.name for p in lfw.iterdir())
+    lfw = lfw_dir()
     recs = []
-    for ident in random.Random(args.seed).sample(ids, args.lfw_photos):
-        ph = sorted((lfw / ident).iterdir())[0]
+    for ph in lfw_sample(args.seed, args.lfw_photos):
         try:
             rec = reconstruct_faces(load_image(ph), model)[0]
         except FaceSynthError:

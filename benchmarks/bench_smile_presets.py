@@ -18,13 +18,12 @@ rerun with the views on the re-split fit (`expression_split`), it printed 'stret
 from __future__ import annotations
 
 import argparse
-import random
 import time
 
 import numpy as np
 import torch
 
-from _common import RESULTS, write_json
+from _common import RESULTS, lfw_dir, lfw_sample, write_json
 from bench_expressions import SIZE, descriptor, mouth_eye_metrics
 
 _BASE = {"mouthSmile_L": 0.9, "mouthSmile_R": 0.9, "cheekSquint_L": 0.35, "cheekSquint_R": 0.35,
@@ -53,7 +52,6 @@ def main():
     from face3d.errors import FaceSynthError
     from face3d.expressions import ICT_PRESETS, ExpressionSpec, Variant, expression_split
     from face3d.landmarks import detect_faces
-    from face3d.morphable_model import default_data_dir
     from ganrefine.expression_options import render_variant
 
     model = load_morphable_model()
@@ -67,13 +65,11 @@ def main():
         return render_variant(variant, rec, model, [Pose(0)], SIZE).images[0]
 
     t_start = time.perf_counter()
-    lfw = default_data_dir() / "lfw" / "images"
-    ids = sorted(p.name for p in lfw.iterdir())
+    lfw = lfw_dir()
     faces = []      # (name, rec, neutral metrics, source descriptor)
-    for ident in random.Random(args.seed).sample(ids, min(len(ids), 3 * args.faces)):
+    for ph in lfw_sample(args.seed, 3 * args.faces):
         if len(faces) >= args.faces:
             break
-        ph = sorted((lfw / ident).iterdir())[0]
         img = load_image(ph)
         src = detect_faces(img)
         try:

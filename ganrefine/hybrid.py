@@ -115,14 +115,14 @@ def head_halo(masks: np.ndarray, fraction: float = HALO_FRACTION) -> np.ndarray:
     return torch.maximum(grown, soft).permute(0, 2, 3, 1).numpy()
 
 
-#: Around the pixels of an extra mesh (the teeth of an opened mouth) the render is kept over a band
-#: of this fraction of the crop size, fading into the refined image over as much again.
+#: Around the pixels of an extra mesh (the teeth of an opened mouth) the render fades into the
+#: refined image over twice this fraction of the crop size.
 EXTRA_KEEP_FRACTION = 1 / 64
 
 
 def extra_keep(extra_masks: np.ndarray, fraction: float = EXTRA_KEEP_FRACTION) -> np.ndarray:
-    """(B, S, S) extra-mesh masks -> (B, S, S, 1) weights of the render: 1 on the mesh and a band
-    of `fraction` x S around it (the dark mouth socket between teeth and lips), then a soft fall-off."""
+    """(B, S, S) extra-mesh masks -> (B, S, S, 1) weights of the render: 1 on the mesh, falling to 0
+    over 2 x `fraction` x S around it (the dark mouth socket between teeth and lips)."""
     m = torch.from_numpy(np.asarray(extra_masks, np.float32))[:, None]
     r = max(1, round(fraction * m.shape[-1]))
     grown = F.max_pool2d(m, 2 * r + 1, stride=1, padding=r)

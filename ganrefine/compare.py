@@ -605,7 +605,7 @@ def _settings_key(args, methods: list[str], model, ctx: CompareContext) -> str:
     cached): the cache folder of a run; other flags use another folder."""
     import hashlib
 
-    from face3d.render import RENDER_VERSION
+    from face3d.render import render_version
 
     weights = {}
     if "hybrid" in methods:
@@ -617,7 +617,7 @@ def _settings_key(args, methods: list[str], model, ctx: CompareContext) -> str:
         weights["gan"] = load_default_capg(ctx.capg_path).sha256
     key = {"methods": methods, "yaw": [float(y) for y in args.yaw], "pitch": [float(p) for p in args.pitch],
            "size": args.size, "dense": bool(args.dense), "model": model.name, "weights": weights, "version": 1,
-           "render_version": RENDER_VERSION}
+           "render_version": max((v for v in map(render_version, methods) if v is not None), default=None)}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 

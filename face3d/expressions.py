@@ -286,7 +286,7 @@ def expression_split(fit, model: MorphableModel, prior: float = SPLIT_MOUTH_PRIO
 
     The landmark fit's expression prior (`FitConfig.expression_prior`) is strong, so that 53
     blendshapes do not chase landmark noise; the price is that most of a broad smile goes into the
-    identity shape. On synthetic faces smiling at 0.3-1.0 the fit recovers about half of the smile
+    identity shape. On synthetic faces smiling at 0.3-1.0 the fit recovers a quarter of the smile
     coefficient and the neutral face of its identity keeps a mouth 4% too wide
     (benchmarks/bench_expression_split.py), so `neutral` still smiles and `smile` adds little.
     The re-split refits the photo's landmarks (`fit.landmarks`, landmarks only) twice, with the

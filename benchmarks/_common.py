@@ -49,3 +49,16 @@ def lfw_dir() -> Path:
     from face3d.morphable_model import default_data_dir
 
     return default_data_dir() / "lfw" / "images"
+
+
+def reconstructed_test_photos(model):
+    """(photo, reconstruction of its largest face) for each photo of ../shared/data/faces that the
+    default settings reconstruct; photos that fail (no face) are left out."""
+    from face3d import load_image, reconstruct_faces
+    from face3d.errors import FaceSynthError
+
+    for ph in face_photos():
+        try:
+            yield ph, reconstruct_faces(load_image(ph), model)[0]
+        except FaceSynthError:
+            continue

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from _common import RESULTS, face_photos, lfw_dir, lfw_sample, write_json
+from _common import RESULTS, lfw_dir, lfw_sample, reconstructed_test_photos, write_json
 from bench_expressions import SIZE, mouth_eye_metrics
 
 LASH_CONSTANTS = ("LASH_ABOVE_MM", "LASH_BELOW_MM", "LASH_TIP_MM", "LASH_RGB_SCALE", "LASH_SHADOW", "LASH_SHADOW_MM")
@@ -70,11 +70,7 @@ def main():
 
     # a. geometry on the test photos
     geometry = []
-    for ph in face_photos():
-        try:
-            rec = reconstruct_faces(load_image(ph), model)[0]
-        except FaceSynthError:
-            continue
+    for ph, rec in reconstructed_test_photos(model):
         ears = {}
         for name in ("neutral", "blink"):
             var = coefficients(name, rec)

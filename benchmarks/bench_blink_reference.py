@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from _common import RESULTS, face_photos, lfw_sample, write_json
+from _common import RESULTS, lfw_sample, reconstructed_test_photos, write_json
 from bench_expressions import SIZE, mouth_eye_metrics
 
 
@@ -30,8 +30,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from face3d import Pose, load_image, load_morphable_model, reconstruct_faces
-    from face3d.errors import FaceSynthError
+    from face3d import Pose, load_image, load_morphable_model
     from face3d.expressions import make_variant
     from face3d.landmarks import detect_faces
     from ganrefine.expression_options import render_variant
@@ -51,11 +50,7 @@ def main():
 
     model = load_morphable_model()
     renders = []
-    for ph in face_photos():
-        try:
-            rec = reconstruct_faces(load_image(ph), model)[0]
-        except FaceSynthError:
-            continue
+    for ph, rec in reconstructed_test_photos(model):
         e = {}
         for name in ("neutral", "blink"):
             f = detect_faces(render_variant(make_variant(name, rec.fit, model), rec, model, [Pose(0)], SIZE).images[0])

@@ -274,6 +274,17 @@ def edited_vertices(fit, model: MorphableModel, expression: np.ndarray | None = 
 # --------------------------------------------------------------------------------------------
 # Re-splitting a fit between identity and expression, for edits that replace the expression
 
+#: How expression views are made; runs with --expression record it, so that a resumed run does not
+#: mix views of two versions. 1: presets on the fitted identity; 2: on the re-split fit
+#: (`expression_split`), and hybrid views keep the render over an opened mouth.
+EXPRESSION_VERSION = 2
+
+
+def expression_version(expressions) -> int | None:
+    """What a run with these expression specs records (None when it asks for none)."""
+    return EXPRESSION_VERSION if expressions else None
+
+
 #: Prior of the mouth and jaw blendshapes in the landmark refit that re-splits a fit for editing
 #: (`FitConfig.mouth_expression_prior`): the lowest mean error of the neutral face over synthetic
 #: faces with and without a smile (benchmarks/bench_expression_split.py).

@@ -59,7 +59,8 @@ TIMING_COLUMNS = [c for c in COLUMNS if c.startswith("seconds_")]
 #: Settings stored in OUTPUT/augment.json; a resumed run must match them.
 OUTPUT_SETTINGS = ["input", "yaw", "pitch", "roll", "size", "method", "render_version",
                    "refiner_sha256", "refiner_inference", "capg_sha256", "seed", "model", "dense",
-                   "expression", "shape_jitter", "jitter_samples", "keep_original", "multi_face"]
+                   "expression", "expression_version", "shape_jitter", "jitter_samples", "keep_original",
+                   "multi_face"]
 PARQUET_MIN_INTERVAL_S = 60.0
 
 
@@ -794,6 +795,7 @@ def augment(opts: AugmentOptions) -> AugmentResult:
         raise FaceSynthError("--ray-address needs --backend ray")
     sources = list_sources(inp)
     from face3d.morphable_model import load_morphable_model, resolve_model_dir
+    from face3d.expressions import expression_version
     from face3d.render import render_version
 
     model_dir = resolve_model_dir(opts.model)
@@ -818,6 +820,7 @@ def augment(opts: AugmentOptions) -> AugmentResult:
                 "model_dir": str(model_dir), "dense": opts.dense, "keep_original": opts.keep_original,
                 "multi_face": opts.multi_face, "format": 1,
                 "expression": [e.text for e in opts.expression] if opts.expression else None,
+                "expression_version": expression_version(opts.expression),
                 "shape_jitter": float(opts.shape_jitter or 0.0), "jitter_samples": int(opts.jitter_samples or 1),
                 "refiner": refiner.path if refiner else None, "refiner_sha256": refiner.sha256 if refiner else None,
                 "refiner_inference": refiner.inference if refiner else None,

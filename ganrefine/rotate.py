@@ -83,6 +83,7 @@ RUN_SETTINGS = "rotate.json"
 
 def run_settings(args, poses, model, weights) -> dict:
     """What a resumed run into the same folder must repeat to produce the same views."""
+    from face3d.expressions import expression_version
     from face3d.render import render_version
 
     spec = getattr(args, "expression", None)
@@ -92,7 +93,7 @@ def run_settings(args, poses, model, weights) -> dict:
             "weights_inference": getattr(weights, "inference", None),
             "all_faces": bool(args.all_faces), "background": args.background, "dense": bool(args.dense),
             "export_mesh": args.export_mesh, "save_fit": bool(args.save_fit),
-            "expression": None if not spec else [e.text for e in spec],
+            "expression": None if not spec else [e.text for e in spec], "expression_version": expression_version(spec),
             "shape_jitter": float(getattr(args, "shape_jitter", 0.0) or 0.0),
             "jitter_samples": getattr(args, "jitter_samples", None), "seed": getattr(args, "seed", None),
             "sfs": bool(getattr(args, "sfs", False)), "relight": getattr(args, "relight", None)}

@@ -271,3 +271,25 @@ def test_resume_refuses_views_made_with_another_refiner_inference(tmp_path, caps
     code, _, err = run(capsys, "rotate", obama_path, *flags, "--resume")
     assert code == 1 and "render_version" in err
     assert_one_line_error(err)
+
+
+def test_resume_refuses_expression_views_of_another_version(tmp_path, capsys, obama_path):
+    """Expression views made before the re-split (no expression_version in rotate.json) are not
+    mixed with new ones; a run without --expression records none and resumes as before."""
+    out = tmp_path / "out"
+    flags = ["--yaw", "0", "--no-dense", "--method", "3d", "--size", "64", "--out", out]
+    code, _, err = run(capsys, "rotate", obama_path, *flags, "--expression", "neutral")
+    assert code == 0, err
+    settings = json.loads((out / "rotate.json").read_text())
+    from face3d.expressions import EXPRESSION_VERSION
+
+    assert settings["expression_version"] == EXPRESSION_VERSION
+    del settings["expression_version"]
+    (out / "rotate.json").write_text(json.dumps(settings))
+    code, _, err = run(capsys, "rotate", obama_path, *flags, "--expression", "neutral", "--resume")
+    assert code == 1 and "expression_version" in err
+    assert_one_line_error(err)
+    plain = tmp_path / "plain"
+    flags[-1] = plain
+    assert run(capsys, "rotate", obama_path, *flags)[0] == 0
+    assert json.loads((plain / "rotate.json").read_text())["expression_version"] is None

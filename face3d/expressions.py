@@ -231,6 +231,14 @@ class ShapeSample:
         return float(np.linalg.norm(self.delta))
 
 
+def full_identity(identity: np.ndarray, model: MorphableModel) -> np.ndarray:
+    """(K,) float32 coefficients over all the model's identity modes: the fit's leading ones, then zeros."""
+    out = np.zeros(model.num_identity, np.float32)
+    a = np.asarray(identity, np.float32).reshape(-1)[: model.num_identity]
+    out[: a.size] = a
+    return out
+
+
 def shape_samples(identity: np.ndarray, model: MorphableModel, scale: float, count: int = 1,
                   seed: int = 0, key: str = "") -> list[ShapeSample]:
     """`count` identities drawn around `identity`: alpha + scale * N(0, I) over all the model's modes.
@@ -241,9 +249,7 @@ def shape_samples(identity: np.ndarray, model: MorphableModel, scale: float, cou
     if not (scale >= 0 and math.isfinite(scale)):
         raise FaceSynthError(f"shape jitter must be a finite number >= 0, got {scale}")
     K = model.num_identity
-    base = np.zeros(K, np.float32)
-    a = np.asarray(identity, np.float32).reshape(-1)[:K]
-    base[: a.size] = a
+    base = full_identity(identity, model)
     if scale == 0:
         return [ShapeSample(base, np.zeros(K, np.float32), 0.0, 0)]
     out = []
@@ -317,7 +323,7 @@ def expression_split(fit, model: MorphableModel, prior: float = SPLIT_MOUTH_PRIO
     from face3d.fitting import MOUTH_BLENDSHAPE_PREFIXES, FitConfig, fit_morphable_model
 
     beta = np.asarray(fit.expression, np.float32).reshape(-1)
-    q = np.asarray(getattr(fit, "landmarks", np.zeros(0)), np.float64)
+    q = np.asarray(fit.landmarks, np.float64)
     mouth = [n for n in model.expression_names[: beta.size] if n.startswith(MOUTH_BLENDSHAPE_PREFIXES)]
     if not mouth or q.shape != (68, 2) or not np.isfinite(q).all():
         return fit      # no mouth blendshapes (the SFM's six emotions), or no landmarks to refit
@@ -364,10 +370,7 @@ def make_variant(spec: ExpressionSpec | str, fit, model: MorphableModel, shape: 
     base = fit if spec.from_fit else expression_split(fit, model)
     beta = expression_coefficients(spec, model, fit.expression)
     if shape is not None and base is not fit:
-        ident = np.zeros(model.num_identity, np.float32)
-        a = np.asarray(base.identity, np.float32).reshape(-1)[: model.num_identity]
-        ident[: a.size] = a
-        shape = ShapeSample(ident + shape.delta, shape.delta, shape.scale, shape.index)
+        shape = ShapeSample(full_identity(base.identity, model) + shape.delta, shape.delta, shape.scale, shape.index)
     return Variant(spec, beta, shape, tag, None if base is fit else base)
 
 

@@ -67,17 +67,27 @@ def expression_variants(args, fit, model, key: str = ""):
                     getattr(args, "jitter_samples", 1) or 1, getattr(args, "seed", 0) or 0, key)
 
 
-def render_variant(variant, rec, model, poses, size: int, background=0.5):
-    """Render one variant of a reconstruction at `poses`, framed like the fitted face of that shape."""
-    from face3d.expressions import edited_vertices, expression_texture, mouth_mesh
-    from face3d.render import render_views
+def variant_geometry(variant, rec, model):
+    """What a variant renders with: its fit (the re-split one for a replaced expression), its
+    vertices, the vertices that frame the crop (the fitted face of that shape) and the mouth parts
+    it shows (None unless the expression opens the mouth)."""
+    from face3d.expressions import edited_vertices, mouth_mesh
 
-    fit = rec.fit if variant.fit is None else variant.fit     # the re-split fit for a replaced expression
+    fit = rec.fit if variant.fit is None else variant.fit
     identity = None if variant.shape is None else variant.shape.identity
     verts = edited_vertices(fit, model, variant.coefficients, identity)
     frame = edited_vertices(fit, model, None, identity)
-    texture = expression_texture(rec.texture, model, variant.coefficients, fit.expression)
     teeth = mouth_mesh(model, variant.coefficients, fit.identity if identity is None else identity, fit.expression)
+    return fit, verts, frame, teeth
+
+
+def render_variant(variant, rec, model, poses, size: int, background=0.5):
+    """Render one variant of a reconstruction at `poses`, framed like the fitted face of that shape."""
+    from face3d.expressions import expression_texture
+    from face3d.render import render_views
+
+    fit, verts, frame, teeth = variant_geometry(variant, rec, model)
+    texture = expression_texture(rec.texture, model, variant.coefficients, fit.expression)
     return render_views(fit, texture, poses, model, size=size, background=background, vertices=verts,
                         frame_vertices=frame, extra=teeth)
 

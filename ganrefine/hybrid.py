@@ -152,8 +152,7 @@ def refine_views(refiner: Refiner, views, background: np.ndarray | float = PLAIN
         bg = imgs.astype(np.float32)  # outside the head the render is the plain background
         refined = refine_images(refiner, imgs, views.confidence, views.masks, views.landmarks)
     comp = halo * refined.astype(np.float32) + (1 - halo) * bg
-    extra = getattr(views, "extra_masks", None)
-    if extra is not None and extra.any():
-        keep = extra_keep(extra)
+    if views.extra_masks is not None and views.extra_masks.any():
+        keep = extra_keep(views.extra_masks)
         comp = keep * imgs.astype(np.float32) + (1 - keep) * comp
     return (comp + 0.5).clip(0, 255).astype(np.uint8)

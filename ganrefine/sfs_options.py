@@ -58,14 +58,11 @@ def render_sfs_variant(variant, rec, model, poses, size: int, background, state:
     """As `render_variant`, with the SFS displacement added to the variant's vertices and the new light."""
     import torch
 
-    from face3d.expressions import edited_vertices, expression_texture, mouth_mesh
+    from face3d.expressions import expression_texture
     from face3d.render import render_views
+    from ganrefine.expression_options import variant_geometry
 
-    fit = rec.fit if variant.fit is None else variant.fit     # the re-split fit for a replaced expression
-    identity = None if variant.shape is None else variant.shape.identity
-    verts = edited_vertices(fit, model, variant.coefficients, identity)
-    frame = edited_vertices(fit, model, None, identity)
-    teeth = mouth_mesh(model, variant.coefficients, fit.identity if identity is None else identity, fit.expression)
+    fit, verts, frame, teeth = variant_geometry(variant, rec, model)
     if state.applied:
         r = state.result
         verts = verts + torch.from_numpy(r.displacement[:, None] * r.normals)[None].to(verts.dtype)

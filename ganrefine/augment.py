@@ -53,8 +53,8 @@ from face3d.errors import FaceSynthError
 
 #: Columns of manifest.parquet, in order. `seconds_*` are timings (the only run-dependent columns).
 COLUMNS = ["source", "identity", "output", "kind", "yaw", "pitch", "roll", "method", "fit_landmark_error",
-           "status", "error", "reason", "note", "faces", "expression", "shape_jitter", "shape_jitter_norm",
-           "seconds_load", "seconds_detect", "seconds_fit", "seconds_render", "seconds_total"]
+           "status", "error", "reason", "note", "faces", "expression", "expression_split", "shape_jitter",
+           "shape_jitter_norm", "seconds_load", "seconds_detect", "seconds_fit", "seconds_render", "seconds_total"]
 TIMING_COLUMNS = [c for c in COLUMNS if c.startswith("seconds_")]
 #: Settings stored in OUTPUT/augment.json; a resumed run must match them.
 OUTPUT_SETTINGS = ["input", "yaw", "pitch", "roll", "size", "method", "render_version",
@@ -557,6 +557,7 @@ def process_source(item: dict, cfg: dict) -> dict:
                 view_images = refine_views(load_hybrid_refiner(cfg["refiner"]), views)
             vrec = variant_record(variant, flags, model)
             extra = {"expression": vrec["expression"] if cfg.get("expression") else None,
+                     "expression_split": vrec["expression_split"] if cfg.get("expression") else None,
                      "shape_jitter": vrec["shape_jitter"] if variant.shape is not None else None,
                      "shape_jitter_norm": vrec.get("shape_jitter_norm")}
             for pose, img in zip(poses, view_images):
@@ -665,7 +666,7 @@ def write_parquet(path: Path, rows: list[dict]) -> None:
         ("yaw", pa.float64()), ("pitch", pa.float64()), ("roll", pa.float64()), ("method", pa.string()),
         ("fit_landmark_error", pa.float64()), ("status", pa.string()), ("error", pa.string()),
         ("reason", pa.string()), ("note", pa.string()), ("faces", pa.int32()), ("expression", pa.string()),
-        ("shape_jitter", pa.float64()), ("shape_jitter_norm", pa.float64()),
+        ("expression_split", pa.bool_()), ("shape_jitter", pa.float64()), ("shape_jitter_norm", pa.float64()),
     ] + [(c, pa.float64()) for c in TIMING_COLUMNS])
     cols = {name: [r.get(name) for r in rows] for name in schema.names}
     table = pa.Table.from_pydict(cols, schema=schema)

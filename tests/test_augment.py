@@ -197,7 +197,8 @@ def test_layout_manifest_limit_and_resume(reference, photo_input, tmp_path, caps
     assert len(rows) == len(PHOTOS) * 3
     assert list(read_manifest(reference)[0]) == ["source", "identity", "output", "kind", "yaw", "pitch", "roll",
                                                   "method", "fit_landmark_error", "status", "error", "reason",
-                                                  "note", "faces", "expression", "shape_jitter", "shape_jitter_norm", "seconds_load", "seconds_detect", "seconds_fit",
+                                                  "note", "faces", "expression", "expression_split", "shape_jitter",
+                                                  "shape_jitter_norm", "seconds_load", "seconds_detect", "seconds_fit",
                                                   "seconds_render", "seconds_total"]
     for r in rows:
         assert r["status"] == "ok" and r["error"] == "" and r["method"] == "3d"
@@ -392,6 +393,7 @@ def test_expression_and_shape_jitter_flags(photo_input, tmp_path, capsys):
     assert len(rows) == 2 * 2 * 2  # expressions x shape samples x yaws
     assert {r["expression"] for r in rows} == {"neutral", "smile"}
     assert all(r["shape_jitter"] == 0.5 and r["shape_jitter_norm"] > 0 for r in rows)
+    assert all(r["expression_split"] for r in rows)          # presets render on the re-split fit
     names = {r["output"] for r in rows}
     assert len(names) == 8 and all((out / n).is_file() for n in names)
     # neutral and smile differ; the same draw with the same seed is reproducible

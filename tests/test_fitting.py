@@ -94,3 +94,20 @@ def test_dense_adam_matches_torch():
             (((x - target) ** 2).sum() + (s ** 4).sum()).backward()
             opt.step()
     assert torch.allclose(a, b, atol=1e-6) and torch.allclose(s1, s2, atol=1e-6)
+
+
+def test_dense_fit_is_repeatable_with_threads(obama_image, obama_reconstruction, ict_model):
+    """Two dense fits of one photo agree bit for bit with 2 threads (gradients summed in a fixed
+    order, face3d.dense.ordered_gradient_sums), and the caller's deterministic setting is restored."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fits = [fit_morphable_model(obama_image, obama_reconstruction.face.landmarks, ict_model,
+                                    FitConfig(dense=True, dense_steps=15)) for _ in range(2)]
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("identity", "expression", "rotation", "translation", "sh", "albedo"):
+        assert np.array_equal(getattr(fits[0], name), getattr(fits[1], name)), name
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -51,14 +51,23 @@ def lfw_dir() -> Path:
     return default_data_dir() / "lfw" / "images"
 
 
-def reconstructed_test_photos(model):
-    """(photo, reconstruction of its largest face) for each photo of ../shared/data/faces that the
-    default settings reconstruct; photos that fail (no face) are left out."""
+def reconstructed_photos(model, photos):
+    """(photo, image, reconstruction of its largest face) for each of `photos` that the default
+    settings reconstruct, lazily; photos that fail (unreadable, no face) are left out."""
     from face3d import load_image, reconstruct_faces
     from face3d.errors import FaceSynthError
 
-    for ph in face_photos():
+    for ph in photos:
         try:
-            yield ph, reconstruct_faces(load_image(ph), model)[0]
+            img = load_image(ph)
+            rec = reconstruct_faces(img, model)[0]
         except FaceSynthError:
             continue
+        yield ph, img, rec
+
+
+def reconstructed_test_photos(model):
+    """(photo, reconstruction of its largest face) for each photo of ../shared/data/faces that the
+    default settings reconstruct; photos that fail (no face) are left out."""
+    for ph, _, rec in reconstructed_photos(model, face_photos()):
+        yield ph, rec

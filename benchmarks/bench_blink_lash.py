@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from _common import RESULTS, lfw_dir, lfw_sample, reconstructed_test_photos, write_json
+from _common import RESULTS, lfw_dir, lfw_sample, reconstructed_photos, reconstructed_test_photos, write_json
 from bench_expressions import SIZE, mouth_eye_metrics
 
 LASH_CONSTANTS = ("LASH_ABOVE_MM", "LASH_BELOW_MM", "LASH_TIP_MM", "LASH_RGB_SCALE", "LASH_SHADOW", "LASH_SHADOW_MM")
@@ -56,8 +56,7 @@ def main():
     torch.set_num_threads(args.threads)
 
     import face3d.expressions as E
-    from face3d import Pose, load_image, load_morphable_model, reconstruct_faces
-    from face3d.errors import FaceSynthError
+    from face3d import Pose, load_morphable_model
     from face3d.expressions import edited_vertices, make_variant
     from face3d.landmarks import detect_faces
     from ganrefine.expression_options import render_variant
@@ -86,11 +85,7 @@ def main():
     # b. the lash band against dlib on LFW photos
     lfw = lfw_dir()
     recs = []
-    for ph in lfw_sample(args.seed, args.lfw_photos):
-        try:
-            rec = reconstruct_faces(load_image(ph), model)[0]
-        except FaceSynthError:
-            continue
+    for _, _, rec in reconstructed_photos(model, lfw_sample(args.seed, args.lfw_photos)):
         f = detect_faces(render_variant(coefficients("neutral", rec), rec, model, [Pose(0)], SIZE).images[0])
         if f:
             recs.append((rec, mouth_eye_metrics(f[0].landmarks)["ear"]))

@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from _common import RESULTS, lfw_dir, lfw_sample, reconstructed_test_photos, write_json
+from _common import RESULTS, lfw_dir, lfw_sample, reconstructed_photos, reconstructed_test_photos, write_json
 from bench_expressions import SIZE, mouth_eye_metrics
 
 LABELS = Path(__file__).resolve().parent / "data" / "lfw_closed_eye_labels.csv"
@@ -136,19 +137,8 @@ def render_ratios(model, recs) -> list[dict]:
 
 def dev_reconstructions(model, count: int):
     """(name, reconstruction) of the first `count` LFW development faces (seed 11) that reconstruct."""
-    from face3d import load_image, reconstruct_faces
-    from face3d.errors import FaceSynthError
-
-    n = 0
-    for ph in lfw_sample(11, 200):
-        if n >= count:
-            return
-        try:
-            rec = reconstruct_faces(load_image(ph), model)[0]
-        except FaceSynthError:
-            continue
-        n += 1
-        yield f"{ph.parent.name}/{ph.name}", rec
+    recs = reconstructed_photos(model, lfw_sample(11, 200))
+    return ((f"{ph.parent.name}/{ph.name}", rec) for ph, _, rec in itertools.islice(recs, count))
 
 
 def main():

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from _common import RESULTS, lfw_dir, lfw_sample, write_json
+from _common import RESULTS, lfw_dir, lfw_sample, reconstructed_photos, write_json
 from bench_expressions import SIZE, descriptor, mouth_eye_metrics
 
 _BASE = {"mouthSmile_L": 0.9, "mouthSmile_R": 0.9, "cheekSquint_L": 0.35, "cheekSquint_R": 0.35,
@@ -48,8 +48,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from face3d import Pose, load_image, load_morphable_model, reconstruct_faces
-    from face3d.errors import FaceSynthError
+    from face3d import Pose, load_morphable_model
     from face3d.expressions import ICT_PRESETS, ExpressionSpec, Variant, expression_split
     from face3d.landmarks import detect_faces
     from ganrefine.expression_options import render_variant
@@ -67,18 +66,13 @@ def main():
     t_start = time.perf_counter()
     lfw = lfw_dir()
     faces = []      # (name, rec, neutral metrics, source descriptor)
-    for ph in lfw_sample(args.seed, 3 * args.faces):
-        if len(faces) >= args.faces:
-            break
-        img = load_image(ph)
+    for ph, img, rec in reconstructed_photos(model, lfw_sample(args.seed, 3 * args.faces)):
         src = detect_faces(img)
-        try:
-            rec = reconstruct_faces(img, model)[0]
-        except FaceSynthError:
-            continue
         f = detect_faces(render({}, rec))
         if f and src:
             faces.append((ph.name, rec, mouth_eye_metrics(f[0].landmarks), descriptor(img, src[0])))
+        if len(faces) >= args.faces:
+            break
     print(f"{len(faces)} LFW faces ({time.perf_counter() - t_start:.0f} s)", flush=True)
 
     shipped = ICT_PRESETS["smile"]

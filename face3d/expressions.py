@@ -320,12 +320,11 @@ def expression_split(fit, model: MorphableModel, prior: float = SPLIT_MOUTH_PRIO
     import dataclasses
     import hashlib
 
-    from face3d.fitting import MOUTH_BLENDSHAPE_PREFIXES, FitConfig, fit_morphable_model
+    from face3d.fitting import FitConfig, fit_morphable_model, mouth_blendshapes
 
     beta = np.asarray(fit.expression, np.float32).reshape(-1)
     q = np.asarray(fit.landmarks, np.float64)
-    mouth = [n for n in model.expression_names[: beta.size] if n.startswith(MOUTH_BLENDSHAPE_PREFIXES)]
-    if not mouth or q.shape != (68, 2) or not np.isfinite(q).all():
+    if not mouth_blendshapes(model, beta.size) or q.shape != (68, 2) or not np.isfinite(q).all():
         return fit      # no mouth blendshapes (the SFM's six emotions), or no landmarks to refit
     alpha = np.asarray(fit.identity, np.float32).reshape(-1)
     key = ("expression_split", hashlib.sha1(q.tobytes() + alpha.tobytes() + beta.tobytes()

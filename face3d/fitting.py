@@ -41,6 +41,11 @@ CHIN = 8
 MOUTH_BLENDSHAPE_PREFIXES = ("mouth", "jaw")
 
 
+def mouth_blendshapes(model: MorphableModel, count: int) -> list[int]:
+    """Indices, among the model's first `count` blendshapes, of the mouth and jaw ones."""
+    return [i for i, n in enumerate(model.expression_names[:count]) if n.startswith(MOUTH_BLENDSHAPE_PREFIXES)]
+
+
 @dataclass
 class FitConfig:
     """Settings of `fit_morphable_model` (defaults tuned on the synthetic benchmark)."""
@@ -316,8 +321,7 @@ def fit_morphable_model(image: np.ndarray | None, landmarks: np.ndarray, model: 
     cx, cy = center
     w_ex = np.full(E, cfg.expression_prior)
     if cfg.mouth_expression_prior is not None:
-        w_ex[[i for i, n in enumerate(model.expression_names[:E]) if n.startswith(MOUTH_BLENDSHAPE_PREFIXES)]] = \
-            cfg.mouth_expression_prior
+        w_ex[mouth_blendshapes(model, E)] = cfg.mouth_expression_prior
     prior_diag = torch.cat([torch.full((K,), math.sqrt(cfg.identity_prior)), torch.from_numpy(np.sqrt(w_ex))]).double()
 
     def rot(a):

@@ -113,12 +113,16 @@ def load_capg(path: str | os.PathLike) -> tuple[CapgGenerator, dict]:
     from ganrefine.train_refiner import load_torch_file
 
     ck = load_torch_file(path, (WEIGHTS_FORMAT, CHECKPOINT_FORMAT), "CAPG-GAN")
-    if ck["format"] == CHECKPOINT_FORMAT:
-        cfg, state = CapgConfig(**ck["config"]["capg"]), ck["generator"]
-    else:
-        cfg, state = CapgConfig(**ck["capg_config"]), ck["state_dict"]
-    g = CapgGenerator(cfg)
-    g.load_state_dict(state)
+    try:
+        if ck["format"] == CHECKPOINT_FORMAT:
+            cfg, state = CapgConfig(**ck["config"]["capg"]), ck["generator"]
+        else:
+            cfg, state = CapgConfig(**ck["capg_config"]), ck["state_dict"]
+        g = CapgGenerator(cfg)
+        g.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # plain data, but no generator's config and tensors
+        raise FaceSynthError(f"{path}: not a CAPG-GAN weights file (its config or tensors do not fit: "
+                             f"{type(exc).__name__})") from None
     g.eval()
     info = {k: v for k, v in ck.items() if k not in ("state_dict", "generator", "disc_a", "disc_b", "opt_g", "opt_d")}
     return g, info

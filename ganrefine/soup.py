@@ -46,10 +46,12 @@ def greedy_soup(candidates: list[Path], data_dir: Path, val_pairs: int | None = 
 
     if not candidates:
         raise FaceSynthError("soup-refiners: no weights given")
+    # the candidates first (read as tensors and plain data, see `load_refiner`): a file that is no
+    # refiner stops the run before the validation pairs and the identity encoder are loaded
+    loaded = [(Path(c), *load_refiner(c)) for c in candidates]
     val = PairSet.load(validation_files(data_dir, TrainConfig.val_pairs if val_pairs is None else val_pairs),
                        progress=False)
     encoder = frozen_identity_encoder()
-    loaded = [(Path(c), *load_refiner(c)) for c in candidates]
     cfg = loaded[0][1].cfg
     for path, g, _ in loaded:
         if g.cfg != cfg:

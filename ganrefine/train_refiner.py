@@ -239,7 +239,9 @@ def _config_from_dict(d: dict) -> TrainConfig:
 
 
 def _save_atomic(path: Path, obj: dict) -> None:
-    """torch.save to a temporary file, then rename: a killed run never leaves half a checkpoint."""
+    """torch.save to a temporary file, then rename: a killed run never leaves half a checkpoint.
+    `obj` holds tensors and plain data only (configs as `asdict` dicts): the loaders read with
+    `weights_only=True` and refuse anything else."""
     import io
 
     from face3d.image_io import atomic_write_bytes
@@ -249,27 +251,48 @@ def _save_atomic(path: Path, obj: dict) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def read_plain_torch_file(path: Path, not_what: str):
+    """What `path` holds, read with `torch.load(weights_only=True)`: tensors and plain data (dicts,
+    lists, tuples, str, int, float, bool, None) only, so a crafted file cannot run code while it is
+    read. Anything else (pickled objects, a foreign or truncated file) is a one-line error
+    "PATH: <not_what> (...)"."""
+    import re
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            # torch's own notes on foreign pickles (e.g. "Detected pickle protocol 4"): the error below says it
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickled objects, truncated or foreign file
+        # the weights-only unpickler names the first class or function that the file asks for
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise FaceSynthError(f"{path}: {not_what} (it holds objects other than tensors and plain data: "
+                                 f"{found.group(1)}; facesynth never unpickles code)") from None
+        raise FaceSynthError(f"{path}: {not_what} ({type(exc).__name__})") from None
+
+
 def load_torch_file(path: str | os.PathLike, formats: tuple[str, ...], what: str) -> dict:
-    """A `torch.save`d dict whose "format" is one of `formats`; a one-line error for anything else."""
+    """A `torch.save`d dict of tensors and plain data whose "format" is one of `formats`; a one-line
+    error for anything else (see `read_plain_torch_file`: nothing in the file is ever executed)."""
     path = Path(path)
     if not path.is_file():
         raise FaceSynthError(f"{path}: {what} weights not found")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated or foreign file
-        raise FaceSynthError(f"{path}: not a {what} weights file ({type(exc).__name__})") from None
+    ck = read_plain_torch_file(path, f"not a {what} weights file")
     if not isinstance(ck, dict) or ck.get("format") not in formats:
         raise FaceSynthError(f"{path}: not a {what} weights file")
     return ck
 
 
 def open_checkpoint(out: Path, resume: bool, fmt: str, what: str) -> dict | None:
-    """The checkpoint to continue (`--resume`), None for a fresh run; refuses to overwrite one."""
+    """The checkpoint to continue (`--resume`), None for a fresh run; refuses to overwrite one.
+    It is read like weights (`read_plain_torch_file`): tensors and plain data only."""
     if out.exists():
         if not resume:
             raise FaceSynthError(f"{out} exists: pass --resume to continue it, or choose another --out")
-        ck = torch.load(out, map_location="cpu", weights_only=False)
-        if ck.get("format") != fmt:
+        ck = read_plain_torch_file(out, f"not a {what} training checkpoint")
+        if not isinstance(ck, dict) or ck.get("format") != fmt:
             raise FaceSynthError(f"{out}: not a {what} training checkpoint")
         return ck
     if resume:
@@ -401,14 +424,18 @@ def save_weights(path: Path, generator: RefinerGenerator, info: dict) -> None:
 def load_refiner(path: str | os.PathLike) -> tuple[RefinerGenerator, dict]:
     """A trained generator (eval mode) and its info from a `_best.pt` weights file or a training checkpoint."""
     ck = load_torch_file(path, (WEIGHTS_FORMAT, CHECKPOINT_FORMAT), "refiner")
-    if ck["format"] == CHECKPOINT_FORMAT:
-        cfg = RefinerConfig(**ck["config"]["refiner"])
-        state = ck["generator"]
-    else:
-        cfg = RefinerConfig(**ck["refiner_config"])
-        state = ck["state_dict"]
-    g = RefinerGenerator(cfg)
-    g.load_state_dict(state)
+    try:
+        if ck["format"] == CHECKPOINT_FORMAT:
+            cfg = RefinerConfig(**ck["config"]["refiner"])
+            state = ck["generator"]
+        else:
+            cfg = RefinerConfig(**ck["refiner_config"])
+            state = ck["state_dict"]
+        g = RefinerGenerator(cfg)
+        g.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # plain data, but no refiner's config and tensors
+        raise FaceSynthError(f"{path}: not a refiner weights file (its config or tensors do not fit: "
+                             f"{type(exc).__name__})") from None
     g.eval()
     info = {k: v for k, v in ck.items() if k not in ("state_dict", "generator", "discriminator", "opt_g", "opt_d")}
     return g, info

@@ -93,15 +93,15 @@ def test_training_writes_its_files_and_resumes_exactly(tiny_cache, tmp_path):
     val = list(csv.DictReader(open(tmp_path / "a" / "ck_val.csv")))
     assert [int(r["step"]) for r in val] == [0, 2, 3]
     assert float(val[0]["id_copy_mean"]) > 0  # the copy baseline: two photos of one person still differ
-    ck = torch.load(tmp_path / "a" / "ck.pt", weights_only=False)
+    ck = torch.load(tmp_path / "a" / "ck.pt", weights_only=True)
     assert ck["step"] == 3 and ck["config"]["capg"]["base"] == 4
 
     train_capg(tiny_cache, tmp_path / "b" / "ck.pt", _tiny_config(2), progress=False)
     with pytest.raises(Exception, match="--resume"):
         train_capg(tiny_cache, tmp_path / "b" / "ck.pt", _tiny_config(3), progress=False)
     train_capg(tiny_cache, tmp_path / "b" / "ck.pt", _tiny_config(3), resume=True, progress=False)
-    a = torch.load(tmp_path / "a" / "ck.pt", weights_only=False)["generator"]
-    b = torch.load(tmp_path / "b" / "ck.pt", weights_only=False)["generator"]
+    a = torch.load(tmp_path / "a" / "ck.pt", weights_only=True)["generator"]
+    b = torch.load(tmp_path / "b" / "ck.pt", weights_only=True)["generator"]
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     gen, info = load_capg(tmp_path / "a" / "ck_best.pt")
     assert gen.cfg == TINY and info["step"] == full["best_step"]

@@ -86,7 +86,7 @@ def test_training_writes_its_files_and_resumes_exactly(tiny_pairs, tmp_path):
     assert [int(r["step"]) for r in val] == [0, 2, 3]
     assert abs(float(val[0]["l1_refined_mean"]) - float(val[0]["l1_render_mean"])) < 1e-6  # step 0 is the render
     assert len(list((tmp_path / "a" / "ck_samples").glob("step_*.png"))) == 3
-    ck = torch.load(tmp_path / "a" / "ck.pt", weights_only=False)
+    ck = torch.load(tmp_path / "a" / "ck.pt", weights_only=True)
     assert ck["step"] == 3 and ck["config"]["refiner"]["base"] == 8  # the checkpoint carries its config
 
     # stop after 2 steps, resume to 3: the same weights as the uninterrupted run
@@ -94,8 +94,8 @@ def test_training_writes_its_files_and_resumes_exactly(tiny_pairs, tmp_path):
     with pytest.raises(Exception, match="--resume"):
         train_refiner(tiny_pairs, tmp_path / "b" / "ck.pt", _tiny_config(3), progress=False)
     train_refiner(tiny_pairs, tmp_path / "b" / "ck.pt", _tiny_config(3), resume=True, progress=False)
-    a = torch.load(tmp_path / "a" / "ck.pt", weights_only=False)["generator"]
-    b = torch.load(tmp_path / "b" / "ck.pt", weights_only=False)["generator"]
+    a = torch.load(tmp_path / "a" / "ck.pt", weights_only=True)["generator"]
+    b = torch.load(tmp_path / "b" / "ck.pt", weights_only=True)["generator"]
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     gen, info = load_refiner(tmp_path / "a" / "ck_best.pt")
     assert gen.cfg == TINY and info["step"] == full["best_step"]
@@ -108,7 +108,7 @@ def test_training_writes_its_files_and_resumes_exactly(tiny_pairs, tmp_path):
     best_row = [r for r in val if int(r["step"]) == full["best_step"]][0]
     assert int(val_c[0]["step"]) == 0
     assert abs(float(val_c[0]["l1_refined_mean"]) - float(best_row["l1_refined_mean"])) < 1e-5
-    assert torch.load(tmp_path / "c" / "ck.pt", weights_only=False)["config"]["init"] == cfg.init
+    assert torch.load(tmp_path / "c" / "ck.pt", weights_only=True)["config"]["init"] == cfg.init
 
     # a decaying schedule: the logged learning rate falls over the last steps, and the optimiser used it
     cfg = _tiny_config(3)
@@ -116,7 +116,7 @@ def test_training_writes_its_files_and_resumes_exactly(tiny_pairs, tmp_path):
     train_refiner(tiny_pairs, tmp_path / "d" / "ck.pt", cfg, progress=False)
     lrs = [float(r["lr_g"]) for r in csv.DictReader(open(tmp_path / "d" / "ck_log.csv"))]
     assert lrs == pytest.approx([2e-4, 2e-4, 1e-4])
-    ck_d = torch.load(tmp_path / "d" / "ck.pt", weights_only=False)
+    ck_d = torch.load(tmp_path / "d" / "ck.pt", weights_only=True)
     assert ck_d["opt_g"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
     assert ck_d["opt_d"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
     assert ck_d["config"]["lr_decay_steps"] == 2

@@ -132,8 +132,8 @@ class Targets:
             value = float(value)
         measured = value is not None and not (isinstance(value, float) and math.isnan(value))
         ok = bool(measured and _OPS[op](value, target))
-        shown = "not measured" if not measured else _fmt(value)
-        print(f"  {'PASS' if ok else 'FAIL'}  {name}: {shown}{unit} (target {op} {_fmt(target)}{unit})"
+        shown, shown_target = _fmt_pair(value if measured else None, target)
+        print(f"  {'PASS' if ok else 'FAIL'}  {name}: {shown}{unit} (target {op} {shown_target}{unit})"
               + (f"  {note}" if note else ""), flush=True)
         self.rows.append({"name": name, "value": value if measured else None, "op": op, "target": target,
                           "unit": unit.strip(), "passed": ok, **({"note": note} if note else {})})
@@ -163,9 +163,16 @@ class Targets:
         return self.exit_code()
 
 
-def _fmt(x) -> str:
-    if isinstance(x, bool):
-        return str(x)
-    if isinstance(x, (int, float)):
-        return f"{x:.4g}"
-    return str(x)
+def _fmt_pair(value, target) -> tuple[str, str]:
+    """Value and target as text, with 4 significant digits or as many more as it takes to show that
+    two different numbers differ (0.9999987 against 0.99999)."""
+    if value is None:
+        return "not measured", str(target)
+    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (value, target))
+    if not numbers:
+        return str(value), str(target)
+    for digits in (4, 6, 8, 10, 17):
+        v, t = f"{value:.{digits}g}", f"{target:.{digits}g}"
+        if v != t or value == target:
+            return v, t
+    return v, t

@@ -63,6 +63,11 @@ def test_comparisons(common, op, value, ok):
     assert common.Targets().check("x", value, op, 2.0) is ok
 
 
+def test_close_numbers_print_apart(common, capsys):
+    common.Targets().check("cosine", 0.99998, ">=", 0.99999)
+    assert "FAIL  cosine: 0.99998 (target >= 0.99999)" in capsys.readouterr().out
+
+
 def test_unknown_comparison_is_refused(common):
     with pytest.raises(ValueError):
         common.Targets().check("x", 1.0, "~", 2.0)

@@ -11,6 +11,11 @@
 The inputs are a CSV list of the LFW files where they lie; outputs go to a temp folder.
 Other jobs may share the CPU: the load average is recorded before and after.
 
+Targets (issue 5), checked in the run; it exits 1 when one is missed (`--target NAME=VALUE` changes
+one): per backend, 2 workers >= 1.7x the images/s of 1 worker (wall, start-up included); the same
+PNG bytes in every cell; memory flat, which this script takes as each worker's RSS after its last
+image within 10% of its RSS after its first.
+
     python bench_augment.py [--images 200] [--rss-images 1000] [--yaw -60,-30,0,30,60] [--size 128]
 """
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import RESULTS, write_json  # noqa: E402
+from _common import RESULTS, Targets, add_target_option, write_json  # noqa: E402
 
 from ganrefine.augment import AugmentOptions, augment  # noqa: E402
 
@@ -58,7 +63,7 @@ def digest(out: Path) -> str:
     return h.hexdigest()
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--rss-images", type=int, default=1000)
@@ -67,7 +72,9 @@ def main() -> None:
     ap.add_argument("--backends", default="local,ray", help="backends to time (default local,ray)")
     ap.add_argument("--workdir", default=None, help="temp folder for outputs (default: system temp)")
     ap.add_argument("--out", default=str(RESULTS / "augment.json"))
+    add_target_option(ap)
     args = ap.parse_args()
+    targets = Targets.from_args(args)
     yaws = [float(v) for v in args.yaw.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench_augment_", dir=args.workdir))
     payload = {"config": {"images": args.images, "rss_images": args.rss_images, "backends": args.backends, "yaw": yaws, "size": args.size,
@@ -109,6 +116,9 @@ def main() -> None:
         payload["identical_outputs_across_cells"] = len(set(digests.values())) == 1
         print("speed-up 2 vs 1 workers:", payload["speedup_2_vs_1"])
         print("identical outputs in all cells:", payload["identical_outputs_across_cells"])
+        for b in backends:
+            targets.check(f"speedup_2_vs_1_workers_{b}", payload["speedup_2_vs_1"][b]["wall_images_per_s"], ">=", 1.7, "x")
+        targets.check("identical_outputs_across_cells", payload["identical_outputs_across_cells"], "==", True)
         write_json(args.out, payload)
 
         if args.rss_images:
@@ -129,11 +139,13 @@ def main() -> None:
             for w in workers:
                 print(f"  worker {w['pid']}: {w['images']} images, RSS {w['rss_start_mb']} -> {w['rss_end_mb']} MB, "
                       f"peak {w['peak_rss_start_mb']} -> {w['peak_rss_end_mb']} MB")
+            growth = max((w["rss_end_mb"] / w["rss_start_mb"] - 1 for w in workers), default=float("nan"))
+            targets.check("rss_growth_max_over_workers", growth, "<=", 0.10, note="(end / start RSS - 1, the worst worker)")
         payload["loadavg_end"] = os.getloadavg()
-        write_json(args.out, payload)
+        return targets.finish(args.out, payload)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,6 +9,9 @@ b. The painted lash band against dlib, on LFW photos (a seeded choice, not the t
    the closed margin, fade, darkness, shadow). If no setting does much better than the shipped one,
    the misses are not a matter of tuning the band.
 
+No target: a diagnosis (issue 8's blink target is checked by bench_expressions.py); it exits 0 unless
+it fails to run.
+
     cd benchmarks && ../.venv/bin/python bench_blink_lash.py [--lfw-photos 60] [--settings 30]
         -> results/blink_lash.json
 """

@@ -24,6 +24,9 @@ Beside them, the same run renders `neutral` and `blink` views (frontal, 256 px, 
 bench_expressions.py) of the 17 test photos and of the LFW development faces (seed 11, the set
 the lash constants were checked on) and reports their EARs and ratios.
 
+No target: a reference for reading issue 8's blink check (checked by bench_expressions.py); it exits
+0 unless it fails to run.
+
     cd benchmarks && ../.venv/bin/python bench_blink_reference.py [--lfw 600] [--dev 80] -> results/blink_reference.json
     cd benchmarks && ../.venv/bin/python bench_blink_reference.py --sheets DIR   # the labelling sheets (scans all of LFW)
 """

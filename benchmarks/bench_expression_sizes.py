@@ -8,6 +8,9 @@ photo and size: blink's EAR ratio (target < 0.5), smile's widening (>= 8%, corne
 open-mouth's gap-ratio rise (>= 0.15); then how many photos pass at each size, at every size and at
 some size. Nothing is chosen from it.
 
+No target of its own (a diagnosis of bench_expressions.py's checks, which that script checks); it
+exits 0 unless it fails to run.
+
     cd benchmarks && ../.venv/bin/python bench_expression_sizes.py -> results/expression_sizes.json
 """
 from __future__ import annotations

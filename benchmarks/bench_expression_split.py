@@ -13,18 +13,23 @@ coefficient. The candidate with the lowest mean neutral error over the two sets 
 `face3d.expressions.expression_split` re-splits with (the fit itself keeps its default): it
 printed 'mouth 1e-05' (2.73 mm against 3.10 mm for the default).
 
+Targets, the claims the shipped re-split rests on (`face3d.expressions.SPLIT_MOUTH_PRIOR`): its
+candidate's mean neutral error is below the default prior's in the same run, and it is the candidate
+with the lowest error. The run exits 1 when either is not so.
+
     cd benchmarks && ../.venv/bin/python bench_expression_split.py [--n 40] -> results/expression_split.json
 """
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 
 import numpy as np
 import torch
 
-from _common import RESULTS, write_json
+from _common import RESULTS, Targets, add_target_option
 from face3d.camera import PerspectiveCamera, Pose, euler_to_matrix, transform
 from face3d.fitting import FitConfig, fit_morphable_model, select_contour_vertices
 from face3d.morphable_model import load_morphable_model
@@ -64,7 +69,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=40, help="faces per set")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json", default=str(RESULTS / "expression_split.json"))
+    add_target_option(ap)
     args = ap.parse_args()
+    targets = Targets.from_args(args)
     torch.set_num_threads(2)
     model = load_morphable_model()
     ix = {n: i for i, n in enumerate(model.expression_names)}
@@ -110,10 +118,17 @@ def main():
             + f"  | both {entry['neutral_error_mm_both']:.2f} mm", flush=True)
     best = min(table, key=lambda e: e["neutral_error_mm_both"])
     print(f"lowest mean neutral error: {best['candidate']}")
-    write_json(RESULTS / "expression_split.json", {"n_per_set": args.n, "seed": args.seed, "landmark_noise": LANDMARK_NOISE,
-                                                   "candidates": table, "chosen": best["candidate"], "rows": rows,
-                                                   "seconds": round(time.perf_counter() - t_start, 1)})
+    from face3d.expressions import SPLIT_MOUTH_PRIOR
+
+    shipped = next((e for e in table if e["overrides"] == {"mouth_expression_prior": SPLIT_MOUTH_PRIOR}), None)
+    default = next(e for e in table if not e["overrides"])
+    targets.check("shipped_split_neutral_error_mm", shipped["neutral_error_mm_both"] if shipped else None, "<",
+                  default["neutral_error_mm_both"], " mm", note=f"(mouth {SPLIT_MOUTH_PRIOR:g} vs the default prior, this run)")
+    targets.check("shipped_split_is_lowest", shipped is best, "==", True, note=f"(lowest: {best['candidate']})")
+    return targets.finish(args.json, {"n_per_set": args.n, "seed": args.seed, "landmark_noise": LANDMARK_NOISE,
+                                      "candidates": table, "chosen": best["candidate"], "rows": rows,
+                                      "seconds": round(time.perf_counter() - t_start, 1)})
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

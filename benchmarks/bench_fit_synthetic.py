@@ -3,17 +3,21 @@
 50 faces: identity within +-2 sigma, mild expression, yaw -60..60, pitch -20..20, roll -10..10.
 Jaw landmarks are put on the true occluding contour (as dlib puts them on the visible outline).
 Prints and writes the median pose errors and landmark errors (fraction of the outer-eye distance).
+
+Targets (issue 2): median |yaw|, |pitch| and |roll| error <= 2 deg each, median landmark error <= 2% of
+the outer-eye distance; the run exits 1 when one is missed (`--target NAME=VALUE` changes one).
 """
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 
 import numpy as np
 import torch
 
-from _common import RESULTS, write_json
+from _common import RESULTS, Targets, add_target_option
 from face3d.camera import PerspectiveCamera, Pose, euler_to_matrix, transform
 from face3d.fitting import FitConfig, fit_morphable_model, select_contour_vertices
 from face3d.morphable_model import load_morphable_model
@@ -47,7 +51,9 @@ def main():
     ap.add_argument("--model", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=str(RESULTS / "fit_synthetic.json"))
+    add_target_option(ap)
     args = ap.parse_args()
+    targets = Targets.from_args(args)
     torch.set_num_threads(2)
     model = load_morphable_model(args.model)
     rng = np.random.default_rng(args.seed)
@@ -67,11 +73,14 @@ def main():
     med = {k: float(np.median([r[k] for r in rows])) for k in ("yaw_err", "pitch_err", "roll_err", "landmark_error", "seconds")}
     p90 = {k: float(np.percentile([r[k] for r in rows], 90)) for k in ("yaw_err", "pitch_err", "roll_err", "landmark_error")}
     print("\nSynthetic recovery over", args.n, "faces (model:", model.name + ")")
-    print(f"  median |yaw err| {med['yaw_err']:.2f} deg, |pitch err| {med['pitch_err']:.2f} deg, |roll err| {med['roll_err']:.2f} deg  (target <= 2)")
-    print(f"  median landmark error {100 * med['landmark_error']:.2f}% of outer-eye distance  (target <= 2%)")
+    print(f"  median |yaw err| {med['yaw_err']:.2f} deg, |pitch err| {med['pitch_err']:.2f} deg, |roll err| {med['roll_err']:.2f} deg")
+    print(f"  median landmark error {100 * med['landmark_error']:.2f}% of outer-eye distance")
     print(f"  90th percentile: yaw {p90['yaw_err']:.2f}, pitch {p90['pitch_err']:.2f}, roll {p90['roll_err']:.2f}, landmark {100 * p90['landmark_error']:.2f}%")
-    write_json(args.json, {"model": model.name, "n": args.n, "median": med, "p90": p90, "rows": rows})
+    for k in ("yaw", "pitch", "roll"):
+        targets.check(f"median_{k}_error_deg", med[f"{k}_err"], "<=", 2.0, " deg")
+    targets.check("median_landmark_error", med["landmark_error"], "<=", 0.02, note="(fraction of the outer-eye distance)")
+    return targets.finish(args.json, {"model": model.name, "n": args.n, "median": med, "p90": p90, "rows": rows})
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,17 +12,22 @@ data that is not the test set: the evidence it was chosen on.
     the flip-averaged output. Training pairs, because the validation set is too small for this test
     and the test set is kept for the figures in bench_refiner.py.
 
+Target: on the validation pairs the flip-averaged output's selection score is lower (better) than
+one pass's in the same run, the claim the flip averaging was shipped on; the run exits 1 when it is
+not. (b) has no target: it measures, and the README says it does not settle the realism question.
+
     cd benchmarks && ../.venv/bin/python bench_flip_average.py   -> results/flip_average.json
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from _common import RESULTS, write_json
+from _common import RESULTS, Targets, add_target_option
 from ganrefine.compare import FaceEncoder, c2st
 from ganrefine.hybrid import load_hybrid_refiner
 from ganrefine.refiner import FlipAveraged
@@ -50,7 +55,9 @@ def main():
     ap.add_argument("--train-pairs", type=int, default=400, help="pairs per class of the realism test")
     ap.add_argument("--splits", type=int, default=10)
     ap.add_argument("--json", default=str(RESULTS / "flip_average.json"))
+    add_target_option(ap)
     args = ap.parse_args()
+    targets = Targets.from_args(args)
     torch.set_num_threads(2)
     refiner = load_hybrid_refiner(args.refiner)
     flip = refiner.generator
@@ -72,6 +79,8 @@ def main():
         print(f"{name:16s} {s['l1_refined_mean']:8.4f} {s['ssim_refined_mean']:8.4f} {s['id_refined_mean']:9.4f} "
               f"{-100 * s['l1_reduction']:+9.1f}% {-100 * s['id_reduction']:+9.1f}% {s['score']:7.4f}")
     out["validation"] = rows
+    targets.check("validation_score_flip_averaged", rows["flip-averaged"]["score"], "<", rows["one pass"]["score"],
+                  note="(target: one pass's score in this run)")
 
     files = pair_files(pairs / "train")
     pick = np.random.default_rng(0).permutation(len(files))[:2 * args.train_pairs]
@@ -92,8 +101,8 @@ def main():
         realism[name] = {"mean": float(np.mean(accs)), "sd": float(np.std(accs)), "splits": accs}
         print(f"   {name:14s} {np.mean(accs):.3f} +- {np.std(accs):.3f}")
     out["realism_train_pairs"] = realism
-    write_json(args.json, out)
+    return targets.finish(args.json, out)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

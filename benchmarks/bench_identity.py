@@ -19,6 +19,11 @@ OpenMP threads that spin while waiting starve everything else on a small shared 
 are starved by it: on 2 busy cores torch's 2-thread timing degrades several-fold). Unless
 OMP_WAIT_POLICY is already set, this script sets it to PASSIVE before importing torch; the
 policy in effect is printed and recorded in the JSON.
+
+Targets (issue 7), checked in the run; it exits 1 when one is missed (`--target NAME=VALUE` changes
+one): on the same chips max |difference| <= 1e-5 and min cosine >= 0.99999; through the torch
+alignment, max distance to dlib's descriptor <= 0.02; same/different decisions at 0.6 agree with
+dlib's on every pair; the port's best throughput >= 15x dlib's.
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import Targets, add_target_option  # noqa: E402
 from face3d.image_io import load_image  # noqa: E402
 from face3d.landmarks import detect_faces, model_file  # noqa: E402
 from ganrefine.identity import MODEL_NAME, SAME_PERSON_THRESHOLD, IdentityEncoder, image_tensor  # noqa: E402
@@ -104,7 +110,9 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=5, help="timed runs per method (median reported)")
     ap.add_argument("--batch", type=int, default=32, help="chips per batch")
     ap.add_argument("--faces", default=str(DEFAULT_FACES), help="folder of <identity>/*.jpg photos")
+    add_target_option(ap)
     args = ap.parse_args(argv)
+    targets = Targets.from_args(args)
 
     import dlib
 
@@ -175,6 +183,12 @@ def main(argv=None) -> int:
           f"({par['pairs_same_by_dlib']} same-person pairs by dlib; closest dlib distance to 0.6: "
           f"{par['closest_dlib_distance_to_threshold']:.3f})")
 
+    targets.check("chips_max_abs_diff", par["chips_max_abs_diff"], "<=", 1e-5)
+    targets.check("chips_min_cosine", par["chips_min_cosine"], ">=", 0.99999)
+    targets.check("alignment_max_distance_to_dlib", par["alignment_max_distance_to_dlib"], "<=", 0.02)
+    targets.check("verification_agreement_fraction", par["verification_agreement_fraction"], ">=", 1.0,
+                  note=f"({par['verification_agreement']} pairs)")
+    targets.check("speedup_vs_dlib", speed[best]["speedup_vs_dlib"], ">=", 15.0, "x", note=f"({best})")
     result = {
         "benchmark": "identity",
         "batch": args.batch,
@@ -196,11 +210,13 @@ def main(argv=None) -> int:
             "load_average_after": os.getloadavg(),
         },
     }
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {out}")
-    return 0
+    def write(path, payload):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"\nwrote {path}")
+
+    return targets.finish(args.json, result, write=write)
 
 
 if __name__ == "__main__":

@@ -2,16 +2,19 @@
 
 The full re-posing path is timed (transform, rasterize 32.7k triangles, interpolate UVs, sample the
 texture atlas, composite), on a real fitted face. Median of several runs after a warm-up.
+
+Target (issue 2): >= 200 views/s at 128 px; the run exits 1 when it is missed.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
 import torch
 
-from _common import RESULTS, face_photos, write_json
+from _common import RESULTS, Targets, add_target_option, face_photos
 from face3d.camera import Pose
 from face3d.fitting import FitConfig
 from face3d.image_io import load_image
@@ -25,7 +28,9 @@ def main():
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=str(RESULTS / "render.json"))
+    add_target_option(ap)
     args = ap.parse_args()
+    targets = Targets.from_args(args)
     torch.set_num_threads(args.threads)
     model = load_morphable_model()
     photo = [p for p in face_photos() if p.name == "face_recognition_obama.jpg"][0]
@@ -43,10 +48,10 @@ def main():
             times.append(time.perf_counter() - t0)
         med = float(np.median(times))
         out[f"size_{size}"] = {"seconds_per_batch": med, "views_per_second": len(poses) / med, "runs": times}
-        target = "  (target >= 200)" if size == 128 else ""
-        print(f"  {size:4d} px: {len(poses) / med:7.1f} views/s  ({1000 * med / len(poses):.2f} ms/view){target}")
-    write_json(args.json, out)
+        print(f"  {size:4d} px: {len(poses) / med:7.1f} views/s  ({1000 * med / len(poses):.2f} ms/view)")
+    targets.check("views_per_second_128px", out["size_128"]["views_per_second"], ">=", 200.0, " views/s")
+    return targets.finish(args.json, out)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

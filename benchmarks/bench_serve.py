@@ -1,7 +1,10 @@
 """`facesynth serve`: how long a slider move takes once the photo is fitted (issue 9: well under 1 s
 with --method 3d). Starts the server as a user would (256-px views, default dense fit), uploads one
 photo through gradio_client, then moves the yaw slider N times; prints the round trip as the client
-sees it and the server's own render time (from the status line), for 3d and hybrid."""
+sees it and the server's own render time (from the status line), for 3d and hybrid.
+
+Target (issue 9, "well under a second"): the median round trip of a slider move with --method 3d
+< 1 s; the run exits 1 when it is missed (hybrid has no target)."""
 from __future__ import annotations
 
 import argparse
@@ -17,7 +20,7 @@ import urllib.request
 
 import numpy as np
 
-from _common import RESULTS, ROOT, face_photos, write_json
+from _common import RESULTS, ROOT, Targets, add_target_option, face_photos
 
 
 def free_port() -> int:
@@ -31,7 +34,9 @@ def main():
     ap.add_argument("--moves", type=int, default=10)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--json", default=str(RESULTS / "serve.json"))
+    add_target_option(ap)
     args = ap.parse_args()
+    targets = Targets.from_args(args)
     from gradio_client import Client, handle_file
 
     port = free_port()
@@ -69,12 +74,13 @@ def main():
                 out[method] = {"round_trip_median": float(np.median(rt)), "render_median": float(np.nanmedian(server)),
                                "round_trips": rt}
                 print(f"slider move, --method {method:6s}: {np.median(rt):.2f} s round trip (median of {args.moves}), "
-                      f"of which rendering {np.nanmedian(server):.3f} s  (target for 3d: well under 1 s)")
+                      f"of which rendering {np.nanmedian(server):.3f} s")
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
-    write_json(args.json, out)
+    targets.check("slider_move_3d_round_trip_seconds", out["3d"]["round_trip_median"], "<", 1.0, " s")
+    return targets.finish(args.json, out)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

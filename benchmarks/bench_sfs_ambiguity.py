@@ -23,6 +23,9 @@ measures them; issue 3 asks for -30% on both. Neither morphable model here has a
 (../shared/data/README.md), so without the true albedo the light and albedo must come from the
 photo, as in `estimated`.
 
+No target of its own: a diagnosis of why issue 3's targets (checked by bench_sfs.py) are missed,
+with oracle inputs no user has; it exits 0 unless it fails to run.
+
     cd benchmarks && ../.venv/bin/python bench_sfs_ambiguity.py [--n 6]   -> results/sfs_ambiguity.json
 """
 from __future__ import annotations

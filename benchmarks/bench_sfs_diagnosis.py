@@ -28,6 +28,9 @@ TRUE albedo sampled per vertex), this measures what `face3d.sfs` could at best s
    TRUE light and albedo, with the 51 inner landmarks and the coefficient priors keeping it anchored.
    If shading pinned the low-frequency shape down, this would reach the oracle 3DMM's error.
 
+No target of its own: a diagnosis of why issue 3's targets (checked by bench_sfs.py) are missed; it
+exits 0 unless it fails to run.
+
     cd benchmarks && ../.venv/bin/python bench_sfs_diagnosis.py [--n 6]   -> results/sfs_diagnosis.json
 """
 from __future__ import annotations

@@ -13,17 +13,21 @@ The rule: the highest pass share; among ties, the lower identity distance. It pr
 rerun with the views on the re-split fit (`expression_split`), it printed 'stretch 0.4' again
 (80/80, against 77/80 for 0.2).
 
+Target, the claim the shipped preset rests on: the rule chooses the candidate that
+`face3d.expressions.ICT_PRESETS["smile"]` ships; the run exits 1 when it chooses another.
+
     cd benchmarks && ../.venv/bin/python bench_smile_presets.py [--faces 80] -> results/smile_presets.json
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
 import torch
 
-from _common import RESULTS, lfw_dir, lfw_sample, reconstructed_photos, write_json
+from _common import RESULTS, Targets, add_target_option, lfw_dir, lfw_sample, reconstructed_photos
 from bench_expressions import SIZE, descriptor, mouth_eye_metrics
 
 _BASE = {"mouthSmile_L": 0.9, "mouthSmile_R": 0.9, "cheekSquint_L": 0.35, "cheekSquint_R": 0.35,
@@ -45,7 +49,10 @@ def main():
     ap.add_argument("--faces", type=int, default=80, help="LFW faces to use (first that fit and are detected)")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=str(RESULTS / "smile_presets.json"))
+    add_target_option(ap)
     args = ap.parse_args()
+    targets = Targets.from_args(args)
     torch.set_num_threads(args.threads)
 
     from face3d import Pose, load_morphable_model
@@ -100,9 +107,10 @@ def main():
               f"lift min {row['corner_lift_min']:+.3f}  identity median {row['identity_distance_median']:.3f}", flush=True)
     best = max(rows, key=lambda r: (r["pass_share"], -r["identity_distance_median"]))
     print(f"chosen by the rule (pass share, then identity): {best['candidate']}")
-    write_json(RESULTS / "smile_presets.json", {"faces": len(faces), "chosen": best["candidate"], "seed": args.seed, "size": SIZE, "lfw": str(lfw),
-                                               "candidates": rows, "seconds": round(time.perf_counter() - t_start, 1)})
+    targets.check("chosen_is_shipped", best["shipped"], "==", True, note=f"(chosen: {best['candidate']})")
+    return targets.finish(args.json, {"faces": len(faces), "chosen": best["candidate"], "seed": args.seed, "size": SIZE, "lfw": str(lfw),
+                                      "candidates": rows, "seconds": round(time.perf_counter() - t_start, 1)})
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

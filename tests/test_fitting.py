@@ -29,21 +29,31 @@ def test_euler_round_trip_and_convention():
 
 
 def test_synthetic_recovery(ict_model):
+    # The README claims (bench_fit_synthetic.py, 50 faces) median pose errors <= 2 deg for yaw, pitch
+    # and roll (measured 1.07, 1.64, 0.39) and a median landmark error <= 2% (1.00%). These six faces
+    # are held to the claimed targets themselves, no looser; they measure 1.04, 1.09, 0.46 deg and
+    # 0.9%, so the margin below the claim is about 0.9 deg and 1 point.
     rng = np.random.default_rng(123)
     errs, lmk = [], []
     for _ in range(6):
         face = random_face(ict_model, rng)
         fit = fit_morphable_model(None, face["landmarks"], ict_model, FitConfig(dense=False), image_size=(512, 512))
         p, g = fit.pose, face["pose"]
-        errs.append(max(abs(p.yaw - g.yaw), abs(p.pitch - g.pitch), abs(p.roll - g.roll)))
+        errs.append([abs(p.yaw - g.yaw), abs(p.pitch - g.pitch), abs(p.roll - g.roll)])
         lmk.append(fit.landmark_error)
-    assert np.median(errs) < 3.0
-    assert np.median(lmk) < 0.02
+    assert np.all(np.median(errs, axis=0) <= 2.0), np.median(errs, axis=0)
+    assert np.median(lmk) <= 0.02
+
+
+# Real photos: the README claims a median 68-point error of 1.86% over the 17 photos (issue 2's target
+# <= 3%); bench_real_photos.py measured this photo at 2.00% with the default (dense) fit and 2.01% with
+# landmarks only. Held to 2.25%, the worst of the 17 photos in the benchmark.
+REAL_PHOTO_MAX = 0.0225
 
 
 def test_fit_on_real_photo_and_save_load(tmp_path, obama_reconstruction, ict_model):
     fit = obama_reconstruction.fit
-    assert fit.landmark_error < 0.03
+    assert fit.landmark_error <= REAL_PHOTO_MAX
     assert abs(fit.pose.yaw) < 15  # an official, near-frontal portrait
     fit.save(tmp_path / "fit")
     back = FaceFit.load(tmp_path / "fit")
@@ -64,7 +74,9 @@ def test_fit_rejects_bad_landmarks(ict_model):
 def test_sfm_fit_on_real_photo(obama_image, obama_reconstruction, sfm_model):
     fit = fit_morphable_model(obama_image, obama_reconstruction.face.landmarks, sfm_model, FitConfig(dense=False))
     assert fit.residuals["landmark_points"] < 68  # the SFM maps 50 points + the dynamic jaw contour
-    assert fit.landmark_error < 0.04
+    # README: SFM median 2.34% over the 17 photos; bench_real_photos.py measured this photo at 2.47%.
+    # Held to 2.75% (a margin of 0.28 points), not the 3% of issue 2's target for the ICT fit.
+    assert fit.landmark_error <= 0.0275
 
 
 @pytest.mark.slow
@@ -73,7 +85,7 @@ def test_dense_term_reduces_photometric_error(obama_image, obama_reconstruction,
                               FitConfig(dense=True, dense_steps=20))
     r = fit.residuals
     assert r["dense_photometric_end"] < 0.8 * r["dense_photometric_start"]
-    assert fit.landmark_error < 0.03  # the landmark term keeps the alignment
+    assert fit.landmark_error <= REAL_PHOTO_MAX  # the landmark term keeps the alignment
     assert fit.albedo is not None and np.isfinite(fit.albedo).all()
 
 

@@ -46,12 +46,31 @@ def _descriptor(img: np.ndarray, upsample: int, box=None) -> np.ndarray | None:
     return np.asarray(_face_rec().compute_face_descriptor(img, shape))
 
 
+# The README claims (bench_real_photos.py, the 17 photos, landmark-only ICT fit) a median 68-point
+# error of 1.86% of the outer-eye distance; issue 2's target is <= 3%. Per photo the benchmark measured
+# 1.59-2.25%, and on these four 1.59-2.09% (median 1.94%, a subset a little harder than the 17).
+CLAIMED_MEDIAN = 0.0186
+MEDIAN_MARGIN = 0.0015   # the four photos' median may sit 0.15 points above the 17 photos' claim
+PER_PHOTO_MAX = 0.0225   # the worst photo of the 17 in the benchmark (obama_partial_face)
+
+
+@pytest.fixture(scope="module")
+def landmark_errors(data_dir, ict_model) -> dict:
+    errors = {}
+    for photo in FIT_PHOTOS:
+        img = load_image(data_dir / "faces" / photo)
+        face = detect_faces(img)[0]
+        errors[photo] = fit_morphable_model(img, face.landmarks, ict_model, FitConfig(dense=False)).landmark_error
+    return errors
+
+
 @pytest.mark.parametrize("photo", FIT_PHOTOS)
-def test_landmark_fit_within_three_percent(data_dir, ict_model, photo):
-    img = load_image(data_dir / "faces" / photo)
-    face = detect_faces(img)[0]
-    fit = fit_morphable_model(img, face.landmarks, ict_model, FitConfig(dense=False))
-    assert fit.landmark_error <= 0.03, fit.residuals
+def test_landmark_fit_per_photo(landmark_errors, photo):
+    assert landmark_errors[photo] <= PER_PHOTO_MAX, landmark_errors
+
+
+def test_landmark_fit_median_as_claimed(landmark_errors):
+    assert np.median(list(landmark_errors.values())) <= CLAIMED_MEDIAN + MEDIAN_MARGIN, landmark_errors
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,9 @@ jobs record the message and carry on.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -82,8 +84,37 @@ def _to_rgb8(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
+_UMASK: int | None = None
+_UMASK_LOCK = threading.Lock()
+
+
+def _process_umask() -> int:
+    """The process umask, read once. Linux shows it in /proc/self/status, which leaves it alone;
+    elsewhere it is read by setting it to 0 and back (the umask is process-wide, so this happens once,
+    under a lock)."""
+    global _UMASK
+    with _UMASK_LOCK:
+        if _UMASK is None:
+            try:
+                with open("/proc/self/status") as f:
+                    _UMASK = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+            except (OSError, StopIteration, ValueError, IndexError):
+                _UMASK = os.umask(0)
+                os.umask(_UMASK)
+        return _UMASK
+
+
+#: The names `atomic_write_bytes` gives its temp files: `.<stem>.<ext>.<random>.tmp` (mkstemp's
+#: prefix `.<name>.` and suffix `.tmp`; every file facesynth writes this way has an extension).
+TEMP_FILE_NAME = re.compile(r"^\..+\.[A-Za-z0-9]+\.[A-Za-z0-9_]+\.tmp$")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
+    """Write `data` to `path` via a temporary file in the same folder and an atomic rename.
+
+    The file gets the mode an ordinary `open(path, "w")` would give it (0o666 less the umask), not
+    mkstemp's 0o600. A killed run can leave the temp file behind (`.<name>.XXXXXXXX.tmp`, see
+    `TEMP_FILE_NAME`); `remove_stale_temp_files` clears them."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -91,12 +122,88 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_process_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temp_files(root: str | os.PathLike, recursive: bool = True) -> int:
+    """Delete the temp files of `atomic_write_bytes` (names matching `TEMP_FILE_NAME`) in `root` and,
+    if `recursive`, in every folder below it; returns how many. Only safe while the caller holds
+    `root`'s lock (`lock_output_folder`): then no other run can be writing one of them."""
+    n = 0
+    for dirpath, dirs, files in os.walk(root):
+        if not recursive:
+            dirs.clear()
+        for name in files:
+            if TEMP_FILE_NAME.match(name):
+                try:
+                    os.unlink(os.path.join(dirpath, name))
+                    n += 1
+                except OSError:
+                    pass
+    return n
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def prepare_output_folder(path: str | os.PathLike, flag: str) -> Path:
+    """Create the output folder `path` (with its parents) if needed and check that a file can be
+    written in it, before any work: every problem (a file in the way, no permission, a read-only
+    file system, ...) is one `FaceSynthError` line that names `flag` and the folder."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise FaceSynthError(f"{flag} {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FaceSynthError(f"{flag} {out}: cannot create the folder ({_reason(exc)})") from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise FaceSynthError(f"{flag} {out}: cannot write in the folder ({_reason(exc)})") from None
+    return out
+
+
+class FolderLock:
+    """An exclusive lock on an output folder (`fcntl.flock` on a lock file in it), held until
+    `release()` or process exit; the lock file itself stays."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the file drops the flock
+            self._handle = None
+
+
+def lock_output_folder(out: str | os.PathLike, lock_name: str, busy: str) -> FolderLock:
+    """Take `out/lock_name` exclusively without waiting; a folder another process holds is the
+    one-line `FaceSynthError` `busy`."""
+    import fcntl
+
+    try:
+        handle = open(Path(out) / lock_name, "w")
+    except OSError as exc:
+        raise FaceSynthError(f"{out}: cannot create the lock file {lock_name} ({_reason(exc)})") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise FaceSynthError(busy) from None
+    except OSError as exc:  # e.g. a file system without locks
+        handle.close()
+        raise FaceSynthError(f"{out}: cannot lock {lock_name} ({_reason(exc)})") from None
+    return FolderLock(handle)
 
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> None:

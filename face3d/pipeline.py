@@ -25,12 +25,23 @@ class Reconstruction:
     face: DetectedFace
     fit: FaceFit
     texture: Texture
+    #: how many faces were detected in the photo (this one included)
+    faces_found: int = 1
+
+
+def describe_largest_face(source: str, n_faces: int, face: DetectedFace) -> str:
+    """`PHOTO: 3 faces found; took the largest (face 0, 212x212 px at x=10, y=20)`: what a command
+    that uses only the largest face says about a photo with several."""
+    left, top, right, bottom = face.box
+    return (f"{source}: {n_faces} faces found; took the largest (face 0, {right - left}x{bottom - top} px "
+            f"at x={left}, y={top})")
 
 
 def reconstruct_faces(image: np.ndarray, model: MorphableModel, all_faces: bool = False,
                       fit_config: FitConfig | None = None, texture_config: TextureConfig | None = None,
                       source: str = "image", faces: list[DetectedFace] | None = None) -> list[Reconstruction]:
     """Detect faces (largest only unless `all_faces`), fit the model to each and extract its texture.
+    Each Reconstruction's `faces_found` is the number of faces detected in the photo.
 
     `faces`: the photo's detections (`detect_faces`, largest first) when they were made elsewhere,
     e.g. by `face3d.detection_helper`; None detects them here."""
@@ -38,10 +49,11 @@ def reconstruct_faces(image: np.ndarray, model: MorphableModel, all_faces: bool 
         faces = detect_faces(image)
     if not faces:
         raise NoFaceError(f"{source}: no face found")
+    found = len(faces)
     if not all_faces:
         faces = faces[:1]
     out = []
     for face in faces:
         fit = fit_morphable_model(image, face.landmarks, model, fit_config)
-        out.append(Reconstruction(face, fit, extract_texture(fit, image, model, texture_config)))
+        out.append(Reconstruction(face, fit, extract_texture(fit, image, model, texture_config), found))
     return out

@@ -749,20 +749,6 @@ def _check_settings(out: Path, settings: dict) -> None:
     atomic_write_bytes(path, (json.dumps(settings, indent=2) + "\n").encode())
 
 
-_TEMP_FILE = re.compile(r"^\..+\.(png|parquet|json)\.[A-Za-z0-9_]+\.tmp$")
-
-
-def _clean_temp_files(out: Path) -> None:
-    """Remove temp files a killed run left behind (`.<name>.<random>.tmp` from atomic_write_bytes)."""
-    for dirpath, _dirs, files in os.walk(out):
-        for f in files:
-            if _TEMP_FILE.match(f):
-                try:
-                    os.unlink(os.path.join(dirpath, f))
-                except OSError:
-                    pass
-
-
 def _note_kinds(note: str) -> list[str]:
     out = []
     for part in filter(None, (p.strip() for p in note.split(";"))):
@@ -779,11 +765,9 @@ def _note_kinds(note: str) -> list[str]:
 
 def augment(opts: AugmentOptions) -> AugmentResult:
     """Run (or resume) an augmentation job; returns counts, timing and per-worker memory."""
-    import fcntl
-
     from tqdm import tqdm
 
-    from face3d.image_io import atomic_write_bytes
+    from face3d.image_io import atomic_write_bytes, lock_output_folder, prepare_output_folder, remove_stale_temp_files
 
     inp, out = Path(opts.input), Path(opts.output)
     if out.exists() and not out.is_dir():
@@ -829,16 +813,11 @@ def augment(opts: AugmentOptions) -> AugmentResult:
     from ganrefine.expression_options import check_expression_arguments
 
     check_expression_arguments(opts, model)  # unknown blendshape names fail here, before any work
-    out.mkdir(parents=True, exist_ok=True)
-    lock = open(out / ".augment.lock", "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock.close()
-        raise FaceSynthError(f"OUTPUT {out}: another augment run is writing there") from None
+    prepare_output_folder(out, "OUTPUT")  # created and writable, or one line naming it
+    lock = lock_output_folder(out, ".augment.lock", f"OUTPUT {out}: another augment run is writing there")
     try:
         _check_settings(out, settings)
-        _clean_temp_files(out)
+        remove_stale_temp_files(out)  # a killed run's temp files: the lock says no run writes them now
         log = ManifestLog(out / "manifest.jsonl")
         selected = sources[: opts.limit] if opts.limit else sources
         order = {s.source: s.index for s in sources}
@@ -909,7 +888,7 @@ def augment(opts: AugmentOptions) -> AugmentResult:
         _tally(result, log, rows, {s.source for s in selected})
         return result
     finally:
-        lock.close()
+        lock.release()
 
 
 def _tally(result: AugmentResult, log: ManifestLog, rows: list[dict], selected: set) -> None:

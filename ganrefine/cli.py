@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-dense", dest="dense", action="store_false",
                    help="fit landmarks only: ~5x faster fitting, slightly less accurate depth")
     r.add_argument("--save-fit", action="store_true", help="also write each FaceFit (.npz + .json)")
-    r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    r.add_argument("--threads", type=int_option("threads", 1, 1024), default=None, help="torch CPU threads (default: all cores)")
     r.add_argument("--resume", action="store_true",
                    help="continue a stopped run into the same --out with the same flags: photos whose views are all "
                         "on disk and in the manifest are skipped, the others (failed or cut off) are done again")
@@ -174,6 +174,19 @@ def _join_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _os_error_text(exc: OSError) -> str:
+    """`PATH: reason` for an OSError that names a file (`reason` alone otherwise), on one line."""
+    if exc.strerror:
+        names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+        return f"{' -> '.join(names)}: {exc.strerror}" if names else exc.strerror
+    return _first_line(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     helper = None
@@ -198,6 +211,14 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("facesynth: interrupted", file=sys.stderr)
             return 130
+    # the last line of defence: parsing or a command that lets these out still ends with one line
+    except MemoryError as exc:
+        detail = f" ({_first_line(exc)})" if str(exc) else ""
+        print(f"facesynth: error: out of memory{detail}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"facesynth: error: {_os_error_text(exc)}", file=sys.stderr)
+        return 1
     finally:
         if helper is not None:
             helper.close()

@@ -427,7 +427,7 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-dense", dest="dense", action="store_false", default=True,
                    help="fit landmarks only (~5x faster fitting; default: landmarks + dense stage)")
     p.add_argument("--seed", type=int, default=0, help="seed of the real-photo choice and the realism split (default 0)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--threads", type=int_option("threads", 1, 1024), default=None, help="torch CPU threads (default: all cores)")
     p.set_defaults(func=run_compare)
     return p
 

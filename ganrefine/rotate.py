@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -23,11 +24,13 @@ def view_file_name(stem: str, pose) -> str:
 
 
 def view_record(source: str, output: str, face: int, pose, method: str, model, fit, size: int,
-                extra: dict, refiner=None) -> dict:
+                extra: dict, refiner=None, faces: int | None = None) -> dict:
     """One manifest line of a view (`rotate`'s manifest.jsonl, and the web demo's zip): `extra`
     holds the expression / SFS fields; the weights' file and hash follow for `hybrid` (the
-    refiner's) and `gan` (CAPG-GAN's)."""
-    return {"source": source, "output": output, "face": face, "yaw": pose.yaw, "pitch": pose.pitch,
+    refiner's) and `gan` (CAPG-GAN's). `faces`, when given, is how many faces the photo had (the
+    name `augment`'s manifest uses); `face` is which of them the view shows (0: the largest)."""
+    return {"source": source, "output": output, "face": face, **({} if faces is None else {"faces": faces}),
+            "yaw": pose.yaw, "pitch": pose.pitch,
             "roll": pose.roll, "method": method, "model": model.name,
             "fit_landmark_error": round(fit.landmark_error, 6),
             "source_pose": {k: round(v, 3) for k, v in zip(("yaw", "pitch", "roll"), fit.pose.as_tuple())},
@@ -138,27 +141,61 @@ def resume_rotate(out: Path, settings: dict, manifest: Manifest) -> set[str]:
     return done
 
 
+#: `DIR/.rotate.lock`: the run writing into DIR holds it (fcntl.flock) from start to end.
+LOCK_FILE = ".rotate.lock"
+
+
+def open_run_folder(out: Path, resume: bool):
+    """Create `out` and check that it can be written, lock it for this run, refuse a folder that
+    already holds a run unless `resume`, then remove the temp files a killed run left in it (safe:
+    the lock proves no other run writes there; its subfolders are left alone, rotate writes none).
+    Returns the lock (`FolderLock`) to release at the end."""
+    from face3d.image_io import lock_output_folder, prepare_output_folder, remove_stale_temp_files
+
+    prepare_output_folder(out, "--out")
+    lock = lock_output_folder(out, LOCK_FILE, f"--out {out}: another rotate run is writing there; "
+                                              "wait for it to end or choose another --out")
+    try:
+        if (out / "augment.json").exists():
+            raise FaceSynthError(f"--out {out} holds an augment run; choose another --out")
+        if not resume and ((out / "manifest.jsonl").exists() or (out / RUN_SETTINGS).exists()):
+            raise FaceSynthError(f"--out {out} already holds a rotate run; pass --resume to continue it with the "
+                                 "same flags, or choose another --out")
+        remove_stale_temp_files(out, recursive=False)  # rotate writes nothing below `out`
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
 def run_rotate(args) -> int:
     # the CLI's detection helper (face3d.detection_helper) starts on the first photos before torch loads
     helper = getattr(args, "detection_helper", None)
     if helper is not None:
         helper.submit(args.images)
+    out = Path(args.out)
+    lock = open_run_folder(out, bool(args.resume))
+    try:
+        return _rotate(args, out, helper)
+    finally:
+        lock.release()
+
+
+def _rotate(args, out: Path, helper) -> int:
+    """`run_rotate`'s work, with `out` created and locked."""
     import torch
     from tqdm import tqdm
 
     from face3d.fitting import FitConfig
     from face3d.image_io import load_image, save_png
     from face3d.morphable_model import load_morphable_model
-    from face3d.pipeline import reconstruct_faces
+    from face3d.pipeline import describe_largest_face, reconstruct_faces
     from ganrefine.expression_options import (check_expression_arguments, expression_variants, render_variant,
                                               variant_record)
     from ganrefine.sfs_options import prepare_sfs, render_sfs_variant, sfs_record
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise FaceSynthError(f"--out {out}: exists and is not a folder")
     if args.method == "gan":
         edits = [flag for flag, on in (("--expression", args.expression), ("--shape-jitter", args.shape_jitter),
                                        ("--sfs", args.sfs), ("--background photo", args.background == "photo")) if on]
@@ -204,6 +241,10 @@ def run_rotate(args) -> int:
             faces = None if helper is None else helper.faces(src)  # None: detect here
             recs = reconstruct_faces(image, model, all_faces=args.all_faces, fit_config=fit_cfg, source=src,
                                      faces=faces)
+            n_faces = recs[0].faces_found
+            if n_faces > 1 and not args.all_faces:
+                note = describe_largest_face(src, n_faces, recs[0].face)
+                tqdm.write(f"facesynth: note: {note}; pass --all-faces for all", file=sys.stderr)
             records = []
             for fi, rec in enumerate(recs):
                 bg = 0.5
@@ -229,7 +270,7 @@ def run_rotate(args) -> int:
                         rel = view_file_name(f"{stem}{face_tag}{variant.tag}", pose)
                         save_png(out / rel, img)
                         records.append(view_record(src, rel, fi, pose, args.method, model, rec.fit, args.size,
-                                                   extra, refiner))
+                                                   extra, refiner, faces=n_faces))
                 if args.export_mesh:
                     from face3d.mesh_export import export_mesh
 
@@ -247,12 +288,12 @@ def run_rotate(args) -> int:
         except FaceSynthError as exc:
             failed += 1
             manifest.append([{"source": src, "error": str(exc)}])
-            tqdm.write(f"facesynth: {exc}")
+            tqdm.write(f"facesynth: {exc}", file=sys.stderr)
         except Exception as exc:  # a batch goes on; the reason is recorded, not a traceback
             failed += 1
             msg = f"{src}: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             manifest.append([{"source": src, "error": msg}])
-            tqdm.write(f"facesynth: {msg}")
+            tqdm.write(f"facesynth: {msg}", file=sys.stderr)
     ok = len(args.images) - failed
     before = f" ({skipped} of them in the run that was resumed)" if skipped else ""
     print(f"facesynth: {ok} of {len(args.images)} photo(s) done{before}, {len(poses)} pose(s) each; output in {out}/ "

@@ -74,7 +74,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-dense", dest="dense", action="store_false", help="fit landmarks only (faster fits)")
     p.add_argument("--model", default=None, metavar="DIR",
                    help="morphable model folder (default $FACESYNTH_MODEL or ../shared/data/3dmm/ict_facekit)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--threads", type=int_option("threads", 1, 1024), default=None, help="torch CPU threads (default: all cores)")
     p.set_defaults(func=run_serve)
     return p
 

@@ -4,7 +4,8 @@ Detects the largest face in each photo (dlib HOG detector + 68 landmarks), compu
 128-d face descriptor with the PyTorch port (:mod:`ganrefine.identity`) and compares the
 Euclidean distance with dlib's threshold (0.6). Prints ``<distance> same|different`` (or one JSON
 object with ``distance`` and ``same``) and exits 0; an unreadable file or a photo without a face
-is a one-line error on stderr and exit code 1.
+is a one-line error on stderr and exit code 1. A photo with several faces gets a one-line note on
+stderr that says which face was compared (the largest).
 """
 from __future__ import annotations
 
@@ -36,13 +37,21 @@ def run_verify(args) -> int:
         import torch
 
         from face3d.image_io import load_image
-        from face3d.landmarks import detect_largest_face
+        from face3d.errors import NoFaceError
+        from face3d.landmarks import detect_faces
+        from face3d.pipeline import describe_largest_face
         from ganrefine.identity import SAME_PERSON_THRESHOLD, IdentityEncoder, image_tensor
 
         images, landmarks = [], []
         for path in (args.image_a, args.image_b):
             img = load_image(path)
-            face = detect_largest_face(img, source=str(path))
+            faces = detect_faces(img)  # largest first
+            if not faces:
+                raise NoFaceError(f"{path}: no face found")
+            if len(faces) > 1:
+                print(f"facesynth verify: note: {describe_largest_face(str(path), len(faces), faces[0])}",
+                      file=sys.stderr)
+            face = faces[0]
             images.append(image_tensor(img))
             landmarks.append(torch.from_numpy(face.landmarks))
         encoder = IdentityEncoder.load()

@@ -17,7 +17,7 @@ $(BIN)/facesynth: pyproject.toml
 install: $(BIN)/facesynth
 
 demo: install
-	$(BIN)/facesynth rotate assets/astronaut.png --yaw -60,-45,-30,-15,0,15,30,45,60 --size 256 --export-mesh glb --out $(OUT)
+	$(BIN)/facesynth rotate assets/astronaut.png --yaw -60,-45,-30,-15,0,15,30,45,60 --size 256 --export-mesh glb --resume --out $(OUT)
 	@echo "Demo output: $(OUT)/ (PNG views, astronaut_mesh.glb, manifest.jsonl, rotate.json)"
 
 test: install

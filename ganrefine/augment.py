@@ -347,7 +347,13 @@ def _setup_worker(model_path: str | None):
     return _WORKER["model"]
 
 
-def _init_pool_worker(model_path):
+def _init_pool_worker(model_path, parent_pid=None):
+    """A pool worker's start: first bind its life to the driver's (`parent_pid`), so a SIGKILLed
+    driver does not leave it waiting on the call queue forever, then load the model."""
+    if parent_pid is not None:
+        from face3d.process_utils import die_with_parent
+
+        die_with_parent(parent_pid)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _setup_worker(model_path)
 
@@ -944,11 +950,13 @@ def _run_pool(items: list[dict], cfg: dict, workers: int, consume) -> None:
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    # spawn: forking a process that already runs torch/OpenMP threads can deadlock
+    # spawn: forking a process that already runs torch/OpenMP threads can deadlock. The workers
+    # die with this process (_init_pool_worker); multiprocessing's resource tracker, which this
+    # process and the workers hold a pipe to, then reads EOF and exits too.
     ctx = mp.get_context("spawn")
     window = 2 * workers
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_pool_worker,
-                             initargs=(cfg["model"],)) as pool:
+                             initargs=(cfg["model"], os.getpid())) as pool:
         pending = set()
         it = iter(items)
         try:

@@ -1,5 +1,6 @@
-"""A SIGKILLed `facesynth rotate` takes its detection helper with it: the helper is gone within
-5 s instead of living on under init.
+"""A SIGKILLed `facesynth rotate` or `facesynth augment` takes its helper processes with it: the
+rotate detection helper, augment's pool workers and multiprocessing's resource tracker are gone
+within 5 s instead of living on under init.
 
 Each run starts in a session of its own (start_new_session=True), so its processes are the ones
 whose session id is the driver's pid, plus any descendant seen while it ran (a child that started a
@@ -209,5 +210,41 @@ def test_killed_rotate_leaves_no_detection_helper(tmp_path, face_photos):
         assert run.proc.poll() is None, "rotate finished before it could be killed: give it more photos"
         left = run.kill_driver_and_wait()
         assert not left, f"alive {GRACE_S:g} s after rotate was SIGKILLed: {_describe(left)}"
+    finally:
+        run.cleanup()
+
+
+@pytest.fixture()
+def identity_folder(tmp_path, data_dir) -> Path:
+    """Six LFW photos in the identity layout (INPUT/<identity>/<image>), as symlinks."""
+    lfw = data_dir / "lfw" / "images"
+    root = tmp_path / "input"
+    people = sorted(p for p in lfw.iterdir() if p.is_dir())[:6]
+    for person in people:
+        (root / person.name).mkdir(parents=True)
+        for photo in sorted(person.glob("*.jpg"))[:1]:
+            (root / person.name / photo.name).symlink_to(photo)
+    assert sum(1 for _ in root.glob("*/*.jpg")) == 6
+    return root
+
+
+def _pool_workers(kids: list[dict]) -> list[dict]:
+    return [p for p in kids if "multiprocessing.spawn" in p["cmd"] and "spawn_main" in p["cmd"]]
+
+
+@pytest.mark.slow
+def test_killed_augment_leaves_no_pool_workers_or_resource_tracker(tmp_path, identity_folder):
+    run = Run(["augment", str(identity_folder), str(tmp_path / "out"), "--yaw", "0", "--no-dense", "--size", "64",
+               "--workers", "2"])
+    try:
+        # both workers up and past torch's import (their RSS grows by ~300 MB while it loads)
+        run.wait_for("two loaded pool workers",
+                     lambda kids: len(_pool_workers(kids)) == 2
+                     and all(_rss_mb(p["pid"]) > 250 for p in _pool_workers(kids)))
+        tracker = [p for p in run.children() if "resource_tracker" in p["cmd"]]
+        assert len(tracker) == 1, _describe(run.children())
+        assert run.proc.poll() is None, "augment finished before it could be killed: give it more photos"
+        left = run.kill_driver_and_wait()
+        assert not left, f"alive {GRACE_S:g} s after augment was SIGKILLed: {_describe(left)}"
     finally:
         run.cleanup()

@@ -15,6 +15,10 @@ called first thing in the child, makes it exit when the parent goes, in two ways
 
 The parent may already be gone when the child gets here (then the prctl has nothing to watch), so
 `die_with_parent` checks the parent's pid right after the prctl and exits at once when it differs.
+
+Grandchildren that only watch their own parent and linger when it dies with ours (a Ray raylet's
+agents) are for `start_env_reaper`: a small process that outlives this one and kills them by an
+environment variable they carry.
 """
 from __future__ import annotations
 
@@ -62,3 +66,78 @@ def die_with_parent(parent_pid: int, interval: float = 0.5) -> None:
     threading.Thread(target=_watch_parent, args=(parent_pid, interval), daemon=True,
                      name="facesynth-parent-watch").start()
 
+
+# The reaper's program: wait for EOF on stdin, then SIGKILL every process whose environment holds
+# NAME=VALUE (argv[1], argv[2]), except itself and the process that started it, if still there.
+_REAPER = r"""
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)   # a Ctrl-C of the terminal is for the driver
+key = (sys.argv[1] + "=" + sys.argv[2]).encode()
+spare = {os.getpid(), int(sys.argv[3])}
+sys.stdin.buffer.read()
+for name in os.listdir("/proc"):
+    if name.isdigit() and int(name) not in spare:
+        try:
+            with open("/proc/" + name + "/environ", "rb") as f:
+                if key in f.read().split(b"\0"):
+                    os.kill(int(name), signal.SIGKILL)
+        except OSError:
+            pass
+"""
+
+
+def start_env_reaper(name: str, value: str):
+    """A small process (about 10 MB) that outlives this one: once this process is gone, SIGKILLed
+    included, or calls `stop_env_reaper`, it SIGKILLs every process whose environment holds
+    `name=value` (read from /proc/PID/environ), then exits. It learns of the end from EOF on the
+    pipe that only this process writes to (the kernel closes it with the process). For processes
+    that a child of this one starts and that only watch that child, such as the agents a Ray
+    raylet starts with RAY_RAYLET_PID set. /proc/PID/environ shows the environment a process
+    was started with, unless it moved it to retitle itself (setproctitle without SPT_NOENV set).
+    None where /proc is missing or the start fails."""
+    import subprocess
+
+    if not os.path.isdir("/proc/self"):
+        return None
+    try:
+        return subprocess.Popen([sys.executable, "-c", _REAPER, name, value, str(os.getpid())],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    except OSError:
+        return None
+
+
+def stop_env_reaper(reaper, timeout: float = 5.0) -> None:
+    """Let the reaper do its round now (this process is done with what it watched) and wait for it."""
+    if reaper is None:
+        return
+    try:
+        reaper.stdin.close()
+        reaper.wait(timeout=timeout)
+    except Exception:  # noqa: BLE001 - a reaper that will not end is killed, not waited for
+        reaper.kill()
+        reaper.wait()
+
+
+def child_pids(name: str) -> list[int]:
+    """Pids of this process's children whose program (argv[0]'s file name) is `name`; [] without /proc."""
+    me = os.getpid()
+    out = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return out
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                raw = f.read()
+            if int(raw[raw.rindex(")") + 2:].split()[1]) != me:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv0 = f.read().split(b"\0", 1)[0].decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        if os.path.basename(argv0) == name:
+            out.append(int(entry))
+    return out

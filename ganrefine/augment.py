@@ -986,7 +986,10 @@ def _run_ray(items: list[dict], cfg: dict, opts: AugmentOptions, consume) -> Non
         raise FaceSynthError("--backend ray needs Ray (pip install 'ray>=2.9')") from None
     import logging
 
+    from face3d.process_utils import child_pids, start_env_reaper, stop_env_reaper
+
     started = False
+    reaper = None
     if not ray.is_initialized():
         kw = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
         if opts.ray_address:
@@ -996,7 +999,25 @@ def _run_ray(items: list[dict], cfg: dict, opts: AugmentOptions, consume) -> Non
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise FaceSynthError(f"--ray-address {opts.ray_address}: cannot connect ({first})") from None
         else:
-            ray.init(num_cpus=opts.workers, **kw)
+            # The local cluster's gcs_server, raylet and monitors die with this process (Ray starts
+            # them with the parent-death signal) and its workers follow the raylet within seconds,
+            # but the raylet's dashboard and runtime-env agents, on finding it dead, wait up to 60 s
+            # to report that to the dead GCS. The reaper kills them once this process is gone, even
+            # SIGKILLed: they carry RAY_RAYLET_PID in their environment, which /proc shows only
+            # while setproctitle leaves it in place, as SPT_NOENV (inherited through the raylet)
+            # tells it to; Ray sets that for its workers, not for its agents.
+            noenv = os.environ.get("SPT_NOENV")
+            os.environ["SPT_NOENV"] = "1"
+            try:
+                ray.init(num_cpus=opts.workers, **kw)
+            finally:
+                if noenv is None:
+                    del os.environ["SPT_NOENV"]
+                else:
+                    os.environ["SPT_NOENV"] = noenv
+            raylets = child_pids("raylet")
+            if len(raylets) == 1:
+                reaper = start_env_reaper("RAY_RAYLET_PID", str(raylets[0]))
         started = True
     try:
         task = ray.remote(num_cpus=1, max_retries=2)(process_source)
@@ -1029,3 +1050,4 @@ def _run_ray(items: list[dict], cfg: dict, opts: AugmentOptions, consume) -> Non
     finally:
         if started:
             ray.shutdown()
+        stop_env_reaper(reaper)

@@ -1,6 +1,6 @@
 """A SIGKILLed `facesynth rotate` or `facesynth augment` takes its helper processes with it: the
 rotate detection helper, augment's pool workers and multiprocessing's resource tracker are gone
-within 5 s instead of living on under init.
+within 5 s instead of living on under init, and a local Ray cluster (`--backend ray`) within 10 s.
 
 Each run starts in a session of its own (start_new_session=True), so its processes are the ones
 whose session id is the driver's pid, plus any descendant seen while it ran (a child that started a
@@ -197,6 +197,42 @@ def test_a_child_dies_with_its_sigkilled_parent(way):
         middle.stdout.close()
 
 
+# starts a reaper for FACESYNTH_REAP_TEST=<argv[1]>, then two sleepers, one marked with it
+_STARTER = """
+import os, subprocess, sys, time
+from face3d.process_utils import start_env_reaper
+reaper = start_env_reaper("FACESYNTH_REAP_TEST", sys.argv[1])
+sleep = [sys.executable, "-c", "import time; time.sleep(120)"]
+marked = subprocess.Popen(sleep, env=dict(os.environ, FACESYNTH_REAP_TEST=sys.argv[1]))
+other = subprocess.Popen(sleep, env=dict(os.environ, FACESYNTH_REAP_TEST="someone else"))
+print(reaper.pid, marked.pid, other.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_env_reaper_kills_the_marked_processes_once_its_starter_is_gone():
+    token = f"t{os.getpid()}-{time.time_ns()}"
+    starter = _python(_STARTER, token, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        reaper, marked, other = map(int, starter.stdout.readline().split())
+        time.sleep(0.5)                                         # the sleepers are running python
+        assert _stat(reaper) and _stat(marked) and _stat(other)
+        os.kill(starter.pid, signal.SIGKILL)
+        starter.wait(timeout=10)
+        t0 = time.monotonic()
+        while (_stat(marked) or _stat(reaper)) and time.monotonic() - t0 < GRACE_S:
+            time.sleep(0.05)
+        assert _stat(marked) is None and _stat(reaper) is None
+        assert _stat(other) is not None                         # not marked with this token
+    finally:
+        try:
+            os.killpg(starter.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        starter.wait(timeout=10)
+        starter.stdout.close()
+
+
 @pytest.mark.slow
 def test_killed_rotate_leaves_no_detection_helper(tmp_path, face_photos):
     photos = [str(p) for p in face_photos[:4]]
@@ -246,5 +282,26 @@ def test_killed_augment_leaves_no_pool_workers_or_resource_tracker(tmp_path, ide
         assert run.proc.poll() is None, "augment finished before it could be killed: give it more photos"
         left = run.kill_driver_and_wait()
         assert not left, f"alive {GRACE_S:g} s after augment was SIGKILLed: {_describe(left)}"
+    finally:
+        run.cleanup()
+
+
+@pytest.mark.slow
+def test_killed_ray_augment_leaves_no_ray_processes(tmp_path, identity_folder):
+    """`--backend ray` with a local cluster: Ray's own fate-sharing takes gcs_server, the raylet,
+    the monitors and the workers; the reaper takes the raylet's two agents, which otherwise linger
+    for about 60 s. Ray gets 10 s."""
+    pytest.importorskip("ray")
+    run = Run(["augment", str(identity_folder), str(tmp_path / "out"), "--yaw", "0", "--no-dense", "--size", "64",
+               "--workers", "2", "--backend", "ray"])
+    try:
+        run.wait_for("Ray workers at work",
+                     lambda kids: [p for p in run.members() if p["cmd"].startswith("ray::process_source")])
+        names = " ".join(p["cmd"] for p in run.members())
+        assert "raylet" in names and "gcs_server" in names and "Agent" in names, names
+        assert run.proc.poll() is None, "augment finished before it could be killed: give it more photos"
+        before = run.members()
+        left = run.kill_driver_and_wait(grace=10.0)
+        assert not left, f"alive 10 s after augment was SIGKILLed: {_describe(left)}; before: {_describe(before)}"
     finally:
         run.cleanup()

@@ -12,10 +12,18 @@ The main process sends photos a few at a time (`DEPTH`), so neither side can blo
 full pipe, and reads the results in the order it sent them. Where the helper cannot help (no fork
 on this platform, a photo it could not read, a helper that died) `DetectionHelper.faces` returns
 None and the caller detects in-process, which also raises the usual one-line errors.
+
+The helper dies with the main process, even a SIGKILLed one: it closes its copy of the main
+process's end of the pipe (so a `recv` gets EOF once the main process is gone) and calls
+`face3d.process_utils.die_with_parent`, which covers the time it spends loading models or
+detecting. The parent-death signal fires when the thread that forked the helper exits, not only
+the process; `facesynth rotate` starts the helper in `cli.main` and closes it before returning,
+so that thread outlives it.
 """
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 from collections import deque
 
@@ -24,8 +32,13 @@ DEPTH = 3
 _FAILED = object()
 
 
-def _serve(conn) -> None:
-    """The helper's loop: path in, (path, detections or None) out; None ends it."""
+def _serve(conn, parent_conn, parent_pid: int) -> None:
+    """The helper's loop: path in, (path, detections or None) out; None ends it. `parent_conn` is
+    the main process's end of the pipe, which the fork copied here; `parent_pid` the main process."""
+    from face3d.process_utils import die_with_parent
+
+    die_with_parent(parent_pid)
+    parent_conn.close()  # else this process holds a writer of its own input and never sees EOF
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     from face3d.image_io import load_image
     from face3d.landmarks import detect_faces, load_landmark_models
@@ -54,7 +67,8 @@ class DetectionHelper:
     def __init__(self):
         ctx = multiprocessing.get_context("fork")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="facesynth-detect")
+        self._proc = ctx.Process(target=_serve, args=(child, self._conn, os.getpid()), daemon=True,
+                                 name="facesynth-detect")
         self._proc.start()
         child.close()
         self._todo: deque[str] = deque()   # submitted, not yet sent

@@ -347,7 +347,13 @@ def _setup_worker(model_path: str | None):
     return _WORKER["model"]
 
 
-def _init_pool_worker(model_path):
+def _init_pool_worker(model_path, parent_pid=None):
+    """A pool worker's start: first bind its life to the driver's (`parent_pid`), so a SIGKILLed
+    driver does not leave it waiting on the call queue forever, then load the model."""
+    if parent_pid is not None:
+        from face3d.process_utils import die_with_parent
+
+        die_with_parent(parent_pid)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _setup_worker(model_path)
 
@@ -923,11 +929,13 @@ def _run_pool(items: list[dict], cfg: dict, workers: int, consume) -> None:
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    # spawn: forking a process that already runs torch/OpenMP threads can deadlock
+    # spawn: forking a process that already runs torch/OpenMP threads can deadlock. The workers
+    # die with this process (_init_pool_worker); multiprocessing's resource tracker, which this
+    # process and the workers hold a pipe to, then reads EOF and exits too.
     ctx = mp.get_context("spawn")
     window = 2 * workers
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_pool_worker,
-                             initargs=(cfg["model"],)) as pool:
+                             initargs=(cfg["model"], os.getpid())) as pool:
         pending = set()
         it = iter(items)
         try:
@@ -957,7 +965,10 @@ def _run_ray(items: list[dict], cfg: dict, opts: AugmentOptions, consume) -> Non
         raise FaceSynthError("--backend ray needs Ray (pip install 'ray>=2.9')") from None
     import logging
 
+    from face3d.process_utils import child_pids, start_env_reaper, stop_env_reaper
+
     started = False
+    reaper = None
     if not ray.is_initialized():
         kw = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
         if opts.ray_address:
@@ -967,7 +978,25 @@ def _run_ray(items: list[dict], cfg: dict, opts: AugmentOptions, consume) -> Non
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise FaceSynthError(f"--ray-address {opts.ray_address}: cannot connect ({first})") from None
         else:
-            ray.init(num_cpus=opts.workers, **kw)
+            # The local cluster's gcs_server, raylet and monitors die with this process (Ray starts
+            # them with the parent-death signal) and its workers follow the raylet within seconds,
+            # but the raylet's dashboard and runtime-env agents, on finding it dead, wait up to 60 s
+            # to report that to the dead GCS. The reaper kills them once this process is gone, even
+            # SIGKILLed: they carry RAY_RAYLET_PID in their environment, which /proc shows only
+            # while setproctitle leaves it in place, as SPT_NOENV (inherited through the raylet)
+            # tells it to; Ray sets that for its workers, not for its agents.
+            noenv = os.environ.get("SPT_NOENV")
+            os.environ["SPT_NOENV"] = "1"
+            try:
+                ray.init(num_cpus=opts.workers, **kw)
+            finally:
+                if noenv is None:
+                    del os.environ["SPT_NOENV"]
+                else:
+                    os.environ["SPT_NOENV"] = noenv
+            raylets = child_pids("raylet")
+            if len(raylets) == 1:
+                reaper = start_env_reaper("RAY_RAYLET_PID", str(raylets[0]))
         started = True
     try:
         task = ray.remote(num_cpus=1, max_retries=2)(process_source)
@@ -1000,3 +1029,4 @@ def _run_ray(items: list[dict], cfg: dict, opts: AugmentOptions, consume) -> Non
     finally:
         if started:
             ray.shutdown()
+        stop_env_reaper(reaper)

@@ -76,6 +76,21 @@ def test_a_dead_helper_hands_detection_back(photos):
     helper.close()
 
 
+def test_helper_ends_when_the_main_process_end_of_the_pipe_closes():
+    """The helper reads EOF once the main process's end of the pipe is closed (as the kernel closes
+    it for a SIGKILLed main process), although the fork gave the helper a copy of that end."""
+    helper = DetectionHelper()
+    helper._conn.close()   # no None sent: only the closed descriptor tells the helper
+    helper._alive = False
+    try:
+        helper._proc.join(timeout=30)
+        assert helper._proc.exitcode == 0
+    finally:
+        if helper._proc.is_alive():
+            helper._proc.kill()
+            helper._proc.join()
+
+
 @pytest.mark.slow
 def test_fresh_rotate_detects_in_the_helper_with_the_same_result(tmp_path, photos):
     """`facesynth rotate` in a fresh process (torch not yet loaded) uses the helper for every photo,

@@ -25,9 +25,9 @@ test: install
 
 # `make bench` runs every benchmark script in benchmarks/, cheapest first, and takes HOURS on this
 # project's 2-core CPU (augment, compare, recognition and refiner alone take most of it). It rewrites
-# benchmarks/results/*.json (and compare's README figures). A script exits 1 when it misses one of its
+# benchmarks/results/*.json (and compare's figures in docs/benchmarks.md). A script exits 1 when it misses one of its
 # targets (or fails to run); every script runs, then the target lists those that failed and exits 1.
-# Some targets are known to be missed (README: bench_sfs's synthetic targets, two of bench_compare's).
+# Some targets are known to be missed (docs/benchmarks.md: bench_sfs's synthetic targets, two of bench_compare's).
 # bench_refiner and bench_flip_average need the make-pairs cache in ~/.cache/facesynth/pairs128.
 BENCHES := bench_rasterizer bench_render bench_fit_synthetic bench_identity bench_serve bench_dense \
 	bench_real_photos bench_expressions "bench_expressions --method hybrid" bench_expression_sizes \

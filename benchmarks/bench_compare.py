@@ -6,11 +6,11 @@ multi-photo held-out identities after its first 50 validation ones; `ganrefine.p
 `facesynth compare` runs in this process with its defaults (landmarks + dense fit, 128 px) on
 yaw -60..60 and writes its report to `--out` (default ~/.cache/facesynth/compare_heldout); this
 script prints the per-method table and the thesis checks, writes benchmarks/results/compare.json
-and the README figure assets/figures/compare_plots.png (the report's own plot).
+and the figure assets/figures/compare_plots.png (docs/benchmarks.md) (the report's own plot).
 
 Thesis (issue 6): hybrid identity_to_source <= 3d + 0.02 and < gan; |hybrid realism - 0.5| < |3d realism - 0.5|.
 These three are the targets, checked on the run's metrics (and `compare` must exit 0); the run exits 1
-when one is missed (`--target NAME=VALUE` changes one). The README reports the last two as not shown
+when one is missed (`--target NAME=VALUE` changes one). docs/benchmarks.md reports the last two as not shown
 by the current weights, so a full run exits 1. The identity comparison at the asked pose is printed
 as a diagnosis, not checked.
 """
@@ -37,7 +37,7 @@ POSE_OK = 10.0
 
 def report_grid_screenshot(report: Path, png: Path, person: int = 1) -> dict:
     """Open the report in headless Chromium (the check that it loads, images and plot included) and
-    save one person's image grid as the README figure; skipped without a chromium executable."""
+    save one person's image grid as the docs/benchmarks.md figure; skipped without a chromium executable."""
     import shutil
 
     exe = shutil.which("chromium") or shutil.which("chromium-browser")

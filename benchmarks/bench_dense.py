@@ -120,7 +120,7 @@ def depth_map(fit, model):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=12, help="synthetic faces (12: the README's run)")
+    ap.add_argument("--n", type=int, default=12, help="synthetic faces (12: the run in docs/benchmarks.md)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--steps", type=int, default=None, help="override FitConfig.dense_steps")
     ap.add_argument("--size", type=int, default=None, help="override FitConfig.dense_size")

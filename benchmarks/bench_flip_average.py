@@ -14,7 +14,7 @@ data that is not the test set: the evidence it was chosen on.
 
 Target: on the validation pairs the flip-averaged output's selection score is lower (better) than
 one pass's in the same run, the claim the flip averaging was shipped on; the run exits 1 when it is
-not. (b) has no target: it measures, and the README says it does not settle the realism question.
+not. (b) has no target: it measures, and docs/benchmarks.md says it does not settle the realism question.
 
     cd benchmarks && ../.venv/bin/python bench_flip_average.py   -> results/flip_average.json
 """

@@ -1,4 +1,4 @@
-"""README figure: the bundled astronaut photo across the expression presets (frontal), and the
+"""Figure (README, docs/benchmarks.md): the bundled astronaut photo across the expression presets (frontal), and the
 `smile` preset across yaw -> assets/figures/expressions.png."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""README figures from real runs: the bundled astronaut photo re-posed by the 3D stage."""
+"""Figures from real runs (README): the bundled astronaut photo re-posed by the 3D stage."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""README figure: source photo, then the 3D-only row and the hybrid row across yaw, for three people
+"""Figure (README, docs/benchmarks.md): source photo, then the 3D-only row and the hybrid row across yaw, for three people
 (the bundled astronaut and two public-domain official portraits from ../shared/data/faces), ->
 assets/figures/hybrid.png. The views are labelled as synthetic."""
 from __future__ import annotations

@@ -29,7 +29,7 @@ def test_euler_round_trip_and_convention():
 
 
 def test_synthetic_recovery(ict_model):
-    # The README claims (bench_fit_synthetic.py, 50 faces) median pose errors <= 2 deg for yaw, pitch
+    # docs/benchmarks.md reports (bench_fit_synthetic.py, 50 faces) median pose errors <= 2 deg for yaw, pitch
     # and roll (measured 1.07, 1.64, 0.39) and a median landmark error <= 2% (1.00%). These six faces
     # are held to the claimed targets themselves, no looser; they measure 1.04, 1.09, 0.46 deg and
     # 0.9%, so the margin below the claim is about 0.9 deg and 1 point.
@@ -45,7 +45,7 @@ def test_synthetic_recovery(ict_model):
     assert np.median(lmk) <= 0.02
 
 
-# Real photos: the README claims a median 68-point error of 1.86% over the 17 photos (issue 2's target
+# Real photos: docs/benchmarks.md reports a median 68-point error of 1.86% over the 17 photos (issue 2's target
 # <= 3%); bench_real_photos.py measured this photo at 2.00% with the default (dense) fit and 2.01% with
 # landmarks only. Held to 2.25%, the worst of the 17 photos in the benchmark.
 REAL_PHOTO_MAX = 0.0225
@@ -74,7 +74,7 @@ def test_fit_rejects_bad_landmarks(ict_model):
 def test_sfm_fit_on_real_photo(obama_image, obama_reconstruction, sfm_model):
     fit = fit_morphable_model(obama_image, obama_reconstruction.face.landmarks, sfm_model, FitConfig(dense=False))
     assert fit.residuals["landmark_points"] < 68  # the SFM maps 50 points + the dynamic jaw contour
-    # README: SFM median 2.34% over the 17 photos; bench_real_photos.py measured this photo at 2.47%.
+    # docs/benchmarks.md: SFM median 2.34% over the 17 photos; bench_real_photos.py measured this photo at 2.47%.
     # Held to 2.75% (a margin of 0.28 points), not the 3% of issue 2's target for the ICT fit.
     assert fit.landmark_error <= 0.0275
 

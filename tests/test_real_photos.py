@@ -46,7 +46,7 @@ def _descriptor(img: np.ndarray, upsample: int, box=None) -> np.ndarray | None:
     return np.asarray(_face_rec().compute_face_descriptor(img, shape))
 
 
-# The README claims (bench_real_photos.py, the 17 photos, landmark-only ICT fit) a median 68-point
+# docs/benchmarks.md reports (bench_real_photos.py, the 17 photos, landmark-only ICT fit) a median 68-point
 # error of 1.86% of the outer-eye distance; issue 2's target is <= 3%. Per photo the benchmark measured
 # 1.59-2.25%, and on these four 1.59-2.09% (median 1.94%, a subset a little harder than the 17).
 CLAIMED_MEDIAN = 0.0186

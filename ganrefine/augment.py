@@ -74,15 +74,16 @@ def add_augment_arguments(p: argparse.ArgumentParser) -> None:
     A new flag goes here, into `AugmentOptions` (same name as its argparse dest), into the worker
     config `cfg` built in `augment()` and, if it changes the images, into `OUTPUT_SETTINGS`.
     """
-    from ganrefine.cli import _angles, _size, int_option
+    from ganrefine.cli import ANGLES_HELP, _angles, _size, int_option
 
     p.add_argument("input", metavar="INPUT",
                    help="identity folder (INPUT/<identity>/<image>) or a .csv/.jsonl list of path,identity")
     p.add_argument("output", metavar="OUTPUT", help="output folder (same identity layout + manifest)")
     p.add_argument("--yaw", type=_angles("yaw"), required=True,
-                   help="absolute yaw angles in degrees, e.g. -60,-30,0,30,60 or -60:60:30")
-    p.add_argument("--pitch", type=_angles("pitch"), default=[0.0], help="absolute pitch angles (default 0)")
-    p.add_argument("--roll", type=_angles("roll"), default=[0.0], help="absolute roll angles (default 0)")
+                   help="absolute yaw angles in degrees, e.g. -60,-30,0,30,60 or -60:60:30: " + ANGLES_HELP)
+    p.add_argument("--pitch", type=_angles("pitch"), default=[0.0],
+                   help="absolute pitch angles (default 0; same forms as --yaw)")
+    p.add_argument("--roll", type=_angles("roll"), default=[0.0], help="absolute roll angles (default 0; same forms as --yaw)")
     p.add_argument("--method", choices=["3d", "hybrid", "gan"], default="3d",
                    help="3d: the renders (default); hybrid: the renders refined by the trained refiner; "
                         "gan: the GAN-only baseline (CAPG-GAN, no 3D rendering; no expression or shape edits)")
@@ -774,7 +775,9 @@ def augment(opts: AugmentOptions) -> AugmentResult:
     from tqdm import tqdm
 
     from face3d.image_io import atomic_write_bytes, lock_output_folder, prepare_output_folder, remove_stale_temp_files
+    from ganrefine.cli import check_pose_count
 
+    check_pose_count(opts.yaw, opts.pitch, opts.roll)   # the parser checked it too; this is for direct callers
     inp, out = Path(opts.input), Path(opts.output)
     if out.exists() and not out.is_dir():
         raise FaceSynthError(f"OUTPUT {out}: exists and is not a folder")

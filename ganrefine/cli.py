@@ -14,39 +14,153 @@ import sys
 from face3d.errors import FaceSynthError
 
 
-class UsageError(Exception):
-    pass
+class UsageError(FaceSynthError):
+    """Bad usage found once the flags are parsed (too many poses): the parser reports it as a usage
+    error (exit 2); a program that calls a command's functions directly gets it as a FaceSynthError."""
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports bad usage as one line and exit code 2 (its default) without the usage dump noise."""
 
     def error(self, message):
+        # "argument --yaw: --yaw -90:90:1e-07 would give ..." -> "--yaw -90:90:1e-07 would give ..."
+        head, _, rest = message.partition(": ")
+        if head.startswith("argument ") and rest.startswith(head[len("argument "):] + " "):
+            message = rest
         self.exit(2, f"facesynth: error: {message}\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        # The pose grid (yaw x pitch x roll) is checked here, once all three flags are known and
+        # before the command does any work; each flag alone was capped while it was parsed.
+        ns, extra = super().parse_known_args(args, namespace)
+        if isinstance(getattr(ns, "yaw", None), list):
+            try:
+                check_pose_count(ns.yaw, getattr(ns, "pitch", None), getattr(ns, "roll", None))
+            except UsageError as exc:
+                self.error(str(exc))
+        return ns, extra
 
-def parse_angles(text: str, name: str) -> list[float]:
-    """'-60,-30,0' -> [-60.0, -30.0, 0.0]; ranges 'a:b:step' are accepted too (inclusive)."""
+
+#: Angles one --yaw / --pitch / --roll may give at most (361: every half degree of [-90, 90]).
+MAX_ANGLES = 361
+#: Poses (yaw x pitch x roll) one rotate / augment / compare run may ask for at most.
+MAX_POSES = 1000
+#: Slack, in steps, that keeps a range's stop despite floating-point error (0:1:0.1 ends at 1).
+_RANGE_EPS = 1e-9
+#: The angle flags' help, after what each flag means.
+ANGLES_HELP = ("comma-separated degrees in [-90, 90] or ranges a:b:step (a to b, b included when the steps land "
+               f"on it, never passed; b < a needs a negative step); at most {MAX_ANGLES} angles per flag and "
+               f"{MAX_POSES} poses (yaw x pitch x roll)")
+
+
+class AngleCountError(argparse.ArgumentTypeError):
+    """An angle list that would give more than `limit` angles (`count`, found before any angle is made)."""
+
+    def __init__(self, message: str, count: int | float, limit: int):
+        super().__init__(message)
+        self.count = count
+        self.limit = limit
+
+    @property
+    def count_text(self) -> str:
+        return _count_text(self.count)
+
+
+def _count_text(count: int | float) -> str:
+    return "more than 10^308" if count == math.inf else str(count)
+
+
+class _DirectionError(ValueError):
+    """A range whose step points away from its stop."""
+
+
+def _parts(text: str):
+    """The comma-separated parts of `text`, one at a time (no list as long as the text is made)."""
+    start = 0
+    while True:
+        end = text.find(",", start)
+        if end < 0:
+            yield text[start:]
+            return
+        yield text[start:end]
+        start = end + 1
+
+
+def shown_text(text: str, width: int = 40) -> str:
+    """`text` as an error message quotes it: cut to `width` characters."""
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _parse_part(part: str) -> tuple[float, float, float, int | float]:
+    """One comma part as (start, stop, step, count), no value made. A single value v is (v, v, 0, 1);
+    a range a:b:step has floor((b - a) / step + 1e-9) + 1 values (math.inf where that overflows).
+    ValueError: neither form, a non-finite number or a zero step; _DirectionError: a step pointing away from b."""
+    part = part.strip()
+    if ":" not in part:
+        v = float(part)
+        return v, v, 0.0, 1
+    a, b, step = (float(x) for x in part.split(":"))   # not three fields: ValueError
+    if not (math.isfinite(a) and math.isfinite(b) and math.isfinite(step)) or step == 0:
+        raise ValueError
+    if a == b:
+        return a, b, step, 1
+    if (b - a) * step < 0:
+        raise _DirectionError
+    q = (b - a) / step
+    return a, b, step, (math.floor(q + _RANGE_EPS) + 1) if math.isfinite(q) else math.inf
+
+
+def _last_value(a: float, b: float, step: float, n: int | float) -> float:
+    """The last of the n values a, a + step, ...: b when it lies within the slack of b or past it."""
+    if n == 1:
+        return a
+    last = a + (n - 1) * step if n != math.inf else b
+    return b if abs(last - b) <= _RANGE_EPS * abs(step) or (last - b) * step > 0 else last
+
+
+def parse_angles(text: str, name: str, limit: int = MAX_ANGLES) -> list[float]:
+    """'-60,-30,0' -> [-60.0, -30.0, 0.0]. A part 'a:b:step' is the range a, a + step, ... up to b: b is
+    included when the steps land on it (within 1e-9 of a step, so 0:1:0.1 ends at 1) and no value lies
+    past it (-60:60:25 -> -60, -35, -10, 15, 40). A descending range (b < a) needs a negative step.
+    Every value must lie in [-90, 90]. The angles are counted from the parts before any list is made:
+    more than `limit` is refused (AngleCountError) in time linear in the text and constant memory."""
+    flag = f"--{name}"
+    count: int | float = 0
+    for part in _parts(text):
+        try:
+            a, b, step, n = _parse_part(part)
+        except _DirectionError:
+            raise argparse.ArgumentTypeError(f"{flag} {shown_text(part.strip())}: the step of a range a:b:step must "
+                                             "point from a to b (negative when b < a)") from None
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} expects comma-separated degrees like -30,0,30 or a range "
+                                             f"like -60:60:30, got {shown_text(text)!r}") from None
+        # a part's values run monotonically from a to its last value: checking both ends checks them all
+        for v in (a, _last_value(a, b, step, n)):
+            if not -90.0 <= v <= 90.0:     # also refuses nan
+                raise argparse.ArgumentTypeError(f"{flag} values must lie in [-90, 90] degrees, got {v:g}")
+        count += n
+    if count > limit:
+        raise AngleCountError(f"{flag} {shown_text(text)} would give {_count_text(count)} angles; "
+                              f"at most {limit} per flag", count, limit)
     out: list[float] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if not part:
-                raise ValueError
-            if ":" in part:
-                a, b, step = (float(x) for x in part.split(":"))
-                if step <= 0:
-                    raise ValueError
-                n = int(round((b - a) / step))
-                out.extend(a + i * step for i in range(n + 1))
-            else:
-                out.append(float(part))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--{name} expects comma-separated degrees like -30,0,30, got {text!r}") from None
-    for v in out:
-        if not (-90.0 <= v <= 90.0) or v != v:
-            raise argparse.ArgumentTypeError(f"--{name} values must lie in [-90, 90] degrees, got {v:g}")
+    for part in _parts(text):
+        a, b, step, n = _parse_part(part)
+        out.extend(a + i * step for i in range(n - 1))
+        out.append(_last_value(a, b, step, n))
     return out
+
+
+def check_pose_count(yaw, pitch=None, roll=None, limit: int = MAX_POSES, names=("--yaw", "--pitch", "--roll"),
+                     per: str = "per run") -> int:
+    """The number of poses of the grid yaw x pitch x roll, from the lists' lengths (None: a flag the
+    command lacks). Above `limit` it raises UsageError naming the flags, the counts and the cap."""
+    sizes = [(flag, len(v)) for flag, v in zip(names, (yaw, pitch, roll)) if v is not None]
+    n = math.prod(k for _, k in sizes)
+    if n > limit:
+        raise UsageError(f"{' x '.join(f for f, _ in sizes)}: {' x '.join(str(k) for _, k in sizes)} = {n} poses; "
+                         f"at most {limit} {per}")
+    return n
 
 
 def _angles(name):
@@ -96,9 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("rotate", help="render each face of each photo at the given head poses")
     r.add_argument("images", nargs="+", metavar="IMAGE")
     r.add_argument("--yaw", type=_angles("yaw"), default=[-60.0, -30.0, 0.0, 30.0, 60.0],
-                   help="absolute yaw angles in degrees, + turns the nose to the image's right (default -60,-30,0,30,60)")
-    r.add_argument("--pitch", type=_angles("pitch"), default=[0.0], help="absolute pitch angles, + nose up (default 0)")
-    r.add_argument("--roll", type=_angles("roll"), default=[0.0], help="absolute roll angles (default 0)")
+                   help="absolute yaw angles in degrees, + turns the nose to the image's right (default -60,-30,0,30,60): "
+                        + ANGLES_HELP)
+    r.add_argument("--pitch", type=_angles("pitch"), default=[0.0],
+                   help="absolute pitch angles, + nose up (default 0; same forms as --yaw)")
+    r.add_argument("--roll", type=_angles("roll"), default=[0.0], help="absolute roll angles (default 0; same forms as --yaw)")
     r.add_argument("--size", type=_size, default=128, help="output crop size in pixels (default 128)")
     r.add_argument("--method", choices=["hybrid", "3d", "gan"], default="hybrid",
                    help="hybrid: the 3D stage's views refined by the trained refiner (default); 3d: the renders alone; "

@@ -401,7 +401,7 @@ def _methods_arg(text: str) -> list[str]:
 
 def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``compare`` subcommand on an argparse subparsers object."""
-    from ganrefine.cli import _angles, _size, int_option
+    from ganrefine.cli import ANGLES_HELP, _angles, _size, int_option
 
     p = subparsers.add_parser(
         "compare", help="generate views with several methods and score them (identity, pose, realism, speed)",
@@ -409,8 +409,9 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
         "it; write DIR/report.html, DIR/metrics.json and DIR/metrics.csv. Finished photos are kept in DIR/cache: "
         "the same command run again after a stop continues where it stopped.")
     p.add_argument("input", metavar="INPUT", help="folder of photos in identity layout: INPUT/<identity>/<image>")
-    p.add_argument("--yaw", type=_angles("yaw"), required=True, help="yaw angles in degrees, e.g. -60,-30,0,30,60")
-    p.add_argument("--pitch", type=_angles("pitch"), default=[0.0], help="pitch angles (default 0)")
+    p.add_argument("--yaw", type=_angles("yaw"), required=True,
+                   help="yaw angles in degrees, e.g. -60,-30,0,30,60 or -60:60:30: " + ANGLES_HELP)
+    p.add_argument("--pitch", type=_angles("pitch"), default=[0.0], help="pitch angles (default 0; same forms as --yaw)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (report.html, metrics.json, metrics.csv)")
     p.add_argument("--methods", type=_methods_arg, default=list(METHODS),
                    help=f"comma-separated methods among {', '.join(METHODS)} (default all)")

@@ -11,8 +11,10 @@ own upload cache included (`GRADIO_TEMP_DIR`), lies in one temporary folder that
 removes on exit.
 
 API (gradio_client): `/render` (photo, method, yaw, pitch, yaw_list, pitch_list, expression, sfs)
--> (gallery, mesh, status); then `/score` () -> (table, zip, status) for the same session. A bad
-upload is not an exception: the gallery comes back empty and `status` carries the one-line reason.
+-> (gallery, mesh, status); then `/score` () -> (table, zip, status) for the same session. The
+lists take the forms of `facesynth rotate --yaw` (a:b:step ranges too); more than MAX_VIEWS views
+are refused before any angle or pose is made. A bad upload or list is not an exception: the gallery
+comes back empty and `status` carries the one-line reason.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from face3d.errors import FaceSynthError
 MAX_UPLOAD_MB = 50
 #: Fits kept in memory (each holds the photo, the fit and its texture).
 FIT_CACHE_SIZE = 4
-#: Views rendered in one request at most.
+#: Views rendered in one request at most (and angles in one yaw or pitch list).
 MAX_VIEWS = 37
 #: Result folders kept on disk (older ones are removed; the temporary folder goes on exit).
 KEEP_RESULTS = 32
@@ -261,11 +263,13 @@ class FaceSynthServer:
 
         if method not in ("3d", "hybrid"):
             raise FaceSynthError(f"unknown method {method!r} (3d or hybrid)")
+        from ganrefine.cli import check_pose_count
+
         yaws = _angle_list(yaw_list, "yaw") or [float(yaw)]
         pitches = _angle_list(pitch_list, "pitch") or [float(pitch)]
+        # each list has at most MAX_VIEWS angles; their product is checked before the poses are made
+        check_pose_count(yaws, pitches, limit=MAX_VIEWS, names=("yaw", "pitch"), per="views per request")
         poses = [Pose(y, p, 0.0) for p in pitches for y in yaws]
-        if len(poses) > MAX_VIEWS:
-            raise FaceSynthError(f"{len(poses)} views asked; at most {MAX_VIEWS} per request")
         for v in yaws + pitches:
             if not -90.0 <= v <= 90.0:
                 raise FaceSynthError(f"angles must lie in [-90, 90] degrees, got {v:g}")
@@ -383,12 +387,17 @@ def _stem(name: str) -> str:
 
 
 def _angle_list(text: str | None, name: str) -> list[float]:
-    from ganrefine.cli import parse_angles
+    """The angles of a list field ([] when empty); more than MAX_VIEWS are refused before any is made,
+    with the count they would give (`parse_angles` counts a:b:step ranges without expanding them)."""
+    from ganrefine.cli import AngleCountError, parse_angles, shown_text
 
     if text is None or not str(text).strip():
         return []
     try:
-        return parse_angles(str(text), name)
+        return parse_angles(str(text), name, limit=MAX_VIEWS)
+    except AngleCountError as exc:
+        raise FaceSynthError(f"{name} angles {shown_text(str(text))} would give {exc.count_text} angles; "
+                             f"at most {MAX_VIEWS} views per request") from None
     except argparse.ArgumentTypeError as exc:
         raise FaceSynthError(str(exc).replace(f"--{name}", name)) from None
 

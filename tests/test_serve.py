@@ -220,3 +220,51 @@ def test_serve_cli_errors(capsys):
 def test_rotate_does_not_import_gradio():
     code = "import sys; from ganrefine.cli import build_parser; build_parser(); assert 'gradio' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def _server_pid(url: str) -> int:
+    """The pid of the `server` fixture's process: this test process's child serving `url`'s port."""
+    port = url.rstrip("/").rsplit(":", 1)[1]
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == os.getpid() and b"serve" in argv and port.encode() in argv:
+            return int(d.name)
+    raise AssertionError(f"no child process serves port {port}")
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+def test_api_refuses_huge_angle_ranges_at_once(server, obama_path, tmp_path):
+    from gradio_client import Client
+
+    client = Client(server, verbose=False, download_files=str(tmp_path / "downloads"))
+    pid = _server_pid(server)
+    gallery, _, status, _ = _render(client, obama_path, "abc")   # warms the client and the upload path
+    assert gallery == [] and "yaw expects comma-separated degrees" in status, status
+    before = _rss_mb(pid)
+    gallery, mesh, status, seconds = _render(client, obama_path, "-90:90:1.8e-7")     # 10^9 + 1 views
+    grew = _rss_mb(pid) - before
+    print(f"10^9 yaw angles refused in {seconds:.2f} s; server RSS {before:.0f} MB, grew by {grew:.1f} MB")
+    assert gallery == [] and mesh is None
+    assert status == ("**Error:** yaw angles -90:90:1.8e-7 would give 1000000001 angles; "
+                      "at most 37 views per request"), status
+    assert seconds < 3.0, seconds
+    assert grew < 50, f"the server grew by {grew:.0f} MB"
+    # each list within the cap, their product over it: refused before the poses are made
+    from gradio_client import handle_file
+
+    gallery, _, status = client.predict(handle_file(str(obama_path)), "3d", 0.0, 0.0, "-90:90:5", "-10,10",
+                                        "fitted", False, api_name="/render")
+    assert gallery == [] and status == "**Error:** yaw x pitch: 37 x 2 = 74 poses; at most 37 views per request", status

@@ -9,6 +9,7 @@ import os
 import re
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,11 @@ def load_image(path: str | os.PathLike, max_side: int = MAX_SIDE) -> np.ndarray:
         raise FaceSynthError(f"{path}: is a directory, not an image")
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
-        with Image.open(p) as im:
+        # Pillow warns between MAX_PIXELS and twice that; the size is refused here with one line instead
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(p)
+        with im:
             if im.width * im.height > MAX_PIXELS:
                 raise FaceSynthError(f"{path}: image too large ({im.width}x{im.height})")
             im.load()

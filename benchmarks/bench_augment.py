@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import RESULTS, Targets, add_target_option, write_json  # noqa: E402
 
-from ganrefine.augment import AugmentOptions, augment  # noqa: E402
+from facesynth.augment import AugmentOptions, augment  # noqa: E402
 
 LFW = Path("/work/shared/data/lfw/images")
 

@@ -62,7 +62,7 @@ def main():
     from face3d import Pose, load_morphable_model
     from face3d.expressions import edited_vertices, make_variant
     from face3d.landmarks import detect_faces
-    from ganrefine.expression_options import render_variant
+    from face3d.variants import render_variant
 
     model = load_morphable_model()
     t_start = time.perf_counter()

@@ -125,7 +125,7 @@ def render_ratios(model, recs) -> list[dict]:
     from face3d import Pose
     from face3d.expressions import make_variant
     from face3d.landmarks import detect_faces
-    from ganrefine.expression_options import render_variant
+    from face3d.variants import render_variant
 
     rows = []
     for name, rec in recs:

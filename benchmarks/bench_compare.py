@@ -70,7 +70,7 @@ def main() -> int:
     targets = Targets.from_args(args)
 
     from ganrefine import compare
-    from ganrefine.cli import main as cli
+    from facesynth.cli import main as cli
 
     lfw = default_data_dir() / "lfw" / "images"
     split = split_pose_photos(lfw)

@@ -37,7 +37,7 @@ def main():
     from face3d.errors import FaceSynthError
     from face3d.expressions import make_variant
     from face3d.landmarks import detect_faces
-    from ganrefine.expression_options import render_variant
+    from face3d.variants import render_variant
 
     model = load_morphable_model()
     t_start = time.perf_counter()

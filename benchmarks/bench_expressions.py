@@ -92,7 +92,7 @@ def main():
     from face3d import Pose, load_image, load_morphable_model, reconstruct_faces
     from face3d.expressions import ICT_PRESETS, PRESET_NAMES, make_variant, mouth_opens, shape_samples
     from face3d.landmarks import detect_faces
-    from ganrefine.expression_options import render_variant
+    from face3d.variants import render_variant
 
     model = load_morphable_model()
     if args.method == "hybrid":

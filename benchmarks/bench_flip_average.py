@@ -5,7 +5,7 @@ data that is not the test set: the evidence it was chosen on.
     identity distance to the real photo, render vs one pass vs flip-averaged; the selection score
     is the mean of the L1 and identity ratios to the render (lower is better).
 (b) Realism on training pairs, where the refiner reconstructs the photo's own view: a classifier
-    two-sample test (`ganrefine.compare.c2st`, 0.5 = cannot tell) between the outputs for 400
+    two-sample test (`facesynth.compare.c2st`, 0.5 = cannot tell) between the outputs for 400
     training pairs and the real photos of 400 *other* training pairs (so no output meets its own
     target), on the realism features `facesynth compare` uses (`FaceEncoder`), all crops aligned by
     the pairs' model landmarks. Mean and spread over 10 random splits. For the render, one pass and
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from _common import RESULTS, Targets, add_target_option
-from ganrefine.compare import FaceEncoder, c2st
+from facesynth.compare import FaceEncoder, c2st
 from ganrefine.hybrid import load_hybrid_refiner
 from ganrefine.refiner import FlipAveraged
 from ganrefine.train_refiner import (PairSet, evaluate_refiner, frozen_identity_encoder, pair_files, refiner_inputs,

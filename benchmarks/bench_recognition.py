@@ -33,7 +33,7 @@ from face3d.camera import Pose
 from face3d.errors import FaceSynthError
 from face3d.image_io import load_image
 from face3d.morphable_model import default_data_dir, load_morphable_model
-from ganrefine.compare import METHODS, CompareContext, FaceEncoder, detect_view_face
+from facesynth.compare import METHODS, CompareContext, FaceEncoder, detect_view_face
 from ganrefine.pose_pairs import split_pose_photos
 from ganrefine.recognition import YAW_BINS, score_condition, set_distances
 

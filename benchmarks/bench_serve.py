@@ -42,7 +42,7 @@ def main():
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, TMPDIR=tmp, GRADIO_ANALYTICS_ENABLED="False")
-        proc = subprocess.Popen([sys.executable, "-m", "ganrefine.cli", "serve", "--port", str(port), "--size", str(args.size),
+        proc = subprocess.Popen([sys.executable, "-m", "facesynth.cli", "serve", "--port", str(port), "--size", str(args.size),
                                  "--threads", "2"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             url = f"http://127.0.0.1:{port}/"

@@ -58,7 +58,7 @@ def main():
     from face3d import Pose, load_morphable_model
     from face3d.expressions import ICT_PRESETS, ExpressionSpec, Variant, expression_split
     from face3d.landmarks import detect_faces
-    from ganrefine.expression_options import render_variant
+    from face3d.variants import render_variant
 
     model = load_morphable_model()
     index = {n: i for i, n in enumerate(model.expression_names)}

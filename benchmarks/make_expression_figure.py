@@ -9,7 +9,7 @@ from PIL import Image
 from _common import ROOT
 from face3d import FitConfig, Pose, load_image, load_morphable_model, reconstruct_faces
 from face3d.expressions import PRESET_NAMES, make_variant
-from ganrefine.expression_options import render_variant
+from face3d.variants import render_variant
 from make_figures import label, photo_crop
 
 SIZE = 160

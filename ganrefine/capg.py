@@ -183,7 +183,7 @@ def target_landmarks(fit, model, poses, size: int) -> np.ndarray:
 def rotate_with_capg(generator: CapgGenerator, fit, image: np.ndarray, model, poses, size: int = 128) -> np.ndarray:
     """(B, size, size, 3) uint8: the photo's face at each pose, by the GAN alone (the fit only places
     the target landmarks and the crop). Generated at the network's size, resized to `size`."""
-    from ganrefine.augment import aligned_original
+    from facesynth.augment import aligned_original
 
     n = generator.cfg.size
     src = torch.from_numpy(aligned_original(fit, image, model, n)).permute(2, 0, 1)[None].float() / 255

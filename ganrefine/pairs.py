@@ -67,7 +67,7 @@ def make_rotate_and_render_pair(rec, image: np.ndarray, model, yaw_offset: float
     """The Rotate-and-Render pair of one reconstructed photo (`face3d.pipeline.Reconstruction`)."""
     from face3d.render import render_views, view_fit
     from face3d.texture import extract_texture
-    from ganrefine.augment import aligned_original
+    from facesynth.augment import aligned_original
 
     fit = rec.fit
     p0 = fit.pose

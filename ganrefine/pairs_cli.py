@@ -14,7 +14,7 @@ from face3d.errors import FaceSynthError
 
 def add_cache_arguments(p, holdout_help: str) -> None:
     """The flags that `make-pairs` and `make-pose-photos` share."""
-    from ganrefine.cli import int_option
+    from facesynth.cli import int_option
 
     p.add_argument("lfw", metavar="LFW", help="LFW images folder (<identity>/<identity>_NNNN.jpg)")
     p.add_argument("--out", required=True, metavar="CACHE", help="cache folder (keep it outside the repository)")
@@ -43,7 +43,7 @@ def write_split(out: Path, info: dict) -> None:
 
 
 def add_make_pairs_parser(sub) -> None:
-    from ganrefine.cli import int_option
+    from facesynth.cli import int_option
 
     p = sub.add_parser("make-pairs", help="make the refiner's Rotate-and-Render training pairs from LFW")
     add_cache_arguments(p, "identities held out for evaluation, one pair each (default 300)")

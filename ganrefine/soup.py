@@ -96,7 +96,7 @@ def _sha256(path: Path) -> str:
 
 
 def add_soup_refiners_parser(sub) -> None:
-    from ganrefine.cli import int_option
+    from facesynth.cli import int_option
 
     p = sub.add_parser("soup-refiners", help="average refiner weights files (a greedy model soup on the validation pairs)")
     p.add_argument("weights", nargs="+", metavar="WEIGHTS", help="refiner weights files or training checkpoints")

@@ -393,7 +393,7 @@ def write_summary(out: Path, steps: int, best: dict, t0: float) -> dict:
 
 def add_training_arguments(p, cfg_cls, data_help: str) -> None:
     """The flags that `train-refiner` and `train-capg` share."""
-    from ganrefine.cli import int_option
+    from facesynth.cli import int_option
 
     p.add_argument("--data", required=True, metavar="DIR", help=data_help)
     p.add_argument("--steps", type=int_option("steps", 1), required=True, help="total training steps")
@@ -552,7 +552,7 @@ def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = Fa
 
 
 def add_train_refiner_parser(sub) -> None:
-    from ganrefine.cli import float_option, int_option
+    from facesynth.cli import float_option, int_option
 
     p = sub.add_parser("train-refiner", help="train the refiner on `make-pairs` output")
     add_training_arguments(p, TrainConfig, "pair cache written by `facesynth make-pairs`")

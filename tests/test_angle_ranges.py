@@ -9,7 +9,7 @@ import tracemalloc
 
 import pytest
 
-from ganrefine.cli import MAX_ANGLES, MAX_POSES, UsageError, build_parser, check_pose_count, main, parse_angles
+from facesynth.cli import MAX_ANGLES, MAX_POSES, UsageError, build_parser, check_pose_count, main, parse_angles
 
 #: 10^9 + 1 yaw angles: 180 / 1.8e-7 steps
 HUGE = "-90:90:1.8e-7"
@@ -136,7 +136,7 @@ def test_the_pose_product_is_capped_before_any_work(command, tmp_path, capsys, p
 
 def test_augment_called_directly_checks_the_pose_product(tmp_path):
     from face3d.errors import FaceSynthError
-    from ganrefine.augment import AugmentOptions, augment
+    from facesynth.augment import AugmentOptions, augment
 
     opts = AugmentOptions(input=str(tmp_path / "in"), output=str(tmp_path / "o"), yaw=[0.0] * 101,
                           pitch=[0.0] * 10)

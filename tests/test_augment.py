@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ganrefine.augment import AugmentOptions, augment, list_sources, read_manifest
-from ganrefine.cli import main
+from facesynth.augment import AugmentOptions, augment, list_sources, read_manifest
+from facesynth.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 LFW = Path("/work/shared/data/lfw/images")
@@ -158,7 +158,7 @@ def test_other_settings_refused_on_resume(tmp_path, capsys):
 
 
 def test_manifest_log_recovery(tmp_path):
-    from ganrefine.augment import ManifestLog
+    from facesynth.augment import ManifestLog
 
     path = tmp_path / "manifest.jsonl"
     ok = {"status": "ok", "identity": "a", "error": ""}
@@ -255,7 +255,7 @@ def test_ray_backend_matches_local(reference, photo_input, tmp_path):
 def test_sigkill_midway_then_resume(reference, photo_input, tmp_path, capsys):
     out = tmp_path / "killed"
     log = out / "manifest.jsonl"
-    cmd = [sys.executable, "-m", "ganrefine.cli", "augment", str(photo_input), str(out), *FLAGS, "--workers", "2"]
+    cmd = [sys.executable, "-m", "facesynth.cli", "augment", str(photo_input), str(out), *FLAGS, "--workers", "2"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     done = 0
     try:

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from face3d.morphable_model import default_data_dir
-from ganrefine.cli import main
+from facesynth.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

@@ -109,7 +109,7 @@ def test_training_writes_its_files_and_resumes_exactly(tiny_cache, tmp_path):
 
 def test_bad_weights_and_missing_data_are_one_line_errors(tmp_path, capsys):
     from face3d.errors import FaceSynthError
-    from ganrefine.cli import main
+    from facesynth.cli import main
 
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x00garbage")
@@ -152,7 +152,7 @@ def test_shipped_weights_never_emit_nan_or_grey_on_heldout_photos(data_dir, ict_
 def test_rotate_method_gan_writes_views_and_records_the_weights(tmp_path, obama_path):
     import hashlib
 
-    from ganrefine.cli import main
+    from facesynth.cli import main
 
     out = tmp_path / "o"
     assert main(["rotate", str(obama_path), "--yaw", "-30,0,30", "--method", "gan", "--no-dense", "--out", str(out)]) == 0
@@ -167,7 +167,7 @@ def test_rotate_method_gan_writes_views_and_records_the_weights(tmp_path, obama_
 
 
 def test_rotate_method_gan_refuses_3d_edits(tmp_path, obama_path, capsys):
-    from ganrefine.cli import main
+    from facesynth.cli import main
 
     assert main(["rotate", str(obama_path), "--method", "gan", "--expression", "smile", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ganrefine.cli import main
+from facesynth.cli import main
 
 
 def run(capsys, *argv):

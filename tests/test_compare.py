@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ganrefine import compare
-from ganrefine.compare import METRIC_NAMES, c2st, c2st_accuracy, cross_verification_accuracy
+from facesynth.compare import METRIC_NAMES, c2st, c2st_accuracy, cross_verification_accuracy
 
 YAWS = ("0", "30")
 
@@ -76,7 +76,7 @@ def test_method_registry_shape():
 
 
 def test_compare_usage_errors(tmp_path, capsys):
-    from ganrefine.cli import main
+    from facesynth.cli import main
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -98,7 +98,7 @@ def compare_run(tmp_path_factory, data_dir):
     """One run on 2 photos each of obama and biden (+ an unreadable file and a photo without a face)."""
     from PIL import Image
 
-    from ganrefine.cli import main
+    from facesynth.cli import main
 
     root = tmp_path_factory.mktemp("compare")
     inp = root / "in"
@@ -196,7 +196,7 @@ def test_compare_report_loads_in_a_browser(compare_run):
 def test_compare_run_again_reuses_finished_photos(compare_run, monkeypatch):
     """The same command again (as after a stop) takes the finished photos from DIR/cache and writes
     the same metrics; the failed photos are tried again; a photo that changed is done again."""
-    from ganrefine.cli import main
+    from facesynth.cli import main
 
     out = compare_run["out"]
     first = (out / "metrics.json").read_text()

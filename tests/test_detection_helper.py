@@ -107,7 +107,7 @@ def test_fresh_rotate_detects_in_the_helper_with_the_same_result(tmp_path, photo
         "    asked.append([path, out is not None])\n"
         "    return out\n"
         "h.DetectionHelper.faces = spy\n"
-        "from ganrefine.cli import main\n"
+        "from facesynth.cli import main\n"
         "code = main(sys.argv[1:])\n"
         "print(json.dumps(asked))\n"
         "sys.exit(code)\n")
@@ -120,7 +120,7 @@ def test_fresh_rotate_detects_in_the_helper_with_the_same_result(tmp_path, photo
     assert [Path(p).name for p, _ in asked] == [photos[k].name for k in names if k != "garbage"]
     assert [used for _, used in asked] == [True, True, True]  # garbage never reached detection
 
-    from ganrefine.cli import main
+    from facesynth.cli import main
 
     here = tmp_path / "here"
     assert main(["rotate", *[str(photos[k]) for k in names], *flags, "--out", str(here)]) == 1

@@ -171,7 +171,7 @@ def test_blink_view_closes_the_eyes_for_dlib(data_dir, ict_model):
     from face3d.image_io import load_image
     from face3d.landmarks import detect_faces
     from face3d.pipeline import reconstruct_faces
-    from ganrefine.expression_options import render_variant
+    from face3d.variants import render_variant
 
     rec = reconstruct_faces(load_image(data_dir / "faces" / "deepface_jack" / "deepface_img61.jpg"), ict_model,
                             fit_config=FitConfig(dense=False))[0]
@@ -187,7 +187,7 @@ def test_blink_view_closes_the_eyes_for_dlib(data_dir, ict_model):
 
 def test_expression_views_keep_the_framing(ict_model, obama_reconstruction):
     from face3d import Pose
-    from ganrefine.expression_options import render_variant
+    from face3d.variants import render_variant
 
     rec = obama_reconstruction
     views = {}
@@ -204,7 +204,7 @@ def test_expression_views_keep_the_framing(ict_model, obama_reconstruction):
 def test_rotate_expression_grid_and_shape_jitter(tmp_path, capsys, obama_path, ict_model):
     from PIL import Image
 
-    from ganrefine.cli import main
+    from facesynth.cli import main
 
     out = tmp_path / "out"
     code = main(["rotate", str(obama_path), "--yaw", "0,30", "--size", "64", "--no-dense",
@@ -242,7 +242,7 @@ def test_rotate_expression_grid_and_shape_jitter(tmp_path, capsys, obama_path, i
 
 
 def test_rotate_rejects_bad_expressions(tmp_path, capsys, obama_path, data_dir):
-    from ganrefine.cli import main
+    from facesynth.cli import main
 
     assert main(["rotate", str(obama_path), "--expression", "smiel", "--out", str(tmp_path / "a")]) == 2
     assert "did you mean smile" in capsys.readouterr().err
@@ -312,7 +312,7 @@ def test_open_mouth_renders_teeth(ict_model, closed_mouth_reconstruction):
     from face3d.expressions import (Variant, edited_vertices, expression_texture, lip_gap, mouth_mesh,
                                     mouth_opens)
     from face3d.render import render_views
-    from ganrefine.expression_options import render_variant
+    from face3d.variants import render_variant
 
     rec = closed_mouth_reconstruction
     fit = rec.fit

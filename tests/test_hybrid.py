@@ -80,7 +80,7 @@ def test_teeth_of_an_opened_mouth_keep_the_render(refiner, obama_reconstruction,
     """The refiner never learnt open mouths with default teeth: where the render shows the teeth,
     gums and tongue the hybrid view is the render itself, away from the mouth it is the refiner's."""
     from face3d.expressions import Variant, expression_coefficients, parse_expression
-    from ganrefine.expression_options import render_variant
+    from face3d.variants import render_variant
     from ganrefine.hybrid import extra_keep
 
     rec = obama_reconstruction

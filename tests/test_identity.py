@@ -6,7 +6,6 @@ differentiable alignment from the full photos, and in every same/different decis
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import shutil
@@ -27,7 +26,7 @@ from ganrefine.identity import (
     image_tensor,
     read_dlib_network,
 )
-from ganrefine.verify import add_verify_parser, run_verify
+from facesynth.cli import main as facesynth_main
 
 dlib = pytest.importorskip("dlib")
 
@@ -249,10 +248,7 @@ def test_gradients_reach_the_landmarks(encoder, faces):
 
 
 def _verify(argv) -> int:
-    parser = argparse.ArgumentParser(prog="facesynth")
-    add_verify_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return facesynth_main(argv)
 
 
 def test_verify_same_and_different_people(capsys):
@@ -286,6 +282,6 @@ def test_verify_without_a_face_is_exit_1(tmp_path, capsys):
     err = captured.err.strip()
     assert "\n" not in err and "no face" in err and "gray.png" in err
 
-    assert run_verify(argparse.Namespace(image_a=str(tmp_path / "nope.jpg"), image_b=face, json=True)) == 1
+    assert _verify(["verify", str(tmp_path / "nope.jpg"), face, "--json"]) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "nope.jpg" in err

@@ -54,7 +54,7 @@ class Run:
 
     def __init__(self, args: list[str]):
         env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-        self.proc = subprocess.Popen([sys.executable, "-m", "ganrefine.cli", *args], cwd=ROOT, env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "facesynth.cli", *args], cwd=ROOT, env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         self.pid = self.proc.pid
         self.seen: dict[tuple[int, int], str] = {}   # (pid, start time) -> cmdline

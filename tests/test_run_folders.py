@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ganrefine.cli import main
+from facesynth.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 LFW = Path("/work/shared/data/lfw/images")
@@ -24,11 +24,11 @@ def run(capsys, *argv):
 
 
 def cli(*argv, umask: int | None = None, timeout=300) -> subprocess.CompletedProcess:
-    """`python -m ganrefine.cli ARGV` in a fresh process (optionally under `umask`)."""
+    """`python -m facesynth.cli ARGV` in a fresh process (optionally under `umask`)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "ganrefine.cli", *map(str, argv)]
+    cmd = [sys.executable, "-m", "facesynth.cli", *map(str, argv)]
     if umask is not None:
-        cmd = [sys.executable, "-c", f"import os, sys; os.umask({umask}); from ganrefine.cli import main; "
+        cmd = [sys.executable, "-c", f"import os, sys; os.umask({umask}); from facesynth.cli import main; "
                                      "sys.exit(main(sys.argv[1:]))", *map(str, argv)]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -117,7 +117,7 @@ def test_an_os_error_escaping_the_command_is_one_line(tmp_path, capsys, obama_pa
 PROBE = """
 import resource, sys
 import numpy, torch  # the libraries reserve their address space before the limit
-from ganrefine.cli import main
+from facesynth.cli import main
 vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:")) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (vm + 20 * 2**20, resource.RLIM_INFINITY))
 sys.exit(main(sys.argv[1:]))
@@ -141,7 +141,7 @@ def test_two_runs_into_one_folder_at_once(tmp_path, data_dir):
     photos = sorted((data_dir / "faces" / "obama").glob("face_recognition_obama*.jpg"))[:3]
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "ganrefine.cli", "rotate", *map(str, photos), *FAST, "--out", str(out)]
+    cmd = [sys.executable, "-m", "facesynth.cli", "rotate", *map(str, photos), *FAST, "--out", str(out)]
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     results = [(p.wait(timeout=300), *p.communicate()) for p in procs]

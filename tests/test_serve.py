@@ -43,7 +43,7 @@ def server(tmp_path_factory):
     env = dict(os.environ, TMPDIR=str(tmpdir), GRADIO_ANALYTICS_ENABLED="False")
     env.pop("GRADIO_TEMP_DIR", None)
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "ganrefine.cli", "serve", "--port", str(port),
+        proc = subprocess.Popen([sys.executable, "-m", "facesynth.cli", "serve", "--port", str(port),
                                  "--size", str(SIZE), "--no-dense", "--threads", "2"],
                                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -203,7 +203,7 @@ def test_browser_upload_slider_gallery(server, tmp_path):
 
 
 def test_serve_cli_errors(capsys):
-    from ganrefine.cli import main
+    from facesynth.cli import main
 
     assert main(["serve", "--port", "http"]) == 2
     assert main(["serve", "--port", "70000"]) == 2
@@ -218,7 +218,7 @@ def test_serve_cli_errors(capsys):
 
 
 def test_rotate_does_not_import_gradio():
-    code = "import sys; from ganrefine.cli import build_parser; build_parser(); assert 'gradio' not in sys.modules"
+    code = "import sys; from facesynth.cli import build_parser; build_parser(); assert 'gradio' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 

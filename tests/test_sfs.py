@@ -78,7 +78,7 @@ def test_synthetic_relief_depth_error_drops(ict_model, obama_reconstruction):
 
 @pytest.mark.slow
 def test_cli_sfs_flag_in_manifest(tmp_path, obama_path):
-    from ganrefine.cli import main
+    from facesynth.cli import main
 
     out = tmp_path / "o"
     assert main(["rotate", str(obama_path), "--yaw", "30", "--out", str(out), "--no-dense", "--sfs",

@@ -133,7 +133,7 @@ def test_learning_rate_scale_is_constant_then_linear_to_the_last_step():
 
 
 def test_train_refiner_cli_errors(tmp_path, capsys):
-    from ganrefine.cli import main
+    from facesynth.cli import main
 
     assert main(["train-refiner", "--data", str(tmp_path), "--steps", "0", "--out", str(tmp_path / "c.pt")]) == 2
     assert main(["train-refiner", "--data", str(tmp_path), "--steps", "5", "--out", str(tmp_path / "c.pt")]) == 1
@@ -168,7 +168,7 @@ def test_train_refiner_cli_errors(tmp_path, capsys):
 
 def test_split_json_written_by_make_pairs_guards_the_cache(tmp_path, data_dir, capsys):
     """make-pairs refuses to mix pairs of another split into an existing cache."""
-    from ganrefine.cli import main
+    from facesynth.cli import main
 
     out = tmp_path / "cache"
     out.mkdir()
@@ -212,7 +212,7 @@ def _perturbed_weights(path: Path, seed: int, scale: float) -> Path:
 
 
 def test_greedy_soup_keeps_what_helps_and_writes_the_mean(tiny_pairs, tmp_path, capsys):
-    from ganrefine.cli import main
+    from facesynth.cli import main
     from ganrefine.soup import average_state_dicts
     from ganrefine.train_refiner import PairSet, evaluate_refiner, frozen_identity_encoder, pair_files, split_heldout, summarise
 

@@ -61,7 +61,7 @@ CAPG = {"format": "facesynth-capg/1", "capg_config": {}, "state_dict": {}}
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "ganrefine.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "facesynth.cli", *args], capture_output=True, text=True, env=env,
                           timeout=300, cwd=ROOT)
 
 
@@ -102,7 +102,7 @@ def fake_pair_dirs(root: Path) -> Path:
 
 
 def test_train_refiner_init_refuses_a_file_that_would_run_code(tmp_path, capsys):
-    from ganrefine.cli import main
+    from facesynth.cli import main
 
     path, marker = crafted_file(tmp_path, REFINER)
     data = fake_pair_dirs(tmp_path / "pairs")
@@ -114,7 +114,7 @@ def test_train_refiner_init_refuses_a_file_that_would_run_code(tmp_path, capsys)
 
 
 def test_train_refiner_resume_refuses_a_checkpoint_that_would_run_code(tmp_path, capsys):
-    from ganrefine.cli import main
+    from facesynth.cli import main
 
     path, marker = crafted_file(tmp_path, {"format": "facesynth-refiner-train/1", "config": {}, "step": 1})
     data = fake_pair_dirs(tmp_path / "pairs")
@@ -125,7 +125,7 @@ def test_train_refiner_resume_refuses_a_checkpoint_that_would_run_code(tmp_path,
 
 
 def test_train_capg_resume_refuses_a_checkpoint_that_would_run_code(tmp_path, capsys):
-    from ganrefine.cli import main
+    from facesynth.cli import main
 
     path, marker = crafted_file(tmp_path, {"format": "facesynth-capg-train/1", "config": {}, "step": 1})
     data = tmp_path / "photos"
@@ -138,7 +138,7 @@ def test_train_capg_resume_refuses_a_checkpoint_that_would_run_code(tmp_path, ca
 
 
 def test_soup_refiners_refuses_a_file_that_would_run_code(tmp_path, capsys):
-    from ganrefine.cli import main
+    from facesynth.cli import main
     from ganrefine.pairs import TrainingPair
 
     # one real (blank) validation pair, so that nothing but the weights can stop the run

@@ -16,21 +16,6 @@ import sys
 from face3d.errors import FaceSynthError
 
 
-def add_verify_parser(subparsers) -> argparse.ArgumentParser:
-    """Register the ``verify`` subcommand on an argparse subparsers object."""
-    p = subparsers.add_parser(
-        "verify",
-        help="tell whether two photos show the same person (dlib face descriptor, torch port)",
-        description="Detect the largest face in each image, print the identity distance and "
-        "'same' or 'different' (dlib's threshold 0.6).",
-    )
-    p.add_argument("image_a", metavar="IMAGE_A", help="first photo")
-    p.add_argument("image_b", metavar="IMAGE_B", help="second photo")
-    p.add_argument("--json", action="store_true", help="print one JSON object {distance, same}")
-    p.set_defaults(func=run_verify)
-    return p
-
-
 def run_verify(args) -> int:
     """Run the verify command; returns the exit code (0 on success, 1 on a user error)."""
     try:

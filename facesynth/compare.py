@@ -387,52 +387,6 @@ def choose_real_photos(lfw: Path, n: int, seed: int = 0) -> list[Path]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _methods_arg(text: str) -> list[str]:
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("--methods expects a comma-separated list, e.g. 3d,hybrid")
-    bad = [n for n in names if n not in METHODS]
-    if bad:
-        raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(bad)}; known: {', '.join(METHODS)}")
-    if len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"--methods lists a method twice: {text!r}")
-    return names
-
-
-def add_compare_parser(subparsers) -> argparse.ArgumentParser:
-    """Register the ``compare`` subcommand on an argparse subparsers object."""
-    from ganrefine.cli import ANGLES_HELP, _angles, _size, int_option
-
-    p = subparsers.add_parser(
-        "compare", help="generate views with several methods and score them (identity, pose, realism, speed)",
-        description="For every photo of INPUT/<identity>/<image>, method and pose: generate the view and score "
-        "it; write DIR/report.html, DIR/metrics.json and DIR/metrics.csv. Finished photos are kept in DIR/cache: "
-        "the same command run again after a stop continues where it stopped.")
-    p.add_argument("input", metavar="INPUT", help="folder of photos in identity layout: INPUT/<identity>/<image>")
-    p.add_argument("--yaw", type=_angles("yaw"), required=True,
-                   help="yaw angles in degrees, e.g. -60,-30,0,30,60 or -60:60:30: " + ANGLES_HELP)
-    p.add_argument("--pitch", type=_angles("pitch"), default=[0.0], help="pitch angles (default 0; same forms as --yaw)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (report.html, metrics.json, metrics.csv)")
-    p.add_argument("--methods", type=_methods_arg, default=list(METHODS),
-                   help=f"comma-separated methods among {', '.join(METHODS)} (default all)")
-    p.add_argument("--size", type=_size, default=128, help="view size in pixels (default 128)")
-    p.add_argument("--lfw", default=None, metavar="DIR",
-                   help="real photos for the realism test, LFW layout DIR/<Name>/*.jpg (default shared/data/lfw/images)")
-    p.add_argument("--real-photos", type=int_option("real-photos", 0), default=200, metavar="N",
-                   help="number of real photos for the realism test, a fixed seeded choice (default 200; 0 skips it)")
-    p.add_argument("--refiner", default=None, metavar="FILE",
-                   help="refiner weights for hybrid (default $FACESYNTH_REFINER or assets/refiner/refiner.pt)")
-    p.add_argument("--capg", default=None, metavar="FILE",
-                   help="CAPG-GAN weights for gan (default $FACESYNTH_CAPG or assets/capg/capg.pt)")
-    p.add_argument("--model", default=None, metavar="DIR", help="morphable model folder (default as for rotate)")
-    p.add_argument("--no-dense", dest="dense", action="store_false", default=True,
-                   help="fit landmarks only (~5x faster fitting; default: landmarks + dense stage)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the real-photo choice and the realism split (default 0)")
-    p.add_argument("--threads", type=int_option("threads", 1, 1024), default=None, help="torch CPU threads (default: all cores)")
-    p.set_defaults(func=run_compare)
-    return p
-
-
 def _usage(msg: str) -> int:
     print(f"facesynth compare: error: {msg}", file=sys.stderr)
     return 2

@@ -61,26 +61,6 @@ NO_FACE = "no face found"
 
 
 
-def add_serve_parser(subparsers) -> argparse.ArgumentParser:
-    """Register `facesynth serve` (no Gradio import here: `facesynth rotate` must not pay for it)."""
-    p = subparsers.add_parser("serve", help="local web demo: upload a photo, turn the head, download the views",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
-    from ganrefine.cli import int_option
-
-    p.add_argument("--port", type=int_option("port", 1, 65535), default=7860, help="port (default 7860)")
-    p.add_argument("--size", type=int_option("size", 32, 512), default=256, help="view size in pixels (default 256)")
-    p.add_argument("--dense", dest="dense", action="store_true", default=True,
-                   help="fit with the dense photometric term (default)")
-    p.add_argument("--no-dense", dest="dense", action="store_false", help="fit landmarks only (faster fits)")
-    p.add_argument("--model", default=None, metavar="DIR",
-                   help="morphable model folder (default $FACESYNTH_MODEL or ../shared/data/3dmm/ict_facekit)")
-    p.add_argument("--threads", type=int_option("threads", 1, 1024), default=None, help="torch CPU threads (default: all cores)")
-    p.set_defaults(func=run_serve)
-    return p
-
-
 def _check_port_free(host: str, port: int) -> None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -158,7 +138,7 @@ class FitEntry:
     seconds: float
     folder: Path
     glb: Path | None = None
-    sfs: object = None           # ganrefine.sfs_options.SFSState once computed
+    sfs: object = None           # face3d.variants.SFSState once computed
     descriptor: object = None    # (128,) dlib descriptor of the photo's face
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -244,11 +224,12 @@ class FaceSynthServer:
             return entry.glb
 
     def _sfs_state(self, entry: FitEntry, args):
-        from ganrefine.sfs_options import prepare_sfs
+        from face3d.variants import prepare_sfs
 
         with entry.lock:
             if entry.sfs is None:
-                entry.sfs = prepare_sfs(args, entry.rec, entry.image, self.model, key=_stem(entry.name))
+                entry.sfs = prepare_sfs(entry.rec, entry.image, self.model, args.sfs, args.relight,
+                                        len(args.yaw) * len(args.pitch) * len(args.roll), args.seed, _stem(entry.name))
             return entry.sfs
 
     # -- one request -----------------------------------------------------------------------------
@@ -257,13 +238,12 @@ class FaceSynthServer:
         from face3d.camera import Pose
         from face3d.expressions import parse_expression
         from face3d.image_io import save_png
-        from ganrefine.expression_options import expression_variants, render_variant, variant_record
-        from ganrefine.sfs_options import render_sfs_variant, sfs_record
-        from ganrefine.rotate import view_file_name, view_record
+        from face3d.variants import render_variant, sfs_record, variant_record, variants
+        from facesynth.manifest import view_file_name, view_record
 
         if method not in ("3d", "hybrid"):
             raise FaceSynthError(f"unknown method {method!r} (3d or hybrid)")
-        from ganrefine.cli import check_pose_count
+        from facesynth.cli import check_pose_count
 
         yaws = _angle_list(yaw_list, "yaw") or [float(yaw)]
         pitches = _angle_list(pitch_list, "pitch") or [float(pitch)]
@@ -288,19 +268,18 @@ class FaceSynthServer:
         t0 = time.perf_counter()
         state = self._sfs_state(entry, args) if sfs else None
         rec, model, bg = entry.rec, self.model, 0.5
-        variant = expression_variants(args, rec.fit, model, key=stem)[0]
-        views = (render_variant(variant, rec, model, poses, self.size, bg) if state is None
-                 else render_sfs_variant(variant, rec, model, poses, self.size, bg, state))
+        variant = variants(rec.fit, model, args.expression, 0.0, 1, 0, stem)[0]
+        views = render_variant(variant, rec, model, poses, self.size, bg, state)
         images = views.images if refiner is None else refine_views(refiner, views, bg)
         seconds = time.perf_counter() - t0
         folder = self._new_result_folder()
         mesh = self.mesh(entry)
         records = []
-        extra = {**variant_record(variant, args, model), **sfs_record(state)}
+        extra = {**variant_record(variant, model), **sfs_record(state), **({} if refiner is None else refiner.record())}
         for pose, img in zip(poses, images):
             rel = view_file_name(f"{stem}{variant.tag}", pose)
             save_png(folder / rel, img)
-            records.append({**view_record(entry.name, rel, 0, pose, method, model, rec.fit, self.size, extra, refiner),
+            records.append({**view_record(entry.name, rel, 0, pose, method, model, rec.fit, self.size, extra),
                             "mesh": mesh.name})
         fit_note = "fit reused" if cached else f"fit {entry.seconds:.1f} s"
         sfs_note = ""
@@ -330,7 +309,7 @@ class FaceSynthServer:
         from face3d.errors import NoFaceError
         from face3d.landmarks import detect_largest_face
         from ganrefine.identity import SAME_PERSON_THRESHOLD, IdentityEncoder, image_tensor
-        from ganrefine.rotate import Manifest
+        from facesynth.manifest import Manifest
 
         t0 = time.perf_counter()
         ref = self.photo_descriptor(job.entry)
@@ -389,7 +368,7 @@ def _stem(name: str) -> str:
 def _angle_list(text: str | None, name: str) -> list[float]:
     """The angles of a list field ([] when empty); more than MAX_VIEWS are refused before any is made,
     with the count they would give (`parse_angles` counts a:b:step ranges without expanding them)."""
-    from ganrefine.cli import AngleCountError, parse_angles, shown_text
+    from facesynth.cli import AngleCountError, parse_angles, shown_text
 
     if text is None or not str(text).strip():
         return []

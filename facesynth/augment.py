@@ -68,60 +68,6 @@ PARQUET_MIN_INTERVAL_S = 60.0
 # Command line
 
 
-def add_augment_arguments(p: argparse.ArgumentParser) -> None:
-    """Every `augment` flag, in one place.
-
-    A new flag goes here, into `AugmentOptions` (same name as its argparse dest), into the worker
-    config `cfg` built in `augment()` and, if it changes the images, into `OUTPUT_SETTINGS`.
-    """
-    from ganrefine.cli import ANGLES_HELP, _angles, _size, int_option
-
-    p.add_argument("input", metavar="INPUT",
-                   help="identity folder (INPUT/<identity>/<image>) or a .csv/.jsonl list of path,identity")
-    p.add_argument("output", metavar="OUTPUT", help="output folder (same identity layout + manifest)")
-    p.add_argument("--yaw", type=_angles("yaw"), required=True,
-                   help="absolute yaw angles in degrees, e.g. -60,-30,0,30,60 or -60:60:30: " + ANGLES_HELP)
-    p.add_argument("--pitch", type=_angles("pitch"), default=[0.0],
-                   help="absolute pitch angles (default 0; same forms as --yaw)")
-    p.add_argument("--roll", type=_angles("roll"), default=[0.0], help="absolute roll angles (default 0; same forms as --yaw)")
-    p.add_argument("--method", choices=["3d", "hybrid", "gan"], default="3d",
-                   help="3d: the renders (default); hybrid: the renders refined by the trained refiner; "
-                        "gan: the GAN-only baseline (CAPG-GAN, no 3D rendering; no expression or shape edits)")
-    p.add_argument("--size", type=_size, default=128, help="output crop size in pixels (default 128)")
-    p.add_argument("--keep-original", action="store_true",
-                   help="also write the original photo aligned like the views (<stem>_original.png)")
-    p.add_argument("--multi-face", choices=["largest", "skip"], default="largest",
-                   help="photos with several faces: use the largest (default, noted in the manifest) or skip them")
-    p.add_argument("--dense", dest="dense", action="store_true", default=True,
-                   help="fit with the dense photometric term after the landmarks (default)")
-    p.add_argument("--no-dense", dest="dense", action="store_false",
-                   help="fit landmarks only: ~3x faster, slightly less accurate depth")
-    p.add_argument("--model", default=None, metavar="DIR",
-                   help="morphable model folder (default $FACESYNTH_MODEL or ../shared/data/3dmm/ict_facekit)")
-    p.add_argument("--workers", type=int_option("workers", 1), default=1,
-                   help="worker processes (local) or local Ray CPUs (default 1; each runs torch with 1 thread)")
-    p.add_argument("--backend", choices=["local", "ray"], default="local",
-                   help="local process pool (default) or Ray tasks")
-    p.add_argument("--ray-address", default=None, metavar="ADDR",
-                   help="Ray cluster to join (e.g. auto); default: start a local Ray with --workers CPUs")
-    p.add_argument("--limit", type=int_option("limit", 1), default=None, metavar="K",
-                   help="process only the first K sources of INPUT (in sorted/list order)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the fit and the shape draws (default 0)")
-    from ganrefine.expression_options import add_expression_arguments
-
-    add_expression_arguments(p, seed=False)  # --expression, --shape-jitter, --jitter-samples
-    p.add_argument("--retry-failed", action="store_true", help="on resume, redo sources that failed before")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-
-
-def add_augment_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("augment", help="render every photo of a face dataset at several head poses",
-                              description=__doc__.split("\n\n")[0])
-    add_augment_arguments(p)
-    p.set_defaults(func=run_augment_cli)
-    return p
-
-
 @dataclass
 class AugmentOptions:
     input: str
@@ -152,7 +98,7 @@ class AugmentOptions:
         return cls(**{k: v for k, v in vars(args).items() if k in names})
 
 
-def run_augment_cli(args) -> int:
+def run_augment_command(args) -> int:
     result = augment(AugmentOptions.from_args(args))
     print(result.summary_text())
     return 0 if result.failed_selected == 0 else 1
@@ -377,7 +323,7 @@ def _rss_kb() -> tuple[int, int]:
 
 
 def _pose_name(yaw: float, pitch: float, roll: float) -> str:
-    from ganrefine.rotate import _name
+    from facesynth.manifest import angle_name as _name
 
     return f"_yaw{_name(yaw)}_pitch{_name(pitch)}" + (f"_roll{_name(roll)}" if roll else "")
 
@@ -500,7 +446,7 @@ def process_source(item: dict, cfg: dict) -> dict:
         from face3d.image_io import MAX_SIDE, load_image
         from face3d.landmarks import detect_faces
         from face3d.pipeline import reconstruct_faces
-        from ganrefine.expression_options import expression_variants, render_variant, variant_record
+        from face3d.variants import render_variant, variant_record, variants
 
         path = item["path"]
         kind, why = _entry_problem(path)
@@ -550,7 +496,8 @@ def process_source(item: dict, cfg: dict) -> dict:
         # one render per (expression, shape sample); the plain fit when neither flag is given
         flags = SimpleNamespace(expression=cfg.get("expression"), shape_jitter=cfg.get("shape_jitter", 0.0),
                                 jitter_samples=cfg.get("jitter_samples", 1), seed=cfg["seed"])
-        for variant in expression_variants(flags, rec.fit, model, key=f"{item['identity']}/{item['stem']}"):
+        for variant in variants(rec.fit, model, flags.expression, flags.shape_jitter or 0.0, flags.jitter_samples or 1,
+                                flags.seed or 0, f"{item['identity']}/{item['stem']}"):
             views = render_variant(variant, rec, model, poses, cfg["size"])
             view_images = views.images
             if cfg["method"] == "gan":  # the GAN alone: the fit only places the target landmarks and crop
@@ -562,7 +509,7 @@ def process_source(item: dict, cfg: dict) -> dict:
                 from ganrefine.hybrid import load_hybrid_refiner, refine_views
 
                 view_images = refine_views(load_hybrid_refiner(cfg["refiner"]), views)
-            vrec = variant_record(variant, flags, model)
+            vrec = variant_record(variant, model, flags.shape_jitter or 0.0, flags.seed or 0)
             extra = {"expression": vrec["expression"] if cfg.get("expression") else None,
                      "expression_split": vrec["expression_split"] if cfg.get("expression") else None,
                      "shape_jitter": vrec["shape_jitter"] if variant.shape is not None else None,
@@ -607,7 +554,7 @@ class ManifestLog:
     """OUTPUT/manifest.jsonl: the resume log. Rows of one source go out in one write + fsync."""
 
     def __init__(self, path: Path):
-        from ganrefine.rotate import Manifest
+        from facesynth.manifest import Manifest
 
         self.path = path
         self._writer = Manifest(path)
@@ -746,7 +693,7 @@ def _check_settings(out: Path, settings: dict) -> None:
         except (OSError, ValueError):
             old = None
         if isinstance(old, dict):
-            from ganrefine.rotate import changed_setting
+            from facesynth.manifest import changed_setting
 
             change = changed_setting(old, settings, OUTPUT_SETTINGS)
             if change:
@@ -775,7 +722,7 @@ def augment(opts: AugmentOptions) -> AugmentResult:
     from tqdm import tqdm
 
     from face3d.image_io import atomic_write_bytes, lock_output_folder, prepare_output_folder, remove_stale_temp_files
-    from ganrefine.cli import check_pose_count
+    from facesynth.cli import check_pose_count
 
     check_pose_count(opts.yaw, opts.pitch, opts.roll)   # the parser checked it too; this is for direct callers
     inp, out = Path(opts.input), Path(opts.output)
@@ -819,9 +766,9 @@ def augment(opts: AugmentOptions) -> AugmentResult:
                 "refiner": refiner.path if refiner else None, "refiner_sha256": refiner.sha256 if refiner else None,
                 "refiner_inference": refiner.inference if refiner else None,
                 "capg_sha256": capg.sha256 if capg else None}
-    from ganrefine.expression_options import check_expression_arguments
+    from face3d.variants import check_expressions
 
-    check_expression_arguments(opts, model)  # unknown blendshape names fail here, before any work
+    check_expressions(opts.expression, model)  # unknown blendshape names fail here, before any work
     prepare_output_folder(out, "OUTPUT")  # created and writable, or one line naming it
     lock = lock_output_folder(out, ".augment.lock", f"OUTPUT {out}: another augment run is writing there")
     try:

@@ -1,0 +1,264 @@
+"""The `facesynth` command line: one table of subcommands (`COMMANDS`), their flags built from the
+shared flag groups of `facesynth.options`, and `main`.
+
+    facesynth rotate IMAGE|FOLDER [...] --yaw -60,-30,0,30,60 [--pitch 0] [--size 128] [--method hybrid|3d|gan] --out DIR
+
+Exit codes: 0 every input succeeded, 1 some input failed (each failure is one manifest line with
+`source` and `error`) or a user error, 2 bad usage. User errors print one line, never a traceback.
+
+A command's module is imported only when it runs (`run_command`): torch, Gradio and Ray take
+seconds to import, which `--help` and usage errors should not pay, and `rotate` forks its face
+detection helper before torch loads (face3d.detection_helper).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from face3d.errors import FaceSynthError
+from facesynth.options import (METHODS, UsageError, add_expression_arguments, add_fit_arguments, add_method_arguments,
+                               add_pose_arguments, add_sfs_arguments, add_threads_argument, check_pose_count,
+                               int_option, seed_option, size_option)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad usage as one line and exit code 2 (its default) without the usage dump noise."""
+
+    def error(self, message):
+        # "argument --yaw: --yaw -90:90:1e-07 would give ..." -> "--yaw -90:90:1e-07 would give ..."
+        head, _, rest = message.partition(": ")
+        if head.startswith("argument ") and rest.startswith(head[len("argument "):] + " "):
+            message = rest
+        self.exit(2, f"facesynth: error: {message}\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        # The pose grid (yaw x pitch x roll) is checked here, once all three flags are known and
+        # before the command does any work; each flag alone was capped while it was parsed.
+        ns, extra = super().parse_known_args(args, namespace)
+        if isinstance(getattr(ns, "yaw", None), list):
+            try:
+                check_pose_count(ns.yaw, getattr(ns, "pitch", None), getattr(ns, "roll", None))
+            except UsageError as exc:
+                self.error(str(exc))
+        return ns, extra
+
+
+# ------------------------------------------------------------------------------------------------
+# The flags of each command
+
+
+def rotate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="photos, or folders of photos (not recursive)")
+    add_pose_arguments(p, yaw_default=[-60.0, -30.0, 0.0, 30.0, 60.0])
+    p.add_argument("--size", type=size_option, default=128, help="output crop size in pixels (default 128)")
+    add_method_arguments(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (PNG views + manifest.jsonl)")
+    add_fit_arguments(p)
+    p.add_argument("--all-faces", action="store_true", help="process every detected face, not only the largest")
+    p.add_argument("--background", choices=["plain", "photo"], default="plain",
+                   help="plain grey background (default) or the photo's own background warped around the head")
+    p.add_argument("--export-mesh", choices=["obj", "ply", "glb"], default=None,
+                   help="also write the fitted textured mesh in this format")
+    p.add_argument("--save-fit", action="store_true", help="also write each FaceFit (.npz + .json)")
+    add_threads_argument(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue a stopped run into the same --out with the same flags: photos whose views are all "
+                        "on disk and in the manifest are skipped, the others (failed or cut off) are done again")
+    add_expression_arguments(p)
+    add_sfs_arguments(p)
+
+
+def augment_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", metavar="INPUT",
+                   help="identity folder (INPUT/<identity>/<image>) or a .csv/.jsonl list of path,identity")
+    p.add_argument("output", metavar="OUTPUT", help="output folder (same identity layout + manifest)")
+    add_pose_arguments(p)
+    # a dataset is made of many photos: the renders alone are 2-3x faster per view than hybrid ones
+    add_method_arguments(p, default="3d", why=": a dataset's many views are rendered 2-3x faster without the refiner")
+    p.add_argument("--size", type=size_option, default=128, help="output crop size in pixels (default 128)")
+    p.add_argument("--keep-original", action="store_true",
+                   help="also write the original photo aligned like the views (<stem>_original.png)")
+    p.add_argument("--multi-face", choices=["largest", "skip"], default="largest",
+                   help="photos with several faces: use the largest (default, noted in the manifest) or skip them")
+    add_fit_arguments(p)
+    p.add_argument("--workers", type=int_option("workers", 1), default=1,
+                   help="worker processes (local) or local Ray CPUs (default 1; each runs torch with 1 thread)")
+    p.add_argument("--backend", choices=["local", "ray"], default="local", help="local process pool (default) or Ray tasks")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="Ray cluster to join (e.g. auto); default: start a local Ray with --workers CPUs")
+    p.add_argument("--limit", type=int_option("limit", 1), default=None, metavar="K",
+                   help="process only the first K sources of INPUT (in sorted/list order)")
+    p.add_argument("--seed", type=seed_option, default=0, help="random seed of the fit and the shape draws (default 0)")
+    add_expression_arguments(p, seed=False)
+    p.add_argument("--retry-failed", action="store_true", help="on resume, redo sources that failed before")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def methods_option(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("--methods expects a comma-separated list, e.g. 3d,hybrid")
+    bad = [n for n in names if n not in METHODS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(bad)}; known: {', '.join(METHODS)}")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"--methods lists a method twice: {text!r}")
+    return names
+
+
+def compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", metavar="INPUT", help="folder of photos in identity layout: INPUT/<identity>/<image>")
+    add_pose_arguments(p, roll=False)
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (report.html, metrics.json, metrics.csv)")
+    p.add_argument("--methods", type=methods_option, default=list(METHODS),
+                   help=f"comma-separated methods among {', '.join(METHODS)} (default all)")
+    p.add_argument("--size", type=size_option, default=128, help="view size in pixels (default 128)")
+    p.add_argument("--lfw", default=None, metavar="DIR",
+                   help="real photos for the realism test, LFW layout DIR/<Name>/*.jpg (default shared/data/lfw/images)")
+    p.add_argument("--real-photos", type=int_option("real-photos", 0), default=200, metavar="N",
+                   help="number of real photos for the realism test, a fixed seeded choice (default 200; 0 skips it)")
+    p.add_argument("--refiner", default=None, metavar="FILE",
+                   help="refiner weights for hybrid (default $FACESYNTH_REFINER or assets/refiner/refiner.pt)")
+    p.add_argument("--capg", default=None, metavar="FILE",
+                   help="CAPG-GAN weights for gan (default $FACESYNTH_CAPG or assets/capg/capg.pt)")
+    add_fit_arguments(p)
+    p.add_argument("--seed", type=seed_option, default=0,
+                   help="seed of the real-photo choice and the realism split (default 0)")
+    add_threads_argument(p)
+
+
+def serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
+    p.add_argument("--port", type=int_option("port", 1, 65535), default=7860, help="port (default 7860)")
+    # the demo re-renders on every slider move: 512 px is as large as stays interactive on a CPU
+    p.add_argument("--size", type=int_option("size", 32, 512), default=256, help="view size in pixels (default 256)")
+    add_fit_arguments(p)
+    add_threads_argument(p)
+
+
+def verify_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image_a", metavar="IMAGE_A", help="first photo")
+    p.add_argument("image_b", metavar="IMAGE_B", help="second photo")
+    p.add_argument("--json", action="store_true", help="print one JSON object {distance, same}")
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its help, its flags, and the function that runs it (`module:function`,
+    imported when the command runs; it takes the parsed flags and returns the exit code)."""
+
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: str
+    description: str | None = None
+
+
+COMMANDS: dict[str, Command] = {
+    "rotate": Command("render each face of each photo at the given head poses", rotate_arguments,
+                      "facesynth.rotate_job:run_rotate_command"),
+    "augment": Command("render every photo of a face dataset at several head poses", augment_arguments,
+                       "facesynth.augment:run_augment_command",
+                       "Turn a face dataset in identity layout into a multi-pose dataset in the same layout."),
+    "verify": Command("tell whether two photos show the same person (dlib face descriptor, torch port)",
+                      verify_arguments, "facesynth.verify:run_verify",
+                      "Detect the largest face in each image, print the identity distance and 'same' or "
+                      "'different' (dlib's threshold 0.6)."),
+    "serve": Command("local web demo: upload a photo, turn the head, download the views", serve_arguments,
+                     "facesynth.serve:run_serve"),
+    "compare": Command("generate views with several methods and score them (identity, pose, realism, speed)",
+                       compare_arguments, "facesynth.compare:run_compare",
+                       "For every photo of INPUT/<identity>/<image>, method and pose: generate the view and score "
+                       "it; write DIR/report.html, DIR/metrics.json and DIR/metrics.csv. Finished photos are kept in "
+                       "DIR/cache: the same command run again after a stop continues where it stopped."),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="facesynth", description="Turn one face photo into views of the same person at other head poses.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    sub.required = True
+    for name, cmd in COMMANDS.items():
+        cp = sub.add_parser(name, help=cmd.help, description=cmd.description or cmd.help)
+        cmd.arguments(cp)
+        cp.set_defaults(run=cmd.run)
+    return p
+
+
+def run_command(args, helper=None) -> int:
+    """Import the command's module (deferred: see the module docstring) and run it on `args`."""
+    module, function = args.run.split(":")
+    run = getattr(importlib.import_module(module), function)
+    return int(run(args, helper) if args.command == "rotate" else run(args))
+
+
+_ANGLE_FLAGS = ("--yaw", "--pitch", "--roll")
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """`--yaw -60,-30` -> `--yaw=-60,-30`: argparse would read '-60,-30' as an option."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a in _ANGLE_FLAGS and i + 1 < len(argv) and argv[i + 1][:1] == "-" and argv[i + 1][1:2].isdigit():
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _os_error_text(exc: OSError) -> str:
+    """`PATH: reason` for an OSError that names a file (`reason` alone otherwise), on one line."""
+    if exc.strerror:
+        names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+        return f"{' -> '.join(names)}: {exc.strerror}" if names else exc.strerror
+    return _first_line(exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    helper = None
+    if argv[:1] == ["rotate"]:
+        # before the parser's imports pull in torch: dlib loads and detects in a second process meanwhile
+        from face3d.detection_helper import start_detection_helper
+
+        helper = start_detection_helper()
+    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(_join_negative_values(argv))
+        except SystemExit as exc:  # usage errors (2) and --help (0) return their code instead of exiting
+            return int(exc.code or 0)
+        try:
+            return run_command(args, helper)
+        except FaceSynthError as exc:
+            print(f"facesynth: error: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("facesynth: interrupted", file=sys.stderr)
+            return 130
+    # the last line of defence: parsing or a command that lets these out still ends with one line
+    except MemoryError as exc:
+        detail = f" ({_first_line(exc)})" if str(exc) else ""
+        print(f"facesynth: error: out of memory{detail}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"facesynth: error: {_os_error_text(exc)}", file=sys.stderr)
+        return 1
+    finally:
+        if helper is not None:
+            helper.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

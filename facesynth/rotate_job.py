@@ -1,0 +1,237 @@
+"""`facesynth rotate`: photos (or folders of photos) in, one PNG per (face, pose) and a JSON line
+per view out, in one output folder that one run writes at a time.
+
+    job = RotateJob(images=["me.jpg"], poses=[Pose(30, 0, 0)], out=Path("out"), options=RenderOptions())
+    exit_code = run_rotate(job)
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from face3d.camera import Pose
+from face3d.errors import FaceSynthError
+from face3d.expressions import expression_version
+from face3d.fitting import FitConfig
+from face3d.image_io import (atomic_write_bytes, load_image, lock_output_folder, prepare_output_folder,
+                             remove_stale_temp_files, save_png)
+from face3d.landmarks import load_landmark_models
+from face3d.mesh_export import export_mesh
+from face3d.morphable_model import load_morphable_model
+from face3d.pipeline import describe_largest_face, reconstruct_faces
+from face3d.render import render_version
+from facesynth.api import RenderOptions, render_face
+from facesynth.manifest import Manifest, changed_setting, view_file_name, view_record
+from facesynth.methods import load_method
+
+#: `DIR/rotate.json`: the settings that decide what a run writes; `--resume` must match them.
+RUN_SETTINGS = "rotate.json"
+#: file types a folder given as IMAGE contributes
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+#: photos one run takes at most (folders expanded), checked before any work
+MAX_PHOTOS = 100_000
+
+
+@dataclass
+class RotateJob:
+    """One `rotate` run: which photos, which poses, how, and where to."""
+
+    images: list[str]
+    poses: list[Pose]
+    out: Path
+    options: RenderOptions = field(default_factory=RenderOptions)
+    model: str | None = None
+    export_mesh: str | None = None        # "obj", "ply" or "glb"
+    save_fit: bool = False
+    threads: int | None = None
+    resume: bool = False
+
+
+def photo_list(paths: list[str]) -> list[str]:
+    """The photos of `paths`: files as given, folders as their image files (sorted, not recursive)."""
+    out: list[str] = []
+    for p in paths:
+        folder = Path(p)
+        if folder.is_dir():
+            found = sorted(str(f) for f in folder.iterdir() if f.is_file() and f.suffix.lower() in PHOTO_SUFFIXES)
+            if not found:
+                raise FaceSynthError(f"{p}: a folder without photos ({', '.join(PHOTO_SUFFIXES)})")
+            out += found
+        else:
+            out.append(str(p))
+        if len(out) > MAX_PHOTOS:
+            raise FaceSynthError(f"more than {MAX_PHOTOS} photos in one run; split the run")
+    return out
+
+
+def run_settings(job: RotateJob, model, maker) -> dict:
+    """What a resumed run into the same folder must repeat to produce the same views."""
+    o = job.options
+    specs = None if o.expressions is None else list(o.expressions)
+    return {"method": o.method, "render_version": render_version(o.method), "size": o.size,
+            "poses": [list(p.as_tuple()) for p in job.poses], "model": model.name, **maker.settings(),
+            "all_faces": o.all_faces, "background": o.background, "dense": o.dense,
+            "export_mesh": job.export_mesh, "save_fit": job.save_fit,
+            "expression": None if not specs else [e.text for e in specs], "expression_version": expression_version(specs),
+            "shape_jitter": float(o.shape_jitter), "jitter_samples": o.jitter_samples, "seed": o.seed,
+            "sfs": o.sfs, "relight": o.relight}
+
+
+def resume_rotate(out: Path, settings: dict, manifest: Manifest) -> set[str]:
+    """The sources a stopped run finished (every view in the manifest and on disk); the manifest is
+    cut back to their records, so the others start clean. Refuses a folder made with other flags."""
+    path = out / RUN_SETTINGS
+    if not path.is_file():
+        if manifest.read():
+            raise FaceSynthError(f"--resume: {out} has no {RUN_SETTINGS} (not made by this version of `facesynth "
+                                 "rotate`); use another --out")
+        return set()
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise FaceSynthError(f"--resume: {path} is unreadable; use another --out") from None
+    change = changed_setting(old, settings, settings)
+    if change:
+        raise FaceSynthError(f"--resume: {out} was made with other settings ({change}); use the same flags or another --out")
+    records = manifest.read()
+    by_source: dict[str, list[dict]] = {}
+    for r in records:
+        by_source.setdefault(str(r.get("source")), []).append(r)
+
+    def finished(rows: list[dict]) -> bool:
+        files = [r.get(k) for r in rows for k in ("output", "mesh") if r.get(k)]
+        return all("error" not in r for r in rows) and all((out / f).is_file() for f in files)
+
+    done = {src for src, rows in by_source.items() if finished(rows)}
+    manifest.rewrite([r for r in records if str(r.get("source")) in done])
+    return done
+
+
+#: `DIR/.rotate.lock`: the run writing into DIR holds it (fcntl.flock) from start to end.
+LOCK_FILE = ".rotate.lock"
+
+
+def open_run_folder(out: Path, resume: bool):
+    """Create `out` and check that it can be written, lock it for this run, refuse a folder that
+    already holds a run unless `resume`, then remove the temp files a killed run left in it (safe:
+    the lock proves no other run writes there; its subfolders are left alone, rotate writes none).
+    Returns the lock (`FolderLock`) to release at the end."""
+    prepare_output_folder(out, "--out")
+    lock = lock_output_folder(out, LOCK_FILE, f"--out {out}: another rotate run is writing there; "
+                                              "wait for it to end or choose another --out")
+    try:
+        if (out / "augment.json").exists():
+            raise FaceSynthError(f"--out {out} holds an augment run; choose another --out")
+        if not resume and ((out / "manifest.jsonl").exists() or (out / RUN_SETTINGS).exists()):
+            raise FaceSynthError(f"--out {out} already holds a rotate run; pass --resume to continue it with the "
+                                 "same flags, or choose another --out")
+        remove_stale_temp_files(out, recursive=False)  # rotate writes nothing below `out`
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def run_rotate(job: RotateJob, helper=None) -> int:
+    """Run `job`; returns the exit code (0 all photos done, 1 some failed). `helper`: the CLI's
+    detection helper (face3d.detection_helper), started on the photos before torch loaded."""
+    photos = photo_list(job.images)
+    if helper is not None:
+        helper.submit(photos)
+    lock = open_run_folder(job.out, job.resume)
+    try:
+        return _rotate(job, photos, helper)
+    finally:
+        lock.release()
+
+
+def _rotate(job: RotateJob, photos: list[str], helper) -> int:
+    """`run_rotate`'s work, with `job.out` created and locked."""
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    options, out = job.options, job.out
+    model = load_morphable_model(job.model)
+    options.check(model)
+    maker = load_method(options.method, options.refiner, options.capg)
+    if helper is None:
+        load_landmark_models()  # one-time model loading stays out of each photo's seconds_per_photo
+    manifest = Manifest(out / "manifest.jsonl")
+    settings = run_settings(job, model, maker)
+    done = resume_rotate(out, settings, manifest) if job.resume else set()
+    atomic_write_bytes(out / RUN_SETTINGS, (json.dumps(settings, indent=2) + "\n").encode())
+    failed = skipped = 0
+    used_stems: dict[str, int] = {}
+    for src in tqdm(photos, desc="rotate", unit="photo", disable=len(photos) < 2):
+        stem = Path(src).stem
+        n = used_stems.get(stem, 0)
+        used_stems[stem] = n + 1
+        stem = stem if n == 0 else f"{stem}-{n + 1}"
+        if src in done:
+            skipped += 1
+            continue
+        try:
+            manifest.append(rotate_photo(job, src, stem, model, maker, helper))
+        except Exception as exc:  # a batch goes on; the reason is recorded, not a traceback
+            failed += 1
+            msg = str(exc) if isinstance(exc, FaceSynthError) else \
+                f"{src}: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            manifest.append([{"source": src, "error": msg}])
+            tqdm.write(f"facesynth: {msg}", file=sys.stderr)
+    before = f" ({skipped} of them in the run that was resumed)" if skipped else ""
+    print(f"facesynth: {len(photos) - failed} of {len(photos)} photo(s) done{before}, {len(job.poses)} pose(s) each; "
+          f"output in {out}/ (manifest: {out / 'manifest.jsonl'})")
+    return 0 if failed == 0 else 1
+
+
+def rotate_photo(job: RotateJob, src: str, stem: str, model, maker, helper=None) -> list[dict]:
+    """Every view of one photo written into `job.out`; returns their manifest records."""
+    t0 = time.perf_counter()
+    options = job.options
+    image = load_image(src)
+    faces = None if helper is None else helper.faces(src)  # None: detect here
+    recs = reconstruct_faces(image, model, all_faces=options.all_faces, fit_config=FitConfig(dense=options.dense),
+                             source=src, faces=faces)
+    n_faces = recs[0].faces_found
+    if n_faces > 1 and not options.all_faces:
+        tqdm.write(f"facesynth: note: {describe_largest_face(src, n_faces, recs[0].face)}; pass --all-faces for all",
+                   file=sys.stderr)
+    records = []
+    for fi, rec in enumerate(recs):
+        name = f"{stem}_face{fi}" if options.all_faces else stem
+        first = len(records)
+        for views in render_face(rec, image, model, job.poses, options, maker, face=fi, key=name):
+            for pose, img in zip(views.poses, views.images):
+                rel = view_file_name(f"{name}{views.variant.tag}", pose)
+                save_png(job.out / rel, img)
+                records.append(view_record(src, rel, fi, pose, options.method, model, rec.fit, options.size,
+                                           views.record, faces=n_faces))
+        if job.export_mesh:
+            mesh_rel = f"{name}_mesh.{job.export_mesh}"
+            export_mesh(job.out / mesh_rel, rec.fit.vertices(model)[0].numpy(), model, rec.texture)
+            for r in records[first:]:
+                r["mesh"] = mesh_rel
+        if job.save_fit:
+            rec.fit.save(job.out / f"{name}_fit")
+    seconds = round(time.perf_counter() - t0, 3)
+    for r in records:
+        r["seconds_per_photo"] = seconds
+    return records
+
+
+def run_rotate_command(args, helper=None) -> int:
+    """`facesynth rotate`: the parsed flags as a RotateJob."""
+    options = RenderOptions(method=args.method, size=args.size, background=args.background,
+                            expressions=None if args.expression is None else tuple(args.expression),
+                            shape_jitter=args.shape_jitter, jitter_samples=args.jitter_samples, seed=args.seed,
+                            sfs=args.sfs, relight=args.relight, dense=args.dense, all_faces=args.all_faces,
+                            refiner=args.refiner, capg=args.capg)
+    poses = [Pose(y, p, r) for p in args.pitch for y in args.yaw for r in args.roll]
+    job = RotateJob(images=args.images, poses=poses, out=Path(args.out), options=options, model=args.model,
+                    export_mesh=args.export_mesh, save_fit=args.save_fit, threads=args.threads, resume=args.resume)
+    return run_rotate(job, helper)

@@ -124,9 +124,10 @@ def rotate(image, poses=None, *, yaws=None, options: RenderOptions | None = None
     Raises FaceSynthError (one line) for an unreadable photo, no face, or bad options."""
     options = options or RenderOptions(**fields)
     poses = as_poses(poses, yaws)
+    options.check()
     if not isinstance(model, MorphableModel):
         model = load_morphable_model(model)
-    options.check(model)
+    check_expressions(options.expressions, model)
     maker = load_method(options.method, options.refiner, options.capg)
     source = "image"
     if not isinstance(image, np.ndarray):

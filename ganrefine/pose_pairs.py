@@ -2,7 +2,7 @@
 
 CAPG-GAN learns pose from real photos only: (photo A of a person, the landmarks of photo B of the
 same person) -> photo B. Every photo is brought into the aligned crop that the 3D views use
-(`ganrefine.augment.aligned_original`: a similarity of the photo's landmarks onto the fit's own-pose
+(`face3d.alignment.aligned_original`: a similarity of the photo's landmarks onto the fit's own-pose
 view), so that the GAN's input, its target and its output are framed exactly like the 3D and hybrid
 views it is compared with. Stored per photo (``CACHE/<split>/<identity>/<stem>.npz``):
 
@@ -69,7 +69,7 @@ def make_pose_photo_file(photo: Path, cache: Path, model, size: int = 128, seed:
     from face3d.fitting import FitConfig, fit_morphable_model
     from face3d.image_io import load_image
     from face3d.landmarks import detect_faces
-    from ganrefine.augment import aligned_original
+    from face3d.alignment import aligned_original
     from ganrefine.pairs import pair_path
 
     try:

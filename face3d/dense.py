@@ -19,10 +19,13 @@ import math
 import time
 from contextlib import contextmanager
 
+import cv2
 import numpy as np
 import torch
 
 from face3d.camera import PerspectiveCamera, euler_to_matrix, transform
+from face3d.contours import JAW, select_contour_vertices
+from face3d.face_fit import FaceFit
 from face3d.image_io import sample_bilinear
 from face3d.landmarks import outer_eye_distance
 from face3d.morphable_model import MorphableModel
@@ -107,7 +110,7 @@ def ordered_gradient_sums():
         torch.use_deterministic_algorithms(before, warn_only=warn_only)
 
 
-def refine_dense(fit, image: np.ndarray, model: MorphableModel, cfg):
+def refine_dense(fit: FaceFit, image: np.ndarray, model: MorphableModel, cfg) -> FaceFit:
     """Refine `fit` (a FaceFit from the landmark stage) with the dense term; returns a new FaceFit.
 
     The same photo gives the same fit, bit for bit, at any thread count (`ordered_gradient_sums`).
@@ -116,9 +119,7 @@ def refine_dense(fit, image: np.ndarray, model: MorphableModel, cfg):
         return _refine_dense(fit, image, model, cfg)
 
 
-def _refine_dense(fit, image: np.ndarray, model: MorphableModel, cfg):
-    import cv2
-
+def _refine_dense(fit: FaceFit, image: np.ndarray, model: MorphableModel, cfg) -> FaceFit:
     t0 = time.perf_counter()
     S = cfg.dense_size
     x0, y0, sc = face_crop(fit.landmarks, image.shape[:2], S)
@@ -164,8 +165,6 @@ def _refine_dense(fit, image: np.ndarray, model: MorphableModel, cfg):
     albedo = a0.clone().requires_grad_(True)
 
     lm = model.landmark_vertices
-    from face3d.fitting import JAW, select_contour_vertices
-
     q = torch.tensor(fit.landmarks, dtype=torch.float32)
     d_eye = outer_eye_distance(fit.landmarks)
     w_l = torch.ones(68)
@@ -216,8 +215,6 @@ def _refine_dense(fit, image: np.ndarray, model: MorphableModel, cfg):
             alpha.clamp_(-3.5, 3.5)
             albedo.clamp_(0.0, 1.5)
         history.append(float(e_photo.detach()))
-
-    from face3d.fitting import FaceFit
 
     R = euler_to_matrix(angles[0:1], angles[1:2], angles[2:3])[0].detach().numpy().astype(np.float64)
     out = FaceFit(model_name=fit.model_name, image_size=fit.image_size, identity=alpha.detach()[0].numpy().copy(),

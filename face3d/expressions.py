@@ -22,7 +22,9 @@ training faces with several generic 3D shapes; the photo texture stays in UV spa
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import hashlib
 import math
 import re
 import zlib
@@ -32,7 +34,11 @@ import numpy as np
 import torch
 
 from face3d.errors import FaceSynthError
-from face3d.morphable_model import MorphableModel
+from face3d.fitting import FitConfig, fit_morphable_model, mouth_blendshapes
+from face3d.morphable_model import ICT_PARTS, MOUTH_PART_NAMES, MorphableModel, load_mouth_parts
+from face3d.rasterizer import rasterize_meshes
+from face3d.render import ColouredMesh
+from face3d.texture import Texture, push_pull_fill, uv_raster
 
 #: Preset names in the order they are listed to the user.
 PRESET_NAMES = ("neutral", "smile", "open-mouth", "surprise", "frown", "blink", "pout")
@@ -317,11 +323,6 @@ def expression_split(fit, model: MorphableModel, prior: float = SPLIT_MOUTH_PRIO
     face's error from 3.66 to 2.78 mm where they smile and raises it from 2.55 to 2.69 mm where they
     do not. A model without mouth blendshapes (the SFM) or a fit without landmarks is returned as is.
     """
-    import dataclasses
-    import hashlib
-
-    from face3d.fitting import FitConfig, fit_morphable_model, mouth_blendshapes
-
     beta = np.asarray(fit.expression, np.float32).reshape(-1)
     q = np.asarray(fit.landmarks, np.float64)
     if not mouth_blendshapes(model, beta.size) or q.shape != (68, 2) or not np.isfinite(q).all():
@@ -416,14 +417,12 @@ EYE_CLOSED_FULL = 0.95  # ... fully from this one (a half-open eye keeps its eye
 
 def eyeball_vertices(model: MorphableModel) -> np.ndarray:
     """(V,) bool: the vertices of the eyeball meshes (ICT FaceKit; none for other models)."""
-    from face3d.morphable_model import _ICT_PARTS
-
     out = np.zeros(model.num_vertices, bool)
-    sizes = [b - a + 1 for _, (a, b), _, _, _ in _ICT_PARTS]
+    sizes = [b - a + 1 for _, (a, b), _, _, _ in ICT_PARTS]
     if model.name != "ict_facekit" or sum(sizes) != model.num_vertices:
         return out
     start = 0
-    for (name, *_), n in zip(_ICT_PARTS, sizes):
+    for (name, *_), n in zip(ICT_PARTS, sizes):
         if name.startswith("eye"):
             out[start:start + n] = True
         start += n
@@ -498,8 +497,6 @@ def _closed_lid_margin(model: MorphableModel, beta: np.ndarray, down: np.ndarray
     margin (the lower lid, where closed lashes hang) get it down to LASH_TIP_MM. Each texel takes
     the mean over the pixels that show it; texels not seen stay 0.
     """
-    from face3d.rasterizer import rasterize_meshes
-
     Ht, Wt = size
     V = model.mean + np.einsum("e,evc->vc", beta, model.expression_basis[: beta.size])
     T = model.triangles
@@ -553,8 +550,6 @@ def expression_texture(texture, model: MorphableModel, expression: np.ndarray,
     closed lids, take the lash colour so no eye white shows where the lids meet. Other
     expressions return `texture` as is.
     """
-    from face3d.texture import Texture, push_pull_fill, uv_raster
-
     shapes = _lid_shapes(model)
     if not shapes:
         return texture
@@ -658,8 +653,6 @@ def mouth_part_colours(parts) -> np.ndarray:
     """(Vm, 3) default colours of the teeth (off-white) and gums and tongue (pink-red), darkened with
     depth into the mouth and by a frontal light on the mean shape, so the unlit render reads as a
     mouth cavity rather than a flat cut-out."""
-    from face3d.morphable_model import MOUTH_PART_NAMES
-
     V, T = parts.mean.astype(np.float64), parts.triangles
     n = np.zeros_like(V)
     fn = np.cross(V[T[:, 1]] - V[T[:, 0]], V[T[:, 2]] - V[T[:, 0]])
@@ -683,9 +676,6 @@ def mouth_mesh(model: MorphableModel, expression: np.ndarray, identity: np.ndarr
     The parts follow the same identity and expression coefficients as the head, so the lower teeth
     move with jawOpen.
     """
-    from face3d.morphable_model import load_mouth_parts
-    from face3d.render import ColouredMesh
-
     if not mouth_opens(model, expression, fitted, identity):
         return None
     parts = load_mouth_parts(model)

@@ -15,25 +15,29 @@ occluding contour), as eos does with its contour correspondences.
 
 The optional dense stage (see `face3d.dense`) adds a photometric term over the visible face.
 The rigid start comes from PnP of the mean shape's landmarks.
+
+The result type `FaceFit` (`face3d.face_fit`) and the jaw matching (`face3d.contours`) live in
+modules of their own, which the dense stage uses too; both are importable from here as well.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from face3d.camera import PerspectiveCamera, euler_to_matrix, matrix_to_euler, solve_pnp, transform
+from face3d.contours import JAW, select_contour_vertices
+from face3d.dense import refine_dense
 from face3d.errors import FaceSynthError
+from face3d.face_fit import FaceFit
 from face3d.landmarks import outer_eye_distance
 from face3d.morphable_model import MorphableModel
 
-JAW = np.arange(17)
-CHIN = 8
+__all__ = ["FaceFit", "FitConfig", "fit_morphable_model", "landmark_residuals", "mouth_blendshapes",
+           "select_contour_vertices"]
 
 
 #: Blendshapes that `FitConfig.mouth_expression_prior` applies to: the 20 mouth landmarks pin these
@@ -65,177 +69,6 @@ class FitConfig:
     dense_size: int = 96             # working resolution (px) of the dense term's face crop
     dense_weight: float = 1.0
     seed: int = 0
-
-
-@dataclass
-class FaceFit:
-    """The result of fitting: model coefficients, camera, lighting and the residuals of the fit."""
-
-    model_name: str
-    image_size: tuple[int, int]                 # (H, W) of the image the fit refers to
-    identity: np.ndarray                        # (K,) leading identity coefficients
-    expression: np.ndarray                      # (E,)
-    rotation: np.ndarray                        # (3, 3)
-    translation: np.ndarray                     # (3,) mm
-    focal: float                                # px
-    center: tuple[float, float]                 # principal point, px
-    landmarks: np.ndarray                       # (68, 2) detected landmarks the fit used
-    sh: np.ndarray = field(default_factory=lambda: np.zeros((9, 3), np.float32))  # SH lighting (9, 3)
-    albedo: np.ndarray | None = None            # per-vertex albedo (V, 3) from the dense stage, 0..1
-    residuals: dict = field(default_factory=dict)
-
-    @property
-    def pose(self):
-        return matrix_to_euler(self.rotation)
-
-    @property
-    def landmark_error(self) -> float:
-        """Mean 68-point reprojection error / outer-eye-corner distance."""
-        return float(self.residuals.get("landmark_error", float("nan")))
-
-    def vertices(self, model: MorphableModel, expression: np.ndarray | None = None) -> torch.Tensor:
-        """Fitted vertices in model space (1, V, 3)."""
-        ex = self.expression if expression is None else expression
-        return model.shape(torch.from_numpy(self.identity[None].astype(np.float32)),
-                           torch.from_numpy(np.asarray(ex, np.float32)[None]))
-
-    def camera(self) -> PerspectiveCamera:
-        return PerspectiveCamera(torch.tensor([self.focal], dtype=torch.float32),
-                                 torch.tensor([self.center], dtype=torch.float32))
-
-    def project(self, model: MorphableModel, vertices: torch.Tensor | None = None) -> torch.Tensor:
-        """Screen coordinates (1, V, 3) of the fitted mesh in the source photo."""
-        v = self.vertices(model) if vertices is None else vertices
-        R = torch.from_numpy(self.rotation.astype(np.float32))[None]
-        t = torch.from_numpy(self.translation.astype(np.float32))[None]
-        return self.camera().project(transform(v, R, t))
-
-    # --- persistence: arrays in .npz, everything else in a readable .json beside it
-    def save(self, path: str | Path) -> None:
-        from face3d.image_io import atomic_write_bytes
-        import io
-
-        path = Path(path).with_suffix("")
-        arrays = {"identity": self.identity, "expression": self.expression, "rotation": self.rotation,
-                  "translation": self.translation, "landmarks": self.landmarks, "sh": self.sh}
-        if self.albedo is not None:
-            arrays["albedo"] = self.albedo
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        atomic_write_bytes(path.with_suffix(".npz"), buf.getvalue())
-        meta = {"model_name": self.model_name, "image_size": list(self.image_size), "focal": self.focal,
-                "center": list(self.center), "pose": asdict(self.pose), "residuals": self.residuals}
-        atomic_write_bytes(path.with_suffix(".json"), json.dumps(meta, indent=2).encode())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "FaceFit":
-        path = Path(path).with_suffix("")
-        try:
-            meta = json.loads(path.with_suffix(".json").read_text())
-            with np.load(path.with_suffix(".npz")) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, KeyError) as exc:
-            raise FaceSynthError(f"cannot read fit {path}: {exc}") from None
-        return cls(model_name=meta["model_name"], image_size=tuple(meta["image_size"]),
-                   identity=arrays["identity"], expression=arrays["expression"], rotation=arrays["rotation"],
-                   translation=arrays["translation"], focal=float(meta["focal"]), center=tuple(meta["center"]),
-                   landmarks=arrays["landmarks"], sh=arrays["sh"], albedo=arrays.get("albedo"),
-                   residuals=meta.get("residuals", {}))
-
-
-# ------------------------------------------------------------------------------------------
-# Jaw contour correspondences
-
-
-@dataclass
-class ContourIndex:
-    """Per jaw landmark: candidate vertices near its mean-shape vertex (on the same side)."""
-
-    candidates: list[np.ndarray]
-
-
-def build_contour_index(model: MorphableModel, radius_mm: float = 22.0) -> ContourIndex:
-    cache = model._torch_cache.get("_contour")
-    if cache is not None:
-        return cache
-    lm = model.landmark_vertices
-    mean = model.mean
-    skin = np.nonzero(model.skin)[0]
-    # the outline lives on the cheeks and jaw, in front of the ears
-    cands = []
-    fixed = lm[JAW]
-    right, left = model.contour_candidates
-    for k in JAW:
-        if k == CHIN and lm[k] >= 0:
-            cands.append(np.array([lm[k]]))
-            continue
-        if fixed[k] >= 0:
-            anchors = np.array([fixed[k]])
-        else:
-            # no fixed vertex (the SFM): the whole contour line of that side; the silhouette
-            # search below picks the point nearest to the detected landmark anyway
-            anchors = right if k < CHIN else left
-        if anchors.size == 0:
-            cands.append(np.zeros(0, dtype=np.int64))
-            continue
-        # skin vertices within radius_mm of any anchor (a few thousand x at most a few dozen
-        # distances: brute force, and no scipy import on the start-up path of every command)
-        d2 = ((mean[skin][:, None, :] - mean[anchors][None, :, :]) ** 2).sum(-1).min(axis=1)
-        sel = skin[d2 < radius_mm * radius_mm]
-        side = np.sign(mean[anchors, 0].mean())
-        if abs(mean[anchors, 0].mean()) > 5:
-            sel = sel[np.sign(mean[sel, 0]) == side]
-        cands.append(np.union1d(sel, anchors))
-    idx = ContourIndex(cands)
-    model._torch_cache["_contour"] = idx
-    return idx
-
-
-def _outline_normals(q: np.ndarray) -> np.ndarray:
-    """Outward 2D normals of the detected jaw outline (17, 2)."""
-    jaw = q[JAW]
-    tang = np.gradient(jaw, axis=0)
-    n = np.stack([tang[:, 1], -tang[:, 0]], axis=1)
-    centre = q[27:36].mean(axis=0)  # nose: inside the face
-    flip = np.sum(n * (jaw - centre), axis=1) < 0
-    n[flip] *= -1
-    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-9)
-
-
-def select_contour_vertices(model: MorphableModel, screen_of, q: np.ndarray, bin_frac: float = 0.015) -> np.ndarray:
-    """For each jaw landmark, the occluding-contour vertex nearest to it.
-
-    The candidates near the landmark are sliced across the outline's tangent; the outermost
-    candidate of each slice (along the outline's outward normal) lies on the silhouette, and the
-    slice point nearest to the detected landmark is its correspondence. Matching to the nearest
-    silhouette point, not to a fixed vertex, stops the fit from sliding along the outline.
-    """
-    idx = build_contour_index(model)
-    normals = _outline_normals(q)
-    out = model.landmark_vertices.copy()
-    allc = np.unique(np.concatenate([c for c in idx.candidates if c.size]))
-    pts = screen_of(allc)  # (n, 2) numpy
-    lookup = np.full(int(allc.max()) + 1, -1, dtype=np.int64)
-    lookup[allc] = np.arange(allc.size)
-    width = bin_frac * outer_eye_distance(q)
-    for k in JAW:
-        c = idx.candidates[k]
-        if c.size <= 1:
-            if c.size:
-                out[k] = c[0]
-            continue
-        p = pts[lookup[c]]
-        n = normals[k]
-        tang = np.array([-n[1], n[0]])
-        outer = p @ n
-        slot = np.floor((p @ tang) / width).astype(np.int64)
-        order = np.lexsort((-outer, slot))          # per slot, the outermost first
-        first = np.ones(order.size, dtype=bool)
-        first[1:] = slot[order][1:] != slot[order][:-1]
-        sil = order[first]
-        d = np.linalg.norm(p[sil] - q[k], axis=1)
-        out[k] = c[sil[int(np.argmin(d))]]
-    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -405,8 +238,6 @@ def fit_morphable_model(image: np.ndarray | None, landmarks: np.ndarray, model: 
     fit.residuals["landmark_stage_seconds"] = time.perf_counter() - t0
     fit.residuals["landmark_iterations"] = fit_iters
     if cfg.dense and image is not None:
-        from face3d.dense import refine_dense
-
         fit = refine_dense(fit, image, model, cfg)
     fit.residuals.update(landmark_residuals(fit, model))
     fit.residuals["fit_seconds"] = time.perf_counter() - t0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 import tarfile
 from dataclasses import dataclass, field
@@ -159,7 +160,7 @@ def load_morphable_model(model: str | os.PathLike | None = None) -> MorphableMod
 # Parts kept from the 17 ICT geometries: vertex range, polygon range, atlas placement of its UV tile.
 # Atlas: 5 units wide, 2 high (in UV tiles of the original layout, scaled): face tile 0 gets a 2x2
 # block, head/neck and mouth socket (tile 1) a 2x2 block, each eyeball a 1x1 block.
-_ICT_PARTS = [
+ICT_PARTS = [
     # name, (v0, v1), (p0, p1), (atlas offset u, offset v, scale), tile to subtract
     ("face", (0, 9408), (0, 9229), (0.0, 0.0, 2.0), 0),
     ("head", (9409, 11247), (9230, 11143), (2.0, 0.0, 2.0), 1),
@@ -234,11 +235,11 @@ def _build_ict(archive: Path) -> dict:
     neutral = _parse_obj_vertices(neutral_text)
     vt, polys = _parse_obj_topology(neutral_text)
 
-    keep_v = np.concatenate([np.arange(a, b + 1) for _, (a, b), _, _, _ in _ICT_PARTS])
+    keep_v = np.concatenate([np.arange(a, b + 1) for _, (a, b), _, _, _ in ICT_PARTS])
     remap = -np.ones(neutral.shape[0], dtype=np.int64)
     remap[keep_v] = np.arange(keep_v.size)
     tris, uvs = [], []
-    for _, _, (p0, p1), (ou, ov, sc), tile in _ICT_PARTS:
+    for _, _, (p0, p1), (ou, ov, sc), tile in ICT_PARTS:
         for poly in polys[p0 : p1 + 1]:
             vids = [remap[v] for v, _ in poly]
             if min(vids) < 0:
@@ -269,7 +270,7 @@ def _build_ict(archive: Path) -> dict:
     right, left = remap[_ICT_RIGHT_EXT_JAW], remap[_ICT_LEFT_EXT_JAW]
     # Outline candidates: the skin vertices of the lower face on each side; the fitting picks the
     # one on the occluding contour at each jaw landmark's height.
-    part = np.concatenate([np.full(b - a + 1, i) for i, (_, (a, b), _, _, _) in enumerate(_ICT_PARTS)])
+    part = np.concatenate([np.full(b - a + 1, i) for i, (_, (a, b), _, _, _) in enumerate(ICT_PARTS)])
     skin = part == 0
     return {
         "name": np.array("ict_facekit"), "mean": mean.astype(np.float32), "identity_basis": identity,
@@ -282,7 +283,7 @@ def _build_ict(archive: Path) -> dict:
 
 def _mirror_vertices(mean: np.ndarray, part: np.ndarray | None = None) -> np.ndarray:
     """Nearest vertex to each vertex's mirror image (x -> -x), within the same kind of part."""
-    from scipy.spatial import cKDTree
+    from scipy.spatial import cKDTree  # not at the top: +0.75-1 s per process (measured), for building a model only
 
     mirrored = mean * np.array([-1.0, 1.0, 1.0])
     out = np.empty(mean.shape[0], dtype=np.int64)
@@ -485,8 +486,6 @@ def _load_sfm(folder: Path) -> MorphableModel:
     landmarks = -np.ones(68, dtype=np.int64)
     lpath = folder / "ibug_to_sfm.txt"
     if lpath.is_file():
-        import re
-
         for k, val in re.findall(r"^\s*(\d+)\s*=\s*(\d+)", lpath.read_text(), flags=re.M):
             landmarks[int(k) - 1] = int(val)
     cpath = folder / "sfm_model_contours.json"

@@ -380,41 +380,6 @@ _MODE_NOTES = {"L": "grayscale", "LA": "grayscale", "1": "grayscale (1-bit)", "I
                "PA": "palette", "RGBA": "RGBA"}
 
 
-def aligned_original(fit, image, model, size: int):
-    """The photo warped into the view crop: similarity of the inner source landmarks onto the fit's
-    own-pose view landmarks (as `face3d.background`), least squares in closed form (deterministic)."""
-    import cv2
-    import numpy as np
-    import torch
-
-    from face3d.render import view_screen
-
-    with torch.no_grad():
-        view = view_screen(fit.vertices(model), model, [fit.pose], size)[0, :, :2].numpy().astype(np.float64)
-    lm = model.landmark_vertices
-    inner = np.array([k for k in range(17, 68) if lm[k] >= 0])
-    src = np.asarray(fit.landmarks, np.float64)[inner]
-    dst = view[lm[inner]]
-    ms, md = src.mean(0), dst.mean(0)
-    s0, d0 = src - ms, dst - md
-    # Umeyama: the rotation+scale minimising |s A^T + t - d|
-    a = (s0 * d0).sum()
-    b = (s0[:, 0] * d0[:, 1] - s0[:, 1] * d0[:, 0]).sum()
-    norm = (s0 ** 2).sum()
-    c, s = a / norm, b / norm
-    A = np.array([[c, -s], [s, c]])
-    t = md - A @ ms
-    # our pixel centres sit at +0.5, OpenCV's at integers
-    t = t + A @ np.array([0.5, 0.5]) - 0.5
-    scale = float(np.hypot(c, s))
-    img = image
-    if scale < 0.8:  # prefilter before shrinking (warpAffine samples, it does not average)
-        sigma = 0.5 * (1.0 / scale - 1.0) + 0.3
-        img = cv2.GaussianBlur(image, (0, 0), sigma)
-    M = np.hstack([A, t[:, None]])
-    return cv2.warpAffine(img, M, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-
-
 def _png_bytes(image) -> bytes:
     """PNG encoding exactly as `face3d.image_io.save_png` writes it (the driver writes atomically)."""
     import numpy as np
@@ -440,6 +405,7 @@ def process_source(item: dict, cfg: dict) -> dict:
         if item.get("reason"):
             raise _Fail(item["reason"], item["error"])
         model = _setup_worker(cfg["model"])
+        from face3d.alignment import aligned_original
         from face3d.camera import Pose
         from face3d.errors import NoFaceError
         from face3d.fitting import FitConfig

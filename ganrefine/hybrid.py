@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from face3d.errors import FaceSynthError
+from ganrefine.refiner import FlipAveraged
+from ganrefine.weights import load_refiner
 
 #: The shipped weights (see assets/refiner/MODEL_CARD.md); FACESYNTH_REFINER overrides.
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "refiner" / "refiner.pt"
@@ -43,8 +45,6 @@ class Refiner:
     def inference(self) -> str:
         """How the weights are run ("flip-averaged" or "one-pass"): part of what a resumed run or a
         cache must match besides the hash, derived from the generator so it cannot disagree with it."""
-        from ganrefine.refiner import FlipAveraged
-
         return "flip-averaged" if isinstance(self.generator, FlipAveraged) else "one-pass"
 
     def record(self) -> dict:
@@ -63,9 +63,6 @@ def default_weights_path() -> Path:
 
 def load_hybrid_refiner(path: str | os.PathLike | None = None) -> Refiner:
     """The refiner of `path` (default: the shipped weights), loaded once per process."""
-    from ganrefine.refiner import FlipAveraged
-    from ganrefine.train_refiner import load_refiner
-
     p = Path(path) if path is not None else default_weights_path()
     key = str(p.resolve())
     with _LOCK:

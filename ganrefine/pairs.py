@@ -16,15 +16,27 @@ ones already there, so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import hashlib
+import io
+import multiprocessing as mp
 import os
 import zlib
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
+from face3d.alignment import aligned_original
 from face3d.camera import Pose
 from face3d.errors import FaceSynthError
+from face3d.fitting import FitConfig
+from face3d.image_io import atomic_write_bytes, load_image
+from face3d.morphable_model import load_morphable_model
+from face3d.pipeline import reconstruct_faces
+from face3d.render import render_views, view_fit
+from face3d.texture import extract_texture
 
 #: Half-width of the random yaw offset (degrees) of the intermediate view, and its smallest size.
 MAX_YAW_OFFSET = 60.0
@@ -45,10 +57,6 @@ class TrainingPair:
     yaw_offset: float         # the intermediate view's yaw relative to the photo's pose
 
     def save(self, path: str | os.PathLike) -> None:
-        import io
-
-        from face3d.image_io import atomic_write_bytes
-
         buf = io.BytesIO()
         np.savez_compressed(buf, render=self.render, confidence=self.confidence.astype(np.float16),
                             mask=self.mask.astype(np.float16), target=self.target,
@@ -65,10 +73,6 @@ class TrainingPair:
 
 def make_rotate_and_render_pair(rec, image: np.ndarray, model, yaw_offset: float, size: int = 128) -> TrainingPair:
     """The Rotate-and-Render pair of one reconstructed photo (`face3d.pipeline.Reconstruction`)."""
-    from face3d.render import render_views, view_fit
-    from face3d.texture import extract_texture
-    from facesynth.augment import aligned_original
-
     fit = rec.fit
     p0 = fit.pose
     p1 = Pose(float(np.clip(p0.yaw + yaw_offset, -89.0, 89.0)), p0.pitch, p0.roll)
@@ -150,10 +154,6 @@ def pair_path(cache: Path, photo: Path) -> Path:
 
 def make_pair_file(photo: Path, cache: Path, model, size: int = 128, seed: int = 0) -> str | None:
     """Fit one photo, make its pair and write it to the cache; returns an error line or None."""
-    from face3d.fitting import FitConfig
-    from face3d.image_io import load_image
-    from face3d.pipeline import reconstruct_faces
-
     rng = np.random.default_rng(pair_seed(str(photo), seed))
     offset = float(rng.uniform(MIN_YAW_OFFSET, MAX_YAW_OFFSET) * rng.choice([-1.0, 1.0]))
     try:
@@ -172,10 +172,6 @@ _WORKER_MODEL = None
 
 
 def _init_pair_worker(model_path) -> None:
-    import torch
-
-    from face3d.morphable_model import load_morphable_model
-
     global _WORKER_MODEL
     torch.set_num_threads(1)
     _WORKER_MODEL = load_morphable_model(model_path)
@@ -197,8 +193,6 @@ def generate_pairs(photos: list[Path], cache: Path, model, size: int = 128, seed
     photo's file (`make_pair_file`, or `ganrefine.pose_pairs.make_pose_photo_file` for the
     GAN baseline's real photos), a module-level function so that workers can receive it.
     """
-    from tqdm import tqdm
-
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
     failed_log = cache / "failed.txt"
@@ -224,9 +218,6 @@ def generate_pairs(photos: list[Path], cache: Path, model, size: int = 128, seed
             for photo in todo:
                 consume(photo, maker(photo, cache, model, size, seed))
         else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
             ctx = mp.get_context("spawn")  # forking a process with live OpenMP threads can deadlock
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_pair_worker,
                                      initargs=(model.source,)) as pool:

@@ -2,7 +2,7 @@
 
 CAPG-GAN learns pose from real photos only: (photo A of a person, the landmarks of photo B of the
 same person) -> photo B. Every photo is brought into the aligned crop that the 3D views use
-(`facesynth.augment.aligned_original`: a similarity of the photo's landmarks onto the fit's own-pose
+(`face3d.alignment.aligned_original`: a similarity of the photo's landmarks onto the fit's own-pose
 view), so that the GAN's input, its target and its output are framed exactly like the 3D and hybrid
 views it is compared with. Stored per photo (``CACHE/<split>/<identity>/<stem>.npz``):
 
@@ -69,7 +69,7 @@ def make_pose_photo_file(photo: Path, cache: Path, model, size: int = 128, seed:
     from face3d.fitting import FitConfig, fit_morphable_model
     from face3d.image_io import load_image
     from face3d.landmarks import detect_faces
-    from facesynth.augment import aligned_original
+    from face3d.alignment import aligned_original
     from ganrefine.pairs import pair_path
 
     try:
@@ -115,7 +115,7 @@ def split_pose_photos(root: Path, holdout: int = 300, per_identity: int = 3, hel
 
 
 def add_make_pose_photos_parser(sub) -> None:
-    from facesynth.cli import int_option
+    from ganrefine.cli import int_option
     from ganrefine.pairs_cli import add_cache_arguments
 
     p = sub.add_parser("make-pose-photos",

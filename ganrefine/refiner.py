@@ -56,7 +56,8 @@ class RefinerConfig:
     local: int = 16               # channels of each local pathway's output
 
 
-def _conv(cin, cout, stride=1):
+def conv_block(cin, cout, stride=1):
+    """3x3 convolution, instance norm, leaky ReLU: the building block of the refiner and the CAPG-GAN generator."""
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.InstanceNorm2d(cout, affine=True), nn.LeakyReLU(0.2))
 
 
@@ -75,11 +76,11 @@ class LocalPathway(nn.Module):
 
     def __init__(self, cin: int, cout: int, width: int = 32):
         super().__init__()
-        self.down1 = _conv(cin, width)
-        self.down2 = _conv(width, 2 * width, 2)
+        self.down1 = conv_block(cin, width)
+        self.down2 = conv_block(width, 2 * width, 2)
         self.mid = ResBlock(2 * width)
         self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                                _conv(2 * width, width))
+                                conv_block(2 * width, width))
         self.out = nn.Conv2d(2 * width, cout, 3, 1, 1)
 
     def forward(self, x):
@@ -130,16 +131,16 @@ class RefinerGenerator(nn.Module):
         super().__init__()
         self.cfg = cfg = cfg or RefinerConfig()
         c = cfg.base
-        self.enc0 = _conv(cfg.in_channels, c)            # 128
-        self.enc1 = _conv(c, 2 * c, 2)                   # 64
-        self.enc2 = _conv(2 * c, 4 * c, 2)               # 32
-        self.enc3 = _conv(4 * c, 8 * c, 2)               # 16
+        self.enc0 = conv_block(cfg.in_channels, c)            # 128
+        self.enc1 = conv_block(c, 2 * c, 2)                   # 64
+        self.enc2 = conv_block(2 * c, 4 * c, 2)               # 32
+        self.enc3 = conv_block(4 * c, 8 * c, 2)               # 16
         self.res = nn.Sequential(*[ResBlock(8 * c) for _ in range(cfg.res_blocks)])
-        self.dec3 = _conv(8 * c + 4 * c, 4 * c)          # 32
-        self.dec2 = _conv(4 * c + 2 * c, 2 * c)          # 64
-        self.dec1 = _conv(2 * c + c, c)                  # 128
+        self.dec3 = conv_block(8 * c + 4 * c, 4 * c)          # 32
+        self.dec2 = conv_block(4 * c + 2 * c, 2 * c)          # 64
+        self.dec1 = conv_block(2 * c + c, c)                  # 128
         self.local = nn.ModuleList([LocalPathway(cfg.in_channels, cfg.local) for _ in PATCHES])
-        self.fuse = nn.Sequential(_conv(c + len(PATCHES) * cfg.local + cfg.in_channels, c),
+        self.fuse = nn.Sequential(conv_block(c + len(PATCHES) * cfg.local + cfg.in_channels, c),
                                   nn.Conv2d(c, 3, 3, 1, 1))
         # zero residual at initialisation: training starts from the render itself, not from noise
         nn.init.zeros_(self.fuse[-1].weight)

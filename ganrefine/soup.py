@@ -23,6 +23,10 @@ import json
 from pathlib import Path
 
 from face3d.errors import FaceSynthError
+from ganrefine.refiner import RefinerGenerator
+from ganrefine.train_refiner import PairSet, TrainConfig, evaluate_refiner, summarise, validation_files
+from ganrefine.training import frozen_identity_encoder
+from ganrefine.weights import load_refiner, save_weights
 
 
 def average_state_dicts(states: list[dict]) -> dict:
@@ -41,9 +45,6 @@ def greedy_soup(candidates: list[Path], data_dir: Path, val_pairs: int | None = 
 
     Returns {"generator": the souped generator (eval mode), "ingredients": [paths kept],
     "val": its validation summary, "rows": one row per candidate (own score, soup score, kept)}."""
-    from ganrefine.train_refiner import (PairSet, TrainConfig, evaluate_refiner, frozen_identity_encoder, load_refiner,
-                                         summarise, validation_files)
-
     if not candidates:
         raise FaceSynthError("soup-refiners: no weights given")
     # the candidates first (read as tensors and plain data, see `load_refiner`): a file that is no
@@ -67,8 +68,6 @@ def greedy_soup(candidates: list[Path], data_dir: Path, val_pairs: int | None = 
         if progress:
             print(f"  {path}: validation score {s['score']:.4f}", flush=True)
     own.sort(key=lambda r: r[0])
-
-    from ganrefine.refiner import RefinerGenerator
 
     # each trial average goes into a generator of its own: a state dict holds the candidate's parameters
     # themselves, so loading an average into a candidate would overwrite that ingredient
@@ -103,16 +102,12 @@ def add_soup_refiners_parser(sub) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="pair cache written by `facesynth make-pairs` (its "
                                                                  "validation pairs score the soup)")
     p.add_argument("--out", required=True, metavar="WEIGHTS", help="the souped weights file (.pt)")
-    from ganrefine.train_refiner import TrainConfig
-
     p.add_argument("--val-pairs", type=int_option("val-pairs", 1), default=TrainConfig.val_pairs,
                    help=f"the first N held-out pairs score the soup, as in train-refiner (default {TrainConfig.val_pairs})")
     p.set_defaults(func=run_soup_refiners)
 
 
 def run_soup_refiners(args) -> int:
-    from ganrefine.train_refiner import save_weights
-
     for w in args.weights:
         if not Path(w).is_file():
             raise FaceSynthError(f"{w}: no such file")

@@ -22,22 +22,22 @@ copies its input scores 1.0 on the selection score (mean of L1 and identity dist
 from __future__ import annotations
 
 import json
-import math
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from face3d.errors import FaceSynthError
-from ganrefine.capg import CapgConfig, CapgGenerator, face_weight, landmark_heatmaps, save_capg_weights
+from ganrefine.capg_net import CapgConfig, CapgGenerator, face_weight, landmark_heatmaps
+from ganrefine.metrics import masked_l1
+from ganrefine.pose_pairs import PosePhoto
 from ganrefine.refiner import PatchDiscriminator, lsgan_loss, mirror_landmarks, multiscale_l1, total_variation
-from ganrefine.train_refiner import (_save_atomic, add_training_arguments, finish_run, frozen_identity_encoder,
-                                     generator_step, identity_embeddings, identity_loss, log_losses, on_schedule,
-                                     open_checkpoint, record_validation, run_files, run_training_command)
-
-CHECKPOINT_FORMAT = "facesynth-capg-train/1"
+from ganrefine.train_refiner import add_training_arguments, run_training_command
+from ganrefine.training import (GanTask, discriminator_step, frozen_identity_encoder, identity_embeddings,
+                                identity_loss, image_grid, start_gan_run, train_gan)
+from ganrefine.weights import CAPG_CHECKPOINT_FORMAT, save_capg_weights
 
 
 @dataclass
@@ -78,10 +78,6 @@ class PoseSet:
     @classmethod
     def load(cls, folder: Path, identities: list[str] | None = None, outside_weight: float = 0.25,
              progress: bool = False) -> "PoseSet":
-        from tqdm import tqdm
-
-        from ganrefine.pose_pairs import PosePhoto
-
         folder = Path(folder)
         ids = identities if identities is not None else sorted(d.name for d in folder.iterdir() if d.is_dir())
         files, person = [], []
@@ -151,8 +147,6 @@ def split_val_test(data_dir: Path, val_identities: int) -> tuple[list[str], list
 def evaluate_capg(generator: CapgGenerator, data: PoseSet, encoder, batch: int = 32) -> dict:
     """Per pair: L1 on the target's face and dlib distance to the target photo, for the generated view
     and for the copy baseline (the source photo itself); both aligned by the target's landmarks."""
-    from ganrefine.metrics import masked_l1
-
     generator.eval()
     src_idx, tgt_idx = data.fixed_pairs()
     rows = {k: [] for k in ("l1_copy", "l1_gan", "id_copy", "id_gan")}
@@ -184,92 +178,42 @@ def sample_grid(generator: CapgGenerator, data: PoseSet, n: int = 8) -> np.ndarr
         src, tgt = data.images(src_idx[:n]), data.images(tgt_idx[:n])
         out = generator(src["image"], landmark_heatmaps(tgt["landmarks"], src["image"].shape[-1]))
         generator.train()
-    rows = [torch.cat(list(x), dim=-1) for x in (src["image"], out, tgt["image"])]
-    grid = torch.cat(rows, dim=-2).permute(1, 2, 0).numpy()
-    return (grid * 255 + 0.5).clip(0, 255).astype(np.uint8)
-
-
-def _config_from_dict(d: dict) -> CapgTrainConfig:
-    d = dict(d)
-    d["capg"] = CapgConfig(**d.get("capg", {}))
-    return CapgTrainConfig(**d)
+    return image_grid([src["image"], out, tgt["image"]])
 
 
 def train_capg(data_dir: Path, out: Path, cfg: CapgTrainConfig, resume: bool = False, progress: bool = True) -> dict:
-    from tqdm import tqdm
-
     data_dir, out = Path(data_dir), Path(out)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     if not (data_dir / "split.json").is_file():
         raise FaceSynthError(f"{data_dir}: no split.json (run `facesynth make-pose-photos` first)")
-    best_path, log_path, val_path, samples = run_files(out)
 
-    torch.manual_seed(cfg.seed)
-    gen = CapgGenerator(cfg.capg)
-    nk = gen.e0[0][0].in_channels - 3
-    disc_a = PatchDiscriminator(in_channels=6)        # (image, source)
-    disc_b = PatchDiscriminator(in_channels=3 + nk)   # (image, target heatmaps)
-    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr_g, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(list(disc_a.parameters()) + list(disc_b.parameters()), lr=cfg.lr_d, betas=(0.5, 0.999))
-    start, best = 0, {"score": math.inf, "step": None}
-    ck = open_checkpoint(out, resume, CHECKPOINT_FORMAT, "CAPG-GAN")
-    if ck is not None:
-        saved = _config_from_dict(ck["config"])
-        if asdict(saved.capg) != asdict(cfg.capg):
-            raise FaceSynthError(f"{out}: was trained with another generator architecture")
-        cfg = _config_from_dict({**ck["config"], "steps": cfg.steps, "threads": cfg.threads})
-        gen.load_state_dict(ck["generator"])
-        disc_a.load_state_dict(ck["disc_a"])
-        disc_b.load_state_dict(ck["disc_b"])
-        opt_g.load_state_dict(ck["opt_g"])
-        opt_d.load_state_dict(ck["opt_d"])
-        start, best = int(ck["step"]), ck["best"]
+    def build() -> tuple[CapgGenerator, dict]:
+        gen = CapgGenerator(cfg.capg)
+        nk = gen.e0[0][0].in_channels - 3
+        return gen, {"disc_a": PatchDiscriminator(in_channels=6),         # (image, source)
+                     "disc_b": PatchDiscriminator(in_channels=3 + nk)}    # (image, target heatmaps)
 
+    run = start_gan_run(out, cfg, resume, fmt=CAPG_CHECKPOINT_FORMAT, what="CAPG-GAN", arch="capg",
+                        arch_what="generator", build=build)
+    cfg, gen = run.cfg, run.generator
+    disc_a, disc_b = run.discriminators["disc_a"], run.discriminators["disc_b"]
     val_ids, _ = split_val_test(data_dir, cfg.val_identities)
     train = PoseSet.load(data_dir / "train", outside_weight=cfg.outside_weight, progress=progress)
     val = PoseSet.load(data_dir / "heldout", identities=val_ids, outside_weight=cfg.outside_weight)
     encoder = frozen_identity_encoder()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    samples.mkdir(parents=True, exist_ok=True)
     size = cfg.capg.size
 
-    def save_checkpoint(step: int) -> None:
-        _save_atomic(out, {"format": CHECKPOINT_FORMAT, "config": asdict(cfg), "step": step, "best": best,
-                           "generator": gen.state_dict(), "disc_a": disc_a.state_dict(), "disc_b": disc_b.state_dict(),
-                           "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "data": str(data_dir),
-                           "train_photos": len(train)})
-
-    def validate(step: int) -> None:
-        nonlocal best
-        s = summarise_capg(evaluate_capg(gen, val, encoder))
-        record_validation(step, s, val_path, samples, sample_grid(gen, val))
-        if s["score"] < best["score"]:
-            best = {"score": s["score"], "step": step}
-            save_capg_weights(best_path, gen, {"step": step, "val": s, "train_config": asdict(cfg),
-                                               "train_photos": len(train), "data": str(data_dir)})
-
-    if start == 0:
-        validate(0)
-    t0 = time.time()
-    bar = tqdm(total=cfg.steps, initial=start, desc="train-capg", unit="step", disable=not progress)
-    for step in range(start + 1, cfg.steps + 1):
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    def train_step(step: int, g: torch.Generator) -> tuple[torch.Tensor, dict]:
         si, ti = train.draw_pairs(cfg.batch, g)
         src = train.images(si, torch.rand(cfg.batch, generator=g) < 0.5)
         tgt = train.images(ti, torch.rand(cfg.batch, generator=g) < 0.5)
         heat = landmark_heatmaps(tgt["landmarks"], size)
         fake = gen(src["image"], heat)
-
-        opt_d.zero_grad(set_to_none=True)
         d_loss = 0.25 * (lsgan_loss(disc_a(tgt["image"], src["image"]), True)
                          + lsgan_loss(disc_a(fake.detach(), src["image"]), False)
                          + lsgan_loss(disc_b(tgt["image"], heat), True)
                          + lsgan_loss(disc_b(fake.detach(), heat), False))
-        d_loss.backward()
-        opt_d.step()
+        discriminator_step(d_loss, run.opt_d)
 
-        opt_g.zero_grad(set_to_none=True)
         l_pix = multiscale_l1(fake, tgt["image"], tgt["weight"])
         l_a = lsgan_loss(disc_a(fake, src["image"]), True)
         l_b = lsgan_loss(disc_b(fake, heat), True)
@@ -277,14 +221,12 @@ def train_capg(data_dir: Path, out: Path, cfg: CapgTrainConfig, resume: bool = F
         l_tv = total_variation(fake)
         loss = (cfg.pixel_weight * l_pix + cfg.adv_weight * (l_a + l_b) + cfg.identity_weight * l_id
                 + cfg.tv_weight * l_tv)
-        generator_step(loss, opt_g, step)
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            log_losses(log_path, bar, {"step": step, "seconds": round(time.time() - t0, 1), "g_total": loss,
-                                       "pixel": l_pix, "adv_a": l_a, "adv_b": l_b, "identity": l_id, "tv": l_tv,
-                                       "d": d_loss})
-        on_schedule(step, cfg, validate, save_checkpoint)
-    return finish_run(bar, start, cfg, save_checkpoint, out, best, t0)
+        return loss, {"pixel": l_pix, "adv_a": l_a, "adv_b": l_b, "identity": l_id, "tv": l_tv, "d": d_loss}
+
+    task = GanTask(desc="train-capg", data=data_dir, train_examples=len(train), count_key="train_photos",
+                   train_step=train_step, evaluate=lambda: summarise_capg(evaluate_capg(gen, val, encoder)),
+                   sample_grid=lambda: sample_grid(gen, val), save_weights=save_capg_weights)
+    return train_gan(run, task, progress)
 
 
 def add_train_capg_parser(sub) -> None:

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from ganrefine.capg import (DEFAULT_WEIGHTS, PARTS, CapgConfig, CapgGenerator, face_weight, landmark_heatmaps,
-                            load_capg)
+from ganrefine.capg import DEFAULT_WEIGHTS
+from ganrefine.capg_net import PARTS, CapgConfig, CapgGenerator, face_weight, landmark_heatmaps
 from ganrefine.train_capg import CapgTrainConfig, PoseSet, train_capg
+from ganrefine.weights import load_capg
 
 TINY = CapgConfig(base=4, res_blocks=1)
 

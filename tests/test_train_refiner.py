@@ -123,7 +123,7 @@ def test_training_writes_its_files_and_resumes_exactly(tiny_pairs, tmp_path):
 
 
 def test_learning_rate_scale_is_constant_then_linear_to_the_last_step():
-    from ganrefine.train_refiner import learning_rate_scale
+    from ganrefine.training import learning_rate_scale
 
     assert [learning_rate_scale(s, 10, 0) for s in (1, 10)] == [1.0, 1.0]
     scales = [learning_rate_scale(s, 10, 4) for s in range(1, 11)]
@@ -201,7 +201,7 @@ def test_average_state_dicts_is_the_elementwise_mean():
 def _perturbed_weights(path: Path, seed: int, scale: float) -> Path:
     """A tiny refiner whose last layer (zero at initialisation) is random: a generator that changes the render."""
     from ganrefine.refiner import RefinerGenerator
-    from ganrefine.train_refiner import save_weights
+    from ganrefine.weights import save_weights
 
     torch.manual_seed(seed)
     g = RefinerGenerator(TINY)
@@ -240,7 +240,7 @@ def test_greedy_soup_keeps_what_helps_and_writes_the_mean(tiny_pairs, tmp_path, 
 
 
 def test_append_csv_keeps_an_existing_logs_columns(tmp_path):
-    from ganrefine.train_refiner import append_csv
+    from ganrefine.training import append_csv
 
     path = tmp_path / "log.csv"
     append_csv(path, {"step": 1, "pixel": 0.5})

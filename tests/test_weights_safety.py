@@ -158,8 +158,7 @@ def test_soup_refiners_refuses_a_file_that_would_run_code(tmp_path, capsys):
 
 
 def test_plain_data_without_a_generator_is_a_one_line_error(tmp_path):
-    from ganrefine.capg import load_capg
-    from ganrefine.train_refiner import load_refiner
+    from ganrefine.weights import load_capg, load_refiner
 
     torch.save({"format": "facesynth-refiner/1", "refiner_config": {"no_such_field": 1}, "state_dict": {}},
                tmp_path / "r.pt")

@@ -1,0 +1,109 @@
+"""Jaw contour correspondences: the model vertex that each detected jaw landmark matches.
+
+dlib puts jaw landmarks 1-8 and 10-17 on the visible outline of the face, where no fixed model
+vertex lies on a turned head; each is matched to the model vertex, among those near its
+mean-shape vertex, that lies furthest out along the 2D outline normal (the occluding contour), as
+eos does with its contour correspondences.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from face3d.landmarks import outer_eye_distance
+from face3d.morphable_model import MorphableModel
+
+JAW = np.arange(17)
+CHIN = 8
+
+
+@dataclass
+class ContourIndex:
+    """Per jaw landmark: candidate vertices near its mean-shape vertex (on the same side)."""
+
+    candidates: list[np.ndarray]
+
+
+def build_contour_index(model: MorphableModel, radius_mm: float = 22.0) -> ContourIndex:
+    cache = model._torch_cache.get("_contour")
+    if cache is not None:
+        return cache
+    lm = model.landmark_vertices
+    mean = model.mean
+    skin = np.nonzero(model.skin)[0]
+    # the outline lives on the cheeks and jaw, in front of the ears
+    cands = []
+    fixed = lm[JAW]
+    right, left = model.contour_candidates
+    for k in JAW:
+        if k == CHIN and lm[k] >= 0:
+            cands.append(np.array([lm[k]]))
+            continue
+        if fixed[k] >= 0:
+            anchors = np.array([fixed[k]])
+        else:
+            # no fixed vertex (the SFM): the whole contour line of that side; the silhouette
+            # search below picks the point nearest to the detected landmark anyway
+            anchors = right if k < CHIN else left
+        if anchors.size == 0:
+            cands.append(np.zeros(0, dtype=np.int64))
+            continue
+        # skin vertices within radius_mm of any anchor (a few thousand x at most a few dozen
+        # distances: brute force, and no scipy import on the start-up path of every command)
+        d2 = ((mean[skin][:, None, :] - mean[anchors][None, :, :]) ** 2).sum(-1).min(axis=1)
+        sel = skin[d2 < radius_mm * radius_mm]
+        side = np.sign(mean[anchors, 0].mean())
+        if abs(mean[anchors, 0].mean()) > 5:
+            sel = sel[np.sign(mean[sel, 0]) == side]
+        cands.append(np.union1d(sel, anchors))
+    idx = ContourIndex(cands)
+    model._torch_cache["_contour"] = idx
+    return idx
+
+
+def _outline_normals(q: np.ndarray) -> np.ndarray:
+    """Outward 2D normals of the detected jaw outline (17, 2)."""
+    jaw = q[JAW]
+    tang = np.gradient(jaw, axis=0)
+    n = np.stack([tang[:, 1], -tang[:, 0]], axis=1)
+    centre = q[27:36].mean(axis=0)  # nose: inside the face
+    flip = np.sum(n * (jaw - centre), axis=1) < 0
+    n[flip] *= -1
+    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-9)
+
+
+def select_contour_vertices(model: MorphableModel, screen_of, q: np.ndarray, bin_frac: float = 0.015) -> np.ndarray:
+    """For each jaw landmark, the occluding-contour vertex nearest to it.
+
+    The candidates near the landmark are sliced across the outline's tangent; the outermost
+    candidate of each slice (along the outline's outward normal) lies on the silhouette, and the
+    slice point nearest to the detected landmark is its correspondence. Matching to the nearest
+    silhouette point, not to a fixed vertex, stops the fit from sliding along the outline.
+    """
+    idx = build_contour_index(model)
+    normals = _outline_normals(q)
+    out = model.landmark_vertices.copy()
+    allc = np.unique(np.concatenate([c for c in idx.candidates if c.size]))
+    pts = screen_of(allc)  # (n, 2) numpy
+    lookup = np.full(int(allc.max()) + 1, -1, dtype=np.int64)
+    lookup[allc] = np.arange(allc.size)
+    width = bin_frac * outer_eye_distance(q)
+    for k in JAW:
+        c = idx.candidates[k]
+        if c.size <= 1:
+            if c.size:
+                out[k] = c[0]
+            continue
+        p = pts[lookup[c]]
+        n = normals[k]
+        tang = np.array([-n[1], n[0]])
+        outer = p @ n
+        slot = np.floor((p @ tang) / width).astype(np.int64)
+        order = np.lexsort((-outer, slot))          # per slot, the outermost first
+        first = np.ones(order.size, dtype=bool)
+        first[1:] = slot[order][1:] != slot[order][:-1]
+        sil = order[first]
+        d = np.linalg.norm(p[sil] - q[k], axis=1)
+        out[k] = c[sil[int(np.argmin(d))]]
+    return out

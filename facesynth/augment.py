@@ -688,7 +688,7 @@ def augment(opts: AugmentOptions) -> AugmentResult:
     from tqdm import tqdm
 
     from face3d.image_io import atomic_write_bytes, lock_output_folder, prepare_output_folder, remove_stale_temp_files
-    from facesynth.cli import check_pose_count
+    from facesynth.options import check_pose_count
 
     check_pose_count(opts.yaw, opts.pitch, opts.roll)   # the parser checked it too; this is for direct callers
     inp, out = Path(opts.input), Path(opts.output)

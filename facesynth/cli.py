@@ -21,7 +21,7 @@ from typing import Callable
 from face3d.errors import FaceSynthError
 from facesynth.options import (METHODS, UsageError, add_expression_arguments, add_fit_arguments, add_method_arguments,
                                add_pose_arguments, add_sfs_arguments, add_threads_argument, check_pose_count,
-                               int_option, seed_option, size_option)
+                               float_option, int_option, seed_option, size_option)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -146,6 +146,79 @@ def verify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object {distance, same}")
 
 
+def cache_arguments(p: argparse.ArgumentParser, holdout_help: str) -> None:
+    """The flags that `make-pairs` and `make-pose-photos` share."""
+    p.add_argument("lfw", metavar="LFW", help="LFW images folder (<identity>/<identity>_NNNN.jpg)")
+    p.add_argument("--out", required=True, metavar="CACHE", help="cache folder (keep it outside the repository)")
+    p.add_argument("--holdout", type=int_option("holdout", 1), default=300, help=holdout_help)
+    p.add_argument("--size", type=size_option, default=128, help="crop size (default 128)")
+    p.add_argument("--workers", type=int_option("workers", 1), default=1, help="processes (default 1)")
+    p.add_argument("--seed", type=seed_option, default=0, help="split seed, and make-pairs' yaw-offset seed (default 0)")
+    p.add_argument("--model", default=None, metavar="DIR", help="morphable model folder (default ICT FaceKit)")
+
+
+def make_pairs_arguments(p: argparse.ArgumentParser) -> None:
+    cache_arguments(p, "identities held out for evaluation, one pair each (default 300)")
+    p.add_argument("--train-photos", type=int_option("train-photos", 1), default=3000,
+                   help="train photos to use, one per identity before any second (default 3000)")
+
+
+def make_pose_photos_arguments(p: argparse.ArgumentParser) -> None:
+    cache_arguments(p, "identities held out (the refiner's split; default 300)")
+    p.add_argument("--per-identity", type=int_option("per-identity", 2), default=3,
+                   help="photos per train identity (default 3)")
+    p.add_argument("--heldout-per-identity", type=int_option("heldout-per-identity", 2), default=6,
+                   help="photos per held-out identity (default 6)")
+
+
+def training_arguments(p: argparse.ArgumentParser, cfg_cls, data_help: str) -> None:
+    """The flags that `train-refiner` and `train-capg` share; defaults from the config dataclass."""
+    p.add_argument("--data", required=True, metavar="DIR", help=data_help)
+    p.add_argument("--steps", type=int_option("steps", 1), required=True, help="total training steps")
+    p.add_argument("--out", required=True, metavar="CKPT", help="training checkpoint file (.pt); logs and samples go beside it")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint at --out")
+    p.add_argument("--batch", type=int_option("batch", 1), default=cfg_cls.batch, help=f"batch size (default {cfg_cls.batch})")
+    p.add_argument("--eval-every", type=int_option("eval-every", 1), default=cfg_cls.eval_every,
+                   help=f"validate and keep the best weights every N steps (default {cfg_cls.eval_every})")
+    p.add_argument("--seed", type=seed_option, default=0, help="seed of the initial weights and the batch order (default 0)")
+    add_threads_argument(p)
+
+
+def train_refiner_arguments(p: argparse.ArgumentParser) -> None:
+    # deferred: the config's module imports torch; build_parser builds these flags only for this command
+    from ganrefine.train_refiner import TrainConfig
+
+    training_arguments(p, TrainConfig, "pair cache written by `facesynth make-pairs`")
+    p.add_argument("--init", metavar="WEIGHTS", default=None,
+                   help="start the generator from these refiner weights (e.g. assets/refiner/refiner.pt) instead of "
+                        "random ones; a fresh run only (not with --resume)")
+    p.add_argument("--identity-weight", type=float_option("identity-weight", 0), default=None, metavar="W",
+                   help=f"weight of the identity loss (default {TrainConfig.identity_weight}); a fresh run only (a resumed "
+                        "run keeps its checkpoint's)")
+    p.add_argument("--lr-decay-steps", type=int_option("lr-decay-steps", 0), default=None, metavar="N",
+                   help="let both learning rates fall linearly to zero over the last N steps (default "
+                        f"{TrainConfig.lr_decay_steps}: constant); a fresh run only (a resumed run keeps its checkpoint's)")
+
+
+def train_capg_arguments(p: argparse.ArgumentParser) -> None:
+    # deferred: the config's module imports torch; build_parser builds these flags only for this command
+    from ganrefine.train_capg import CapgTrainConfig
+
+    training_arguments(p, CapgTrainConfig, "cache written by `facesynth make-pose-photos`")
+
+
+def soup_refiners_arguments(p: argparse.ArgumentParser) -> None:
+    # deferred: the config's module imports torch; build_parser builds these flags only for this command
+    from ganrefine.train_refiner import TrainConfig
+
+    p.add_argument("weights", nargs="+", metavar="WEIGHTS", help="refiner weights files or training checkpoints")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="pair cache written by `facesynth make-pairs` (its validation pairs score the soup)")
+    p.add_argument("--out", required=True, metavar="WEIGHTS", help="the souped weights file (.pt)")
+    p.add_argument("--val-pairs", type=int_option("val-pairs", 1), default=TrainConfig.val_pairs,
+                   help=f"the first N held-out pairs score the soup, as in train-refiner (default {TrainConfig.val_pairs})")
+
+
 @dataclass(frozen=True)
 class Command:
     """One subcommand: its help, its flags, and the function that runs it (`module:function`,
@@ -174,16 +247,29 @@ COMMANDS: dict[str, Command] = {
                        "For every photo of INPUT/<identity>/<image>, method and pose: generate the view and score "
                        "it; write DIR/report.html, DIR/metrics.json and DIR/metrics.csv. Finished photos are kept in "
                        "DIR/cache: the same command run again after a stop continues where it stopped."),
+    "make-pairs": Command("make the refiner's Rotate-and-Render training pairs from LFW", make_pairs_arguments,
+                          "facesynth.train:run_make_pairs"),
+    "train-refiner": Command("train the refiner on `make-pairs` output", train_refiner_arguments,
+                             "facesynth.train:run_train_refiner"),
+    "soup-refiners": Command("average refiner weights files (a greedy model soup on the validation pairs)",
+                             soup_refiners_arguments, "facesynth.train:run_soup_refiners"),
+    "make-pose-photos": Command("fit and align LFW photos of multi-photo identities (the GAN baseline's real pose pairs)",
+                                make_pose_photos_arguments, "facesynth.train:run_make_pose_photos"),
+    "train-capg": Command("train the GAN-only baseline (CAPG-GAN) on `make-pose-photos` output", train_capg_arguments,
+                          "facesynth.train:run_train_capg"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, with the flags of `command` only when one is named (the others'
+    flags may import torch to show their defaults, which a `rotate` run must not pay for)."""
     p = _Parser(prog="facesynth", description="Turn one face photo into views of the same person at other head poses.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     sub.required = True
     for name, cmd in COMMANDS.items():
         cp = sub.add_parser(name, help=cmd.help, description=cmd.description or cmd.help)
-        cmd.arguments(cp)
+        if command is None or command == name:
+            cmd.arguments(cp)
         cp.set_defaults(run=cmd.run)
     return p
 
@@ -234,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
 
         helper = start_detection_helper()
     try:
-        parser = build_parser()
+        parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
         try:
             args = parser.parse_args(_join_negative_values(argv))
         except SystemExit as exc:  # usage errors (2) and --help (0) return their code instead of exiting

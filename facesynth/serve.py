@@ -243,7 +243,7 @@ class FaceSynthServer:
 
         if method not in ("3d", "hybrid"):
             raise FaceSynthError(f"unknown method {method!r} (3d or hybrid)")
-        from facesynth.cli import check_pose_count
+        from facesynth.options import check_pose_count
 
         yaws = _angle_list(yaw_list, "yaw") or [float(yaw)]
         pitches = _angle_list(pitch_list, "pitch") or [float(pitch)]
@@ -368,7 +368,7 @@ def _stem(name: str) -> str:
 def _angle_list(text: str | None, name: str) -> list[float]:
     """The angles of a list field ([] when empty); more than MAX_VIEWS are refused before any is made,
     with the count they would give (`parse_angles` counts a:b:step ranges without expanding them)."""
-    from facesynth.cli import AngleCountError, parse_angles, shown_text
+    from facesynth.options import AngleCountError, parse_angles, shown_text
 
     if text is None or not str(text).strip():
         return []

@@ -112,38 +112,3 @@ def split_pose_photos(root: Path, holdout: int = 300, per_identity: int = 3, hel
     train_ids, train = choose(train_ids, per_identity)
     held_ids, held = choose(held_ids, heldout_per_identity)
     return PoseSplit(train=train, heldout=held, train_identities=train_ids, heldout_identities=held_ids)
-
-
-def add_make_pose_photos_parser(sub) -> None:
-    from ganrefine.cli import int_option
-    from ganrefine.pairs_cli import add_cache_arguments
-
-    p = sub.add_parser("make-pose-photos",
-                       help="fit and align LFW photos of multi-photo identities (the GAN baseline's real pose pairs)")
-    add_cache_arguments(p, "identities held out (the refiner's split; default 300)")
-    p.add_argument("--per-identity", type=int_option("per-identity", 2), default=3,
-                   help="photos per train identity (default 3)")
-    p.add_argument("--heldout-per-identity", type=int_option("heldout-per-identity", 2), default=6,
-                   help="photos per held-out identity (default 6)")
-    p.set_defaults(func=run_make_pose_photos)
-
-
-def run_make_pose_photos(args) -> int:
-    from face3d.morphable_model import load_morphable_model
-    from ganrefine.pairs import generate_pairs
-    from ganrefine.pairs_cli import write_split
-
-    split = split_pose_photos(Path(args.lfw), holdout=args.holdout, per_identity=args.per_identity,
-                              heldout_per_identity=args.heldout_per_identity, seed=args.seed)
-    out = Path(args.out)
-    write_split(out, {"lfw": str(Path(args.lfw).resolve()), "seed": args.seed, "size": args.size,
-                      "holdout": args.holdout, "train_identities": split.train_identities,
-                      "heldout_identities": split.heldout_identities, "train_photos": len(split.train),
-                      "heldout_photos": len(split.heldout)})
-    model = load_morphable_model(args.model)
-    for name, photos in (("heldout", split.heldout), ("train", split.train)):
-        res = generate_pairs(photos, out / name, model, size=args.size, seed=args.seed, workers=args.workers,
-                             maker=make_pose_photo_file)
-        print(f"{name}: {res['made']} made, {res['already_done']} already done, {res['failed']} without a usable face")
-    print(f"aligned photos in {out}")
-    return 0

@@ -18,8 +18,6 @@ inference cost as one refiner.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 from face3d.errors import FaceSynthError
@@ -88,37 +86,3 @@ def greedy_soup(candidates: list[Path], data_dir: Path, val_pairs: int | None = 
             best = s
     work.load_state_dict(average_state_dicts(kept_states))
     return {"generator": work, "ingredients": kept_paths, "val": best, "rows": rows}
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def add_soup_refiners_parser(sub) -> None:
-    from facesynth.cli import int_option
-
-    p = sub.add_parser("soup-refiners", help="average refiner weights files (a greedy model soup on the validation pairs)")
-    p.add_argument("weights", nargs="+", metavar="WEIGHTS", help="refiner weights files or training checkpoints")
-    p.add_argument("--data", required=True, metavar="DIR", help="pair cache written by `facesynth make-pairs` (its "
-                                                                 "validation pairs score the soup)")
-    p.add_argument("--out", required=True, metavar="WEIGHTS", help="the souped weights file (.pt)")
-    p.add_argument("--val-pairs", type=int_option("val-pairs", 1), default=TrainConfig.val_pairs,
-                   help=f"the first N held-out pairs score the soup, as in train-refiner (default {TrainConfig.val_pairs})")
-    p.set_defaults(func=run_soup_refiners)
-
-
-def run_soup_refiners(args) -> int:
-    for w in args.weights:
-        if not Path(w).is_file():
-            raise FaceSynthError(f"{w}: no such file")
-    r = greedy_soup([Path(w) for w in args.weights], Path(args.data), args.val_pairs)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_weights(out, r["generator"], {"soup": [{"weights": str(p), "sha256": _sha256(p)} for p in r["ingredients"]],
-                                       "soup_rows": r["rows"], "val": r["val"], "data": str(args.data)})
-    s = r["val"]
-    print(json.dumps({"ingredients": [str(p) for p in r["ingredients"]], "val_score": round(s["score"], 4),
-                      "val_l1_change": round(s["l1_refined_mean"] / s["l1_render_mean"] - 1, 4),
-                      "val_identity_change": round(s["id_refined_mean"] / s["id_render_mean"] - 1, 4)}))
-    print(f"wrote {out}")
-    return 0

@@ -34,7 +34,6 @@ from ganrefine.capg_net import CapgConfig, CapgGenerator, face_weight, landmark_
 from ganrefine.metrics import masked_l1
 from ganrefine.pose_pairs import PosePhoto
 from ganrefine.refiner import PatchDiscriminator, lsgan_loss, mirror_landmarks, multiscale_l1, total_variation
-from ganrefine.train_refiner import add_training_arguments, run_training_command
 from ganrefine.training import (GanTask, discriminator_step, frozen_identity_encoder, identity_embeddings,
                                 identity_loss, image_grid, start_gan_run, train_gan)
 from ganrefine.weights import CAPG_CHECKPOINT_FORMAT, save_capg_weights
@@ -227,13 +226,3 @@ def train_capg(data_dir: Path, out: Path, cfg: CapgTrainConfig, resume: bool = F
                    train_step=train_step, evaluate=lambda: summarise_capg(evaluate_capg(gen, val, encoder)),
                    sample_grid=lambda: sample_grid(gen, val), save_weights=save_capg_weights)
     return train_gan(run, task, progress)
-
-
-def add_train_capg_parser(sub) -> None:
-    p = sub.add_parser("train-capg", help="train the GAN-only baseline (CAPG-GAN) on `make-pose-photos` output")
-    add_training_arguments(p, CapgTrainConfig, "cache written by `facesynth make-pose-photos`")
-    p.set_defaults(func=run_train_capg)
-
-
-def run_train_capg(args) -> int:
-    return run_training_command(args, CapgTrainConfig, train_capg)

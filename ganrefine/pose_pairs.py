@@ -29,8 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from face3d.alignment import aligned_original
 from face3d.errors import FaceSynthError
+from face3d.fitting import FitConfig, fit_morphable_model
+from face3d.image_io import atomic_write_bytes, load_image
+from face3d.landmarks import detect_faces
+from face3d.render import view_screen
+from ganrefine.pairs import lfw_photos_by_identity, pair_path, split_identities
 
 
 @dataclass
@@ -40,8 +47,6 @@ class PosePhoto:
     pose: np.ndarray        # (3,) float32 yaw, pitch, roll in degrees
 
     def save(self, path: str | os.PathLike) -> None:
-        from face3d.image_io import atomic_write_bytes
-
         buf = io.BytesIO()
         np.savez_compressed(buf, crop=self.crop, landmarks=self.landmarks.astype(np.float32),
                             pose=self.pose.astype(np.float32))
@@ -55,10 +60,6 @@ class PosePhoto:
 
 def own_pose_landmarks(fit, model, size: int) -> np.ndarray:
     """The fitted model's 68 landmarks at the fit's own pose in the aligned crop of `size` px."""
-    import torch
-
-    from face3d.render import view_screen
-
     with torch.no_grad():
         screen = view_screen(fit.vertices(model), model, [fit.pose], size)[0, :, :2].numpy()
     return screen[np.maximum(model.landmark_vertices, 0)].astype(np.float32)
@@ -66,12 +67,6 @@ def own_pose_landmarks(fit, model, size: int) -> np.ndarray:
 
 def make_pose_photo_file(photo: Path, cache: Path, model, size: int = 128, seed: int = 0) -> str | None:
     """Fit one photo (landmark stage) and store its aligned crop, landmarks and pose; an error line or None."""
-    from face3d.fitting import FitConfig, fit_morphable_model
-    from face3d.image_io import load_image
-    from face3d.landmarks import detect_faces
-    from face3d.alignment import aligned_original
-    from ganrefine.pairs import pair_path
-
     try:
         image = load_image(photo)
         faces = detect_faces(image)
@@ -99,8 +94,6 @@ class PoseSplit:
 def split_pose_photos(root: Path, holdout: int = 300, per_identity: int = 3, heldout_per_identity: int = 6,
                       seed: int = 0) -> PoseSplit:
     """The photos of multi-photo identities, split by identity like the refiner's pairs."""
-    from ganrefine.pairs import lfw_photos_by_identity, split_identities
-
     by_name = lfw_photos_by_identity(root)
     train_ids, held_ids = split_identities(list(by_name), holdout=holdout, seed=seed)
     key = lambda p: hashlib.sha1(f"{seed}:{p.name}".encode()).hexdigest()  # noqa: E731

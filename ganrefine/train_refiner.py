@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from face3d.errors import FaceSynthError
 from ganrefine.metrics import masked_l1, masked_ssim
+from ganrefine.pairs import TrainingPair
 from ganrefine.refiner import (PatchDiscriminator, RefinerConfig, RefinerGenerator, lsgan_loss, mirror_landmarks,
                                multiscale_l1, symmetry_loss, total_variation)
 from ganrefine.training import (GanTask, discriminator_step, frozen_identity_encoder, identity_embeddings,
@@ -85,9 +86,6 @@ class PairSet:
 
     @classmethod
     def load(cls, files: list[Path], progress: bool = False) -> "PairSet":
-        # here, not at the top: ganrefine.pairs imports the whole 3D stage, +40-80 ms on every command's start (measured)
-        from ganrefine.pairs import TrainingPair
-
         if not files:
             raise FaceSynthError("no training pairs found")
         r, t, c, m, lm = [], [], [], [], []

@@ -255,14 +255,14 @@ def test_resume_refuses_views_made_with_another_refiner_inference(tmp_path, caps
     assert code == 0, err
     assert manifest(out)[0]["refiner_inference"] == "flip-averaged"
     settings = json.loads((out / "rotate.json").read_text())
-    assert settings["weights_inference"] == "flip-averaged"
-    settings["weights_inference"] = "one pass"
+    assert settings["refiner_inference"] == "flip-averaged"
+    settings["refiner_inference"] = "one pass"
     (out / "rotate.json").write_text(json.dumps(settings))
     code, _, err = run(capsys, "rotate", obama_path, *flags, "--resume")
-    assert code == 1 and "weights_inference" in err
+    assert code == 1 and "refiner_inference" in err
     assert_one_line_error(err)
     # views of an older renderer (the dark mouth socket, render version 1) are not mixed in either
-    settings["weights_inference"] = "flip-averaged"
+    settings["refiner_inference"] = "flip-averaged"
     from face3d.render import RENDER_VERSION
 
     assert settings["render_version"] == RENDER_VERSION

@@ -116,7 +116,7 @@ def test_an_os_error_escaping_the_command_is_one_line(tmp_path, capsys, obama_pa
 
 PROBE = """
 import resource, sys
-import numpy, torch  # the libraries reserve their address space before the limit
+import numpy, torch, cv2, facesynth.rotate_job  # the libraries and the command reserve their address space before the limit
 from facesynth.cli import main
 vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:")) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (vm + 20 * 2**20, resource.RLIM_INFINITY))

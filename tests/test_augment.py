@@ -157,6 +157,18 @@ def test_other_settings_refused_on_resume(tmp_path, capsys):
     assert_one_line_error(err)
 
 
+def test_weights_flags_are_used(tmp_path, capsys):
+    """--refiner / --capg name the weights augment loads, as in rotate: a missing file is one line, before any work."""
+    inp = tmp_path / "in"
+    (inp / "a").mkdir(parents=True)
+    for method, flag in (("hybrid", "--refiner"), ("gan", "--capg")):
+        out = tmp_path / f"o_{method}"
+        code, _, err = run(capsys, "augment", inp, out, "--yaw", "0", "--method", method, flag, tmp_path / "none.pt")
+        assert code == 1 and "none.pt" in err and "not found" in err, err
+        assert_one_line_error(err)
+        assert not out.exists()
+
+
 def test_manifest_log_recovery(tmp_path):
     from facesynth.augment import ManifestLog
 

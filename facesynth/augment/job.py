@@ -1,0 +1,445 @@
+"""One augment run: `augment(AugmentOptions) -> AugmentResult` checks the flags and OUTPUT, lists
+the sources, skips those a run before finished, and has the backend run `process_source` on the
+others; the driver alone writes OUTPUT (images, then their rows in the log, then the parquet).
+`run_augment_command` is `facesynth augment`.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from face3d.camera import Pose
+from face3d.alignment import aligned_original
+from face3d.errors import FaceSynthError
+from face3d.expressions import ExpressionSpec, expression_version
+from face3d.fitting import FitConfig
+from face3d.image_io import atomic_write_bytes, lock_output_folder, prepare_output_folder, remove_stale_temp_files
+from face3d.landmarks import detect_faces
+from face3d.morphable_model import load_morphable_model, resolve_model_dir
+from face3d.pipeline import Reconstruction, reconstruct_faces
+from face3d.render import render_version, view_screen
+from facesynth.api import FaceViews, RenderOptions, render_face
+from facesynth.augment.backends import Backend, SourceResult, rss_kb, run_sources, worker_model
+from facesynth.augment.manifest import TIMING_COLUMNS, ManifestLog, ParquetSnapshots, failed_row, ordered_row
+from facesynth.augment.sources import SourceFailure, SourceItem, list_sources, load_source
+from facesynth.manifest import changed_setting, view_file_name
+from facesynth.methods import ViewMaker, load_method
+from facesynth.options import check_pose_count
+
+#: Settings stored in OUTPUT/augment.json; a resumed run must match them.
+OUTPUT_SETTINGS = ["input", "yaw", "pitch", "roll", "size", "method", "render_version",
+                   "refiner_sha256", "refiner_inference", "capg_sha256", "seed", "model", "dense",
+                   "expression", "expression_version", "shape_jitter", "jitter_samples", "keep_original",
+                   "multi_face"]
+RUN_SETTINGS = "augment.json"
+LOCK_FILE = ".augment.lock"
+
+
+@dataclass
+class AugmentOptions:
+    """One augment run: the `facesynth augment` flags."""
+
+    input: str
+    output: str
+    yaw: list[float]
+    pitch: list[float] = field(default_factory=lambda: [0.0])
+    roll: list[float] = field(default_factory=lambda: [0.0])
+    method: str = "3d"
+    refiner: str | None = None            # weights files; None: the environment, else the shipped ones
+    capg: str | None = None
+    size: int = 128
+    keep_original: bool = False
+    multi_face: str = "largest"
+    dense: bool = True
+    model: str | None = None
+    workers: int = 1
+    backend: str = "local"
+    ray_address: str | None = None
+    limit: int | None = None
+    seed: int = 0
+    expressions: tuple[ExpressionSpec, ...] | None = None   # None: the photo's own expression
+    shape_jitter: float = 0.0
+    jitter_samples: int = 1
+    retry_failed: bool = False
+    progress: bool = True
+
+    def poses(self) -> list[Pose]:
+        """The pose grid, pitch-major as the file names sort."""
+        return [Pose(float(y), float(p), float(r)) for p in self.pitch for y in self.yaw for r in self.roll]
+
+    def render_options(self) -> RenderOptions:
+        return RenderOptions(method=self.method, size=self.size,
+                             expressions=None if self.expressions is None else tuple(self.expressions),
+                             shape_jitter=float(self.shape_jitter or 0.0), jitter_samples=int(self.jitter_samples or 1),
+                             seed=self.seed, dense=self.dense, refiner=self.refiner, capg=self.capg)
+
+    def rows_per_source(self) -> int:
+        """The ok rows of a finished source: views per variant and pose, and the original if kept."""
+        n_variants = (len(self.expressions) if self.expressions else 1) * (
+            int(self.jitter_samples or 1) if (self.shape_jitter or 0) > 0 else 1)
+        return n_variants * len(self.poses()) + (1 if self.keep_original else 0)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a worker needs for every source (pickled to pool workers and Ray tasks): the model
+    folder, the poses, the render options with the weights files the driver loaded, and the flags
+    that shape a source's rows."""
+
+    model: str
+    poses: tuple[Pose, ...]
+    options: RenderOptions
+    keep_original: bool = False
+    multi_face: str = "largest"
+
+    @property
+    def method(self) -> str:
+        return self.options.method
+
+
+@dataclass
+class AugmentResult:
+    output: Path
+    selected: int = 0                 # sources in scope (after --limit)
+    skipped: int = 0                  # already done before this run
+    processed: int = 0                # done in this run
+    seconds: float = 0.0              # wall time of the processing loop
+    ok_sources: int = 0               # over the whole manifest
+    failed_sources: int = 0
+    failed_selected: int = 0
+    views: int = 0
+    reasons: dict = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)
+    rows: int = 0
+    workers: dict = field(default_factory=dict)   # pid -> {"first_rss_kb", "first_peak_kb", "last_rss_kb", "last_peak_kb", "items"}
+    first_done: float | None = None   # perf_counter of the first and the last finished source
+    last_done: float | None = None
+
+    @property
+    def rate(self) -> float:
+        """Sources per second over the whole processing loop (worker start-up included)."""
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def steady_rate(self) -> float:
+        """Sources per second between the first and the last finished source (start-up excluded)."""
+        if self.processed < 2 or self.last_done is None or self.last_done <= self.first_done:
+            return self.rate
+        return (self.processed - 1) / (self.last_done - self.first_done)
+
+    def count_processed(self, res: SourceResult) -> None:
+        """One more source done in this run, and its worker's memory."""
+        w = self.workers.setdefault(res.pid, {"first_rss_kb": res.rss_kb, "first_peak_kb": res.peak_kb, "items": 0})
+        w.update(last_rss_kb=res.rss_kb, last_peak_kb=res.peak_kb, items=w["items"] + 1)
+        self.processed += 1
+        self.last_done = time.perf_counter()
+        if self.first_done is None:
+            self.first_done = self.last_done
+
+    def count_manifest(self, log: ManifestLog, rows: list[dict], selected: set) -> None:
+        """The totals over the whole manifest: sources ok and failed, by reason and by note."""
+        self.rows = len(rows)
+        for source, srows in log.by_source.items():
+            if srows[0].get("status") == "ok":
+                self.ok_sources += 1
+                self.views += len(srows)
+                for k in note_kinds(srows[0].get("note") or ""):
+                    self.notes[k] = self.notes.get(k, 0) + 1
+            else:
+                self.failed_sources += 1
+                reason = srows[0].get("reason") or "failed"
+                self.reasons[reason] = self.reasons.get(reason, 0) + 1
+                if source in selected:
+                    self.failed_selected += 1
+
+    def summary_text(self) -> str:
+        lines = [f"facesynth augment: {self.ok_sources + self.failed_sources} source(s) in {self.output}: "
+                 f"{self.ok_sources} ok ({self.views} images), {self.failed_sources} failed"
+                 + (": " + _counts_text(self.reasons) if self.reasons else "")]
+        lines.append(f"  this run: {self.processed} processed in {self.seconds:.1f} s ({self.rate:.2f} images/s), "
+                     f"{self.skipped} already done")
+        if self.notes:
+            lines.append("  notes: " + _counts_text(self.notes))
+        lines.append(f"  manifest: {self.output / 'manifest.parquet'} ({self.rows} rows)")
+        return "\n".join(lines)
+
+
+def _counts_text(counts: dict) -> str:
+    """'a 3, b 1': the most frequent first."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def note_kinds(note: str) -> list[str]:
+    """The kinds of the notes of a row's `note` ("grayscale", "downscaled", ...), as the summary counts them."""
+    out = []
+    for part in filter(None, (p.strip() for p in note.split(";"))):
+        if "faces found" in part:
+            out.append("several faces (largest used)")
+        elif part.startswith("downscaled"):
+            out.append("downscaled")
+        elif part.endswith("converted to RGB"):
+            out.append(part[: -len(" converted to RGB")])
+        elif part != "used the largest":
+            out.append(part)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The work of one source (runs in a worker: local process, Ray task or the driver itself)
+
+
+class _Clock:
+    """A source's timings (the manifest's `seconds_*`) and how many faces it showed, kept while
+    it is processed so that a failure row has what was found before it."""
+
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+        self.times: dict[str, float | None] = {c: None for c in TIMING_COLUMNS}
+        self.faces: int | None = None
+
+    def lap(self, column: str) -> None:
+        now = time.perf_counter()
+        self.times[column] = now - self.last
+        self.last = now
+
+    def rounded(self) -> dict:
+        self.times["seconds_total"] = time.perf_counter() - self.start
+        return {k: (round(v, 4) if v is not None else None) for k, v in self.times.items()}
+
+
+def process_source(item: SourceItem, cfg: WorkerConfig) -> SourceResult:
+    """Fit, texture and render one source. Never raises for a bad input: the failure becomes a row."""
+    clock = _Clock()
+    base = {"source": item.source, "identity": item.identity, "method": cfg.method}
+    try:
+        rows, images = render_source(item, cfg, base, clock)
+    except SourceFailure as exc:
+        rows, images = [failed_row(base, exc.reason, str(exc), clock.faces)], {}
+    except FaceSynthError as exc:
+        rows, images = [failed_row(base, "unreadable", str(exc), clock.faces)], {}
+    except Exception as exc:  # the batch goes on; the reason is recorded, not a traceback
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        rows, images = [failed_row(base, "internal error", f"{item.source}: internal error: "
+                                   f"{type(exc).__name__}: {first}", clock.faces)], {}
+    times = clock.rounded()
+    for r in rows:
+        r.update(times)
+    rss, peak = rss_kb()
+    return SourceResult(item.index, item.source, [ordered_row(r) for r in rows], images, os.getpid(), rss, peak)
+
+
+def render_source(item: SourceItem, cfg: WorkerConfig, base: dict, clock: _Clock) -> tuple[list[dict], dict]:
+    """The ok rows of one source and its images (PNG bytes by path relative to OUTPUT)."""
+    model = worker_model(cfg.model)
+    image, notes = load_source(item)
+    clock.lap("seconds_load")
+    rec = fit_largest_face(item, image, model, cfg, notes, clock)
+    ok = dict(base, status="ok", error="", reason="", note="; ".join(notes), faces=clock.faces,
+              fit_landmark_error=round(float(rec.fit.landmark_error), 6))
+    rows, images = [], {}
+    if cfg.keep_original:
+        rel = f"{item.stem}_original.png"
+        images[rel] = png_bytes(aligned_original(rec.fit, image, model, cfg.options.size))
+        sp = rec.fit.pose
+        rows.append(dict(ok, output=rel, kind="original", yaw=round(sp.yaw, 3), pitch=round(sp.pitch, 3),
+                         roll=round(sp.roll, 3)))
+    maker = load_method(cfg.options.method, cfg.options.refiner, cfg.options.capg)  # weights cached per process
+    for views in render_face(rec, image, model, list(cfg.poses), cfg.options, maker, key=f"{item.identity}/{item.stem}"):
+        fields = variant_fields(views, cfg.options)
+        for pose, img in zip(views.poses, views.images):
+            rel = view_file_name(f"{item.stem}{views.variant.tag}", pose)
+            images[rel] = png_bytes(img)
+            rows.append(dict(ok, output=rel, kind="view", yaw=float(pose.yaw), pitch=float(pose.pitch),
+                             roll=float(pose.roll), **fields))
+    clock.lap("seconds_render")
+    return rows, images
+
+
+def fit_largest_face(item: SourceItem, image: np.ndarray, model, cfg: WorkerConfig, notes: list[str],
+                     clock: _Clock) -> Reconstruction:
+    """Detect the faces (SourceFailure for none, or for several under --multi-face skip) and fit the largest."""
+    faces = detect_faces(image)
+    clock.faces = len(faces)
+    clock.lap("seconds_detect")
+    if not faces:
+        raise SourceFailure("no face", f"{item.source}: no face found")
+    if len(faces) > 1:
+        if cfg.multi_face == "skip":
+            raise SourceFailure("several faces", f"{item.source}: {len(faces)} faces found (--multi-face skip)")
+        notes.append(f"{len(faces)} faces found; used the largest")
+    fit_config = FitConfig(dense=cfg.options.dense, seed=cfg.options.seed)
+    rec = reconstruct_faces(image, model, fit_config=fit_config, source=item.source, faces=faces)[0]
+    clock.lap("seconds_fit")
+    return rec
+
+
+def variant_fields(views: FaceViews, options: RenderOptions) -> dict:
+    """A view row's expression and shape fields: None where the run asked for no expression / no shape sample."""
+    record = views.record
+    asked = bool(options.expressions)
+    return {"expression": record["expression"] if asked else None,
+            "expression_split": record["expression_split"] if asked else None,
+            "shape_jitter": record["shape_jitter"] if views.variant.shape is not None else None,
+            "shape_jitter_norm": record.get("shape_jitter_norm")}
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """PNG encoding exactly as `face3d.image_io.save_png` writes it (the driver writes atomically)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+
+def augment(opts: AugmentOptions) -> AugmentResult:
+    """Run (or resume) an augmentation job; returns counts, timing and per-worker memory."""
+    check_pose_count(opts.yaw, opts.pitch, opts.roll)   # the parser checked it too; this is for direct callers
+    inp, out = check_folders(opts)
+    sources = list_sources(inp)
+    model_dir = resolve_model_dir(opts.model)
+    model = load_morphable_model(opts.model)  # fail early, in the driver, with a clear message
+    options = opts.render_options()
+    options.check(model)                      # gan with 3D edits, unknown blendshape names: before any work
+    maker = load_method(options.method, options.refiner, options.capg)  # missing weights fail here too
+    settings = output_settings(opts, inp, model, model_dir, maker)
+    prepare_output_folder(out, "OUTPUT")      # created and writable, or one line naming it
+    lock = lock_output_folder(out, LOCK_FILE, f"OUTPUT {out}: another augment run is writing there")
+    try:
+        check_settings(out, settings)
+        remove_stale_temp_files(out)  # a killed run's temp files: the lock says no run writes them now
+        cfg = WorkerConfig(os.path.abspath(model_dir), tuple(opts.poses()), worker_options(options, maker),
+                           opts.keep_original, opts.multi_face)
+        return run_job(opts, out, sources, cfg)
+    finally:
+        lock.release()
+
+
+def worker_options(options: RenderOptions, maker: ViewMaker) -> RenderOptions:
+    """`options` naming the weights files the driver loaded, so every worker uses those."""
+    weights = None if maker.weights is None else maker.weights.path
+    return replace(options, refiner=weights if maker.name == "hybrid" else None,
+                   capg=weights if maker.name == "gan" else None)
+
+
+def check_folders(opts: AugmentOptions) -> tuple[Path, Path]:
+    """INPUT and OUTPUT as paths; refuses an OUTPUT that is a file or lies inside INPUT, and
+    --ray-address without the Ray backend."""
+    inp, out = Path(opts.input), Path(opts.output)
+    if out.exists() and not out.is_dir():
+        raise FaceSynthError(f"OUTPUT {out}: exists and is not a folder")
+    if inp.is_dir():
+        ri, ro = os.path.realpath(inp), os.path.realpath(out)
+        if ro == ri or ro.startswith(ri + os.sep):
+            raise FaceSynthError(f"OUTPUT {out} lies inside INPUT {inp}; choose a folder outside it")
+    if opts.backend == "local" and opts.ray_address:
+        raise FaceSynthError("--ray-address needs --backend ray")
+    return inp, out
+
+
+def output_settings(opts: AugmentOptions, inp: Path, model, model_dir, maker: ViewMaker) -> dict:
+    """What OUTPUT/augment.json records; a resumed run must repeat its OUTPUT_SETTINGS."""
+    specs = None if not opts.expressions else list(opts.expressions)
+    weights = maker.settings()
+    return {"input": os.path.abspath(inp), "yaw": [float(v) for v in opts.yaw],
+            "pitch": [float(v) for v in opts.pitch], "roll": [float(v) for v in opts.roll],
+            "size": opts.size, "method": opts.method, "render_version": render_version(opts.method),
+            "seed": opts.seed, "model": model.name,
+            "model_dir": str(model_dir), "dense": opts.dense, "keep_original": opts.keep_original,
+            "multi_face": opts.multi_face, "format": 1,
+            "expression": [e.text for e in specs] if specs else None,
+            "expression_version": expression_version(specs),
+            "shape_jitter": float(opts.shape_jitter or 0.0), "jitter_samples": int(opts.jitter_samples or 1),
+            "refiner": maker.weights.path if opts.method == "hybrid" else None,
+            "refiner_sha256": weights["refiner_sha256"], "refiner_inference": weights["refiner_inference"],
+            "capg_sha256": weights["capg_sha256"]}
+
+
+def check_settings(out: Path, settings: dict) -> None:
+    """Refuse an OUTPUT made with other settings; write them into a new one."""
+    path = out / RUN_SETTINGS
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = None
+        if isinstance(old, dict):
+            change = changed_setting(old, settings, OUTPUT_SETTINGS)
+            if change:
+                raise FaceSynthError(f"OUTPUT {out} was made with other settings ({change}); "
+                                     "use a new OUTPUT folder or the same flags")
+            return
+    atomic_write_bytes(path, (json.dumps(settings, indent=2) + "\n").encode())
+
+
+class _Collector:
+    """The driver's side of each finished source: its images written, then its rows logged (a
+    logged source is complete), the counts and the progress bar updated, the parquet refreshed."""
+
+    def __init__(self, out: Path, log: ManifestLog, result: AugmentResult, bar, snapshots: ParquetSnapshots):
+        self.out, self.log, self.result, self.bar, self.snapshots = out, log, result, bar, snapshots
+        self.failed = 0
+
+    def __call__(self, res: SourceResult) -> None:
+        for rel, data in res.images.items():
+            atomic_write_bytes(self.out / rel, data)
+        self.log.append(res.rows)          # after the images: a logged source is complete
+        if res.rows and res.rows[0]["status"] == "failed":
+            self.failed += 1
+        self.result.count_processed(res)
+        self.bar.set_postfix(failed=self.failed, refresh=False)
+        self.bar.update(1)
+        self.snapshots.maybe_write()
+
+
+def run_job(opts: AugmentOptions, out: Path, sources: list[SourceItem], cfg: WorkerConfig) -> AugmentResult:
+    """Process the selected sources not yet done, with OUTPUT locked and its settings checked."""
+    log = ManifestLog(out / "manifest.jsonl")
+    selected = sources[: opts.limit] if opts.limit else sources
+    expected = opts.rows_per_source()
+    todo = []
+    for s in selected:
+        status = log.status(s.source, expected)
+        if not (status == "ok" or (status == "failed" and not opts.retry_failed)):
+            todo.append(s)
+    result = AugmentResult(output=out, selected=len(selected), skipped=len(selected) - len(todo))
+    snapshots = ParquetSnapshots(out / "manifest.parquet", log, {s.source: s.index for s in sources})
+    bar = tqdm(total=len(todo), desc="augment", unit="img", disable=not opts.progress or not todo,
+               dynamic_ncols=True, smoothing=0.1)
+    t0 = time.perf_counter()
+    try:
+        run_sources(process_source, todo, cfg, _Collector(out, log, result, bar, snapshots),
+                    Backend(opts.backend, opts.workers, opts.ray_address))
+    finally:
+        result.seconds = time.perf_counter() - t0
+        bar.close()
+        rows = snapshots.final()
+    result.count_manifest(log, rows, {s.source for s in selected})
+    return result
+
+
+def run_augment_command(args) -> int:
+    """`facesynth augment`: the parsed flags as AugmentOptions; exit code 1 when a selected source failed."""
+    opts = AugmentOptions(input=args.input, output=args.output, yaw=args.yaw, pitch=args.pitch, roll=args.roll,
+                          method=args.method, refiner=args.refiner, capg=args.capg, size=args.size,
+                          keep_original=args.keep_original, multi_face=args.multi_face, dense=args.dense,
+                          model=args.model, workers=args.workers, backend=args.backend,
+                          ray_address=args.ray_address, limit=args.limit, seed=args.seed,
+                          expressions=None if args.expression is None else tuple(args.expression),
+                          shape_jitter=args.shape_jitter, jitter_samples=args.jitter_samples,
+                          retry_failed=args.retry_failed, progress=args.progress)
+    result = augment(opts)
+    print(result.summary_text())
+    return 0 if result.failed_selected == 0 else 1

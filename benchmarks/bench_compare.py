@@ -69,7 +69,7 @@ def main() -> int:
     args = ap.parse_args()
     targets = Targets.from_args(args)
 
-    from ganrefine import compare
+    from facesynth import compare
     from facesynth.cli import main as cli
 
     lfw = default_data_dir() / "lfw" / "images"
@@ -137,7 +137,7 @@ def main() -> int:
                   note="(target: gan's, this run)")
     targets.check("hybrid_realism_distance_from_half", abs(h["realism"] - 0.5), "<", abs(d3["realism"] - 0.5),
                   note="(target: 3d's |realism - 0.5|, this run)")
-    plot = compare._plots_uri(m, list(m), YAWS.split(","))
+    plot = compare.plots_uri(m, list(m), YAWS.split(","))
     if plot:
         fig = ROOT / "assets" / "figures" / "compare_plots.png"
         fig.write_bytes(base64.b64decode(plot.split(",", 1)[1]))

@@ -31,9 +31,13 @@ import torch
 from _common import RESULTS, write_json
 from face3d.camera import Pose
 from face3d.errors import FaceSynthError
+from face3d.fitting import FitConfig
 from face3d.image_io import load_image
 from face3d.morphable_model import default_data_dir, load_morphable_model
-from facesynth.compare import METHODS, CompareContext, FaceEncoder, detect_view_face
+from face3d.pipeline import reconstruct_faces
+from facesynth.api import RenderOptions, render_face
+from facesynth.compare import FaceEncoder, detect_view_face
+from facesynth.methods import load_method
 from ganrefine.pose_pairs import split_pose_photos
 from ganrefine.recognition import YAW_BINS, score_condition, set_distances
 
@@ -58,7 +62,7 @@ def main() -> None:
     ids = sorted(by_id)[: args.max_identities]
 
     model = load_morphable_model()
-    ctx = CompareContext(model, dense=args.dense)
+    makers = {m: load_method(m) for m in methods}
     enc = FaceEncoder()
     gal_poses = [Pose(y, 0.0, 0.0) for y in yaws]
     front = [Pose(0.0, 0.0, 0.0)]
@@ -80,8 +84,7 @@ def main() -> None:
             src = str(path)
             try:
                 image = load_image(path)
-                ctx.current_method = None
-                rec = ctx.reconstruction(image, src)
+                rec = reconstruct_faces(image, model, fit_config=FitConfig(dense=args.dense), source=src)[0]
                 own = enc.encode([image], [rec.face.landmarks])[0][0]
             except FaceSynthError as exc:
                 failures.append(str(exc))
@@ -89,9 +92,9 @@ def main() -> None:
             is_gallery = ident not in gallery
             row = {"identity": ident, "yaw": float(rec.fit.pose.yaw), "photo": own}
             for m in methods:
-                ctx.current_method = m
                 t0 = time.perf_counter()
-                imgs = METHODS[m](image, src, gal_poses if is_gallery else front, 128, ctx)
+                imgs = render_face(rec, image, model, gal_poses if is_gallery else front,
+                                   RenderOptions(method=m, size=128, dense=args.dense), makers[m])[0].images
                 seconds[m] += time.perf_counter() - t0
                 d = view_descs(list(imgs))
                 if is_gallery:
@@ -99,7 +102,6 @@ def main() -> None:
                 else:
                     row[f"fallback_{m}"] = len(d) == 0
                     row[m] = own if len(d) == 0 else d[0]
-            ctx.fits.pop(src, None)
             if is_gallery:
                 gallery[ident] = row
             else:

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ganrefine import compare
-from facesynth.compare import METRIC_NAMES, c2st, c2st_accuracy, cross_verification_accuracy
+from facesynth.compare import METRIC_NAMES, c2st, c2st_accuracy, cross_verification_accuracy, job
 
 YAWS = ("0", "30")
 
@@ -70,9 +69,13 @@ def test_cross_verification_counts_pairs_by_hand():
     assert np.isnan(cross_verification_accuracy(dist, same, np.zeros_like(same))[0])
 
 
-def test_method_registry_shape():
-    assert list(compare.METHODS) == ["3d", "gan", "hybrid"]
-    assert all(callable(fn) for fn in compare.METHODS.values())
+def test_default_methods_are_the_registry_in_report_order(tmp_path):
+    from facesynth.cli import build_parser
+    from facesynth.methods import METHODS
+
+    args = build_parser().parse_args(["compare", str(tmp_path), "--yaw", "0", "--out", str(tmp_path / "o")])
+    assert args.methods == list(METHODS) == ["3d", "gan", "hybrid"]
+    assert job.CompareOptions(tmp_path, tmp_path / "o", (0.0,)).methods == ("3d", "gan", "hybrid")
 
 
 def test_compare_usage_errors(tmp_path, capsys):
@@ -115,7 +118,7 @@ def compare_run(tmp_path_factory, data_dir):
     argv = ["compare", str(inp), "--yaw", "0,30", "--size", "128", "--methods", methods, "--no-dense",
             "--real-photos", "12", "--out", str(out)]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(compare, "MIN_C2ST_PER_CLASS", 2)   # 4 photos: let the per-yaw realism test run too
+        mp.setattr(job, "MIN_C2ST_PER_CLASS", 2)   # 4 photos: let the per-yaw realism test run too
         code = main(argv)
     return {"code": code, "out": out, "methods": methods.split(","), "argv": argv, "input": inp}
 
@@ -202,15 +205,13 @@ def test_compare_run_again_reuses_finished_photos(compare_run, monkeypatch):
     first = (out / "metrics.json").read_text()
     calls = []
 
-    def recorded(name):
-        def generate(image, source, poses, size, ctx):
-            calls.append((name, source))
-            return real[name](image, source, poses, size, ctx)
-        return generate
+    def recorded(rec, image, model, poses, options, maker, face=0, key="", sfs=None):
+        calls.append((options.method, key))
+        return render_face(rec, image, model, poses, options, maker, face, key, sfs)
 
-    real = dict(compare.METHODS)
-    monkeypatch.setattr(compare, "METHODS", {m: recorded(m) for m in real})
-    monkeypatch.setattr(compare, "MIN_C2ST_PER_CLASS", 2)
+    render_face = job.render_face
+    monkeypatch.setattr(job, "render_face", recorded)
+    monkeypatch.setattr(job, "MIN_C2ST_PER_CLASS", 2)
     assert main(compare_run["argv"]) == 1           # the two bad photos fail again
     assert calls == []                              # no view generated again
     assert (out / "metrics.json").read_text() == first

@@ -326,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
             return int(exc.code or 0)
         try:
             return run_command(args, helper)
+        except UsageError as exc:  # bad usage found after parsing (e.g. an INPUT folder without photos)
+            print(f"facesynth: error: {exc}", file=sys.stderr)
+            return 2
         except FaceSynthError as exc:
             print(f"facesynth: error: {exc}", file=sys.stderr)
             return 1

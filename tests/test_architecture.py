@@ -127,3 +127,34 @@ def test_the_checks_see_a_cycle_and_a_private_import(tmp_path):
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_every_module_imports(module):
     importlib.import_module(module)
+
+
+#: the longest a function of the packages may be, in lines (docstring and comments included)
+MAX_FUNCTION_LINES = 100
+
+
+def test_no_function_over_100_lines():
+    long = []
+    for m, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
+    assert long == []
+
+
+def test_imports_inside_functions_say_why():
+    """Imports sit at module top; one inside a function has a comment with the word "deferred"
+    (on its line or the three above) saying what its import would cost at the top."""
+    silent = []
+    for m, path in MODULES.items():
+        lines = path.read_text().splitlines()
+        tree = ast.parse("\n".join(lines))
+        top = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top:
+                i = node.lineno - 1
+                if not any("deferred" in line for line in lines[max(0, i - 3):i + 1]):
+                    silent.append(f"{path.relative_to(ROOT)}:{node.lineno}: {lines[i].strip()}")
+    assert silent == []

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -550,14 +549,10 @@ def run_comparison(options: CompareOptions) -> int:
 
 def run_compare(args) -> int:
     """`facesynth compare`: the parsed flags as CompareOptions. A UsageError (INPUT, --out or --lfw
-    unusable) is bad usage, exit 2 like the parser's own errors (`main` gives other errors 1)."""
+    unusable) is bad usage: `facesynth.cli.main` exits 2 for it, like for the parser's own errors."""
     options = CompareOptions(input=Path(args.input), out=Path(args.out), yaws=tuple(args.yaw),
                              pitches=tuple(args.pitch), methods=tuple(args.methods), size=args.size,
                              lfw=Path(args.lfw) if args.lfw else None, real_photos=args.real_photos,
                              refiner=args.refiner, capg=args.capg, model=args.model, dense=args.dense,
                              seed=args.seed, threads=args.threads)
-    try:
-        return run_comparison(options)
-    except UsageError as exc:
-        print(f"facesynth compare: error: {exc}", file=sys.stderr)
-        return 2
+    return run_comparison(options)

@@ -163,10 +163,15 @@ def make_pair_file(photo: Path, cache: Path, model, size: int = 128, seed: int =
         pair = make_rotate_and_render_pair(rec, image, model, offset, size)
     except FaceSynthError as exc:
         return str(exc)
+    write_cache_entry(cache, photo, pair)
+    return None
+
+
+def write_cache_entry(cache: Path, photo: Path, entry) -> None:
+    """Save `entry` (anything with `.save(path)`) as the cache file of `photo`."""
     out = pair_path(cache, photo)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pair.save(out)
-    return None
+    entry.save(out)
 
 
 _WORKER_MODEL = None

@@ -37,7 +37,7 @@ from face3d.fitting import FitConfig, fit_morphable_model
 from face3d.image_io import atomic_write_bytes, load_image
 from face3d.landmarks import detect_faces
 from face3d.render import view_screen
-from ganrefine.pairs import lfw_photos_by_identity, pair_path, split_identities
+from ganrefine.pairs import lfw_photos_by_identity, split_identities, write_cache_entry
 
 
 @dataclass
@@ -77,9 +77,7 @@ def make_pose_photo_file(photo: Path, cache: Path, model, size: int = 128, seed:
                         pose=np.array([fit.pose.yaw, fit.pose.pitch, fit.pose.roll], np.float32))
     except FaceSynthError as exc:
         return str(exc)
-    out = pair_path(cache, photo)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    rec.save(out)
+    write_cache_entry(cache, photo, rec)
     return None
 
 

@@ -34,28 +34,14 @@ from ganrefine.capg_net import CapgConfig, CapgGenerator, face_weight, landmark_
 from ganrefine.metrics import masked_l1
 from ganrefine.pose_pairs import PosePhoto
 from ganrefine.refiner import PatchDiscriminator, lsgan_loss, mirror_landmarks, multiscale_l1, total_variation
-from ganrefine.training import (GanTask, discriminator_step, frozen_identity_encoder, identity_embeddings,
+from ganrefine.training import (GanTrainConfig, GanTask, discriminator_step, frozen_identity_encoder, identity_embeddings,
                                 identity_loss, image_grid, start_gan_run, train_gan)
 from ganrefine.weights import CAPG_CHECKPOINT_FORMAT, save_capg_weights
 
 
 @dataclass
-class CapgTrainConfig:
-    steps: int = 2000
-    batch: int = 8
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    pixel_weight: float = 1.0
-    outside_weight: float = 0.25
-    adv_weight: float = 0.01          # each agent
-    identity_weight: float = 0.1
-    tv_weight: float = 1e-4
-    seed: int = 0
-    log_every: int = 10
-    eval_every: int = 200
-    checkpoint_every: int = 100
+class CapgTrainConfig(GanTrainConfig):
     val_identities: int = 50
-    threads: int | None = None
     capg: CapgConfig = field(default_factory=CapgConfig)
 
 

@@ -36,31 +36,17 @@ from ganrefine.metrics import masked_l1, masked_ssim
 from ganrefine.pairs import TrainingPair
 from ganrefine.refiner import (PatchDiscriminator, RefinerConfig, RefinerGenerator, lsgan_loss, mirror_landmarks,
                                multiscale_l1, symmetry_loss, total_variation)
-from ganrefine.training import (GanTask, discriminator_step, frozen_identity_encoder, identity_embeddings,
+from ganrefine.training import (GanTrainConfig, GanTask, discriminator_step, frozen_identity_encoder, identity_embeddings,
                                 identity_loss, image_grid, learning_rate_scale, set_learning_rate, start_gan_run,
                                 train_gan)
 from ganrefine.weights import CHECKPOINT_FORMAT, load_refiner, save_weights
 
 
 @dataclass
-class TrainConfig:
-    steps: int = 2000
-    batch: int = 8
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    pixel_weight: float = 1.0
-    outside_weight: float = 0.25      # pixel-loss weight off the rendered head (hair, background)
+class TrainConfig(GanTrainConfig):
     symmetry_weight: float = 0.05
-    adv_weight: float = 0.01
-    identity_weight: float = 0.1
-    tv_weight: float = 1e-4
     frontal_asymmetry: float = 0.06   # |nose - eye-centre| / eye distance below this counts as frontal
-    seed: int = 0
-    log_every: int = 10
-    eval_every: int = 200
-    checkpoint_every: int = 100
     val_pairs: int = 100              # the first held-out identities: checkpoint selection only
-    threads: int | None = None
     init: str | None = None           # generator weights to start from (fine-tuning); None: random
     lr_decay_steps: int = 0           # both learning rates fall linearly to 0 over the run's last N steps (0: constant)
     refiner: RefinerConfig = field(default_factory=RefinerConfig)

@@ -46,6 +46,27 @@ ADAM_BETAS = (0.5, 0.999)
 # Identity
 
 
+@dataclass
+class GanTrainConfig:
+    """The settings both GAN training runs share; `TrainConfig` (refiner) and `CapgTrainConfig`
+    (CAPG-GAN) add their own."""
+
+    steps: int = 2000
+    batch: int = 8
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    pixel_weight: float = 1.0
+    outside_weight: float = 0.25      # pixel-loss weight off the face (hair, background)
+    adv_weight: float = 0.01          # per discriminator
+    identity_weight: float = 0.1
+    tv_weight: float = 1e-4
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 200
+    checkpoint_every: int = 100
+    threads: int | None = None
+
+
 def identity_embeddings(encoder, images: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
     """dlib descriptors of (B, 3, S, S) 0..1 images aligned by the given landmarks (differentiable)."""
     return encoder.embed(images * 255.0, landmarks, quantize=False)

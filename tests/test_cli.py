@@ -293,3 +293,23 @@ def test_resume_refuses_expression_views_of_another_version(tmp_path, capsys, ob
     flags[-1] = plain
     assert run(capsys, "rotate", obama_path, *flags)[0] == 0
     assert json.loads((plain / "rotate.json").read_text())["expression_version"] is None
+
+
+@pytest.mark.slow
+def test_rotate_takes_a_folder_of_photos(tmp_path, capsys, data_dir):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in sorted((data_dir / "faces" / "biden").glob("*.jpg")):
+        (folder / p.name).symlink_to(p)
+    (folder / "notes.txt").write_text("not a photo")
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "rotate", folder, "--yaw", "0", "--size", "64", "--no-dense", "--method", "3d",
+                            "--out", out)
+    assert code == 0, err
+    assert sorted({Path(r["source"]).name for r in manifest(out)}) == ["face_recognition_biden.jpg",
+                                                                     "face_recognition_biden2.jpg"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run(capsys, "rotate", empty, "--yaw", "0", "--out", tmp_path / "out2")
+    assert code == 1 and "a folder without photos" in err
+    assert_one_line_error(err)

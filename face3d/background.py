@@ -6,6 +6,7 @@ source head's silhouette (dilated) is inpainted away before the re-posed head is
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 
@@ -16,8 +17,6 @@ from face3d.render import view_screen
 
 def photo_backgrounds(fit, image: np.ndarray, model: MorphableModel, poses: list[Pose], size: int) -> np.ndarray:
     """(B, size, size, 3) uint8 backgrounds, one per pose (identical: the camera does not move)."""
-    import cv2
-
     with torch.no_grad():
         verts = fit.vertices(model)
         view = view_screen(verts, model, [fit.pose], size)[0, :, :2].numpy()

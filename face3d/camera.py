@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 
@@ -95,8 +96,6 @@ _CV = np.diag([1.0, -1.0, -1.0])
 
 def solve_pnp(points_3d: np.ndarray, points_2d: np.ndarray, focal: float, center: tuple[float, float]):
     """Rigid pose (R, t) in our convention from 3D-2D correspondences with OpenCV's PnP."""
-    import cv2
-
     K = np.array([[focal, 0, center[0]], [0, focal, center[1]], [0, 0, 1]], dtype=np.float64)
     ok, rvec, tvec = cv2.solvePnP(points_3d.astype(np.float64), points_2d.astype(np.float64), K, None,
                                   flags=cv2.SOLVEPNP_EPNP)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -121,107 +122,180 @@ def refine_dense(fit: FaceFit, image: np.ndarray, model: MorphableModel, cfg) ->
 
 def _refine_dense(fit: FaceFit, image: np.ndarray, model: MorphableModel, cfg) -> FaceFit:
     t0 = time.perf_counter()
-    S = cfg.dense_size
-    x0, y0, sc = face_crop(fit.landmarks, image.shape[:2], S)
-    M = np.array([[sc, 0, -x0 * sc], [0, sc, -y0 * sc]], dtype=np.float64)
-    crop = cv2.warpAffine(image, M, (S, S), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
-    target = torch.from_numpy(crop).float() / 255.0                                   # (S, S, 3)
-
-    skin_f, used_v, edges = _skin_topology(model)
-    tri_all = model.triangles
-    # only the skin is rasterized and shaded: the term is defined on it, and eyes, mouth socket and
-    # the back of the head would cost ~45% more per step for pixels the term ignores
-    faces = torch.from_numpy(tri_all[skin_f])
-    mirror = torch.from_numpy(model.mirror_vertex)
-
-    E = fit.expression.shape[0] if cfg.fit_expression else 0
-    pose = fit.pose
-    angles = torch.tensor([math.radians(pose.yaw), math.radians(pose.pitch), math.radians(pose.roll)], requires_grad=True)
-    trans = torch.tensor(fit.translation, dtype=torch.float32, requires_grad=True)
-    log_f = torch.tensor(math.log(fit.focal), dtype=torch.float32, requires_grad=True)
-    alpha = torch.tensor(fit.identity[None], dtype=torch.float32, requires_grad=True)
-    beta = torch.tensor(fit.expression[None], dtype=torch.float32, requires_grad=True)
-    f0 = math.log(fit.focal)
-    # Lighting starts ambient; albedo starts from the photo at each vertex (then symmetrised).
-    sh = torch.zeros(9, 3)
-    sh[0] = 1.0 / 0.886227
-    sh.requires_grad_(True)
-    focal_crop = lambda: torch.exp(log_f) * sc
-    centre = torch.tensor([[(fit.center[0] - x0) * sc, (fit.center[1] - y0) * sc]], dtype=torch.float32)
-
-    def geometry():
-        v = model.shape(alpha, beta if E else None)
-        R = euler_to_matrix(angles[0:1], angles[1:2], angles[2:3])
-        cam_pts = transform(v, R, trans[None])
-        scr = PerspectiveCamera(focal_crop()[None], centre).project(cam_pts)
-        return cam_pts, scr
-
-    with torch.no_grad():
-        cam_pts, scr = geometry()
-        xy = scr[0, :, :2].numpy()
-        sample = sample_bilinear(crop, xy) / 255.0
-        a0 = torch.from_numpy(sample.astype(np.float32))
-        a0 = 0.5 * (a0 + a0[mirror])
-    albedo = a0.clone().requires_grad_(True)
-
-    lm = model.landmark_vertices
-    q = torch.tensor(fit.landmarks, dtype=torch.float32)
-    d_eye = outer_eye_distance(fit.landmarks)
-    w_l = torch.ones(68)
-    w_l[JAW] = cfg.jaw_weight
-    w_l[torch.from_numpy(lm < 0)] = 0
-    full_centre = torch.tensor([fit.center], dtype=torch.float32)
-
+    problem, crop = _dense_problem(fit, image, model, cfg)
+    var = _start_variables(fit)
+    var.albedo = _start_albedo(problem, var, crop)
     opt = Adam([
-        {"params": [angles], "lr": 2e-3}, {"params": [trans], "lr": 0.5}, {"params": [log_f], "lr": 2e-3},
-        {"params": [alpha], "lr": 0.02}, {"params": [beta], "lr": 0.01},
-        {"params": [sh], "lr": 0.03}, {"params": [albedo], "lr": 0.02},
+        {"params": [var.angles], "lr": 2e-3}, {"params": [var.trans], "lr": 0.5}, {"params": [var.log_f], "lr": 2e-3},
+        {"params": [var.alpha], "lr": 0.02}, {"params": [var.beta], "lr": 0.01},
+        {"params": [var.sh], "lr": 0.03}, {"params": [var.albedo], "lr": 0.02},
     ])
-    lo, hi = model.expression_range
-    w_sym, w_smooth = 1.0, 5.0
     history = []
     corr = None
     for step in range(cfg.dense_steps):
         opt.zero_grad()
-        cam_pts, scr = geometry()
+        cam_pts, scr = _geometry(problem, var)
         if corr is None or step % 10 == 0:
-            full = PerspectiveCamera(torch.exp(log_f.detach())[None], full_centre).project(cam_pts.detach())[0, :, :2].numpy()
-            corr = torch.from_numpy(select_contour_vertices(model, lambda i: full[i], fit.landmarks).clip(min=0))
-        frag = rasterize_meshes(scr, faces, S, cull_backfaces=True)
-        mask = frag.pix_to_face >= 0
-        normals = vertex_normals(cam_pts, faces)
-        attrs = torch.cat([albedo[None], normals], dim=-1)
-        pix = interpolate_vertex_attributes(frag, faces, attrs)[0]                      # (S, S, 6)
-        n = torch.nn.functional.normalize(pix[..., 3:], dim=-1)
-        shade = sh_basis(n) @ sh                                                        # (S, S, 3)
-        pred = pix[..., :3] * shade
-        m = mask[0]
-        diff = (pred - target)[m]
-        e_photo = torch.sqrt(diff ** 2 + 1e-4).mean()
-        e_sym = ((albedo[used_v] - albedo[mirror[used_v]]) ** 2).sum(-1).mean()
-        e_smooth = ((albedo[edges[:, 0]] - albedo[edges[:, 1]]) ** 2).sum(-1).mean()
-        # landmark term in the full image frame, as in the landmark stage
-        full_scr = PerspectiveCamera(torch.exp(log_f)[None], full_centre).project(cam_pts[:, corr])[0, :, :2]
-        e_lmk = (w_l * ((full_scr - q) ** 2).sum(-1)).sum() / w_l.sum() / d_eye ** 2
-        prior = cfg.identity_prior * (alpha ** 2).sum() + cfg.focal_prior * (log_f - f0) ** 2
-        if E:
-            prior = prior + cfg.expression_prior * (beta ** 2).sum()
-        loss = cfg.dense_weight * (e_photo + w_sym * e_sym + w_smooth * e_smooth) * 1e-2 + e_lmk + prior
+            corr = _contour_correspondences(problem, var, cam_pts)
+        e_photo, loss = _dense_loss(problem, var, cam_pts, scr, corr, cfg)
         loss.backward()
         opt.step()
-        with torch.no_grad():
-            if E:
-                beta.clamp_(lo, hi)
-            alpha.clamp_(-3.5, 3.5)
-            albedo.clamp_(0.0, 1.5)
+        _clamp_to_bounds(problem, var)
         history.append(float(e_photo.detach()))
+    return _dense_fit(fit, var, problem.num_expressions, history, t0)
 
-    R = euler_to_matrix(angles[0:1], angles[1:2], angles[2:3])[0].detach().numpy().astype(np.float64)
-    out = FaceFit(model_name=fit.model_name, image_size=fit.image_size, identity=alpha.detach()[0].numpy().copy(),
-                  expression=beta.detach()[0].numpy().copy() if E else fit.expression, rotation=R,
-                  translation=trans.detach().numpy().astype(np.float64), focal=float(torch.exp(log_f.detach())),
-                  center=fit.center, landmarks=fit.landmarks, sh=sh.detach().numpy().copy(),
-                  albedo=albedo.detach().numpy().copy(), residuals=dict(fit.residuals))
+
+@dataclass
+class _DenseProblem:
+    """The constants of the dense loss: the face crop, the skin mesh, the landmark term's data."""
+
+    model: MorphableModel
+    target: torch.Tensor             # (S, S, 3) the face crop, 0..1
+    size: int                        # S
+    scale: float                     # crop pixels per photo pixel
+    crop_centre: torch.Tensor        # (1, 2) principal point in the crop
+    photo_centre: torch.Tensor       # (1, 2) principal point in the photo
+    faces: torch.Tensor              # (F', 3) the skin triangles
+    skin_vertices: np.ndarray        # vertices of the skin triangles
+    edges: torch.Tensor              # (n, 2) unique edges of the skin triangles
+    mirror: torch.Tensor             # (V,) mirror vertex
+    landmarks: np.ndarray            # (68, 2) photo landmarks
+    landmark_targets: torch.Tensor   # the same, float32
+    landmark_weights: torch.Tensor   # (68,) jaw points down-weighted, missing ones 0
+    eye_distance: float              # d_eye (px)
+    num_expressions: int             # E (0: expression not fitted)
+    log_focal_prior: float           # log f of the landmark stage, the focal prior's centre
+
+
+def _dense_problem(fit: FaceFit, image: np.ndarray, model: MorphableModel, cfg) -> tuple[_DenseProblem, np.ndarray]:
+    """The dense loss's constants, and the uint8 face crop (S, S, 3) they were made from."""
+    S = cfg.dense_size
+    x0, y0, sc = face_crop(fit.landmarks, image.shape[:2], S)
+    M = np.array([[sc, 0, -x0 * sc], [0, sc, -y0 * sc]], dtype=np.float64)
+    crop = cv2.warpAffine(image, M, (S, S), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+    skin_f, used_v, edges = _skin_topology(model)
+    lm = model.landmark_vertices
+    w_l = torch.ones(68)
+    w_l[JAW] = cfg.jaw_weight
+    w_l[torch.from_numpy(lm < 0)] = 0
+    return _DenseProblem(
+        model=model, target=torch.from_numpy(crop).float() / 255.0, size=S, scale=sc,
+        crop_centre=torch.tensor([[(fit.center[0] - x0) * sc, (fit.center[1] - y0) * sc]], dtype=torch.float32),
+        photo_centre=torch.tensor([fit.center], dtype=torch.float32),
+        # only the skin is rasterized and shaded: the term is defined on it, and eyes, mouth socket
+        # and the back of the head would cost ~45% more per step for pixels the term ignores
+        faces=torch.from_numpy(model.triangles[skin_f]), skin_vertices=used_v, edges=edges,
+        mirror=torch.from_numpy(model.mirror_vertex), landmarks=fit.landmarks,
+        landmark_targets=torch.tensor(fit.landmarks, dtype=torch.float32), landmark_weights=w_l,
+        eye_distance=outer_eye_distance(fit.landmarks),
+        num_expressions=fit.expression.shape[0] if cfg.fit_expression else 0, log_focal_prior=math.log(fit.focal),
+    ), crop
+
+
+@dataclass
+class _DenseVariables:
+    """What the dense stage optimises (leaf tensors): pose, focal length, shape, SH lighting, albedo."""
+
+    angles: torch.Tensor             # (3,) yaw, pitch, roll (rad)
+    trans: torch.Tensor              # (3,)
+    log_f: torch.Tensor              # log focal length (photo pixels)
+    alpha: torch.Tensor              # (1, K)
+    beta: torch.Tensor               # (1, E)
+    sh: torch.Tensor                 # (9, 3)
+    albedo: torch.Tensor | None = None   # (V, 3)
+
+
+def _start_variables(fit: FaceFit) -> _DenseVariables:
+    """The landmark fit's pose and shape, and an ambient light (albedo: `_start_albedo`)."""
+    pose = fit.pose
+    sh = torch.zeros(9, 3)
+    sh[0] = 1.0 / 0.886227
+    sh.requires_grad_(True)
+    return _DenseVariables(
+        angles=torch.tensor([math.radians(pose.yaw), math.radians(pose.pitch), math.radians(pose.roll)], requires_grad=True),
+        trans=torch.tensor(fit.translation, dtype=torch.float32, requires_grad=True),
+        log_f=torch.tensor(math.log(fit.focal), dtype=torch.float32, requires_grad=True),
+        alpha=torch.tensor(fit.identity[None], dtype=torch.float32, requires_grad=True),
+        beta=torch.tensor(fit.expression[None], dtype=torch.float32, requires_grad=True), sh=sh)
+
+
+def _geometry(problem: _DenseProblem, var: _DenseVariables):
+    """The mesh in the camera frame (1, V, 3) and in crop pixels (1, V, 3)."""
+    v = problem.model.shape(var.alpha, var.beta if problem.num_expressions else None)
+    R = euler_to_matrix(var.angles[0:1], var.angles[1:2], var.angles[2:3])
+    cam_pts = transform(v, R, var.trans[None])
+    scr = PerspectiveCamera((torch.exp(var.log_f) * problem.scale)[None], problem.crop_centre).project(cam_pts)
+    return cam_pts, scr
+
+
+def _start_albedo(problem: _DenseProblem, var: _DenseVariables, crop: np.ndarray) -> torch.Tensor:
+    """The photo's colour at each vertex, averaged with its mirror vertex's (a leaf tensor)."""
+    with torch.no_grad():
+        _, scr = _geometry(problem, var)
+        xy = scr[0, :, :2].numpy()
+        sample = sample_bilinear(crop, xy) / 255.0
+        a0 = torch.from_numpy(sample.astype(np.float32))
+        a0 = 0.5 * (a0 + a0[problem.mirror])
+    return a0.clone().requires_grad_(True)
+
+
+def _contour_correspondences(problem: _DenseProblem, var: _DenseVariables, cam_pts: torch.Tensor) -> torch.Tensor:
+    """The model vertex of each landmark at the current pose (jaw points on the occluding contour)."""
+    full = PerspectiveCamera(torch.exp(var.log_f.detach())[None], problem.photo_centre).project(cam_pts.detach())[0, :, :2].numpy()
+    return torch.from_numpy(select_contour_vertices(problem.model, lambda i: full[i], problem.landmarks).clip(min=0))
+
+
+def _photometric_energy(problem: _DenseProblem, var: _DenseVariables, cam_pts: torch.Tensor, scr: torch.Tensor):
+    """Mean Charbonnier distance between the shaded skin and the crop over the covered pixels."""
+    faces = problem.faces
+    frag = rasterize_meshes(scr, faces, problem.size, cull_backfaces=True)
+    mask = frag.pix_to_face >= 0
+    normals = vertex_normals(cam_pts, faces)
+    attrs = torch.cat([var.albedo[None], normals], dim=-1)
+    pix = interpolate_vertex_attributes(frag, faces, attrs)[0]                      # (S, S, 6)
+    n = torch.nn.functional.normalize(pix[..., 3:], dim=-1)
+    shade = sh_basis(n) @ var.sh                                                    # (S, S, 3)
+    pred = pix[..., :3] * shade
+    m = mask[0]
+    diff = (pred - problem.target)[m]
+    return torch.sqrt(diff ** 2 + 1e-4).mean()
+
+
+def _dense_loss(problem: _DenseProblem, var: _DenseVariables, cam_pts: torch.Tensor, scr: torch.Tensor,
+                corr: torch.Tensor, cfg):
+    """(E_photo, E_dense) of the module doc; E_photo is reported, E_dense minimised."""
+    w_sym, w_smooth = 1.0, 5.0
+    albedo, mirror, used_v, edges = var.albedo, problem.mirror, problem.skin_vertices, problem.edges
+    e_photo = _photometric_energy(problem, var, cam_pts, scr)
+    e_sym = ((albedo[used_v] - albedo[mirror[used_v]]) ** 2).sum(-1).mean()
+    e_smooth = ((albedo[edges[:, 0]] - albedo[edges[:, 1]]) ** 2).sum(-1).mean()
+    # landmark term in the full image frame, as in the landmark stage
+    full_scr = PerspectiveCamera(torch.exp(var.log_f)[None], problem.photo_centre).project(cam_pts[:, corr])[0, :, :2]
+    w_l = problem.landmark_weights
+    e_lmk = (w_l * ((full_scr - problem.landmark_targets) ** 2).sum(-1)).sum() / w_l.sum() / problem.eye_distance ** 2
+    prior = cfg.identity_prior * (var.alpha ** 2).sum() + cfg.focal_prior * (var.log_f - problem.log_focal_prior) ** 2
+    if problem.num_expressions:
+        prior = prior + cfg.expression_prior * (var.beta ** 2).sum()
+    return e_photo, cfg.dense_weight * (e_photo + w_sym * e_sym + w_smooth * e_smooth) * 1e-2 + e_lmk + prior
+
+
+@torch.no_grad()
+def _clamp_to_bounds(problem: _DenseProblem, var: _DenseVariables) -> None:
+    if problem.num_expressions:
+        lo, hi = problem.model.expression_range
+        var.beta.clamp_(lo, hi)
+    var.alpha.clamp_(-3.5, 3.5)
+    var.albedo.clamp_(0.0, 1.5)
+
+
+def _dense_fit(fit: FaceFit, var: _DenseVariables, E: int, history: list[float], t0: float) -> FaceFit:
+    """The refined FaceFit, with the photometric term's first and last values and the stage's time."""
+    R = euler_to_matrix(var.angles[0:1], var.angles[1:2], var.angles[2:3])[0].detach().numpy().astype(np.float64)
+    out = FaceFit(model_name=fit.model_name, image_size=fit.image_size, identity=var.alpha.detach()[0].numpy().copy(),
+                  expression=var.beta.detach()[0].numpy().copy() if E else fit.expression, rotation=R,
+                  translation=var.trans.detach().numpy().astype(np.float64), focal=float(torch.exp(var.log_f.detach())),
+                  center=fit.center, landmarks=fit.landmarks, sh=var.sh.detach().numpy().copy(),
+                  albedo=var.albedo.detach().numpy().copy(), residuals=dict(fit.residuals))
     out.residuals["dense_photometric_start"] = history[0] if history else float("nan")
     out.residuals["dense_photometric_end"] = history[-1] if history else float("nan")
     out.residuals["dense_seconds"] = time.perf_counter() - t0

@@ -25,7 +25,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 from collections import deque
+
+from face3d.process_utils import die_with_parent
 
 #: photos sent to the helper and not yet read back; enough to keep it one photo ahead
 DEPTH = 3
@@ -35,11 +38,11 @@ _FAILED = object()
 def _serve(conn, parent_conn, parent_pid: int) -> None:
     """The helper's loop: path in, (path, detections or None) out; None ends it. `parent_conn` is
     the main process's end of the pipe, which the fork copied here; `parent_pid` the main process."""
-    from face3d.process_utils import die_with_parent
-
     die_with_parent(parent_pid)
     parent_conn.close()  # else this process holds a writer of its own input and never sees EOF
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    # deferred: these modules' numpy and PIL cost ~170 ms to import (measured), which the main
+    # process would pay before it forks this helper; here they load while it imports torch
     from face3d.image_io import load_image
     from face3d.landmarks import detect_faces, load_landmark_models
 
@@ -152,8 +155,6 @@ def start_detection_helper() -> DetectionHelper | None:
     """A helper process, or None where it would not pay or cannot run: torch already imported (the
     overlap it exists for is gone, and forking a process with torch's threads running is unsafe) or
     no fork on this platform."""
-    import sys
-
     if "torch" in sys.modules or "fork" not in multiprocessing.get_all_start_methods():
         return None
     try:

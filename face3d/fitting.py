@@ -93,155 +93,222 @@ def fit_morphable_model(image: np.ndarray | None, landmarks: np.ndarray, model: 
     if image_size is None:
         raise ValueError("image_size is required without an image")
     H, W = image_size
+    q, d_eye = _checked_landmarks(landmarks)
+    center = (W / 2.0, H / 2.0)
+    f0 = initial_focal((H, W), cfg.fov_degrees)
+
+    problem = _landmark_problem(model, q, d_eye, center, f0, cfg)
+    theta = _rigid_start(problem, q)
+    theta, iterations = _levenberg_marquardt(problem, theta, q, cfg)
+    fit = _face_fit(problem, theta, (H, W), q)
+    fit.residuals["landmark_stage_seconds"] = time.perf_counter() - t0
+    fit.residuals["landmark_iterations"] = iterations
+    if cfg.dense and image is not None:
+        fit = refine_dense(fit, image, model, cfg)
+    fit.residuals.update(landmark_residuals(fit, model))
+    fit.residuals["fit_seconds"] = time.perf_counter() - t0
+    return fit
+
+
+def _checked_landmarks(landmarks: np.ndarray) -> tuple[np.ndarray, float]:
+    """The landmarks as float64 (68, 2) and their outer-eye distance; one-line errors for unusable ones."""
     q = np.asarray(landmarks, dtype=np.float64)
     if q.shape != (68, 2) or not np.all(np.isfinite(q)):
         raise FaceSynthError("landmarks must be a finite (68, 2) array")
     d_eye = outer_eye_distance(q)
     if d_eye < 2:
         raise FaceSynthError("face too small: the outer eye corners are under 2 px apart")
-    center = (W / 2.0, H / 2.0)
-    f0 = initial_focal((H, W), cfg.fov_degrees)
+    return q, d_eye
 
-    lm = model.landmark_vertices.copy()
-    valid = lm >= 0
-    # Rigid start: PnP of the mean shape on the inner (non-jaw) landmarks.
-    inner = np.array([k for k in range(17, 68) if valid[k]])
-    R0, t0v = solve_pnp(model.mean[lm[inner]], q[inner], f0, center)
 
+@dataclass
+class _LandmarkProblem:
+    """The landmark stage's least squares over theta = [yaw, pitch, roll (rad), t (3), log f,
+    alpha (K), beta (E)] (float64): the constants of the residual r(theta) and theta's bounds."""
+
+    model: MorphableModel
+    num_identity: int                # K
+    num_expressions: int             # E (0: expression not fitted)
+    center: tuple[float, float]      # principal point (px)
+    f0: float                        # initial focal length (px), the focal prior's centre
+    focal_prior: float               # w_f
+    valid: np.ndarray                # (68,) the landmarks the model has a vertex for
+    targets: torch.Tensor            # (68, 2) landmarks (float32 values, in float64)
+    point_scale: torch.Tensor        # (68,) sqrt(w_k / sum w) / d_eye
+    prior_diag: torch.Tensor         # (K + E,) sqrt(w_id), sqrt(w_ex)
+    mean: torch.Tensor               # (V, 3) float64
+    identity_basis: torch.Tensor     # (K, V, 3) float64
+    expression_basis: torch.Tensor | None   # (E, V, 3) float64
+    lower: torch.Tensor              # (n,) bounds of theta
+    upper: torch.Tensor
+
+
+def _landmark_problem(model: MorphableModel, q: np.ndarray, d_eye: float, center: tuple[float, float],
+                      f0: float, cfg: FitConfig) -> _LandmarkProblem:
     K = min(cfg.num_identity, model.num_identity)
     E = model.num_expressions if cfg.fit_expression else 0
-    pose0 = matrix_to_euler(R0)
-    lo, hi = model.expression_range
-
-    qt = torch.tensor(q, dtype=torch.float32)
+    valid = model.landmark_vertices >= 0
     weights = torch.ones(68)
     weights[JAW] = cfg.jaw_weight
     weights[~torch.from_numpy(valid)] = 0.0
-    ctr = torch.tensor([center], dtype=torch.float32)
-
-    def unpack32(th: torch.Tensor):
-        """(angles, translation, log focal, alpha (1, K), beta (1, E)) of theta, in float32."""
-        th = th.float()
-        return th[:3], th[3:6], th[6], th[7:7 + K][None], th[7 + K:][None]
-
-    def screen_np(vert_idx: np.ndarray, th: torch.Tensor) -> np.ndarray:
-        """Pixel positions (n, 2) of some model vertices under the parameters theta."""
-        a, tr, lf, al, be = unpack32(th)
-        with torch.no_grad():
-            v = model.shape(al, be if E else None, vertices=torch.from_numpy(vert_idx))
-            R = euler_to_matrix(a[0:1], a[1:2], a[2:3])
-            cam = PerspectiveCamera(torch.exp(lf)[None], ctr)
-            return cam.project(transform(v, R, tr[None]))[0, :, :2].numpy()
-
-    # Levenberg-Marquardt on the stacked residual vector r(theta) = [landmarks; sqrt(priors)], so
-    # that ||r||^2 = E. The Jacobian is written out (the model is linear in alpha and beta, the
-    # projection's derivative is closed-form, R's is by central differences of three angles), which
-    # makes a step cost well under a millisecond; autograd Jacobians cost ~50 ms here.
-    theta = torch.cat([torch.tensor([math.radians(pose0.yaw), math.radians(pose0.pitch), math.radians(pose0.roll)]),
-                       torch.tensor(t0v, dtype=torch.float32), torch.tensor([math.log(f0)]),
-                       torch.zeros(K + E)]).float().double()
-    n_par = theta.numel()
-    lo_t = torch.full((n_par,), -float("inf"), dtype=torch.float64)
-    hi_t = torch.full((n_par,), float("inf"), dtype=torch.float64)
-    lo_t[7:7 + K], hi_t[7:7 + K] = -3.5, 3.5
-    lo_t[7 + K:], hi_t[7 + K:] = lo, hi
-    t_mod = model.tensors()
-    mean_d = t_mod["mean"].double()
-    U_d = t_mod["identity_basis"][:K].double()
-    E_d = t_mod["expression_basis"][:E].double() if E else None
-    qd = qt.double()
-    sw = torch.sqrt(weights.double() / float(weights.sum())) / d_eye
-    cx, cy = center
     w_ex = np.full(E, cfg.expression_prior)
     if cfg.mouth_expression_prior is not None:
         w_ex[mouth_blendshapes(model, E)] = cfg.mouth_expression_prior
     prior_diag = torch.cat([torch.full((K,), math.sqrt(cfg.identity_prior)), torch.from_numpy(np.sqrt(w_ex))]).double()
+    n_par = 7 + K + E
+    lower = torch.full((n_par,), -float("inf"), dtype=torch.float64)
+    upper = torch.full((n_par,), float("inf"), dtype=torch.float64)
+    lower[7:7 + K], upper[7:7 + K] = -3.5, 3.5
+    lower[7 + K:], upper[7 + K:] = model.expression_range
+    t_mod = model.tensors()
+    return _LandmarkProblem(
+        model=model, num_identity=K, num_expressions=E, center=center, f0=f0, focal_prior=cfg.focal_prior,
+        valid=valid, targets=torch.tensor(q, dtype=torch.float32).double(),
+        point_scale=torch.sqrt(weights.double() / float(weights.sum())) / d_eye, prior_diag=prior_diag,
+        mean=t_mod["mean"].double(), identity_basis=t_mod["identity_basis"][:K].double(),
+        expression_basis=t_mod["expression_basis"][:E].double() if E else None, lower=lower, upper=upper)
 
-    def rot(a):
-        return euler_to_matrix(a[0:1], a[1:2], a[2:3])[0]
 
-    def residual_and_jacobian(th, corr_t, want_j=True):
-        a, tr, lf = th[:3], th[3:6], th[6]
-        al, be = th[7:7 + K], th[7 + K:]
-        Uc = U_d[:, corr_t]                                              # (K, N, 3)
-        v = mean_d[corr_t] + torch.einsum("k,knc->nc", al, Uc)
-        if E:
-            Ec = E_d[:, corr_t]
-            v = v + torch.einsum("e,enc->nc", be, Ec)
-        R = rot(a)
-        X = v @ R.T + tr                                                 # camera frame (N, 3)
-        f = torch.exp(lf)
-        Z = X[:, 2]
-        u = cx - f * X[:, 0] / Z
-        w = cy + f * X[:, 1] / Z
-        p = torch.stack([u, w], dim=1)
-        r_l = ((p - qd) * sw[:, None]).reshape(-1)
-        r_p = torch.cat([prior_diag * torch.cat([al, be]), math.sqrt(cfg.focal_prior) * (lf - math.log(f0))[None]])
-        r = torch.cat([r_l, r_p])
-        if not want_j:
-            return r, None
-        N = X.shape[0]
-        dP = torch.zeros(N, 2, 3, dtype=torch.float64)                  # d(u, w) / d X_cam
-        dP[:, 0, 0] = -f / Z
-        dP[:, 0, 2] = f * X[:, 0] / Z ** 2
-        dP[:, 1, 1] = f / Z
-        dP[:, 1, 2] = -f * X[:, 1] / Z ** 2
-        dP = dP * sw[:, None, None]
-        J = torch.zeros(r.numel(), n_par, dtype=torch.float64)
-        h = 1e-6
-        for i in range(3):
-            e = torch.zeros(3, dtype=torch.float64)
-            e[i] = h
-            dR = (rot(a + e) - rot(a - e)) / (2 * h)
-            J[: 2 * N, i] = torch.einsum("nij,nj->ni", dP, v @ dR.T).reshape(-1)
-        J[: 2 * N, 3:6] = dP.reshape(2 * N, 3)
-        J[: 2 * N, 6] = ((p - torch.tensor([cx, cy], dtype=torch.float64)) * sw[:, None]).reshape(-1)
-        J[: 2 * N, 7:7 + K] = torch.einsum("nij,knj->nik", dP, Uc @ R.T).reshape(2 * N, K)
-        if E:
-            J[: 2 * N, 7 + K:] = torch.einsum("nij,enj->nie", dP, Ec @ R.T).reshape(2 * N, E)
-        idx = torch.arange(K + E)
-        J[2 * N + idx, 7 + idx] = prior_diag
-        J[-1, 6] = math.sqrt(cfg.focal_prior)
-        return r, J
+def _rigid_start(problem: _LandmarkProblem, q: np.ndarray) -> torch.Tensor:
+    """theta of the mean shape posed by PnP on the inner (non-jaw) landmarks, at the initial focal length."""
+    lm = problem.model.landmark_vertices
+    inner = np.array([k for k in range(17, 68) if problem.valid[k]])
+    R0, t0 = solve_pnp(problem.model.mean[lm[inner]], q[inner], problem.f0, problem.center)
+    pose0 = matrix_to_euler(R0)
+    return torch.cat([torch.tensor([math.radians(pose0.yaw), math.radians(pose0.pitch), math.radians(pose0.roll)]),
+                      torch.tensor(t0, dtype=torch.float32), torch.tensor([math.log(problem.f0)]),
+                      torch.zeros(problem.num_identity + problem.num_expressions)]).float().double()
 
+
+def _unpack32(problem: _LandmarkProblem, theta: torch.Tensor):
+    """(angles, translation, log focal, alpha (1, K), beta (1, E)) of theta, in float32."""
+    K = problem.num_identity
+    th = theta.float()
+    return th[:3], th[3:6], th[6], th[7:7 + K][None], th[7 + K:][None]
+
+
+def _screen_positions(problem: _LandmarkProblem, vert_idx: np.ndarray, theta: torch.Tensor) -> np.ndarray:
+    """Pixel positions (n, 2) of some model vertices under the parameters theta."""
+    a, tr, lf, al, be = _unpack32(problem, theta)
+    with torch.no_grad():
+        v = problem.model.shape(al, be if problem.num_expressions else None, vertices=torch.from_numpy(vert_idx))
+        R = euler_to_matrix(a[0:1], a[1:2], a[2:3])
+        cam = PerspectiveCamera(torch.exp(lf)[None], torch.tensor([problem.center], dtype=torch.float32))
+        return cam.project(transform(v, R, tr[None]))[0, :, :2].numpy()
+
+
+def _rotation(angles: torch.Tensor) -> torch.Tensor:
+    return euler_to_matrix(angles[0:1], angles[1:2], angles[2:3])[0]
+
+
+# Levenberg-Marquardt on the stacked residual vector r(theta) = [landmarks; sqrt(priors)], so that
+# ||r||^2 = E. The Jacobian is written out (the model is linear in alpha and beta, the projection's
+# derivative is closed-form, R's is by central differences of three angles), which makes a step
+# cost well under a millisecond; autograd Jacobians cost ~50 ms here.
+
+
+def _landmark_residual(problem: _LandmarkProblem, theta: torch.Tensor, corr: torch.Tensor, want_j: bool = True):
+    """r(theta) and, with `want_j`, its Jacobian (len(r), n), for the landmark vertices `corr` (68,)."""
+    K, E = problem.num_identity, problem.num_expressions
+    cx, cy = problem.center
+    sw = problem.point_scale
+    a, tr, lf = theta[:3], theta[3:6], theta[6]
+    al, be = theta[7:7 + K], theta[7 + K:]
+    Uc = problem.identity_basis[:, corr]                             # (K, N, 3)
+    v = problem.mean[corr] + torch.einsum("k,knc->nc", al, Uc)
+    if E:
+        Ec = problem.expression_basis[:, corr]
+        v = v + torch.einsum("e,enc->nc", be, Ec)
+    R = _rotation(a)
+    X = v @ R.T + tr                                                 # camera frame (N, 3)
+    f = torch.exp(lf)
+    Z = X[:, 2]
+    u = cx - f * X[:, 0] / Z
+    w = cy + f * X[:, 1] / Z
+    p = torch.stack([u, w], dim=1)
+    r_l = ((p - problem.targets) * sw[:, None]).reshape(-1)
+    r_p = torch.cat([problem.prior_diag * torch.cat([al, be]),
+                     math.sqrt(problem.focal_prior) * (lf - math.log(problem.f0))[None]])
+    r = torch.cat([r_l, r_p])
+    if not want_j:
+        return r, None
+    N = X.shape[0]
+    dP = torch.zeros(N, 2, 3, dtype=torch.float64)                  # d(u, w) / d X_cam
+    dP[:, 0, 0] = -f / Z
+    dP[:, 0, 2] = f * X[:, 0] / Z ** 2
+    dP[:, 1, 1] = f / Z
+    dP[:, 1, 2] = -f * X[:, 1] / Z ** 2
+    dP = dP * sw[:, None, None]
+    J = torch.zeros(r.numel(), theta.numel(), dtype=torch.float64)
+    h = 1e-6
+    for i in range(3):
+        e = torch.zeros(3, dtype=torch.float64)
+        e[i] = h
+        dR = (_rotation(a + e) - _rotation(a - e)) / (2 * h)
+        J[: 2 * N, i] = torch.einsum("nij,nj->ni", dP, v @ dR.T).reshape(-1)
+    J[: 2 * N, 3:6] = dP.reshape(2 * N, 3)
+    J[: 2 * N, 6] = ((p - torch.tensor([cx, cy], dtype=torch.float64)) * sw[:, None]).reshape(-1)
+    J[: 2 * N, 7:7 + K] = torch.einsum("nij,knj->nik", dP, Uc @ R.T).reshape(2 * N, K)
+    if E:
+        J[: 2 * N, 7 + K:] = torch.einsum("nij,enj->nie", dP, Ec @ R.T).reshape(2 * N, E)
+    idx = torch.arange(K + E)
+    J[2 * N + idx, 7 + idx] = problem.prior_diag
+    J[-1, 6] = math.sqrt(problem.focal_prior)
+    return r, J
+
+
+def _landmark_correspondences(problem: _LandmarkProblem, theta: torch.Tensor, q: np.ndarray) -> torch.Tensor:
+    """The model vertex of each landmark under theta (jaw points on the occluding contour; 0 for the
+    inner landmarks the model lacks, whose weight is 0)."""
+    corr = select_contour_vertices(problem.model, lambda idx: _screen_positions(problem, idx, theta), q)
+    corr[~problem.valid & (np.arange(68) > 16)] = 0
+    return torch.from_numpy(corr)
+
+
+def _damped_step(problem: _LandmarkProblem, theta: torch.Tensor, corr: torch.Tensor, lam: float):
+    """One Levenberg-Marquardt step, raising the damping lam (up to 10 times) until the cost drops.
+
+    Returns (theta, lam, cost before, cost of the last candidate, improved); theta is unchanged
+    when no candidate improved."""
+    r, J = _landmark_residual(problem, theta, corr)
+    JtJ, Jtr = J.T @ J, J.T @ r
+    cost = float(r @ r)
+    c_cost = cost
+    for _ in range(10):
+        step = torch.linalg.solve(JtJ + lam * torch.diag(torch.diagonal(JtJ) + 1e-12), -Jtr)
+        cand = torch.minimum(torch.maximum(theta + step, problem.lower), problem.upper)
+        c_cost = float((_landmark_residual(problem, cand, corr, want_j=False)[0] ** 2).sum())
+        if c_cost < cost:
+            return cand, max(lam / 3, 1e-9), cost, c_cost, True
+        lam *= 4
+    return theta, lam, cost, c_cost, False
+
+
+def _levenberg_marquardt(problem: _LandmarkProblem, theta: torch.Tensor, q: np.ndarray,
+                         cfg: FitConfig) -> tuple[torch.Tensor, int]:
+    """Minimise ||r(theta)||^2 from `theta`, re-picking the jaw contour every `cfg.contour_every` steps;
+    returns theta and the number of steps taken. It stops early once a step no longer improves, but
+    not right after a re-pick (the new correspondences get their steps)."""
     lam = 1e-3
-    corr = lm.copy()
-    corr[~valid] = 0
     for it in range(cfg.landmark_steps):
         if it % cfg.contour_every == 0:
-            corr = select_contour_vertices(model, lambda idx: screen_np(idx, theta), q)
-            corr[~valid & (np.arange(68) > 16)] = 0
-            corr_t = torch.from_numpy(corr)
-        r, J = residual_and_jacobian(theta, corr_t)
-        JtJ, Jtr = J.T @ J, J.T @ r
-        cost = float(r @ r)
-        improved, c_cost = False, cost
-        for _ in range(10):
-            step = torch.linalg.solve(JtJ + lam * torch.diag(torch.diagonal(JtJ) + 1e-12), -Jtr)
-            cand = torch.minimum(torch.maximum(theta + step, lo_t), hi_t)
-            c_cost = float((residual_and_jacobian(cand, corr_t, want_j=False)[0] ** 2).sum())
-            if c_cost < cost:
-                theta, lam, improved = cand, max(lam / 3, 1e-9), True
-                break
-            lam *= 4
+            corr = _landmark_correspondences(problem, theta, q)
+        theta, lam, cost, c_cost, improved = _damped_step(problem, theta, corr, lam)
         converged = not improved or (cost - c_cost) < 1e-9 * max(cost, 1e-12)
         if converged and it >= cfg.contour_every and (it + 1) % cfg.contour_every != 0:
             break
-    fit_iters = it + 1
+    return theta, it + 1
 
-    a, tr, lf, al, be = unpack32(theta)
-    R = euler_to_matrix(a[0:1], a[1:2], a[2:3])[0].numpy().astype(np.float64)
-    fit = FaceFit(model_name=model.name, image_size=(H, W), identity=al[0].numpy().copy(),
-                  expression=(be[0].numpy().copy() if E else np.zeros(model.num_expressions, np.float32)),
-                  rotation=R, translation=tr.numpy().astype(np.float64), focal=float(torch.exp(lf)),
-                  center=center, landmarks=q)
-    fit.residuals["landmark_stage_seconds"] = time.perf_counter() - t0
-    fit.residuals["landmark_iterations"] = fit_iters
-    if cfg.dense and image is not None:
-        fit = refine_dense(fit, image, model, cfg)
-    fit.residuals.update(landmark_residuals(fit, model))
-    fit.residuals["fit_seconds"] = time.perf_counter() - t0
-    return fit
+
+def _face_fit(problem: _LandmarkProblem, theta: torch.Tensor, image_size: tuple[int, int], q: np.ndarray) -> FaceFit:
+    model = problem.model
+    a, tr, lf, al, be = _unpack32(problem, theta)
+    R = _rotation(a).numpy().astype(np.float64)
+    return FaceFit(model_name=model.name, image_size=image_size, identity=al[0].numpy().copy(),
+                   expression=(be[0].numpy().copy() if problem.num_expressions
+                               else np.zeros(model.num_expressions, np.float32)),
+                   rotation=R, translation=tr.numpy().astype(np.float64), focal=float(torch.exp(lf)),
+                   center=problem.center, landmarks=q)
 
 
 def landmark_residuals(fit: FaceFit, model: MorphableModel) -> dict:

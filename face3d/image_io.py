@@ -5,6 +5,8 @@ jobs record the message and carry on.
 """
 from __future__ import annotations
 
+import fcntl
+import io
 import os
 import re
 import tempfile
@@ -60,6 +62,8 @@ def load_image(path: str | os.PathLike, max_side: int = MAX_SIDE) -> np.ndarray:
     h, w = rgb.shape[:2]
     if max(h, w) > max_side:
         s = max_side / max(h, w)
+        # deferred: cv2 costs ~25 ms to import (measured); the detection helper imports this module
+        # first thing and needs cv2 only for photos over max_side
         import cv2
 
         rgb = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
@@ -194,8 +198,6 @@ class FolderLock:
 def lock_output_folder(out: str | os.PathLike, lock_name: str, busy: str) -> FolderLock:
     """Take `out/lock_name` exclusively without waiting; a folder another process holds is the
     one-line `FaceSynthError` `busy`."""
-    import fcntl
-
     try:
         handle = open(Path(out) / lock_name, "w")
     except OSError as exc:
@@ -213,8 +215,6 @@ def lock_output_folder(out: str | os.PathLike, lock_name: str, busy: str) -> Fol
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
     """Save a uint8 RGB (H, W, 3) array as PNG, atomically."""
-    import io
-
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
@@ -222,7 +222,7 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
 
 def sample_bilinear(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
     """Bilinear samples (N, C) of `image` at pixel positions `xy` (N, 2) (x, y), edges replicated."""
-    import cv2
+    import cv2  # deferred: as in load_image (the detection helper never samples)
 
     n = xy.shape[0]
     cols = 1024

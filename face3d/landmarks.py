@@ -29,6 +29,8 @@ def model_file(name: str) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def _detector():
+    # deferred: dlib costs ~20 ms to import (measured); the main process of `facesynth rotate`
+    # imports this module (outer_eye_distance) but leaves detection to its helper process
     import dlib
 
     return dlib.get_frontal_face_detector()
@@ -36,7 +38,7 @@ def _detector():
 
 @functools.lru_cache(maxsize=None)
 def _predictor():
-    import dlib
+    import dlib  # deferred: as in _detector
 
     return dlib.shape_predictor(str(model_file("shape_predictor_68_face_landmarks.dat")))
 
@@ -86,7 +88,7 @@ def detect_faces(image: np.ndarray, upsample: int | None = None) -> list[Detecte
 
 def landmarks_for_box(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     """68 landmarks inside a given face box (no detection)."""
-    import dlib
+    import dlib  # deferred: as in _detector
 
     l, t, r, b = (int(v) for v in box)
     shape = _predictor()(image, dlib.rectangle(l, t, r, b))

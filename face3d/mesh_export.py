@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from face3d.image_io import atomic_write_bytes as _atomic
 from face3d.morphable_model import MorphableModel
@@ -13,8 +14,9 @@ from face3d.texture import Texture
 
 def textured_mesh(vertices: np.ndarray, model: MorphableModel, texture: Texture):
     """A trimesh.Trimesh whose vertices are split along UV seams, with the atlas as its texture (mm units)."""
+    # deferred: trimesh costs ~0.8 s to import (measured) and facesynth.rotate_job imports this
+    # module for every run, not only those that export a mesh
     import trimesh
-    from PIL import Image
 
     tri = model.triangles
     uv = model.face_uvs.reshape(-1, 2)
@@ -33,15 +35,15 @@ def textured_mesh(vertices: np.ndarray, model: MorphableModel, texture: Texture)
 
 def export_mesh(path: str | os.PathLike, vertices: np.ndarray, model: MorphableModel, texture: Texture) -> list[Path]:
     """Write the mesh; the format follows the suffix (.obj with .mtl and .png beside it, .ply, .glb)."""
+    import trimesh  # deferred: as in textured_mesh
+
     path = Path(path)
     mesh = textured_mesh(vertices, model, texture)
     fmt = path.suffix.lower().lstrip(".")
     path.parent.mkdir(parents=True, exist_ok=True)
     written = []
     if fmt == "obj":
-        from trimesh.exchange.obj import export_obj
-
-        text, files = export_obj(mesh, include_texture=True, return_texture=True, mtl_name=path.stem + ".mtl")
+        text, files = trimesh.exchange.obj.export_obj(mesh, include_texture=True, return_texture=True, mtl_name=path.stem + ".mtl")
         for name, data in files.items():
             _atomic(path.parent / name, data)
             written.append(path.parent / name)
@@ -50,7 +52,7 @@ def export_mesh(path: str | os.PathLike, vertices: np.ndarray, model: MorphableM
         # PLY has no standard texture binding: bake the atlas into vertex colours
         colours = mesh.visual.to_color().vertex_colors
         mesh = mesh.copy()
-        mesh.visual = __import__("trimesh").visual.ColorVisuals(mesh, vertex_colors=colours)
+        mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=colours)
         _atomic(path, mesh.export(file_type="ply"))
     elif fmt == "glb":
         _atomic(path, mesh.export(file_type="glb"))

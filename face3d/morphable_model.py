@@ -20,6 +20,7 @@ import re
 import struct
 import tarfile
 from dataclasses import dataclass, field
+from lzma import LZMAError  # not an OSError: caught beside them for a corrupt .tar.xz
 from pathlib import Path
 
 import numpy as np
@@ -209,17 +210,10 @@ def _load_ict(folder: Path) -> MorphableModel:
         arrays = _build_ict(archive)
     except FaceSynthError:
         raise
-    except (tarfile.TarError, EOFError, OSError, ValueError, KeyError, json.JSONDecodeError, LZMAErrorProxy) as exc:
+    except (tarfile.TarError, EOFError, OSError, ValueError, KeyError, json.JSONDecodeError, LZMAError) as exc:
         raise FaceSynthError(f"corrupt ICT FaceKit model file {archive}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     save_cache_npz(cache, arrays)
     return _from_arrays(arrays, source=str(folder))
-
-
-try:  # lzma errors are not OSError subclasses
-    from lzma import LZMAError as LZMAErrorProxy
-except ImportError:  # pragma: no cover
-    class LZMAErrorProxy(Exception):
-        pass
 
 
 def _build_ict(archive: Path) -> dict:
@@ -283,7 +277,9 @@ def _build_ict(archive: Path) -> dict:
 
 def _mirror_vertices(mean: np.ndarray, part: np.ndarray | None = None) -> np.ndarray:
     """Nearest vertex to each vertex's mirror image (x -> -x), within the same kind of part."""
-    from scipy.spatial import cKDTree  # not at the top: +0.75-1 s per process (measured), for building a model only
+    # deferred: scipy.spatial costs ~0.12 s to import even with scipy.sparse loaded (~0.75-1 s
+    # without; measured) and only building a model's cache needs it
+    from scipy.spatial import cKDTree
 
     mirrored = mean * np.array([-1.0, 1.0, 1.0])
     out = np.empty(mean.shape[0], dtype=np.int64)
@@ -364,7 +360,7 @@ def load_mouth_parts(model: MorphableModel) -> MouthParts | None:
     if arrays is None:
         try:
             arrays = _build_ict_mouth_parts(archive, list(model.expression_names), model.num_identity)
-        except (tarfile.TarError, EOFError, OSError, ValueError, KeyError, LZMAErrorProxy) as exc:
+        except (tarfile.TarError, EOFError, OSError, ValueError, KeyError, LZMAError) as exc:
             raise FaceSynthError(f"corrupt ICT FaceKit model file {archive}: {type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
         save_cache_npz(cache, arrays)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from face3d.camera import Pose, matrix_to_euler, solve_pnp
+from face3d.render import head_pivot, view_camera
 
 #: iBUG indices (0-based) used for PnP: everything but the jaw outline.
 INNER = np.arange(17, 68)
@@ -64,8 +65,6 @@ class ViewPoseReference:
 
 def view_pose_reference(fit, model, size: int) -> ViewPoseReference:
     """The `ViewPoseReference` of `fit`'s views rendered by `face3d.render.render_views` at `size` px."""
-    from face3d.render import head_pivot, view_camera
-
     verts = fit.vertices(model)
     lmv = model.landmark_vertices
     pts = verts[0, np.maximum(lmv, 0)].detach().numpy().astype(np.float64)

@@ -22,8 +22,10 @@ environment variable they carry.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -40,8 +42,6 @@ def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
     except (OSError, AttributeError):
@@ -95,8 +95,6 @@ def start_env_reaper(name: str, value: str):
     raylet starts with RAY_RAYLET_PID set. /proc/PID/environ shows the environment a process
     was started with, unless it moved it to retitle itself (setproctitle without SPT_NOENV set).
     None where /proc is missing or the start fails."""
-    import subprocess
-
     if not os.path.isdir("/proc/self"):
         return None
     try:

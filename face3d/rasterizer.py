@@ -216,10 +216,20 @@ def _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspecti
     else:
         base += r0.to(torch.int64) * width + c0.to(torch.int64)
     px2, py2 = c0.mul_(2).add_(1), r0.mul_(2).add_(1)  # twice the first pixel centre
-    if _denormals_are_zero():  # `w - thr > 0` would not mean `w >= 0` on tie edges
-        return _visible_faces_fallback(edges, zz, fid, base, px2, py2, ncols, nrows, bucket_ids,
-                                       bucket_counts, batch * n_pix, width, perspective_correct)
+    # with denormals flushed to zero, `w - thr > 0` would not mean `w >= 0` on tie edges
+    scan = _visible_faces_fallback if _denormals_are_zero() else _visible_faces_bucketed
+    return scan(edges, zz, fid, base, px2, py2, ncols, nrows, bucket_ids, bucket_counts, batch * n_pix, width,
+                perspective_correct)
 
+
+def _visible_faces_bucketed(edges, zz, fid, base, px2, py2, ncols, nrows, bucket_ids, bucket_counts,
+                            n_pix_total, width, perspective_correct):
+    """The nearest face at each pixel of the kept faces' boxes (sorted by bucket, see
+    :func:`_visible_faces`): (covered pixels, their face index).
+
+    Tie edges are decided by ``w - thr > 0``, which is ``w >= 0`` only with denormals
+    (:func:`_visible_faces_fallback` serves where they are flushed to zero).
+    """
     # Bucket shapes, trimmed to the largest box present (only for the coarse codes).
     shapes, start = [], 0
     for b, cnt in zip(bucket_ids.tolist(), bucket_counts.tolist()):
@@ -233,7 +243,7 @@ def _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspecti
     max_rows, max_cols = max(r for r, _ in shapes), max(c for _, c in shapes)
     # Pixel buffer padded so that slots past the end of a box never index out of range
     # (those slots are never inside, they only carry an empty key).
-    keys = torch.full((batch * n_pix + max_rows * width + max_cols,), _EMPTY_KEY, dtype=torch.int64)
+    keys = torch.full((n_pix_total + max_rows * width + max_cols,), _EMPTY_KEY, dtype=torch.int64)
 
     # ---- Each bucket is a dense (rows, cols, faces) block, faces innermost. ----
     start = 0
@@ -268,14 +278,14 @@ def _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspecti
             keys.scatter_reduce_(0, (base[s] + offs).view(-1), key.view(-1), reduce="amin")
         start += cnt
 
-    keys = keys[: batch * n_pix]
+    keys = keys[:n_pix_total]
     covered = (keys < (_INF_BITS << 32)).nonzero().squeeze(1)
     return covered, keys.index_select(0, covered).bitwise_and_(0xFFFFFFFF)
 
 
 def _visible_faces_fallback(edges, zz, fid, base, px2, py2, ncols, nrows, bucket_ids, bucket_counts,
                             n_pix_total, width, perspective_correct):
-    """Same as the bucketed loop of :func:`_visible_faces`, with boolean tie tests.
+    """Same as :func:`_visible_faces_bucketed`, with boolean tie tests.
 
     Used when denormals are flushed to zero (then ``w + tiny > 0`` is not ``w >= 0``).
     Simple (one pixel per row of a (face, pixel) list) rather than fast.

@@ -9,7 +9,7 @@ The pivot is the point midway between the eye centre and the mouth centre, as in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from face3d.camera import PerspectiveCamera, Pose, euler_to_matrix, transform
 from face3d.morphable_model import MorphableModel
 from face3d.rasterizer import Fragments, interpolate_face_attributes, interpolate_vertex_attributes, rasterize_meshes
+from face3d.shading import sh_basis, vertex_normals
 from face3d.texture import Texture
 
 #: Vertical eye-to-mouth distance as a fraction of the crop side (the face's scale in every view).
@@ -93,14 +94,10 @@ def view_screen(vertices: torch.Tensor, model: MorphableModel, poses: list[Pose]
 
 def _relight(out, frag, verts, faces, poses, sh, start):
     """Multiply the colour channels by the SH shading of the per-pixel normals in each view's camera frame."""
-    from face3d.shading import sh_basis, vertex_normals
-
     B = len(poses)
     ang = torch.tensor([[math.radians(p.yaw), math.radians(p.pitch), math.radians(p.roll)] for p in poses])
     R = euler_to_matrix(ang[:, 0], ang[:, 1], ang[:, 2])
     n = vertex_normals(verts, faces).expand(B, -1, -1) @ R.transpose(1, 2)
-    from face3d.rasterizer import interpolate_vertex_attributes
-
     npix = F.normalize(interpolate_vertex_attributes(frag, faces, n), dim=-1)      # (B, S, S, 3)
     L = torch.from_numpy(sh if sh.ndim == 3 else np.broadcast_to(sh, (start + B, 9, 3)).copy())[start:start + B]
     shade = torch.einsum("bhwk,bkc->bhwc", sh_basis(npix), L).clamp(min=0).permute(0, 3, 1, 2)
@@ -123,8 +120,6 @@ class ColouredMesh:
 
 def _paint_extra(out, frag, n_head_faces: int, extra_faces, extra_rgb):
     """Replace the colour (and confidence) of the pixels that show an extra-mesh face."""
-    from face3d.rasterizer import Fragments
-
     p2f = frag.pix_to_face
     sel = p2f >= n_head_faces
     if not bool(sel.any()):
@@ -208,8 +203,6 @@ def view_fit(fit, model: MorphableModel, pose: Pose, size: int, vertices: torch.
     treated like a photo: `extract_texture(view_fit(...), view_image, model)` takes the texture that
     the rendered view shows (the Rotate-and-Render step).
     """
-    from dataclasses import replace
-
     with torch.no_grad():
         verts = fit.vertices(model) if vertices is None else vertices
         pivot, eye_mouth = head_pivot(verts, model)

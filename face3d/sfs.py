@@ -36,12 +36,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
 from face3d.camera import PerspectiveCamera, transform
+from face3d.dense import face_crop
 from face3d.image_io import sample_bilinear
 from face3d.morphable_model import MorphableModel
 from face3d.rasterizer import interpolate_vertex_attributes, rasterize_meshes
@@ -240,85 +242,114 @@ def _fallback(V: int, normals: np.ndarray, sh, warning: str, stats: dict) -> SFS
                      np.zeros((V, 3), np.float32), np.zeros(V, bool), warning, stats)
 
 
-def refine_shape_from_shading(fit, image: np.ndarray, model: MorphableModel,
-                              config: SFSConfig | None = None, *, albedo: np.ndarray | None = None,
-                              sh: np.ndarray | None = None) -> SFSResult:
-    """Displacement along the normals that explains the photo's shading (see the module doc).
+def _crop_camera(fit, x0: float, y0: float, sc: float) -> PerspectiveCamera:
+    """The fit's camera in the pixels of the crop (x0, y0, sc) of `face_crop`."""
+    return PerspectiveCamera(torch.tensor([fit.focal * sc], dtype=torch.float32),
+                             torch.tensor([[(fit.center[0] - x0) * sc, (fit.center[1] - y0) * sc]], dtype=torch.float32))
 
-    `image` is the uint8 RGB photo the fit refers to. Never raises on bad photos: a result with
-    zero displacement and a `warning` comes back instead.
-    """
-    import cv2
 
-    from face3d.dense import face_crop
+def _crop_affine(x0: float, y0: float, sc: float) -> np.ndarray:
+    """Photo pixel -> crop pixel for OpenCV: crop = (p - (x0, y0)) * sc with pixel centres at +0.5."""
+    return np.array([[sc, 0, (0.5 - x0) * sc - 0.5], [0, sc, (0.5 - y0) * sc - 0.5]], dtype=np.float64)
 
-    cfg = config or SFSConfig()
-    t0 = time.perf_counter()
-    tri = model.triangles
-    V = model.num_vertices
-    adj, lap = _topology(model)
+
+def _camera_normals(cp: np.ndarray, faces: torch.Tensor) -> np.ndarray:
+    """Vertex normals (V, 3) float64 of camera-frame points `cp` (V, 3)."""
     with torch.no_grad():
-        v0_t = fit.vertices(model)
-        n0 = vertex_normals(v0_t, torch.from_numpy(tri))[0].numpy().astype(np.float64)
-    v0 = v0_t[0].numpy().astype(np.float64)
-    R = np.asarray(fit.rotation, np.float64)
-    t = np.asarray(fit.translation, np.float64)
-    stats: dict = {}
+        return vertex_normals(torch.from_numpy(cp[None].astype(np.float32)), faces)[0].numpy().astype(np.float64)
 
-    # working crop
-    S = cfg.size
-    x0, y0, sc = face_crop(fit.landmarks, image.shape[:2], S, cfg.margin)
-    # crop pixel = (p - (x0, y0)) * sc in the rasterizer's convention (pixel centres at +0.5)
-    M = np.array([[sc, 0, (0.5 - x0) * sc - 0.5], [0, sc, (0.5 - y0) * sc - 0.5]], dtype=np.float64)
-    crop = cv2.warpAffine(image, M, (S, S), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
-    cam = PerspectiveCamera(torch.tensor([fit.focal * sc], dtype=torch.float32),
-                            torch.tensor([[(fit.center[0] - x0) * sc, (fit.center[1] - y0) * sc]], dtype=torch.float32))
 
-    def project(vm: np.ndarray):
-        cp = vm @ R.T + t
-        scr = cam.project(torch.from_numpy(cp[None].astype(np.float32)))[0].numpy().astype(np.float64)
+@dataclass
+class _SourceView:
+    """The fitted mesh (float64, model space) and the photo's camera in the working crop."""
+
+    vertices: np.ndarray             # (V, 3)
+    normals: np.ndarray              # (V, 3)
+    rotation: np.ndarray             # (3, 3) model -> camera frame
+    translation: np.ndarray          # (3,)
+    camera: PerspectiveCamera        # in crop pixels
+    crop: np.ndarray                 # (S, S, 3) uint8
+    faces: torch.Tensor              # (F, 3)
+
+    def project(self, vm: np.ndarray):
+        """Camera-frame points and crop-pixel positions (x, y, depth) of model-space points `vm` (V, 3)."""
+        cp = vm @ self.rotation.T + self.translation
+        scr = self.camera.project(torch.from_numpy(cp[None].astype(np.float32)))[0].numpy().astype(np.float64)
         return cp, scr
 
-    cp0, scr0 = project(v0)
-    faces_t = torch.from_numpy(tri)
-    frag = rasterize_meshes(torch.from_numpy(scr0[None].astype(np.float32)), faces_t, S, cull_backfaces=True)
+
+def _source_view(fit, image: np.ndarray, model: MorphableModel, cfg: SFSConfig) -> _SourceView:
+    faces = torch.from_numpy(model.triangles)
+    with torch.no_grad():
+        v0_t = fit.vertices(model)
+        n0 = vertex_normals(v0_t, faces)[0].numpy().astype(np.float64)
+    x0, y0, sc = face_crop(fit.landmarks, image.shape[:2], cfg.size, cfg.margin)
+    crop = cv2.warpAffine(image, _crop_affine(x0, y0, sc), (cfg.size, cfg.size), flags=cv2.INTER_AREA,
+                          borderMode=cv2.BORDER_REPLICATE)
+    return _SourceView(v0_t[0].numpy().astype(np.float64), n0, np.asarray(fit.rotation, np.float64),
+                       np.asarray(fit.translation, np.float64), _crop_camera(fit, x0, y0, sc), crop, faces)
+
+
+@dataclass
+class _Observations:
+    """What the photo shows of each vertex of the fitted mesh."""
+
+    visible: np.ndarray              # (V,) face skin in front, facing the camera
+    usable: np.ndarray               # (V,) visible and neither too dark nor saturated: the data
+    intensity: np.ndarray            # (V, 3) photo colour, 0..1
+    peak: np.ndarray                 # (V,) brightest channel
+    cosine: np.ndarray               # (V,) cos(normal, view ray)
+    camera_normals: np.ndarray       # (V, 3) the fit's normals in the camera frame
+    skin: np.ndarray                 # (V,) face skin, mouth interior excluded
+
+
+def _observe(view: _SourceView, model: MorphableModel, cfg: SFSConfig) -> _Observations:
+    S = cfg.size
+    cp0, scr0 = view.project(view.vertices)
+    frag = rasterize_meshes(torch.from_numpy(scr0[None].astype(np.float32)), view.faces, S, cull_backfaces=True)
     zb = frag.zbuf[0].numpy()
     px = np.clip(np.floor(scr0[:, 0]).astype(np.int64), 0, S - 1)
     py = np.clip(np.floor(scr0[:, 1]).astype(np.int64), 0, S - 1)
     inside = (scr0[:, 0] >= 0) & (scr0[:, 0] < S) & (scr0[:, 1] >= 0) & (scr0[:, 1] < S)
     zref = zb[py, px]
-    ncam0 = n0 @ R.T
-    view = -cp0 / np.maximum(np.linalg.norm(cp0, axis=1, keepdims=True), 1e-9)
-    cos0 = np.sum(ncam0 * view, axis=1)
+    ncam0 = view.normals @ view.rotation.T
+    ray = -cp0 / np.maximum(np.linalg.norm(cp0, axis=1, keepdims=True), 1e-9)
+    cos0 = np.sum(ncam0 * ray, axis=1)
     skin = model.skin.copy()
     if model.mouth_interior is not None:
         skin &= ~model.mouth_interior
     visible = skin & inside & (zref > 0) & (scr0[:, 2] <= zref + cfg.depth_tolerance_mm) & (cos0 > cfg.min_cosine)
-    I_all = sample_bilinear(crop, scr0[:, :2].astype(np.float32)).astype(np.float64) / 255.0
+    I_all = sample_bilinear(view.crop, scr0[:, :2].astype(np.float32)).astype(np.float64) / 255.0
     peak = I_all.max(axis=1)
     usable = visible & (peak > cfg.dark) & (peak < cfg.bright)
-    n_vis, n_use = int(visible.sum()), int(usable.sum())
+    return _Observations(visible, usable, I_all, peak, cos0, ncam0, skin)
+
+
+def _data_warning(obs: _Observations, cfg: SFSConfig, stats: dict) -> str | None:
+    """Why the photo cannot carry SFS (too little visible skin, mostly saturated or dark), or None."""
+    n_vis, n_use = int(obs.visible.sum()), int(obs.usable.sum())
     stats.update(visible_vertices=n_vis, data_vertices=n_use)
-    sh_fallback = np.asarray(fit.sh, np.float64) if np.any(fit.sh) else np.zeros((9, 3))
     if n_vis < 200:
-        return _fallback(V, n0, sh_fallback, f"SFS skipped: only {n_vis} face-skin vertices visible", stats)
+        return f"SFS skipped: only {n_vis} face-skin vertices visible"
     frac = n_use / n_vis
     stats["valid_fraction"] = frac
     if frac < cfg.min_valid_fraction:
-        sat = float(np.mean(peak[visible] >= cfg.bright))
-        dark = float(np.mean(peak[visible] <= cfg.dark))
-        return _fallback(V, n0, sh_fallback, f"SFS skipped: face region {100 * sat:.0f}% saturated, "
-                         f"{100 * dark:.0f}% too dark; kept the 3DMM geometry", stats)
+        sat = float(np.mean(obs.peak[obs.visible] >= cfg.bright))
+        dark = float(np.mean(obs.peak[obs.visible] <= cfg.dark))
+        return f"SFS skipped: face region {100 * sat:.0f}% saturated, {100 * dark:.0f}% too dark; kept the 3DMM geometry"
+    return None
 
-    # --- 1. lighting and a smooth, symmetric albedo from the 3DMM normals
-    area = _vertex_areas(v0, tri)
-    w_data = np.where(usable, np.clip(cos0, 0, 1) * area, 0.0)
-    w_data /= max(w_data[usable].mean(), 1e-12)
-    uidx = np.nonzero(usable)[0]
-    Y0 = _sh_np(ncam0.astype(np.float32)).astype(np.float64)
-    I = I_all
+
+def _light_and_albedo(obs: _Observations, Y0: np.ndarray, w_data: np.ndarray, adj: sp.csr_matrix,
+                      mirror: np.ndarray, cfg: SFSConfig):
+    """Step 1 of the module doc: (L (9, 3), albedo (V, 3), robust weights (V,)) from the 3DMM
+    normals' SH basis Y0, alternating light, smooth symmetric albedo and Cauchy weights; None
+    when the light estimate fails (non-finite, or no light on most of the data)."""
+    uidx = np.nonzero(obs.usable)[0]
+    I = obs.intensity
+    V = I.shape[0]
     rho = np.ones((V, 3)) * (np.average(I[uidx], axis=0, weights=w_data[uidx]) / 0.886227 / 1.0)[None]
-    skin_idx = np.nonzero(skin)[0]
+    skin_idx = np.nonzero(obs.skin)[0]
     robust = np.ones(V)
     L = None
     for it in range(3):
@@ -326,38 +357,61 @@ def refine_shape_from_shading(fit, image: np.ndarray, model: MorphableModel,
         L = _fit_light(Y0[uidx], I[uidx], rho[uidx], wl[uidx])
         s = Y0 @ L
         if not np.all(np.isfinite(L)) or np.mean(s[uidx].min(axis=1) > 1e-3) < 0.8:
-            return _fallback(V, n0, sh_fallback, "SFS skipped: lighting estimate failed; kept the 3DMM geometry", stats)
+            return None
         raw = I / np.maximum(s, 1e-3)
-        rho = _smooth_on_mesh(raw, wl, adj, skin_idx, cfg.albedo_smoothing, model.mirror_vertex)
+        rho = _smooth_on_mesh(raw, wl, adj, skin_idx, cfg.albedo_smoothing, mirror)
         r = np.linalg.norm(rho * s - I, axis=1)
         robust = 1.0 / (1.0 + (r / cfg.robust_scale) ** 2)
-    if sh is not None:       # known lighting / albedo (diagnostics and tests)
-        L = np.asarray(sh, np.float64)
-    if albedo is not None:
-        rho = np.asarray(albedo, np.float64)
-    stats["light_seconds"] = time.perf_counter() - t0
+    return L, rho, robust
 
-    # --- 2. region, border taper and Gauss-Newton on the displacement
+
+def _displacement_prior(adj: sp.csr_matrix, lap: sp.csr_matrix, visible: np.ndarray, area: np.ndarray,
+                        cfg: SFSConfig):
+    """The free vertices (the visible region minus its border ring) and the prior's matrix over them:
+    w_lap Lap^T A Lap + diag(m A), m growing towards the border (A: normalised vertex areas)."""
     # the solved region: the usable vertices and the visible holes between them, minus the border ring
     region = visible.copy()
     rings = _ring_distance(adj, region, cfg.taper_rings + 1)
     free = rings >= 1
     fidx = np.nonzero(free)[0]
-    nf = fidx.size
     taper = np.clip((rings[fidx] - 1) / max(cfg.taper_rings, 1), 0.0, 1.0)
     m_diag = cfg.magnitude + cfg.border_magnitude * (1.0 - taper) ** 2
     a_f = area[fidx] / max(area[fidx].mean(), 1e-12)
     lap_ff = lap[fidx][:, fidx]
     reg = (cfg.smoothness * (lap_ff.T @ sp.diags(a_f) @ lap_ff) + sp.diags(m_diag * a_f)).tocsc()
-    d = np.zeros(V)
+    return free, fidx, reg
+
+
+def _gradient_gains(Gx, Gy, Gz) -> np.ndarray:
+    """Per row, the norm of the gradient stencil: how strongly d moves that vertex's normal."""
+    return np.sqrt(np.asarray(Gx.multiply(Gx).sum(1)).ravel() + np.asarray(Gy.multiply(Gy).sum(1)).ravel()
+                   + np.asarray(Gz.multiply(Gz).sum(1)).ravel())
+
+
+def _shading_jacobian(rho: np.ndarray, dS: np.ndarray, Gx, Gy, Gz) -> sp.csr_matrix:
+    """d(rho s(n(d)))/dd, channel-major rows (3 n, free): dS (n, 3 xyz, 3 ch) the shading's normal
+    derivative, n ~ n0 - grad d."""
+    Jt = []
+    for c in range(3):
+        coef = -rho[:, c:c + 1] * dS[:, :, c]                            # (n, 3 xyz)
+        Jt.append(sp.diags(coef[:, 0]) @ Gx + sp.diags(coef[:, 1]) @ Gy + sp.diags(coef[:, 2]) @ Gz)
+    return sp.vstack(Jt).tocsr()
+
+
+def _gauss_newton(view: _SourceView, obs: _Observations, L: np.ndarray, rho: np.ndarray, robust: np.ndarray,
+                  w_data: np.ndarray, fidx: np.ndarray, reg, cfg: SFSConfig, stats: dict) -> np.ndarray:
+    """Step 2 of the module doc: the displacement d (V,) (0 outside `fidx`), before clipping.
+    `robust` is updated in place from the linearised residuals."""
+    tri = view.faces.numpy()
+    I = obs.intensity
+    d = np.zeros(I.shape[0])
     cost_hist = []
-    didx = np.nonzero(usable[fidx])[0]            # rows of the data term, among the free vertices
+    didx = np.nonzero(obs.usable[fidx])[0]        # rows of the data term, among the free vertices
     dv = fidx[didx]
     for it in range(cfg.iterations):
-        vm = v0 + d[:, None] * n0
-        cp, _ = project(vm)
-        with torch.no_grad():
-            nc = vertex_normals(torch.from_numpy(cp[None].astype(np.float32)), faces_t)[0].numpy().astype(np.float64)
+        vm = view.vertices + d[:, None] * view.normals
+        cp, _ = view.project(vm)
+        nc = _camera_normals(cp, view.faces)
         s_basis = _sh_np(nc[dv].astype(np.float32)).astype(np.float64)
         s = s_basis @ L                                                       # (n, 3)
         res = rho[dv] * s - I[dv]                                             # (n, 3)
@@ -370,17 +424,11 @@ def refine_shape_from_shading(fit, image: np.ndarray, model: MorphableModel,
         if it == 0:
             # folded / degenerate spots (lip contact, eyelid creases): tiny triangles make the
             # normal hypersensitive to d and the linearisation useless there - no data term
-            gn = np.sqrt(np.asarray(Gx.multiply(Gx).sum(1)).ravel() + np.asarray(Gy.multiply(Gy).sum(1)).ravel()
-                         + np.asarray(Gz.multiply(Gz).sum(1)).ravel())
+            gn = _gradient_gains(Gx, Gy, Gz)
             sane = gn < cfg.max_gradient_gain * np.median(gn)
             stats["data_vertices_sane"] = int(sane.sum())
         wv = wv * sane
-        dS = _sh_grad(nc[dv]) @ L                                             # (n, 3 xyz, 3 ch)
-        Jt = []
-        for c in range(3):
-            coef = -rho[dv, c:c + 1] * dS[:, :, c]                            # (n, 3 xyz)
-            Jt.append(sp.diags(coef[:, 0]) @ Gx + sp.diags(coef[:, 1]) @ Gy + sp.diags(coef[:, 2]) @ Gz)
-        J = sp.vstack(Jt).tocsr()
+        J = _shading_jacobian(rho[dv], _sh_grad(nc[dv]) @ L, Gx, Gy, Gz)
         r = res.T.reshape(-1)
         W = np.tile(wv, 3)
         H = (J.T @ sp.diags(W) @ J + reg).tocsc()
@@ -397,19 +445,67 @@ def refine_shape_from_shading(fit, image: np.ndarray, model: MorphableModel,
         rlin = (r + J @ step).reshape(3, -1).T
         rr = np.linalg.norm(rlin, axis=1)
         robust[dv] = 1.0 / (1.0 + (rr / cfg.robust_scale) ** 2)
-    d = cfg.clip_mm * np.tanh(d / cfg.clip_mm)
     stats["cost_history"] = cost_hist
-    # photometric RMS of the model (smooth albedo, estimated light) before and after, at the data vertices
-    vm = v0 + d[:, None] * n0
-    cp, _ = project(vm)
-    with torch.no_grad():
-        nc = vertex_normals(torch.from_numpy(cp[None].astype(np.float32)), faces_t)[0].numpy().astype(np.float64)
+    return d
+
+
+def _photometric_rms(view: _SourceView, obs: _Observations, Y0: np.ndarray, L: np.ndarray, rho: np.ndarray,
+                     d: np.ndarray) -> tuple[float, float]:
+    """RMS of the model (smooth albedo, estimated light) against the photo at the data vertices,
+    on the 3DMM surface and on the refined one."""
+    uidx = np.nonzero(obs.usable)[0]
+    I = obs.intensity
+    cp, _ = view.project(view.vertices + d[:, None] * view.normals)
+    nc = _camera_normals(cp, view.faces)
     after = rho[uidx] * (_sh_np(nc[uidx].astype(np.float32)) @ L) - I[uidx]
     before = rho[uidx] * (Y0[uidx] @ L) - I[uidx]
-    stats["photometric_rms_before"] = float(np.sqrt((before ** 2).mean()))
-    stats["photometric_rms_after"] = float(np.sqrt((after ** 2).mean()))
+    return float(np.sqrt((before ** 2).mean())), float(np.sqrt((after ** 2).mean()))
+
+
+def refine_shape_from_shading(fit, image: np.ndarray, model: MorphableModel,
+                              config: SFSConfig | None = None, *, albedo: np.ndarray | None = None,
+                              sh: np.ndarray | None = None) -> SFSResult:
+    """Displacement along the normals that explains the photo's shading (see the module doc).
+
+    `image` is the uint8 RGB photo the fit refers to. Never raises on bad photos: a result with
+    zero displacement and a `warning` comes back instead. `albedo` (V, 3) and `sh` (9, 3), when
+    given, replace the estimates in step 2 (diagnostics and tests).
+    """
+    cfg = config or SFSConfig()
+    t0 = time.perf_counter()
+    V = model.num_vertices
+    adj, lap = _topology(model)
+    view = _source_view(fit, image, model, cfg)
+    n0 = view.normals
+    stats: dict = {}
+    obs = _observe(view, model, cfg)
+    sh_fallback = np.asarray(fit.sh, np.float64) if np.any(fit.sh) else np.zeros((9, 3))
+    warning = _data_warning(obs, cfg, stats)
+    if warning is not None:
+        return _fallback(V, n0, sh_fallback, warning, stats)
+
+    # --- 1. lighting and a smooth, symmetric albedo from the 3DMM normals
+    area = _vertex_areas(view.vertices, model.triangles)
+    w_data = np.where(obs.usable, np.clip(obs.cosine, 0, 1) * area, 0.0)
+    w_data /= max(w_data[obs.usable].mean(), 1e-12)
+    Y0 = _sh_np(obs.camera_normals.astype(np.float32)).astype(np.float64)
+    estimate = _light_and_albedo(obs, Y0, w_data, adj, model.mirror_vertex, cfg)
+    if estimate is None:
+        return _fallback(V, n0, sh_fallback, "SFS skipped: lighting estimate failed; kept the 3DMM geometry", stats)
+    L, rho, robust = estimate
+    if sh is not None:
+        L = np.asarray(sh, np.float64)
+    if albedo is not None:
+        rho = np.asarray(albedo, np.float64)
+    stats["light_seconds"] = time.perf_counter() - t0
+
+    # --- 2. region, border taper and Gauss-Newton on the displacement
+    free, fidx, reg = _displacement_prior(adj, lap, obs.visible, area, cfg)
+    d = _gauss_newton(view, obs, L, rho, robust, w_data, fidx, reg, cfg, stats)
+    d = cfg.clip_mm * np.tanh(d / cfg.clip_mm)
+    stats["photometric_rms_before"], stats["photometric_rms_after"] = _photometric_rms(view, obs, Y0, L, rho, d)
     stats["max_abs_mm"] = float(np.abs(d).max())
-    stats["rms_mm"] = float(np.sqrt((d[fidx] ** 2).mean())) if nf else 0.0
+    stats["rms_mm"] = float(np.sqrt((d[fidx] ** 2).mean())) if fidx.size else 0.0
     stats["seconds"] = time.perf_counter() - t0
     if not np.all(np.isfinite(d)) or np.abs(d).max() > cfg.max_displacement_mm:
         return _fallback(V, n0, L, "SFS discarded: non-finite or implausibly large displacement; kept the 3DMM geometry", stats)
@@ -424,10 +520,6 @@ def refine_shape_from_shading(fit, image: np.ndarray, model: MorphableModel,
 def source_shading(fit, image_hw, model: MorphableModel, result: SFSResult, vertices: torch.Tensor | None = None,
                    size: int = 256) -> np.ndarray:
     """Estimated shading (H, W, 3) of the (refined) face in the photo, normalised to median 1 on the face; 1 elsewhere."""
-    import cv2
-
-    from face3d.dense import face_crop
-
     H, W = image_hw
     verts = result.vertices(fit, model) if vertices is None else vertices
     x0, y0, sc = face_crop(fit.landmarks, image_hw, size, 2.2)
@@ -436,9 +528,7 @@ def source_shading(fit, image_hw, model: MorphableModel, result: SFSResult, vert
         R = torch.from_numpy(fit.rotation.astype(np.float32))[None]
         tr = torch.from_numpy(fit.translation.astype(np.float32))[None]
         cp = transform(verts, R, tr)
-        cam = PerspectiveCamera(torch.tensor([fit.focal * sc], dtype=torch.float32),
-                                torch.tensor([[(fit.center[0] - x0) * sc, (fit.center[1] - y0) * sc]], dtype=torch.float32))
-        frag = rasterize_meshes(cam.project(cp), faces, size, cull_backfaces=True)
+        frag = rasterize_meshes(_crop_camera(fit, x0, y0, sc).project(cp), faces, size, cull_backfaces=True)
         n = torch.nn.functional.normalize(interpolate_vertex_attributes(frag, faces, vertex_normals(cp, faces))[0], dim=-1)
         shade = (sh_basis(n) @ torch.from_numpy(np.asarray(result.sh, np.float32))).numpy()
     covered = frag.pix_to_face[0].numpy() >= 0
@@ -449,9 +539,8 @@ def source_shading(fit, image_hw, model: MorphableModel, result: SFSResult, vert
     norm = np.median(shade[face], axis=0)
     shade = np.where(covered[..., None], shade / np.maximum(norm, 1e-6), 1.0)
     shade = np.clip(shade, 0.25, 4.0).astype(np.float32)
-    # back to the photo's pixels (crop pixel = (p - (x0, y0)) * sc, centres at +0.5)
-    M = np.array([[sc, 0, (0.5 - x0) * sc - 0.5], [0, sc, (0.5 - y0) * sc - 0.5]], dtype=np.float64)
-    return cv2.warpAffine(shade, M, (W, H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+    # back to the photo's pixels
+    return cv2.warpAffine(shade, _crop_affine(x0, y0, sc), (W, H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=(1.0, 1.0, 1.0))
 
 

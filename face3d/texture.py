@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 
@@ -87,6 +88,8 @@ def uv_raster(model: MorphableModel, height: int) -> UVRaster:
 
 
 def _build_uv_raster(model: MorphableModel, H: int, W: int) -> UVRaster:
+    # deferred: scipy.spatial costs ~0.12 s to import (measured, scipy.sparse already loaded) and
+    # only a UV raster missing from the cache needs it
     from scipy.spatial import cKDTree
 
     uv = torch.from_numpy(model.face_uvs)                      # (F, 3, 2)
@@ -172,25 +175,7 @@ def extract_texture(fit, image: np.ndarray, model: MorphableModel, config: Textu
     tex[flat] = colours.astype(np.float32) / 255.0
     conf[flat] = np.where(seen, np.clip(cos, 0.0, 1.0), 0.0)
 
-    # symmetry fill: low-confidence texels borrow from their mirror texel where it is seen better
-    mir = raster.mirror.reshape(-1)
-    has = (mir >= 0) & (conf < cfg.mirror_below)
-    src = np.nonzero(has)[0]
-    m = mir[src]
-    w_own = conf[src]
-    w_mir = conf[m] * np.clip((cfg.mirror_below - w_own) / cfg.mirror_below, 0.0, 1.0)
-    use = w_mir > w_own * 0.5
-    src, m, w_own, w_mir = src[use], m[use], w_own[use], w_mir[use]
-    tot = np.maximum(w_own + w_mir, 1e-6)
-    tex[src] = (tex[src] * w_own[:, None] + tex[m] * w_mir[:, None]) / tot[:, None]
-    conf[src] = np.maximum(np.maximum(w_own, MIRROR_SCALE * w_mir), INPAINT_CONFIDENCE)
-
-    # the mouth socket where the photo does not show it. A view from another angle looks at other
-    # walls of the deep socket than the photo did, so where the photo shows an open mouth (teeth,
-    # tongue) the unseen walls take the photo's colour at their point projected onto the plane of
-    # the inner lips (a flat stand-in for the teeth behind the lips), wherever that point lands on
-    # the socket as the photo shows it. The rest gets a dark mouth-interior colour, not a
-    # smear of the surrounding charts.
+    _fill_from_mirror(tex, conf, raster.mirror.reshape(-1), cfg.mirror_below)
     if model.mouth_interior is not None and model.mouth_interior.any():
         mouth = np.zeros(Ht * Wt, dtype=bool)
         mouth[flat] = model.mouth_interior[tri[:, 0]]
@@ -198,17 +183,45 @@ def extract_texture(fit, image: np.ndarray, model: MorphableModel, config: Textu
         if len(unseen):
             rows = np.searchsorted(flat, unseen)          # their rows in the per-texel arrays above
             got, colour = _mouth_from_lip_plane(fit, verts, model, tri[rows], b[rows], front_face, lo, s, image)
-            tex[unseen[got]] = colour
-            conf[unseen[got]] = MOUTH_PLANE_CONFIDENCE
-            dark = unseen[~got]
-            tex[dark] = MOUTH_INTERIOR_RGB
-            conf[dark] = INPAINT_CONFIDENCE
+            _fill_mouth_socket(tex, conf, unseen, got, colour)
     tex = tex.reshape(Ht, Wt, 3)
     conf = conf.reshape(Ht, Wt)
     known = conf > 0
     filled = push_pull_fill(tex, known)
     conf = np.where(known, conf, np.where(valid, INPAINT_CONFIDENCE, 0.0)).astype(np.float32)
     return Texture(filled.astype(np.float32), conf)
+
+
+def _fill_from_mirror(tex: np.ndarray, conf: np.ndarray, mirror: np.ndarray, below: float) -> None:
+    """Symmetry fill, in place: texels seen with confidence under `below` borrow from their mirror
+    texel (flat index, -1 for none) where it is seen better."""
+    src = np.nonzero((mirror >= 0) & (conf < below))[0]
+    m = mirror[src]
+    w_own = conf[src]
+    w_mir = conf[m] * np.clip((below - w_own) / below, 0.0, 1.0)
+    use = w_mir > w_own * 0.5
+    src, m, w_own, w_mir = src[use], m[use], w_own[use], w_mir[use]
+    tot = np.maximum(w_own + w_mir, 1e-6)
+    tex[src] = (tex[src] * w_own[:, None] + tex[m] * w_mir[:, None]) / tot[:, None]
+    conf[src] = np.maximum(np.maximum(w_own, MIRROR_SCALE * w_mir), INPAINT_CONFIDENCE)
+
+
+def _fill_mouth_socket(tex: np.ndarray, conf: np.ndarray, unseen: np.ndarray, got: np.ndarray,
+                       colour: np.ndarray) -> None:
+    """The mouth socket where the photo does not show it (texels `unseen`), in place.
+
+    A view from another angle looks at other walls of the deep socket than the photo did, so where
+    the photo shows an open mouth (teeth, tongue) the unseen walls take the photo's colour at their
+    point projected onto the plane of the inner lips (a flat stand-in for the teeth behind the lips),
+    wherever that point lands on the socket as the photo shows it (`got`, `colour`: see
+    `_mouth_from_lip_plane`). The rest gets a dark mouth-interior colour, not a smear of the
+    surrounding charts.
+    """
+    tex[unseen[got]] = colour
+    conf[unseen[got]] = MOUTH_PLANE_CONFIDENCE
+    dark = unseen[~got]
+    tex[dark] = MOUTH_INTERIOR_RGB
+    conf[dark] = INPAINT_CONFIDENCE
 
 
 def _mouth_from_lip_plane(fit, verts: torch.Tensor, model: MorphableModel, tri: np.ndarray, bary: np.ndarray,
@@ -251,8 +264,6 @@ def _mouth_from_lip_plane(fit, verts: torch.Tensor, model: MorphableModel, tri: 
 
 def push_pull_fill(image: np.ndarray, known: np.ndarray) -> np.ndarray:
     """Fill unknown pixels smoothly from the known ones (pyramid push-pull, Gortler et al. 1996)."""
-    import cv2
-
     w = known.astype(np.float32)
     levels = []
     img = image * w[..., None]

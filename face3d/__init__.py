@@ -4,7 +4,7 @@ texture extraction, re-posing and mesh export. It never imports `ganrefine`.
 The names below load on first use (PEP 562), so that `import face3d.landmarks` or
 `face3d.errors` does not import torch: a fresh `facesynth rotate` starts its face detection in
 a helper process before torch is imported (`face3d.detection_helper`)."""
-import importlib
+from face3d.lazy_names import lazy_names
 
 _SOURCES = {
     "Pose": "face3d.camera", "FaceSynthError": "face3d.errors", "NoFaceError": "face3d.errors",
@@ -17,15 +17,4 @@ _SOURCES = {
 }
 
 __all__ = list(_SOURCES)
-
-
-def __getattr__(name: str):
-    if name not in _SOURCES:
-        raise AttributeError(f"module 'face3d' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_SOURCES[name]), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_SOURCES))
+__getattr__, __dir__ = lazy_names(globals(), _SOURCES)

@@ -7,21 +7,10 @@ The application over the two stages: `face3d` (the 3D stage) <- `ganrefine` (the
 `facesynth` (the Python API, the method registry, the commands and the CLI). `facesynth.rotate`
 and `facesynth.RenderOptions` load on first use (PEP 562), so that `import facesynth.cli` does not
 import torch (see `facesynth.cli`)."""
-import importlib
+from face3d.lazy_names import lazy_names
 
 _SOURCES = {"rotate": "facesynth.api", "RenderOptions": "facesynth.api", "FaceViews": "facesynth.api",
             "render_face": "facesynth.api", "load_method": "facesynth.methods"}
 
 __all__ = list(_SOURCES)
-
-
-def __getattr__(name: str):
-    if name not in _SOURCES:
-        raise AttributeError(f"module 'facesynth' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_SOURCES[name]), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_SOURCES))
+__getattr__, __dir__ = lazy_names(globals(), _SOURCES)

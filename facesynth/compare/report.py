@@ -118,7 +118,7 @@ def plots_uri(metrics: dict, methods: list[str], yaw_keys: list[str]) -> str | N
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # deferred, as matplotlib above
     except ImportError:
         return None
     fig, axes = plt.subplots(1, 5, figsize=(22, 4.2))

@@ -189,12 +189,17 @@ def test_a_child_dies_with_its_sigkilled_parent(way):
         assert _stat(grandchild) is None, f"{way}: the grandchild outlived its parent"
         assert time.monotonic() - t0 < 2.0
     finally:
-        try:
-            os.killpg(middle.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        middle.wait(timeout=10)
-        middle.stdout.close()
+        kill_session(middle)
+
+
+def kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL the session a test started (`start_new_session=True`) and reap its leader."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
+    proc.stdout.close()
 
 
 # starts a reaper for FACESYNTH_REAP_TEST=<argv[1]>, then two sleepers, one marked with it
@@ -225,12 +230,7 @@ def test_env_reaper_kills_the_marked_processes_once_its_starter_is_gone():
         assert _stat(marked) is None and _stat(reaper) is None
         assert _stat(other) is not None                         # not marked with this token
     finally:
-        try:
-            os.killpg(starter.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        starter.wait(timeout=10)
-        starter.stdout.close()
+        kill_session(starter)
 
 
 @pytest.mark.slow

@@ -43,9 +43,9 @@ CANVAS_MARGIN = 0.25
 #: Grid vertices per crop side at most (the grid step is at least 2 px).
 GRID_CELLS = 64
 #: Distance around the fitted head (fraction of the crop side) that turns fully with it: hair, ears.
-HAIR_RADIUS = 0.14
+HAIR_RADIUS = 0.1
 #: Width of the band (fraction of the crop side) over which the turn eases off to the still background.
-FALLOFF = 0.3
+FALLOFF = 0.2
 #: A triangle whose area grows by more than this factor is a disocclusion: its pixels are inpainted.
 STRETCH_LIMIT = 4.0
 
@@ -146,7 +146,8 @@ def scaled_rotations(R: np.ndarray, w: np.ndarray) -> torch.Tensor:
 
 
 def source_surface(fit, model, verts, frame_vertices, size, pad, n, step):
-    """Rasterize the head at its source pose on the grid: (n, n) head mask, view depth, and the
+    """Rasterize the head at its source pose on the grid: (n, n) head mask, the part of it that
+    turns (above the chin), view depth, and the
     canvas position where the fit projects each covered surface point (photo -> canvas by A, t)."""
     A, t = photo_similarity(fit, model, size, frame_vertices)
     screen = view_screen(verts, model, [fit.pose], size, frame_vertices)
@@ -155,9 +156,14 @@ def source_surface(fit, model, verts, frame_vertices, size, pad, n, step):
                             cull_backfaces=True)
     photo = fit.project(model, verts)[..., :2]
     canvas_xy = photo @ torch.from_numpy(A.T.astype(np.float32)) + torch.from_numpy((t + pad).astype(np.float32))
-    at = interpolate_vertex_attributes(frag, model.tensors()["triangles"], canvas_xy)[0].numpy()
-    head = frag.pix_to_face[0].numpy() >= 0
-    return head, frag.zbuf[0].numpy(), at, (A, t)
+    tris = model.tensors()["triangles"]
+    at = interpolate_vertex_attributes(frag, tris, canvas_xy)[0].numpy()
+    p2f = frag.pix_to_face[0]
+    # the skull turns; the neck and shoulders the mesh also covers stay with the body (faces below the chin)
+    chin_y = verts[0, int(model.landmark_vertices[8]), 1]
+    skull = (verts[0, tris, 1] > chin_y).all(-1)
+    turns = (p2f >= 0) & skull[p2f.clamp(min=0)]
+    return (p2f >= 0).numpy(), turns.numpy(), frag.zbuf[0].numpy(), at, (A, t)
 
 
 def photo_view_backgrounds(fit, image: np.ndarray, model: MorphableModel, poses: list[Pose], size: int,
@@ -172,7 +178,7 @@ def photo_view_backgrounds(fit, image: np.ndarray, model: MorphableModel, poses:
         step = max(2.0, canvas / (GRID_CELLS * (1 + 2 * CANVAS_MARGIN)))
         n = int(math.ceil(canvas / step)) + 1
         step = canvas / (n - 1)
-        head, zbuf, at, (A, t) = source_surface(fit, model, verts, frame_vertices, size, pad, n, step)
+        head, skull, zbuf, at, (A, t) = source_surface(fit, model, verts, frame_vertices, size, pad, n, step)
         image_canvas = warp_canvas(image, A, t + pad, canvas)
         pos = np.stack(np.meshgrid(np.arange(n), np.arange(n)), -1).astype(np.float64) * step
         fixed = head.copy()
@@ -183,7 +189,7 @@ def photo_view_backgrounds(fit, image: np.ndarray, model: MorphableModel, poses:
         vals[..., 0] = np.where(head, zbuf, border_depth)
         vals[..., 1:] = np.where(head[..., None], at - pos, 0.0)
         filled = membrane(vals, fixed)
-        w = turn_weight(head, step, size)
+        w = turn_weight(skull, step, size)
         return render_grid(filled[..., 0], pos, pos + filled[..., 1:], w, image_canvas, fit, model, verts,
                            frame_vertices, poses, size, pad)
 

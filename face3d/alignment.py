@@ -12,7 +12,7 @@ from face3d.render import view_screen
 
 def aligned_original(fit: FaceFit, image: np.ndarray, model: MorphableModel, size: int) -> np.ndarray:
     """The photo warped into the view crop: similarity of the inner source landmarks onto the fit's
-    own-pose view landmarks (as `face3d.background`), least squares in closed form (deterministic)."""
+    own-pose view landmarks (as `face3d.photo_view`), least squares in closed form (deterministic)."""
     with torch.no_grad():
         view = view_screen(fit.vertices(model), model, [fit.pose], size)[0, :, :2].numpy().astype(np.float64)
     lm = model.landmark_vertices

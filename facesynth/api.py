@@ -15,17 +15,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from face3d.background import photo_backgrounds
 from face3d.camera import Pose
 from face3d.errors import FaceSynthError
 from face3d.expressions import ExpressionSpec, Variant, parse_expression_list
 from face3d.fitting import FitConfig
 from face3d.image_io import load_image
 from face3d.morphable_model import MorphableModel, load_morphable_model
+from face3d.photo_view import photo_view_backgrounds
 from face3d.pipeline import Reconstruction, reconstruct_faces
-from face3d.variants import SFSState, check_expressions, prepare_sfs, render_variant, sfs_record, variant_record, variants
-from facesynth.methods import ViewMaker, check_method_edits, load_method
-from facesynth.options import DEFAULT_METHOD, METHODS, RELIGHT_MODES, check_pose_count
+from face3d.variants import (SFSState, check_expressions, prepare_sfs, render_variant, sfs_record, variant_geometry,
+                             variant_record, variants)
+from facesynth.methods import EDITS_3D, ViewMaker, check_method_edits, load_method
+from facesynth.options import BACKGROUNDS, DEFAULT_BACKGROUND, DEFAULT_METHOD, METHODS, RELIGHT_MODES, check_pose_count
 
 #: the grey of the plain background, 0..1
 PLAIN_GREY = 0.5
@@ -37,7 +38,7 @@ class RenderOptions:
 
     method: str = DEFAULT_METHOD
     size: int = 128
-    background: str = "plain"                 # "plain" grey or the "photo"'s own surroundings
+    background: str = DEFAULT_BACKGROUND      # "photo": the whole photo turns with the head; "plain": grey
     expressions: tuple[ExpressionSpec, ...] | None = None   # None: the photo's own expression
     shape_jitter: float = 0.0
     jitter_samples: int = 1
@@ -55,12 +56,13 @@ class RenderOptions:
             raise FaceSynthError(f"unknown method {self.method!r} ({', '.join(METHODS)})")
         if not 32 <= self.size <= 1024:
             raise FaceSynthError(f"size must be between 32 and 1024, got {self.size}")
-        if self.background not in ("plain", "photo"):
+        if self.background not in BACKGROUNDS:
             raise FaceSynthError(f"background must be plain or photo, got {self.background!r}")
         if self.relight not in RELIGHT_MODES:
             raise FaceSynthError(f"relight must be one of {', '.join(RELIGHT_MODES)}, got {self.relight!r}")
+        # the background is not an edit: the gan method paints the whole picture and ignores it
         check_method_edits(self.method, {"--expression": bool(self.expressions), "--shape-jitter": bool(self.shape_jitter),
-                                         "--sfs": self.sfs, "--background photo": self.background == "photo"})
+                                         "--sfs": self.sfs})
         if model is not None:
             check_expressions(self.expressions, model)
 
@@ -83,9 +85,6 @@ def render_face(rec: Reconstruction, image: np.ndarray, model: MorphableModel, p
                 sfs: SFSState | None = None) -> list[FaceViews]:
     """Every variant of one reconstructed face at `poses`. `key` seeds what is drawn per face (shape
     samples, random lights); `sfs` is a `prepare_sfs` result computed before (None: computed here)."""
-    background = PLAIN_GREY
-    if options.background == "photo":
-        background = photo_backgrounds(rec.fit, image, model, poses, options.size)
     if sfs is None:
         sfs = prepare_sfs(rec, image, model, options.sfs, options.relight, len(poses), options.seed, key)
     expressions = None if options.expressions is None else list(options.expressions)
@@ -93,12 +92,24 @@ def render_face(rec: Reconstruction, image: np.ndarray, model: MorphableModel, p
     # one render per (expression, shape sample); the plain fit when neither is asked for
     for variant in variants(rec.fit, model, expressions, options.shape_jitter, options.jitter_samples,
                             options.seed, key):
+        background = view_background(variant, rec, image, model, poses, options)
         views = render_variant(variant, rec, model, poses, options.size, background, sfs)
         images = maker.images(rec, image, model, views, poses, options.size, background)
         record = {**variant_record(variant, model, options.shape_jitter, options.seed), **sfs_record(sfs),
                   **maker.record()}
         out.append(FaceViews(face, rec, variant, list(poses), images, record))
     return out
+
+
+def view_background(variant, rec: Reconstruction, image: np.ndarray, model: MorphableModel, poses: list[Pose],
+                    options: RenderOptions):
+    """What one variant's views are composited over: the plain grey, or (`photo`) the whole photo
+    turned with the head (`face3d.photo_view`), framed like the variant's render so the head sits
+    exactly on its own turned photo. The gan method renders no head and needs none."""
+    if options.background == "plain" or options.method not in EDITS_3D:
+        return PLAIN_GREY
+    _, _, frame, _ = variant_geometry(variant, rec, model)
+    return photo_view_backgrounds(rec.fit, image, model, poses, options.size, frame_vertices=frame)
 
 
 def as_poses(poses=None, yaws=None) -> list[Pose]:

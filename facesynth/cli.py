@@ -21,7 +21,8 @@ from typing import Callable
 from face3d.detection_helper import start_detection_helper
 from face3d.errors import FaceSynthError
 from facesynth.options import (METHODS, UsageError, add_expression_arguments, add_fit_arguments, add_method_arguments,
-                               add_pose_arguments, add_sfs_arguments, add_threads_argument, check_pose_count,
+                               add_background_argument, add_pose_arguments, add_sfs_arguments, add_threads_argument,
+                               check_pose_count,
                                float_option, int_option, seed_option, size_option)
 
 
@@ -59,8 +60,7 @@ def rotate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (PNG views + manifest.jsonl)")
     add_fit_arguments(p)
     p.add_argument("--all-faces", action="store_true", help="process every detected face, not only the largest")
-    p.add_argument("--background", choices=["plain", "photo"], default="plain",
-                   help="plain grey background (default) or the photo's own background warped around the head")
+    add_background_argument(p)
     p.add_argument("--export-mesh", choices=["obj", "ply", "glb"], default=None,
                    help="also write the fitted textured mesh in this format")
     p.add_argument("--save-fit", action="store_true", help="also write each FaceFit (.npz + .json)")
@@ -80,6 +80,7 @@ def augment_arguments(p: argparse.ArgumentParser) -> None:
     # a dataset is made of many photos: the renders alone are 2-3x faster per view than hybrid ones
     add_method_arguments(p, default="3d", why=": a dataset's many views are rendered 2-3x faster without the refiner")
     p.add_argument("--size", type=size_option, default=128, help="output crop size in pixels (default 128)")
+    add_background_argument(p)
     p.add_argument("--keep-original", action="store_true",
                    help="also write the original photo aligned like the views (<stem>_original.png)")
     p.add_argument("--multi-face", choices=["largest", "skip"], default="largest",
@@ -117,6 +118,7 @@ def compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", type=methods_option, default=list(METHODS),
                    help=f"comma-separated methods among {', '.join(METHODS)} (default all)")
     p.add_argument("--size", type=size_option, default=128, help="view size in pixels (default 128)")
+    add_background_argument(p)
     p.add_argument("--lfw", default=None, metavar="DIR",
                    help="real photos for the realism test, LFW layout DIR/<Name>/*.jpg (default shared/data/lfw/images)")
     p.add_argument("--real-photos", type=int_option("real-photos", 0), default=200, metavar="N",

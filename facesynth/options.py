@@ -230,6 +230,19 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
                    help="fit landmarks only: faster fitting, slightly less accurate depth")
 
 
+#: --background: what surrounds the head in a view; "photo" (the default) turns the whole photo with it
+BACKGROUNDS = {"photo": "the whole photo: hair, shoulders and background turn with the head",
+               "plain": "the head alone over plain grey"}
+DEFAULT_BACKGROUND = "photo"
+
+
+def add_background_argument(p: argparse.ArgumentParser) -> None:
+    """--background photo|plain, the same for every command that renders views."""
+    p.add_argument("--background", choices=list(BACKGROUNDS), default=DEFAULT_BACKGROUND,
+                   help="; ".join(f"{k}: {v}" for k, v in BACKGROUNDS.items())
+                        + f" (default {DEFAULT_BACKGROUND}; the gan method paints its own and ignores it)")
+
+
 def add_threads_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int_option("threads", 1, 1024), default=None,
                    help="torch CPU threads (default: all cores)")

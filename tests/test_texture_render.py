@@ -75,19 +75,6 @@ def test_size_256_matches_128(obama_reconstruction, ict_model):
     assert np.abs(small - a.images[0].astype(np.float32)).mean() < 12
 
 
-def test_photo_background(obama_image, obama_reconstruction, ict_model):
-    from face3d.background import photo_backgrounds
-
-    rec = obama_reconstruction
-    poses = [Pose(-30), Pose(30)]
-    bg = photo_backgrounds(rec.fit, obama_image, ict_model, poses, 128)
-    assert bg.shape == (2, 128, 128, 3) and bg.dtype == np.uint8
-    views = render_views(rec.fit, rec.texture, poses, ict_model, size=128, background=bg)
-    outside = views.masks < 1e-3
-    assert np.abs(views.images[outside].astype(int) - bg[outside].astype(int)).max() <= 1
-    assert bg.std() > 5  # a real photo background, not a flat fill
-
-
 def test_mesh_export_formats(tmp_path, obama_reconstruction, ict_model):
     import trimesh
 

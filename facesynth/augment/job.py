@@ -37,7 +37,7 @@ from facesynth.methods import ViewMaker, load_method
 from facesynth.options import check_pose_count
 
 #: Settings stored in OUTPUT/augment.json; a resumed run must match them.
-OUTPUT_SETTINGS = ["input", "yaw", "pitch", "roll", "size", "method", "render_version",
+OUTPUT_SETTINGS = ["input", "yaw", "pitch", "roll", "size", "background", "method", "render_version",
                    "refiner_sha256", "refiner_inference", "capg_sha256", "seed", "model", "dense",
                    "expression", "expression_version", "shape_jitter", "jitter_samples", "keep_original",
                    "multi_face"]
@@ -58,6 +58,7 @@ class AugmentOptions:
     refiner: str | None = None            # weights files; None: the environment, else the shipped ones
     capg: str | None = None
     size: int = 128
+    background: str = "photo"
     keep_original: bool = False
     multi_face: str = "largest"
     dense: bool = True
@@ -78,7 +79,7 @@ class AugmentOptions:
         return [Pose(float(y), float(p), float(r)) for p in self.pitch for y in self.yaw for r in self.roll]
 
     def render_options(self) -> RenderOptions:
-        return RenderOptions(method=self.method, size=self.size,
+        return RenderOptions(method=self.method, size=self.size, background=self.background,
                              expressions=None if self.expressions is None else tuple(self.expressions),
                              shape_jitter=float(self.shape_jitter or 0.0), jitter_samples=int(self.jitter_samples or 1),
                              seed=self.seed, dense=self.dense, refiner=self.refiner, capg=self.capg)
@@ -355,7 +356,7 @@ def output_settings(opts: AugmentOptions, inp: Path, model, model_dir, maker: Vi
     weights = maker.settings()
     return {"input": os.path.abspath(inp), "yaw": [float(v) for v in opts.yaw],
             "pitch": [float(v) for v in opts.pitch], "roll": [float(v) for v in opts.roll],
-            "size": opts.size, "method": opts.method, "render_version": render_version(opts.method),
+            "size": opts.size, "background": opts.background, "method": opts.method, "render_version": render_version(opts.method),
             "seed": opts.seed, "model": model.name,
             "model_dir": str(model_dir), "dense": opts.dense, "keep_original": opts.keep_original,
             "multi_face": opts.multi_face, "format": 1,
@@ -434,6 +435,7 @@ def run_augment_command(args) -> int:
     """`facesynth augment`: the parsed flags as AugmentOptions; exit code 1 when a selected source failed."""
     opts = AugmentOptions(input=args.input, output=args.output, yaw=args.yaw, pitch=args.pitch, roll=args.roll,
                           method=args.method, refiner=args.refiner, capg=args.capg, size=args.size,
+                          background=args.background,
                           keep_original=args.keep_original, multi_face=args.multi_face, dense=args.dense,
                           model=args.model, workers=args.workers, backend=args.backend,
                           ray_address=args.ray_address, limit=args.limit, seed=args.seed,

@@ -65,6 +65,7 @@ class CompareOptions:
     pitches: tuple[float, ...] = (0.0,)
     methods: tuple[str, ...] = tuple(METHODS)
     size: int = 128
+    background: str = "photo"
     lfw: Path | None = None                   # real photos of the realism test; None: default_lfw()
     real_photos: int = 200                    # 0 skips the realism test
     refiner: str | None = None                # weights files; None: the environment, else the shipped ones
@@ -88,8 +89,8 @@ class CompareOptions:
         return self.lfw if self.lfw is not None else default_lfw()
 
     def render_options(self, method: str) -> RenderOptions:
-        """How `method` renders a view: the photo's own expression and shape, plain grey background."""
-        return RenderOptions(method=method, size=self.size, background="plain", dense=self.dense,
+        """How `method` renders a view: the photo's own expression and shape, over `background`."""
+        return RenderOptions(method=method, size=self.size, background=self.background, dense=self.dense,
                              refiner=self.refiner, capg=self.capg)
 
 
@@ -284,7 +285,7 @@ def settings_key(options: CompareOptions, model: MorphableModel, makers: dict[st
         weights["gan"] = makers["gan"].settings()["capg_sha256"]
     key = {"methods": list(options.methods), "yaw": [float(y) for y in options.yaws],
            "pitch": [float(p) for p in options.pitches], "size": options.size, "dense": bool(options.dense),
-           "model": model.name, "weights": weights, "version": 1,
+           "background": options.background, "model": model.name, "weights": weights, "version": 1,
            "render_version": max((v for v in map(render_version, options.methods) if v is not None), default=None)}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -512,7 +513,7 @@ def run_info(options: CompareOptions, photos: list[tuple[str, Path]], results: R
         "photos_ok": len(photos) - len({f["source"] for f in failures}),
         "identities": sorted({i for i, _ in photos}), "methods": list(options.methods),
         "yaw": [float(y) for y in options.yaws], "pitch": [float(p) for p in options.pitches], "size": options.size,
-        "threshold": THRESHOLD, "seed": options.seed, "dense_fit": options.dense,
+        "background": options.background, "threshold": THRESHOLD, "seed": options.seed, "dense_fit": options.dense,
         "descriptor": DESCRIPTOR_NOTE,
         "cross_verification": ({"note": f"needs photos of at least two people; INPUT has {n_ids} usable identity"}
                                if n_ids < 2 else {"note": "pairs (view, every other usable photo of INPUT)"}),
@@ -552,6 +553,7 @@ def run_compare(args) -> int:
     unusable) is bad usage: `facesynth.cli.main` exits 2 for it, like for the parser's own errors."""
     options = CompareOptions(input=Path(args.input), out=Path(args.out), yaws=tuple(args.yaw),
                              pitches=tuple(args.pitch), methods=tuple(args.methods), size=args.size,
+                             background=args.background,
                              lfw=Path(args.lfw) if args.lfw else None, real_photos=args.real_photos,
                              refiner=args.refiner, capg=args.capg, model=args.model, dense=args.dense,
                              seed=args.seed, threads=args.threads)

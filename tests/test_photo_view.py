@@ -1,0 +1,93 @@
+"""Whole-photo views (`face3d.photo_view`): the photo turns with the head in the crop of `render_views`."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from face3d.alignment import aligned_original
+from face3d.camera import Pose
+from face3d.photo_view import CANVAS_MARGIN, photo_view_backgrounds
+from face3d.render import render_views
+from facesynth.api import PLAIN_GREY, RenderOptions, render_face
+from facesynth.cli import build_parser
+from facesynth.methods import load_method
+
+SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def turned(obama_image, obama_reconstruction, ict_model):
+    rec = obama_reconstruction
+    poses = [rec.fit.pose, Pose(-35.0, 0.0, 0.0), Pose(40.0, 10.0, 0.0)]
+    return poses, photo_view_backgrounds(rec.fit, obama_image, ict_model, poses, SIZE)
+
+
+def test_shapes_and_dtype(turned):
+    poses, bg = turned
+    assert bg.shape == (len(poses), SIZE, SIZE, 3) and bg.dtype == np.uint8
+    assert bg.std() > 5  # the photo, not a flat fill
+
+
+def test_source_pose_reproduces_the_aligned_photo(turned, obama_image, obama_reconstruction, ict_model):
+    _, bg = turned
+    al = aligned_original(obama_reconstruction.fit, obama_image, ict_model, SIZE)
+    diff = np.abs(bg[0].astype(int) - al.astype(int)).mean(-1)
+    views = render_views(obama_reconstruction.fit, obama_reconstruction.texture, [obama_reconstruction.fit.pose],
+                         ict_model, size=SIZE)
+    # away from the head edge (where the photo's face is re-projected through the fitted surface)
+    head = (views.masks[0] > 0).astype(np.uint8)
+    away = cv2.distanceTransform(1 - head, cv2.DIST_L2, 5) > 6
+    assert away.sum() > 0.1 * SIZE * SIZE
+    assert diff[away].mean() < 6.0
+    assert diff.mean() < 12.0
+
+
+def test_border_stays_fixed_across_poses(turned):
+    _, bg = turned
+    # the crop's bottom corners (shoulders, off the turning skull) lie where the turn has eased off
+    # towards the still canvas border: they move far less than the turning head in the middle
+    c = SIZE // 6
+    bottom = np.zeros((SIZE, SIZE), bool)
+    bottom[-c:, :c] = bottom[-c:, -c:] = True
+    centre = np.zeros((SIZE, SIZE), bool)
+    centre[SIZE // 3: -SIZE // 3, SIZE // 3: -SIZE // 3] = True
+    for k in (1, 2):
+        moved = np.abs(bg[k].astype(int) - bg[0].astype(int)).mean(-1)
+        assert moved[bottom].mean() < 0.6 * moved[centre].mean()
+
+
+def test_turned_pose_has_no_holes_and_the_head_lands_on_it(turned, obama_reconstruction, ict_model):
+    poses, bg = turned
+    assert not (bg[1:] == 0).all(-1).any()          # no pixel left at a fill value
+    rec = obama_reconstruction
+    views = render_views(rec.fit, rec.texture, poses, ict_model, size=SIZE, background=bg)
+    plain = render_views(rec.fit, rec.texture, poses, ict_model, size=SIZE, background=PLAIN_GREY)
+    # the head is where render_views puts it: same mask, and only the background changed off the head
+    assert np.array_equal(views.masks, plain.masks)
+    head = views.masks > 0.999
+    assert np.abs(views.images[head].astype(int) - plain.images[head].astype(int)).max() <= 1
+    outside = views.masks < 1e-3
+    assert np.abs(views.images[outside].astype(int) - bg[outside].astype(int)).max() <= 1
+
+
+def test_plain_background_is_the_plain_render(obama_image, obama_reconstruction, ict_model):
+    rec = obama_reconstruction
+    poses = [Pose(-30.0), Pose(30.0)]
+    opts = RenderOptions(method="3d", size=SIZE, background="plain", dense=False)
+    out = render_face(rec, obama_image, ict_model, poses, opts, load_method("3d"))[0].images
+    plain = render_views(rec.fit, rec.texture, poses, ict_model, size=SIZE, background=PLAIN_GREY)
+    assert np.array_equal(out, plain.images)
+    photo = render_face(rec, obama_image, ict_model, poses, RenderOptions(method="3d", size=SIZE, dense=False),
+                        load_method("3d"))[0].images
+    assert photo.shape == out.shape and not np.array_equal(photo, out)
+
+
+@pytest.mark.parametrize("command,args", [("rotate", ["x.jpg", "--out", "o"]), ("augment", ["in", "out", "--yaw", "0"]),
+                                          ("compare", ["in", "--out", "o", "--yaw", "0"])])
+def test_cli_default_is_photo(command, args):
+    parser = build_parser(command)
+    assert parser.parse_args([command, *args]).background == "photo"
+    assert parser.parse_args([command, *args, "--background", "plain"]).background == "plain"
+    assert RenderOptions().background == "photo"
+    assert 0 < CANVAS_MARGIN < 1

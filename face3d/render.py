@@ -28,8 +28,9 @@ VIEW_FOV_DEGREES = 10.0
 
 #: The version of what a view looks like for the same fit and flags; runs that resume or cache views
 #: (rotate --resume, augment, compare) record it and do not mix versions. 2: an open mouth shows the
-#: photo's teeth from every angle (`face3d.texture`), where version 1 showed a dark socket.
-RENDER_VERSION = 2
+#: photo's teeth from every angle (`face3d.texture`), where version 1 showed a dark socket. 3: mirror-filled
+#: texels are re-lit by the fitted light, the photo's backdrop stays out of the texture, ears under hair are not drawn.
+RENDER_VERSION = 3
 
 
 def render_version(method: str) -> int | None:

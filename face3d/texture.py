@@ -24,13 +24,16 @@ from face3d.camera import transform
 from face3d.image_io import sample_bilinear
 from face3d.morphable_model import MorphableModel, cache_dir, save_cache_npz
 from face3d.rasterizer import rasterize_meshes
-from face3d.shading import vertex_normals
+from face3d.segmentation import head_foreground_mask
+from face3d.shading import sh_basis, vertex_normals
 
 INPAINT_CONFIDENCE = 0.05
 MIRROR_SCALE = 0.5
 MOUTH_INTERIOR_RGB = (0.23, 0.09, 0.09)
 MOUTH_PLANE_CONFIDENCE = 0.25   # mouth-socket texels coloured from the photo's open mouth on the lip plane
 MOUTH_EYE_MM = 20.0             # the socket is projected onto the lip plane from this far in front of the lips
+SHADING_RATIO_RANGE = (0.5, 2.0)  # a mirrored colour is re-lit by at most this factor (fit errors stay bounded)
+MIN_SHADING = 0.05              # texels shaded darker than this keep the mirror colour as it is (no division by ~0)
 
 
 @dataclass
@@ -40,6 +43,7 @@ class TextureConfig:
     min_cosine: float = 0.08       # grazing texels under this cosine count as unseen
     depth_tolerance_mm: float = 4.0
     visibility_size: int = 384     # resolution of the source-view z-buffer used for the visibility test
+    segment: bool = True           # texels over the photo's background (`face3d.segmentation`) count as unseen
 
 
 @dataclass
@@ -167,6 +171,11 @@ def extract_texture(fit, image: np.ndarray, model: MorphableModel, config: Textu
     H, W = image.shape[:2]
     inside = (p[:, 0] >= 0) & (p[:, 0] <= W - 1) & (p[:, 1] >= 0) & (p[:, 1] <= H - 1)
     seen = inside & (zref > 0) & (p[:, 2] <= zref + cfg.depth_tolerance_mm) & (cos > cfg.min_cosine)
+    if cfg.segment:   # texels whose photo pixel shows the backdrop are not seen (mirror-filled or inpainted)
+        fg = head_foreground_mask(fit, image, model)
+        px = np.clip(np.rint(p[:, 0]).astype(np.int64), 0, W - 1)
+        py = np.clip(np.rint(p[:, 1]).astype(np.int64), 0, H - 1)
+        seen &= fg[py, px]
 
     colours = sample_bilinear(image, p[:, :2])
     tex = np.zeros((Ht * Wt, 3), np.float32)
@@ -175,7 +184,11 @@ def extract_texture(fit, image: np.ndarray, model: MorphableModel, config: Textu
     tex[flat] = colours.astype(np.float32) / 255.0
     conf[flat] = np.where(seen, np.clip(cos, 0.0, 1.0), 0.0)
 
-    _fill_from_mirror(tex, conf, raster.mirror.reshape(-1), cfg.mirror_below)
+    shade = None
+    if np.any(np.asarray(fit.sh) != 0):     # a landmark-only fit has no light (sh = 0): mirror as photographed
+        shade = np.ones((Ht * Wt, 3), np.float32)
+        shade[flat] = texel_shading(n, fit.sh)
+    _fill_from_mirror(tex, conf, raster.mirror.reshape(-1), cfg.mirror_below, shade)
     if model.mouth_interior is not None and model.mouth_interior.any():
         mouth = np.zeros(Ht * Wt, dtype=bool)
         mouth[flat] = model.mouth_interior[tri[:, 0]]
@@ -192,9 +205,22 @@ def extract_texture(fit, image: np.ndarray, model: MorphableModel, config: Textu
     return Texture(filled.astype(np.float32), conf)
 
 
-def _fill_from_mirror(tex: np.ndarray, conf: np.ndarray, mirror: np.ndarray, below: float) -> None:
+def texel_shading(normals: np.ndarray, sh: np.ndarray) -> np.ndarray:
+    """SH irradiance (N, 3) of unit normals (N, 3) in the source camera frame under the fitted light
+    `sh` (9, 3), as the dense stage shades its albedo."""
+    basis = sh_basis(torch.from_numpy(np.ascontiguousarray(normals, dtype=np.float32))).numpy()
+    return basis @ np.asarray(sh, np.float32)
+
+
+def _fill_from_mirror(tex: np.ndarray, conf: np.ndarray, mirror: np.ndarray, below: float,
+                      shade: np.ndarray | None = None) -> None:
     """Symmetry fill, in place: texels seen with confidence under `below` borrow from their mirror
-    texel (flat index, -1 for none) where it is seen better."""
+    texel (flat index, -1 for none) where it is seen better.
+
+    With `shade` (per-texel SH irradiance, (N, 3)), the borrowed colour is the mirror texel's de-lit
+    albedo re-lit at this texel: colour(m) * shade(src) / shade(m), the ratio clamped to
+    SHADING_RATIO_RANGE, so a face lit from one side does not get its dark side mirrored onto the
+    lit side (or the reverse)."""
     src = np.nonzero((mirror >= 0) & (conf < below))[0]
     m = mirror[src]
     w_own = conf[src]
@@ -202,7 +228,12 @@ def _fill_from_mirror(tex: np.ndarray, conf: np.ndarray, mirror: np.ndarray, bel
     use = w_mir > w_own * 0.5
     src, m, w_own, w_mir = src[use], m[use], w_own[use], w_mir[use]
     tot = np.maximum(w_own + w_mir, 1e-6)
-    tex[src] = (tex[src] * w_own[:, None] + tex[m] * w_mir[:, None]) / tot[:, None]
+    borrowed = tex[m]
+    if shade is not None:
+        s_src, s_m = shade[src], shade[m]
+        ratio = np.where((s_src > MIN_SHADING) & (s_m > MIN_SHADING), s_src / np.maximum(s_m, MIN_SHADING), 1.0)
+        borrowed = np.clip(borrowed * np.clip(ratio, *SHADING_RATIO_RANGE), 0.0, 1.0)
+    tex[src] = (tex[src] * w_own[:, None] + borrowed * w_mir[:, None]) / tot[:, None]
     conf[src] = np.maximum(np.maximum(w_own, MIRROR_SCALE * w_mir), INPAINT_CONFIDENCE)
 
 

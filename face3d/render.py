@@ -28,8 +28,9 @@ VIEW_FOV_DEGREES = 10.0
 
 #: The version of what a view looks like for the same fit and flags; runs that resume or cache views
 #: (rotate --resume, augment, compare) record it and do not mix versions. 2: an open mouth shows the
-#: photo's teeth from every angle (`face3d.texture`), where version 1 showed a dark socket.
-RENDER_VERSION = 2
+#: photo's teeth from every angle (`face3d.texture`), where version 1 showed a dark socket. 3: mirror-filled
+#: texels are re-lit by the fitted light, the photo's backdrop stays out of the texture, ears under hair are not drawn.
+RENDER_VERSION = 3
 
 
 def render_version(method: str) -> int | None:
@@ -132,6 +133,15 @@ def _paint_extra(out, frag, n_head_faces: int, extra_faces, extra_rgb):
     return torch.cat([out[:, :3] * (1 - m) + rgb * m, out[:, 3:4] * (1 - m) + conf * m, out[:, 4:]], dim=1)
 
 
+def _pixel_alpha(tex_alpha: torch.Tensor, mask: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+    """The texture's alpha per pixel (B, S, S): as sampled on the head, 1 on an extra mesh, and on the
+    soft ring outside the silhouette the mean over the head pixels next to it."""
+    a = torch.where(extra, torch.ones_like(tex_alpha), tex_alpha) * mask
+    near = F.avg_pool2d(a[:, None], 3, stride=1, padding=1)[:, 0]
+    cover = F.avg_pool2d(mask[:, None], 3, stride=1, padding=1)[:, 0]
+    return torch.where(mask > 0, a, near / cover.clamp(min=1e-6))
+
+
 def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel, size: int = 128,
                  background: np.ndarray | float = 0.5, vertices: torch.Tensor | None = None,
                  batch: int = 32, frame_vertices: torch.Tensor | None = None,
@@ -160,13 +170,17 @@ def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel
             extra_faces = torch.as_tensor(extra.triangles, dtype=torch.int64)
             extra_rgb = torch.as_tensor(extra.colours, dtype=torch.float32).reshape(-1, 3)
             verts = torch.cat([verts, ev], dim=1)
-        tex = torch.from_numpy(np.concatenate([texture.image, texture.confidence[..., None]], axis=2)).permute(2, 0, 1)[None]
+        layers = [texture.image, texture.confidence[..., None]]
+        cut = texture.alpha is not None and bool((texture.alpha < 1).any())     # else the views stay as they were
+        if cut:
+            layers.append(texture.alpha[..., None])
+        tex = torch.from_numpy(np.concatenate(layers, axis=2).astype(np.float32)).permute(2, 0, 1)[None]
         imgs, masks, confs, lms, extras = [], [], [], [], []
         for s in range(0, len(poses), batch):
             chunk = poses[s : s + batch]
             screen = view_screen(verts, model, chunk, size, frame_vertices)
             frag = rasterize_meshes(screen, faces, size, cull_backfaces=True)
-            out = shade_textured(frag, face_uvs, tex)                        # (B, 4, S, S)
+            out = shade_textured(frag, face_uvs, tex)                        # (B, 4 or 5, S, S)
             if extra is not None:
                 out = _paint_extra(out, frag, n_head_faces, extra_faces, extra_rgb)
                 extras.append((frag.pix_to_face >= n_head_faces).float())
@@ -176,6 +190,8 @@ def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel
             # soften the hard silhouette by one pixel (cheap anti-aliasing of the head outline)
             cover = F.avg_pool2d(mask[:, None], 3, stride=1, padding=1)[:, 0]
             alpha = cover * mask + (1 - mask) * 0.5 * cover
+            if cut:
+                alpha = alpha * _pixel_alpha(out[:, 4], mask, frag.pix_to_face >= n_head_faces)
             imgs.append(out[:, :3].permute(0, 2, 3, 1))
             confs.append(out[:, 3] * mask)
             masks.append(alpha)

@@ -24,13 +24,22 @@ from face3d.camera import transform
 from face3d.image_io import sample_bilinear
 from face3d.morphable_model import MorphableModel, cache_dir, save_cache_npz
 from face3d.rasterizer import rasterize_meshes
-from face3d.shading import vertex_normals
+from face3d.segmentation import head_foreground_mask
+from face3d.shading import sh_basis, vertex_normals
 
 INPAINT_CONFIDENCE = 0.05
 MIRROR_SCALE = 0.5
 MOUTH_INTERIOR_RGB = (0.23, 0.09, 0.09)
 MOUTH_PLANE_CONFIDENCE = 0.25   # mouth-socket texels coloured from the photo's open mouth on the lip plane
 MOUTH_EYE_MM = 20.0             # the socket is projected onto the lip plane from this far in front of the lips
+SHADING_RATIO_RANGE = (0.5, 2.0)  # a mirrored colour is re-lit by at most this factor (fit errors stay bounded)
+MIN_SHADING = 0.05              # texels shaded darker than this keep the mirror colour as it is (no division by ~0)
+#: The ears of the ICT FaceKit head (part "face" of `ICT_PARTS`, which has no ear part of its own):
+#: skin vertices of the mean shape beyond this |x| (mm), between these heights (y, mm), behind this depth (z, mm).
+EAR_MIN_ABS_X, EAR_Y_RANGE, EAR_MAX_Z = 70.0, (-30.0, 45.0), 15.0
+#: An ear texel's photo colour is hair, not skin, beyond this chroma distance (YCrCb units) from the cheeks' skin.
+HAIR_CHROMA_DISTANCE = 22.0
+EAR_ALPHA_SIGMA = 3.0           # smoothing (texels at height 512) of the ear's hair verdicts into a soft alpha
 
 
 @dataclass
@@ -40,14 +49,18 @@ class TextureConfig:
     min_cosine: float = 0.08       # grazing texels under this cosine count as unseen
     depth_tolerance_mm: float = 4.0
     visibility_size: int = 384     # resolution of the source-view z-buffer used for the visibility test
+    segment: bool = True           # texels over the photo's background (`face3d.segmentation`) count as unseen
 
 
 @dataclass
 class Texture:
-    """A UV atlas (H, W, 3) float32 in 0..1 and its per-texel confidence (H, W)."""
+    """A UV atlas (H, W, 3) float32 in 0..1, its per-texel confidence (H, W) and optional alpha (H, W)."""
 
     image: np.ndarray
     confidence: np.ndarray
+    #: per-texel coverage (H, W) in 0..1, None for all 1: 0 where the photo shows hair over the
+    #: model's ear, so views show what is behind the ear (the background) there instead of the ear
+    alpha: np.ndarray | None = None
 
     def tensor(self) -> torch.Tensor:
         return torch.from_numpy(self.image).permute(2, 0, 1)[None].contiguous()
@@ -167,15 +180,29 @@ def extract_texture(fit, image: np.ndarray, model: MorphableModel, config: Textu
     H, W = image.shape[:2]
     inside = (p[:, 0] >= 0) & (p[:, 0] <= W - 1) & (p[:, 1] >= 0) & (p[:, 1] <= H - 1)
     seen = inside & (zref > 0) & (p[:, 2] <= zref + cfg.depth_tolerance_mm) & (cos > cfg.min_cosine)
+    fg_texel = np.ones(len(p), dtype=bool)
+    if cfg.segment:   # texels whose photo pixel shows the backdrop are not seen (mirror-filled or inpainted)
+        fg = head_foreground_mask(fit, image, model)
+        for dx, dy in ((0, 0), (-2, 0), (2, 0), (0, -2), (0, 2)):   # and its neighbours: no edge blends
+            px = np.clip(np.rint(p[:, 0]).astype(np.int64) + dx, 0, W - 1)
+            py = np.clip(np.rint(p[:, 1]).astype(np.int64) + dy, 0, H - 1)
+            fg_texel &= fg[py, px]
 
     colours = sample_bilinear(image, p[:, :2])
     tex = np.zeros((Ht * Wt, 3), np.float32)
     conf = np.zeros(Ht * Wt, np.float32)
     flat = np.nonzero(valid.reshape(-1))[0]
     tex[flat] = colours.astype(np.float32) / 255.0
-    conf[flat] = np.where(seen, np.clip(cos, 0.0, 1.0), 0.0)
+    conf[flat] = np.where(seen & fg_texel, np.clip(cos, 0.0, 1.0), 0.0)
+    alpha = None
+    if cfg.segment:
+        alpha = ear_alpha(fit, image, model, tri, seen & fg_texel, colours, raster.mirror.reshape(-1), flat, (Ht, Wt))
 
-    _fill_from_mirror(tex, conf, raster.mirror.reshape(-1), cfg.mirror_below)
+    shade = None
+    if np.any(np.asarray(fit.sh) != 0):     # a landmark-only fit has no light (sh = 0): mirror as photographed
+        shade = np.ones((Ht * Wt, 3), np.float32)
+        shade[flat] = texel_shading(n, fit.sh)
+    _fill_from_mirror(tex, conf, raster.mirror.reshape(-1), cfg.mirror_below, shade)
     if model.mouth_interior is not None and model.mouth_interior.any():
         mouth = np.zeros(Ht * Wt, dtype=bool)
         mouth[flat] = model.mouth_interior[tri[:, 0]]
@@ -189,12 +216,81 @@ def extract_texture(fit, image: np.ndarray, model: MorphableModel, config: Textu
     known = conf > 0
     filled = push_pull_fill(tex, known)
     conf = np.where(known, conf, np.where(valid, INPAINT_CONFIDENCE, 0.0)).astype(np.float32)
-    return Texture(filled.astype(np.float32), conf)
+    return Texture(filled.astype(np.float32), conf, alpha)
 
 
-def _fill_from_mirror(tex: np.ndarray, conf: np.ndarray, mirror: np.ndarray, below: float) -> None:
+def ear_vertices(model: MorphableModel) -> np.ndarray:
+    """(V,) bool: the model's ear vertices (the ICT FaceKit's, by their place on the mean shape; none
+    for other models)."""
+    if model.name != "ict_facekit":
+        return np.zeros(model.mean.shape[0], dtype=bool)
+    x, y, z = model.mean[:, 0], model.mean[:, 1], model.mean[:, 2]
+    return model.skin & (np.abs(x) > EAR_MIN_ABS_X) & (y > EAR_Y_RANGE[0]) & (y < EAR_Y_RANGE[1]) & (z < EAR_MAX_Z)
+
+
+def _chroma(rgb: np.ndarray) -> np.ndarray:
+    """(N, 2) Cr, Cb (0..255) of (N, 3) RGB colours in 0..255."""
+    ycc = cv2.cvtColor(np.clip(rgb, 0, 255).astype(np.uint8).reshape(-1, 1, 3), cv2.COLOR_RGB2YCrCb)
+    return ycc.reshape(-1, 3)[:, 1:].astype(np.float32)
+
+
+def skin_chroma(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """The cheeks' skin colour (Cr, Cb): the median over small patches midway between the jaw line
+    and the nose/mouth landmarks (iBUG 2-31, 3-48, 14-35, 13-54)."""
+    lm = np.asarray(landmarks, np.float64)
+    centres = np.array([0.5 * (lm[a] + lm[b]) for a, b in ((2, 31), (3, 48), (14, 35), (13, 54))])
+    r = 0.03 * max(np.ptp(lm[:, 0]), 1.0)
+    grid = np.stack(np.meshgrid(np.linspace(-r, r, 5), np.linspace(-r, r, 5)), -1).reshape(-1, 2)
+    pts = (centres[:, None] + grid[None]).reshape(-1, 2)
+    return np.median(_chroma(sample_bilinear(image, pts)), axis=0)
+
+
+def ear_alpha(fit, image: np.ndarray, model: MorphableModel, tri: np.ndarray, seen: np.ndarray,
+              colours: np.ndarray, mirror: np.ndarray, flat: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+    """Texture alpha (H, W): 0 on ear texels whose photo pixel (seen, foreground) is hair, not skin;
+    1 elsewhere; None where every texel is 1.
+
+    Per valid texel (rows of `tri`, `seen`, `colours` = photo colour 0..255, atlas index `flat`): an
+    ear texel is hair when its chroma lies over HAIR_CHROMA_DISTANCE from the cheeks' skin. Ear
+    texels the photo does not show take their mirror texel's verdict (hair styles are mostly
+    symmetric). The verdicts are smoothed in the atlas, so the ear fades out rather than being cut."""
+    ear = ear_vertices(model)[tri].all(axis=1)
+    if not ear.any():
+        return None
+    hair = np.zeros(shape[0] * shape[1], np.float32)
+    known = np.zeros(shape[0] * shape[1], dtype=bool)
+    look = ear & seen
+    dist = np.linalg.norm(_chroma(colours[look]) - skin_chroma(image, fit.landmarks), axis=1)
+    hair[flat[look]] = dist > HAIR_CHROMA_DISTANCE
+    known[flat[look]] = True
+    unknown = flat[ear & ~seen]
+    m = mirror[unknown]
+    ok = (m >= 0) & known[np.maximum(m, 0)]
+    hair[unknown[ok]] = hair[m[ok]]
+    if not hair.any():
+        return None
+    sigma = EAR_ALPHA_SIGMA * shape[0] / 512.0
+    soft = cv2.GaussianBlur(hair.reshape(shape), (0, 0), sigma)
+    alpha = 1.0 - np.clip((soft - 0.3) / 0.4, 0.0, 1.0)      # mostly-hair neighbourhoods fade out fully
+    return alpha.astype(np.float32)
+
+
+def texel_shading(normals: np.ndarray, sh: np.ndarray) -> np.ndarray:
+    """SH irradiance (N, 3) of unit normals (N, 3) in the source camera frame under the fitted light
+    `sh` (9, 3), as the dense stage shades its albedo."""
+    basis = sh_basis(torch.from_numpy(np.ascontiguousarray(normals, dtype=np.float32))).numpy()
+    return basis @ np.asarray(sh, np.float32)
+
+
+def _fill_from_mirror(tex: np.ndarray, conf: np.ndarray, mirror: np.ndarray, below: float,
+                      shade: np.ndarray | None = None) -> None:
     """Symmetry fill, in place: texels seen with confidence under `below` borrow from their mirror
-    texel (flat index, -1 for none) where it is seen better."""
+    texel (flat index, -1 for none) where it is seen better.
+
+    With `shade` (per-texel SH irradiance, (N, 3)), the borrowed colour is the mirror texel's de-lit
+    albedo re-lit at this texel: colour(m) * shade(src) / shade(m), the ratio clamped to
+    SHADING_RATIO_RANGE, so a face lit from one side does not get its dark side mirrored onto the
+    lit side (or the reverse)."""
     src = np.nonzero((mirror >= 0) & (conf < below))[0]
     m = mirror[src]
     w_own = conf[src]
@@ -202,7 +298,12 @@ def _fill_from_mirror(tex: np.ndarray, conf: np.ndarray, mirror: np.ndarray, bel
     use = w_mir > w_own * 0.5
     src, m, w_own, w_mir = src[use], m[use], w_own[use], w_mir[use]
     tot = np.maximum(w_own + w_mir, 1e-6)
-    tex[src] = (tex[src] * w_own[:, None] + tex[m] * w_mir[:, None]) / tot[:, None]
+    borrowed = tex[m]
+    if shade is not None:
+        s_src, s_m = shade[src], shade[m]
+        ratio = np.where((s_src > MIN_SHADING) & (s_m > MIN_SHADING), s_src / np.maximum(s_m, MIN_SHADING), 1.0)
+        borrowed = np.clip(borrowed * np.clip(ratio, *SHADING_RATIO_RANGE), 0.0, 1.0)
+    tex[src] = (tex[src] * w_own[:, None] + borrowed * w_mir[:, None]) / tot[:, None]
     conf[src] = np.maximum(np.maximum(w_own, MIRROR_SCALE * w_mir), INPAINT_CONFIDENCE)
 
 

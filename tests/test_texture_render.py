@@ -41,7 +41,7 @@ def test_views_have_no_holes_and_consistent_framing(obama_reconstruction, ict_mo
     views = render_views(rec.fit, rec.texture, poses, ict_model, size=128, background=0.0)
     white = render_views(rec.fit, rec.texture, poses, ict_model, size=128, background=1.0)
     assert views.images.shape == (15, 128, 128, 3)
-    inside = views.masks > 0.999
+    inside = views.masks > 1 - 1e-6     # fully covered (the ears' texture alpha may leave a pixel at 0.999)
     # no background shows through inside the head: covered pixels do not depend on the background
     assert inside.reshape(15, -1).mean(1).min() > 0.2
     assert np.array_equal(views.images[inside], white.images[inside])

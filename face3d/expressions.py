@@ -605,7 +605,7 @@ def expression_texture(texture, model: MorphableModel, expression: np.ndarray,
             k = float(np.clip((frac - EYE_CLOSED_FROM) / (EYE_CLOSED_FULL - EYE_CLOSED_FROM), 0.0, 1.0))
             sel = side == np.sign(model.mean[lm[pairs[0][0]], 0])
             out[sel] = out[sel] * (1 - k) + lash_rgb * k
-    return Texture(out.reshape(Ht, Wt, 3).astype(np.float32), texture.confidence)
+    return Texture(out.reshape(Ht, Wt, 3).astype(np.float32), texture.confidence, texture.alpha)
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from face3d.face_fit import FaceFit
 from face3d.morphable_model import MorphableModel
 from face3d.rasterizer import interpolate_vertex_attributes, rasterize_meshes
 from face3d.render import head_pivot, view_camera, view_screen
+from face3d.texture import INPAINT_CONFIDENCE, Texture
 
 #: Extra canvas on each side of the crop, as a fraction of the crop side.
 CANVAS_MARGIN = 0.25
@@ -245,3 +246,20 @@ def fill_holes(img: np.ndarray, hole: np.ndarray) -> np.ndarray:
         return img
     mask = cv2.dilate(hole.astype(np.uint8), np.ones((3, 3), np.uint8))
     return cv2.inpaint(img, mask, 3, cv2.INPAINT_TELEA)
+
+
+#: Over a photo background, head texels no photo pixel coloured (confidence at the inpainting floor:
+#: the back of the head, the neck under a collar, the backdrop kept out of the texture) fade out over
+#: this much confidence, so the turned photo shows there instead of a guessed colour.
+SEE_THROUGH_RAMP = 0.15
+#: Smoothing (texels, at the default atlas height of 512) of that fade, so no hard edge shows.
+SEE_THROUGH_SIGMA = 4.0
+
+
+def see_through_texture(texture: Texture) -> Texture:
+    """`texture` with alpha 0 where no photo pixel coloured it and 1 where the photo (or its mirror)
+    did, times any alpha it has: over the turned photo, the head shows only what the photo showed."""
+    fade = np.clip((texture.confidence - INPAINT_CONFIDENCE) / SEE_THROUGH_RAMP, 0.0, 1.0).astype(np.float32)
+    fade = cv2.GaussianBlur(fade, (0, 0), SEE_THROUGH_SIGMA * texture.confidence.shape[0] / 512.0)
+    alpha = fade if texture.alpha is None else fade * texture.alpha
+    return Texture(texture.image, texture.confidence, alpha.astype(np.float32))

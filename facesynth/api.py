@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from face3d.expressions import ExpressionSpec, Variant, parse_expression_list
 from face3d.fitting import FitConfig
 from face3d.image_io import load_image
 from face3d.morphable_model import MorphableModel, load_morphable_model
-from face3d.photo_view import photo_view_backgrounds
+from face3d.photo_view import photo_view_backgrounds, see_through_texture
 from face3d.pipeline import Reconstruction, reconstruct_faces
 from face3d.variants import (SFSState, check_expressions, prepare_sfs, render_variant, sfs_record, variant_geometry,
                              variant_record, variants)
@@ -93,7 +93,8 @@ def render_face(rec: Reconstruction, image: np.ndarray, model: MorphableModel, p
     for variant in variants(rec.fit, model, expressions, options.shape_jitter, options.jitter_samples,
                             options.seed, key):
         background = view_background(variant, rec, image, model, poses, options)
-        views = render_variant(variant, rec, model, poses, options.size, background, sfs)
+        shown = rec if isinstance(background, float) else replace(rec, texture=see_through_texture(rec.texture))
+        views = render_variant(variant, shown, model, poses, options.size, background, sfs)
         images = maker.images(rec, image, model, views, poses, options.size, background)
         record = {**variant_record(variant, model, options.shape_jitter, options.seed), **sfs_record(sfs),
                   **maker.record()}

@@ -91,3 +91,17 @@ def test_cli_default_is_photo(command, args):
     assert parser.parse_args([command, *args, "--background", "plain"]).background == "plain"
     assert RenderOptions().background == "photo"
     assert 0 < CANVAS_MARGIN < 1
+
+
+def test_see_through_texture_hides_only_what_no_photo_pixel_showed():
+    from face3d.photo_view import see_through_texture
+    from face3d.texture import INPAINT_CONFIDENCE, Texture
+
+    conf = np.full((64, 160), 0.9, np.float32)
+    conf[:, :80] = INPAINT_CONFIDENCE                      # left half inpainted, right half seen
+    tex = Texture(np.zeros((64, 160, 3), np.float32), conf)
+    alpha = see_through_texture(tex).alpha
+    assert alpha[:, :60].max() < 0.01 and alpha[:, 100:].min() > 0.99
+    ears = np.ones_like(conf)
+    ears[:, 120:] = 0.0                                    # an alpha the texture already had is kept
+    assert see_through_texture(Texture(tex.image, conf, ears)).alpha[:, 130:].max() < 0.01

@@ -53,6 +53,66 @@ def lfw_dir() -> Path:
     return default_data_dir() / "lfw" / "images"
 
 
+def heldout_lfw_people(skip: int = 0, lfw: Path | None = None) -> dict[str, list[Path]]:
+    """The held-out LFW identities with at least two photos (`ganrefine.pose_pairs.split_pose_photos`,
+    seed 0, 300 held out; up to 6 photos each), name -> sorted photos, sorted by name, the first
+    `skip` names left out. No generator trained on these people; the first 50 chose the GAN's
+    checkpoints and the refiner's validation pairs come from the first 100 held-out names, which
+    lie among the first 100 of these (skip=100 leaves out every person used for selection)."""
+    from ganrefine.pose_pairs import split_pose_photos
+
+    by_id: dict[str, list[Path]] = {}
+    for p in split_pose_photos(lfw or lfw_dir()).heldout:
+        by_id.setdefault(p.parent.name, []).append(p)
+    return {name: sorted(by_id[name]) for name in sorted(by_id)[skip:]}
+
+
+def heldout_lfw_sample(count: int, seed: int = 0, skip: int = 100) -> list[Path]:
+    """One photo (the first by name) of each of `count` people drawn with `random.Random(seed)` from
+    `heldout_lfw_people(skip)`: held-out LFW photos that no generator trained on or was selected with."""
+    import random
+
+    people = heldout_lfw_people(skip)
+    names = sorted(random.Random(seed).sample(sorted(people), min(count, len(people))))
+    return [people[n][0] for n in names]
+
+
+def identity_layout(folder: Path, people: dict[str, list[Path]], per_identity: int) -> Path:
+    """`folder/<identity>/<photo>` symlinks to the first `per_identity` photos of each person: the
+    layout `facesynth compare` reads. Returns `folder`."""
+    for ident, photos in people.items():
+        (folder / ident).mkdir(parents=True, exist_ok=True)
+        for p in photos[:per_identity]:
+            (folder / ident / p.name).symlink_to(p)
+    return folder
+
+
+def fresh_rotate(photo: Path, yaws, method: str, runs: int, extra: tuple[str, ...] = ()) -> dict:
+    """`facesynth rotate PHOTO --yaw=... --method METHOD [extra]` as a fresh process, `runs` times:
+    the median wall seconds (what a user waits for), the median in-process seconds per photo (the
+    manifest's `seconds_per_photo`) and every run's wall time. The child runs this checkout's code
+    (its root first on PYTHONPATH)."""
+    import statistics
+    import subprocess
+    import tempfile
+    import time
+
+    exe = Path(sys.executable).with_name("facesynth")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    yaw = ",".join(f"{y:g}" for y in yaws)
+    walls, per_photo = [], []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            subprocess.run([str(exe), "rotate", str(photo), f"--yaw={yaw}", "--method", method, *extra, "--out", tmp],
+                           check=True, capture_output=True, env=env)
+            walls.append(time.perf_counter() - t0)
+            manifest = Path(tmp, "manifest.jsonl").read_text().splitlines()[0]
+            per_photo.append(json.loads(manifest)["seconds_per_photo"])
+    return {"cli_wall_seconds": statistics.median(walls), "seconds_per_photo": statistics.median(per_photo),
+            "runs": walls}
+
+
 def reconstructed_photos(model, photos):
     """(photo, image, reconstruction of its largest face) for each of `photos` that the default
     settings reconstruct, lazily; photos that fail (unreadable, no face) are left out."""

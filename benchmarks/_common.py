@@ -5,7 +5,11 @@ import json
 import math
 import os
 import platform
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -92,11 +96,6 @@ def fresh_rotate(photo: Path, yaws, method: str, runs: int, extra: tuple[str, ..
     the median wall seconds (what a user waits for), the median in-process seconds per photo (the
     manifest's `seconds_per_photo`) and every run's wall time. The child runs this checkout's code
     (its root first on PYTHONPATH)."""
-    import statistics
-    import subprocess
-    import tempfile
-    import time
-
     exe = Path(sys.executable).with_name("facesynth")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     yaw = ",".join(f"{y:g}" for y in yaws)

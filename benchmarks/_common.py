@@ -5,7 +5,12 @@ import json
 import math
 import os
 import platform
+import random
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +45,6 @@ def face_photos() -> list[Path]:
 def lfw_sample(seed: int, count: int) -> list[Path]:
     """The first photo of each of `count` LFW identities drawn with `random.Random(seed)`: a
     development set for choices that must not be tuned on the test photos of ../shared/data/faces."""
-    import random
-
     lfw = lfw_dir()
     ids = sorted(p.name for p in lfw.iterdir())
     return [sorted((lfw / i).iterdir())[0] for i in random.Random(seed).sample(ids, min(len(ids), count))]
@@ -51,6 +54,72 @@ def lfw_dir() -> Path:
     from face3d.morphable_model import default_data_dir
 
     return default_data_dir() / "lfw" / "images"
+
+
+def heldout_lfw_people(skip: int = 0, lfw: Path | None = None) -> dict[str, list[Path]]:
+    """The held-out LFW identities with at least two photos (`ganrefine.pose_pairs.split_pose_photos`,
+    seed 0, 300 held out; up to 6 photos each), name -> sorted photos, sorted by name, the first
+    `skip` names left out (101 in all; the first 50 chose the GAN's checkpoints)."""
+    from ganrefine.pose_pairs import split_pose_photos
+
+    by_id: dict[str, list[Path]] = {}
+    for p in split_pose_photos(lfw or lfw_dir()).heldout:
+        by_id.setdefault(p.parent.name, []).append(p)
+    return {name: sorted(by_id[name]) for name in sorted(by_id)[skip:]}
+
+
+#: Held-out identities that chose checkpoints: the refiner's validation pairs come from the first
+#: 100 held-out identities by name, the GAN's from the first 50 multi-photo ones.
+REFINER_VAL_IDENTITIES, GAN_VAL_IDENTITIES = 100, 50
+
+
+def heldout_lfw_sample(count: int, seed: int = 0) -> list[Path]:
+    """One photo (the first by name) of each of `count` people drawn with `random.Random(seed)` from
+    the 300 held-out LFW identities (`ganrefine.pairs.split_identities`, seed 0) whose names sort
+    after every identity that selected a checkpoint (the first `REFINER_VAL_IDENTITIES` held-out
+    names and the first `GAN_VAL_IDENTITIES` multi-photo ones): people no generator trained on or
+    was selected with (157 of them)."""
+    from ganrefine.pairs import lfw_photos_by_identity, split_identities
+
+    by_name = lfw_photos_by_identity(lfw_dir())
+    _, held = split_identities(list(by_name))
+    multi = list(heldout_lfw_people())
+    last_used = max(held[:REFINER_VAL_IDENTITIES][-1], multi[:GAN_VAL_IDENTITIES][-1])
+    free = [n for n in held if n > last_used]
+    names = sorted(random.Random(seed).sample(free, min(count, len(free))))
+    return [by_name[n][0] for n in names]
+
+
+def identity_layout(folder: Path, people: dict[str, list[Path]], per_identity: int) -> Path:
+    """`folder/<identity>/<photo>` symlinks to the first `per_identity` photos of each person: the
+    layout `facesynth compare` reads. Returns `folder`."""
+    for ident, photos in people.items():
+        (folder / ident).mkdir(parents=True, exist_ok=True)
+        for p in photos[:per_identity]:
+            (folder / ident / p.name).symlink_to(p)
+    return folder
+
+
+def fresh_rotate(photo: Path, yaws, method: str, runs: int, extra: tuple[str, ...] = ()) -> dict:
+    """`facesynth rotate PHOTO --yaw=... --method METHOD [extra]` as a fresh process, `runs` times:
+    the median wall seconds (what a user waits for), the median in-process seconds per photo (the
+    manifest's `seconds_per_photo`) and every run's wall time. The child runs this checkout's code
+    (its root first on PYTHONPATH) through the entry point pyproject.toml declares, like the installed
+    `facesynth` script (whose copy in a virtual environment may be stale)."""
+    exe = [sys.executable, "-c", "import sys; from facesynth.cli import main; sys.exit(main())"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    yaw = ",".join(f"{y:g}" for y in yaws)
+    walls, per_photo = [], []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            subprocess.run([*exe, "rotate", str(photo), f"--yaw={yaw}", "--method", method, *extra, "--out", tmp],
+                           check=True, capture_output=True, env=env)
+            walls.append(time.perf_counter() - t0)
+            manifest = Path(tmp, "manifest.jsonl").read_text().splitlines()[0]
+            per_photo.append(json.loads(manifest)["seconds_per_photo"])
+    return {"cli_wall_seconds": statistics.median(walls), "seconds_per_photo": statistics.median(per_photo),
+            "runs": walls}
 
 
 def reconstructed_photos(model, photos):

@@ -27,9 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import RESULTS, ROOT, Targets, add_target_option
-from face3d.morphable_model import default_data_dir
-from ganrefine.pose_pairs import split_pose_photos
+from _common import RESULTS, ROOT, Targets, add_target_option, heldout_lfw_people, identity_layout
 
 YAWS = "-60,-45,-30,-15,0,15,30,45,60"
 POSE_OK = 10.0
@@ -72,20 +70,13 @@ def main() -> int:
     from facesynth import compare
     from facesynth.cli import main as cli
 
-    lfw = default_data_dir() / "lfw" / "images"
-    split = split_pose_photos(lfw)
-    by_id: dict[str, list[Path]] = {}
-    for p in split.heldout:
-        by_id.setdefault(p.parent.name, []).append(p)
-    ids = sorted(by_id)[args.val_identities:]
+    people = heldout_lfw_people(skip=args.val_identities)
+    ids = list(people)
     t0 = time.time()
     code = None
     if not args.skip_run:
         with tempfile.TemporaryDirectory() as tmp:
-            for ident in ids:
-                (Path(tmp) / ident).mkdir()
-                for p in sorted(by_id[ident])[: args.photos_per_identity]:
-                    (Path(tmp) / ident / p.name).symlink_to(p)
+            identity_layout(Path(tmp), people, args.photos_per_identity)
             code = cli(["compare", tmp, "--yaw", YAWS, "--methods", "3d,gan,hybrid", "--real-photos",
                         str(args.real_photos), "--out", args.out])
     wall = time.time() - t0

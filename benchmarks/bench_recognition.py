@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import RESULTS, write_json
+from _common import RESULTS, heldout_lfw_people, write_json
 from face3d.camera import Pose
 from face3d.errors import FaceSynthError
 from face3d.fitting import FitConfig
@@ -38,7 +38,6 @@ from face3d.pipeline import reconstruct_faces
 from facesynth.api import RenderOptions, render_face
 from facesynth.compare import FaceEncoder, detect_view_face
 from facesynth.methods import load_method
-from ganrefine.pose_pairs import split_pose_photos
 from ganrefine.recognition import YAW_BINS, score_condition, set_distances
 
 
@@ -55,11 +54,8 @@ def main() -> None:
     yaws = [float(y) for y in args.gallery_yaws.split(",")]
     lfw = Path(args.lfw) if args.lfw else default_data_dir() / "lfw" / "images"
 
-    split = split_pose_photos(lfw)
-    by_id: dict[str, list[Path]] = {}
-    for p in split.heldout:
-        by_id.setdefault(p.parent.name, []).append(p)
-    ids = sorted(by_id)[: args.max_identities]
+    by_id = heldout_lfw_people(lfw=lfw)
+    ids = list(by_id)[: args.max_identities]
 
     model = load_morphable_model()
     makers = {m: load_method(m) for m in methods}

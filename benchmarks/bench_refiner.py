@@ -31,16 +31,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from _common import RESULTS, ROOT, Targets, add_target_option, face_photos
+from _common import RESULTS, ROOT, Targets, add_target_option, face_photos, fresh_rotate
 from bench_real_photos import Dlib, load_average
 from face3d.camera import Pose
 from face3d.errors import FaceSynthError
@@ -208,22 +206,12 @@ def speed(refiner, photo: Path, runs: int, targets: Targets) -> dict:
     ms = 1000 * float(np.median(times)) / 32
     print(f"\n(c) Speed. Refiner alone ({type(g).__name__}): {ms:.1f} ms per 128-px view in a batch of 32")
     targets.check("refiner_ms_per_view", ms, "<=", 60.0, " ms")
-    exe = Path(sys.executable).with_name("facesynth")
     res = {"refiner_ms_per_view": ms, "refiner_runs": times}
-    yaw = ",".join(str(y) for y in YAWS)
     for method in ("3d", "hybrid"):
-        walls, per_photo = [], []
-        for _ in range(runs):
-            with tempfile.TemporaryDirectory() as tmp:
-                t0 = time.perf_counter()
-                subprocess.run([str(exe), "rotate", str(photo), f"--yaw={yaw}", "--method", method, "--out", tmp],
-                               check=True, capture_output=True)
-                walls.append(time.perf_counter() - t0)
-                per_photo.append(json.loads(Path(tmp, "manifest.jsonl").read_text().splitlines()[0])["seconds_per_photo"])
-        res[method] = {"cli_wall_seconds": float(np.median(walls)), "seconds_per_photo": float(np.median(per_photo)),
-                       "runs": walls}
-        print(f"   facesynth rotate --method {method:6s} 1 photo -> 9 poses: {np.median(walls):.2f} s wall as a fresh process, "
-              f"{np.median(per_photo):.2f} s in-process (fit + render{' + refine' if method == 'hybrid' else ''})")
+        res[method] = fresh_rotate(photo, YAWS, method, runs)
+        print(f"   facesynth rotate --method {method:6s} 1 photo -> 9 poses: {res[method]['cli_wall_seconds']:.2f} s wall "
+              f"as a fresh process, {res[method]['seconds_per_photo']:.2f} s in-process "
+              f"(fit + render{' + refine' if method == 'hybrid' else ''})")
     targets.check("rotate_hybrid_fresh_process_seconds", res["hybrid"]["cli_wall_seconds"], "<=", 3.0, " s")
     return res
 

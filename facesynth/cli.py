@@ -128,6 +128,9 @@ def compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--capg", default=None, metavar="FILE",
                    help="CAPG-GAN weights for gan (default $FACESYNTH_CAPG or assets/capg/capg.pt)")
     add_fit_arguments(p)
+    p.add_argument("--realism-region", choices=["face", "whole"], default="face",
+                   help="what the realism test compares: the face alone, outside the landmark hull grey (default), "
+                        "or the whole aligned crop with its surroundings, unmasked")
     p.add_argument("--seed", type=seed_option, default=0,
                    help="seed of the real-photo choice and the realism split (default 0)")
     add_threads_argument(p)

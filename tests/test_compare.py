@@ -220,3 +220,57 @@ def test_compare_run_again_reuses_finished_photos(compare_run, monkeypatch):
     assert main(compare_run["argv"]) == 1
     assert sorted({Path(src).name for _, src in calls}) == ["face_recognition_obama2.jpg"]
     assert len(calls) == len(compare_run["methods"])
+
+
+# ------------------------------------------------------------------------------- realism region
+
+
+def test_realism_region_whole_reads_the_surroundings(obama_image):
+    """--realism-region face: the realism feature ignores what lies outside the landmark hull; whole:
+    it sees it. The descriptor is the same either way."""
+    from facesynth.compare.metrics import FaceEncoder, detect_view_face, realism_input
+
+    face = detect_view_face(obama_image)
+    assert face is not None
+    changed = obama_image.copy()
+    outside = realism_input(obama_image, face.landmarks, "face") != obama_image   # grey where outside the hull
+    changed[outside.any(axis=2)] = 255 - changed[outside.any(axis=2)]              # repaint the surroundings only
+    assert realism_input(obama_image, face.landmarks, "whole") is obama_image
+    with pytest.raises(ValueError):
+        realism_input(obama_image, face.landmarks, "hair")
+    feats = {}
+    for region in ("face", "whole"):
+        enc = FaceEncoder(region)
+        d0, f0 = enc.encode([obama_image], [face.landmarks])
+        d1, f1 = enc.encode([changed], [face.landmarks])
+        feats[region] = (d0, f0, f1)
+    assert np.abs(feats["face"][1] - feats["face"][2]).max() < 1e-9          # face only: surroundings ignored
+    assert np.abs(feats["whole"][1] - feats["whole"][2]).max() > 1e-3        # whole: they change the feature
+    assert np.abs(feats["face"][1] - feats["whole"][1]).max() > 1e-3
+    np.testing.assert_array_equal(feats["face"][0], feats["whole"][0])       # the descriptor does not change
+
+
+def test_realism_region_flag_is_recorded_and_keys_the_cache(tmp_path):
+    from dataclasses import replace
+
+    from facesynth.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["compare", str(tmp_path), "--yaw", "0", "--out", str(tmp_path / "o")])
+    assert args.realism_region == "face"
+    args = parser.parse_args(["compare", str(tmp_path), "--yaw", "0", "--out", str(tmp_path / "o"),
+                              "--realism-region", "whole"])
+    assert args.realism_region == "whole"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["compare", str(tmp_path), "--yaw", "0", "--out", "o", "--realism-region", "hair"])
+
+    class Model:  # settings_key reads the model's name only
+        name = "ict"
+
+    base = job.CompareOptions(input=tmp_path, out=tmp_path / "o", yaws=(0.0,), methods=("3d",))
+    key = lambda o: job.settings_key(o, Model(), {})  # noqa: E731
+    assert key(replace(base, realism_region="whole")) != key(base)
+    assert key(replace(base, background="photo")) != key(base)
+    assert key(replace(base, real_photos=10, seed=3)) == key(base)       # the realism test itself is not cached
+    assert job.realism_method("whole")["region"] == "whole"
+    assert "unmasked" in job.realism_method("whole")["features"]

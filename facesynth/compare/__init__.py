@@ -1,7 +1,7 @@
 """``facesynth compare INPUT --yaw ... --out DIR``: the methods side by side on the same photos.
 
     facesynth compare INPUT --yaw -60,-30,0,30,60 --out DIR [--methods 3d,hybrid] [--pitch 0]
-                      [--size 128] [--lfw DIR] [--real-photos 200]
+                      [--size 128] [--lfw DIR] [--real-photos 200] [--realism-region face|whole]
 
 INPUT is an identity-layout folder (``INPUT/<identity>/<image>``). Every photo is fitted once
 (landmarks + dense stage; ``--no-dense``: landmarks only) and every method in ``--methods`` turns
@@ -39,7 +39,9 @@ the cross-verification.
 - ``realism``: held-out accuracy of a classifier two-sample test (`c2st`) between generated views
   and real LFW photos, on pooled intermediate activations of dlib's identity network
   (`FaceEncoder.encode`) over the face alone (outside the landmark hull set to grey, in real and
-  generated images alike, so a plain backdrop does not decide the test). 0.5: the classifier
+  generated images alike, so a plain backdrop does not decide the test); with
+  ``--realism-region whole``, over the whole aligned chip unmasked (face, hair, background), to
+  judge a view's surroundings too. 0.5: the classifier
   cannot tell them apart; 1.0: always can. Computed per method on all yaws pooled, and per yaw
   where each class has at least `MIN_C2ST_PER_CLASS` samples (else ``null``). The split and the
   counts are in ``info.realism`` of metrics.json.
@@ -60,11 +62,11 @@ from __future__ import annotations
 from facesynth.compare.job import (CompareOptions, PhotoCache, choose_real_photos, default_lfw, list_photos,
                                    run_compare, run_comparison)
 from facesynth.compare.metrics import (FEATURE_BLOCK, METRIC_NAMES, THRESHOLD, FaceEncoder, c2st, c2st_accuracy,
-                                       cross_verification_accuracy, detect_view_face, face_region,
+                                       cross_verification_accuracy, detect_view_face, face_region, realism_input,
                                        finite_median, view_pose_error)
 from facesynth.compare.report import plots_uri, report_html, write_outputs
 
 __all__ = ["FEATURE_BLOCK", "METRIC_NAMES", "THRESHOLD", "CompareOptions", "FaceEncoder",
            "PhotoCache", "c2st", "c2st_accuracy", "choose_real_photos", "cross_verification_accuracy", "default_lfw",
-           "detect_view_face", "face_region", "finite_median", "list_photos", "plots_uri", "report_html",
+           "detect_view_face", "face_region", "finite_median", "list_photos", "plots_uri", "realism_input", "report_html",
            "run_compare", "run_comparison", "view_pose_error", "write_outputs"]

@@ -6,8 +6,8 @@ views.csv out (see the package docstring for what each metric means).
 
 Every photo is fitted once; each method of `options.methods` turns that fit into its views
 through the registry (`facesynth.methods.load_method`) and `facesynth.api.render_face` over the
-plain background, so a view is the picture `rotate` makes of the same fit. Each view is scored
-(`facesynth.compare.metrics`); a finished photo's views and scores go into DIR/cache
+background of `CompareOptions.background` (the whole photo by default), so a view is the picture
+`rotate` makes of the same fit. Each view is scored (`facesynth.compare.metrics`); a finished photo's views and scores go into DIR/cache
 (`PhotoCache`), so the same run started again after a stop continues where it stopped.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from face3d.pipeline import Reconstruction, reconstruct_faces
 from face3d.pose_estimation import view_pose_reference
 from face3d.render import render_version
 from facesynth.api import RenderOptions, render_face
-from facesynth.compare.metrics import (FEATURE_BLOCK, MIN_C2ST_PER_CLASS, THRESHOLD, FaceEncoder, c2st,
+from facesynth.compare.metrics import (FEATURE_BLOCK, MIN_C2ST_PER_CLASS, REALISM_REGIONS, THRESHOLD, FaceEncoder, c2st,
                                        cross_verification_accuracy, detect_view_face, finite_median, no_c2st,
                                        view_pose_error)
 from facesynth.compare.report import json_ready, thumbnail, write_outputs, yaw_key
@@ -41,16 +41,29 @@ from facesynth.methods import ViewMaker, load_method
 from facesynth.options import METHODS, UsageError
 from facesynth.rotate_job import PHOTO_SUFFIXES
 
-#: How the realism test is made, as metrics.json's info.realism says it.
+#: What the realism features see, per `--realism-region`, as metrics.json's info.realism says it.
+REALISM_REGION_NOTES = {
+    "face": "everything outside the convex hull of the 68 landmarks set to grey (the face, not the background, "
+            "is judged)",
+    "whole": "the whole chip, unmasked (the face and its surroundings as far as the chip reaches: hair, ears, "
+             "background)"}
+#: How the realism test is made, as metrics.json's info.realism says it (the features: `realism_method`).
 REALISM_METHOD = {
     "features": f"global average pool of dlib ResNet block {FEATURE_BLOCK} (end of the 128-channel stage), "
-                "dlib-aligned 150x150 chips of dlib-detected faces, everything outside the convex hull of "
-                "the 68 landmarks set to grey (the face, not the background, is judged)",
+                "dlib-aligned 150x150 chips of dlib-detected faces, " + REALISM_REGION_NOTES["face"],
     "classifier": "L2-regularised logistic regression on standardised features (l2=0.01, L-BFGS)",
     "split": "classes balanced by subsampling the bigger one to n = min(real, fake) (seeded); each class "
              "split at random into a training half (floor(n/2)) and a held-out half; accuracy on the held-out half"}
 DESCRIPTOR_NOTE = ("dlib face descriptor (torch port of dlib_face_recognition_resnet_model_v1), dlib HOG "
                    "detection (upsample 1) + 68 landmarks on each view; no face = distance inf / pose error inf")
+
+
+def realism_method(region: str) -> dict:
+    """`REALISM_METHOD` with the features of `region` ("face" or "whole") and the region itself."""
+    feats = REALISM_METHOD["features"].replace(REALISM_REGION_NOTES["face"], REALISM_REGION_NOTES[region])
+    return {**REALISM_METHOD, "features": feats, "region": region}
+
+
 SECONDS_NOTE = ("method's generator wall time (fit excluded) + its share of each photo's fit "
                 "(fit time split evenly over the views of the methods that used it), / its views")
 
@@ -65,7 +78,7 @@ class CompareOptions:
     pitches: tuple[float, ...] = (0.0,)
     methods: tuple[str, ...] = tuple(METHODS)
     size: int = 128
-    background: str = "photo"
+    background: str = "photo"                 # the views' background (RenderOptions.background)
     lfw: Path | None = None                   # real photos of the realism test; None: default_lfw()
     real_photos: int = 200                    # 0 skips the realism test
     refiner: str | None = None                # weights files; None: the environment, else the shipped ones
@@ -74,6 +87,7 @@ class CompareOptions:
     dense: bool = True
     seed: int = 0                             # the real-photo choice and the realism split
     threads: int | None = None
+    realism_region: str = "face"              # what the realism test sees: "face" alone or the "whole" chip
 
     @property
     def poses(self) -> list[Pose]:
@@ -134,6 +148,8 @@ def check_inputs(options: CompareOptions) -> list[tuple[str, Path]]:
         raise UsageError(f"{root}: no photos found (expected INPUT/<identity>/<image>)")
     if options.out.exists() and not options.out.is_dir():
         raise UsageError(f"--out {options.out}: exists and is not a folder")
+    if options.realism_region not in REALISM_REGIONS:
+        raise UsageError(f"--realism-region {options.realism_region}: expected one of {', '.join(REALISM_REGIONS)}")
     if options.real_photos and not options.lfw_folder.is_dir():
         raise UsageError(f"--lfw {options.lfw_folder}: not a folder (use --real-photos 0 to skip the realism test)")
     return photos
@@ -159,7 +175,7 @@ def open_session(options: CompareOptions) -> CompareSession:
     identity network."""
     model = load_morphable_model(options.model)
     makers = {m: load_method(m, options.refiner, options.capg) for m in options.methods}
-    return CompareSession(options, model, makers, FaceEncoder())
+    return CompareSession(options, model, makers, FaceEncoder(options.realism_region))
 
 
 @dataclass
@@ -276,7 +292,8 @@ def process_photo(session: CompareSession, identity: str, path: Path) -> PhotoRe
 
 def settings_key(options: CompareOptions, model: MorphableModel, makers: dict[str, ViewMaker]) -> str:
     """What a photo's views and scores depend on (the realism test's seed and real photos are not
-    cached): the cache folder of a run; other flags use another folder."""
+    cached): the cache folder of a run; other flags use another folder. The background and the
+    realism region (the cached realism features are read from it) are part of it."""
     weights = {}
     if "hybrid" in makers:
         s = makers["hybrid"].settings()
@@ -287,6 +304,8 @@ def settings_key(options: CompareOptions, model: MorphableModel, makers: dict[st
            "pitch": [float(p) for p in options.pitches], "size": options.size, "dense": bool(options.dense),
            "background": options.background, "model": model.name, "weights": weights, "version": 1,
            "render_version": max((v for v in map(render_version, options.methods) if v is not None), default=None)}
+    if options.realism_region != "face":
+        key["realism_region"] = options.realism_region
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -482,12 +501,12 @@ def score_block(vs: list[dict], photos: SourcePhotos, real_feats: np.ndarray, se
     return values, counts, {k: t[k] for k in ("n_per_class", "n_train", "n_test", "p_value")}
 
 
-def aggregate(results: RunResults, yaw_keys: list[str], real_feats: np.ndarray, seed: int):
+def aggregate(results: RunResults, yaw_keys: list[str], real_feats: np.ndarray, seed: int, region: str = "face"):
     """metrics {method: {"all": {...}, "per_yaw": {yaw: {...}}}}, counts and realism details; the
     realism test of all yaws is seeded `seed`, that of the k-th yaw `seed + 1 + k`."""
     photos = SourcePhotos.of(results.sources)
     metrics, counts = {}, {}
-    realism = {**REALISM_METHOD, "min_per_class": MIN_C2ST_PER_CLASS, "real_vs": {}}
+    realism = {**realism_method(region), "min_per_class": MIN_C2ST_PER_CLASS, "real_vs": {}}
     for m in results.methods:
         mv = [v for v in results.views if v["method"] == m]
         spv = results.seconds_per_view(m)
@@ -513,7 +532,8 @@ def run_info(options: CompareOptions, photos: list[tuple[str, Path]], results: R
         "photos_ok": len(photos) - len({f["source"] for f in failures}),
         "identities": sorted({i for i, _ in photos}), "methods": list(options.methods),
         "yaw": [float(y) for y in options.yaws], "pitch": [float(p) for p in options.pitches], "size": options.size,
-        "background": options.background, "threshold": THRESHOLD, "seed": options.seed, "dense_fit": options.dense,
+        "threshold": THRESHOLD, "seed": options.seed, "dense_fit": options.dense,
+        "background": options.background, "realism_region": options.realism_region,
         "descriptor": DESCRIPTOR_NOTE,
         "cross_verification": ({"note": f"needs photos of at least two people; INPUT has {n_ids} usable identity"}
                                if n_ids < 2 else {"note": "pairs (view, every other usable photo of INPUT)"}),
@@ -539,7 +559,7 @@ def run_comparison(options: CompareOptions) -> int:
     if options.real_photos and results.views:
         real_feats, real_info = real_photo_features(options.lfw_folder, options.real_photos, options.seed,
                                                     session.encoder, real_info)
-    metrics, counts, realism = aggregate(results, options.yaw_keys, real_feats, options.seed)
+    metrics, counts, realism = aggregate(results, options.yaw_keys, real_feats, options.seed, options.realism_region)
     info = run_info(options, photos, results, counts, realism, real_info)
     write_outputs(options.out, {"methods": metrics, "info": info}, results.views, results.sources,
                   list(options.methods), options.poses)
@@ -556,5 +576,5 @@ def run_compare(args) -> int:
                              background=args.background,
                              lfw=Path(args.lfw) if args.lfw else None, real_photos=args.real_photos,
                              refiner=args.refiner, capg=args.capg, model=args.model, dense=args.dense,
-                             seed=args.seed, threads=args.threads)
+                             seed=args.seed, threads=args.threads, realism_region=args.realism_region)
     return run_comparison(options)

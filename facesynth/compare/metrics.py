@@ -29,6 +29,10 @@ MIN_C2ST_PER_CLASS = 8
 #: index 9 is the last block of the 128-channel stage (ganrefine.identity._BLOCKS), 37 x 37 cells
 #: on a 150-px chip -> a 128-D feature of mid-level texture and shape statistics.
 FEATURE_BLOCK = 9
+#: What the realism test looks at (`compare --realism-region`): "face", the face alone (outside the
+#: 68-landmark hull set to grey, `face_region`), or "whole", the whole aligned chip unmasked (the
+#: face with its hair, ears, neck and background around it, as far as the chip reaches).
+REALISM_REGIONS = ("face", "whole")
 
 
 def finite_median(values) -> float:
@@ -142,6 +146,16 @@ def face_region(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     return out
 
 
+def realism_input(image: np.ndarray, landmarks: np.ndarray, region: str = "face") -> np.ndarray:
+    """The image the realism feature is read from: `face_region` for "face", the image itself for
+    "whole" (see `REALISM_REGIONS`)."""
+    if region == "face":
+        return face_region(image, landmarks)
+    if region == "whole":
+        return image
+    raise ValueError(f"realism region must be one of {', '.join(REALISM_REGIONS)}, got {region!r}")
+
+
 def _chips(images: list[np.ndarray], landmarks: list[np.ndarray]) -> torch.Tensor:
     """The dlib-aligned 150 x 150 chips of `images` (`dlib.get_face_chip(img, shape, 150, 0.25)`)."""
     return align_faces([image_tensor(im) for im in images],
@@ -154,9 +168,13 @@ class FaceEncoder:
     :meth:`encode` takes full images with their 68 dlib landmarks, aligns them like
     ``dlib.get_face_chip(img, shape, 150, 0.25)`` and returns the (B, 128) descriptors of the
     images and the (B, C) realism features: the global average of block :data:`FEATURE_BLOCK`'s
-    output (read with a forward hook) on the same chip of :func:`face_region` (face only)."""
+    output (read with a forward hook) on the same chip of :func:`realism_input` of `region`: the face
+    alone ("face", the default) or the whole chip ("whole": then the descriptor's own pass gives it)."""
 
-    def __init__(self):
+    def __init__(self, region: str = "face"):
+        if region not in REALISM_REGIONS:
+            raise ValueError(f"realism region must be one of {', '.join(REALISM_REGIONS)}, got {region!r}")
+        self.region = region
         self.encoder = IdentityEncoder.load()  # shared per process: the hook is attached only while encoding
         self._feat = None
 
@@ -170,9 +188,12 @@ class FaceEncoder:
             with torch.no_grad():
                 for s in range(0, len(images), batch):
                     ims, lms = images[s:s + batch], landmarks[s:s + batch]
-                    descs.append(self.encoder.embed_chips(_chips(ims, lms)).numpy().astype(np.float64))
                     self._feat = None
-                    self.encoder.embed_chips(_chips([face_region(im, lm) for im, lm in zip(ims, lms)], lms))
+                    descs.append(self.encoder.embed_chips(_chips(ims, lms)).numpy().astype(np.float64))
+                    if self.region != "whole":  # "whole": the feature of the unmasked chip, read above
+                        self._feat = None
+                        self.encoder.embed_chips(_chips([realism_input(im, lm, self.region)
+                                                         for im, lm in zip(ims, lms)], lms))
                     feats.append(self._feat.numpy().astype(np.float64))
         finally:
             handle.remove()

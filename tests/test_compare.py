@@ -270,7 +270,7 @@ def test_realism_region_flag_is_recorded_and_keys_the_cache(tmp_path):
     base = job.CompareOptions(input=tmp_path, out=tmp_path / "o", yaws=(0.0,), methods=("3d",))
     key = lambda o: job.settings_key(o, Model(), {})  # noqa: E731
     assert key(replace(base, realism_region="whole")) != key(base)
-    assert key(replace(base, background="photo")) != key(base)
+    assert key(replace(base, background="plain")) != key(base)
     assert key(replace(base, real_photos=10, seed=3)) == key(base)       # the realism test itself is not cached
     assert job.realism_method("whole")["region"] == "whole"
     assert "unmasked" in job.realism_method("whole")["features"]

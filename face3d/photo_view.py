@@ -49,6 +49,12 @@ HAIR_RADIUS = 0.1
 FALLOFF = 0.2
 #: A triangle whose area grows by more than this factor is a disocclusion: its pixels are inpainted.
 STRETCH_LIMIT = 4.0
+#: Width (fraction of the crop) of the seam beside the face, brows to chin, whose photo pixels are
+#: refilled in a turned view: the photo's cheek edge that the fitted mesh misses would otherwise
+#: turn with the head and stick out past its profile.
+SEAM_WIDTH = 0.05
+#: The seam is refilled in views turned by more than this (degrees) from the photo's pose.
+SEAM_MIN_TURN = 10.0
 
 
 def photo_similarity(fit: FaceFit, model: MorphableModel, size: int, frame_vertices=None):
@@ -191,11 +197,22 @@ def photo_view_backgrounds(fit, image: np.ndarray, model: MorphableModel, poses:
         vals[..., 1:] = np.where(head[..., None], at - pos, 0.0)
         filled = membrane(vals, fixed)
         w = turn_weight(skull, step, size)
+        seam = face_seam(head, fit, model, verts, frame_vertices, size, pad, step)
         return render_grid(filled[..., 0], pos, pos + filled[..., 1:], w, image_canvas, fit, model, verts,
-                           frame_vertices, poses, size, pad)
+                           frame_vertices, poses, size, pad, seam)
 
 
-def render_grid(depth, pos, uv, w, image_canvas, fit, model, verts, frame_vertices, poses, size, pad):
+def face_seam(head: np.ndarray, fit, model, verts, frame_vertices, size: int, pad: int, step: float) -> np.ndarray:
+    """(n, n) bool: grid vertices within `SEAM_WIDTH` outside the head, between the brows and the chin."""
+    ring = cv2.dilate(head.astype(np.uint8), np.ones((3, 3), np.uint8),
+                      iterations=max(1, int(round(SEAM_WIDTH * size / step)))).astype(bool) & ~head
+    lm = view_screen(verts, model, [fit.pose], size, frame_vertices)[0, np.maximum(model.landmark_vertices, 0), 1]
+    top, bottom = (float(lm[17:27].min()) + pad) / step, (float(lm[8]) + pad) / step
+    rows = np.arange(head.shape[0])[:, None]
+    return ring & (rows >= top) & (rows <= bottom)
+
+
+def render_grid(depth, pos, uv, w, image_canvas, fit, model, verts, frame_vertices, poses, size, pad, seam=None):
     """Turn the grid mesh to every pose, rasterize it into the crop, texture it, inpaint the holes."""
     n = depth.shape[0]
     canvas = image_canvas.shape[0]
@@ -220,6 +237,12 @@ def render_grid(depth, pos, uv, w, image_canvas, fit, model, verts, frame_vertic
     rgb = F.grid_sample(tex, grid, mode="bilinear", padding_mode="border", align_corners=False)
     rgb = (rgb.permute(0, 2, 3, 1).clamp(0, 1) * 255 + 0.5).byte().numpy()
     holes = hole_masks(frag.pix_to_face, screen, tris, step=canvas / (n - 1))
+    if seam is not None:
+        turned = torch.from_numpy(np.degrees(np.arccos(np.clip((np.trace(R_rel, axis1=1, axis2=2) - 1) / 2, -1, 1)))
+                                  > SEAM_MIN_TURN)
+        on_seam = torch.from_numpy(seam.ravel())[tris].any(-1)                    # (F,)
+        f = frag.pix_to_face.clamp(min=0)
+        holes |= ((frag.pix_to_face >= 0) & on_seam[f] & turned[:, None, None]).numpy()
     return np.stack([fill_holes(img, h) for img, h in zip(rgb, holes)])
 
 

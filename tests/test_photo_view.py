@@ -105,3 +105,21 @@ def test_see_through_texture_hides_only_what_no_photo_pixel_showed():
     ears = np.ones_like(conf)
     ears[:, 120:] = 0.0                                    # an alpha the texture already had is kept
     assert see_through_texture(Texture(tex.image, conf, ears)).alpha[:, 130:].max() < 0.01
+
+
+@pytest.mark.slow
+def test_seam_beside_the_face_is_refilled_only_in_turned_views(obama_reconstruction, obama_image, ict_model):
+    from face3d.camera import Pose
+    from face3d.photo_view import SEAM_MIN_TURN, face_seam, photo_view_backgrounds
+
+    rec = obama_reconstruction
+    src = rec.fit.pose
+    same = photo_view_backgrounds(rec.fit, obama_image, ict_model, [Pose(src.yaw, src.pitch, src.roll)], 96)
+    assert same.shape == (1, 96, 96, 3)
+    # the seam lies outside the head, beside it: not empty, and not the whole canvas
+    from face3d.photo_view import source_surface
+    n, step, pad = 49, 144 / 48, 24
+    head, _, _, _, _ = source_surface(rec.fit, ict_model, rec.fit.vertices(ict_model), None, 96, pad, n, step)
+    seam = face_seam(head, rec.fit, ict_model, rec.fit.vertices(ict_model), None, 96, pad, step)
+    assert seam.any() and not (seam & head).any() and seam.sum() < 0.2 * n * n
+    assert SEAM_MIN_TURN > 0

@@ -7,7 +7,7 @@ OpenCV's GrabCut (Rother et al. 2004, colour GMMs + graph cut) runs on a downsca
 photo, with its trimap taken from the fitted head projected into the photo:
 
 * definite foreground: the inner face (the hull of the jaw and brow landmarks) and the fitted skull
-  above the brows (hair or scalp on any head), eroded;
+  above the brows (hair or scalp on any head), eroded, and a band below the chin (neck and clothes);
 * probably foreground: the projected head mesh (face, scalp, neck), dilated;
 * probably background: everything beyond;
 * definite background: the image's top border and its left and right borders above the chin, except where the projected head
@@ -31,6 +31,9 @@ GRABCUT_ITERATIONS = 3
 ERODE_FRACTION = 0.08
 DILATE_FRACTION = 0.35
 BORDER_PX = 2          # width of the definite-background frame, in downscaled pixels
+#: The torso seed (definite foreground): its top this many face sizes below the chin, this many wide.
+TORSO_GAP = 0.15
+TORSO_WIDTH = 0.5
 
 
 def _projected_head(fit, model: MorphableModel, scale: float, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -78,7 +81,20 @@ def _trimap(fit, model: MorphableModel, scale: float, hw: tuple[int, int]) -> np
     inner |= skull.astype(np.uint8)
     inner = cv2.erode(inner, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k_in, k_in)))
     labels[inner > 0] = cv2.GC_FGD
+    labels[_torso(np.asarray(fit.landmarks) * scale, size, hw)] = cv2.GC_FGD
     return labels
+
+
+def _torso(landmarks: np.ndarray, size: float, hw: tuple[int, int]) -> np.ndarray:
+    """(h, w) bool: a band below the chin, `TORSO_WIDTH` face sizes wide, down to the bottom: what a
+    portrait shows there is the person's neck and clothes, which seed GrabCut's foreground colours
+    so that a dark suit is not taken for a dark backdrop."""
+    h, w = hw
+    x, y = landmarks[8]
+    out = np.zeros((h, w), bool)
+    top, half = int(round(y + TORSO_GAP * size)), TORSO_WIDTH * size / 2
+    out[max(0, top):, max(0, int(round(x - half))):max(0, int(round(x + half)))] = True
+    return out
 
 
 def head_foreground_mask(fit, image: np.ndarray, model: MorphableModel) -> np.ndarray:

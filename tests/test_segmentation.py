@@ -24,6 +24,17 @@ def test_mask_covers_the_face_and_not_the_border(obama_image, obama_reconstructi
     assert np.array_equal(fg, head_foreground_mask(fit, obama_image, ict_model))     # deterministic
 
 
+def test_the_clothes_below_the_chin_are_foreground(obama_image, obama_reconstruction, ict_model):
+    """The suit under the chin is the person: a dark suit is not taken for the backdrop."""
+    fit = obama_reconstruction.fit
+    fg = head_foreground_mask(fit, obama_image, ict_model)
+    lm = np.asarray(fit.landmarks)
+    x, y = lm[8]
+    span = float(np.ptp(lm[:27, 0]))
+    below = fg[int(y + 0.3 * span):int(y + 0.6 * span), int(x - 0.4 * span):int(x + 0.4 * span)]
+    assert below.mean() > 0.9
+
+
 def test_no_backdrop_colour_on_the_head(obama_image, obama_reconstruction, ict_model):
     fit = obama_reconstruction.fit
     fg = head_foreground_mask(fit, obama_image, ict_model)

@@ -131,14 +131,16 @@ def refine_views(refiner: Refiner, views, background: np.ndarray | float = PLAIN
     """The refined images of a `face3d.render.RenderedViews` that was rendered over `background`.
 
     The refiner also paints the background (it learnt the photos' surroundings, which it cannot know,
-    as a blur); only the head and a halo around it (hair, a softened silhouette) are kept, and the
-    background the views were rendered over shows elsewhere. Where the views show an extra mesh
+    as a blur); only the head, and over the plain grey a halo around it (hair, a softened silhouette),
+    are kept, and the background the views were rendered over shows elsewhere. Where the views show an extra mesh
     (the teeth, gums and tongue of a mouth that an expression opened), the render is kept: the
     refiner learnt from photos of mostly closed mouths and greys the dark cavity, so that dlib then
     reads the lips of bearded faces as closed (benchmarks/bench_expressions.py --method hybrid)."""
     imgs = views.images
     alpha = views.masks[..., None].astype(np.float32)
-    halo = head_halo(views.masks)
+    # over a photo background the photo's own hair and surroundings show around the head, sharper
+    # than the refiner's guess of them; over the plain grey its halo gives the head hair and a soft edge
+    halo = alpha if isinstance(background, np.ndarray) else head_halo(views.masks)
     if isinstance(background, np.ndarray) or background != PLAIN_BACKGROUND:
         # undo the composite: the refiner was trained on heads over the plain grey background
         bg = background.astype(np.float32) if isinstance(background, np.ndarray) else np.float32(background * 255)

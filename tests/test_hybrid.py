@@ -97,3 +97,18 @@ def test_teeth_of_an_opened_mouth_keep_the_render(refiner, obama_reconstruction,
     # views without an extra mesh record none, and refine as before
     plain = render_views(rec.fit, rec.texture, [Pose(0.0)], ict_model, size=128)
     assert plain.extra_masks is None
+
+
+def test_over_a_photo_background_only_the_head_is_refined(refiner, obama_reconstruction, obama_image, ict_model):
+    """Over the turned photo the refiner's blurred guess of hair and surroundings is not kept: off
+    the head the view is the photo background itself, pixel for pixel."""
+    from face3d.photo_view import photo_view_backgrounds
+
+    rec = obama_reconstruction
+    poses = [Pose(30, 0, 0)]
+    bg = photo_view_backgrounds(rec.fit, obama_image, ict_model, poses, 128)
+    views = render_views(rec.fit, rec.texture, poses, ict_model, size=128, background=bg)
+    out = refine_views(refiner, views, bg)
+    off = views.masks[0] == 0
+    assert off.sum() > 1000 and np.array_equal(out[0][off], bg[0][off])
+    assert not np.array_equal(out[0][~off], views.images[0][~off])      # the head itself is refined

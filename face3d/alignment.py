@@ -10,27 +10,32 @@ from face3d.morphable_model import MorphableModel
 from face3d.render import view_screen
 
 
-def aligned_original(fit: FaceFit, image: np.ndarray, model: MorphableModel, size: int) -> np.ndarray:
-    """The photo warped into the view crop: similarity of the inner source landmarks onto the fit's
-    own-pose view landmarks (as `face3d.photo_view`), least squares in closed form (deterministic)."""
+def photo_similarity(fit: FaceFit, model: MorphableModel, size: int, frame_vertices=None):
+    """(A (2, 2), t (2,)): the similarity photo pixel -> crop pixel (pixel centres at +0.5) that carries
+    the inner detected landmarks onto the fitted head's view at its own pose: least squares in closed
+    form (Umeyama, rotation and scale), so it is deterministic."""
     with torch.no_grad():
-        view = view_screen(fit.vertices(model), model, [fit.pose], size)[0, :, :2].numpy().astype(np.float64)
+        verts = fit.vertices(model)
+        view = view_screen(verts, model, [fit.pose], size, frame_vertices)[0, :, :2].numpy().astype(np.float64)
     lm = model.landmark_vertices
     inner = np.array([k for k in range(17, 68) if lm[k] >= 0])
     src = np.asarray(fit.landmarks, np.float64)[inner]
     dst = view[lm[inner]]
     ms, md = src.mean(0), dst.mean(0)
     s0, d0 = src - ms, dst - md
-    # Umeyama: the rotation+scale minimising |s A^T + t - d|
-    a = (s0 * d0).sum()
-    b = (s0[:, 0] * d0[:, 1] - s0[:, 1] * d0[:, 0]).sum()
     norm = (s0 ** 2).sum()
-    c, s = a / norm, b / norm
+    c = (s0 * d0).sum() / norm
+    s = (s0[:, 0] * d0[:, 1] - s0[:, 1] * d0[:, 0]).sum() / norm
     A = np.array([[c, -s], [s, c]])
-    t = md - A @ ms
+    return A, md - A @ ms
+
+
+def aligned_original(fit: FaceFit, image: np.ndarray, model: MorphableModel, size: int) -> np.ndarray:
+    """The photo warped into the view crop by `photo_similarity` (as `face3d.photo_view` does)."""
+    A, t = photo_similarity(fit, model, size)
     # our pixel centres sit at +0.5, OpenCV's at integers
     t = t + A @ np.array([0.5, 0.5]) - 0.5
-    scale = float(np.hypot(c, s))
+    scale = float(np.hypot(A[0, 0], A[1, 0]))
     img = image
     if scale < 0.8:  # prefilter before shrinking (warpAffine samples, it does not average)
         sigma = 0.5 * (1.0 / scale - 1.0) + 0.3

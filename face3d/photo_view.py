@@ -32,6 +32,7 @@ import scipy.sparse.linalg as spla
 import torch
 import torch.nn.functional as F
 
+from face3d.alignment import photo_similarity
 from face3d.camera import Pose, euler_to_matrix
 from face3d.face_fit import FaceFit
 from face3d.morphable_model import MorphableModel
@@ -55,25 +56,6 @@ STRETCH_LIMIT = 4.0
 SEAM_WIDTH = 0.05
 #: The seam is refilled in views turned by more than this (degrees) from the photo's pose.
 SEAM_MIN_TURN = 10.0
-
-
-def photo_similarity(fit: FaceFit, model: MorphableModel, size: int, frame_vertices=None):
-    """(A (2, 2), t (2,)): the similarity photo pixel -> crop pixel (pixel centres at +0.5) that carries
-    the inner detected landmarks onto the fitted head's view at its own pose (least squares)."""
-    with torch.no_grad():
-        verts = fit.vertices(model)
-        view = view_screen(verts, model, [fit.pose], size, frame_vertices)[0, :, :2].numpy().astype(np.float64)
-    lm = model.landmark_vertices
-    inner = np.array([k for k in range(17, 68) if lm[k] >= 0])
-    src = np.asarray(fit.landmarks, np.float64)[inner]
-    dst = view[lm[inner]]
-    ms, md = src.mean(0), dst.mean(0)
-    s0, d0 = src - ms, dst - md
-    norm = (s0 ** 2).sum()
-    c = (s0 * d0).sum() / norm
-    s = (s0[:, 0] * d0[:, 1] - s0[:, 1] * d0[:, 0]).sum() / norm
-    A = np.array([[c, -s], [s, c]])
-    return A, md - A @ ms
 
 
 def warp_canvas(image: np.ndarray, A: np.ndarray, t: np.ndarray, canvas: int) -> np.ndarray:

@@ -88,12 +88,13 @@ def render_face(rec: Reconstruction, image: np.ndarray, model: MorphableModel, p
     if sfs is None:
         sfs = prepare_sfs(rec, image, model, options.sfs, options.relight, len(poses), options.seed, key)
     expressions = None if options.expressions is None else list(options.expressions)
+    # over the turned photo the head shows only what the photo showed (face3d.photo_view)
+    shown = replace(rec, texture=see_through_texture(rec.texture)) if over_photo(options) else rec
     out = []
     # one render per (expression, shape sample); the plain fit when neither is asked for
     for variant in variants(rec.fit, model, expressions, options.shape_jitter, options.jitter_samples,
                             options.seed, key):
         background = view_background(variant, rec, image, model, poses, options)
-        shown = rec if isinstance(background, float) else replace(rec, texture=see_through_texture(rec.texture))
         views = render_variant(variant, shown, model, poses, options.size, background, sfs)
         images = maker.images(rec, image, model, views, poses, options.size, background)
         record = {**variant_record(variant, model, options.shape_jitter, options.seed), **sfs_record(sfs),
@@ -102,12 +103,18 @@ def render_face(rec: Reconstruction, image: np.ndarray, model: MorphableModel, p
     return out
 
 
+def over_photo(options: RenderOptions) -> bool:
+    """Whether views are composited over the turned photo: the photo background asked for, and a
+    method that renders a head (the gan method renders none and needs no background)."""
+    return options.background == "photo" and options.method in EDITS_3D
+
+
 def view_background(variant, rec: Reconstruction, image: np.ndarray, model: MorphableModel, poses: list[Pose],
                     options: RenderOptions):
     """What one variant's views are composited over: the plain grey, or (`photo`) the whole photo
     turned with the head (`face3d.photo_view`), framed like the variant's render so the head sits
-    exactly on its own turned photo. The gan method renders no head and needs none."""
-    if options.background == "plain" or options.method not in EDITS_3D:
+    exactly on its own turned photo."""
+    if not over_photo(options):
         return PLAIN_GREY
     _, _, frame, _ = variant_geometry(variant, rec, model)
     return photo_view_backgrounds(rec.fit, image, model, poses, options.size, frame_vertices=frame)

@@ -20,10 +20,10 @@ from typing import Callable
 
 from face3d.detection_helper import start_detection_helper
 from face3d.errors import FaceSynthError
-from facesynth.options import (METHODS, UsageError, add_expression_arguments, add_fit_arguments, add_method_arguments,
-                               add_background_argument, add_pose_arguments, add_sfs_arguments, add_threads_argument,
-                               check_pose_count,
-                               float_option, int_option, seed_option, size_option)
+from facesynth.options import (METHODS, UsageError, add_background_argument, add_expression_arguments,
+                               add_fit_arguments, add_method_arguments, add_pose_arguments, add_sfs_arguments,
+                               add_threads_argument, add_weights_arguments, check_pose_count, float_option,
+                               int_option, seed_option, size_option)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -123,10 +123,7 @@ def compare_arguments(p: argparse.ArgumentParser) -> None:
                    help="real photos for the realism test, LFW layout DIR/<Name>/*.jpg (default shared/data/lfw/images)")
     p.add_argument("--real-photos", type=int_option("real-photos", 0), default=200, metavar="N",
                    help="number of real photos for the realism test, a fixed seeded choice (default 200; 0 skips it)")
-    p.add_argument("--refiner", default=None, metavar="FILE",
-                   help="refiner weights for hybrid (default $FACESYNTH_REFINER or assets/refiner/refiner.pt)")
-    p.add_argument("--capg", default=None, metavar="FILE",
-                   help="CAPG-GAN weights for gan (default $FACESYNTH_CAPG or assets/capg/capg.pt)")
+    add_weights_arguments(p)
     add_fit_arguments(p)
     p.add_argument("--realism-region", choices=["face", "whole"], default="face",
                    help="what the realism test compares: the face alone, outside the landmark hull grey (default), "

@@ -212,11 +212,17 @@ def add_method_arguments(p: argparse.ArgumentParser, default: str = DEFAULT_METH
     method differs from DEFAULT_METHOD says why in `why`."""
     p.add_argument("--method", choices=list(METHODS), default=default,
                    help="; ".join(f"{n}: {w}" for n, w in METHODS.items()) + f" (default {default}{why})")
+    add_weights_arguments(p)
+
+
+def add_weights_arguments(p: argparse.ArgumentParser) -> None:
+    """--refiner and --capg: the weights files of the methods that have weights."""
     p.add_argument("--refiner", default=None, metavar="FILE",
-                   help="refiner weights for --method hybrid (default $FACESYNTH_REFINER or the shipped "
+                   help="refiner weights for the hybrid method (default $FACESYNTH_REFINER or the shipped "
                         "assets/refiner/refiner.pt)")
     p.add_argument("--capg", default=None, metavar="FILE",
-                   help="CAPG-GAN weights for --method gan (default $FACESYNTH_CAPG or the shipped assets/capg/capg.pt)")
+                   help="CAPG-GAN weights for the gan method (default $FACESYNTH_CAPG or the shipped "
+                        "assets/capg/capg.pt)")
 
 
 def add_fit_arguments(p: argparse.ArgumentParser) -> None:

@@ -230,6 +230,8 @@ def ear_vertices(model: MorphableModel) -> np.ndarray:
 
 def _chroma(rgb: np.ndarray) -> np.ndarray:
     """(N, 2) Cr, Cb (0..255) of (N, 3) RGB colours in 0..255."""
+    if len(rgb) == 0:                                        # cvtColor refuses an empty array
+        return np.zeros((0, 2), np.float32)
     ycc = cv2.cvtColor(np.clip(rgb, 0, 255).astype(np.uint8).reshape(-1, 1, 3), cv2.COLOR_RGB2YCrCb)
     return ycc.reshape(-1, 3)[:, 1:].astype(np.float32)
 
@@ -260,6 +262,8 @@ def ear_alpha(fit, image: np.ndarray, model: MorphableModel, tri: np.ndarray, se
     hair = np.zeros(shape[0] * shape[1], np.float32)
     known = np.zeros(shape[0] * shape[1], dtype=bool)
     look = ear & seen
+    if not look.any():                                       # no ear texel seen: no evidence of hair
+        return None
     dist = np.linalg.norm(_chroma(colours[look]) - skin_chroma(image, fit.landmarks), axis=1)
     hair[flat[look]] = dist > HAIR_CHROMA_DISTANCE
     known[flat[look]] = True

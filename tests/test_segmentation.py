@@ -85,3 +85,20 @@ def test_ear_alpha_is_one_on_a_short_haired_photo_and_alpha_one_changes_nothing(
     cut = Texture(rec.texture.image, rec.texture.confidence, np.where(ear_texels, 0.0, 1.0).astype(np.float32))
     side = render_views(rec.fit, cut, poses, ict_model, size=96)
     assert side.masks.sum() < plain.masks.sum()
+
+
+def test_ear_alpha_without_a_seen_ear_texel_is_none(obama_image, obama_reconstruction, ict_model):
+    """A view that shows no ear texel (a photo turned so both ears hide) gives no evidence of hair:
+    no alpha, not an error from colour conversion of an empty set."""
+    from face3d.texture import _chroma, ear_alpha
+
+    assert _chroma(np.zeros((0, 3), np.uint8)).shape == (0, 2)
+    raster = uv_raster(ict_model, 64)
+    valid = raster.face >= 0
+    tri = ict_model.triangles[raster.face[valid]]
+    seen = np.zeros(len(tri), dtype=bool)
+    colours = np.zeros((len(tri), 3), np.float32)
+    flat = np.nonzero(valid.reshape(-1))[0]
+    alpha = ear_alpha(obama_reconstruction.fit, obama_image, ict_model, tri, seen, colours,
+                      raster.mirror.reshape(-1), flat, valid.shape)
+    assert alpha is None

@@ -29,6 +29,7 @@ import math
 import re
 import zlib
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
 import numpy as np
 import torch
@@ -90,16 +91,20 @@ def presets_for(model: MorphableModel) -> dict[str, dict[str, float]]:
 
 @dataclass(frozen=True)
 class ExpressionSpec:
-    """One parsed expression: whether it starts from the fit, preset terms and raw overrides."""
+    """One parsed expression: whether it starts from the fit, preset terms and raw overrides.
+    `reference` is the photo whose expression `raw` holds (`face3d.reference_face`), '' for none."""
 
     text: str
     from_fit: bool = False
     presets: tuple[str, ...] = ()
     raw: tuple[tuple[str, float], ...] = ()
+    reference: str = ""
 
     @property
     def label(self) -> str:
-        """A file-name-safe tag: 'smile', 'fitted', 'jawOpen0p6-mouthSmile_L0p5'."""
+        """A file-name-safe tag: 'smile', 'fitted', 'jawOpen0p6-mouthSmile_L0p5', 'from-<photo stem>'."""
+        if self.reference:
+            return f"from-{reference_label(self.reference)}"
         parts = (["fitted"] if self.from_fit else []) + list(self.presets) + [
             f"{n}{_num_tag(v)}" for n, v in self.raw]
         return "-".join(parts) if parts else "neutral"
@@ -109,6 +114,12 @@ class ExpressionSpec:
 
 
 FITTED = ExpressionSpec("fitted", from_fit=True)
+
+
+def reference_label(source: str) -> str:
+    """A file-name-safe tag of a reference photo: its stem, anything but [A-Za-z0-9_.-] as '_'."""
+    stem = PurePath(str(source)).stem or "reference"
+    return "".join(c if c.isascii() and (c.isalnum() or c in "_.-") else "_" for c in stem)[:60]
 
 
 def _num_tag(v: float) -> str:

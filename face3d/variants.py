@@ -78,6 +78,8 @@ def variant_record(variant, model, shape_jitter: float = 0.0, seed: int = 0) -> 
            "expression_weights": named_weights(variant.coefficients, model),
            "shape_jitter": float(shape_jitter),
            "expression_split": variant.fit is not None}
+    if variant.expression.reference:
+        rec["expression_from"] = variant.expression.reference
     if variant.shape is not None:
         rec.update({"shape_sample": variant.shape.index, "shape_jitter_norm": round(variant.shape.norm, 4),
                     "seed": int(seed)})

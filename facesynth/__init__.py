@@ -10,7 +10,7 @@ import torch (see `facesynth.cli`)."""
 from face3d.lazy_names import lazy_names
 
 _SOURCES = {"rotate": "facesynth.api", "RenderOptions": "facesynth.api", "FaceViews": "facesynth.api",
-            "render_face": "facesynth.api", "load_method": "facesynth.methods"}
+            "render_face": "facesynth.api", "load_reference": "facesynth.api", "load_method": "facesynth.methods"}
 
 __all__ = list(_SOURCES)
 __getattr__, __dir__ = lazy_names(globals(), _SOURCES)

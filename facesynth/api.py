@@ -4,6 +4,7 @@
     views = facesynth.rotate("me.jpg", yaws=[-45, 0, 45])            # hybrid views of the largest face
     views[0].images                                                   # (3, 128, 128, 3) uint8
     views = facesynth.rotate(photo_array, poses=[(30, 10, 0)], options=facesynth.RenderOptions(method="3d", size=256))
+    views = facesynth.rotate("a.jpg", expression_from="b.jpg", pose_from="b.jpg")   # b's smile and pose on a
 
 `RenderOptions` holds everything that decides the pixels; `rotate`, `augment`, `compare` and
 `serve` all render through `render_face`, so a view made by any of them is the same picture.
@@ -23,6 +24,7 @@ from face3d.image_io import load_image
 from face3d.morphable_model import MorphableModel, load_morphable_model
 from face3d.photo_view import photo_view_backgrounds, see_through_texture
 from face3d.pipeline import Reconstruction, reconstruct_faces
+from face3d.reference_face import ReferenceFace, fit_reference, reference_expression, reference_poses
 from face3d.variants import (SFSState, check_expressions, prepare_sfs, render_variant, sfs_record, variant_geometry,
                              variant_record, variants)
 from facesynth.methods import EDITS_3D, ViewMaker, check_method_edits, load_method
@@ -61,8 +63,10 @@ class RenderOptions:
         if self.relight not in RELIGHT_MODES:
             raise FaceSynthError(f"relight must be one of {', '.join(RELIGHT_MODES)}, got {self.relight!r}")
         # the background is not an edit: the gan method paints the whole picture and ignores it
-        check_method_edits(self.method, {"--expression": bool(self.expressions), "--shape-jitter": bool(self.shape_jitter),
-                                         "--sfs": self.sfs})
+        specs = self.expressions or ()
+        check_method_edits(self.method, {"--expression": any(not e.reference for e in specs),
+                                         "--expression-from": any(e.reference for e in specs),
+                                         "--shape-jitter": bool(self.shape_jitter), "--sfs": self.sfs})
         if model is not None:
             check_expressions(self.expressions, model)
 
@@ -133,19 +137,54 @@ def as_poses(poses=None, yaws=None) -> list[Pose]:
     return out
 
 
+def load_reference(reference, model: MorphableModel, dense: bool = True, faces=None) -> ReferenceFace:
+    """A reference photo fitted for its expression and head pose: a path, an (H, W, 3) uint8 RGB
+    array, or a `ReferenceFace` fitted before (returned as is). `faces`: its detections when made
+    elsewhere. Raises FaceSynthError (one line) for an unreadable photo or no face."""
+    if isinstance(reference, ReferenceFace):
+        return reference
+    source = "reference"
+    if not isinstance(reference, np.ndarray):
+        source = str(reference)
+        reference = load_image(reference)
+    return fit_reference(reference, model, source, FitConfig(dense=dense), faces=faces)
+
+
+def with_reference_expression(options: RenderOptions, reference: ReferenceFace, model: MorphableModel) -> RenderOptions:
+    """`options` whose expressions end with the reference's (alone when none were asked for)."""
+    return replace(options, expressions=tuple(options.expressions or ()) + (reference_expression(reference, model),))
+
+
 def rotate(image, poses=None, *, yaws=None, options: RenderOptions | None = None,
-           model: MorphableModel | str | os.PathLike | None = None, **fields) -> list[FaceViews]:
+           model: MorphableModel | str | os.PathLike | None = None, expression_from=None, pose_from=None,
+           **fields) -> list[FaceViews]:
     """The views of the largest face of `image` (every face with `all_faces=True`) at `poses`.
 
     `image`: a path or an (H, W, 3) uint8 RGB array; `poses`: `Pose`s or (yaw, pitch, roll) tuples
     in degrees, or `yaws=[...]`; `options`: a RenderOptions, or its fields as keywords
     (`method="3d"`, `size=256`, ...); `model`: a loaded model or its folder (default ICT FaceKit).
+    `expression_from` / `pose_from`: a reference photo (path, array or `load_reference` result)
+    whose expression the views take (after any `expressions`), or whose head pose (alone, or its
+    pitch and roll with `yaws`; not with `poses`).
     Raises FaceSynthError (one line) for an unreadable photo, no face, or bad options."""
     options = options or RenderOptions(**fields)
-    poses = as_poses(poses, yaws)
+    if pose_from is not None and poses is not None:
+        raise FaceSynthError("give poses or pose_from, not both (pose_from with yaws takes its pitch and roll)")
+    if pose_from is None:
+        poses = as_poses(poses, yaws)
     options.check()
     if not isinstance(model, MorphableModel):
         model = load_morphable_model(model)
+    if pose_from is not None:
+        pose_from = load_reference(pose_from, model, options.dense)
+        taken = ("pitch", "roll") if yaws is not None else ("yaw", "pitch", "roll")
+        poses = reference_poses(as_poses(yaws=yaws or [0.0]), pose_from.pose, taken)
+    if expression_from is not None:
+        same = isinstance(expression_from, (str, os.PathLike)) and isinstance(pose_from, ReferenceFace) \
+            and str(expression_from) == pose_from.source          # one photo for both: fitted once
+        ref = pose_from if same else load_reference(expression_from, model, options.dense)
+        options = with_reference_expression(options, ref, model)
+        options.check()
     check_expressions(options.expressions, model)
     maker = load_method(options.method, options.refiner, options.capg)
     source = "image"

@@ -21,9 +21,9 @@ from typing import Callable
 from face3d.detection_helper import start_detection_helper
 from face3d.errors import FaceSynthError
 from facesynth.options import (METHODS, UsageError, add_background_argument, add_expression_arguments,
-                               add_fit_arguments, add_method_arguments, add_pose_arguments, add_sfs_arguments,
-                               add_threads_argument, add_weights_arguments, check_pose_count, float_option,
-                               int_option, seed_option, size_option)
+                               add_fit_arguments, add_method_arguments, add_pose_arguments, add_reference_arguments,
+                               add_sfs_arguments, add_threads_argument, add_weights_arguments, check_pose_count,
+                               float_option, int_option, seed_option, size_option)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,6 +69,7 @@ def rotate_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue a stopped run into the same --out with the same flags: photos whose views are all "
                         "on disk and in the manifest are skipped, the others (failed or cut off) are done again")
     add_expression_arguments(p)
+    add_reference_arguments(p)
     add_sfs_arguments(p)
 
 

@@ -191,19 +191,30 @@ def float_option(name: str, lo: float):
 size_option = int_option("size", 32, 1024)
 
 
+class DefaultAngles(list):
+    """The value of an angle flag that was left out (its default), so that a command can tell it
+    from the same angles given (`rotate --pose-from` takes the angles left out from its reference)."""
+
+
+def given_angles(args, names=("yaw", "pitch", "roll")) -> tuple[str, ...]:
+    """The angle flags of parsed `args` that were given on the command line (not defaults)."""
+    return tuple(n for n in names if not isinstance(getattr(args, n, None), DefaultAngles))
+
+
 def add_pose_arguments(p: argparse.ArgumentParser, yaw_default: list[float] | None = None, roll: bool = True) -> None:
-    """--yaw (required when `yaw_default` is None), --pitch and --roll: absolute head poses."""
+    """--yaw (required when `yaw_default` is None), --pitch and --roll: absolute head poses.
+    Defaults are `DefaultAngles`, so `given_angles` tells which flags were given."""
     yaw_help = "absolute yaw angles in degrees, + turns the nose to the image's right"
     if yaw_default is None:
         p.add_argument("--yaw", type=angles_option("yaw"), required=True, help=f"{yaw_help}: {ANGLES_HELP}")
     else:
         shown = ",".join(f"{v:g}" for v in yaw_default)
-        p.add_argument("--yaw", type=angles_option("yaw"), default=yaw_default,
+        p.add_argument("--yaw", type=angles_option("yaw"), default=DefaultAngles(yaw_default),
                        help=f"{yaw_help} (default {shown}): {ANGLES_HELP}")
-    p.add_argument("--pitch", type=angles_option("pitch"), default=[0.0],
+    p.add_argument("--pitch", type=angles_option("pitch"), default=DefaultAngles([0.0]),
                    help="absolute pitch angles, + nose up (default 0; same forms as --yaw)")
     if roll:
-        p.add_argument("--roll", type=angles_option("roll"), default=[0.0],
+        p.add_argument("--roll", type=angles_option("roll"), default=DefaultAngles([0.0]),
                        help="absolute roll angles (default 0; same forms as --yaw)")
 
 
@@ -295,6 +306,17 @@ def add_expression_arguments(p: argparse.ArgumentParser, seed: bool = True) -> N
                    help="shapes drawn per face with --shape-jitter (default 1)")
     if seed:
         g.add_argument("--seed", type=seed_option, default=0, help="random seed of the shape draws (default 0)")
+
+
+def add_reference_arguments(p: argparse.ArgumentParser) -> None:
+    """--expression-from and --pose-from: a second photo's expression and head pose (face3d.reference_face)."""
+    g = p.add_argument_group("reference photo")
+    g.add_argument("--expression-from", default=None, metavar="PHOTO",
+                   help="give the views the expression of the largest face in PHOTO (fitted on the re-split fit; "
+                        "the views keep this photo's identity); adds to an --expression list")
+    g.add_argument("--pose-from", default=None, metavar="PHOTO",
+                   help="take the head pose of the largest face in PHOTO: the angles not given with --yaw, "
+                        "--pitch, --roll come from it (e.g. --pose-from b.jpg --yaw -30,0,30 keeps b's pitch and roll)")
 
 
 def add_sfs_arguments(p: argparse.ArgumentParser) -> None:

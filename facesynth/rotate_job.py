@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -25,10 +25,12 @@ from face3d.landmarks import load_landmark_models
 from face3d.mesh_export import export_mesh
 from face3d.morphable_model import load_morphable_model
 from face3d.pipeline import describe_largest_face, reconstruct_faces
+from face3d.reference_face import POSE_ANGLES, reference_poses
 from face3d.render import render_version
-from facesynth.api import RenderOptions, render_face
+from facesynth.api import RenderOptions, load_reference, render_face, with_reference_expression
 from facesynth.manifest import Manifest, changed_setting, view_file_name, view_record
 from facesynth.methods import load_method
+from facesynth.options import given_angles
 
 #: `DIR/rotate.json`: the settings that decide what a run writes; `--resume` must match them.
 RUN_SETTINGS = "rotate.json"
@@ -51,6 +53,9 @@ class RotateJob:
     save_fit: bool = False
     threads: int | None = None
     resume: bool = False
+    expression_from: str | None = None    # reference photo: the views take its expression too
+    pose_from: str | None = None          # reference photo: the angles not in `given_angles` come from it
+    given_angles: tuple[str, ...] = POSE_ANGLES
 
 
 def photo_list(paths: list[str]) -> list[str]:
@@ -74,7 +79,8 @@ def run_settings(job: RotateJob, model, maker) -> dict:
     """What a resumed run into the same folder must repeat to produce the same views."""
     o = job.options
     specs = None if o.expressions is None else list(o.expressions)
-    return {"method": o.method, "render_version": render_version(o.method), "size": o.size,
+    from_weights = {e.reference: dict(e.raw) for e in specs or [] if e.reference}
+    return {"expression_from": from_weights or None, "pose_from": job.pose_from,"method": o.method, "render_version": render_version(o.method), "size": o.size,
             "poses": [list(p.as_tuple()) for p in job.poses], "model": model.name, **maker.settings(),
             "all_faces": o.all_faces, "background": o.background, "dense": o.dense,
             "export_mesh": job.export_mesh, "save_fit": job.save_fit,
@@ -142,21 +148,55 @@ def run_rotate(job: RotateJob, helper=None) -> int:
     """Run `job`; returns the exit code (0 all photos done, 1 some failed). `helper`: the CLI's
     detection helper (face3d.detection_helper), started on the photos before torch loaded."""
     photos = photo_list(job.images)
+    references = [r for r in dict.fromkeys((job.expression_from, job.pose_from)) if r]
     if helper is not None:
-        helper.submit(photos)
+        helper.submit(references + photos)
+    job.options.check()
+    model = load_morphable_model(job.model)
+    job = apply_references(job, model, helper)      # before the folder is touched: a bad reference writes nothing
     lock = open_run_folder(job.out, job.resume)
     try:
-        return _rotate(job, photos, helper)
+        return _rotate(job, photos, helper, model)
     finally:
         lock.release()
 
 
-def _rotate(job: RotateJob, photos: list[str], helper) -> int:
+def apply_references(job: RotateJob, model, helper=None) -> RotateJob:
+    """The job with its reference photos fitted and applied: the reference's expression added to
+    the options, the angles the user did not give taken from the pose reference. One photo given
+    for both is fitted once; one with several faces lends its largest, said once on stderr."""
+    fitted: dict[str, object] = {}
+
+    def reference(path: str, flag: str):
+        if path not in fitted:
+            try:
+                ref = load_reference(path, model, job.options.dense, None if helper is None else helper.faces(path))
+            except FaceSynthError as exc:
+                raise FaceSynthError(f"{flag}: {exc}") from None
+            if ref.faces_found > 1:
+                left, top, right, bottom = ref.face_box
+                tqdm.write(f"facesynth: note: {path}: {ref.faces_found} faces found; {flag} takes the largest "
+                           f"({right - left}x{bottom - top} px at x={left}, y={top})", file=sys.stderr)
+            fitted[path] = ref
+        return fitted[path]
+
+    options, poses = job.options, job.poses
+    if job.pose_from:
+        taken = tuple(a for a in POSE_ANGLES if a not in job.given_angles)
+        if not taken:
+            raise FaceSynthError("--pose-from: --yaw, --pitch and --roll are all given; nothing is left to take "
+                                 "from the reference")
+        poses = reference_poses(poses, reference(job.pose_from, "--pose-from").pose, taken)
+    if job.expression_from:
+        options = with_reference_expression(options, reference(job.expression_from, "--expression-from"), model)
+    return replace(job, options=options, poses=poses)
+
+
+def _rotate(job: RotateJob, photos: list[str], helper, model) -> int:
     """`run_rotate`'s work, with `job.out` created and locked."""
     if job.threads:
         torch.set_num_threads(job.threads)
     options, out = job.options, job.out
-    model = load_morphable_model(job.model)
     options.check(model)
     maker = load_method(options.method, options.refiner, options.capg)
     if helper is None:
@@ -211,6 +251,8 @@ def rotate_photo(job: RotateJob, src: str, stem: str, model, maker, helper=None)
                 save_png(job.out / rel, img)
                 records.append(view_record(src, rel, fi, pose, options.method, model, rec.fit, options.size,
                                            views.record, faces=n_faces))
+                if job.pose_from:
+                    records[-1]["pose_from"] = job.pose_from
         if job.export_mesh:
             mesh_rel = f"{name}_mesh.{job.export_mesh}"
             export_mesh(job.out / mesh_rel, rec.fit.vertices(model)[0].numpy(), model, rec.texture)
@@ -233,5 +275,6 @@ def run_rotate_command(args, helper=None) -> int:
                             refiner=args.refiner, capg=args.capg)
     poses = [Pose(y, p, r) for p in args.pitch for y in args.yaw for r in args.roll]
     job = RotateJob(images=args.images, poses=poses, out=Path(args.out), options=options, model=args.model,
-                    export_mesh=args.export_mesh, save_fit=args.save_fit, threads=args.threads, resume=args.resume)
+                    export_mesh=args.export_mesh, save_fit=args.save_fit, threads=args.threads, resume=args.resume,
+                    expression_from=args.expression_from, pose_from=args.pose_from, given_angles=given_angles(args))
     return run_rotate(job, helper)

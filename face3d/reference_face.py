@@ -1,0 +1,82 @@
+"""A second photo as a reference: its expression and its head pose, put on another face.
+
+The fit separates identity, expression and pose, so "B's expression on A" is exact in the model:
+A's identity with B's expression coefficients, A's texture, the camera of A's photo (or B's head
+pose). Both sides use the re-split fit of `face3d.expressions.expression_split`: the landmark
+fit's strong expression prior puts most of a broad smile into the identity shape, so B's plain
+coefficients would carry only a quarter of B's smile, and A's plain identity would keep A's own.
+
+    ref = fit_reference(load_image("b.jpg"), model, source="b.jpg")
+    spec = reference_expression(ref, model)          # an ExpressionSpec: render it like `smile`
+    poses = reference_poses([Pose(0, 0, 0)], ref.pose, ("pitch", "roll"))   # B's pitch and roll
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from face3d.camera import Pose
+from face3d.errors import FaceSynthError, NoFaceError
+from face3d.expressions import ExpressionSpec, expression_split
+from face3d.fitting import FitConfig, fit_morphable_model
+from face3d.landmarks import DetectedFace, detect_faces
+from face3d.morphable_model import MorphableModel
+
+#: the head-pose angles a reference can give
+POSE_ANGLES = ("yaw", "pitch", "roll")
+
+
+@dataclass(frozen=True)
+class ReferenceFace:
+    """What a reference photo lends another face: the expression coefficients of its re-split fit
+    (E,), its head pose, where it came from and how many faces its photo shows (the largest is used)."""
+
+    source: str
+    expression: np.ndarray
+    pose: Pose
+    faces_found: int = 1
+    face_box: tuple[int, int, int, int] | None = None
+
+
+def fit_reference(image: np.ndarray, model: MorphableModel, source: str = "reference",
+                  fit_config: FitConfig | None = None, faces: list[DetectedFace] | None = None) -> ReferenceFace:
+    """The largest face of `image` fitted as a reference (`faces`: its detections when made
+    elsewhere). Raises NoFaceError naming `source` when it shows no face."""
+    if faces is None:
+        faces = detect_faces(image)
+    if not faces:
+        raise NoFaceError(f"{source}: no face found in the reference photo")
+    fit = fit_morphable_model(image, faces[0].landmarks, model, fit_config)
+    split = expression_split(fit, model)
+    lo, hi = model.expression_range
+    beta = np.clip(np.asarray(split.expression, np.float32).reshape(-1), lo, hi)
+    p = fit.pose
+    pose = Pose(*(float(np.clip(v, -90.0, 90.0)) for v in (p.yaw, p.pitch, p.roll)))
+    return ReferenceFace(str(source), beta, pose, len(faces), tuple(int(v) for v in faces[0].box))
+
+
+def reference_expression(ref: ReferenceFace, model: MorphableModel) -> ExpressionSpec:
+    """The reference's expression as a spec that renders like any other (`from-<stem>` in file
+    names): every coefficient of its re-split fit, by name, on the re-split fit of the face it is put on."""
+    beta = np.asarray(ref.expression, np.float32).reshape(-1)
+    if beta.size != model.num_expressions:
+        raise FaceSynthError(f"{ref.source}: the reference has {beta.size} expression coefficients, "
+                             f"model {model.name} has {model.num_expressions}")
+    raw = tuple((n, float(b)) for n, b in zip(model.expression_names, beta) if b != 0.0)
+    return ExpressionSpec(f"from:{ref.source}", raw=raw, reference=ref.source)
+
+
+def reference_poses(poses: list[Pose], pose: Pose, angles=POSE_ANGLES) -> list[Pose]:
+    """`poses` with the `angles` named ('yaw', 'pitch', 'roll') replaced by the reference `pose`'s,
+    duplicates dropped (in order): the angles a user did not give come from the reference."""
+    unknown = set(angles) - set(POSE_ANGLES)
+    if unknown:
+        raise FaceSynthError(f"unknown pose angle(s) {', '.join(sorted(unknown))} ({', '.join(POSE_ANGLES)})")
+    swap = {a: getattr(pose, a) for a in angles}
+    out: list[Pose] = []
+    for p in poses or [Pose()]:
+        q = replace(p, **swap)
+        if q not in out:
+            out.append(q)
+    return out

@@ -20,7 +20,7 @@ from typing import Callable
 
 from face3d.detection_helper import start_detection_helper
 from face3d.errors import FaceSynthError
-from facesynth.options import (METHODS, UsageError, add_background_argument, add_expression_arguments,
+from facesynth.options import (METHODS, UsageError, add_align_argument, add_background_argument, add_expression_arguments,
                                add_fit_arguments, add_method_arguments, add_pose_arguments, add_reference_arguments,
                                add_sfs_arguments, add_threads_argument, add_weights_arguments, check_pose_count,
                                float_option, int_option, seed_option, size_option)
@@ -56,6 +56,7 @@ def rotate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="photos, or folders of photos (not recursive)")
     add_pose_arguments(p, yaw_default=[-60.0, -30.0, 0.0, 30.0, 60.0])
     p.add_argument("--size", type=size_option, default=128, help="output crop size in pixels (default 128)")
+    add_align_argument(p)
     add_method_arguments(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (PNG views + manifest.jsonl)")
     add_fit_arguments(p)

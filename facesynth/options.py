@@ -17,6 +17,8 @@ METHODS = {"3d": "the 3D stage's renders alone",
            "gan": "the GAN-only baseline (CAPG-GAN: photo + target-pose landmarks, no 3D rendering)",
            "hybrid": "the 3D renders refined by the trained refiner"}
 DEFAULT_METHOD = "hybrid"
+#: --align: the face-centred crop of the renderer, or ArcFace / InsightFace's five-point 112x112 crop
+ALIGNMENTS = ("crop", "arcface")
 #: --relight: keep the photo's lighting, light from the viewer, or from a seeded random direction
 RELIGHT_MODES = ("keep", "frontal", "random")
 
@@ -258,6 +260,13 @@ def add_background_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--background", choices=list(BACKGROUNDS), default=DEFAULT_BACKGROUND,
                    help="; ".join(f"{k}: {v}" for k, v in BACKGROUNDS.items())
                         + f" (default {DEFAULT_BACKGROUND}; the gan method paints its own and ignores it)")
+
+
+def add_align_argument(p: argparse.ArgumentParser) -> None:
+    """--align crop|arcface: how each view is cropped (its labels follow)."""
+    p.add_argument("--align", choices=list(ALIGNMENTS), default="crop",
+                   help="crop: the face-centred crop of --size px (default); arcface: ArcFace/InsightFace's 112x112 "
+                        "five-point similarity crop (rendered at max(--size, 192) px, then aligned)")
 
 
 def add_threads_argument(p: argparse.ArgumentParser) -> None:

@@ -19,6 +19,7 @@ from face3d.camera import Pose
 from face3d.errors import FaceSynthError
 from face3d.expressions import expression_version
 from face3d.fitting import FitConfig
+from face3d.labels import LABEL_VERSION
 from face3d.image_io import (atomic_write_bytes, load_image, lock_output_folder, prepare_output_folder,
                              remove_stale_temp_files, save_png)
 from face3d.landmarks import load_landmark_models
@@ -80,7 +81,8 @@ def run_settings(job: RotateJob, model, maker) -> dict:
     o = job.options
     specs = None if o.expressions is None else list(o.expressions)
     from_weights = {e.reference: dict(e.raw) for e in specs or [] if e.reference}
-    return {"expression_from": from_weights or None, "pose_from": job.pose_from,"method": o.method, "render_version": render_version(o.method), "size": o.size,
+    return {"method": o.method, "render_version": render_version(o.method), "size": o.size, "align": o.align,
+            "label_version": LABEL_VERSION, "expression_from": from_weights or None, "pose_from": job.pose_from,
             "poses": [list(p.as_tuple()) for p in job.poses], "model": model.name, **maker.settings(),
             "all_faces": o.all_faces, "background": o.background, "dense": o.dense,
             "export_mesh": job.export_mesh, "save_fit": job.save_fit,
@@ -246,11 +248,12 @@ def rotate_photo(job: RotateJob, src: str, stem: str, model, maker, helper=None)
         name = f"{stem}_face{fi}" if options.all_faces else stem
         first = len(records)
         for views in render_face(rec, image, model, job.poses, options, maker, face=fi, key=name):
-            for pose, img in zip(views.poses, views.images):
+            for i, (pose, img) in enumerate(zip(views.poses, views.images)):
                 rel = view_file_name(f"{name}{views.variant.tag}", pose)
                 save_png(job.out / rel, img)
-                records.append(view_record(src, rel, fi, pose, options.method, model, rec.fit, options.size,
-                                           views.record, faces=n_faces))
+                records.append(view_record(src, rel, fi, pose, options.method, model, rec.fit, img.shape[0],
+                                           {**views.record, **views.view_fields(i)}, faces=n_faces))
+                records[-1]["align"] = options.align
                 if job.pose_from:
                     records[-1]["pose_from"] = job.pose_from
         if job.export_mesh:
@@ -272,7 +275,7 @@ def run_rotate_command(args, helper=None) -> int:
                             expressions=None if args.expression is None else tuple(args.expression),
                             shape_jitter=args.shape_jitter, jitter_samples=args.jitter_samples, seed=args.seed,
                             sfs=args.sfs, relight=args.relight, dense=args.dense, all_faces=args.all_faces,
-                            refiner=args.refiner, capg=args.capg)
+                            refiner=args.refiner, capg=args.capg, align=args.align)
     poses = [Pose(y, p, r) for p in args.pitch for y in args.yaw for r in args.roll]
     job = RotateJob(images=args.images, poses=poses, out=Path(args.out), options=options, model=args.model,
                     export_mesh=args.export_mesh, save_fit=args.save_fit, threads=args.threads, resume=args.resume,

@@ -20,10 +20,10 @@ from typing import Callable
 
 from face3d.detection_helper import start_detection_helper
 from face3d.errors import FaceSynthError
-from facesynth.options import (METHODS, UsageError, add_align_argument, add_background_argument, add_expression_arguments,
-                               add_fit_arguments, add_method_arguments, add_pose_arguments, add_reference_arguments,
-                               add_sfs_arguments, add_threads_argument, add_weights_arguments, check_pose_count,
-                               float_option, int_option, seed_option, size_option)
+from facesynth.options import (MAX_REFERENCES, METHODS, UsageError, add_align_argument, add_background_argument,
+                               add_expression_arguments, add_fit_arguments, add_method_arguments, add_pose_arguments,
+                               add_reference_arguments, add_sfs_arguments, add_threads_argument, add_weights_arguments,
+                               check_pose_count, float_option, int_option, seed_option, size_option)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -97,6 +97,15 @@ def augment_arguments(p: argparse.ArgumentParser) -> None:
                    help="process only the first K sources of INPUT (in sorted/list order)")
     p.add_argument("--seed", type=seed_option, default=0, help="random seed of the fit and the shape draws (default 0)")
     add_expression_arguments(p, seed=False)
+    g = p.add_argument_group("reference photos")
+    g.add_argument("--expression-from", default=None, metavar="DIR",
+                   help="a folder of reference photos (its image files, sorted; at most "
+                        f"{MAX_REFERENCES}): every photo is also rendered with the expression of the largest face in "
+                        "each reference (fitted once, before any output; file names carry _expr-from-<stem>); "
+                        "adds to an --expression list")
+    g.add_argument("--expression-sample", type=int_option("expression-sample", 1, MAX_REFERENCES), default=None,
+                   metavar="N", help="with --expression-from: N references per photo instead of all, a seeded "
+                                     "draw that depends only on --seed and the photo")
     p.add_argument("--retry-failed", action="store_true", help="on resume, redo sources that failed before")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 

@@ -31,6 +31,8 @@ class UsageError(FaceSynthError):
 MAX_ANGLES = 361
 #: Poses (yaw x pitch x roll) one rotate / augment / compare run may ask for at most.
 MAX_POSES = 1000
+#: Reference photos one `augment --expression-from DIR` may take at most, checked before any is read.
+MAX_REFERENCES = 1000
 #: Slack, in steps, that keeps a range's stop despite floating-point error (0:1:0.1 ends at 1).
 _RANGE_EPS = 1e-9
 #: The angle flags' help, after what each flag means.

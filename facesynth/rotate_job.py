@@ -26,7 +26,7 @@ from face3d.landmarks import load_landmark_models
 from face3d.mesh_export import export_mesh
 from face3d.morphable_model import load_morphable_model
 from face3d.pipeline import describe_largest_face, reconstruct_faces
-from face3d.reference_face import POSE_ANGLES, reference_poses
+from face3d.reference_face import POSE_ANGLES, ReferenceFace, reference_poses
 from face3d.render import render_version
 from facesynth.api import RenderOptions, load_reference, render_face, with_reference_expression
 from facesynth.manifest import Manifest, changed_setting, view_file_name, view_record
@@ -59,8 +59,9 @@ class RotateJob:
     given_angles: tuple[str, ...] = POSE_ANGLES
 
 
-def photo_list(paths: list[str]) -> list[str]:
-    """The photos of `paths`: files as given, folders as their image files (sorted, not recursive)."""
+def photo_list(paths: list[str], limit: int = MAX_PHOTOS, what: str = "photos in one run; split the run") -> list[str]:
+    """The photos of `paths`: files as given, folders as their image files (sorted, not recursive).
+    More than `limit` is refused as `more than <limit> <what>`, before any photo is read."""
     out: list[str] = []
     for p in paths:
         folder = Path(p)
@@ -71,8 +72,8 @@ def photo_list(paths: list[str]) -> list[str]:
             out += found
         else:
             out.append(str(p))
-        if len(out) > MAX_PHOTOS:
-            raise FaceSynthError(f"more than {MAX_PHOTOS} photos in one run; split the run")
+        if len(out) > limit:
+            raise FaceSynthError(f"more than {limit} {what}")
     return out
 
 
@@ -167,19 +168,12 @@ def apply_references(job: RotateJob, model, helper=None) -> RotateJob:
     """The job with its reference photos fitted and applied: the reference's expression added to
     the options, the angles the user did not give taken from the pose reference. One photo given
     for both is fitted once; one with several faces lends its largest, said once on stderr."""
-    fitted: dict[str, object] = {}
+    fitted: dict[str, ReferenceFace] = {}
 
-    def reference(path: str, flag: str):
+    def reference(path: str, flag: str) -> ReferenceFace:
         if path not in fitted:
-            try:
-                ref = load_reference(path, model, job.options.dense, None if helper is None else helper.faces(path))
-            except FaceSynthError as exc:
-                raise FaceSynthError(f"{flag}: {exc}") from None
-            if ref.faces_found > 1:
-                left, top, right, bottom = ref.face_box
-                tqdm.write(f"facesynth: note: {path}: {ref.faces_found} faces found; {flag} takes the largest "
-                           f"({right - left}x{bottom - top} px at x={left}, y={top})", file=sys.stderr)
-            fitted[path] = ref
+            faces = None if helper is None else helper.faces(path)
+            fitted[path] = fit_reference_photo(path, model, job.options.dense, flag, faces)
         return fitted[path]
 
     options, poses = job.options, job.poses
@@ -192,6 +186,24 @@ def apply_references(job: RotateJob, model, helper=None) -> RotateJob:
     if job.expression_from:
         options = with_reference_expression(options, reference(job.expression_from, "--expression-from"), model)
     return replace(job, options=options, poses=poses)
+
+
+def fit_reference_photo(path: str, model, dense: bool, flag: str, faces=None) -> ReferenceFace:
+    """The reference photo `path` of `flag` fitted (`faces`: its detections when made elsewhere);
+    any problem is one FaceSynthError line that starts with the flag and names the file. One with
+    several faces lends its largest, as a note on stderr says."""
+    try:
+        ref = load_reference(path, model, dense, faces)
+    except FaceSynthError as exc:
+        raise FaceSynthError(f"{flag}: {exc}") from None
+    except Exception as exc:  # a fit that breaks down is still one line, not a traceback
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise FaceSynthError(f"{flag}: {path}: internal error: {type(exc).__name__}: {first}") from None
+    if ref.faces_found > 1:
+        left, top, right, bottom = ref.face_box
+        tqdm.write(f"facesynth: note: {path}: {ref.faces_found} faces found; {flag} takes the largest "
+                   f"({right - left}x{bottom - top} px at x={left}, y={top})", file=sys.stderr)
+    return ref
 
 
 def _rotate(job: RotateJob, photos: list[str], helper, model) -> int:

@@ -14,9 +14,12 @@ from face3d.image_io import atomic_write_bytes
 from facesynth.manifest import Manifest
 
 #: Columns of manifest.parquet, in order. `seconds_*` are timings (the only run-dependent columns).
+#: `expression` is the view's expression label (`from-<stem>` for a reference photo's), `expression_from`
+#: the reference photo it took (`--expression-from`; None otherwise).
 COLUMNS = ["source", "identity", "output", "kind", "yaw", "pitch", "roll", "method", "fit_landmark_error",
-           "status", "error", "reason", "note", "faces", "expression", "expression_split", "shape_jitter",
-           "shape_jitter_norm", "seconds_load", "seconds_detect", "seconds_fit", "seconds_render", "seconds_total"]
+           "status", "error", "reason", "note", "faces", "expression", "expression_from", "expression_split",
+           "shape_jitter", "shape_jitter_norm", "seconds_load", "seconds_detect", "seconds_fit", "seconds_render",
+           "seconds_total"]
 TIMING_COLUMNS = [c for c in COLUMNS if c.startswith("seconds_")]
 #: the parquet types of COLUMNS
 SCHEMA = pa.schema([
@@ -24,7 +27,8 @@ SCHEMA = pa.schema([
     ("yaw", pa.float64()), ("pitch", pa.float64()), ("roll", pa.float64()), ("method", pa.string()),
     ("fit_landmark_error", pa.float64()), ("status", pa.string()), ("error", pa.string()),
     ("reason", pa.string()), ("note", pa.string()), ("faces", pa.int32()), ("expression", pa.string()),
-    ("expression_split", pa.bool_()), ("shape_jitter", pa.float64()), ("shape_jitter_norm", pa.float64()),
+    ("expression_from", pa.string()), ("expression_split", pa.bool_()), ("shape_jitter", pa.float64()),
+    ("shape_jitter_norm", pa.float64()),
 ] + [(c, pa.float64()) for c in TIMING_COLUMNS])
 #: manifest.parquet is rewritten during a run at most this often (and at most 1/20 of the time)
 PARQUET_MIN_INTERVAL_S = 60.0

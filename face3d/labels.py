@@ -24,8 +24,7 @@ import torch
 from face3d.camera import Pose, pose_matrix
 from face3d.contours import JAW
 from face3d.morphable_model import MorphableModel
-from face3d.rasterizer import rasterize_meshes
-from face3d.render import view_screen
+from face3d.render import EYE_MOUTH_FRACTION, head_pivot, view_screen
 
 #: ArcFace / InsightFace's five-point template for 112x112 crops: the eye centres (image left
 #: first), the nose tip, the mouth corners (image left first); pixel coordinates.
@@ -34,10 +33,11 @@ ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 7
 ARCFACE_SIZE = 112
 #: How labels are made; runs record it, so a resumed run does not mix label conventions.
 LABEL_VERSION = 1
-#: A landmark is seen when the surface seen at its pixel lies no more than this far (mm) in front of
-#: it; the jaw's outline points, where the surface grazes the view ray, get the wider margin.
+#: A landmark is seen when no surface at its position lies more than this far (mm) in front of it;
+#: the jaw's outline points, where the surface grazes the view ray, get the wider margin.
 VISIBLE_DEPTH_MM = 3.0
 OUTLINE_DEPTH_MM = 12.0
+OUTLINE_NUDGE_MM = 4.0
 
 
 @dataclass
@@ -122,60 +122,104 @@ def jaw_strips(model: MorphableModel) -> list[np.ndarray]:
     return strips
 
 
-def contour_landmark_vertices(screen: np.ndarray, rotation: np.ndarray, model: MorphableModel) -> np.ndarray:
-    """(68,) model vertices of the landmarks in one view: fixed ones inside, each jaw point the
-    vertex of its strip (`jaw_strips`) furthest out along the outline's normal as the view turns it.
-    `screen` (V, 2+) is the view's projection of every vertex, `rotation` (3, 3) the view's head rotation."""
+def contour_landmark_vertices(screen: np.ndarray, rotation: np.ndarray, model: MorphableModel):
+    """(68,) model vertices of the landmarks in one view, fixed ones inside, each jaw point the
+    vertex of its strip (`jaw_strips`) furthest out along the outline's normal as the view turns it;
+    and (68, 2) those outward directions in the view (0 for the points that are not on the outline).
+    `screen` (V, 2+) is the view's projection of every vertex, `rotation` (3, 3) the head's rotation."""
     idx = np.maximum(model.landmark_vertices, 0).copy()
+    outward = np.zeros((68, 2))
     for k, (strip, n) in enumerate(zip(jaw_strips(model), _jaw_normals(model))):
         d = rotation @ np.array([n[0], n[1], 0.0])
         out = np.array([d[0], -d[1]])                 # screen y points down
         if strip.size > 1 and np.linalg.norm(out) > 1e-6:
             idx[k] = strip[int(np.argmax(screen[strip, :2] @ out))]
-    return idx
+            outward[k] = out / np.linalg.norm(out)
+    return idx, outward
 
 
-def landmark_visibility(points: np.ndarray, depth: np.ndarray, zbuf: np.ndarray, margin=VISIBLE_DEPTH_MM,
-                        outline=None) -> np.ndarray:
-    """(N,) whether each point (pixels, view depth mm) is seen: inside the image, and the surface
-    seen at its pixel lies no more than `margin` mm in front of it. `outline` (N,) bool marks points
-    on the silhouette, where the surface grazes the view ray and the point may fall just off the
-    head's pixels: they are seen when any pixel of the 3x3 around them is empty or deep enough."""
-    H, W = zbuf.shape
-    ix, iy = np.floor(points[:, 0]).astype(int), np.floor(points[:, 1]).astype(int)
-    inside = (points[:, 0] >= 0) & (points[:, 0] <= W) & (points[:, 1] >= 0) & (points[:, 1] <= H)
-    margin = np.broadcast_to(np.asarray(margin, np.float64), depth.shape)
+#: Cell size (px) of the grid that pairs points with the triangles whose boxes may hold them.
+GRID_CELL_PX = 4.0
 
-    def seen_at(dx: int, dy: int) -> np.ndarray:
-        z = zbuf[np.clip(iy + dy, 0, H - 1), np.clip(ix + dx, 0, W - 1)]
-        return (z <= 0) | (z >= depth - margin)
 
-    seen = seen_at(0, 0)
-    if outline is not None:
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                seen = seen | (outline & seen_at(dx, dy))
-    return inside & seen
+def _candidate_pairs(points: np.ndarray, lo: np.ndarray, hi: np.ndarray, size: int):
+    """(point, triangle) index pairs where the triangle's screen box (lo, hi: (F, 2)) holds the
+    point (N, 2): triangles binned into a grid of GRID_CELL_PX cells, each point looked up in its cell."""
+    g = int(np.ceil(size / GRID_CELL_PX)) + 1
+    c0 = np.clip(np.floor(lo / GRID_CELL_PX), 0, g - 1).astype(np.int64)
+    c1 = np.clip(np.floor(hi / GRID_CELL_PX), 0, g - 1).astype(np.int64)
+    keep = (hi >= 0).all(axis=1) & (lo <= size).all(axis=1)
+    nx, ny = (c1[:, 0] - c0[:, 0] + 1) * keep, (c1[:, 1] - c0[:, 1] + 1) * keep
+    count = nx * ny
+    tri = np.repeat(np.arange(len(lo)), count)
+    k = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+    cell = (c0[tri, 1] + k // nx[tri]) * g + c0[tri, 0] + k % nx[tri]
+    order = np.argsort(cell, kind="stable")
+    cell, tri = cell[order], tri[order]
+    pc = np.clip(np.floor(points / GRID_CELL_PX), 0, g - 1).astype(np.int64)
+    pcell = pc[:, 1] * g + pc[:, 0]
+    start, stop = np.searchsorted(cell, pcell, "left"), np.searchsorted(cell, pcell, "right")
+    n = stop - start
+    pi = np.repeat(np.arange(len(points)), n)
+    fi = tri[np.repeat(start, n) + np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)]
+    inbox = (lo[fi] <= points[pi]).all(axis=1) & (hi[fi] >= points[pi]).all(axis=1)
+    return pi[inbox], fi[inbox]
+
+
+def landmark_visibility(points: np.ndarray, screen: np.ndarray, triangles: np.ndarray, size: int,
+                        margin=VISIBLE_DEPTH_MM) -> np.ndarray:
+    """(N,) whether each point (N, 3: pixel x, y, view depth mm) is seen in a `size` x `size` view:
+    inside the image, and no triangle of the mesh (`screen` (V, 3) projected vertices, `triangles`
+    (F, 3)) covers its exact position more than `margin` mm (scalar or (N,)) in front of it. An exact
+    ray test, so the answer does not depend on the raster's resolution."""
+    pts = torch.as_tensor(np.asarray(points, np.float64))
+    tri = torch.as_tensor(np.asarray(screen, np.float64))[torch.as_tensor(triangles, dtype=torch.int64)]  # (F, 3, 3)
+    lo, hi = tri[..., :2].min(dim=1).values, tri[..., :2].max(dim=1).values
+    inside = ((pts[:, :2] >= 0) & (pts[:, :2] <= size)).all(dim=1)
+    margin = torch.as_tensor(np.broadcast_to(np.asarray(margin, np.float64), (len(pts),)).copy())
+    pi, fi = _candidate_pairs(pts[:, :2].numpy(), lo.numpy(), hi.numpy(), size)
+    pi, fi = torch.as_tensor(pi), torch.as_tensor(fi)
+    p, t = pts[pi], tri[fi]
+    a, b, c = t[:, 0, :2], t[:, 1, :2], t[:, 2, :2]
+    det = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (c[:, 0] - a[:, 0]) * (b[:, 1] - a[:, 1])
+    ok = det.abs() > 1e-12
+    safe = torch.where(ok, det, torch.ones_like(det))
+    w1 = ((p[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (c[:, 0] - a[:, 0]) * (p[:, 1] - a[:, 1])) / safe
+    w2 = ((b[:, 0] - a[:, 0]) * (p[:, 1] - a[:, 1]) - (p[:, 0] - a[:, 0]) * (b[:, 1] - a[:, 1])) / safe
+    w0 = 1 - w1 - w2
+    cover = ok & (w0 >= 0) & (w1 >= 0) & (w2 >= 0)
+    # perspective-correct depth at the point: 1/z interpolates linearly in screen space
+    z = 1.0 / (w0 / t[:, 0, 2] + w1 / t[:, 1, 2] + w2 / t[:, 2, 2])
+    hides = cover & (z < p[:, 2] - margin[pi])
+    seen = torch.ones(len(pts), dtype=torch.bool)
+    seen[pi[hides]] = False
+    return (inside & seen).numpy()
 
 
 def view_labels(vertices: torch.Tensor, model: MorphableModel, poses: list[Pose], size: int,
-                frame_vertices: torch.Tensor | None = None, depth: np.ndarray | None = None) -> list[ViewLabels]:
+                frame_vertices: torch.Tensor | None = None) -> list[ViewLabels]:
     """The labels of the views `render_views` makes of `vertices` (1, V, 3) at `poses` and `size`,
-    framed by `frame_vertices` as it frames them. `depth` (B, size, size): the views' depth maps
-    (`RenderedViews.depth`) for the visibility test; None rasterizes the head here."""
+    framed by `frame_vertices` as it frames them."""
     with torch.no_grad():
         screen = view_screen(vertices, model, poses, size, frame_vertices)
-        if depth is None:
-            depth = rasterize_meshes(screen, model.tensors()["triangles"], size, cull_backfaces=True).zbuf.numpy()
     screen = screen.numpy().astype(np.float64)
     jaw = np.isin(np.arange(68), JAW)
     margin = np.where(jaw, OUTLINE_DEPTH_MM, VISIBLE_DEPTH_MM)
+    eye_mouth = head_pivot(vertices if frame_vertices is None else frame_vertices, model)[1]
+    px_per_mm = EYE_MOUTH_FRACTION * size / eye_mouth          # at the head's distance (render.view_camera)
     out = []
     for b in range(len(poses)):
-        idx = contour_landmark_vertices(screen[b], pose_matrix(poses[b]), model)
-        pts = screen[b, idx, :2]
-        visible = landmark_visibility(pts, screen[b, idx, 2], depth[b], margin, outline=jaw)
-        out.append(ViewLabels(pts, visible, arcface_points(pts), face_box(pts, size)))
+        idx, outward = contour_landmark_vertices(screen[b], pose_matrix(poses[b]), model)
+        pts = screen[b, idx]
+        # an outline point may sit a hair inside the silhouette that a neighbouring bulge makes:
+        # seen when the spot OUTLINE_NUDGE_MM further out along the outline's normal is uncovered
+        nudged = pts.copy()
+        nudged[:, :2] += OUTLINE_NUDGE_MM * px_per_mm * outward
+        on_outline = np.abs(outward).sum(axis=1) > 0
+        both = landmark_visibility(np.concatenate([pts, nudged]), screen[b], model.triangles, size,
+                                   np.concatenate([margin, margin]))
+        visible = both[:68] | (on_outline & both[68:])
+        out.append(ViewLabels(pts[:, :2], visible, arcface_points(pts[:, :2]), face_box(pts[:, :2], size)))
     return out
 
 

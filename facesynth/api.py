@@ -125,7 +125,7 @@ def render_face(rec: Reconstruction, image: np.ndarray, model: MorphableModel, p
         views = render_variant(variant, shown, model, poses, size, background, sfs)
         images = maker.images(rec, image, model, views, poses, size, background)
         fit, verts, frame, _ = variant_geometry(variant, rec, model)
-        labels = view_labels(verts, model, poses, size, frame, views.depth)
+        labels = view_labels(verts, model, poses, size, frame)
         cameras = [camera_record(fit, model, p, size, frame) for p in poses]
         if options.align == "arcface":
             images, labels, cameras = align_arcface(images, labels, cameras)

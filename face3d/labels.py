@@ -239,14 +239,18 @@ def arcface_transform(points: np.ndarray) -> np.ndarray:
     return np.hstack([scale * R, t[:, None]])
 
 
+def cv_affine(affine: np.ndarray) -> np.ndarray:
+    """The 2x3 map `affine` (pixel centres at +0.5, as here) for OpenCV, whose centres sit at integers."""
+    shift = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
+    unshift = np.array([[1.0, 0.0, -0.5], [0.0, 1.0, -0.5], [0.0, 0.0, 1.0]])
+    return (unshift @ np.vstack([affine, [0.0, 0.0, 1.0]]) @ shift)[:2]
+
+
 def arcface_crop(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The 112x112 ArcFace crop of `image` aligned on its five points, and the 2x3 map of pixel
     coordinates (centre convention of the module docstring) from `image` into the crop."""
     A = arcface_transform(points)
-    # cv2 maps pixel centres at integer coordinates; ours sit at +0.5: shift in, map, shift out
-    shift = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
-    unshift = np.array([[1.0, 0.0, -0.5], [0.0, 1.0, -0.5], [0.0, 0.0, 1.0]])
-    M = (unshift @ np.vstack([A, [0.0, 0.0, 1.0]]) @ shift)[:2]
+    M = cv_affine(A)
     scale = float(np.hypot(A[0, 0], A[0, 1]))
     if scale < 0.8:       # shrinking: low-pass first, or the bilinear warp aliases (sigma ~ 0.5 output px)
         image = cv2.GaussianBlur(image, (0, 0), 0.5 / scale)

@@ -26,6 +26,7 @@ from face3d.photo_view import photo_view_backgrounds, see_through_texture
 from face3d.labels import ViewLabels, arcface_crop, view_labels
 from face3d.pipeline import Reconstruction, reconstruct_faces
 from face3d.render import view_fit
+from face3d.view_maps import MAP_NAMES, view_maps, warp_map
 from face3d.reference_face import ReferenceFace, fit_reference, reference_expression, reference_poses
 from face3d.variants import (SFSState, check_expressions, prepare_sfs, render_variant, sfs_record, variant_geometry,
                              variant_record, variants)
@@ -57,6 +58,8 @@ class RenderOptions:
     refiner: str | None = None                # weights files; None: the environment, else the shipped ones
     capg: str | None = None
     align: str = "crop"                       # "crop": the face-centred crop; "arcface": the 112x112 five-point crop
+    labels: bool = True                       # landmarks, visibility, five points, box, camera with every view
+    maps: tuple[str, ...] = ()                # per-view maps (face3d.view_maps.MAP_NAMES)
 
     @property
     def render_size(self) -> int:
@@ -72,6 +75,8 @@ class RenderOptions:
             raise FaceSynthError(f"size must be between 32 and 1024, got {self.size}")
         if self.background not in BACKGROUNDS:
             raise FaceSynthError(f"background must be plain or photo, got {self.background!r}")
+        if set(self.maps) - set(MAP_NAMES):
+            raise FaceSynthError(f"maps must be among {', '.join(MAP_NAMES)}, got {', '.join(self.maps)}")
         if self.align not in ALIGNMENTS:
             raise FaceSynthError(f"align must be one of {', '.join(ALIGNMENTS)}, got {self.align!r}")
         if self.relight not in RELIGHT_MODES:
@@ -99,10 +104,12 @@ class FaceViews:
     record: dict = field(default_factory=dict)
     labels: list[ViewLabels] = field(default_factory=list)
     cameras: list[dict] = field(default_factory=list)
+    maps: dict[str, np.ndarray] = field(default_factory=dict)     # name -> (B, S, S[, 3]), face3d.view_maps
+    coefficients: dict = field(default_factory=dict)              # `coefficient_record`, with the labels
 
     def view_fields(self, i: int) -> dict:
-        """The manifest fields of view `i` beside `record`: its labels and camera."""
-        return {**self.labels[i].record(), "camera": self.cameras[i]} if self.labels else {}
+        """The manifest fields of view `i` beside `record`: its labels, the coefficients and its camera."""
+        return {**self.labels[i].record(), **self.coefficients, "camera": self.cameras[i]} if self.labels else {}
 
 
 def render_face(rec: Reconstruction, image: np.ndarray, model: MorphableModel, poses: list[Pose],
@@ -125,13 +132,19 @@ def render_face(rec: Reconstruction, image: np.ndarray, model: MorphableModel, p
         views = render_variant(variant, shown, model, poses, size, background, sfs)
         images = maker.images(rec, image, model, views, poses, size, background)
         fit, verts, frame, _ = variant_geometry(variant, rec, model)
-        labels = view_labels(verts, model, poses, size, frame)
-        cameras = [camera_record(fit, model, p, size, frame) for p in poses]
+        labels, cameras, maps = [], [], {}
+        if options.labels or options.align == "arcface":
+            labels = view_labels(verts, model, poses, size, frame)
+            cameras = [camera_record(fit, model, p, size, frame) for p in poses]
+        if options.maps:
+            maps = view_maps(verts, model, poses, size, frame, options.maps)
         if options.align == "arcface":
-            images, labels, cameras = align_arcface(images, labels, cameras)
+            images, labels, cameras, maps = align_arcface(images, labels, cameras, maps)
         record = {**variant_record(variant, model, options.shape_jitter, options.seed), **sfs_record(sfs),
-                  **maker.record(), **coefficient_record(variant, fit, model)}
-        out.append(FaceViews(face, rec, variant, list(poses), images, record, labels, cameras))
+                  **maker.record()}
+        keep = options.labels
+        out.append(FaceViews(face, rec, variant, list(poses), images, record, labels if keep else [],
+                             cameras if keep else [], maps, coefficient_record(variant, fit, model) if keep else {}))
     return out
 
 
@@ -154,16 +167,20 @@ def coefficient_record(variant: Variant, fit, model: MorphableModel) -> dict:
             "expression_coefficients": np.round(np.asarray(variant.coefficients, np.float64), 5).tolist()}
 
 
-def align_arcface(images: np.ndarray, labels: list[ViewLabels], cameras: list[dict]):
-    """Each view as ArcFace's 112x112 crop on its five label points, with its labels mapped into the
-    crop and the map recorded with its camera (`crop_transform`: 2x3, view pixels -> crop pixels)."""
+def align_arcface(images: np.ndarray, labels: list[ViewLabels], cameras: list[dict], maps: dict):
+    """Each view (and its maps) as ArcFace's 112x112 crop on its five label points, with its labels
+    mapped into the crop and the map recorded with its camera (`crop_transform`: 2x3, view pixels ->
+    crop pixels)."""
     crops, moved, cams = [], [], []
-    for img, lab, cam in zip(images, labels, cameras):
+    warped = {name: [] for name in maps}
+    for i, (img, lab, cam) in enumerate(zip(images, labels, cameras)):
         crop, A = arcface_crop(img, lab.arcface_points)
         crops.append(crop)
         moved.append(lab.transformed(A, crop.shape[0]))
         cams.append({**cam, "crop_transform": np.round(A, 6).tolist()})
-    return np.stack(crops), moved, cams
+        for name, m in maps.items():
+            warped[name].append(warp_map(name, m[i], A, crop.shape[0]))
+    return np.stack(crops), moved, cams, {name: np.stack(v) for name, v in warped.items()}
 
 
 def over_photo(options: RenderOptions) -> bool:

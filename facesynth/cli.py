@@ -20,10 +20,10 @@ from typing import Callable
 
 from face3d.detection_helper import start_detection_helper
 from face3d.errors import FaceSynthError
-from facesynth.options import (MAX_REFERENCES, METHODS, UsageError, add_align_argument, add_background_argument,
-                               add_expression_arguments, add_fit_arguments, add_method_arguments, add_pose_arguments,
-                               add_reference_arguments, add_sfs_arguments, add_threads_argument, add_weights_arguments,
-                               check_pose_count, float_option, int_option, seed_option, size_option)
+from facesynth.options import (MAX_REFERENCES, METHODS, UsageError, add_background_argument,
+                               add_expression_arguments, add_fit_arguments, add_label_arguments, add_method_arguments,
+                               add_pose_arguments, add_reference_arguments, add_sfs_arguments, add_threads_argument,
+                               add_weights_arguments, check_pose_count, float_option, int_option, seed_option, size_option)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,7 +56,7 @@ def rotate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="photos, or folders of photos (not recursive)")
     add_pose_arguments(p, yaw_default=[-60.0, -30.0, 0.0, 30.0, 60.0])
     p.add_argument("--size", type=size_option, default=128, help="output crop size in pixels (default 128)")
-    add_align_argument(p)
+    add_label_arguments(p)
     add_method_arguments(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (PNG views + manifest.jsonl)")
     add_fit_arguments(p)
@@ -82,6 +82,7 @@ def augment_arguments(p: argparse.ArgumentParser) -> None:
     # a dataset is made of many photos: the renders alone are 2-3x faster per view than hybrid ones
     add_method_arguments(p, default="3d", why=": a dataset's many views are rendered 2-3x faster without the refiner")
     p.add_argument("--size", type=size_option, default=128, help="output crop size in pixels (default 128)")
+    add_label_arguments(p)
     add_background_argument(p)
     p.add_argument("--keep-original", action="store_true",
                    help="also write the original photo aligned like the views (<stem>_original.png)")

@@ -264,11 +264,28 @@ def add_background_argument(p: argparse.ArgumentParser) -> None:
                         + f" (default {DEFAULT_BACKGROUND}; the gan method paints its own and ignores it)")
 
 
-def add_align_argument(p: argparse.ArgumentParser) -> None:
-    """--align crop|arcface: how each view is cropped (its labels follow)."""
-    p.add_argument("--align", choices=list(ALIGNMENTS), default="crop",
+def maps_option(text: str) -> tuple[str, ...]:
+    # deferred: face3d.view_maps imports torch, which the parser must not load (module docstring)
+    from face3d.view_maps import parse_maps
+
+    try:
+        return parse_maps(text)
+    except FaceSynthError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_label_arguments(p: argparse.ArgumentParser) -> None:
+    """--align crop|arcface, --maps and --no-labels: how views are cropped and what comes with them."""
+    g = p.add_argument_group("labels and crops")
+    g.add_argument("--align", choices=list(ALIGNMENTS), default="crop",
                    help="crop: the face-centred crop of --size px (default); arcface: ArcFace/InsightFace's 112x112 "
-                        "five-point similarity crop (rendered at max(--size, 192) px, then aligned)")
+                        "five-point similarity crop (rendered at max(--size, 192) px, then aligned); labels follow the crop")
+    g.add_argument("--maps", type=maps_option, default=(), metavar="NAME[,NAME...]",
+                   help="also write per-view maps: depth (16-bit PNG, 0.1 mm), normals (16-bit RGB PNG, camera frame), "
+                        "mask (8-bit PNG)")
+    g.add_argument("--no-labels", dest="labels", action="store_false", default=True,
+                   help="leave the labels (landmarks, visibility, five points, face box, coefficients, camera) out "
+                        "of the manifest")
 
 
 def add_threads_argument(p: argparse.ArgumentParser) -> None:

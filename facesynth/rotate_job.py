@@ -28,6 +28,7 @@ from face3d.morphable_model import load_morphable_model
 from face3d.pipeline import describe_largest_face, reconstruct_faces
 from face3d.reference_face import POSE_ANGLES, ReferenceFace, reference_poses
 from face3d.render import render_version
+from face3d.view_maps import encode_map
 from facesynth.api import RenderOptions, load_reference, render_face, with_reference_expression
 from facesynth.manifest import Manifest, changed_setting, view_file_name, view_record
 from facesynth.methods import load_method
@@ -83,7 +84,7 @@ def run_settings(job: RotateJob, model, maker) -> dict:
     specs = None if o.expressions is None else list(o.expressions)
     from_weights = {e.reference: dict(e.raw) for e in specs or [] if e.reference}
     return {"method": o.method, "render_version": render_version(o.method), "size": o.size, "align": o.align,
-            "label_version": LABEL_VERSION, "expression_from": from_weights or None, "pose_from": job.pose_from,
+            "labels": o.labels, "maps": list(o.maps), "label_version": LABEL_VERSION, "expression_from": from_weights or None, "pose_from": job.pose_from,
             "poses": [list(p.as_tuple()) for p in job.poses], "model": model.name, **maker.settings(),
             "all_faces": o.all_faces, "background": o.background, "dense": o.dense,
             "export_mesh": job.export_mesh, "save_fit": job.save_fit,
@@ -266,6 +267,10 @@ def rotate_photo(job: RotateJob, src: str, stem: str, model, maker, helper=None)
                 records.append(view_record(src, rel, fi, pose, options.method, model, rec.fit, img.shape[0],
                                            {**views.record, **views.view_fields(i)}, faces=n_faces))
                 records[-1]["align"] = options.align
+                for map_name, maps in views.maps.items():
+                    map_rel = rel[: -len(".png")] + f"_{map_name}.png"
+                    atomic_write_bytes(job.out / map_rel, encode_map(map_name, maps[i]))
+                    records[-1][f"{map_name}_map"] = map_rel
                 if job.pose_from:
                     records[-1]["pose_from"] = job.pose_from
         if job.export_mesh:
@@ -287,7 +292,8 @@ def run_rotate_command(args, helper=None) -> int:
                             expressions=None if args.expression is None else tuple(args.expression),
                             shape_jitter=args.shape_jitter, jitter_samples=args.jitter_samples, seed=args.seed,
                             sfs=args.sfs, relight=args.relight, dense=args.dense, all_faces=args.all_faces,
-                            refiner=args.refiner, capg=args.capg, align=args.align)
+                            refiner=args.refiner, capg=args.capg, align=args.align,
+                            labels=args.labels, maps=tuple(args.maps))
     poses = [Pose(y, p, r) for p in args.pitch for y in args.yaw for r in args.roll]
     job = RotateJob(images=args.images, poses=poses, out=Path(args.out), options=options, model=args.model,
                     export_mesh=args.export_mesh, save_fit=args.save_fit, threads=args.threads, resume=args.resume,

@@ -24,11 +24,13 @@ from face3d.errors import FaceSynthError
 from face3d.expressions import ExpressionSpec, expression_version, reference_label
 from face3d.fitting import FitConfig
 from face3d.image_io import atomic_write_bytes, lock_output_folder, prepare_output_folder, remove_stale_temp_files
+from face3d.labels import LABEL_VERSION
 from face3d.landmarks import detect_faces
 from face3d.morphable_model import load_morphable_model, resolve_model_dir
 from face3d.pipeline import Reconstruction, reconstruct_faces
 from face3d.reference_face import reference_expression, reference_sample
 from face3d.render import render_version, view_screen
+from face3d.view_maps import encode_map
 from facesynth.api import FaceViews, RenderOptions, render_face
 from facesynth.augment.backends import Backend, SourceResult, rss_kb, run_sources, worker_model
 from facesynth.augment.manifest import TIMING_COLUMNS, ManifestLog, ParquetSnapshots, failed_row, ordered_row
@@ -39,7 +41,8 @@ from facesynth.options import MAX_REFERENCES, UsageError, check_pose_count
 from facesynth.rotate_job import fit_reference_photo, photo_list
 
 #: Settings stored in OUTPUT/augment.json; a resumed run must match them.
-OUTPUT_SETTINGS = ["input", "yaw", "pitch", "roll", "size", "background", "method", "render_version",
+OUTPUT_SETTINGS = ["input", "yaw", "pitch", "roll", "size", "align", "labels", "maps", "label_version", "background",
+                   "method", "render_version",
                    "refiner_sha256", "refiner_inference", "capg_sha256", "seed", "model", "dense",
                    "expression", "expression_from", "expression_from_photos", "expression_from_weights",
                    "expression_sample", "expression_version", "shape_jitter", "jitter_samples", "keep_original",
@@ -83,6 +86,9 @@ class AugmentOptions:
     jitter_samples: int = 1
     retry_failed: bool = False
     progress: bool = True
+    align: str = "crop"
+    labels: bool = True
+    maps: tuple[str, ...] = ()
 
     def poses(self) -> list[Pose]:
         """The pose grid, pitch-major as the file names sort."""
@@ -92,7 +98,8 @@ class AugmentOptions:
         return RenderOptions(method=self.method, size=self.size, background=self.background,
                              expressions=None if self.expressions is None else tuple(self.expressions),
                              shape_jitter=float(self.shape_jitter or 0.0), jitter_samples=int(self.jitter_samples or 1),
-                             seed=self.seed, dense=self.dense, refiner=self.refiner, capg=self.capg)
+                             seed=self.seed, dense=self.dense, refiner=self.refiner, capg=self.capg,
+                             align=self.align, labels=self.labels, maps=tuple(self.maps))
 
     def views_per_source(self, references: int = 0) -> tuple[int, str]:
         """The views of one source with `references` reference photos, and their factors as text
@@ -297,11 +304,13 @@ def render_source(item: SourceItem, cfg: WorkerConfig, base: dict, clock: _Clock
     options = cfg.source_options(key)
     for views in render_face(rec, image, model, list(cfg.poses), options, maker, key=key):
         fields = variant_fields(views, options)
-        for pose, img in zip(views.poses, views.images):
+        for i, (pose, img) in enumerate(zip(views.poses, views.images)):
             rel = view_file_name(f"{item.stem}{views.variant.tag}", pose)
             images[rel] = png_bytes(img)
             rows.append(dict(ok, output=rel, kind="view", yaw=float(pose.yaw), pitch=float(pose.pitch),
-                             roll=float(pose.roll), **fields))
+                             roll=float(pose.roll), align=options.align, **fields, **label_fields(views, i, rel)))
+            for name, maps in views.maps.items():
+                images[rows[-1][f"{name}_map"]] = encode_map(name, maps[i])
     clock.lap("seconds_render")
     return rows, images
 
@@ -333,6 +342,16 @@ def variant_fields(views: FaceViews, options: RenderOptions) -> dict:
             "expression_split": record["expression_split"] if asked else None,
             "shape_jitter": record["shape_jitter"] if views.variant.shape is not None else None,
             "shape_jitter_norm": record.get("shape_jitter_norm")}
+
+
+def label_fields(views: FaceViews, i: int, rel: str) -> dict:
+    """A view row's labels (`manifest.LABEL_COLUMNS`) and the file names of its maps (`rel`: the view's)."""
+    fields = views.view_fields(i)
+    if fields:
+        fields["camera"] = {"crop_transform": None, **fields["camera"]}
+    for name in views.maps:
+        fields[f"{name}_map"] = rel[: -len(".png")] + f"_{name}.png"
+    return fields
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -459,7 +478,8 @@ def output_settings(opts: AugmentOptions, inp: Path, model, model_dir, maker: Vi
     weights = maker.settings()
     return {"input": os.path.abspath(inp), "yaw": [float(v) for v in opts.yaw],
             "pitch": [float(v) for v in opts.pitch], "roll": [float(v) for v in opts.roll],
-            "size": opts.size, "background": opts.background, "method": opts.method, "render_version": render_version(opts.method),
+            "size": opts.size, "align": opts.align, "labels": opts.labels, "maps": list(opts.maps),
+            "label_version": LABEL_VERSION, "background": opts.background, "method": opts.method, "render_version": render_version(opts.method),
             "seed": opts.seed, "model": model.name,
             "model_dir": str(model_dir), "dense": opts.dense, "keep_original": opts.keep_original,
             "multi_face": opts.multi_face, "format": 1,
@@ -558,7 +578,8 @@ def run_augment_command(args) -> int:
                           expressions=None if args.expression is None else tuple(args.expression),
                           expression_from=args.expression_from, expression_sample=args.expression_sample,
                           shape_jitter=args.shape_jitter, jitter_samples=args.jitter_samples,
-                          retry_failed=args.retry_failed, progress=args.progress)
+                          retry_failed=args.retry_failed, progress=args.progress, align=args.align,
+                          labels=args.labels, maps=tuple(args.maps))
     result = augment(opts)
     print(result.summary_text())
     return 0 if result.failed_selected == 0 else 1

@@ -163,3 +163,24 @@ def test_labels_are_the_same_for_3d_and_hybrid(obama_path):
     for la, lb in zip(a.labels, b.labels):
         assert np.array_equal(la.landmarks, lb.landmarks) and np.array_equal(la.visible, lb.visible)
     assert a.cameras == b.cameras
+
+
+@pytest.mark.slow
+def test_the_readme_loader_reads_a_rotate_run(tmp_path, obama_path):
+    """The README's `Dataset` example, run as written on a real run's output."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("<!-- loader:start -->", 1)[1].split("<!-- loader:end -->", 1)[0]
+    code = code.split("```python", 1)[1].split("```", 1)[0]
+    out = tmp_path / "o"
+    assert main(["rotate", str(obama_path), "--yaw", "-30,30", "--size", "64", "--no-dense", "--method", "3d",
+                 "--out", str(out)]) == 0
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    data = scope["FaceSynthViews"](str(out))
+    assert len(data) == 2
+    image, landmarks, pose = data[1]
+    assert image.shape == (3, 64, 64) and landmarks.shape == (68, 2) and pose.tolist() == [30.0, 0.0, 0.0]
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert np.allclose(landmarks.numpy(), rows[1]["landmarks"], atol=1e-4)

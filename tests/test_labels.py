@@ -184,3 +184,28 @@ def test_the_readme_loader_reads_a_rotate_run(tmp_path, obama_path):
     assert image.shape == (3, 64, 64) and landmarks.shape == (68, 2) and pose.tolist() == [30.0, 0.0, 0.0]
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert np.allclose(landmarks.numpy(), rows[1]["landmarks"], atol=1e-4)
+
+
+def test_view_maps_encode_what_the_renderer_sees(ict_model, mean_vertices):
+    from face3d.errors import FaceSynthError
+    from face3d.view_maps import DEPTH_UNIT_MM, decode_map, encode_map, parse_maps, view_maps
+
+    assert parse_maps("depth, mask,depth") == ("depth", "mask") and parse_maps(None) == ()
+    with pytest.raises(FaceSynthError, match="unknown map"):
+        parse_maps("depth,albedo")
+    size = 96
+    maps = view_maps(mean_vertices, ict_model, [Pose(0, 0, 0), Pose(50, 0, 0)], size)
+    mask, depth, normals = maps["mask"], maps["depth"], maps["normals"]
+    assert set(np.unique(mask)) == {0.0, 1.0}
+    assert ((depth > 0) == (mask > 0)).all()
+    n = np.linalg.norm(normals[mask > 0], axis=-1)
+    assert np.allclose(n, 1.0, atol=1e-4) and (np.abs(normals[mask == 0]) == 0).all()
+    lab = view_labels(mean_vertices, ict_model, [Pose(0, 0, 0)], size)[0]
+    x, y = np.floor(lab.landmarks[30]).astype(int)         # the nose tip faces the camera
+    assert normals[0, y, x, 2] > 0.8
+    screen = view_screen(mean_vertices, ict_model, [Pose(0, 0, 0)], size)[0].numpy()
+    assert abs(depth[0, y, x] - screen[ict_model.landmark_vertices[30], 2]) < 3.0
+    for name in ("depth", "normals", "mask"):
+        back = decode_map(name, encode_map(name, maps[name][1]))
+        tol = {"depth": DEPTH_UNIT_MM / 2 + 1e-3, "normals": 2.0 / 65535, "mask": 1 / 255}[name]
+        assert back.shape == maps[name][1].shape and np.abs(back - maps[name][1]).max() <= tol, name

@@ -53,12 +53,20 @@ def fit_reference(image: np.ndarray, model: MorphableModel, source: str = "refer
     if not faces:
         raise NoFaceError(f"{source}: no face found in the reference photo")
     fit = fit_morphable_model(image, faces[0].landmarks, model, fit_config)
+    return reference_from_fit(fit, model, source, len(faces), faces[0].box)
+
+
+def reference_from_fit(fit, model: MorphableModel, source: str = "reference", faces_found: int = 1,
+                       face_box=None) -> ReferenceFace:
+    """The reference a fit made elsewhere gives (what `fit_reference` makes of its own fit, e.g. a
+    `Reconstruction.fit` of the same photo, settings and face): its re-split expression, its pose."""
     split = expression_split(fit, model)
     lo, hi = model.expression_range
     beta = np.clip(np.asarray(split.expression, np.float32).reshape(-1), lo, hi)
     p = fit.pose
     pose = Pose(*(float(np.clip(v, -90.0, 90.0)) for v in (p.yaw, p.pitch, p.roll)))
-    return ReferenceFace(str(source), beta, pose, len(faces), tuple(int(v) for v in faces[0].box))
+    box = None if face_box is None else tuple(int(v) for v in face_box)
+    return ReferenceFace(str(source), beta, pose, int(faces_found), box)
 
 
 def reference_expression(ref: ReferenceFace, model: MorphableModel) -> ExpressionSpec:

@@ -61,13 +61,15 @@ class RotateJob:
 
 
 def photo_list(paths: list[str], limit: int = MAX_PHOTOS, what: str = "photos in one run; split the run") -> list[str]:
-    """The photos of `paths`: files as given, folders as their image files (sorted, not recursive).
-    More than `limit` is refused as `more than <limit> <what>`, before any photo is read."""
+    """The photos of `paths`: files as given, folders as their image files (sorted, not recursive;
+    hidden files such as macOS's `._x.jpg` resource forks left out). More than `limit` is refused as
+    `more than <limit> <what>`, before any photo is read."""
     out: list[str] = []
     for p in paths:
         folder = Path(p)
         if folder.is_dir():
-            found = sorted(str(f) for f in folder.iterdir() if f.is_file() and f.suffix.lower() in PHOTO_SUFFIXES)
+            found = sorted(str(f) for f in folder.iterdir()
+                           if f.is_file() and f.suffix.lower() in PHOTO_SUFFIXES and not f.name.startswith("."))
             if not found:
                 raise FaceSynthError(f"{p}: a folder without photos ({', '.join(PHOTO_SUFFIXES)})")
             out += found

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from face3d.errors import FaceSynthError
-from face3d.fitting import FitConfig, fit_morphable_model, mouth_blendshapes
+from face3d.fitting import FitConfig, fit_morphable_model, mouth_blendshapes, refit_shape_to_landmarks
 from face3d.morphable_model import ICT_PARTS, MOUTH_PART_NAMES, MorphableModel, load_mouth_parts
 from face3d.rasterizer import rasterize_meshes
 from face3d.render import ColouredMesh
@@ -323,9 +323,12 @@ def expression_split(fit, model: MorphableModel, prior: float = SPLIT_MOUTH_PRIO
     identity shape. On synthetic faces smiling at 0.3-1.0 the fit recovers a quarter of the smile
     coefficient and the neutral face of its identity keeps a mouth 4% too wide
     (benchmarks/bench_expression_split.py), so `neutral` still smiles and `smile` adds little.
-    The re-split refits the photo's landmarks (`fit.landmarks`, landmarks only) twice, with the
-    fit's default priors and with the weaker `prior` on the mouth and jaw blendshapes (the 20 mouth
-    landmarks pin them; the eyes keep the default), and moves the difference into the fit:
+    The re-split refits the photo's landmarks (`fit.landmarks`, landmarks only) with the fit's
+    default priors, then refits the shape alone from there with the weaker `prior` on the mouth and
+    jaw blendshapes (the 20 mouth landmarks pin them; the eyes keep the default) and that refit's
+    camera held (`refit_shape_to_landmarks`; a free camera lets the weak refit trade the face's
+    size against its distance, and that size change would land in the identity under the fit's own
+    camera), and moves the difference into the fit:
 
         alpha' = alpha + (alpha_weak - alpha_default)
         beta'  = clip(beta + (beta_weak - beta_default), 0, 1)
@@ -345,8 +348,7 @@ def expression_split(fit, model: MorphableModel, prior: float = SPLIT_MOUTH_PRIO
         return model._torch_cache[key]
     base = FitConfig(num_identity=alpha.size, dense=False)
     default = fit_morphable_model(None, q, model, base, image_size=tuple(fit.image_size))
-    weak = fit_morphable_model(None, q, model, dataclasses.replace(base, mouth_expression_prior=prior),
-                               image_size=tuple(fit.image_size))
+    weak = refit_shape_to_landmarks(default, model, dataclasses.replace(base, mouth_expression_prior=prior))
     lo, hi = model.expression_range
     out = dataclasses.replace(
         fit, identity=(alpha + weak.identity - default.identity).astype(np.float32),

@@ -37,6 +37,7 @@ from face3d.landmarks import outer_eye_distance
 from face3d.morphable_model import MorphableModel
 
 __all__ = ["FaceFit", "FitConfig", "fit_morphable_model", "landmark_residuals", "mouth_blendshapes",
+           "refit_shape_to_landmarks",
            "select_contour_vertices"]
 
 
@@ -110,6 +111,39 @@ def fit_morphable_model(image: np.ndarray | None, landmarks: np.ndarray, model: 
     return fit
 
 
+def refit_shape_to_landmarks(fit: FaceFit, model: MorphableModel, config: FitConfig | None = None) -> FaceFit:
+    """The landmark stage again on `fit.landmarks`, from `fit`'s identity and expression, with
+    `fit`'s camera (rotation, translation, focal length) held: only the shape moves.
+
+    A refit with other priors (`expression_split`) that also frees the camera can trade the
+    face's size against its distance and focal length; its shape is then not the one `fit`'s
+    camera was made for. Holding the camera keeps the two comparable: their difference is a shape
+    change that projects through `fit`'s camera onto the same landmarks. `config.dense` is ignored.
+    """
+    cfg = config or FitConfig()
+    H, W = fit.image_size
+    q, d_eye = _checked_landmarks(fit.landmarks)
+    problem = _landmark_problem(model, q, d_eye, tuple(fit.center), initial_focal((H, W), cfg.fov_degrees), cfg)
+    K, E = problem.num_identity, problem.num_expressions
+    p = fit.pose
+    alpha = np.zeros(K, np.float64)
+    a = np.asarray(fit.identity, np.float64).reshape(-1)[:K]
+    alpha[:a.size] = a
+    beta = np.asarray(fit.expression, np.float64).reshape(-1)[:E]
+    theta = torch.cat([torch.tensor([math.radians(p.yaw), math.radians(p.pitch), math.radians(p.roll)]),
+                       torch.tensor(np.asarray(fit.translation, np.float64).reshape(3)),
+                       torch.tensor([math.log(fit.focal)]), torch.from_numpy(alpha),
+                       torch.from_numpy(np.asarray(beta, np.float64))]).double()
+    theta = torch.minimum(torch.maximum(theta, problem.lower), problem.upper)
+    problem.fixed = torch.zeros(theta.numel(), dtype=torch.bool)
+    problem.fixed[:7] = True
+    theta, _ = _levenberg_marquardt(problem, theta, q, cfg)
+    out = _face_fit(problem, theta, (H, W), q)
+    # the held camera, exactly (theta's float32 round trip would move it by float noise)
+    out.rotation, out.translation, out.focal = fit.rotation, fit.translation, fit.focal
+    return out
+
+
 def _checked_landmarks(landmarks: np.ndarray) -> tuple[np.ndarray, float]:
     """The landmarks as float64 (68, 2) and their outer-eye distance; one-line errors for unusable ones."""
     q = np.asarray(landmarks, dtype=np.float64)
@@ -141,6 +175,7 @@ class _LandmarkProblem:
     expression_basis: torch.Tensor | None   # (E, V, 3) float64
     lower: torch.Tensor              # (n,) bounds of theta
     upper: torch.Tensor
+    fixed: torch.Tensor | None = None   # (n,) bool: parameters held at their start (None: all free)
 
 
 def _landmark_problem(model: MorphableModel, q: np.ndarray, d_eye: float, center: tuple[float, float],
@@ -271,6 +306,8 @@ def _damped_step(problem: _LandmarkProblem, theta: torch.Tensor, corr: torch.Ten
     Returns (theta, lam, cost before, cost of the last candidate, improved); theta is unchanged
     when no candidate improved."""
     r, J = _landmark_residual(problem, theta, corr)
+    if problem.fixed is not None:
+        J[:, problem.fixed] = 0.0       # zero gradient and curvature: the damped step leaves them
     JtJ, Jtr = J.T @ J, J.T @ r
     cost = float(r @ r)
     c_cost = cost

@@ -411,6 +411,25 @@ def test_expression_split_neutralises_a_smile(ict_model):
     assert np.mean(wide_fit) > 0.02 and abs(np.mean(wide_split)) < 0.5 * np.mean(wide_fit), (wide_fit, wide_split)
 
 
+def test_expression_split_keeps_the_fit_on_its_camera(ict_model, obama_reconstruction):
+    """The re-split is rendered with the fit's camera, so its shape must sit on the photo's landmarks
+    under that camera as the fit does: no size change (a free-camera refit traded size for distance
+    and put up to 12% into the identity), and no worse reprojection."""
+    from face3d.fitting import landmark_residuals
+
+    fit = obama_reconstruction.fit
+
+    def size(f):
+        v = f.vertices(ict_model)[0].numpy()
+        return np.linalg.norm(v - v.mean(0), axis=1).mean()
+
+    err = landmark_residuals(fit, ict_model)["landmark_error"]
+    split = expression_split(fit, ict_model)
+    assert split is not fit
+    assert abs(size(split) / size(fit) - 1) < 0.01
+    assert landmark_residuals(split, ict_model)["landmark_error"] <= 1.05 * err
+
+
 def test_reference_from_fit_is_what_fit_reference_makes(ict_model, obama_image, obama_reconstruction):
     """A reference built from a reconstruction's fit (benchmarks fit each photo once) is the one
     fit_reference fits from the same photo and settings: the same re-split expression and pose."""

@@ -299,8 +299,9 @@ def edited_vertices(fit, model: MorphableModel, expression: np.ndarray | None = 
 
 #: How expression views are made; runs with --expression record it, so that a resumed run does not
 #: mix views of two versions. 1: presets on the fitted identity; 2: on the re-split fit
-#: (`expression_split`), and hybrid views keep the render over an opened mouth.
-EXPRESSION_VERSION = 2
+#: (`expression_split`), and hybrid views keep the render over an opened mouth; 3: the re-split
+#: holds the camera (its faces no longer grow or shrink).
+EXPRESSION_VERSION = 3
 
 
 def expression_version(expressions) -> int | None:

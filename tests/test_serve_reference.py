@@ -140,3 +140,6 @@ def test_reference_with_two_faces_lends_the_largest(server, main_photo, data_dir
     job = server.render(main_photo, "3d", 0.0, 0.0, "0", reference=str(tmp_path / "two.jpg"))
     assert "2 faces in it, the largest used" in job.status, job.status
     assert len(job.images) == 1
+
+    job = server.render(str(tmp_path / "two.jpg"), "3d", 0.0, 0.0, "0")     # as the main photo
+    assert "2 faces in the photo, the largest used" in job.status, job.status

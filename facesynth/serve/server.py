@@ -392,6 +392,8 @@ def render_status(entry: FitEntry, cached: bool, n_views: int, seconds: float, o
                   sfs: SFSState | None) -> str:
     """The status line of a render: the photo, the fit's time or reuse, the views and their time."""
     fit_note = "fit reused" if cached else f"fit {entry.seconds:.1f} s"
+    if entry.rec.faces_found > 1:
+        fit_note += f" · {entry.rec.faces_found} faces in the photo, the largest used"
     sfs_note = ""
     if sfs is not None and not sfs.applied:
         sfs_note = f" · SFS not applied ({sfs.result.warning or 'no change'})"

@@ -20,8 +20,8 @@ batched reductions, see `tests/test_batched_fit.py`):
   improvement, or a relative decrease under 1e-9, not right after a contour re-pick); the next
   steps run on the remaining faces only;
 - the jaw contour correspondences: every `contour_every` steps, each face's 17 jaw landmarks are
-  re-matched to its occluding contour (`face3d.contours.select_contour_vertices`, per face on
-  screen positions projected for the whole batch at once).
+  re-matched to its occluding contour (`face3d.contours.select_contour_vertices_batch`: the
+  one-face rule for all faces in one sort per jaw landmark, on positions projected at once).
 """
 from __future__ import annotations
 
@@ -32,11 +32,11 @@ import numpy as np
 import torch
 
 from face3d.camera import PerspectiveCamera, euler_to_matrix, transform
-from face3d.contours import build_contour_index, select_contour_vertices
+from face3d.contours import contour_candidate_vertices, select_contour_vertices_batch
 from face3d.morphable_model import MorphableModel
 
-__all__ = ["LandmarkBatch", "batch_landmark_residual", "batch_levenberg_marquardt", "contour_candidate_vertices",
-           "gather_landmark_bases", "stack_landmark_problems"]
+__all__ = ["LandmarkBatch", "batch_landmark_residual", "batch_levenberg_marquardt", "gather_landmark_bases",
+           "stack_landmark_problems"]
 
 
 @dataclass
@@ -64,12 +64,6 @@ class LandmarkBatch:
     contour_mean: torch.Tensor       # (C, 3) float32: the model restricted to them, for the re-picks
     contour_identity: torch.Tensor   # (K, C, 3) float32
     contour_expression: torch.Tensor | None   # (E, C, 3) float32
-
-
-def contour_candidate_vertices(model: MorphableModel) -> np.ndarray:
-    """The vertices `select_contour_vertices` projects: every jaw landmark's candidates, sorted, once each."""
-    idx = build_contour_index(model)
-    return np.unique(np.concatenate([c for c in idx.candidates if c.size]))
 
 
 def stack_landmark_problems(problems: list, landmarks: list[np.ndarray]) -> LandmarkBatch:
@@ -159,7 +153,7 @@ def batch_landmark_residual(b: LandmarkBatch, rows: torch.Tensor, theta: torch.T
 def batch_correspondences(b: LandmarkBatch, rows: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """The landmark vertices (B, 68) of the faces `rows` at `theta`: jaw points re-matched to each
     face's occluding contour. The contour candidates are projected for all faces in one go (float32,
-    as the one-face path projects them); the matching itself is `select_contour_vertices` per face."""
+    as the one-face path projects them) and matched by `select_contour_vertices_batch`."""
     K, E = b.num_identity, b.num_expressions
     th = theta.float()
     v = b.contour_mean + torch.einsum("bk,kvc->bvc", th[:, 7:7 + K], b.contour_identity)
@@ -169,20 +163,9 @@ def batch_correspondences(b: LandmarkBatch, rows: torch.Tensor, theta: torch.Ten
     cam = PerspectiveCamera(torch.exp(th[:, 6]), b.center[rows].float())
     with torch.no_grad():
         screen = cam.project(transform(v, R, th[:, 3:6]))[..., :2].numpy()
-    inner_missing = ~b.valid & (np.arange(68) > 16)
-    out = []
-    for j, row in enumerate(rows.tolist()):
-        corr = select_contour_vertices(b.model, lambda idx, s=screen[j]: _checked_screen(idx, b.contour_vertices, s),
-                                       b.landmarks[row])
-        corr[inner_missing] = 0
-        out.append(corr)
-    return torch.from_numpy(np.stack(out))
-
-
-def _checked_screen(idx: np.ndarray, expected: np.ndarray, screen: np.ndarray) -> np.ndarray:
-    if idx.shape != expected.shape or not np.array_equal(idx, expected):
-        raise RuntimeError("select_contour_vertices asked for other vertices than the batch projected")
-    return screen
+    corr = select_contour_vertices_batch(b.model, screen, b.landmarks[rows.numpy()])
+    corr[:, ~b.valid & (np.arange(68) > 16)] = 0
+    return torch.from_numpy(corr)
 
 
 def batch_damped_step(b: LandmarkBatch, rows: torch.Tensor, theta: torch.Tensor,

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from face3d.batched_fitting import batch_levenberg_marquardt, contour_candidate_vertices, stack_landmark_problems
+from face3d.batched_fitting import batch_levenberg_marquardt, stack_landmark_problems
 from face3d.camera import PerspectiveCamera, euler_to_matrix, matrix_to_euler, solve_pnp, transform
-from face3d.contours import JAW, select_contour_vertices
+from face3d.contours import JAW, contour_candidate_vertices, select_contour_vertices
 from face3d.dense import refine_dense
 from face3d.errors import FaceSynthError
 from face3d.face_fit import FaceFit

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from face3d.contours import contour_candidate_vertices, select_contour_vertices, select_contour_vertices_batch
 from face3d.errors import FaceSynthError
 from face3d.fitting import (FitConfig, fit_morphable_model, fit_morphable_models, landmark_residuals,
                             landmark_residuals_batch)
@@ -124,3 +125,23 @@ def test_batched_fit_arguments(photo_landmarks, ict_model):
         fit_morphable_models(None, [q], ict_model, FitConfig(dense=False))       # no image, no size
     with pytest.raises(FaceSynthError):
         fit_morphable_models(None, [q, np.zeros((5, 2))], ict_model, FitConfig(dense=False), [hw, hw])
+
+
+def test_contour_selection_batch_equals_per_face(photo_landmarks, ict_model, sfm_model):
+    """The batched jaw-contour rule picks the vertices the one-face rule picks, on fitted faces and
+    on the same faces jittered (other silhouettes)."""
+    rng = np.random.default_rng(3)
+    for model in (ict_model, sfm_model):
+        allc = contour_candidate_vertices(model)
+        screens, qs = [], []
+        for q, hw, _ in photo_landmarks[:6]:
+            fit = fit_morphable_model(None, q, model, FitConfig(dense=False, landmark_steps=5), image_size=hw)
+            scr = fit.project(model)[0, :, :2].numpy()
+            for jitter in (0.0, 2.0):
+                screens.append(scr[allc] + rng.normal(0, jitter, (allc.size, 2)).astype(np.float32))
+                qs.append(q)
+        got = select_contour_vertices_batch(model, np.stack(screens), np.stack(qs))
+        lookup = {v: i for i, v in enumerate(allc)}
+        for i, (s, q) in enumerate(zip(screens, qs)):
+            want = select_contour_vertices(model, lambda idx, s=s: s[[lookup[v] for v in idx]], q)
+            np.testing.assert_array_equal(got[i], want)

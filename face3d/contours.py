@@ -107,3 +107,57 @@ def select_contour_vertices(model: MorphableModel, screen_of, q: np.ndarray, bin
         d = np.linalg.norm(p[sil] - q[k], axis=1)
         out[k] = c[sil[int(np.argmin(d))]]
     return out
+
+
+def contour_candidate_vertices(model: MorphableModel) -> np.ndarray:
+    """The vertices `select_contour_vertices` projects: every jaw landmark's candidates, sorted, once each."""
+    idx = build_contour_index(model)
+    return np.unique(np.concatenate([c for c in idx.candidates if c.size]))
+
+
+def select_contour_vertices_batch(model: MorphableModel, screen: np.ndarray, q: np.ndarray,
+                                  bin_frac: float = 0.015) -> np.ndarray:
+    """`select_contour_vertices` for B faces at once: `screen` (B, C, 2) holds each face's pixel
+    positions of `contour_candidate_vertices(model)`, `q` (B, 68, 2) its landmarks; returns (B, 68).
+
+    The same rule, with the per-slot maximum and the nearest silhouette point found for all faces
+    in one sort per jaw landmark: the candidates of every face are sorted by (face, slot, -outer),
+    the first of each (face, slot) run is that slot's silhouette point, and the first silhouette
+    point at each face's smallest distance is its match (the one-face sort's tie order)."""
+    idx = build_contour_index(model)
+    allc = contour_candidate_vertices(model)
+    B = q.shape[0]
+    lookup = np.full(int(allc.max()) + 1, -1, dtype=np.int64)
+    lookup[allc] = np.arange(allc.size)
+    jaw = q[:, JAW]
+    tang = np.gradient(jaw, axis=1)
+    normals = np.stack([tang[..., 1], -tang[..., 0]], axis=2)
+    flip = np.sum(normals * (jaw - q[:, 27:36].mean(axis=1)[:, None]), axis=2) < 0
+    normals[flip] *= -1
+    normals = normals / np.maximum(np.linalg.norm(normals, axis=2, keepdims=True), 1e-9)
+    width = bin_frac * np.linalg.norm(q[:, 36] - q[:, 45], axis=1)
+    out = np.repeat(model.landmark_vertices[None], B, axis=0)
+    for k in JAW:
+        c = idx.candidates[k]
+        if c.size <= 1:
+            if c.size:
+                out[:, k] = c[0]
+            continue
+        p = screen[:, lookup[c]]                                      # (B, n, 2)
+        n = normals[:, k]
+        t = np.stack([-n[:, 1], n[:, 0]], axis=1)
+        outer = (p @ n[:, :, None])[..., 0]
+        slot = np.floor((p @ t[:, :, None])[..., 0] / width[:, None]).astype(np.int64)
+        face = np.repeat(np.arange(B), c.size)
+        order = np.lexsort(((-outer).ravel(), slot.ravel(), face))
+        fs = np.stack([face[order], slot.ravel()[order]], axis=1)
+        first = np.ones(order.size, dtype=bool)
+        first[1:] = np.any(fs[1:] != fs[:-1], axis=1)
+        sil = order[first]                                            # flat indices, by face then slot
+        d = np.linalg.norm(p.reshape(-1, 2)[sil] - q[face[sil], k], axis=1)
+        starts = np.flatnonzero(np.r_[True, face[sil][1:] != face[sil][:-1]])
+        best = np.minimum.reduceat(d, starts)
+        at_best = np.flatnonzero(d == best[face[sil]])
+        _, pick = np.unique(face[sil][at_best], return_index=True)
+        out[:, k] = c[sil[at_best[pick]] % c.size]
+    return out

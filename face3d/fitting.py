@@ -28,15 +28,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from face3d.batched_fitting import batch_levenberg_marquardt, stack_landmark_problems
 from face3d.camera import PerspectiveCamera, euler_to_matrix, matrix_to_euler, solve_pnp, transform
-from face3d.contours import JAW, select_contour_vertices
+from face3d.contours import JAW, contour_candidate_vertices, select_contour_vertices
 from face3d.dense import refine_dense
 from face3d.errors import FaceSynthError
 from face3d.face_fit import FaceFit
 from face3d.landmarks import outer_eye_distance
 from face3d.morphable_model import MorphableModel
 
-__all__ = ["FaceFit", "FitConfig", "fit_morphable_model", "landmark_residuals", "mouth_blendshapes",
+__all__ = ["FaceFit", "FitConfig", "fit_morphable_model", "fit_morphable_models", "landmark_residuals",
+           "landmark_residuals_batch", "mouth_blendshapes",
            "refit_shape_to_landmarks",
            "select_contour_vertices"]
 
@@ -111,6 +113,58 @@ def fit_morphable_model(image: np.ndarray | None, landmarks: np.ndarray, model: 
     return fit
 
 
+def fit_morphable_models(images: list[np.ndarray | None] | None, landmarks: list[np.ndarray], model: MorphableModel,
+                         config: FitConfig | None = None,
+                         image_sizes: list[tuple[int, int]] | None = None) -> list[FaceFit]:
+    """`fit_morphable_model` for several faces at once: the landmark stage runs as one batched
+    Levenberg-Marquardt (`face3d.batched_fitting`: per-face damping and convergence, the same steps
+    as one face), so its fixed cost per torch call is paid once per batch instead of once per face.
+
+    `images[i]` is face i's uint8 RGB photo or None (landmarks only; `image_sizes[i]` (H, W) then
+    required); `images` None means no photo for any face. Several faces of one photo pass the same
+    image. Each result equals `fit_morphable_model` on that face alone within float rounding
+    (`tests/test_batched_fit.py` states the tolerance). The dense stage, with `config.dense` and a
+    photo, still runs face by face. Bad landmarks of any face raise before any fitting, as one face would.
+    `residuals['landmark_stage_seconds']` is the batch's landmark stage divided by the faces;
+    `residuals['batch_size']` says how many faces shared it.
+    """
+    cfg = config or FitConfig()
+    t0 = time.perf_counter()
+    n = len(landmarks)
+    images = [None] * n if images is None else list(images)
+    sizes = [tuple(im.shape[:2]) if im is not None else (tuple(image_sizes[i]) if image_sizes else None)
+             for i, im in enumerate(images)]
+    if len(images) != n or any(s is None for s in sizes):
+        raise ValueError("one image or image size per face is required")
+    if n == 0:
+        return []
+    shared = _model_constants(model, cfg)
+    problems, qs, thetas = [], [], []
+    for q_raw, (H, W) in zip(landmarks, sizes):
+        q, d_eye = _checked_landmarks(q_raw)
+        problem = _face_problem(shared, q, d_eye, (W / 2.0, H / 2.0), initial_focal((H, W), cfg.fov_degrees))
+        problems.append(problem)
+        qs.append(q)
+        thetas.append(_rigid_start(problem, q))
+    batch = stack_landmark_problems(problems, qs)
+    theta, iterations = batch_levenberg_marquardt(batch, torch.stack(thetas), cfg.landmark_steps, cfg.contour_every)
+    stage = (time.perf_counter() - t0) / n
+    fits = []
+    for i, problem in enumerate(problems):
+        fit = _face_fit(problem, theta[i], sizes[i], qs[i])
+        fit.residuals.update(landmark_stage_seconds=stage, landmark_iterations=int(iterations[i]), batch_size=n)
+        if cfg.dense and images[i] is not None:
+            torch.manual_seed(cfg.seed)            # as fit_morphable_model seeds each face
+            fit = refine_dense(fit, images[i], model, cfg)
+        fits.append(fit)
+    for fit, res in zip(fits, landmark_residuals_batch(fits, model)):
+        fit.residuals.update(res)
+    seconds = (time.perf_counter() - t0) / n
+    for fit in fits:
+        fit.residuals["fit_seconds"] = seconds
+    return fits
+
+
 def refit_shape_to_landmarks(fit: FaceFit, model: MorphableModel, config: FitConfig | None = None) -> FaceFit:
     """The landmark stage again on `fit.landmarks`, from `fit`'s identity and expression, with
     `fit`'s camera (rotation, translation, focal length) held: only the shape moves.
@@ -180,6 +234,12 @@ class _LandmarkProblem:
 
 def _landmark_problem(model: MorphableModel, q: np.ndarray, d_eye: float, center: tuple[float, float],
                       f0: float, cfg: FitConfig) -> _LandmarkProblem:
+    return _face_problem(_model_constants(model, cfg), q, d_eye, center, f0)
+
+
+def _model_constants(model: MorphableModel, cfg: FitConfig) -> dict:
+    """The parts of `_LandmarkProblem` that depend on the model and the settings only (shared by
+    every face of a batch: the float64 bases are converted once)."""
     K = min(cfg.num_identity, model.num_identity)
     E = model.num_expressions if cfg.fit_expression else 0
     valid = model.landmark_vertices >= 0
@@ -196,12 +256,19 @@ def _landmark_problem(model: MorphableModel, q: np.ndarray, d_eye: float, center
     lower[7:7 + K], upper[7:7 + K] = -3.5, 3.5
     lower[7 + K:], upper[7 + K:] = model.expression_range
     t_mod = model.tensors()
-    return _LandmarkProblem(
-        model=model, num_identity=K, num_expressions=E, center=center, f0=f0, focal_prior=cfg.focal_prior,
-        valid=valid, targets=torch.tensor(q, dtype=torch.float32).double(),
-        point_scale=torch.sqrt(weights.double() / float(weights.sum())) / d_eye, prior_diag=prior_diag,
-        mean=t_mod["mean"].double(), identity_basis=t_mod["identity_basis"][:K].double(),
-        expression_basis=t_mod["expression_basis"][:E].double() if E else None, lower=lower, upper=upper)
+    return dict(model=model, num_identity=K, num_expressions=E, focal_prior=cfg.focal_prior, valid=valid,
+                weights=weights, prior_diag=prior_diag, mean=t_mod["mean"].double(),
+                identity_basis=t_mod["identity_basis"][:K].double(),
+                expression_basis=t_mod["expression_basis"][:E].double() if E else None, lower=lower, upper=upper)
+
+
+def _face_problem(shared: dict, q: np.ndarray, d_eye: float, center: tuple[float, float], f0: float) -> _LandmarkProblem:
+    """One face's problem: its landmarks, eye distance, principal point and focal prior on `shared`
+    (`_model_constants`)."""
+    const = {k: v for k, v in shared.items() if k != "weights"}
+    weights = shared["weights"]
+    return _LandmarkProblem(**const, center=center, f0=f0, targets=torch.tensor(q, dtype=torch.float32).double(),
+                            point_scale=torch.sqrt(weights.double() / float(weights.sum())) / d_eye)
 
 
 def _rigid_start(problem: _LandmarkProblem, q: np.ndarray) -> torch.Tensor:
@@ -352,10 +419,38 @@ def landmark_residuals(fit: FaceFit, model: MorphableModel) -> dict:
     """Reprojection residuals of the fit on its 68 landmarks (jaw matched to the contour)."""
     with torch.no_grad():
         scr = fit.project(model)[0, :, :2].numpy()
-    corr = select_contour_vertices(model, lambda idx: scr[idx], fit.landmarks)
+    return _residuals_on_screen(fit, model, lambda idx: scr[idx])
+
+
+def landmark_residuals_batch(fits: list[FaceFit], model: MorphableModel) -> list[dict]:
+    """`landmark_residuals` of several fits of `model` at once: only the vertices the residuals read
+    (the landmark and jaw-contour candidate vertices) are projected, in one batched call, instead of
+    each whole mesh; the figures agree with `landmark_residuals` up to float32 rounding."""
+    if not fits:
+        return []
+    # the last vertex too: a landmark without a vertex (-1) reads it, as `scr[-1]` does (then masked)
+    need = np.union1d(np.union1d(contour_candidate_vertices(model), model.landmark_vertices[model.landmark_vertices >= 0]),
+                      [model.num_vertices - 1])
+    lookup = np.full(model.num_vertices, -1, np.int64)
+    lookup[need] = np.arange(need.size)
+    ident = torch.from_numpy(np.stack([f.identity for f in fits]).astype(np.float32))
+    expr = torch.from_numpy(np.stack([np.asarray(f.expression, np.float32) for f in fits]))
+    R = torch.from_numpy(np.stack([f.rotation for f in fits]).astype(np.float32))
+    t = torch.from_numpy(np.stack([f.translation for f in fits]).astype(np.float32))
+    cam = PerspectiveCamera(torch.tensor([f.focal for f in fits], dtype=torch.float32),
+                            torch.tensor([list(f.center) for f in fits], dtype=torch.float32))
+    with torch.no_grad():
+        v = model.shape(ident, expr, vertices=torch.from_numpy(need))
+        scr = cam.project(transform(v, R, t))[..., :2].numpy()
+    return [_residuals_on_screen(f, model, lambda idx, s=scr[i]: s[lookup[idx]]) for i, f in enumerate(fits)]
+
+
+def _residuals_on_screen(fit: FaceFit, model: MorphableModel, screen_of) -> dict:
+    """The residual figures from `screen_of(vertex indices) -> (n, 2)` pixel positions of the fit."""
+    corr = select_contour_vertices(model, screen_of, fit.landmarks)
     valid = model.landmark_vertices >= 0
     valid[JAW] = True
-    per_point = np.linalg.norm(scr[corr] - fit.landmarks, axis=1) / outer_eye_distance(fit.landmarks)
+    per_point = np.linalg.norm(screen_of(corr) - fit.landmarks, axis=1) / outer_eye_distance(fit.landmarks)
     return {"landmark_error": float(per_point[valid].mean()),
             "landmark_error_inner": float(per_point[17:][valid[17:]].mean()),
             "landmark_error_jaw": float(per_point[:17].mean()),

@@ -86,7 +86,7 @@ def run_settings(job: RotateJob, model, maker) -> dict:
             "export_mesh": job.export_mesh, "save_fit": job.save_fit,
             "expression": None if not specs else [e.text for e in specs], "expression_version": expression_version(specs),
             "shape_jitter": float(o.shape_jitter), "jitter_samples": o.jitter_samples, "seed": o.seed,
-            "sfs": o.sfs, "relight": o.relight}
+            "sfs": o.sfs, "relight": o.relight, "detector": o.detector}
 
 
 def resume_rotate(out: Path, settings: dict, manifest: Manifest) -> set[str]:
@@ -150,7 +150,7 @@ def run_rotate(job: RotateJob, helper=None) -> int:
     photos = photo_list(job.images)
     references = [r for r in dict.fromkeys((job.expression_from, job.pose_from)) if r]
     if helper is not None:
-        helper.submit(references + photos)
+        helper.submit(references + photos, job.options.detector)
     job.options.check()
     model = load_morphable_model(job.model)
     job = apply_references(job, model, helper)      # before the folder is touched: a bad reference writes nothing
@@ -170,7 +170,8 @@ def apply_references(job: RotateJob, model, helper=None) -> RotateJob:
     def reference(path: str, flag: str):
         if path not in fitted:
             try:
-                ref = load_reference(path, model, job.options.dense, None if helper is None else helper.faces(path))
+                ref = load_reference(path, model, job.options.dense, None if helper is None else helper.faces(path),
+                                     job.options.detector)
             except FaceSynthError as exc:
                 raise FaceSynthError(f"{flag}: {exc}") from None
             if ref.faces_found > 1:
@@ -236,7 +237,7 @@ def rotate_photo(job: RotateJob, src: str, stem: str, model, maker, helper=None)
     image = load_image(src)
     faces = None if helper is None else helper.faces(src)  # None: detect here
     recs = reconstruct_faces(image, model, all_faces=options.all_faces, fit_config=FitConfig(dense=options.dense),
-                             source=src, faces=faces)
+                             source=src, faces=faces, detector=options.detector)
     n_faces = recs[0].faces_found
     if n_faces > 1 and not options.all_faces:
         tqdm.write(f"facesynth: note: {describe_largest_face(src, n_faces, recs[0].face)}; pass --all-faces for all",
@@ -250,7 +251,7 @@ def rotate_photo(job: RotateJob, src: str, stem: str, model, maker, helper=None)
                 rel = view_file_name(f"{name}{views.variant.tag}", pose)
                 save_png(job.out / rel, img)
                 records.append(view_record(src, rel, fi, pose, options.method, model, rec.fit, options.size,
-                                           views.record, faces=n_faces))
+                                           {"detector": rec.face.detector, **views.record}, faces=n_faces))
                 if job.pose_from:
                     records[-1]["pose_from"] = job.pose_from
         if job.export_mesh:
@@ -272,7 +273,7 @@ def run_rotate_command(args, helper=None) -> int:
                             expressions=None if args.expression is None else tuple(args.expression),
                             shape_jitter=args.shape_jitter, jitter_samples=args.jitter_samples, seed=args.seed,
                             sfs=args.sfs, relight=args.relight, dense=args.dense, all_faces=args.all_faces,
-                            refiner=args.refiner, capg=args.capg)
+                            refiner=args.refiner, capg=args.capg, detector=args.detector)
     poses = [Pose(y, p, r) for p in args.pitch for y in args.yaw for r in args.roll]
     job = RotateJob(images=args.images, poses=poses, out=Path(args.out), options=options, model=args.model,
                     export_mesh=args.export_mesh, save_fit=args.save_fit, threads=args.threads, resume=args.resume,

@@ -40,7 +40,7 @@ from facesynth.options import check_pose_count
 OUTPUT_SETTINGS = ["input", "yaw", "pitch", "roll", "size", "background", "method", "render_version",
                    "refiner_sha256", "refiner_inference", "capg_sha256", "seed", "model", "dense",
                    "expression", "expression_version", "shape_jitter", "jitter_samples", "keep_original",
-                   "multi_face"]
+                   "multi_face", "detector"]
 RUN_SETTINGS = "augment.json"
 LOCK_FILE = ".augment.lock"
 
@@ -73,6 +73,7 @@ class AugmentOptions:
     jitter_samples: int = 1
     retry_failed: bool = False
     progress: bool = True
+    detector: str = "auto"                # face3d.landmarks.DETECTORS
 
     def poses(self) -> list[Pose]:
         """The pose grid, pitch-major as the file names sort."""
@@ -82,7 +83,8 @@ class AugmentOptions:
         return RenderOptions(method=self.method, size=self.size, background=self.background,
                              expressions=None if self.expressions is None else tuple(self.expressions),
                              shape_jitter=float(self.shape_jitter or 0.0), jitter_samples=int(self.jitter_samples or 1),
-                             seed=self.seed, dense=self.dense, refiner=self.refiner, capg=self.capg)
+                             seed=self.seed, dense=self.dense, refiner=self.refiner, capg=self.capg,
+                             detector=self.detector)
 
     def rows_per_source(self) -> int:
         """The ok rows of a finished source: views per variant and pose, and the original if kept."""
@@ -269,7 +271,7 @@ def render_source(item: SourceItem, cfg: WorkerConfig, base: dict, clock: _Clock
 def fit_largest_face(item: SourceItem, image: np.ndarray, model, cfg: WorkerConfig, notes: list[str],
                      clock: _Clock) -> Reconstruction:
     """Detect the faces (SourceFailure for none, or for several under --multi-face skip) and fit the largest."""
-    faces = detect_faces(image)
+    faces = detect_faces(image, detector=cfg.options.detector)
     clock.faces = len(faces)
     clock.lap("seconds_detect")
     if not faces:
@@ -359,7 +361,7 @@ def output_settings(opts: AugmentOptions, inp: Path, model, model_dir, maker: Vi
             "size": opts.size, "background": opts.background, "method": opts.method, "render_version": render_version(opts.method),
             "seed": opts.seed, "model": model.name,
             "model_dir": str(model_dir), "dense": opts.dense, "keep_original": opts.keep_original,
-            "multi_face": opts.multi_face, "format": 1,
+            "multi_face": opts.multi_face, "detector": opts.detector, "format": 1,
             "expression": [e.text for e in specs] if specs else None,
             "expression_version": expression_version(specs),
             "shape_jitter": float(opts.shape_jitter or 0.0), "jitter_samples": int(opts.jitter_samples or 1),
@@ -441,7 +443,7 @@ def run_augment_command(args) -> int:
                           ray_address=args.ray_address, limit=args.limit, seed=args.seed,
                           expressions=None if args.expression is None else tuple(args.expression),
                           shape_jitter=args.shape_jitter, jitter_samples=args.jitter_samples,
-                          retry_failed=args.retry_failed, progress=args.progress)
+                          retry_failed=args.retry_failed, progress=args.progress, detector=args.detector)
     result = augment(opts)
     print(result.summary_text())
     return 0 if result.failed_selected == 0 else 1

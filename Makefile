@@ -28,13 +28,14 @@ test: install
 # benchmarks/results/*.json (and compare's figures in docs/benchmarks.md). A script exits 1 when it misses one of its
 # targets (or fails to run); every script runs, then the target lists those that failed and exits 1.
 # Some targets are known to be missed (docs/benchmarks.md: bench_sfs's synthetic targets, two of bench_compare's,
-# bench_whole_photo's identity share and speed, bench_realism's two).
+# bench_whole_photo's identity share and speed, bench_realism's two, bench_labels' landmarks at +-45 deg and
+# its ArcFace residual, bench_expression_transfer's eye-aspect, identity-to-A and distance-to-B targets).
 # bench_refiner and bench_flip_average need the make-pairs cache in ~/.cache/facesynth/pairs128.
 BENCHES := bench_rasterizer bench_render bench_fit_synthetic bench_identity bench_serve bench_dense \
 	bench_real_photos bench_expressions "bench_expressions --method hybrid" bench_expression_sizes \
 	bench_blink_reference bench_sfs bench_smile_presets bench_flip_average bench_blink_lash \
 	bench_sfs_ambiguity bench_expression_split bench_recognition bench_sfs_diagnosis bench_refiner \
-	bench_compare bench_augment bench_whole_photo bench_realism bench_profiles
+	bench_compare bench_augment bench_labels bench_whole_photo bench_realism bench_expression_transfer bench_profiles
 
 bench: install
 	$(BIN)/pip install -q eos-py  # benchmark-only: the eos-py baseline of bench_real_photos

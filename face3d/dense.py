@@ -104,11 +104,22 @@ def ordered_gradient_sums():
     """
     before = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    set_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(before, warn_only=warn_only)
+        set_deterministic_algorithms(before, warn_only=warn_only)
+
+
+def set_deterministic_algorithms(mode: bool, warn_only: bool = False) -> None:
+    """`torch.use_deterministic_algorithms` without its first-call import of `torch._inductor`
+    (which also sets the compiler's flag; nothing here is compiled): that import alone took as long
+    as importing torch, a second or more of every fresh `rotate`. Falls back to the public call."""
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        setter(mode, warn_only=warn_only)
 
 
 def refine_dense(fit: FaceFit, image: np.ndarray, model: MorphableModel, cfg) -> FaceFit:

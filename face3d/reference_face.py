@@ -9,9 +9,11 @@ coefficients would carry only a quarter of B's smile, and A's plain identity wou
     ref = fit_reference(load_image("b.jpg"), model, source="b.jpg")
     spec = reference_expression(ref, model)          # an ExpressionSpec: render it like `smile`
     poses = reference_poses([Pose(0, 0, 0)], ref.pose, ("pitch", "roll"))   # B's pitch and roll
+    picked = reference_sample(len(refs), 3, seed=0, key="Al_Gore/Al_Gore_0001")   # 3 of many, per photo
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -25,6 +27,9 @@ from face3d.morphable_model import MorphableModel
 
 #: the head-pose angles a reference can give
 POSE_ANGLES = ("yaw", "pitch", "roll")
+#: the third word of `reference_sample`'s seed: its draws are apart from the shape draws of
+#: `face3d.expressions.shape_samples`, which take the same (seed, key) with 0, 1, ... there
+_SAMPLE_STREAM = zlib.crc32(b"reference_sample")
 
 
 @dataclass(frozen=True)
@@ -49,12 +54,20 @@ def fit_reference(image: np.ndarray, model: MorphableModel, source: str = "refer
     if not faces:
         raise NoFaceError(f"{source}: no face found in the reference photo")
     fit = fit_morphable_model(image, faces[0].landmarks, model, fit_config)
+    return reference_from_fit(fit, model, source, len(faces), faces[0].box)
+
+
+def reference_from_fit(fit, model: MorphableModel, source: str = "reference", faces_found: int = 1,
+                       face_box=None) -> ReferenceFace:
+    """The reference a fit made elsewhere gives (what `fit_reference` makes of its own fit, e.g. a
+    `Reconstruction.fit` of the same photo, settings and face): its re-split expression, its pose."""
     split = expression_split(fit, model)
     lo, hi = model.expression_range
     beta = np.clip(np.asarray(split.expression, np.float32).reshape(-1), lo, hi)
     p = fit.pose
     pose = Pose(*(float(np.clip(v, -90.0, 90.0)) for v in (p.yaw, p.pitch, p.roll)))
-    return ReferenceFace(str(source), beta, pose, len(faces), tuple(int(v) for v in faces[0].box))
+    box = None if face_box is None else tuple(int(v) for v in face_box)
+    return ReferenceFace(str(source), beta, pose, int(faces_found), box)
 
 
 def reference_expression(ref: ReferenceFace, model: MorphableModel) -> ExpressionSpec:
@@ -81,3 +94,12 @@ def reference_poses(poses: list[Pose], pose: Pose, angles=POSE_ANGLES) -> list[P
         if q not in out:
             out.append(q)
     return out
+
+
+def reference_sample(count: int, n: int, seed: int = 0, key: str = "") -> list[int]:
+    """`n` of the `count` references (indices, ascending, no repeats) for the photo `key`: the draw
+    depends only on (seed, key, count), not on the order or number of the other photos of a run."""
+    if not 0 <= n <= count:
+        raise FaceSynthError(f"cannot sample {n} of {count} references")
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(key.encode()), _SAMPLE_STREAM])
+    return sorted(int(i) for i in rng.choice(count, size=n, replace=False))

@@ -48,6 +48,7 @@ class RenderedViews:
     poses: list[Pose]
     landmarks: np.ndarray        # (B, 68, 2) projected model landmarks (jaw: fixed vertices), pixels
     extra_masks: np.ndarray | None = None   # (B, S, S) float: pixels that show the `extra` mesh, if any
+    depth: np.ndarray | None = None         # (B, S, S) float32 view depth (mm) of the surface seen, -1 where none
 
 
 def view_camera(size: int, eye_mouth_mm: float):
@@ -175,7 +176,7 @@ def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel
         if cut:
             layers.append(texture.alpha[..., None])
         tex = torch.from_numpy(np.concatenate(layers, axis=2).astype(np.float32)).permute(2, 0, 1)[None]
-        imgs, masks, confs, lms, extras = [], [], [], [], []
+        imgs, masks, confs, lms, extras, depths = [], [], [], [], [], []
         for s in range(0, len(poses), batch):
             chunk = poses[s : s + batch]
             screen = view_screen(verts, model, chunk, size, frame_vertices)
@@ -197,6 +198,7 @@ def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel
             masks.append(alpha)
             lm = torch.from_numpy(np.maximum(model.landmark_vertices, 0))
             lms.append(screen[:, lm, :2])
+            depths.append(frag.zbuf)
         rgb = torch.cat(imgs).clamp(0, 1).numpy()
         alpha = torch.cat(masks).numpy()
         conf = torch.cat(confs).numpy()
@@ -209,7 +211,7 @@ def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel
     images = np.clip(comp * 255.0 + 0.5, 0, 255).astype(np.uint8)
     extra_masks = torch.cat(extras).numpy() if extras else None
     return RenderedViews(images=images, masks=alpha, confidence=conf, poses=list(poses), landmarks=lms,
-                         extra_masks=extra_masks)
+                         extra_masks=extra_masks, depth=torch.cat(depths).numpy().astype(np.float32))
 
 
 def view_fit(fit, model: MorphableModel, pose: Pose, size: int, vertices: torch.Tensor | None = None):

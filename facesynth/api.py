@@ -24,15 +24,21 @@ from face3d.image_io import load_image
 from face3d.landmarks import DEFAULT_DETECTOR, DETECTORS
 from face3d.morphable_model import MorphableModel, load_morphable_model
 from face3d.photo_view import photo_view_backgrounds, see_through_texture
+from face3d.labels import ViewLabels, arcface_crop, view_labels
 from face3d.pipeline import Reconstruction, reconstruct_faces
+from face3d.render import view_fit
+from face3d.view_maps import MAP_NAMES, view_maps, warp_map
 from face3d.reference_face import ReferenceFace, fit_reference, reference_expression, reference_poses
 from face3d.variants import (SFSState, check_expressions, prepare_sfs, render_variant, sfs_record, variant_geometry,
                              variant_record, variants)
 from facesynth.methods import EDITS_3D, ViewMaker, check_method_edits, load_method
-from facesynth.options import BACKGROUNDS, DEFAULT_BACKGROUND, DEFAULT_METHOD, METHODS, RELIGHT_MODES, check_pose_count
+from facesynth.options import (ALIGNMENTS, BACKGROUNDS, DEFAULT_BACKGROUND, DEFAULT_METHOD, METHODS, RELIGHT_MODES,
+                               check_pose_count)
 
 #: the grey of the plain background, 0..1
 PLAIN_GREY = 0.5
+#: views aligned to ArcFace's 112x112 crop are rendered at least this large (the crop then takes them ~1:1)
+ARCFACE_RENDER_SIZE = 192
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,15 @@ class RenderOptions:
     detector: str = DEFAULT_DETECTOR          # "auto": HOG, then the CNN where HOG finds no face; "hog"; "cnn"
     refiner: str | None = None                # weights files; None: the environment, else the shipped ones
     capg: str | None = None
+    align: str = "crop"                       # "crop": the face-centred crop; "arcface": the 112x112 five-point crop
+    labels: bool = True                       # landmarks, visibility, five points, box, camera with every view
+    maps: tuple[str, ...] = ()                # per-view maps (face3d.view_maps.MAP_NAMES)
+
+    @property
+    def render_size(self) -> int:
+        """The size views are rendered at: `size`, and at least ARCFACE_RENDER_SIZE when they are
+        aligned to ArcFace's 112x112 crop afterwards (which then samples them at about 1:1)."""
+        return max(self.size, ARCFACE_RENDER_SIZE) if self.align == "arcface" else self.size
 
     def check(self, model: MorphableModel | None = None) -> None:
         """One-line errors for values no run could use, before any work."""
@@ -64,6 +79,10 @@ class RenderOptions:
             raise FaceSynthError(f"background must be plain or photo, got {self.background!r}")
         if self.detector not in DETECTORS:
             raise FaceSynthError(f"detector must be one of {', '.join(DETECTORS)}, got {self.detector!r}")
+        if set(self.maps) - set(MAP_NAMES):
+            raise FaceSynthError(f"maps must be among {', '.join(MAP_NAMES)}, got {', '.join(self.maps)}")
+        if self.align not in ALIGNMENTS:
+            raise FaceSynthError(f"align must be one of {', '.join(ALIGNMENTS)}, got {self.align!r}")
         if self.relight not in RELIGHT_MODES:
             raise FaceSynthError(f"relight must be one of {', '.join(RELIGHT_MODES)}, got {self.relight!r}")
         # the background is not an edit: the gan method paints the whole picture and ignores it
@@ -78,7 +97,8 @@ class RenderOptions:
 @dataclass
 class FaceViews:
     """The views of one face of a photo in one variant (expression, shape sample): `images[i]` is
-    the head at `poses[i]`; `record` holds the variant's and the weights' manifest fields."""
+    the head at `poses[i]`, `labels[i]` where its landmarks are in that image, `cameras[i]` the
+    camera that rendered it; `record` holds the variant's and the weights' manifest fields."""
 
     face: int
     reconstruction: Reconstruction
@@ -86,29 +106,85 @@ class FaceViews:
     poses: list[Pose]
     images: np.ndarray
     record: dict = field(default_factory=dict)
+    labels: list[ViewLabels] = field(default_factory=list)
+    cameras: list[dict] = field(default_factory=list)
+    maps: dict[str, np.ndarray] = field(default_factory=dict)     # name -> (B, S, S[, 3]), face3d.view_maps
+    coefficients: dict = field(default_factory=dict)              # `coefficient_record`, with the labels
+
+    def view_fields(self, i: int) -> dict:
+        """The manifest fields of view `i` beside `record`: its labels, the coefficients and its camera."""
+        return {**self.labels[i].record(), **self.coefficients, "camera": self.cameras[i]} if self.labels else {}
 
 
 def render_face(rec: Reconstruction, image: np.ndarray, model: MorphableModel, poses: list[Pose],
                 options: RenderOptions, maker: ViewMaker, face: int = 0, key: str = "",
                 sfs: SFSState | None = None) -> list[FaceViews]:
-    """Every variant of one reconstructed face at `poses`. `key` seeds what is drawn per face (shape
-    samples, random lights); `sfs` is a `prepare_sfs` result computed before (None: computed here)."""
+    """Every variant of one reconstructed face at `poses`, with its labels. `key` seeds what is drawn
+    per face (shape samples, random lights); `sfs` is a `prepare_sfs` result computed before (None:
+    computed here)."""
     if sfs is None:
         sfs = prepare_sfs(rec, image, model, options.sfs, options.relight, len(poses), options.seed, key)
     expressions = None if options.expressions is None else list(options.expressions)
     # over the turned photo the head shows only what the photo showed (face3d.photo_view)
     shown = replace(rec, texture=see_through_texture(rec.texture)) if over_photo(options) else rec
+    size = options.render_size
     out = []
     # one render per (expression, shape sample); the plain fit when neither is asked for
     for variant in variants(rec.fit, model, expressions, options.shape_jitter, options.jitter_samples,
                             options.seed, key):
         background = view_background(variant, rec, image, model, poses, options)
-        views = render_variant(variant, shown, model, poses, options.size, background, sfs)
-        images = maker.images(rec, image, model, views, poses, options.size, background)
+        views = render_variant(variant, shown, model, poses, size, background, sfs)
+        images = maker.images(rec, image, model, views, poses, size, background)
+        fit, verts, frame, _ = variant_geometry(variant, rec, model)
+        labels, cameras, maps = [], [], {}
+        if options.labels or options.align == "arcface":
+            labels = view_labels(verts, model, poses, size, frame)
+            cameras = [camera_record(fit, model, p, size, frame) for p in poses]
+        if options.maps:
+            maps = view_maps(verts, model, poses, size, frame, options.maps)
+        if options.align == "arcface":
+            images, labels, cameras, maps = align_arcface(images, labels, cameras, maps)
         record = {**variant_record(variant, model, options.shape_jitter, options.seed), **sfs_record(sfs),
                   **maker.record()}
-        out.append(FaceViews(face, rec, variant, list(poses), images, record))
+        keep = options.labels
+        out.append(FaceViews(face, rec, variant, list(poses), images, record, labels if keep else [],
+                             cameras if keep else [], maps, coefficient_record(variant, fit, model) if keep else {}))
     return out
+
+
+def camera_record(fit, model: MorphableModel, pose: Pose, size: int, frame_vertices) -> dict:
+    """The camera of one view as plain data: a model point X (mm) lands at R X + t in the camera
+    frame (x right, y up, z toward the viewer) and at pixel (cx + f x / d, cy - f y / d), d = -z."""
+    vf = view_fit(fit, model, pose, size, vertices=frame_vertices)
+    return {"focal": round(float(vf.focal), 4), "center": [float(c) for c in vf.center],
+            "rotation": np.round(vf.rotation, 6).tolist(), "translation": np.round(vf.translation, 4).tolist()}
+
+
+def coefficient_record(variant: Variant, fit, model: MorphableModel) -> dict:
+    """The model coefficients a variant renders with (`identity_coefficients`, all the model's
+    identity modes; `expression_coefficients`, in the order of `model.expression_names`)."""
+    identity = fit.identity if variant.shape is None else variant.shape.identity
+    full = np.zeros(model.num_identity, np.float64)
+    a = np.asarray(identity, np.float64).reshape(-1)[: model.num_identity]
+    full[: a.size] = a
+    return {"identity_coefficients": np.round(full, 5).tolist(),
+            "expression_coefficients": np.round(np.asarray(variant.coefficients, np.float64), 5).tolist()}
+
+
+def align_arcface(images: np.ndarray, labels: list[ViewLabels], cameras: list[dict], maps: dict):
+    """Each view (and its maps) as ArcFace's 112x112 crop on its five label points, with its labels
+    mapped into the crop and the map recorded with its camera (`crop_transform`: 2x3, view pixels ->
+    crop pixels)."""
+    crops, moved, cams = [], [], []
+    warped = {name: [] for name in maps}
+    for i, (img, lab, cam) in enumerate(zip(images, labels, cameras)):
+        crop, A = arcface_crop(img, lab.arcface_points)
+        crops.append(crop)
+        moved.append(lab.transformed(A, crop.shape[0]))
+        cams.append({**cam, "crop_transform": np.round(A, 6).tolist()})
+        for name, m in maps.items():
+            warped[name].append(warp_map(name, m[i], A, crop.shape[0]))
+    return np.stack(crops), moved, cams, {name: np.stack(v) for name, v in warped.items()}
 
 
 def over_photo(options: RenderOptions) -> bool:
@@ -125,7 +201,7 @@ def view_background(variant, rec: Reconstruction, image: np.ndarray, model: Morp
     if not over_photo(options):
         return PLAIN_GREY
     _, _, frame, _ = variant_geometry(variant, rec, model)
-    return photo_view_backgrounds(rec.fit, image, model, poses, options.size, frame_vertices=frame)
+    return photo_view_backgrounds(rec.fit, image, model, poses, options.render_size, frame_vertices=frame)
 
 
 def as_poses(poses=None, yaws=None) -> list[Pose]:

@@ -20,10 +20,10 @@ from typing import Callable
 
 from face3d.detection_helper import start_detection_helper
 from face3d.errors import FaceSynthError
-from facesynth.options import (METHODS, UsageError, add_background_argument, add_detector_argument,
-                               add_expression_arguments, add_fit_arguments, add_method_arguments, add_pose_arguments,
-                               add_reference_arguments, add_sfs_arguments, add_threads_argument, add_weights_arguments,
-                               check_pose_count, float_option, int_option, seed_option, size_option)
+from facesynth.options import (MAX_REFERENCES, METHODS, UsageError, add_background_argument, add_detector_argument,
+                               add_expression_arguments, add_fit_arguments, add_label_arguments, add_method_arguments,
+                               add_pose_arguments, add_reference_arguments, add_sfs_arguments, add_threads_argument,
+                               add_weights_arguments, check_pose_count, float_option, int_option, seed_option, size_option)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,6 +56,7 @@ def rotate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="photos, or folders of photos (not recursive)")
     add_pose_arguments(p, yaw_default=[-60.0, -30.0, 0.0, 30.0, 60.0])
     p.add_argument("--size", type=size_option, default=128, help="output crop size in pixels (default 128)")
+    add_label_arguments(p)
     add_method_arguments(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (PNG views + manifest.jsonl)")
     add_fit_arguments(p)
@@ -82,6 +83,7 @@ def augment_arguments(p: argparse.ArgumentParser) -> None:
     # a dataset is made of many photos: the renders alone are 2-3x faster per view than hybrid ones
     add_method_arguments(p, default="3d", why=": a dataset's many views are rendered 2-3x faster without the refiner")
     p.add_argument("--size", type=size_option, default=128, help="output crop size in pixels (default 128)")
+    add_label_arguments(p)
     add_background_argument(p)
     p.add_argument("--keep-original", action="store_true",
                    help="also write the original photo aligned like the views (<stem>_original.png)")
@@ -98,6 +100,15 @@ def augment_arguments(p: argparse.ArgumentParser) -> None:
                    help="process only the first K sources of INPUT (in sorted/list order)")
     p.add_argument("--seed", type=seed_option, default=0, help="random seed of the fit and the shape draws (default 0)")
     add_expression_arguments(p, seed=False)
+    g = p.add_argument_group("reference photos")
+    g.add_argument("--expression-from", default=None, metavar="DIR",
+                   help="a folder of reference photos (its image files, sorted; at most "
+                        f"{MAX_REFERENCES}): every photo is also rendered with the expression of the largest face in "
+                        "each reference (fitted once, before any output; file names carry _expr-from-<stem>); "
+                        "adds to an --expression list")
+    g.add_argument("--expression-sample", type=int_option("expression-sample", 1, MAX_REFERENCES), default=None,
+                   metavar="N", help="with --expression-from: N references per photo instead of all, a seeded "
+                                     "draw that depends only on --seed and the photo")
     p.add_argument("--retry-failed", action="store_true", help="on resume, redo sources that failed before")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 

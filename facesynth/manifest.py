@@ -80,5 +80,12 @@ def changed_setting(old: dict, new: dict, keys) -> str | None:
     None: what a run into a folder made with other flags is refused with (rotate --resume, augment)."""
     for k in keys:
         if old.get(k) != new.get(k):
-            return f"{k}: {old.get(k)!r}, now {new.get(k)!r}"
+            return f"{k}: {shown_setting(old.get(k))}, now {shown_setting(new.get(k))}"
     return None
+
+
+def shown_setting(value, width: int = 120) -> str:
+    """A stored setting as a refusal quotes it: its repr, cut to `width` characters (a list of
+    reference photos or their coefficients would fill the screen)."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."

@@ -17,6 +17,8 @@ METHODS = {"3d": "the 3D stage's renders alone",
            "gan": "the GAN-only baseline (CAPG-GAN: photo + target-pose landmarks, no 3D rendering)",
            "hybrid": "the 3D renders refined by the trained refiner"}
 DEFAULT_METHOD = "hybrid"
+#: --align: the face-centred crop of the renderer, or ArcFace / InsightFace's five-point 112x112 crop
+ALIGNMENTS = ("crop", "arcface")
 #: --relight: keep the photo's lighting, light from the viewer, or from a seeded random direction
 RELIGHT_MODES = ("keep", "frontal", "random")
 
@@ -29,6 +31,8 @@ class UsageError(FaceSynthError):
 MAX_ANGLES = 361
 #: Poses (yaw x pitch x roll) one rotate / augment / compare run may ask for at most.
 MAX_POSES = 1000
+#: Reference photos one `augment --expression-from DIR` may take at most, checked before any is read.
+MAX_REFERENCES = 1000
 #: Slack, in steps, that keeps a range's stop despite floating-point error (0:1:0.1 ends at 1).
 _RANGE_EPS = 1e-9
 #: The angle flags' help, after what each flag means.
@@ -274,6 +278,30 @@ def add_detector_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detector", choices=list(DETECTORS), default=DEFAULT_DETECTOR,
                    help="face detector: " + "; ".join(f"{k}: {v}" for k, v in DETECTORS.items())
                         + f" (default {DEFAULT_DETECTOR})")
+
+
+def maps_option(text: str) -> tuple[str, ...]:
+    # deferred: face3d.view_maps imports torch, which the parser must not load (module docstring)
+    from face3d.view_maps import parse_maps
+
+    try:
+        return parse_maps(text)
+    except FaceSynthError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_label_arguments(p: argparse.ArgumentParser) -> None:
+    """--align crop|arcface, --maps and --no-labels: how views are cropped and what comes with them."""
+    g = p.add_argument_group("labels and crops")
+    g.add_argument("--align", choices=list(ALIGNMENTS), default="crop",
+                   help="crop: the face-centred crop of --size px (default); arcface: ArcFace/InsightFace's 112x112 "
+                        "five-point similarity crop (rendered at max(--size, 192) px, then aligned); labels follow the crop")
+    g.add_argument("--maps", type=maps_option, default=(), metavar="NAME[,NAME...]",
+                   help="also write per-view maps: depth (16-bit PNG, 0.1 mm), normals (16-bit RGB PNG, camera frame), "
+                        "mask (8-bit PNG)")
+    g.add_argument("--no-labels", dest="labels", action="store_false", default=True,
+                   help="leave the labels (landmarks, visibility, five points, face box, coefficients, camera) out "
+                        "of the manifest")
 
 
 def add_threads_argument(p: argparse.ArgumentParser) -> None:

@@ -19,14 +19,16 @@ from face3d.camera import Pose
 from face3d.errors import FaceSynthError
 from face3d.expressions import expression_version
 from face3d.fitting import FitConfig
+from face3d.labels import LABEL_VERSION
 from face3d.image_io import (atomic_write_bytes, load_image, lock_output_folder, prepare_output_folder,
                              remove_stale_temp_files, save_png)
 from face3d.landmarks import load_landmark_models
 from face3d.mesh_export import export_mesh
 from face3d.morphable_model import load_morphable_model
 from face3d.pipeline import describe_largest_face, reconstruct_faces
-from face3d.reference_face import POSE_ANGLES, reference_poses
+from face3d.reference_face import POSE_ANGLES, ReferenceFace, reference_poses
 from face3d.render import render_version
+from face3d.view_maps import encode_map
 from facesynth.api import RenderOptions, load_reference, render_face, with_reference_expression
 from facesynth.manifest import Manifest, changed_setting, view_file_name, view_record
 from facesynth.methods import load_method
@@ -58,20 +60,23 @@ class RotateJob:
     given_angles: tuple[str, ...] = POSE_ANGLES
 
 
-def photo_list(paths: list[str]) -> list[str]:
-    """The photos of `paths`: files as given, folders as their image files (sorted, not recursive)."""
+def photo_list(paths: list[str], limit: int = MAX_PHOTOS, what: str = "photos in one run; split the run") -> list[str]:
+    """The photos of `paths`: files as given, folders as their image files (sorted, not recursive;
+    hidden files such as macOS's `._x.jpg` resource forks left out). More than `limit` is refused as
+    `more than <limit> <what>`, before any photo is read."""
     out: list[str] = []
     for p in paths:
         folder = Path(p)
         if folder.is_dir():
-            found = sorted(str(f) for f in folder.iterdir() if f.is_file() and f.suffix.lower() in PHOTO_SUFFIXES)
+            found = sorted(str(f) for f in folder.iterdir()
+                           if f.is_file() and f.suffix.lower() in PHOTO_SUFFIXES and not f.name.startswith("."))
             if not found:
                 raise FaceSynthError(f"{p}: a folder without photos ({', '.join(PHOTO_SUFFIXES)})")
             out += found
         else:
             out.append(str(p))
-        if len(out) > MAX_PHOTOS:
-            raise FaceSynthError(f"more than {MAX_PHOTOS} photos in one run; split the run")
+        if len(out) > limit:
+            raise FaceSynthError(f"more than {limit} {what}")
     return out
 
 
@@ -80,7 +85,8 @@ def run_settings(job: RotateJob, model, maker) -> dict:
     o = job.options
     specs = None if o.expressions is None else list(o.expressions)
     from_weights = {e.reference: dict(e.raw) for e in specs or [] if e.reference}
-    return {"expression_from": from_weights or None, "pose_from": job.pose_from,"method": o.method, "render_version": render_version(o.method), "size": o.size,
+    return {"method": o.method, "render_version": render_version(o.method), "size": o.size, "align": o.align,
+            "labels": o.labels, "maps": list(o.maps), "label_version": LABEL_VERSION, "expression_from": from_weights or None, "pose_from": job.pose_from,
             "poses": [list(p.as_tuple()) for p in job.poses], "model": model.name, **maker.settings(),
             "all_faces": o.all_faces, "background": o.background, "dense": o.dense,
             "export_mesh": job.export_mesh, "save_fit": job.save_fit,
@@ -165,20 +171,12 @@ def apply_references(job: RotateJob, model, helper=None) -> RotateJob:
     """The job with its reference photos fitted and applied: the reference's expression added to
     the options, the angles the user did not give taken from the pose reference. One photo given
     for both is fitted once; one with several faces lends its largest, said once on stderr."""
-    fitted: dict[str, object] = {}
+    fitted: dict[str, ReferenceFace] = {}
 
-    def reference(path: str, flag: str):
+    def reference(path: str, flag: str) -> ReferenceFace:
         if path not in fitted:
-            try:
-                ref = load_reference(path, model, job.options.dense, None if helper is None else helper.faces(path),
-                                     job.options.detector)
-            except FaceSynthError as exc:
-                raise FaceSynthError(f"{flag}: {exc}") from None
-            if ref.faces_found > 1:
-                left, top, right, bottom = ref.face_box
-                tqdm.write(f"facesynth: note: {path}: {ref.faces_found} faces found; {flag} takes the largest "
-                           f"({right - left}x{bottom - top} px at x={left}, y={top})", file=sys.stderr)
-            fitted[path] = ref
+            faces = None if helper is None else helper.faces(path)
+            fitted[path] = fit_reference_photo(path, model, job.options.dense, flag, faces, job.options.detector)
         return fitted[path]
 
     options, poses = job.options, job.poses
@@ -191,6 +189,25 @@ def apply_references(job: RotateJob, model, helper=None) -> RotateJob:
     if job.expression_from:
         options = with_reference_expression(options, reference(job.expression_from, "--expression-from"), model)
     return replace(job, options=options, poses=poses)
+
+
+def fit_reference_photo(path: str, model, dense: bool, flag: str, faces=None, detector: str = "auto") -> ReferenceFace:
+    """The reference photo `path` of `flag` fitted (`faces`: its detections when made elsewhere,
+    else found with `detector`);
+    any problem is one FaceSynthError line that starts with the flag and names the file. One with
+    several faces lends its largest, as a note on stderr says."""
+    try:
+        ref = load_reference(path, model, dense, faces, detector)
+    except FaceSynthError as exc:
+        raise FaceSynthError(f"{flag}: {exc}") from None
+    except Exception as exc:  # a fit that breaks down is still one line, not a traceback
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise FaceSynthError(f"{flag}: {path}: internal error: {type(exc).__name__}: {first}") from None
+    if ref.faces_found > 1:
+        left, top, right, bottom = ref.face_box
+        tqdm.write(f"facesynth: note: {path}: {ref.faces_found} faces found; {flag} takes the largest "
+                   f"({right - left}x{bottom - top} px at x={left}, y={top})", file=sys.stderr)
+    return ref
 
 
 def _rotate(job: RotateJob, photos: list[str], helper, model) -> int:
@@ -247,11 +264,16 @@ def rotate_photo(job: RotateJob, src: str, stem: str, model, maker, helper=None)
         name = f"{stem}_face{fi}" if options.all_faces else stem
         first = len(records)
         for views in render_face(rec, image, model, job.poses, options, maker, face=fi, key=name):
-            for pose, img in zip(views.poses, views.images):
+            for i, (pose, img) in enumerate(zip(views.poses, views.images)):
                 rel = view_file_name(f"{name}{views.variant.tag}", pose)
                 save_png(job.out / rel, img)
-                records.append(view_record(src, rel, fi, pose, options.method, model, rec.fit, options.size,
-                                           {"detector": rec.face.detector, **views.record}, faces=n_faces))
+                records.append(view_record(src, rel, fi, pose, options.method, model, rec.fit, img.shape[0],
+                                           {"detector": rec.face.detector, **views.record, **views.view_fields(i)}, faces=n_faces))
+                records[-1]["align"] = options.align
+                for map_name, maps in views.maps.items():
+                    map_rel = rel[: -len(".png")] + f"_{map_name}.png"
+                    atomic_write_bytes(job.out / map_rel, encode_map(map_name, maps[i]))
+                    records[-1][f"{map_name}_map"] = map_rel
                 if job.pose_from:
                     records[-1]["pose_from"] = job.pose_from
         if job.export_mesh:
@@ -273,7 +295,8 @@ def run_rotate_command(args, helper=None) -> int:
                             expressions=None if args.expression is None else tuple(args.expression),
                             shape_jitter=args.shape_jitter, jitter_samples=args.jitter_samples, seed=args.seed,
                             sfs=args.sfs, relight=args.relight, dense=args.dense, all_faces=args.all_faces,
-                            refiner=args.refiner, capg=args.capg, detector=args.detector)
+                            refiner=args.refiner, capg=args.capg, align=args.align,
+                            labels=args.labels, maps=tuple(args.maps), detector=args.detector)
     poses = [Pose(y, p, r) for p in args.pitch for y in args.yaw for r in args.roll]
     job = RotateJob(images=args.images, poses=poses, out=Path(args.out), options=options, model=args.model,
                     export_mesh=args.export_mesh, save_fit=args.save_fit, threads=args.threads, resume=args.resume,

@@ -209,9 +209,12 @@ def test_layout_manifest_limit_and_resume(reference, photo_input, tmp_path, caps
     assert len(rows) == len(PHOTOS) * 3
     assert list(read_manifest(reference)[0]) == ["source", "identity", "output", "kind", "yaw", "pitch", "roll",
                                                   "method", "fit_landmark_error", "status", "error", "reason",
-                                                  "note", "faces", "expression", "expression_split", "shape_jitter",
-                                                  "shape_jitter_norm", "seconds_load", "seconds_detect", "seconds_fit",
-                                                  "seconds_render", "seconds_total"]
+                                                  "note", "faces", "expression", "expression_from", "expression_split",
+                                                  "shape_jitter", "shape_jitter_norm", "align", "landmarks",
+                                                  "landmarks_visible", "arcface_points", "face_box",
+                                                  "identity_coefficients", "expression_coefficients", "camera",
+                                                  "depth_map", "normals_map", "mask_map", "seconds_load",
+                                                  "seconds_detect", "seconds_fit", "seconds_render", "seconds_total"]
     for r in rows:
         assert r["status"] == "ok" and r["error"] == "" and r["method"] == "3d"
         assert 0 < r["fit_landmark_error"] < 0.06

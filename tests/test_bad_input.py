@@ -162,6 +162,8 @@ CASES: dict[str, Case] = {
                           lambda d, data: _rotate(_photo(data), d / "o", "--expression-from",
                                                   data / "lfw" / "images" / "Adrien_Brody" / "Adrien_Brody_0002.jpg"),
                           0, "--expression-from takes the largest"),
+    "maps": Case("`--maps depth,albedo`", lambda d, data: ["rotate", _photo(data), "--maps", "depth,albedo", "--out",
+                                                        d / "o"], 2, "--maps"),
     "verify_noface": Case("`verify` with a photo without a face",
                           lambda d, data: ["verify", _photo(data), _no_face(d)], 1, "no face"),
     "augment_missing": Case("`augment` of a folder that does not exist",

@@ -302,6 +302,7 @@ def test_rotate_takes_a_folder_of_photos(tmp_path, capsys, data_dir):
     for p in sorted((data_dir / "faces" / "biden").glob("*.jpg")):
         (folder / p.name).symlink_to(p)
     (folder / "notes.txt").write_text("not a photo")
+    (folder / "._face_recognition_biden.jpg").write_bytes(b"\x00\x05\x16\x07")   # a macOS resource fork: hidden, skipped
     out = tmp_path / "out"
     code, stdout, err = run(capsys, "rotate", folder, "--yaw", "0", "--size", "64", "--no-dense", "--method", "3d",
                             "--out", out)

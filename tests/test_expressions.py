@@ -1,6 +1,7 @@
 """Expression presets, raw coefficients, shape jitter and the rotate flags (issue 8)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -408,6 +409,20 @@ def test_expression_split_neutralises_a_smile(ict_model):
         sm = [ict_model.expression_names.index(n) for n in ("mouthSmile_L", "mouthSmile_R")]
         assert split.expression[sm].mean() > fit.expression[sm].mean() + 0.1
     assert np.mean(wide_fit) > 0.02 and abs(np.mean(wide_split)) < 0.5 * np.mean(wide_fit), (wide_fit, wide_split)
+
+
+def test_reference_from_fit_is_what_fit_reference_makes(ict_model, obama_image, obama_reconstruction):
+    """A reference built from a reconstruction's fit (benchmarks fit each photo once) is the one
+    fit_reference fits from the same photo and settings: the same re-split expression and pose."""
+    from face3d.fitting import FitConfig
+    from face3d.reference_face import fit_reference, reference_from_fit
+
+    rec = obama_reconstruction
+    made = reference_from_fit(rec.fit, ict_model, "obama.jpg", rec.faces_found, rec.face.box)
+    fitted = fit_reference(obama_image, ict_model, "obama.jpg", FitConfig(dense=False))
+    np.testing.assert_array_equal(made.expression, fitted.expression)
+    assert made == dataclasses.replace(fitted, expression=made.expression)
+    assert made.expression.max() > 0.5          # the photo's broad smile, in the re-split expression
 
 
 def test_expression_split_leaves_models_without_mouth_blendshapes(sfm_model, obama_image):

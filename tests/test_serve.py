@@ -149,12 +149,41 @@ def test_api_views_errors_and_zip(server, obama_path, tmp_path):
     assert all(r["method"] == "hybrid" and len(r["refiner_sha256"]) == 64 for r in manifest)
 
 
+@pytest.mark.slow
+def test_api_reference_photo(server, data_dir, tmp_path):
+    """/render's reference inputs, appended after the older ones (calls without them work: above)."""
+    from gradio_client import Client, handle_file
+
+    client = Client(server, verbose=False, download_files=str(tmp_path / "downloads"))
+    main = data_dir / "faces" / "deepface_jack" / "deepface_img62.jpg"
+    smile = data_dir / "faces" / "biden" / "face_recognition_biden2.jpg"
+    grey = tmp_path / "grey.png"
+    Image.fromarray(np.full((200, 200, 3), 128, np.uint8)).save(grey)
+    gallery, mesh, status = client.predict(handle_file(str(main)), "3d", 0.0, 0.0, "0,30", "", "fitted", False,
+                                           handle_file(str(grey)), True, False, api_name="/render")
+    assert gallery == [] and mesh is None
+    assert status == "**Error:** reference photo grey.png: no face found", status
+
+    gallery, mesh, status = client.predict(handle_file(str(main)), "3d", 0.0, 0.0, "0,30", "", "fitted", False,
+                                           reference=handle_file(str(smile)), reference_pose=True, api_name="/render")
+    assert len(gallery) == 3 and mesh.endswith(".glb"), status
+    captions = [g["caption"] for g in gallery]
+    assert captions[0].startswith("reference pose: yaw "), captions
+    assert captions[1].startswith("yaw 0°, pitch ") and captions[2].startswith("yaw 30°, pitch "), captions
+    assert "reference **face_recognition_biden2.jpg**" in status and "expression and head pose from it" in status
+    _, zpath, status = client.predict(api_name="/score")
+    with zipfile.ZipFile(zpath) as z:
+        manifest = [json.loads(line) for line in z.read("manifest.jsonl").decode().splitlines()]
+    assert all(r["expression_from"] == r["pose_from"] == smile.name for r in manifest)
+    assert "identity distances" in status
+
+
 def _browser_args() -> list[str]:
     return ["--no-sandbox", "--disable-dev-shm-usage", "--enable-unsafe-swiftshader", "--use-angle=swiftshader"]
 
 
 @pytest.mark.slow
-def test_browser_upload_slider_gallery(server, tmp_path):
+def test_browser_upload_slider_gallery(server, data_dir, tmp_path):
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
         pytest.skip("no chromium executable (apt-get install chromium); Playwright cannot download its own browser here")
@@ -197,6 +226,17 @@ def test_browser_upload_slider_gallery(server, tmp_path):
             page.wait_for_timeout(1500)      # let the mesh viewer draw
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot), full_page=True)
+
+            # a reference photo: its expression by default, then its head pose too (one more view, first)
+            page.locator("#reference input[type=file]").set_input_files(
+                str(data_dir / "faces" / "biden" / "face_recognition_biden2.jpg"))
+            page.wait_for_function("document.querySelector('#status').innerText.includes('expression from it')",
+                                   timeout=60_000)
+            page.locator("#reference_pose input[type=checkbox]").check()
+            page.wait_for_function("document.querySelector('#status').innerText.includes('10 view(s)') && "
+                                   "document.querySelector('#status').innerText.includes('head pose from it')",
+                                   timeout=60_000)
+            assert "Error" not in status.inner_text()
         finally:
             browser.close()
     assert shot.stat().st_size > 10_000

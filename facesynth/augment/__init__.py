@@ -2,6 +2,7 @@
 
     facesynth augment INPUT OUTPUT --yaw -60,-30,0,30,60 [--pitch 0] [--size 128] [--method 3d|hybrid|gan]
                       [--workers N] [--backend local|ray] [--ray-address ADDR] [--limit K] [--seed S]
+                      [--expression SPEC[,SPEC...]] [--expression-from DIR [--expression-sample N]]
 
 INPUT is a folder in the identity layout (`INPUT/<identity>/<image>`, as LFW, CASIA-WebFace,
 VGGFace2 and torchvision's `ImageFolder`) or a `.csv` / `.jsonl` list of (path, identity). OUTPUT
@@ -29,6 +30,14 @@ category such as "no face" or "truncated image", `error` the one-line message).
 Several faces in one photo: by default the largest face is used (the usual choice of alignment
 pipelines for identity-labelled data) and the row's `note` says how many faces were found;
 `--multi-face skip` records such photos as failed ("several faces") instead.
+
+Expressions: `--expression` specs and the reference photos of `--expression-from DIR` add up to
+one list, rendered on every photo at every pose (`<stem>_expr-<label>_yaw..`; a reference's label is
+`from-<its stem>`, its path in the manifest's `expression_from`). Each reference is fitted once, in
+the driver, before OUTPUT is touched (a bad one fails the run with one line), and the workers get
+its coefficients; `--expression-sample N` takes N of them per photo, drawn from `--seed` and the
+photo alone. augment.json records the references' coefficients, so a re-run with another folder is
+refused. A source asks for at most 10,000 views and a run for 10^8, refused before any work.
 
 Grayscale, CMYK, palette and 16-bit photos are converted to RGB and processed; the conversion is
 recorded in `note`. Every worker runs torch with one thread: the same input, seed and flags give

@@ -1,7 +1,7 @@
 """One augment run: `augment(AugmentOptions) -> AugmentResult` checks the flags and OUTPUT, lists
-the sources, skips those a run before finished, and has the backend run `process_source` on the
-others; the driver alone writes OUTPUT (images, then their rows in the log, then the parquet).
-`run_augment_command` is `facesynth augment`.
+the sources, fits the reference photos of --expression-from, skips the sources a run before
+finished, and has the backend run `process_source` on the others; the driver alone writes OUTPUT
+(images, then their rows in the log, then the parquet). `run_augment_command` is `facesynth augment`.
 """
 from __future__ import annotations
 
@@ -21,28 +21,39 @@ from tqdm import tqdm
 from face3d.camera import Pose
 from face3d.alignment import aligned_original
 from face3d.errors import FaceSynthError
-from face3d.expressions import ExpressionSpec, expression_version
+from face3d.expressions import ExpressionSpec, expression_version, reference_label
 from face3d.fitting import FitConfig
 from face3d.image_io import atomic_write_bytes, lock_output_folder, prepare_output_folder, remove_stale_temp_files
+from face3d.labels import LABEL_VERSION
 from face3d.landmarks import detect_faces
 from face3d.morphable_model import load_morphable_model, resolve_model_dir
 from face3d.pipeline import Reconstruction, reconstruct_faces
+from face3d.reference_face import reference_expression, reference_sample
 from face3d.render import render_version, view_screen
+from face3d.view_maps import encode_map
 from facesynth.api import FaceViews, RenderOptions, render_face
 from facesynth.augment.backends import Backend, SourceResult, rss_kb, run_sources, worker_model
 from facesynth.augment.manifest import TIMING_COLUMNS, ManifestLog, ParquetSnapshots, failed_row, ordered_row
 from facesynth.augment.sources import SourceFailure, SourceItem, list_sources, load_source
 from facesynth.manifest import changed_setting, view_file_name
-from facesynth.methods import ViewMaker, load_method
-from facesynth.options import check_pose_count
+from facesynth.methods import ViewMaker, check_method_edits, load_method
+from facesynth.options import MAX_REFERENCES, UsageError, check_pose_count
+from facesynth.rotate_job import fit_reference_photo, photo_list
 
 #: Settings stored in OUTPUT/augment.json; a resumed run must match them.
-OUTPUT_SETTINGS = ["input", "yaw", "pitch", "roll", "size", "background", "method", "render_version",
+OUTPUT_SETTINGS = ["input", "yaw", "pitch", "roll", "size", "align", "labels", "maps", "label_version", "background",
+                   "method", "render_version",
                    "refiner_sha256", "refiner_inference", "capg_sha256", "seed", "model", "dense",
-                   "expression", "expression_version", "shape_jitter", "jitter_samples", "keep_original",
+                   "expression", "expression_from", "expression_from_photos", "expression_from_weights",
+                   "expression_sample", "expression_version", "shape_jitter", "jitter_samples", "keep_original",
                    "multi_face", "detector"]
 RUN_SETTINGS = "augment.json"
 LOCK_FILE = ".augment.lock"
+#: Views (expressions and references x shape samples x poses) one source may ask for at most: a
+#: worker holds all of a source's images at once. Checked, with the run's total, before any work.
+MAX_VIEWS_PER_SOURCE = 10_000
+#: Views one run may ask for at most (sources after --limit x views per source).
+MAX_VIEWS = 100_000_000
 
 
 @dataclass
@@ -69,11 +80,16 @@ class AugmentOptions:
     limit: int | None = None
     seed: int = 0
     expressions: tuple[ExpressionSpec, ...] | None = None   # None: the photo's own expression
+    expression_from: str | None = None    # folder of reference photos: their expressions add to `expressions`
+    expression_sample: int | None = None  # references per photo (a seeded draw); None: all of them
     shape_jitter: float = 0.0
     jitter_samples: int = 1
     retry_failed: bool = False
     progress: bool = True
     detector: str = "auto"                # face3d.landmarks.DETECTORS
+    align: str = "crop"
+    labels: bool = True
+    maps: tuple[str, ...] = ()
 
     def poses(self) -> list[Pose]:
         """The pose grid, pitch-major as the file names sort."""
@@ -84,13 +100,25 @@ class AugmentOptions:
                              expressions=None if self.expressions is None else tuple(self.expressions),
                              shape_jitter=float(self.shape_jitter or 0.0), jitter_samples=int(self.jitter_samples or 1),
                              seed=self.seed, dense=self.dense, refiner=self.refiner, capg=self.capg,
-                             detector=self.detector)
+                             align=self.align, labels=self.labels, maps=tuple(self.maps), detector=self.detector)
 
-    def rows_per_source(self) -> int:
+    def views_per_source(self, references: int = 0) -> tuple[int, str]:
+        """The views of one source with `references` reference photos, and their factors as text
+        ('(2 expression(s) + 3 reference(s)) x 2 shape sample(s) x 5 pose(s)')."""
+        taken = min(self.expression_sample, references) if self.expression_sample else references
+        n_expr = len(self.expressions or ())
+        terms = [f"{n_expr} expression(s)"] if n_expr else []
+        if taken:
+            terms.append(f"{taken} reference(s)" + (f" drawn of {references}" if taken < references else ""))
+        shapes = int(self.jitter_samples or 1) if (self.shape_jitter or 0) > 0 else 1
+        poses = len(self.yaw) * len(self.pitch) * len(self.roll)
+        factors = ([terms[0] if len(terms) == 1 else f"({' + '.join(terms)})"] if terms else []) + (
+            [f"{shapes} shape sample(s)"] if shapes > 1 else []) + [f"{poses} pose(s)"]
+        return max(n_expr + taken, 1) * shapes * poses, " x ".join(factors)
+
+    def rows_per_source(self, references: int = 0) -> int:
         """The ok rows of a finished source: views per variant and pose, and the original if kept."""
-        n_variants = (len(self.expressions) if self.expressions else 1) * (
-            int(self.jitter_samples or 1) if (self.shape_jitter or 0) > 0 else 1)
-        return n_variants * len(self.poses()) + (1 if self.keep_original else 0)
+        return self.views_per_source(references)[0] + (1 if self.keep_original else 0)
 
 
 @dataclass(frozen=True)
@@ -104,10 +132,23 @@ class WorkerConfig:
     options: RenderOptions
     keep_original: bool = False
     multi_face: str = "largest"
+    references: tuple[ExpressionSpec, ...] = ()   # the reference photos' expressions, fitted in the driver
+    expression_sample: int | None = None          # references per source; None: all
 
     @property
     def method(self) -> str:
         return self.options.method
+
+    def source_options(self, key: str) -> RenderOptions:
+        """The render options of the source `key`: --expression's specs, then the references it
+        takes (all, or its seeded draw of `expression_sample`: the same whatever the other sources)."""
+        refs = self.references
+        if not refs:
+            return self.options
+        if self.expression_sample:
+            refs = tuple(refs[i] for i in reference_sample(len(refs), min(self.expression_sample, len(refs)),
+                                                           self.options.seed, key))
+        return replace(self.options, expressions=tuple(self.options.expressions or ()) + refs)
 
 
 @dataclass
@@ -121,6 +162,7 @@ class AugmentResult:
     failed_sources: int = 0
     failed_selected: int = 0
     views: int = 0
+    plan: str = ""                    # the views of one source: 'N views per source (factors)'
     reasons: dict = field(default_factory=dict)
     notes: dict = field(default_factory=dict)
     rows: int = 0
@@ -171,6 +213,8 @@ class AugmentResult:
                  + (": " + _counts_text(self.reasons) if self.reasons else "")]
         lines.append(f"  this run: {self.processed} processed in {self.seconds:.1f} s ({self.rate:.2f} images/s), "
                      f"{self.skipped} already done")
+        if self.plan:
+            lines.append(f"  views: {self.plan}")
         if self.notes:
             lines.append("  notes: " + _counts_text(self.notes))
         lines.append(f"  manifest: {self.output / 'manifest.parquet'} ({self.rows} rows)")
@@ -257,13 +301,17 @@ def render_source(item: SourceItem, cfg: WorkerConfig, base: dict, clock: _Clock
         rows.append(dict(ok, output=rel, kind="original", yaw=round(sp.yaw, 3), pitch=round(sp.pitch, 3),
                          roll=round(sp.roll, 3)))
     maker = load_method(cfg.options.method, cfg.options.refiner, cfg.options.capg)  # weights cached per process
-    for views in render_face(rec, image, model, list(cfg.poses), cfg.options, maker, key=f"{item.identity}/{item.stem}"):
-        fields = variant_fields(views, cfg.options)
-        for pose, img in zip(views.poses, views.images):
+    key = f"{item.identity}/{item.stem}"
+    options = cfg.source_options(key)
+    for views in render_face(rec, image, model, list(cfg.poses), options, maker, key=key):
+        fields = variant_fields(views, options)
+        for i, (pose, img) in enumerate(zip(views.poses, views.images)):
             rel = view_file_name(f"{item.stem}{views.variant.tag}", pose)
             images[rel] = png_bytes(img)
             rows.append(dict(ok, output=rel, kind="view", yaw=float(pose.yaw), pitch=float(pose.pitch),
-                             roll=float(pose.roll), **fields))
+                             roll=float(pose.roll), align=options.align, **fields, **label_fields(views, i, rel)))
+            for name, maps in views.maps.items():
+                images[rows[-1][f"{name}_map"]] = encode_map(name, maps[i])
     clock.lap("seconds_render")
     return rows, images
 
@@ -291,9 +339,20 @@ def variant_fields(views: FaceViews, options: RenderOptions) -> dict:
     record = views.record
     asked = bool(options.expressions)
     return {"expression": record["expression"] if asked else None,
+            "expression_from": record.get("expression_from"),
             "expression_split": record["expression_split"] if asked else None,
             "shape_jitter": record["shape_jitter"] if views.variant.shape is not None else None,
             "shape_jitter_norm": record.get("shape_jitter_norm")}
+
+
+def label_fields(views: FaceViews, i: int, rel: str) -> dict:
+    """A view row's labels (`manifest.LABEL_COLUMNS`) and the file names of its maps (`rel`: the view's)."""
+    fields = views.view_fields(i)
+    if fields:
+        fields["camera"] = {"crop_transform": None, **fields["camera"]}
+    for name in views.maps:
+        fields[f"{name}_map"] = rel[: -len(".png")] + f"_{name}.png"
+    return fields
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -311,23 +370,83 @@ def augment(opts: AugmentOptions) -> AugmentResult:
     """Run (or resume) an augmentation job; returns counts, timing and per-worker memory."""
     check_pose_count(opts.yaw, opts.pitch, opts.roll)   # the parser checked it too; this is for direct callers
     inp, out = check_folders(opts)
+    photos = reference_photos(opts)           # listed and capped before any work
     sources = list_sources(inp)
+    check_view_count(opts, len(sources[: opts.limit] if opts.limit else sources), len(photos))
     model_dir = resolve_model_dir(opts.model)
     model = load_morphable_model(opts.model)  # fail early, in the driver, with a clear message
     options = opts.render_options()
     options.check(model)                      # gan with 3D edits, unknown blendshape names: before any work
+    check_method_edits(options.method, {"--expression-from": bool(photos)})
     maker = load_method(options.method, options.refiner, options.capg)  # missing weights fail here too
-    settings = output_settings(opts, inp, model, model_dir, maker)
+    references = fit_references(photos, model, opts)   # before OUTPUT is touched: a bad reference writes nothing
+    settings = output_settings(opts, inp, model, model_dir, maker, references)
     prepare_output_folder(out, "OUTPUT")      # created and writable, or one line naming it
     lock = lock_output_folder(out, LOCK_FILE, f"OUTPUT {out}: another augment run is writing there")
     try:
         check_settings(out, settings)
         remove_stale_temp_files(out)  # a killed run's temp files: the lock says no run writes them now
         cfg = WorkerConfig(os.path.abspath(model_dir), tuple(opts.poses()), worker_options(options, maker),
-                           opts.keep_original, opts.multi_face)
+                           opts.keep_original, opts.multi_face, references, opts.expression_sample)
         return run_job(opts, out, sources, cfg)
     finally:
         lock.release()
+
+
+def reference_photos(opts: AugmentOptions) -> list[str]:
+    """The reference photos of --expression-from (the folder's image files, sorted), at most
+    MAX_REFERENCES, each with its own file-name tag; [] without the flag."""
+    if opts.expression_from is None:
+        if opts.expression_sample:
+            raise UsageError("--expression-sample needs --expression-from")
+        return []
+    folder = Path(opts.expression_from)
+    if not folder.is_dir():
+        what = "no such folder" if not folder.exists() else "not a folder (give a folder of reference photos)"
+        raise FaceSynthError(f"--expression-from {folder}: {what}")
+    try:
+        photos = photo_list([str(folder)], MAX_REFERENCES, "reference photos; use a folder with fewer")
+    except FaceSynthError as exc:
+        raise FaceSynthError(f"--expression-from: {exc}") from None
+    tags: dict[str, str] = {}
+    for p in photos:
+        tag = reference_label(p)
+        if tag.lower() in tags:   # a.jpg and a.png, or names that differ only in case or odd characters
+            raise FaceSynthError(f"--expression-from: {Path(tags[tag.lower()]).name} and {Path(p).name} in {folder} "
+                                 f"give the same file-name tag from-{tag}; rename one")
+        tags[tag.lower()] = p
+    if opts.expression_sample and opts.expression_sample > len(photos):
+        raise FaceSynthError(f"--expression-sample {opts.expression_sample}: {folder} has only {len(photos)} "
+                             "reference photo(s)")
+    return photos
+
+
+def check_view_count(opts: AugmentOptions, sources: int, references: int) -> None:
+    """Refuse, before any work, a run whose sources would each get more than MAX_VIEWS_PER_SOURCE
+    views, or that would write more than MAX_VIEWS in all; the message names the factors."""
+    per_source, factors = opts.views_per_source(references)
+    if per_source > MAX_VIEWS_PER_SOURCE:
+        raise FaceSynthError(f"{factors} = {per_source} views per photo; at most {MAX_VIEWS_PER_SOURCE} "
+                             "(fewer poses or expressions, or --expression-sample N)")
+    if sources * per_source > MAX_VIEWS:
+        raise FaceSynthError(f"{sources} photo(s) x {factors} = {sources * per_source} views; at most {MAX_VIEWS} "
+                             "per run (--limit K, fewer poses or expressions, or --expression-sample N)")
+
+
+def fit_references(photos: list[str], model, opts: AugmentOptions) -> tuple[ExpressionSpec, ...]:
+    """Each reference photo fitted once, here in the driver, as an expression spec for the workers.
+    A bad one (unreadable, no face) is one line naming the flag and the file. Torch runs with one
+    thread, as in the workers: the same coefficients on any machine, so a resumed run compares them."""
+    if not photos:
+        return ()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        bar = tqdm(photos, desc="references", unit="photo", disable=not opts.progress or len(photos) < 2)
+        return tuple(reference_expression(fit_reference_photo(p, model, opts.dense, "--expression-from", detector=opts.detector), model)
+                     for p in bar)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def worker_options(options: RenderOptions, maker: ViewMaker) -> RenderOptions:
@@ -352,22 +471,36 @@ def check_folders(opts: AugmentOptions) -> tuple[Path, Path]:
     return inp, out
 
 
-def output_settings(opts: AugmentOptions, inp: Path, model, model_dir, maker: ViewMaker) -> dict:
-    """What OUTPUT/augment.json records; a resumed run must repeat its OUTPUT_SETTINGS."""
+def output_settings(opts: AugmentOptions, inp: Path, model, model_dir, maker: ViewMaker,
+                    references: tuple[ExpressionSpec, ...] = ()) -> dict:
+    """What OUTPUT/augment.json records; a resumed run must repeat its OUTPUT_SETTINGS. The
+    references are recorded by file name with the coefficients their fit gave."""
     specs = None if not opts.expressions else list(opts.expressions)
     weights = maker.settings()
     return {"input": os.path.abspath(inp), "yaw": [float(v) for v in opts.yaw],
             "pitch": [float(v) for v in opts.pitch], "roll": [float(v) for v in opts.roll],
-            "size": opts.size, "background": opts.background, "method": opts.method, "render_version": render_version(opts.method),
+            "size": opts.size, "align": opts.align, "labels": opts.labels, "maps": list(opts.maps),
+            "label_version": LABEL_VERSION, "background": opts.background, "method": opts.method, "render_version": render_version(opts.method),
             "seed": opts.seed, "model": model.name,
             "model_dir": str(model_dir), "dense": opts.dense, "keep_original": opts.keep_original,
             "multi_face": opts.multi_face, "detector": opts.detector, "format": 1,
-            "expression": [e.text for e in specs] if specs else None,
-            "expression_version": expression_version(specs),
+            "expression": [e.text for e in specs] if specs else None, **reference_settings(opts, references),
+            "expression_version": expression_version(list(specs or ()) + list(references)),
             "shape_jitter": float(opts.shape_jitter or 0.0), "jitter_samples": int(opts.jitter_samples or 1),
             "refiner": maker.weights.path if opts.method == "hybrid" else None,
             "refiner_sha256": weights["refiner_sha256"], "refiner_inference": weights["refiner_inference"],
             "capg_sha256": weights["capg_sha256"]}
+
+
+def reference_settings(opts: AugmentOptions, references: tuple[ExpressionSpec, ...]) -> dict:
+    """augment.json's record of --expression-from: the folder, its photos and their coefficients."""
+    if not references:
+        return {"expression_from": None, "expression_from_photos": None, "expression_from_weights": None,
+                "expression_sample": None}
+    return {"expression_from": os.path.abspath(opts.expression_from),
+            "expression_from_photos": [Path(r.reference).name for r in references],
+            "expression_from_weights": {Path(r.reference).name: dict(r.raw) for r in references},
+            "expression_sample": opts.expression_sample}
 
 
 def check_settings(out: Path, settings: dict) -> None:
@@ -411,13 +544,15 @@ def run_job(opts: AugmentOptions, out: Path, sources: list[SourceItem], cfg: Wor
     """Process the selected sources not yet done, with OUTPUT locked and its settings checked."""
     log = ManifestLog(out / "manifest.jsonl")
     selected = sources[: opts.limit] if opts.limit else sources
-    expected = opts.rows_per_source()
+    expected = opts.rows_per_source(len(cfg.references))
     todo = []
     for s in selected:
         status = log.status(s.source, expected)
         if not (status == "ok" or (status == "failed" and not opts.retry_failed)):
             todo.append(s)
-    result = AugmentResult(output=out, selected=len(selected), skipped=len(selected) - len(todo))
+    per_source, factors = opts.views_per_source(len(cfg.references))
+    result = AugmentResult(output=out, selected=len(selected), skipped=len(selected) - len(todo),
+                           plan=f"{per_source} per source ({factors})")
     snapshots = ParquetSnapshots(out / "manifest.parquet", log, {s.source: s.index for s in sources})
     bar = tqdm(total=len(todo), desc="augment", unit="img", disable=not opts.progress or not todo,
                dynamic_ncols=True, smoothing=0.1)
@@ -442,8 +577,10 @@ def run_augment_command(args) -> int:
                           model=args.model, workers=args.workers, backend=args.backend,
                           ray_address=args.ray_address, limit=args.limit, seed=args.seed,
                           expressions=None if args.expression is None else tuple(args.expression),
+                          expression_from=args.expression_from, expression_sample=args.expression_sample,
                           shape_jitter=args.shape_jitter, jitter_samples=args.jitter_samples,
-                          retry_failed=args.retry_failed, progress=args.progress, detector=args.detector)
+                          retry_failed=args.retry_failed, progress=args.progress, align=args.align,
+                          labels=args.labels, maps=tuple(args.maps), detector=args.detector)
     result = augment(opts)
     print(result.summary_text())
     return 0 if result.failed_selected == 0 else 1

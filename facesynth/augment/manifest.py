@@ -13,10 +13,20 @@ import pyarrow.parquet as pq
 from face3d.image_io import atomic_write_bytes
 from facesynth.manifest import Manifest
 
+#: The labels of a view row (None on failed and `original` rows): `face3d.labels.ViewLabels.record`,
+#: the model coefficients and the camera (`facesynth.api.camera_record`), the crop and the maps' files.
+LABEL_COLUMNS = ["align", "landmarks", "landmarks_visible", "arcface_points", "face_box", "identity_coefficients",
+                 "expression_coefficients", "camera", "depth_map", "normals_map", "mask_map"]
+_POINTS = pa.list_(pa.list_(pa.float64()))
+CAMERA_TYPE = pa.struct([("focal", pa.float64()), ("center", pa.list_(pa.float64())), ("rotation", _POINTS),
+                         ("translation", pa.list_(pa.float64())), ("crop_transform", _POINTS)])
 #: Columns of manifest.parquet, in order. `seconds_*` are timings (the only run-dependent columns).
+#: `expression` is the view's expression label (`from-<stem>` for a reference photo's), `expression_from`
+#: the reference photo it took (`--expression-from`; None otherwise).
 COLUMNS = ["source", "identity", "output", "kind", "yaw", "pitch", "roll", "method", "fit_landmark_error",
-           "status", "error", "reason", "note", "faces", "expression", "expression_split", "shape_jitter",
-           "shape_jitter_norm", "seconds_load", "seconds_detect", "seconds_fit", "seconds_render", "seconds_total"]
+           "status", "error", "reason", "note", "faces", "expression", "expression_from", "expression_split",
+           "shape_jitter", "shape_jitter_norm", *LABEL_COLUMNS, "seconds_load", "seconds_detect", "seconds_fit", "seconds_render",
+           "seconds_total"]
 TIMING_COLUMNS = [c for c in COLUMNS if c.startswith("seconds_")]
 #: the parquet types of COLUMNS
 SCHEMA = pa.schema([
@@ -24,7 +34,11 @@ SCHEMA = pa.schema([
     ("yaw", pa.float64()), ("pitch", pa.float64()), ("roll", pa.float64()), ("method", pa.string()),
     ("fit_landmark_error", pa.float64()), ("status", pa.string()), ("error", pa.string()),
     ("reason", pa.string()), ("note", pa.string()), ("faces", pa.int32()), ("expression", pa.string()),
-    ("expression_split", pa.bool_()), ("shape_jitter", pa.float64()), ("shape_jitter_norm", pa.float64()),
+    ("expression_from", pa.string()), ("expression_split", pa.bool_()), ("shape_jitter", pa.float64()),
+    ("shape_jitter_norm", pa.float64()), ("align", pa.string()), ("landmarks", _POINTS),
+    ("landmarks_visible", pa.list_(pa.bool_())), ("arcface_points", _POINTS), ("face_box", pa.list_(pa.float64())),
+    ("identity_coefficients", pa.list_(pa.float64())), ("expression_coefficients", pa.list_(pa.float64())),
+    ("camera", CAMERA_TYPE), ("depth_map", pa.string()), ("normals_map", pa.string()), ("mask_map", pa.string()),
 ] + [(c, pa.float64()) for c in TIMING_COLUMNS])
 #: manifest.parquet is rewritten during a run at most this often (and at most 1/20 of the time)
 PARQUET_MIN_INTERVAL_S = 60.0

@@ -103,9 +103,10 @@ class CompareOptions:
         return self.lfw if self.lfw is not None else default_lfw()
 
     def render_options(self, method: str) -> RenderOptions:
-        """How `method` renders a view: the photo's own expression and shape, over `background`."""
+        """How `method` renders a view: the photo's own expression and shape, over `background`
+        (no labels: compare scores the pictures, its files keep no landmarks)."""
         return RenderOptions(method=method, size=self.size, background=self.background, dense=self.dense,
-                             refiner=self.refiner, capg=self.capg)
+                             refiner=self.refiner, capg=self.capg, labels=False)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import gradio as gr
 
 from face3d.errors import FaceSynthError
 from face3d.expressions import presets_for
-from facesynth.serve.server import NO_FACE, FaceSynthServer, Job, one_line
+from facesynth.serve.server import NO_FACE, FaceSynthServer, Job, angle_text, one_line
 from ganrefine.hybrid import default_weights_path
 
 #: Preset rows of poses: (button label, yaw list, pitch list); an empty list means the slider's value.
@@ -58,11 +58,15 @@ class Controls:
     pitch_list: gr.Textbox
     presets: list            # (button, yaw list, pitch list) per POSE_PRESETS row
     go: gr.Button
+    reference: gr.File       # the optional reference photo ...
+    reference_expression: gr.Checkbox   # ... lends its expression
+    reference_pose: gr.Checkbox         # ... lends its head pose
 
     def render_inputs(self) -> list:
-        """The inputs of /render, in the order of `Callbacks.render`'s parameters."""
+        """The inputs of /render, in the order of `Callbacks.render`'s parameters (the reference's
+        last, so that API calls made before they existed still work)."""
         return [self.photo, self.method, self.yaw, self.pitch, self.yaw_list, self.pitch_list, self.expression,
-                self.sfs]
+                self.sfs, self.reference, self.reference_expression, self.reference_pose]
 
 
 @dataclass
@@ -82,15 +86,19 @@ class Callbacks:
     def __init__(self, server: FaceSynthServer):
         self.server = server
 
-    def render(self, photo, method, yaw, pitch, yaw_list, pitch_list, expression, sfs):
-        """Fit the photo (cached) and render the views; the gallery, the mesh and a status line."""
+    def render(self, photo, method, yaw, pitch, yaw_list, pitch_list, expression, sfs, reference=None,
+               reference_expression=True, reference_pose=False):
+        """Fit the photo (cached) and render the views; the gallery, the mesh and a status line.
+        `reference`: an optional second photo whose expression and / or head pose the views take."""
         if not photo:
             return [], None, READY, None
         try:
-            job = self.server.render(photo, method, yaw, pitch, yaw_list, pitch_list, expression, sfs)
+            job = self.server.render(photo, method, yaw, pitch, yaw_list, pitch_list, expression, sfs,
+                                     reference=reference or None, reference_expression=bool(reference_expression),
+                                     reference_pose=bool(reference_pose))
         except Exception as exc:      # a bad upload or a failure: one line on the page, the server goes on
             return [], None, self.fail(exc), None
-        gallery = [(str(job.folder / r["output"]), f"yaw {r['yaw']:g}°, pitch {r['pitch']:g}°") for r in job.records]
+        gallery = [(str(job.folder / r["output"]), view_caption(r, job.reference_pose)) for r in job.records]
         return gallery, str(self.server.mesh(job.entry)), job.status, job
 
     def score(self, job: Job | None):
@@ -116,6 +124,15 @@ class Callbacks:
         return f"**Error:** {msg}"
 
 
+def view_caption(record: dict, reference_pose=None) -> str:
+    """A view's caption: its angles (roll where not 0); 'reference pose' for the reference's own."""
+    roll = f", roll {angle_text(record['roll'])}°" if record.get("roll") else ""
+    text = f"yaw {angle_text(record['yaw'])}°, pitch {angle_text(record['pitch'])}°{roll}"
+    if reference_pose is not None and (record["yaw"], record["pitch"], record["roll"]) == reference_pose.as_tuple():
+        return f"reference pose: {text}"
+    return text
+
+
 def method_choices() -> tuple[list[str], str]:
     """The methods the page offers (hybrid only where its weights are found) and the radio's note."""
     if default_weights_path().is_file():
@@ -130,12 +147,15 @@ def control_column(model, example: Path | None) -> Controls:
         photo = gr.File(label="Photo", type="filepath", elem_id="photo", height=120)
         if example is not None and example.is_file():
             gr.Examples(examples=[[str(example)]], inputs=[photo], label="Example photo")
+        reference, reference_expression, reference_pose = reference_controls()
         method = gr.Radio(methods, value=methods[0], label="Method", info=method_info, elem_id="method")
         expression = gr.Dropdown(["fitted"] + list(presets_for(model)), value="fitted", label="Expression",
-                                 info="fitted: the photo's own; or a preset", elem_id="expression")
+                                 info="fitted: the photo's own; or a preset (a reference photo's replaces it "
+                                      "when 'use its expression' is ticked)", elem_id="expression")
         sfs = gr.Checkbox(False, label="Shape from Shading (refine the shape from the photo's shading)", elem_id="sfs")
         yaw = gr.Slider(-90, 90, value=0, step=5, label="Yaw (degrees)", elem_id="yaw")
-        pitch = gr.Slider(-45, 45, value=0, step=5, label="Pitch (degrees)", elem_id="pitch")
+        pitch = gr.Slider(-45, 45, value=0, step=5, label="Pitch (degrees)", elem_id="pitch",
+                          info="with a reference's head pose: its pitch instead")
         with gr.Row():
             yaw_list = gr.Textbox(DEFAULT_YAW_LIST, label="Yaw angles", elem_id="yaw_list",
                                   info="comma list or a:b:step; empty: the slider")
@@ -143,7 +163,22 @@ def control_column(model, example: Path | None) -> Controls:
         with gr.Row():
             presets = [(gr.Button(label, size="sm"), y, p) for label, y, p in POSE_PRESETS]
         go = gr.Button("Render", variant="primary", elem_id="render")
-    return Controls(photo, method, expression, sfs, yaw, pitch, yaw_list, pitch_list, presets, go)
+    return Controls(photo, method, expression, sfs, yaw, pitch, yaw_list, pitch_list, presets, go, reference,
+                    reference_expression, reference_pose)
+
+
+def reference_controls() -> tuple[gr.File, gr.Checkbox, gr.Checkbox]:
+    """The optional second upload and what it lends: its expression, its head pose."""
+    with gr.Group():
+        reference = gr.File(label="Reference photo (expression / pose), optional", type="filepath",
+                            elem_id="reference", height=120)
+        with gr.Row():
+            expression = gr.Checkbox(True, label="use its expression", elem_id="reference_expression",
+                                     info="the views take its expression instead of the Expression choice")
+            pose = gr.Checkbox(False, label="use its head pose", elem_id="reference_pose",
+                               info="its pitch and roll replace the pitch controls for every yaw, and one more "
+                                    "view (first) shows its whole pose")
+    return reference, expression, pose
 
 
 def result_column() -> Results:
@@ -164,15 +199,17 @@ def result_column() -> Results:
 
 
 def wire_events(controls: Controls, results: Results, job: gr.State, callbacks: Callbacks) -> None:
-    """A render, then its scoring, on the Render button and on a new photo, method, expression or
-    SFS choice (the API's /render and /score); a slider move or a preset row sets the pose lists first."""
+    """A render, then its scoring, on the Render button and on a new photo, reference photo, method,
+    expression, SFS or reference choice (the API's /render and /score); a slider move or a preset
+    row sets the pose lists first."""
     render_io = dict(fn=callbacks.render, inputs=controls.render_inputs(),
                      outputs=[results.gallery, results.mesh, results.status, job], concurrency_id="facesynth",
                      concurrency_limit=1, trigger_mode="always_last", show_progress="minimal")
     score_io = dict(fn=callbacks.score, inputs=[job], outputs=[results.table, results.download, results.status],
                     concurrency_id="facesynth", concurrency_limit=1, show_progress="hidden")
     c = controls
-    gr.on([c.go.click, c.photo.change, c.method.change, c.expression.change, c.sfs.change], api_name="render",
+    gr.on([c.go.click, c.photo.change, c.method.change, c.expression.change, c.sfs.change, c.reference.change,
+           c.reference_expression.change, c.reference_pose.change], api_name="render",
           **render_io).then(api_name="score", **score_io)
     pose_events = [(s.release, lambda: ("", "")) for s in (c.yaw, c.pitch)]   # a slider move: the one pose it shows
     pose_events += [(button.click, lambda y=y, p=p: (y, p)) for button, y, p in c.presets]

@@ -3,8 +3,14 @@ LRU cache keyed by the file's content hash and the fit settings), the views of o
 (rendered by `facesynth.api.render_face`, as `rotate` renders them), and their identity distances,
 manifest and zip.
 
+A second, optional photo is a reference (`face3d.reference_face`): fitted once too (its own small
+LRU cache, same upload checks), it lends the views its expression (instead of the expression
+field's) and/or its head pose: its pitch and roll replace the pitch field for every yaw asked for,
+and one more view, first, shows its whole pose (yaw, pitch and roll).
+
     server = FaceSynthServer(model, workdir, size=256)
     job = server.render("me.jpg", "hybrid", yaw=0, pitch=0, yaw_list="-30,0,30", expression="smile")
+    job = server.render("me.jpg", "3d", 0, 0, "-30,0,30", reference="them.jpg", reference_pose=True)
     distances, zip_path, seconds = server.score(job)
 """
 from __future__ import annotations
@@ -16,7 +22,7 @@ import threading
 import time
 import zipfile
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +36,9 @@ from face3d.image_io import load_image, save_png
 from face3d.landmarks import detect_largest_face
 from face3d.mesh_export import export_mesh
 from face3d.pipeline import Reconstruction, reconstruct_faces
+from face3d.reference_face import ReferenceFace, reference_poses
 from face3d.variants import SFSState, prepare_sfs
-from facesynth.api import FaceViews, RenderOptions, render_face
+from facesynth.api import FaceViews, RenderOptions, load_reference, render_face, with_reference_expression
 from facesynth.manifest import Manifest, view_file_name, view_record
 from facesynth.methods import load_method
 from facesynth.options import AngleCountError, check_pose_count, parse_angles, shown_text
@@ -41,6 +48,8 @@ from ganrefine.identity import SAME_PERSON_THRESHOLD, IdentityEncoder, image_ten
 MAX_UPLOAD_MB = 50
 #: Fits kept in memory (each holds the photo, the fit and its texture).
 FIT_CACHE_SIZE = 4
+#: Reference photos' fits kept in memory (each is an expression vector and a pose: small).
+REFERENCE_CACHE_SIZE = 8
 #: Views rendered in one request at most (and angles in one yaw or pitch list).
 MAX_VIEWS = 37
 #: Result folders kept on disk (older ones are removed; the temporary folder goes on exit).
@@ -68,6 +77,20 @@ class FitEntry:
 
 
 @dataclass
+class ReferenceEntry:
+    """One reference photo's fit (its expression and head pose), reused by every request that names it."""
+
+    key: str
+    name: str                    # the upload's file name, as the user knows it
+    face: ReferenceFace
+    seconds: float
+
+    def named(self) -> ReferenceFace:
+        """The fitted reference under the name it was last uploaded with (file names and records show it)."""
+        return self.face if self.face.source == self.name else replace(self.face, source=self.name)
+
+
+@dataclass
 class Job:
     """One rendered request: what /score needs to add identity distances and build the zip."""
 
@@ -76,6 +99,7 @@ class Job:
     images: list
     records: list
     status: str
+    reference_pose: Pose | None = None     # the reference's whole pose, when its pose was used (the first view)
 
 
 class FaceSynthServer:
@@ -92,6 +116,9 @@ class FaceSynthServer:
         self._results: deque[Path] = deque()
         self._counter = 0
         self.fits_computed = 0
+        self._references: OrderedDict[str, ReferenceEntry] = OrderedDict()
+        self.reference_cache_size = REFERENCE_CACHE_SIZE
+        self.references_computed = 0
 
     # -- the fit, once per photo ----------------------------------------------------------------
     def fit(self, path: str) -> tuple[FitEntry, bool]:
@@ -127,6 +154,37 @@ class FaceSynthServer:
                 _, old = self._fits.popitem(last=False)
                 shutil.rmtree(old.folder, ignore_errors=True)
 
+    def reference(self, path: str) -> tuple[ReferenceEntry, bool]:
+        """The (cached) fit of the reference photo at `path` (its largest face); True when it came
+        from the cache. Errors are one line that starts with 'reference photo <name>:'."""
+        p = Path(path)
+        name = p.name or "reference"
+        label = f"reference photo {name}"
+        digest = hashlib.sha256(read_upload(p, label)).hexdigest()
+        key = f"{digest}:dense={int(self.dense)}:model={self.model.name}"
+        with self._lock:
+            entry = self._references.get(key)
+            if entry is not None:
+                self._references.move_to_end(key)
+                entry.name = name
+                return entry, True
+        t0 = time.perf_counter()
+        try:
+            image = load_image(p)
+        except FaceSynthError as exc:
+            raise FaceSynthError(str(exc).replace(str(p), label)) from None
+        try:
+            face = load_reference(image, self.model, self.dense)
+        except NoFaceError:
+            raise FaceSynthError(f"{label}: no face found") from None
+        entry = ReferenceEntry(key, name, face, time.perf_counter() - t0)
+        with self._lock:
+            self.references_computed += 1
+            self._references[key] = entry
+            while len(self._references) > self.reference_cache_size:
+                self._references.popitem(last=False)
+        return entry, False
+
     def mesh(self, entry: FitEntry) -> Path:
         """The fitted textured mesh as GLB (written once per fit)."""
         with entry.lock:
@@ -148,17 +206,30 @@ class FaceSynthServer:
 
     # -- one request -----------------------------------------------------------------------------
     def render(self, photo: str, method: str, yaw: float, pitch: float, yaw_list: str = "", pitch_list: str = "",
-               expression: str = "fitted", sfs: bool = False) -> Job:
+               expression: str = "fitted", sfs: bool = False, reference: str | None = None,
+               reference_expression: bool = True, reference_pose: bool = False) -> Job:
         """Fit `photo` (cached) and write its views at the poses asked for (the lists, or the
-        sliders' `yaw` / `pitch` where a list is empty) into a new result folder."""
+        sliders' `yaw` / `pitch` where a list is empty) into a new result folder. With a `reference`
+        photo (fitted once, cached): `reference_expression` gives the views its expression instead of
+        `expression`'s; `reference_pose` replaces the pitch by its pitch and roll and adds, first,
+        one view at its whole pose."""
         if method not in SERVE_METHODS:
             raise FaceSynthError(f"unknown method {method!r} (3d or hybrid)")
-        poses = request_poses(yaw, pitch, yaw_list, pitch_list)
-        options = RenderOptions(method=method, size=self.size, expressions=expression_specs(expression),
-                                sfs=bool(sfs), dense=self.dense)
+        use = bool(reference) and (bool(reference_expression) or bool(reference_pose))
+        use_pose = use and bool(reference_pose)
+        # every list is checked (and refused) before any fit
+        poses = request_poses(yaw, pitch, yaw_list, "" if use_pose else pitch_list, extra_views=int(use_pose))
+        expressions = None if use and reference_expression else expression_specs(expression)
+        options = RenderOptions(method=method, size=self.size, expressions=expressions, sfs=bool(sfs), dense=self.dense)
         options.check(self.model)
         maker = load_method(method)
         entry, cached = self.fit(photo)
+        ref, ref_cached = self.reference(reference) if use else (None, False)
+        if ref is not None and reference_expression:
+            options = with_reference_expression(options, ref.named(), self.model)
+            options.check(self.model)
+        if use_pose:
+            poses = pose_from_reference(poses, ref.face.pose)
         stem = file_stem(entry.name)
         t0 = time.perf_counter()
         state = self.sfs_state(entry, options, len(poses)) if options.sfs else None
@@ -168,7 +239,16 @@ class FaceSynthServer:
         folder = self._new_result_folder()
         records = self._write_views(entry, views, options, folder)
         status = render_status(entry, cached, len(poses), seconds, options, state)
-        return Job(entry, folder, list(views.images), records, status)
+        if ref is not None:
+            status += reference_status(ref, ref_cached, bool(reference_expression), use_pose)
+            if use_pose:
+                for r in records:
+                    r["pose_from"] = ref.name
+        elif reference:
+            status += " · reference photo not used (neither its expression nor its head pose is ticked)"
+        elif reference_pose:
+            status += " · head pose from the reference: no reference photo uploaded"
+        return Job(entry, folder, list(views.images), records, status, ref.face.pose if use_pose else None)
 
     def _write_views(self, entry: FitEntry, views: FaceViews, options: RenderOptions, folder: Path) -> list[dict]:
         """Save the views as PNGs into `folder`; their manifest records (`rotate`'s, plus the mesh)."""
@@ -275,13 +355,18 @@ def expression_specs(text: str | None) -> tuple[ExpressionSpec, ...] | None:
     return None if text == "fitted" else (parse_expression(text),)
 
 
-def request_poses(yaw: float, pitch: float, yaw_list: str = "", pitch_list: str = "") -> list[Pose]:
+def request_poses(yaw: float, pitch: float, yaw_list: str = "", pitch_list: str = "",
+                  extra_views: int = 0) -> list[Pose]:
     """The poses of one request: the yaw x pitch grid of the lists, a slider's value where a list is
-    empty. At most MAX_VIEWS, refused before any pose is made."""
+    empty. At most MAX_VIEWS (with `extra_views` more to come: the reference's pose), refused before
+    any pose is made."""
     yaws = angle_list(yaw_list, "yaw") or [float(yaw)]
     pitches = angle_list(pitch_list, "pitch") or [float(pitch)]
     # each list has at most MAX_VIEWS angles; their product is checked before the poses are made
     check_pose_count(yaws, pitches, limit=MAX_VIEWS, names=("yaw", "pitch"), per="views per request")
+    if len(yaws) * len(pitches) + extra_views > MAX_VIEWS:
+        raise FaceSynthError(f"{len(yaws) * len(pitches)} poses and the reference's own: at most {MAX_VIEWS} "
+                             "views per request")
     poses = [Pose(y, p, 0.0) for p in pitches for y in yaws]
     for v in yaws + pitches:
         if not -90.0 <= v <= 90.0:
@@ -312,6 +397,33 @@ def render_status(entry: FitEntry, cached: bool, n_views: int, seconds: float, o
         sfs_note = f" · SFS not applied ({sfs.result.warning or 'no change'})"
     return (f"**{entry.name}**: {fit_note} · {n_views} view(s) rendered in {seconds:.2f} s "
             f"({options.method}, {options.size} px){sfs_note}")
+
+
+def pose_from_reference(poses: list[Pose], pose: Pose) -> list[Pose]:
+    """The reference's whole pose first, then `poses` with its pitch and roll (duplicates dropped)."""
+    out = [pose]
+    for p in reference_poses(poses, pose, ("pitch", "roll")):
+        if p not in out:
+            out.append(p)
+    return out
+
+
+def angle_text(value: float) -> str:
+    """An angle as the page shows it: degrees to 0.01 (2.6076 -> '2.61', 7.5 -> '7.5', -0.004 -> '0')."""
+    return f"{round(float(value), 2) + 0.0:g}"
+
+
+def reference_status(ref: ReferenceEntry, cached: bool, expression: bool, pose: bool) -> str:
+    """What a render's status line adds about its reference photo: its fit, what it lent, its faces."""
+    fit_note = "fit reused" if cached else f"fit {ref.seconds:.1f} s"
+    lent = [n for n, on in (("expression", expression), ("head pose", pose)) if on]
+    text = f" · reference **{ref.name}** ({fit_note}): {' and '.join(lent)} from it"
+    if pose:
+        p = ref.face.pose
+        text += f" (yaw {angle_text(p.yaw)}°, pitch {angle_text(p.pitch)}°, roll {angle_text(p.roll)}°)"
+    if ref.face.faces_found > 1:
+        text += f"; {ref.face.faces_found} faces in it, the largest used"
+    return text
 
 
 def one_line(exc: BaseException) -> str:

@@ -272,7 +272,8 @@ def run_part_a(args, model, ident: Identity, work: Path) -> tuple[dict, list[dic
         r = rows[-1]
         print(f"  (a) [{k + 1}/{len(items)}] {Path(r['path']).name}: hog {r['hog']} auto {r['auto']} "
               f"profile {r['profile_distance']:.3f} frontal {r['weighted_frontal_distance']:.3f} "
-              f"(unweighted {r['unweighted_frontal_distance']:.3f})", flush=True)
+              f"(unweighted {r['unweighted_frontal_distance']:.3f}) fitted yaw {r['weighted_fitted_yaw']} "
+              f"(unweighted {r['unweighted_fitted_yaw']}, refit {r['profile_refit']})", flush=True)
     bins = {}
     for name in ("60", "75", "90", "lfw", "plain_60", "plain_75", "plain_90"):
         sel = [r for r in rows if r["bin"] == name]

@@ -161,3 +161,50 @@ def select_contour_vertices_batch(model: MorphableModel, screen: np.ndarray, q: 
         _, pick = np.unique(face[sil][at_best], return_index=True)
         out[:, k] = c[sil[at_best[pick]] % c.size]
     return out
+
+
+# ------------------------------------------------------------------------------------------
+# Profiles: which landmarks lie on which half of the face
+
+
+def _ibug_sides() -> np.ndarray:
+    """Per iBUG landmark (0-based), the half of the face it lies on: -1 the subject's right (model
+    -x, the image's left in a frontal photo), +1 the subject's left, 0 the midline."""
+    side = np.zeros(68, dtype=np.int64)
+    side[[*range(0, 8), *range(17, 22), 31, 32, *range(36, 42), 48, 49, 50, 58, 59, 60, 61, 67]] = -1
+    side[[*range(9, 17), *range(22, 27), 34, 35, *range(42, 48), 52, 53, 54, 55, 56, 63, 64, 65]] = 1
+    return side
+
+
+#: `_ibug_sides()`: -1 / +1 the subject's right / left half, 0 the midline (chin, nose ridge, lip middles)
+IBUG_SIDE = _ibug_sides()
+
+
+def far_side_factor(yaw_deg: float, start_deg: float, full_deg: float, floor: float) -> float:
+    """The weight factor of the landmarks on the half of the face turned away at |yaw| = `yaw_deg`:
+    1 up to `start_deg`, falling linearly to `floor` at `full_deg` and beyond."""
+    a = abs(float(yaw_deg))
+    if a <= start_deg:
+        return 1.0
+    if a >= full_deg:
+        return float(floor)
+    return 1.0 + (a - start_deg) / (full_deg - start_deg) * (floor - 1.0)
+
+
+def hidden_side(yaw_deg: float) -> int:
+    """The half of the face (`IBUG_SIDE`'s sign) that a head at `yaw_deg` turns away from the
+    camera: yaw > 0 (nose toward the image's right) hides the subject's left half (+1)."""
+    return 1 if yaw_deg > 0 else -1
+
+
+def profile_landmark_weights(base: np.ndarray, yaw_deg: float, start_deg: float, full_deg: float,
+                             floor: float) -> np.ndarray:
+    """`base` (68,) landmark weights with the half turned away at `yaw_deg` scaled by
+    `far_side_factor`: on a profile dlib's points for the hidden jaw, brow, eye, nostril and mouth
+    half are guesses. Below `start_deg` the weights are `base` itself (the same array values)."""
+    f = far_side_factor(yaw_deg, start_deg, full_deg, floor)
+    if f == 1.0:
+        return base
+    w = np.array(base, dtype=np.float64, copy=True)
+    w[IBUG_SIDE == hidden_side(yaw_deg)] *= f
+    return w

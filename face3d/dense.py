@@ -176,6 +176,7 @@ class _DenseProblem:
     eye_distance: float              # d_eye (px)
     num_expressions: int             # E (0: expression not fitted)
     log_focal_prior: float           # log f of the landmark stage, the focal prior's centre
+    identity_prior: float            # w_id (raised on a profile, as in the landmark stage)
 
 
 def _dense_problem(fit: FaceFit, image: np.ndarray, model: MorphableModel, cfg) -> tuple[_DenseProblem, np.ndarray]:
@@ -189,6 +190,10 @@ def _dense_problem(fit: FaceFit, image: np.ndarray, model: MorphableModel, cfg) 
     w_l = torch.ones(68)
     w_l[JAW] = cfg.jaw_weight
     w_l[torch.from_numpy(lm < 0)] = 0
+    # a profile's hidden half is down-weighted as in the landmark stage, at its fitted yaw (face3d.fitting)
+    profile = cfg.profile_weights(w_l.numpy(), fit.pose.yaw)
+    if not np.array_equal(profile, w_l.numpy()):
+        w_l = torch.from_numpy(np.asarray(profile, dtype=np.float32))
     return _DenseProblem(
         model=model, target=torch.from_numpy(crop).float() / 255.0, size=S, scale=sc,
         crop_centre=torch.tensor([[(fit.center[0] - x0) * sc, (fit.center[1] - y0) * sc]], dtype=torch.float32),
@@ -200,6 +205,7 @@ def _dense_problem(fit: FaceFit, image: np.ndarray, model: MorphableModel, cfg) 
         landmark_targets=torch.tensor(fit.landmarks, dtype=torch.float32), landmark_weights=w_l,
         eye_distance=outer_eye_distance(fit.landmarks),
         num_expressions=fit.expression.shape[0] if cfg.fit_expression else 0, log_focal_prior=math.log(fit.focal),
+        identity_prior=cfg.identity_prior_at(fit.pose.yaw),
     ), crop
 
 
@@ -284,7 +290,7 @@ def _dense_loss(problem: _DenseProblem, var: _DenseVariables, cam_pts: torch.Ten
     full_scr = PerspectiveCamera(torch.exp(var.log_f)[None], problem.photo_centre).project(cam_pts[:, corr])[0, :, :2]
     w_l = problem.landmark_weights
     e_lmk = (w_l * ((full_scr - problem.landmark_targets) ** 2).sum(-1)).sum() / w_l.sum() / problem.eye_distance ** 2
-    prior = cfg.identity_prior * (var.alpha ** 2).sum() + cfg.focal_prior * (var.log_f - problem.log_focal_prior) ** 2
+    prior = problem.identity_prior * (var.alpha ** 2).sum() + cfg.focal_prior * (var.log_f - problem.log_focal_prior) ** 2
     if problem.num_expressions:
         prior = prior + cfg.expression_prior * (var.beta ** 2).sum()
     return e_photo, cfg.dense_weight * (e_photo + w_sym * e_sym + w_smooth * e_smooth) * 1e-2 + e_lmk + prior

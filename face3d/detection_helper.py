@@ -8,6 +8,14 @@ imported torch. The helper loads dlib's models, then reads each photo it is sent
 make, so the landmarks are identical. Meanwhile the main process imports torch and loads the
 morphable model and the refiner; later photos of a batch are detected while it fits earlier ones.
 
+Each photo goes with the detector to use (`detect_faces`' "auto", "hog" or "cnn"); with "auto"
+the helper also runs dlib's CNN detector on the photos where the HOG detector finds no face, so a
+profile photo is found here as it would be in-process. One exception: a helper forked from a
+process that had already run the CNN (dlib's thread pool is not copied by a fork, and the CNN would
+wait on it forever; `face3d.landmarks.cnn_has_run`) answers None for the photos that need the CNN,
+and the main process detects them itself. `facesynth rotate` forks its helper first thing, so its
+helper runs the CNN.
+
 The main process sends photos a few at a time (`DEPTH`), so neither side can block the other on a
 full pipe, and reads the results in the order it sent them. Where the helper cannot help (no fork
 on this platform, a photo it could not read, a helper that died) `DetectionHelper.faces` returns
@@ -36,7 +44,7 @@ _FAILED = object()
 
 
 def _serve(conn, parent_conn, parent_pid: int) -> None:
-    """The helper's loop: path in, (path, detections or None) out; None ends it. `parent_conn` is
+    """The helper's loop: (path, detector) in, (path, detections or None) out; None ends it. `parent_conn` is
     the main process's end of the pipe, which the fork copied here; `parent_pid` the main process."""
     die_with_parent(parent_pid)
     parent_conn.close()  # else this process holds a writer of its own input and never sees EOF
@@ -44,24 +52,38 @@ def _serve(conn, parent_conn, parent_pid: int) -> None:
     # deferred: these modules' numpy and PIL cost ~170 ms to import (measured), which the main
     # process would pay before it forks this helper; here they load while it imports torch
     from face3d.image_io import load_image
-    from face3d.landmarks import detect_faces, load_landmark_models
+    from face3d.landmarks import cnn_has_run, detect_faces, load_landmark_models
 
+    cnn_ok = not cnn_has_run()   # the parent's state, copied by the fork (module docstring)
     load_landmark_models()
     while True:
         try:
-            path = conn.recv()
+            item = conn.recv()
         except (EOFError, OSError):
             return
-        if path is None:
+        if item is None:
             return
+        path, detector = item
         try:
-            faces = detect_faces(load_image(path))
+            faces = _detect(load_image(path), detector, cnn_ok)
         except Exception:  # the main process meets the same error in-process and reports it
             faces = None
         try:
             conn.send((path, faces))
         except (BrokenPipeError, OSError):
             return
+
+
+def _detect(image, detector: str, cnn_ok: bool):
+    """`detect_faces(image, detector=detector)`, or None where that needs the CNN and `cnn_ok` is False."""
+    # deferred: as in _serve
+    from face3d.landmarks import detect_faces
+
+    if cnn_ok or detector == "hog":
+        return detect_faces(image, detector=detector)
+    if detector == "auto":
+        return detect_faces(image, detector="hog") or None
+    return None
 
 
 class DetectionHelper:
@@ -76,18 +98,22 @@ class DetectionHelper:
         child.close()
         self._todo: deque[str] = deque()   # submitted, not yet sent
         self._sent: deque[str] = deque()   # sent, result not yet read
+        self._detector: dict[str, str] = {}   # path -> the detector it was submitted with
         self._alive = True
 
-    def submit(self, paths) -> None:
-        """Queue photos for detection, in the order `faces` will ask for them."""
-        self._todo.extend(str(p) for p in paths)
+    def submit(self, paths, detector: str = "auto") -> None:
+        """Queue photos for detection with `detector` (`detect_faces`' choices), in the order
+        `faces` will ask for them."""
+        for p in paths:
+            self._todo.append(str(p))
+            self._detector[str(p)] = detector
         self._top_up()
 
     def _top_up(self) -> None:
         while self._alive and self._todo and len(self._sent) < DEPTH:
             path = self._todo.popleft()
             try:
-                self._conn.send(path)
+                self._conn.send((path, self._detector.get(path, "auto")))
             except (BrokenPipeError, OSError):
                 self.close()
                 return

@@ -16,6 +16,21 @@ occluding contour), as eos does with its contour correspondences.
 The optional dense stage (see `face3d.dense`) adds a photometric term over the visible face.
 The rigid start comes from PnP of the mean shape's landmarks.
 
+Profiles: beyond `FitConfig.profile_start_yaw` of yaw, dlib's points for the half of the face that
+is turned away (its jaw, brow, eye, nostril and mouth half) are guesses, placed on what the photo
+shows of the near half, and they are placed as on a face turned less than it is, which holds the
+fitted yaw back. A fit that ends beyond `profile_start_yaw` is therefore fitted again, twice: with
+the hidden half at its floor weight `far_side_weight` (the yaw read off the near half and the
+midline), then with the weights of that yaw (`face3d.contours.profile_landmark_weights`: times 1
+at `profile_start_yaw`, linearly down to `far_side_weight` at `profile_full_yaw`), while the
+identity prior rises in step (log-linearly from `identity_prior` to `profile_identity_prior`:
+with fewer points to pin it, the shape must not absorb the foreshortening). The dense stage uses
+the weights and prior of the landmark stage's yaw. The near half's jaw keeps its contour
+correspondences. A face whose first fit ends under `profile_start_yaw` is fitted exactly as without
+this (the same numbers, bit for bit). What it gains is small (see docs/benchmarks.md, "Profiles in"):
+beyond about 60 degrees dlib's 68-point predictor returns a template that is turned far less than
+the face, and no weighting of its points recovers the yaw.
+
 The result type `FaceFit` (`face3d.face_fit`) and the jaw matching (`face3d.contours`) live in
 modules of their own, which the dense stage uses too; both are importable from here as well.
 """
@@ -23,14 +38,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from face3d.batched_fitting import batch_levenberg_marquardt, stack_landmark_problems
 from face3d.camera import PerspectiveCamera, euler_to_matrix, matrix_to_euler, solve_pnp, transform
-from face3d.contours import JAW, contour_candidate_vertices, select_contour_vertices
+from face3d.contours import (JAW, contour_candidate_vertices, far_side_factor, hidden_side, profile_landmark_weights,
+                             select_contour_vertices)
 from face3d.dense import refine_dense
 from face3d.errors import FaceSynthError
 from face3d.face_fit import FaceFit
@@ -71,7 +87,35 @@ class FitConfig:
     dense_steps: int = 25
     dense_size: int = 96             # working resolution (px) of the dense term's face crop
     dense_weight: float = 1.0
+    profile_weighting: bool = True   # down-weight the hidden half's landmarks on turned faces (module doc)
+    profile_start_yaw: float = 30.0  # |yaw| (degrees) where the down-weighting starts
+    profile_full_yaw: float = 60.0   # |yaw| where it reaches far_side_weight
+    far_side_weight: float = 0.0     # weight factor of the hidden half's landmarks at profile_full_yaw and beyond
+    profile_identity_prior: float = 5e-4   # w_id at profile_full_yaw and beyond (module doc)
     seed: int = 0
+
+    def profile_weights(self, base: np.ndarray, yaw_deg: float) -> np.ndarray:
+        """`base` landmark weights with this config's profile down-weighting at `yaw_deg` (`base`
+        itself when it is off or the yaw is under `profile_start_yaw`)."""
+        if not self.profile_weighting:
+            return base
+        return profile_landmark_weights(base, yaw_deg, self.profile_start_yaw, self.profile_full_yaw,
+                                        self.far_side_weight)
+
+    def identity_prior_at(self, yaw_deg: float) -> float:
+        """w_id at `yaw_deg`: `identity_prior`, rising log-linearly to `profile_identity_prior` as the
+        hidden half's weight falls to `far_side_weight` (exactly `identity_prior` under the start)."""
+        f = self.far_side_factor(yaw_deg)
+        if f == 1.0:
+            return self.identity_prior
+        t = (1.0 - f) / max(1.0 - self.far_side_weight, 1e-9)
+        return float(self.identity_prior * (self.profile_identity_prior / self.identity_prior) ** t)
+
+    def far_side_factor(self, yaw_deg: float) -> float:
+        """The hidden half's weight factor at `yaw_deg` (1: no down-weighting)."""
+        if not self.profile_weighting:
+            return 1.0
+        return far_side_factor(yaw_deg, self.profile_start_yaw, self.profile_full_yaw, self.far_side_weight)
 
 
 # ------------------------------------------------------------------------------------------
@@ -103,13 +147,30 @@ def fit_morphable_model(image: np.ndarray | None, landmarks: np.ndarray, model: 
     problem = _landmark_problem(model, q, d_eye, center, f0, cfg)
     theta = _rigid_start(problem, q)
     theta, iterations = _levenberg_marquardt(problem, theta, q, cfg)
-    fit = _face_fit(problem, theta, (H, W), q)
+    fit = _landmark_stage_fit(problem, theta, q, cfg, iterations, (H, W))
     fit.residuals["landmark_stage_seconds"] = time.perf_counter() - t0
-    fit.residuals["landmark_iterations"] = iterations
     if cfg.dense and image is not None:
         fit = refine_dense(fit, image, model, cfg)
     fit.residuals.update(landmark_residuals(fit, model))
     fit.residuals["fit_seconds"] = time.perf_counter() - t0
+    return fit
+
+
+def _landmark_stage_fit(problem: _LandmarkProblem, theta: torch.Tensor, q: np.ndarray, cfg: FitConfig,
+                        iterations: int, image_size: tuple[int, int]) -> FaceFit:
+    """The landmark stage's fit from its Levenberg-Marquardt result `theta`: refitted with the
+    profile weighting when it ended beyond `profile_start_yaw` (`_profile_refit`), with what that
+    did in its residuals."""
+    first_yaw = theta[0]
+    theta, iterations = _profile_refit(problem, theta, q, cfg, iterations)
+    fit = _face_fit(problem, theta, image_size, q)
+    # whether the first fit ended beyond profile_start_yaw and was refitted (else: as without the weighting)
+    fit.residuals["profile_refit"] = cfg.far_side_factor(math.degrees(float(first_yaw))) < 1.0
+    factor = cfg.far_side_factor(fit.pose.yaw)
+    if factor < 1.0:
+        fit.residuals["profile_far_side_weight"] = factor
+        fit.residuals["profile_hidden_side"] = "left" if hidden_side(fit.pose.yaw) > 0 else "right"
+    fit.residuals["landmark_iterations"] = iterations
     return fit
 
 
@@ -151,8 +212,9 @@ def fit_morphable_models(images: list[np.ndarray | None] | None, landmarks: list
     stage = (time.perf_counter() - t0) / n
     fits = []
     for i, problem in enumerate(problems):
-        fit = _face_fit(problem, theta[i], sizes[i], qs[i])
-        fit.residuals.update(landmark_stage_seconds=stage, landmark_iterations=int(iterations[i]), batch_size=n)
+        # a face beyond profile_start_yaw takes its profile refit on its own, as in the one-face path
+        fit = _landmark_stage_fit(problem, theta[i], qs[i], cfg, int(iterations[i]), sizes[i])
+        fit.residuals.update(landmark_stage_seconds=stage, batch_size=n)
         if cfg.dense and images[i] is not None:
             torch.manual_seed(cfg.seed)            # as fit_morphable_model seeds each face
             fit = refine_dense(fit, images[i], model, cfg)
@@ -223,6 +285,8 @@ class _LandmarkProblem:
     valid: np.ndarray                # (68,) the landmarks the model has a vertex for
     targets: torch.Tensor            # (68, 2) landmarks (float32 values, in float64)
     point_scale: torch.Tensor        # (68,) sqrt(w_k / sum w) / d_eye
+    base_weights: np.ndarray         # (68,) w_k before any profile down-weighting
+    eye_distance: float              # d_eye (px)
     prior_diag: torch.Tensor         # (K + E,) sqrt(w_id), sqrt(w_ex)
     mean: torch.Tensor               # (V, 3) float64
     identity_basis: torch.Tensor     # (K, V, 3) float64
@@ -268,7 +332,8 @@ def _face_problem(shared: dict, q: np.ndarray, d_eye: float, center: tuple[float
     const = {k: v for k, v in shared.items() if k != "weights"}
     weights = shared["weights"]
     return _LandmarkProblem(**const, center=center, f0=f0, targets=torch.tensor(q, dtype=torch.float32).double(),
-                            point_scale=torch.sqrt(weights.double() / float(weights.sum())) / d_eye)
+                            point_scale=torch.sqrt(weights.double() / float(weights.sum())) / d_eye,
+                            base_weights=weights.double().numpy(), eye_distance=d_eye)
 
 
 def _rigid_start(problem: _LandmarkProblem, q: np.ndarray) -> torch.Tensor:
@@ -389,12 +454,13 @@ def _damped_step(problem: _LandmarkProblem, theta: torch.Tensor, corr: torch.Ten
 
 
 def _levenberg_marquardt(problem: _LandmarkProblem, theta: torch.Tensor, q: np.ndarray,
-                         cfg: FitConfig) -> tuple[torch.Tensor, int]:
+                         cfg: FitConfig, steps: int | None = None) -> tuple[torch.Tensor, int]:
     """Minimise ||r(theta)||^2 from `theta`, re-picking the jaw contour every `cfg.contour_every` steps;
-    returns theta and the number of steps taken. It stops early once a step no longer improves, but
-    not right after a re-pick (the new correspondences get their steps)."""
+    returns theta and the number of steps taken (at most `steps`, default `cfg.landmark_steps`). It
+    stops early once a step no longer improves, but not right after a re-pick (the new
+    correspondences get their steps)."""
     lam = 1e-3
-    for it in range(cfg.landmark_steps):
+    for it in range(steps or cfg.landmark_steps):
         if it % cfg.contour_every == 0:
             corr = _landmark_correspondences(problem, theta, q)
         theta, lam, cost, c_cost, improved = _damped_step(problem, theta, corr, lam)
@@ -402,6 +468,35 @@ def _levenberg_marquardt(problem: _LandmarkProblem, theta: torch.Tensor, q: np.n
         if converged and it >= cfg.contour_every and (it + 1) % cfg.contour_every != 0:
             break
     return theta, it + 1
+
+
+def _profile_refit(problem: _LandmarkProblem, theta: torch.Tensor, q: np.ndarray, cfg: FitConfig,
+                   iterations: int) -> tuple[torch.Tensor, int]:
+    """A fit that ended beyond `profile_start_yaw` refitted twice (module doc): first with the hidden
+    half at its floor weight, so that the yaw is read off the near half and the midline and not held
+    back by the guessed half (up to twice the steps: it may have far to turn), then with the weights
+    of the yaw that gives, held fixed. (Weights that follow the yaw step by step settle back at the
+    first fit's yaw: the guessed half pulls the yaw down, which raises its weight.) Under the start
+    yaw, `theta` as it is."""
+    yaw = math.degrees(float(theta[0]))
+    if cfg.far_side_factor(yaw) == 1.0:
+        return theta, iterations
+    floor = _profile_problem(problem, math.copysign(max(abs(yaw), cfg.profile_full_yaw), yaw), cfg)
+    theta, n1 = _levenberg_marquardt(floor, theta, q, cfg, steps=2 * cfg.landmark_steps)
+    theta, n2 = _levenberg_marquardt(_profile_problem(problem, math.degrees(float(theta[0])), cfg), theta, q, cfg)
+    return theta, iterations + n1 + n2
+
+
+def _profile_problem(problem: _LandmarkProblem, yaw: float, cfg: FitConfig) -> _LandmarkProblem:
+    """`problem` with the landmark weights and identity prior of `yaw` (degrees; `FitConfig.profile_weights`,
+    `FitConfig.identity_prior_at`); `problem` itself under `profile_start_yaw`."""
+    w = cfg.profile_weights(problem.base_weights, yaw)
+    if w is problem.base_weights:
+        return problem
+    w_t = torch.from_numpy(w)
+    prior = problem.prior_diag.clone()
+    prior[:problem.num_identity] = math.sqrt(cfg.identity_prior_at(yaw))
+    return replace(problem, point_scale=torch.sqrt(w_t / float(w_t.sum())) / problem.eye_distance, prior_diag=prior)
 
 
 def _face_fit(problem: _LandmarkProblem, theta: torch.Tensor, image_size: tuple[int, int], q: np.ndarray) -> FaceFit:

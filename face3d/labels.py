@@ -32,12 +32,15 @@ ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 7
                              [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
 ARCFACE_SIZE = 112
 #: How labels are made; runs record it, so a resumed run does not mix label conventions.
-LABEL_VERSION = 1
+LABEL_VERSION = 2
 #: A landmark is seen when no surface at its position lies more than this far (mm) in front of it;
 #: the jaw's outline points, where the surface grazes the view ray, get the wider margin.
 VISIBLE_DEPTH_MM = 3.0
 OUTLINE_DEPTH_MM = 12.0
 OUTLINE_NUDGE_MM = 4.0
+#: A hidden jaw point takes the outermost seen vertex of its strip within this distance (mm, mean
+#: shape) of the outermost vertex (`_visible_outline_points`): 4-11 mm at +-45 degrees of yaw.
+OUTLINE_SEARCH_MM = 20.0
 
 
 @dataclass
@@ -219,8 +222,40 @@ def view_labels(vertices: torch.Tensor, model: MorphableModel, poses: list[Pose]
         both = landmark_visibility(np.concatenate([pts, nudged]), screen[b], model.triangles, size,
                                    np.concatenate([margin, margin]))
         visible = both[:68] | (on_outline & both[68:])
+        _visible_outline_points(idx, visible, outward, screen[b], model, size, px_per_mm)
+        pts = screen[b, idx]
         out.append(ViewLabels(pts[:, :2], visible, arcface_points(pts[:, :2]), face_box(pts[:, :2], size)))
     return out
+
+
+def _visible_outline_points(idx: np.ndarray, visible: np.ndarray, outward: np.ndarray, screen: np.ndarray,
+                            model: MorphableModel, size: int, px_per_mm: float) -> None:
+    """Where a jaw point's outermost strip vertex is hidden (on a turned head the far side's lower
+    jaw strip reaches under the chin, whose outermost vertex the jaw itself hides), the outermost
+    strip vertex that is seen (by `view_labels`' test, nudge included) and lies within
+    OUTLINE_SEARCH_MM of the hidden one (mean shape) instead: `idx` and `visible` are updated in
+    place. A point with no such vertex stays as it is, hidden: beyond about 70 degrees of yaw the far
+    jaw is hidden behind the face, and what its strip shows lies near the chin's midline."""
+    redo = [k for k in JAW if not visible[k] and np.abs(outward[k]).sum() > 0 and jaw_strips(model)[k].size > 1]
+    if not redo:
+        return
+    strips = [jaw_strips(model)[k] for k in redo]
+    cand = np.concatenate(strips)
+    pts = screen[cand]
+    nudged = pts.copy()
+    nudged[:, :2] += OUTLINE_NUDGE_MM * px_per_mm * np.concatenate([np.repeat(outward[k][None], len(s), axis=0)
+                                                                    for k, s in zip(redo, strips)])
+    both = landmark_visibility(np.concatenate([pts, nudged]), screen, model.triangles, size, OUTLINE_DEPTH_MM)
+    seen = both[:len(cand)] | both[len(cand):]
+    start = 0
+    for k, strip in zip(redo, strips):
+        near = np.linalg.norm(model.mean[strip] - model.mean[idx[k]], axis=1) <= OUTLINE_SEARCH_MM
+        ok = seen[start:start + len(strip)] & near
+        if ok.any():
+            reach = screen[strip, :2] @ outward[k]
+            idx[k] = strip[ok][int(np.argmax(reach[ok]))]
+            visible[k] = True
+        start += len(strip)
 
 
 def arcface_transform(points: np.ndarray) -> np.ndarray:

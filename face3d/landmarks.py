@@ -1,5 +1,14 @@
 """Face detection and 68-point iBUG landmarks with dlib.
 
+Two detectors: dlib's HOG frontal face detector (fast, about 0.05 s of CPU on a 256-px view, 0.17 s
+on a 1-megapixel photo, but it gives out beyond about 60 degrees of yaw) and dlib's CNN face detector
+(`mmod_human_face_detector`, max-margin object detection), which finds faces turned to a profile
+but costs about 1.1-1.5 s of CPU per photo (one core) even at its reduced working size
+(`CNN_WORK_SIDE`; measured with docs/benchmarks.md's "Profiles in"). `detect_faces(image, detector=...)`:
+"hog" the HOG detector alone, "cnn" the CNN alone, "auto" the HOG detector first and the CNN only
+where it finds no face (what the commands do by default). A CNN box is mapped onto the box the HOG
+detector would give (`CNN_TO_HOG`) before the 68-point predictor, which was trained on HOG boxes.
+
 The model files come from the registry package `face_recognition_models`. That package imports
 `pkg_resources` (gone from recent setuptools), so its files are located with `importlib` and the
 package itself is never imported.
@@ -12,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from face3d.errors import FaceSynthError, NoFaceError
 
@@ -43,6 +53,24 @@ def _predictor():
     return dlib.shape_predictor(str(model_file("shape_predictor_68_face_landmarks.dat")))
 
 
+@functools.lru_cache(maxsize=None)
+def _cnn_detector():
+    import dlib  # deferred: as in _detector
+
+    return dlib.cnn_face_detection_model_v1(str(model_file("mmod_human_face_detector.dat")))
+
+
+#: CNN detections run in this process so far. The first starts dlib's thread pool, whose threads a
+#: fork does not copy: a process forked after it would wait forever on the copied pool (measured:
+#: rotate's detection helper hangs), so such a child must leave the CNN to its parent.
+_cnn_runs = [0]
+
+
+def cnn_has_run() -> bool:
+    """Whether this process (or, in a forked child, its parent before the fork) ran the CNN detector."""
+    return _cnn_runs[0] > 0
+
+
 def load_landmark_models() -> None:
     """Load dlib's detector and 68-point predictor now (about 1 s, once per process), so a batch's
     first photo does not pay for it."""
@@ -50,12 +78,30 @@ def load_landmark_models() -> None:
     _predictor()
 
 
+#: `detect_faces`' detectors: "auto" (HOG, then the CNN where HOG finds no face), "hog", "cnn"
+DETECTORS = ("auto", "hog", "cnn")
+#: what the commands use unless told otherwise (`--detector`)
+DEFAULT_DETECTOR = "auto"
+#: the CNN detector's working size: a photo is scaled so that its longer side is this many pixels
+#: (down, or up for a small photo) before the CNN sees it; its cost grows with the pixel count
+CNN_WORK_SIDE = 384
+#: a CNN box -> the HOG box of the same face: the centre moved by (dx, dy) CNN box sides, the side
+#: scaled by `scale`. Measured on 77 LFW photos (`benchmarks/_common.lfw_sample(1, 80)`, not the
+#: test photos) that both detectors find: median dx 0, dy 0.06, geometric-mean scale 1.10 (HOG's
+#: box sizes come in steps, 1.01 or 1.22 times the CNN's). The 68 points placed in the mapped box
+#: lie 1.14% of the eye distance from those of the HOG box (median; mean 1.44%), against 1.24%
+#: (mean 1.84%) in the CNN's own box.
+CNN_TO_HOG = (0.0, 0.06, 1.1)
+
+
 @dataclass(frozen=True)
 class DetectedFace:
-    """One detected face: its box (left, top, right, bottom) and 68 iBUG landmarks (68, 2) in pixels (x, y)."""
+    """One detected face: its box (left, top, right, bottom), 68 iBUG landmarks (68, 2) in pixels (x, y)
+    and the detector that found it ("hog" or "cnn")."""
 
     box: tuple[int, int, int, int]
     landmarks: np.ndarray
+    detector: str = "hog"
 
     @property
     def area(self) -> int:
@@ -63,27 +109,70 @@ class DetectedFace:
         return max(0, r - l) * max(0, b - t)
 
 
-def detect_faces(image: np.ndarray, upsample: int | None = None) -> list[DetectedFace]:
+def check_detector(detector: str) -> str:
+    if detector not in DETECTORS:
+        raise FaceSynthError(f"unknown face detector {detector!r} ({', '.join(DETECTORS)})")
+    return detector
+
+
+def detect_faces(image: np.ndarray, upsample: int | None = None, detector: str = "hog") -> list[DetectedFace]:
     """All faces in a uint8 RGB image, largest first, each with 68 landmarks.
 
-    Small images are upsampled once by the detector (dlib's HOG detector misses faces under
-    ~80 px otherwise).
+    `detector`: "hog" (default here; the commands default to `DEFAULT_DETECTOR`), "cnn", or "auto":
+    the HOG detector, then the CNN detector when HOG finds no face (module docstring). Small images
+    are upsampled once by the HOG detector (it misses faces under ~80 px otherwise); the CNN works
+    on the photo scaled to `CNN_WORK_SIDE` (`upsample` is the HOG detector's alone).
     """
 
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise FaceSynthError("detect_faces expects a uint8 RGB image (H, W, 3)")
+    check_detector(detector)
+    boxes: list[tuple[int, int, int, int]] = []
+    found_by = "hog"
+    if detector in ("hog", "auto"):
+        boxes = hog_boxes(image, upsample)
+    if detector == "cnn" or (detector == "auto" and not boxes):
+        boxes, found_by = [cnn_to_hog_box(b) for b in cnn_boxes(image)], "cnn"
+    faces = [DetectedFace(b, landmarks_for_box(image, b), found_by) for b in boxes]
+    faces.sort(key=lambda f: -f.area)
+    return faces
+
+
+def hog_boxes(image: np.ndarray, upsample: int | None = None) -> list[tuple[int, int, int, int]]:
+    """The HOG detector's face boxes (left, top, right, bottom); upsampled once below 800 px."""
     if upsample is None:
         upsample = 1 if max(image.shape[:2]) < 800 else 0
     rects = _detector()(image, upsample)
     if len(rects) == 0 and upsample == 0:
         rects = _detector()(image, 1)
-    faces = []
-    for r in rects:
-        shape = _predictor()(image, r)
-        pts = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
-        faces.append(DetectedFace((r.left(), r.top(), r.right(), r.bottom()), pts))
-    faces.sort(key=lambda f: -f.area)
-    return faces
+    return [(r.left(), r.top(), r.right(), r.bottom()) for r in rects]
+
+
+def cnn_boxes(image: np.ndarray, work_side: int = CNN_WORK_SIDE) -> list[tuple[int, int, int, int]]:
+    """The CNN detector's face boxes (left, top, right, bottom) in `image`'s pixels, the photo seen
+    at `work_side` px on its longer side (faces under about 40 px there are missed)."""
+    scale = work_side / max(image.shape[:2])
+    work = image
+    if abs(scale - 1.0) > 1e-3:
+        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+        work = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR))
+    out = []
+    _cnn_runs[0] += 1
+    for d in _cnn_detector()(np.ascontiguousarray(work), 0):
+        r = d.rect
+        out.append(tuple(int(round(v / scale)) for v in (r.left(), r.top(), r.right(), r.bottom())))
+    return out
+
+
+def cnn_to_hog_box(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """A CNN box moved and scaled like the HOG detector's box of the same face (`CNN_TO_HOG`): the
+    68-point predictor was trained on HOG boxes and places the points worse on others."""
+    l, t, r, b = box
+    side = 0.5 * ((r - l) + (b - t))
+    dx, dy, scale = CNN_TO_HOG
+    cx, cy = 0.5 * (l + r) + dx * side, 0.5 * (t + b) + dy * side
+    half = 0.5 * side * scale
+    return (int(round(cx - half)), int(round(cy - half)), int(round(cx + half)), int(round(cy + half)))
 
 
 def landmarks_for_box(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -95,8 +184,8 @@ def landmarks_for_box(image: np.ndarray, box: tuple[int, int, int, int]) -> np.n
     return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
 
 
-def detect_largest_face(image: np.ndarray, source: str = "image") -> DetectedFace:
-    faces = detect_faces(image)
+def detect_largest_face(image: np.ndarray, source: str = "image", detector: str = "hog") -> DetectedFace:
+    faces = detect_faces(image, detector=detector)
     if not faces:
         raise NoFaceError(f"{source}: no face found")
     return faces[0]

@@ -13,7 +13,7 @@ import numpy as np
 
 from face3d.errors import NoFaceError
 from face3d.fitting import FaceFit, FitConfig, fit_morphable_model
-from face3d.landmarks import DetectedFace, detect_faces
+from face3d.landmarks import DEFAULT_DETECTOR, DetectedFace, detect_faces
 from face3d.morphable_model import MorphableModel
 from face3d.texture import Texture, TextureConfig, extract_texture
 
@@ -39,14 +39,16 @@ def describe_largest_face(source: str, n_faces: int, face: DetectedFace) -> str:
 
 def reconstruct_faces(image: np.ndarray, model: MorphableModel, all_faces: bool = False,
                       fit_config: FitConfig | None = None, texture_config: TextureConfig | None = None,
-                      source: str = "image", faces: list[DetectedFace] | None = None) -> list[Reconstruction]:
+                      source: str = "image", faces: list[DetectedFace] | None = None,
+                      detector: str = DEFAULT_DETECTOR) -> list[Reconstruction]:
     """Detect faces (largest only unless `all_faces`), fit the model to each and extract its texture.
     Each Reconstruction's `faces_found` is the number of faces detected in the photo.
 
     `faces`: the photo's detections (`detect_faces`, largest first) when they were made elsewhere,
-    e.g. by `face3d.detection_helper`; None detects them here."""
+    e.g. by `face3d.detection_helper`; None detects them here with `detector` ("auto": dlib's HOG
+    detector, then its CNN detector when HOG finds no face, e.g. on a profile; "hog"; "cnn")."""
     if faces is None:
-        faces = detect_faces(image)
+        faces = detect_faces(image, detector=detector)
     if not faces:
         raise NoFaceError(f"{source}: no face found")
     found = len(faces)

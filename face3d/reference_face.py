@@ -22,7 +22,7 @@ from face3d.camera import Pose
 from face3d.errors import FaceSynthError, NoFaceError
 from face3d.expressions import ExpressionSpec, expression_split
 from face3d.fitting import FitConfig, fit_morphable_model
-from face3d.landmarks import DetectedFace, detect_faces
+from face3d.landmarks import DEFAULT_DETECTOR, DetectedFace, detect_faces
 from face3d.morphable_model import MorphableModel
 
 #: the head-pose angles a reference can give
@@ -45,11 +45,12 @@ class ReferenceFace:
 
 
 def fit_reference(image: np.ndarray, model: MorphableModel, source: str = "reference",
-                  fit_config: FitConfig | None = None, faces: list[DetectedFace] | None = None) -> ReferenceFace:
+                  fit_config: FitConfig | None = None, faces: list[DetectedFace] | None = None,
+                  detector: str = DEFAULT_DETECTOR) -> ReferenceFace:
     """The largest face of `image` fitted as a reference (`faces`: its detections when made
-    elsewhere). Raises NoFaceError naming `source` when it shows no face."""
+    elsewhere, else found with `detector`). Raises NoFaceError naming `source` when it shows no face."""
     if faces is None:
-        faces = detect_faces(image)
+        faces = detect_faces(image, detector=detector)
     if not faces:
         raise NoFaceError(f"{source}: no face found in the reference photo")
     fit = fit_morphable_model(image, faces[0].landmarks, model, fit_config)

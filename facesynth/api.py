@@ -21,6 +21,7 @@ from face3d.errors import FaceSynthError
 from face3d.expressions import ExpressionSpec, Variant, parse_expression_list
 from face3d.fitting import FitConfig
 from face3d.image_io import load_image
+from face3d.landmarks import DEFAULT_DETECTOR, DETECTORS
 from face3d.morphable_model import MorphableModel, load_morphable_model
 from face3d.photo_view import photo_view_backgrounds, see_through_texture
 from face3d.labels import ViewLabels, arcface_crop, view_labels
@@ -55,6 +56,7 @@ class RenderOptions:
     relight: str = "keep"
     dense: bool = True
     all_faces: bool = False
+    detector: str = DEFAULT_DETECTOR          # "auto": HOG, then the CNN where HOG finds no face; "hog"; "cnn"
     refiner: str | None = None                # weights files; None: the environment, else the shipped ones
     capg: str | None = None
     align: str = "crop"                       # "crop": the face-centred crop; "arcface": the 112x112 five-point crop
@@ -75,6 +77,8 @@ class RenderOptions:
             raise FaceSynthError(f"size must be between 32 and 1024, got {self.size}")
         if self.background not in BACKGROUNDS:
             raise FaceSynthError(f"background must be plain or photo, got {self.background!r}")
+        if self.detector not in DETECTORS:
+            raise FaceSynthError(f"detector must be one of {', '.join(DETECTORS)}, got {self.detector!r}")
         if set(self.maps) - set(MAP_NAMES):
             raise FaceSynthError(f"maps must be among {', '.join(MAP_NAMES)}, got {', '.join(self.maps)}")
         if self.align not in ALIGNMENTS:
@@ -213,17 +217,19 @@ def as_poses(poses=None, yaws=None) -> list[Pose]:
     return out
 
 
-def load_reference(reference, model: MorphableModel, dense: bool = True, faces=None) -> ReferenceFace:
+def load_reference(reference, model: MorphableModel, dense: bool = True, faces=None,
+                   detector: str = DEFAULT_DETECTOR) -> ReferenceFace:
     """A reference photo fitted for its expression and head pose: a path, an (H, W, 3) uint8 RGB
     array, or a `ReferenceFace` fitted before (returned as is). `faces`: its detections when made
-    elsewhere. Raises FaceSynthError (one line) for an unreadable photo or no face."""
+    elsewhere, else found with `detector`. Raises FaceSynthError (one line) for an unreadable photo
+    or no face."""
     if isinstance(reference, ReferenceFace):
         return reference
     source = "reference"
     if not isinstance(reference, np.ndarray):
         source = str(reference)
         reference = load_image(reference)
-    return fit_reference(reference, model, source, FitConfig(dense=dense), faces=faces)
+    return fit_reference(reference, model, source, FitConfig(dense=dense), faces=faces, detector=detector)
 
 
 def with_reference_expression(options: RenderOptions, reference: ReferenceFace, model: MorphableModel) -> RenderOptions:
@@ -252,13 +258,13 @@ def rotate(image, poses=None, *, yaws=None, options: RenderOptions | None = None
     if not isinstance(model, MorphableModel):
         model = load_morphable_model(model)
     if pose_from is not None:
-        pose_from = load_reference(pose_from, model, options.dense)
+        pose_from = load_reference(pose_from, model, options.dense, detector=options.detector)
         taken = ("pitch", "roll") if yaws is not None else ("yaw", "pitch", "roll")
         poses = reference_poses(as_poses(yaws=yaws or [0.0]), pose_from.pose, taken)
     if expression_from is not None:
         same = isinstance(expression_from, (str, os.PathLike)) and isinstance(pose_from, ReferenceFace) \
             and str(expression_from) == pose_from.source          # one photo for both: fitted once
-        ref = pose_from if same else load_reference(expression_from, model, options.dense)
+        ref = pose_from if same else load_reference(expression_from, model, options.dense, detector=options.detector)
         options = with_reference_expression(options, ref, model)
         options.check()
     check_expressions(options.expressions, model)
@@ -268,7 +274,7 @@ def rotate(image, poses=None, *, yaws=None, options: RenderOptions | None = None
         source = str(image)
         image = load_image(image)
     recs = reconstruct_faces(image, model, all_faces=options.all_faces, fit_config=FitConfig(dense=options.dense),
-                             source=source)
+                             source=source, detector=options.detector)
     out = []
     for i, rec in enumerate(recs):
         out += render_face(rec, image, model, poses, options, maker, face=i, key=f"face{i}")

@@ -20,7 +20,7 @@ from typing import Callable
 
 from face3d.detection_helper import start_detection_helper
 from face3d.errors import FaceSynthError
-from facesynth.options import (MAX_REFERENCES, METHODS, UsageError, add_background_argument,
+from facesynth.options import (MAX_REFERENCES, METHODS, UsageError, add_background_argument, add_detector_argument,
                                add_expression_arguments, add_fit_arguments, add_label_arguments, add_method_arguments,
                                add_pose_arguments, add_reference_arguments, add_sfs_arguments, add_threads_argument,
                                add_weights_arguments, check_pose_count, float_option, int_option, seed_option, size_option)
@@ -61,6 +61,7 @@ def rotate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (PNG views + manifest.jsonl)")
     add_fit_arguments(p)
     p.add_argument("--all-faces", action="store_true", help="process every detected face, not only the largest")
+    add_detector_argument(p)
     add_background_argument(p)
     p.add_argument("--export-mesh", choices=["obj", "ply", "glb"], default=None,
                    help="also write the fitted textured mesh in this format")
@@ -88,6 +89,7 @@ def augment_arguments(p: argparse.ArgumentParser) -> None:
                    help="also write the original photo aligned like the views (<stem>_original.png)")
     p.add_argument("--multi-face", choices=["largest", "skip"], default="largest",
                    help="photos with several faces: use the largest (default, noted in the manifest) or skip them")
+    add_detector_argument(p)
     add_fit_arguments(p)
     p.add_argument("--workers", type=int_option("workers", 1), default=1,
                    help="worker processes (local) or local Ray CPUs (default 1; each runs torch with 1 thread)")
@@ -159,6 +161,7 @@ def verify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image_a", metavar="IMAGE_A", help="first photo")
     p.add_argument("image_b", metavar="IMAGE_B", help="second photo")
     p.add_argument("--json", action="store_true", help="print one JSON object {distance, same}")
+    add_detector_argument(p)
 
 
 def cache_arguments(p: argparse.ArgumentParser, holdout_help: str) -> None:

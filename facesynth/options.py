@@ -264,6 +264,22 @@ def add_background_argument(p: argparse.ArgumentParser) -> None:
                         + f" (default {DEFAULT_BACKGROUND}; the gan method paints its own and ignores it)")
 
 
+#: --detector: which of dlib's face detectors finds the faces (`face3d.landmarks.DETECTORS`, which
+#: this module does not import: it loads numpy, which the parser must not pay for)
+DETECTORS = {"auto": "the HOG detector, then dlib's CNN detector where HOG finds no face (profiles; the CNN "
+                     "costs about 1-1.5 s per such photo on a CPU core)",
+             "hog": "the HOG detector alone (fast; misses faces turned beyond about 60 degrees)",
+             "cnn": "dlib's CNN detector alone (finds faces to a full profile; slow)"}
+DEFAULT_DETECTOR = "auto"
+
+
+def add_detector_argument(p: argparse.ArgumentParser) -> None:
+    """--detector auto|hog|cnn, the same for every command that detects faces in photos."""
+    p.add_argument("--detector", choices=list(DETECTORS), default=DEFAULT_DETECTOR,
+                   help="face detector: " + "; ".join(f"{k}: {v}" for k, v in DETECTORS.items())
+                        + f" (default {DEFAULT_DETECTOR})")
+
+
 def maps_option(text: str) -> tuple[str, ...]:
     # deferred: face3d.view_maps imports torch, which the parser must not load (module docstring)
     from face3d.view_maps import parse_maps

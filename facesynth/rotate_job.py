@@ -92,7 +92,7 @@ def run_settings(job: RotateJob, model, maker) -> dict:
             "export_mesh": job.export_mesh, "save_fit": job.save_fit,
             "expression": None if not specs else [e.text for e in specs], "expression_version": expression_version(specs),
             "shape_jitter": float(o.shape_jitter), "jitter_samples": o.jitter_samples, "seed": o.seed,
-            "sfs": o.sfs, "relight": o.relight}
+            "sfs": o.sfs, "relight": o.relight, "detector": o.detector}
 
 
 def resume_rotate(out: Path, settings: dict, manifest: Manifest) -> set[str]:
@@ -156,7 +156,7 @@ def run_rotate(job: RotateJob, helper=None) -> int:
     photos = photo_list(job.images)
     references = [r for r in dict.fromkeys((job.expression_from, job.pose_from)) if r]
     if helper is not None:
-        helper.submit(references + photos)
+        helper.submit(references + photos, job.options.detector)
     job.options.check()
     model = load_morphable_model(job.model)
     job = apply_references(job, model, helper)      # before the folder is touched: a bad reference writes nothing
@@ -176,7 +176,7 @@ def apply_references(job: RotateJob, model, helper=None) -> RotateJob:
     def reference(path: str, flag: str) -> ReferenceFace:
         if path not in fitted:
             faces = None if helper is None else helper.faces(path)
-            fitted[path] = fit_reference_photo(path, model, job.options.dense, flag, faces)
+            fitted[path] = fit_reference_photo(path, model, job.options.dense, flag, faces, job.options.detector)
         return fitted[path]
 
     options, poses = job.options, job.poses
@@ -191,12 +191,13 @@ def apply_references(job: RotateJob, model, helper=None) -> RotateJob:
     return replace(job, options=options, poses=poses)
 
 
-def fit_reference_photo(path: str, model, dense: bool, flag: str, faces=None) -> ReferenceFace:
-    """The reference photo `path` of `flag` fitted (`faces`: its detections when made elsewhere);
+def fit_reference_photo(path: str, model, dense: bool, flag: str, faces=None, detector: str = "auto") -> ReferenceFace:
+    """The reference photo `path` of `flag` fitted (`faces`: its detections when made elsewhere,
+    else found with `detector`);
     any problem is one FaceSynthError line that starts with the flag and names the file. One with
     several faces lends its largest, as a note on stderr says."""
     try:
-        ref = load_reference(path, model, dense, faces)
+        ref = load_reference(path, model, dense, faces, detector)
     except FaceSynthError as exc:
         raise FaceSynthError(f"{flag}: {exc}") from None
     except Exception as exc:  # a fit that breaks down is still one line, not a traceback
@@ -253,7 +254,7 @@ def rotate_photo(job: RotateJob, src: str, stem: str, model, maker, helper=None)
     image = load_image(src)
     faces = None if helper is None else helper.faces(src)  # None: detect here
     recs = reconstruct_faces(image, model, all_faces=options.all_faces, fit_config=FitConfig(dense=options.dense),
-                             source=src, faces=faces)
+                             source=src, faces=faces, detector=options.detector)
     n_faces = recs[0].faces_found
     if n_faces > 1 and not options.all_faces:
         tqdm.write(f"facesynth: note: {describe_largest_face(src, n_faces, recs[0].face)}; pass --all-faces for all",
@@ -267,7 +268,7 @@ def rotate_photo(job: RotateJob, src: str, stem: str, model, maker, helper=None)
                 rel = view_file_name(f"{name}{views.variant.tag}", pose)
                 save_png(job.out / rel, img)
                 records.append(view_record(src, rel, fi, pose, options.method, model, rec.fit, img.shape[0],
-                                           {**views.record, **views.view_fields(i)}, faces=n_faces))
+                                           {"detector": rec.face.detector, **views.record, **views.view_fields(i)}, faces=n_faces))
                 records[-1]["align"] = options.align
                 for map_name, maps in views.maps.items():
                     map_rel = rel[: -len(".png")] + f"_{map_name}.png"
@@ -295,7 +296,7 @@ def run_rotate_command(args, helper=None) -> int:
                             shape_jitter=args.shape_jitter, jitter_samples=args.jitter_samples, seed=args.seed,
                             sfs=args.sfs, relight=args.relight, dense=args.dense, all_faces=args.all_faces,
                             refiner=args.refiner, capg=args.capg, align=args.align,
-                            labels=args.labels, maps=tuple(args.maps))
+                            labels=args.labels, maps=tuple(args.maps), detector=args.detector)
     poses = [Pose(y, p, r) for p in args.pitch for y in args.yaw for r in args.roll]
     job = RotateJob(images=args.images, poses=poses, out=Path(args.out), options=options, model=args.model,
                     export_mesh=args.export_mesh, save_fit=args.save_fit, threads=args.threads, resume=args.resume,

@@ -1,6 +1,7 @@
 """``facesynth verify IMAGE_A IMAGE_B [--json]``: are these two photos the same person?
 
-Detects the largest face in each photo (dlib HOG detector + 68 landmarks), computes dlib's
+Detects the largest face in each photo (dlib's HOG detector, then its CNN detector where HOG finds
+none, unless `--detector` says otherwise; 68 landmarks), computes dlib's
 128-d face descriptor with the PyTorch port (:mod:`ganrefine.identity`) and compares the
 Euclidean distance with dlib's threshold (0.6). Prints ``<distance> same|different`` (or one JSON
 object with ``distance`` and ``same``) and exits 0; an unreadable file or a photo without a face
@@ -27,7 +28,7 @@ def run_verify(args) -> int:
         images, landmarks = [], []
         for path in (args.image_a, args.image_b):
             img = load_image(path)
-            faces = detect_faces(img)  # largest first
+            faces = detect_faces(img, detector=args.detector)  # largest first
             if not faces:
                 raise NoFaceError(f"{path}: no face found")
             if len(faces) > 1:

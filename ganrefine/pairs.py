@@ -159,7 +159,8 @@ def make_pair_file(photo: Path, cache: Path, model, size: int = 128, seed: int =
     offset = float(rng.uniform(MIN_YAW_OFFSET, MAX_YAW_OFFSET) * rng.choice([-1.0, 1.0]))
     try:
         image = load_image(photo)
-        rec = reconstruct_faces(image, model, fit_config=FitConfig(dense=False), source=str(photo))[0]
+        # HOG alone, as the shipped refiner's pairs were made (the CNN fallback came later)
+        rec = reconstruct_faces(image, model, fit_config=FitConfig(dense=False), source=str(photo), detector="hog")[0]
         pair = make_rotate_and_render_pair(rec, image, model, offset, size)
     except FaceSynthError as exc:
         return str(exc)

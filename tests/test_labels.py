@@ -95,6 +95,27 @@ def test_far_jaw_points_lie_on_the_heads_outline(ict_model, mean_vertices):
     assert lab.visible[far].all() and lab.visible[:8].all()
 
 
+def test_far_lower_jaw_points_are_seen_on_the_outline_at_45_degrees(ict_model, mean_vertices):
+    """At +-45 degrees of yaw, tilted 10 degrees, the far side's lower jaw points (iBUG 6 and 10) are
+    the outermost *seen* vertex of their strip, on the silhouette, not the outermost one, which lay
+    under the chin, hidden by the jaw."""
+    size = 256
+    poses = [Pose(45, -10, 0), Pose(-45, -10, 0), Pose(45, 10, 0)]
+    labels = view_labels(mean_vertices, ict_model, poses, size)
+    screen = view_screen(mean_vertices, ict_model, poses, size)
+    frags = rasterize_meshes(screen, ict_model.tensors()["triangles"], size)
+    for b, (pose, lab) in enumerate(zip(poses, labels)):
+        mask = (frags.pix_to_face[b] >= 0).numpy()
+        edge = mask & ~cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        ys, xs = np.nonzero(edge)
+        outline = np.stack([xs + 0.5, ys + 0.5], axis=1)
+        far = list(range(9, 17)) if pose.yaw > 0 else list(range(0, 8))
+        lower = [10, 11] if pose.yaw > 0 else [5, 6]
+        assert lab.visible[lower].all(), (pose, lab.visible[far])
+        d = np.array([np.min(np.linalg.norm(outline - lab.landmarks[k], axis=1)) for k in lower])
+        assert (d < 2.0).all(), (pose, d)
+
+
 def test_arcface_transform_is_the_similarity_that_maps_onto_the_template():
     assert np.allclose(arcface_transform(ARCFACE_TEMPLATE), [[1, 0, 0], [0, 1, 0]], atol=1e-9)
     a = np.deg2rad(17.0)

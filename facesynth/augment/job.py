@@ -46,7 +46,7 @@ OUTPUT_SETTINGS = ["input", "yaw", "pitch", "roll", "size", "align", "labels", "
                    "refiner_sha256", "refiner_inference", "capg_sha256", "seed", "model", "dense",
                    "expression", "expression_from", "expression_from_photos", "expression_from_weights",
                    "expression_sample", "expression_version", "shape_jitter", "jitter_samples", "keep_original",
-                   "multi_face"]
+                   "multi_face", "detector"]
 RUN_SETTINGS = "augment.json"
 LOCK_FILE = ".augment.lock"
 #: Views (expressions and references x shape samples x poses) one source may ask for at most: a
@@ -86,6 +86,7 @@ class AugmentOptions:
     jitter_samples: int = 1
     retry_failed: bool = False
     progress: bool = True
+    detector: str = "auto"                # face3d.landmarks.DETECTORS
     align: str = "crop"
     labels: bool = True
     maps: tuple[str, ...] = ()
@@ -99,7 +100,7 @@ class AugmentOptions:
                              expressions=None if self.expressions is None else tuple(self.expressions),
                              shape_jitter=float(self.shape_jitter or 0.0), jitter_samples=int(self.jitter_samples or 1),
                              seed=self.seed, dense=self.dense, refiner=self.refiner, capg=self.capg,
-                             align=self.align, labels=self.labels, maps=tuple(self.maps))
+                             align=self.align, labels=self.labels, maps=tuple(self.maps), detector=self.detector)
 
     def views_per_source(self, references: int = 0) -> tuple[int, str]:
         """The views of one source with `references` reference photos, and their factors as text
@@ -318,7 +319,7 @@ def render_source(item: SourceItem, cfg: WorkerConfig, base: dict, clock: _Clock
 def fit_largest_face(item: SourceItem, image: np.ndarray, model, cfg: WorkerConfig, notes: list[str],
                      clock: _Clock) -> Reconstruction:
     """Detect the faces (SourceFailure for none, or for several under --multi-face skip) and fit the largest."""
-    faces = detect_faces(image)
+    faces = detect_faces(image, detector=cfg.options.detector)
     clock.faces = len(faces)
     clock.lap("seconds_detect")
     if not faces:
@@ -442,7 +443,7 @@ def fit_references(photos: list[str], model, opts: AugmentOptions) -> tuple[Expr
     torch.set_num_threads(1)
     try:
         bar = tqdm(photos, desc="references", unit="photo", disable=not opts.progress or len(photos) < 2)
-        return tuple(reference_expression(fit_reference_photo(p, model, opts.dense, "--expression-from"), model)
+        return tuple(reference_expression(fit_reference_photo(p, model, opts.dense, "--expression-from", detector=opts.detector), model)
                      for p in bar)
     finally:
         torch.set_num_threads(threads)
@@ -482,7 +483,7 @@ def output_settings(opts: AugmentOptions, inp: Path, model, model_dir, maker: Vi
             "label_version": LABEL_VERSION, "background": opts.background, "method": opts.method, "render_version": render_version(opts.method),
             "seed": opts.seed, "model": model.name,
             "model_dir": str(model_dir), "dense": opts.dense, "keep_original": opts.keep_original,
-            "multi_face": opts.multi_face, "format": 1,
+            "multi_face": opts.multi_face, "detector": opts.detector, "format": 1,
             "expression": [e.text for e in specs] if specs else None, **reference_settings(opts, references),
             "expression_version": expression_version(list(specs or ()) + list(references)),
             "shape_jitter": float(opts.shape_jitter or 0.0), "jitter_samples": int(opts.jitter_samples or 1),
@@ -579,7 +580,7 @@ def run_augment_command(args) -> int:
                           expression_from=args.expression_from, expression_sample=args.expression_sample,
                           shape_jitter=args.shape_jitter, jitter_samples=args.jitter_samples,
                           retry_failed=args.retry_failed, progress=args.progress, align=args.align,
-                          labels=args.labels, maps=tuple(args.maps))
+                          labels=args.labels, maps=tuple(args.maps), detector=args.detector)
     result = augment(opts)
     print(result.summary_text())
     return 0 if result.failed_selected == 0 else 1

@@ -83,6 +83,8 @@ def test_batched_landmark_fit_equals_one_face_on_synthetic_faces(ict_model):
     for i, q in enumerate(lms):
         one = fit_morphable_model(None, q, ict_model, cfg, image_size=(512, 512))
         assert_same_fit(one, batched[i], f"synthetic face {i}")
+        assert batched[i].residuals["profile_refit"] == one.residuals["profile_refit"]
+    assert any(f.residuals["profile_refit"] for f in batched)     # a face beyond 30 degrees took the profile refit
     single = fit_morphable_models(None, lms[:1], ict_model, cfg, [(512, 512)])[0]
     assert_same_fit(batched[0], single, "batch of one")
 

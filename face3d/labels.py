@@ -239,7 +239,9 @@ def _visible_outline_points(idx: np.ndarray, visible: np.ndarray, outward: np.nd
     redo = [k for k in JAW if not visible[k] and np.abs(outward[k]).sum() > 0 and jaw_strips(model)[k].size > 1]
     if not redo:
         return
-    strips = [jaw_strips(model)[k] for k in redo]
+    # only the strip vertices within reach are tested (the visibility test is the cost)
+    strips = [s[np.linalg.norm(model.mean[s] - model.mean[idx[k]], axis=1) <= OUTLINE_SEARCH_MM]
+              for k, s in ((k, jaw_strips(model)[k]) for k in redo)]
     cand = np.concatenate(strips)
     pts = screen[cand]
     nudged = pts.copy()
@@ -249,8 +251,7 @@ def _visible_outline_points(idx: np.ndarray, visible: np.ndarray, outward: np.nd
     seen = both[:len(cand)] | both[len(cand):]
     start = 0
     for k, strip in zip(redo, strips):
-        near = np.linalg.norm(model.mean[strip] - model.mean[idx[k]], axis=1) <= OUTLINE_SEARCH_MM
-        ok = seen[start:start + len(strip)] & near
+        ok = seen[start:start + len(strip)]
         if ok.any():
             reach = screen[strip, :2] @ outward[k]
             idx[k] = strip[ok][int(np.argmax(reach[ok]))]

@@ -45,8 +45,8 @@ changes one):
 - labels_maps_throughput_ratio >= 0.8 (images/s with labels and maps / without).
 
 `--quick`: 3 test photos, 2 LFW photos, yaw -45,-15,0,15,45, 2 images and 1 round of augment (a
-check that it runs, not figures). The full run took 59 minutes on this project's 2-core machine
-under a load average of 6-9 from other jobs (the fits half of it, dlib and the z-buffers the other).
+check that it runs, not figures). The full run took 6 minutes with OMP_NUM_THREADS=1 under a load
+average of 3-4 from other jobs (59 minutes with two threads under 6-9: oversubscribed threads).
 """
 from __future__ import annotations
 

@@ -170,6 +170,33 @@ def _box(x0, x1, x2, y0, y1, y2, height, width):
     return c0, r0, ncols, nrows
 
 
+def _face_corner_coords(verts32: torch.Tensor, faces: torch.Tensor) -> list[torch.Tensor]:
+    """Corner coordinates of every face in every view: per corner k a (F, 3, B) tensor
+    (coordinates x, y, z, then views).
+
+    The batch is the innermost axis: the vertices are laid out (V, 3, B), so each face
+    corner is one contiguous row copy of 3 B values (a fast gather), and the index is the
+    shared face list itself (no (B*F) flat index to build). The (F, B) views are strided
+    across rows but contiguous along B, which elementwise ops handle at full speed.
+    """
+    n_verts, batch = verts32.shape[1], verts32.shape[0]
+    vt = verts32.permute(1, 2, 0).reshape(n_verts, 3 * batch)  # (V, 3 B), one copy
+    return [vt.index_select(0, faces[:, k]).view(-1, 3, batch) for k in range(3)]
+
+
+def _facing_faces(corners: torch.Tensor, cull_backfaces: bool) -> torch.Tensor:
+    """Flat indices (into F*B, face-major) of the faces whose 2D area passes the cull: < 0
+    (front-facing) when culling back faces, else != 0. NaN fails.
+
+    Done first, on the area alone (5 ops over all B*F faces), so that every later per-face
+    step runs on the faces that remain (about half of a closed head when culling).
+    """
+    (x0, y0), (x1, y1), (x2, y2) = ((c[:, 0], c[:, 1]) for c in corners)
+    area = (x1 - x0).mul_(y2 - y0).sub_((y1 - y0).mul_(x2 - x0))
+    keep = area < 0 if cull_backfaces else area != 0
+    return keep.view(-1).nonzero().squeeze(1)
+
+
 @torch.no_grad()
 def _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspective_correct):
     """Covered pixels (flat indices into B*H*W, increasing) and their visible face index.
@@ -177,40 +204,37 @@ def _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspecti
     Written with float arithmetic rather than boolean masks / torch.where where
     possible: on CPU the latter are an order of magnitude slower per element.
     """
-    batch, n_verts, _ = verts_screen.shape
-    n_faces = faces.shape[0]
+    batch = verts_screen.shape[0]
     n_pix = height * width
-    # ---- Per-face stage (all B*F faces): gather corners, cull, pixel-centre boxes. ----
-    vert_idx = faces.t().contiguous().unsqueeze(1) + (torch.arange(batch) * n_verts).view(1, batch, 1)
-    gx, gy, gz = _gather_corners(verts_screen.detach().to(torch.float32), vert_idx.view(3, -1))
-    (x0, x1, x2), (y0, y1, y2), (z0, z1, z2) = gx.unbind(0), gy.unbind(0), gz.unbind(0)
-    area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
+    # ---- Per-face stage: corners of all B*F faces, the area cull, then the rest on the kept. ----
+    corners = _face_corner_coords(verts_screen.detach().to(torch.float32), faces)
+    sel = _facing_faces(corners, cull_backfaces)
+    # (face, view) -> offset of its x in a corner's (F, 3, B) block; y and z follow at +B, +2B.
+    fid = torch.div(sel, batch, rounding_mode="floor")
+    at = fid * (2 * batch) + sel
+    x0, y0, z0, x1, y1, z1, x2, y2, z2 = (
+        c.view(-1).index_select(0, at if i == 0 else at + i * batch) for c in corners for i in range(3))
     c0, r0, ncols, nrows = _box(x0, x1, x2, y0, y1, y2, height, width)
-    # Kept: a pixel centre in the box, all z > 0, nonzero (or front-facing) area. NaNs fail.
+    # Kept: a pixel centre in the box, all z > 0 (the area passed above). NaNs fail.
     crit = torch.minimum(torch.minimum(ncols, nrows) + 0.5, torch.minimum(torch.minimum(z0, z1), z2))
-    crit = torch.minimum(crit, -area if cull_backfaces else area.abs())
-    keep = crit > 0
-    n_keep = int(keep.sum())
-    if n_keep == 0:
+    keep = (crit > 0).nonzero().squeeze(1)
+    if keep.numel() == 0:
         return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
     # Sort the kept faces by box shape code so that each bucket is evaluated as one dense
-    # (rows, cols, faces) block. Culled faces may hold NaN / negative counts: the int clamp
-    # makes any of them a valid table index (their code is overwritten anyway).
-    code_r = _ROW_LUT.index_select(0, (nrows + 1).clamp_(1, _MAX_IMAGE_SIDE).to(torch.int32).clamp_(1, _MAX_IMAGE_SIDE))
-    code_c = _COL_LUT.index_select(0, (ncols + 1).clamp_(1, _MAX_IMAGE_SIDE).to(torch.int32).clamp_(1, _MAX_IMAGE_SIDE))
-    sort_key = code_r.mul_(16).add_(code_c).masked_fill_(~keep, 255)
-    sort_key, order = torch.sort(sort_key, stable=True)
-    sel = order[:n_keep]
-    bucket_ids, bucket_counts = torch.unique_consecutive(sort_key[:n_keep], return_counts=True)
-
-    # ---- Kept faces, sorted by bucket. ----
-    x0, x1, x2, y0, y1, y2, z0, z1, z2 = (t.index_select(0, sel) for t in (x0, x1, x2, y0, y1, y2, z0, z1, z2))
-    c0, r0, ncols, nrows = _box(x0, x1, x2, y0, y1, y2, height, width)
+    # (rows, cols, faces) block.
+    c0, r0, ncols, nrows = (t.index_select(0, keep) for t in (c0, r0, ncols, nrows))
+    code_r = _ROW_LUT.index_select(0, nrows.to(torch.int32).add_(1))
+    code_c = _COL_LUT.index_select(0, ncols.to(torch.int32).add_(1))
+    sort_key, order = torch.sort(code_r.mul_(16).add_(code_c), stable=True)
+    bucket_ids, bucket_counts = torch.unique_consecutive(sort_key, return_counts=True)
+    keep = keep.index_select(0, order)
+    sel, fid = sel.index_select(0, keep), fid.index_select(0, keep)
+    x0, x1, x2, y0, y1, y2, z0, z1, z2 = (t.index_select(0, keep) for t in (x0, x1, x2, y0, y1, y2, z0, z1, z2))
+    c0, r0, ncols, nrows = (t.index_select(0, order) for t in (c0, r0, ncols, nrows))
     edges, _ = _edge_setup(x0, y0, x1, y1, x2, y2)
     zz = [z0.reciprocal(), z1.reciprocal(), z2.reciprocal()] if perspective_correct else [z0, z1, z2]
-    # Face index and first-pixel offset of each kept face, by lookups rather than int64 / and %.
-    fid = torch.arange(n_faces).repeat(batch).index_select(0, sel)
-    base = torch.arange(0, batch * n_pix, n_pix).repeat_interleave(n_faces).index_select(0, sel)
+    # Face index and first-pixel offset of each kept face (flat index = face * B + view).
+    base = (sel - fid * batch).mul_(n_pix)
     if n_pix < (1 << 24):  # float32 is exact here
         base += (r0 * width + c0).to(torch.int64)
     else:

@@ -69,12 +69,39 @@ def head_pivot(vertices: torch.Tensor, model: MorphableModel) -> tuple[torch.Ten
     return centre, float(torch.linalg.norm(eyes - mouth))
 
 
-def shade_textured(fragments: Fragments, face_uvs: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:
-    """Texture lookup: (B, H, W, 2) UVs interpolated per pixel, bilinear sample of (1 or B, C, Ht, Wt)."""
-    uv = interpolate_face_attributes(fragments, face_uvs)                 # (B, H, W, 2), v up
-    grid = torch.stack([uv[..., 0] * 2 - 1, (1 - uv[..., 1]) * 2 - 1], dim=-1)
-    tex = texture.expand(grid.shape[0], -1, -1, -1) if texture.shape[0] == 1 else texture
-    return F.grid_sample(tex, grid, mode="bilinear", padding_mode="border", align_corners=False)
+def _uv_grid(uv: torch.Tensor) -> torch.Tensor:
+    """grid_sample coordinates of UVs (v up, 0..1) in the atlas (y down, -1..1)."""
+    return torch.stack([uv[..., 0] * 2 - 1, (1 - uv[..., 1]) * 2 - 1], dim=-1)
+
+
+def _sample(layer: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    return F.grid_sample(layer, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def shade_textured(fragments: Fragments, face_uvs: torch.Tensor, texture) -> torch.Tensor:
+    """Texture lookup: UVs interpolated per pixel, bilinear sample of the atlas; (B, C, H, W).
+
+    `texture` is (1 or B, C, Ht, Wt), or a list of (1, c_i, Ht, Wt) layers sampled at the same
+    UVs and stacked along the channels (so that the colour, confidence and alpha maps need no
+    concatenated copy; channels-last views sample fastest). With one shared atlas only the
+    covered pixels are sampled; the empty ones get the value at UV (0, 0) (the atlas corner),
+    as when every pixel was sampled, so the result is the same.
+    """
+    layers = list(texture) if isinstance(texture, (list, tuple)) else [texture]
+    if any(t.shape[0] != 1 for t in layers):
+        uv = interpolate_face_attributes(fragments, face_uvs)                 # (B, H, W, 2), v up
+        batch = uv.shape[0]
+        return torch.cat([_sample(t.expand(batch, -1, -1, -1) if t.shape[0] == 1 else t, _uv_grid(uv))
+                          for t in layers], dim=1)
+    batch, height, width = fragments.pix_to_face.shape
+    p2f = fragments.pix_to_face.reshape(-1)
+    covered = (p2f >= 0).nonzero().squeeze(1)
+    bary = fragments.bary_coords.reshape(-1, 3).index_select(0, covered)   # (P, 3)
+    uv = (bary.unsqueeze(-1).to(face_uvs.dtype) * face_uvs.index_select(0, p2f.index_select(0, covered))).sum(1)
+    grid = _uv_grid(torch.cat([uv.new_zeros(1, 2), uv])).view(1, 1, -1, 2)   # UV (0, 0) first
+    vals = torch.cat([_sample(t, grid)[0, :, 0] for t in layers]).t()        # (1 + P, C)
+    pix = vals[:1].expand(batch * height * width, -1).contiguous().index_put_((covered,), vals[1:])
+    return pix.view(batch, height, width, -1).permute(0, 3, 1, 2)          # a view of (B, H, W, C)
 
 
 def view_screen(vertices: torch.Tensor, model: MorphableModel, poses: list[Pose], size: int,
@@ -134,13 +161,23 @@ def _paint_extra(out, frag, n_head_faces: int, extra_faces, extra_rgb):
     return torch.cat([out[:, :3] * (1 - m) + rgb * m, out[:, 3:4] * (1 - m) + conf * m, out[:, 4:]], dim=1)
 
 
-def _pixel_alpha(tex_alpha: torch.Tensor, mask: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
-    """The texture's alpha per pixel (B, S, S): as sampled on the head, 1 on an extra mesh, and on the
-    soft ring outside the silhouette the mean over the head pixels next to it."""
-    a = torch.where(extra, torch.ones_like(tex_alpha), tex_alpha) * mask
+def _pixel_alpha(tex_alpha: torch.Tensor, mask: torch.Tensor, extra: torch.Tensor | None,
+                 cover: torch.Tensor | None = None) -> torch.Tensor:
+    """The texture's alpha per pixel (B, S, S): as sampled on the head, 1 on an extra mesh (None:
+    none), and on the soft ring outside the silhouette the mean over the head pixels next to it.
+    `cover`: the 3x3 mean of `mask`, when the caller has it already."""
+    a = (tex_alpha if extra is None else torch.where(extra, torch.ones_like(tex_alpha), tex_alpha)) * mask
     near = F.avg_pool2d(a[:, None], 3, stride=1, padding=1)[:, 0]
-    cover = F.avg_pool2d(mask[:, None], 3, stride=1, padding=1)[:, 0]
+    if cover is None:
+        cover = F.avg_pool2d(mask[:, None], 3, stride=1, padding=1)[:, 0]
     return torch.where(mask > 0, a, near / cover.clamp(min=1e-6))
+
+
+def _texture_layers(texture: Texture, cut: bool) -> list[torch.Tensor]:
+    """The atlas maps as (1, c, Ht, Wt) channels-last views of the texture's arrays (no copy when
+    they are float32): colour, confidence and, when `cut`, alpha."""
+    maps = [texture.image, texture.confidence[..., None]] + ([texture.alpha[..., None]] if cut else [])
+    return [torch.from_numpy(np.asarray(m, dtype=np.float32)).permute(2, 0, 1)[None] for m in maps]
 
 
 def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel, size: int = 128,
@@ -171,11 +208,8 @@ def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel
             extra_faces = torch.as_tensor(extra.triangles, dtype=torch.int64)
             extra_rgb = torch.as_tensor(extra.colours, dtype=torch.float32).reshape(-1, 3)
             verts = torch.cat([verts, ev], dim=1)
-        layers = [texture.image, texture.confidence[..., None]]
         cut = texture.alpha is not None and bool((texture.alpha < 1).any())     # else the views stay as they were
-        if cut:
-            layers.append(texture.alpha[..., None])
-        tex = torch.from_numpy(np.concatenate(layers, axis=2).astype(np.float32)).permute(2, 0, 1)[None]
+        tex = _texture_layers(texture, cut)
         imgs, masks, confs, lms, extras, depths = [], [], [], [], [], []
         for s in range(0, len(poses), batch):
             chunk = poses[s : s + batch]
@@ -192,7 +226,8 @@ def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel
             cover = F.avg_pool2d(mask[:, None], 3, stride=1, padding=1)[:, 0]
             alpha = cover * mask + (1 - mask) * 0.5 * cover
             if cut:
-                alpha = alpha * _pixel_alpha(out[:, 4], mask, frag.pix_to_face >= n_head_faces)
+                alpha = alpha * _pixel_alpha(out[:, 4], mask, None if extra is None else frag.pix_to_face >= n_head_faces,
+                                             cover)
             imgs.append(out[:, :3].permute(0, 2, 3, 1))
             confs.append(out[:, 3] * mask)
             masks.append(alpha)

@@ -207,16 +207,22 @@ def _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspecti
     batch = verts_screen.shape[0]
     n_pix = height * width
     # ---- Per-face stage: corners of all B*F faces, the area cull, then the rest on the kept. ----
-    corners = _face_corner_coords(verts_screen.detach().to(torch.float32), faces)
+    verts32 = verts_screen.detach().to(torch.float32)
+    corners = _face_corner_coords(verts32, faces)
     sel = _facing_faces(corners, cull_backfaces)
-    # (face, view) -> offset of its x in a corner's (F, 3, B) block; y and z follow at +B, +2B.
+    # (face, view) -> offset of its x in a corner's (F, 3, B) block; its y and z sit B and 2 B
+    # further, i.e. at the same offset in the flat block shifted by B or 2 B (no index arithmetic).
     fid = torch.div(sel, batch, rounding_mode="floor")
-    at = fid * (2 * batch) + sel
-    x0, y0, z0, x1, y1, z1, x2, y2, z2 = (
-        c.view(-1).index_select(0, at if i == 0 else at + i * batch) for c in corners for i in range(3))
+    at = fid.mul(2 * batch).add_(sel)
+    coords = [c.view(-1)[i * batch:] for c in corners for i in range(3)]  # x0, y0, z0, x1, ...
+    x0, y0, x1, y1, x2, y2 = (coords[i].index_select(0, at) for i in (0, 1, 3, 4, 6, 7))
     c0, r0, ncols, nrows = _box(x0, x1, x2, y0, y1, y2, height, width)
-    # Kept: a pixel centre in the box, all z > 0 (the area passed above). NaNs fail.
-    crit = torch.minimum(torch.minimum(ncols, nrows) + 0.5, torch.minimum(torch.minimum(z0, z1), z2))
+    # Kept: a pixel centre in the box, all z > 0 (the area passed above). NaNs fail. The depth
+    # test is skipped when every vertex is in front of the camera (the usual case).
+    crit = torch.minimum(ncols, nrows).add_(0.5)
+    if not bool((verts32[..., 2] > 0).all()):
+        z0, z1, z2 = (coords[i].index_select(0, at) for i in (2, 5, 8))
+        crit = torch.minimum(crit, torch.minimum(torch.minimum(z0, z1), z2))
     keep = (crit > 0).nonzero().squeeze(1)
     if keep.numel() == 0:
         return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
@@ -228,8 +234,9 @@ def _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspecti
     sort_key, order = torch.sort(code_r.mul_(16).add_(code_c), stable=True)
     bucket_ids, bucket_counts = torch.unique_consecutive(sort_key, return_counts=True)
     keep = keep.index_select(0, order)
-    sel, fid = sel.index_select(0, keep), fid.index_select(0, keep)
-    x0, x1, x2, y0, y1, y2, z0, z1, z2 = (t.index_select(0, keep) for t in (x0, x1, x2, y0, y1, y2, z0, z1, z2))
+    sel, fid, at = sel.index_select(0, keep), fid.index_select(0, keep), at.index_select(0, keep)
+    x0, x1, x2, y0, y1, y2 = (t.index_select(0, keep) for t in (x0, x1, x2, y0, y1, y2))
+    z0, z1, z2 = (coords[i].index_select(0, at) for i in (2, 5, 8))
     c0, r0, ncols, nrows = (t.index_select(0, order) for t in (c0, r0, ncols, nrows))
     edges, _ = _edge_setup(x0, y0, x1, y1, x2, y2)
     zz = [z0.reciprocal(), z1.reciprocal(), z2.reciprocal()] if perspective_correct else [z0, z1, z2]
@@ -408,9 +415,7 @@ def rasterize_meshes(
 
     # In-place scatter into fresh buffers (differentiable w.r.t. the scattered values).
     zbuf = torch.full((batch * n_pix,), -1.0, dtype=dtype).index_put_((covered,), depth)
-    bary_full = torch.zeros((batch * n_pix, 3), dtype=dtype)
-    for k in range(3):
-        bary_full[:, k].index_put_((covered,), bary[k])
+    bary_full = torch.zeros((batch * n_pix, 3), dtype=dtype).index_put_((covered,), torch.stack(bary, 1))
     return Fragments(
         pix_to_face=pix_to_face.view(batch, height, width),
         zbuf=zbuf.view(batch, height, width),

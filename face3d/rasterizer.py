@@ -71,6 +71,8 @@ _MAX_IMAGE_SIDE = 1 << 14
 # uint8 sort key (255 = culled), and uint8 keys sort fast (radix sort).
 _ROW_SIZES = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 64, 256, 1 << 14]
 _COL_SIZES = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 64, 128, 512, 1 << 14]
+# Both tables list every size up to this one: a bucket of such a size holds only boxes of that size.
+_EXACT_SIZES = 6
 
 
 def _size_lut(sizes):
@@ -112,7 +114,7 @@ def _image_hw(image_size) -> tuple[int, int]:
     return h, w
 
 
-def _edge_setup(x0, y0, x1, y1, x2, y2):
+def _edge_setup(x0, y0, x1, y1, x2, y2, front_facing=False):
     """Inside-positive, shared-edge-consistent edge functions of triangles (1D tensors).
 
     For edge k (from vertex a = k+1 to b = k+2, opposite vertex k) returns per face
@@ -128,16 +130,21 @@ def _edge_setup(x0, y0, x1, y1, x2, y2):
     test ``w - thr > 0`` means ``w > 0``, or ``w >= 0`` on tie edges. Tie edges are
     those whose direction d has ``dy > 0``, or ``dy == 0`` and ``dx < 0``: of the two
     triangles on either side of an edge exactly one owns the centres lying on it.
-    Also returns the signed doubled area ``(v1 - v0) x (v2 - v0)``.
+    Also returns the signed doubled area ``(v1 - v0) x (v2 - v0)``, or None when the caller
+    states that every face is ``front_facing`` (area < 0, as after back-face culling): then
+    ``d = a - b``, the same bits as ``(b - a) * -1``, without the area and the products.
     """
     xs, ys = (x0, x1, x2), (y0, y1, y2)
-    area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
-    sgn = torch.sign(area)
+    area = None if front_facing else (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
+    sgn = None if front_facing else torch.sign(area)
     out = []
     for k in range(3):
         ax, ay = xs[(k + 1) % 3], ys[(k + 1) % 3]
         bx, by = xs[(k + 2) % 3], ys[(k + 2) % 3]
-        dx, dy = (bx - ax) * sgn, (by - ay) * sgn
+        if front_facing:
+            dx, dy = ax - bx, ay - by
+        else:
+            dx, dy = (bx - ax) * sgn, (by - ay) * sgn
         # tie <=> 2 sign(dy) - sign(dx) > 0; all in float arithmetic (no masks: faster).
         thr = (2.0 * torch.sign(dy) - torch.sign(dx)).clamp_(0.0, 1.0).mul_(-_TINY)
         out.append((dx, dy, ax + bx, ay + by, thr))
@@ -238,7 +245,7 @@ def _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspecti
     x0, x1, x2, y0, y1, y2 = (t.index_select(0, keep) for t in (x0, x1, x2, y0, y1, y2))
     z0, z1, z2 = (coords[i].index_select(0, at) for i in (2, 5, 8))
     c0, r0, ncols, nrows = (t.index_select(0, order) for t in (c0, r0, ncols, nrows))
-    edges, _ = _edge_setup(x0, y0, x1, y1, x2, y2)
+    edges, _ = _edge_setup(x0, y0, x1, y1, x2, y2, front_facing=cull_backfaces)
     zz = [z0.reciprocal(), z1.reciprocal(), z2.reciprocal()] if perspective_correct else [z0, z1, z2]
     # Face index and first-pixel offset of each kept face (flat index = face * B + view).
     base = (sel - fid * batch).mul_(n_pix)
@@ -293,8 +300,11 @@ def _visible_faces_bucketed(edges, zz, fid, base, px2, py2, ncols, nrows, bucket
                 # Separable edge function: w = dx*(2py - sy) - dy*(2px - sx) = Y[row] - X[col].
                 y_term = dx[s] * (ys - sy[s])
                 x_term = dy[s] * (xs - sx[s])
-                if k == 0:  # slots past the actual box get w0 = -inf: never inside
+                # slots past the actual box get w0 = -inf: never inside (only buckets of sizes
+                # 1..6 hold boxes of exactly their size and have no such slots)
+                if k == 0 and n_r > _EXACT_SIZES:
                     y_term += (nrows[s] - rr).clamp_(max=0) * _HUGE
+                if k == 0 and n_c > _EXACT_SIZES:
                     x_term -= (ncols[s] - cc).clamp_(max=0) * _HUGE
                 w.append(y_term.unsqueeze(1) - x_term.unsqueeze(0))  # (R, C, n)
                 margin = w[k] - thr[s]  # > 0 iff the centre is on the inner side of edge k

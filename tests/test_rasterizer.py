@@ -439,3 +439,9 @@ def test_box_size_lookup_tables_match_their_definition():
         assert lut.dtype == torch.uint8 and lut.numel() == R._MAX_IMAGE_SIDE + 1
         for n in list(range(1, 70)) + [100, 255, 256, 257, 511, 512, 513, 4096, R._MAX_IMAGE_SIDE]:
             assert int(lut[n]) == next(i for i, s in enumerate(sizes) if s >= n)
+
+
+def test_exact_bucket_sizes_are_consecutive():
+    # buckets of up to _EXACT_SIZES rows / columns hold boxes of exactly that size (no padding slots)
+    for sizes in (R._ROW_SIZES, R._COL_SIZES):
+        assert sizes[:R._EXACT_SIZES] == list(range(1, R._EXACT_SIZES + 1))

@@ -73,6 +73,8 @@ _ROW_SIZES = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 64, 256, 1 << 14]
 _COL_SIZES = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 64, 128, 512, 1 << 14]
 # Both tables list every size up to this one: a bucket of such a size holds only boxes of that size.
 _EXACT_SIZES = 6
+# Padding slots worth one block less in the scan (see `_bucket_blocks`).
+_MERGE_SLOTS = 4096
 
 
 def _size_lut(sizes):
@@ -260,6 +262,35 @@ def _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspecti
                 perspective_correct)
 
 
+def _bucket_blocks(bucket_ids: list[int], bucket_counts: list[int], nrows, ncols) -> list[tuple]:
+    """The dense blocks the scan evaluates: ``(start, count, rows, cols, pad_rows, pad_cols)``.
+
+    One block per bucket, trimmed to the largest box present (for the coarse codes), except
+    that consecutive buckets are merged into one block of their largest shape while that
+    costs at most ``_MERGE_SLOTS`` extra (padding) slots: each block costs some 60 tensor
+    calls, so a bucket of a few dozen faces is cheaper as padding in its neighbour's block.
+    ``pad_*`` says that a block holds boxes smaller than its shape (their extra slots must
+    be made empty); buckets of sizes up to ``_EXACT_SIZES`` hold boxes of exactly that size.
+    """
+    blocks, start = [], 0
+    for b, cnt in zip(bucket_ids, bucket_counts):
+        n_r, n_c = _ROW_SIZES[b // 16], _COL_SIZES[b % 16]
+        if n_r > 16:
+            n_r = int(nrows[start:start + cnt].max()) + 1
+        if n_c > 16:
+            n_c = int(ncols[start:start + cnt].max()) + 1
+        new = (start, cnt, n_r, n_c, n_r > _EXACT_SIZES, n_c > _EXACT_SIZES)
+        start += cnt
+        if blocks:
+            s0, c0, r0, k0, pr0, pc0 = blocks[-1]
+            rows, cols = max(r0, n_r), max(k0, n_c)
+            if (c0 + cnt) * rows * cols - c0 * r0 * k0 - cnt * n_r * n_c <= _MERGE_SLOTS:
+                blocks[-1] = (s0, c0 + cnt, rows, cols, pr0 or new[4] or r0 != n_r, pc0 or new[5] or k0 != n_c)
+                continue
+        blocks.append(new)
+    return blocks
+
+
 def _visible_faces_bucketed(edges, zz, fid, base, px2, py2, ncols, nrows, bucket_ids, bucket_counts,
                             n_pix_total, width, perspective_correct):
     """The nearest face at each pixel of the kept faces' boxes (sorted by bucket, see
@@ -268,24 +299,14 @@ def _visible_faces_bucketed(edges, zz, fid, base, px2, py2, ncols, nrows, bucket
     Tie edges are decided by ``w - thr > 0``, which is ``w >= 0`` only with denormals
     (:func:`_visible_faces_fallback` serves where they are flushed to zero).
     """
-    # Bucket shapes, trimmed to the largest box present (only for the coarse codes).
-    shapes, start = [], 0
-    for b, cnt in zip(bucket_ids.tolist(), bucket_counts.tolist()):
-        n_r, n_c = _ROW_SIZES[b // 16], _COL_SIZES[b % 16]
-        if n_r > 16:
-            n_r = int(nrows[start:start + cnt].max()) + 1
-        if n_c > 16:
-            n_c = int(ncols[start:start + cnt].max()) + 1
-        shapes.append((n_r, n_c))
-        start += cnt
-    max_rows, max_cols = max(r for r, _ in shapes), max(c for _, c in shapes)
+    blocks = _bucket_blocks(bucket_ids.tolist(), bucket_counts.tolist(), nrows, ncols)
+    max_rows, max_cols = max(b[2] for b in blocks), max(b[3] for b in blocks)
     # Pixel buffer padded so that slots past the end of a box never index out of range
     # (those slots are never inside, they only carry an empty key).
     keys = torch.full((n_pix_total + max_rows * width + max_cols,), _EMPTY_KEY, dtype=torch.int64)
 
     # ---- Each bucket is a dense (rows, cols, faces) block, faces innermost. ----
-    start = 0
-    for (n_r, n_c), cnt in zip(shapes, bucket_counts.tolist()):
+    for start, cnt, n_r, n_c, pad_r, pad_c in blocks:
         step = max(1, _MAX_SLOTS_PER_CHUNK // (n_r * n_c))
         rr = torch.arange(n_r, dtype=torch.float32).view(n_r, 1)
         cc = torch.arange(n_c, dtype=torch.float32).view(n_c, 1)
@@ -300,11 +321,11 @@ def _visible_faces_bucketed(edges, zz, fid, base, px2, py2, ncols, nrows, bucket
                 # Separable edge function: w = dx*(2py - sy) - dy*(2px - sx) = Y[row] - X[col].
                 y_term = dx[s] * (ys - sy[s])
                 x_term = dy[s] * (xs - sx[s])
-                # slots past the actual box get w0 = -inf: never inside (only buckets of sizes
-                # 1..6 hold boxes of exactly their size and have no such slots)
-                if k == 0 and n_r > _EXACT_SIZES:
+                # slots past the actual box get w0 = -inf: never inside (blocks of boxes of one
+                # exact size have no such slots)
+                if k == 0 and pad_r:
                     y_term += (nrows[s] - rr).clamp_(max=0) * _HUGE
-                if k == 0 and n_c > _EXACT_SIZES:
+                if k == 0 and pad_c:
                     x_term -= (ncols[s] - cc).clamp_(max=0) * _HUGE
                 w.append(y_term.unsqueeze(1) - x_term.unsqueeze(0))  # (R, C, n)
                 margin = w[k] - thr[s]  # > 0 iff the centre is on the inner side of edge k
@@ -317,7 +338,6 @@ def _visible_faces_bucketed(edges, zz, fid, base, px2, py2, ncols, nrows, bucket
             # Positive float32 bit patterns order like integers: (depth, face) in one int64.
             key = depth.view(torch.int32).to(torch.int64).bitwise_left_shift_(32).bitwise_or_(fid[s])
             keys.scatter_reduce_(0, (base[s] + offs).view(-1), key.view(-1), reduce="amin")
-        start += cnt
 
     keys = keys[:n_pix_total]
     covered = (keys < (_INF_BITS << 32)).nonzero().squeeze(1)

@@ -445,3 +445,13 @@ def test_exact_bucket_sizes_are_consecutive():
     # buckets of up to _EXACT_SIZES rows / columns hold boxes of exactly that size (no padding slots)
     for sizes in (R._ROW_SIZES, R._COL_SIZES):
         assert sizes[:R._EXACT_SIZES] == list(range(1, R._EXACT_SIZES + 1))
+
+
+@pytest.mark.parametrize("merge_slots", [0, 10**9])
+def test_bucket_merging_matches_reference(monkeypatch, merge_slots):
+    # no merged buckets, and every bucket merged into one padded block: both as the reference
+    monkeypatch.setattr(R, "_MERGE_SLOTS", merge_slots)
+    verts, faces = triangle_soup(batch=2, n_faces=40, image_hw=(29, 41), seed=12)
+    assert_matches_reference(verts, faces, (29, 41))
+    verts, faces = sphere_views((40, 56), n_views=2)
+    assert_matches_reference(verts, faces, (40, 56), cull_backfaces=True)

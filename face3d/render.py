@@ -188,6 +188,20 @@ def _pixel_alpha(tex_alpha: torch.Tensor, mask: torch.Tensor, extra: torch.Tenso
     return torch.where(mask > 0, a, near / cover.clamp(min=1e-6))
 
 
+def _composite(rgb: torch.Tensor, alpha: torch.Tensor, background) -> np.ndarray:
+    """uint8 images: `rgb` (B, S, S, 3) in 0..1 over `background` (a grey level or a uint8 array)
+    with `alpha` (B, S, S). The same float32 steps as a numpy composite (so the same bits), in
+    torch: multi-threaded, with fewer full-size temporaries."""
+    if isinstance(background, np.ndarray):
+        bg = torch.from_numpy(background.astype(np.float32) / 255.0)
+    else:
+        bg = torch.tensor(float(background), dtype=torch.float32)
+    a = alpha[..., None]
+    comp = rgb * a
+    comp += bg * (1 - a)
+    return comp.mul_(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8).numpy()
+
+
 def _texture_layers(texture: Texture, cut: bool) -> list[torch.Tensor]:
     """The atlas maps as (1, c, Ht, Wt) channels-last views of the texture's arrays (no copy when
     they are float32): colour, confidence and, when `cut`, alpha."""
@@ -249,16 +263,11 @@ def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel
             lm = torch.from_numpy(np.maximum(model.landmark_vertices, 0))
             lms.append(screen[:, lm, :2])
             depths.append(frag.zbuf)
-        rgb = torch.cat(imgs).clamp(0, 1).numpy()
-        alpha = torch.cat(masks).numpy()
+        alpha = torch.cat(masks)
+        images = _composite(torch.cat(imgs).clamp(0, 1), alpha, background)
+        alpha = alpha.numpy()
         conf = torch.cat(confs).numpy()
         lms = torch.cat(lms).numpy()
-    if isinstance(background, np.ndarray):
-        bg = background.astype(np.float32) / 255.0
-    else:
-        bg = np.full_like(rgb, float(background))
-    comp = rgb * alpha[..., None] + bg * (1 - alpha[..., None])
-    images = np.clip(comp * 255.0 + 0.5, 0, 255).astype(np.uint8)
     extra_masks = torch.cat(extras).numpy() if extras else None
     return RenderedViews(images=images, masks=alpha, confidence=conf, poses=list(poses), landmarks=lms,
                          extra_masks=extra_masks, depth=torch.cat(depths).numpy().astype(np.float32))

@@ -206,6 +206,17 @@ def _facing_faces(corners: torch.Tensor, cull_backfaces: bool) -> torch.Tensor:
     return keep.view(-1).nonzero().squeeze(1)
 
 
+def _corner_offsets(sel: torch.Tensor, batch: int):
+    """Face index and corner-block offset of flat (face * B + view) indices.
+
+    In a corner's (F, 3, B) block, x of (face, view) sits at ``face * 3 B + view``; its y and z
+    sit B and 2 B further, i.e. at the same offset in the flat block shifted by B or 2 B (the
+    ``coords`` views of :func:`_visible_faces`), so one offset array serves all 9 gathers.
+    """
+    fid = torch.div(sel, batch, rounding_mode="floor")
+    return fid, fid.mul(2 * batch).add_(sel)
+
+
 @torch.no_grad()
 def _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspective_correct):
     """Covered pixels (flat indices into B*H*W, increasing) and their visible face index.
@@ -218,20 +229,24 @@ def _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspecti
     # ---- Per-face stage: corners of all B*F faces, the area cull, then the rest on the kept. ----
     verts32 = verts_screen.detach().to(torch.float32)
     corners = _face_corner_coords(verts32, faces)
-    sel = _facing_faces(corners, cull_backfaces)
-    # (face, view) -> offset of its x in a corner's (F, 3, B) block; its y and z sit B and 2 B
-    # further, i.e. at the same offset in the flat block shifted by B or 2 B (no index arithmetic).
-    fid = torch.div(sel, batch, rounding_mode="floor")
-    at = fid.mul(2 * batch).add_(sel)
     coords = [c.view(-1)[i * batch:] for c in corners for i in range(3)]  # x0, y0, z0, x1, ...
-    x0, y0, x1, y1, x2, y2 = (coords[i].index_select(0, at) for i in (0, 1, 3, 4, 6, 7))
-    c0, r0, ncols, nrows = _box(x0, x1, x2, y0, y1, y2, height, width)
-    # Kept: a pixel centre in the box, all z > 0 (the area passed above). NaNs fail. The depth
-    # test is skipped when every vertex is in front of the camera (the usual case).
+    if cull_backfaces:  # about half the faces go: the rest of the stage runs on the others
+        sel = _facing_faces(corners, cull_backfaces)
+        fid, at = _corner_offsets(sel, batch)
+        x0, y0, x1, y1, x2, y2 = (coords[i].index_select(0, at) for i in (0, 1, 3, 4, 6, 7))
+    else:  # nearly all faces have a nonzero area: the (F, B) views as they are, no compaction
+        sel = None
+        (x0, y0), (x1, y1), (x2, y2) = ((c[:, 0], c[:, 1]) for c in corners)
+    c0, r0, ncols, nrows = (t.reshape(-1) for t in _box(x0, x1, x2, y0, y1, y2, height, width))
+    # Kept: a pixel centre in the box, all z > 0, nonzero area (front-facing ones passed above).
+    # NaNs fail. The depth test is skipped when every vertex is in front of the camera.
     crit = torch.minimum(ncols, nrows).add_(0.5)
     if not bool((verts32[..., 2] > 0).all()):
-        z0, z1, z2 = (coords[i].index_select(0, at) for i in (2, 5, 8))
-        crit = torch.minimum(crit, torch.minimum(torch.minimum(z0, z1), z2))
+        z0, z1, z2 = ((coords[i].index_select(0, at) for i in (2, 5, 8)) if sel is not None
+                      else (c[:, 2] for c in corners))
+        crit = torch.minimum(crit, torch.minimum(torch.minimum(z0, z1), z2).reshape(-1))
+    if sel is None:
+        crit = torch.minimum(crit, ((x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)).abs_().view(-1))
     keep = (crit > 0).nonzero().squeeze(1)
     if keep.numel() == 0:
         return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
@@ -243,9 +258,12 @@ def _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspecti
     sort_key, order = torch.sort(code_r.mul_(16).add_(code_c), stable=True)
     bucket_ids, bucket_counts = torch.unique_consecutive(sort_key, return_counts=True)
     keep = keep.index_select(0, order)
-    sel, fid, at = sel.index_select(0, keep), fid.index_select(0, keep), at.index_select(0, keep)
-    x0, x1, x2, y0, y1, y2 = (t.index_select(0, keep) for t in (x0, x1, x2, y0, y1, y2))
-    z0, z1, z2 = (coords[i].index_select(0, at) for i in (2, 5, 8))
+    if sel is None:
+        sel = keep
+        fid, at = _corner_offsets(sel, batch)
+    else:
+        sel, fid, at = sel.index_select(0, keep), fid.index_select(0, keep), at.index_select(0, keep)
+    x0, y0, z0, x1, y1, z1, x2, y2, z2 = (coords[i].index_select(0, at) for i in range(9))
     c0, r0, ncols, nrows = (t.index_select(0, order) for t in (c0, r0, ncols, nrows))
     edges, _ = _edge_setup(x0, y0, x1, y1, x2, y2, front_facing=cull_backfaces)
     zz = [z0.reciprocal(), z1.reciprocal(), z2.reciprocal()] if perspective_correct else [z0, z1, z2]

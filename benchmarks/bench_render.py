@@ -3,11 +3,14 @@
 The full re-posing path is timed (transform, rasterize 32.7k triangles, interpolate UVs, sample the
 texture atlas, composite), on a real fitted face. Median of several runs after a warm-up.
 
-Target (issue 2): >= 200 views/s at 128 px; the run exits 1 when it is missed.
+Target (issue 27, raised from issue 2's 200): >= 500 views/s at 128 px with 2 threads; the run
+exits 1 when it is missed. Timings on a shared machine swing widely: note the load average (printed)
+and compare runs made side by side; `--threads 1` gives the figure least disturbed by other jobs.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -38,7 +41,9 @@ def main():
     rng = np.random.default_rng(0)
     poses = [Pose(float(y), float(p), 0.0) for y, p in zip(rng.uniform(-60, 60, 32), rng.uniform(-20, 20, 32))]
     out = {"triangles": int(model.triangles.shape[0]), "batch": len(poses)}
-    print(f"render_views, batch of {len(poses)} poses, {model.triangles.shape[0]} triangles, torch threads {torch.get_num_threads()}")
+    out["load_average"] = list(os.getloadavg())
+    print(f"render_views, batch of {len(poses)} poses, {model.triangles.shape[0]} triangles, torch threads "
+          f"{torch.get_num_threads()}, load average {out['load_average'][0]:.2f}")
     for size in (128, 256):
         render_views(rec.fit, rec.texture, poses, model, size=size)  # warm-up
         times = []
@@ -49,7 +54,7 @@ def main():
         med = float(np.median(times))
         out[f"size_{size}"] = {"seconds_per_batch": med, "views_per_second": len(poses) / med, "runs": times}
         print(f"  {size:4d} px: {len(poses) / med:7.1f} views/s  ({1000 * med / len(poses):.2f} ms/view)")
-    targets.check("views_per_second_128px", out["size_128"]["views_per_second"], ">=", 200.0, " views/s")
+    targets.check("views_per_second_128px", out["size_128"]["views_per_second"], ">=", 500.0, " views/s")
     return targets.finish(args.json, out)
 
 

@@ -71,6 +71,10 @@ _MAX_IMAGE_SIDE = 1 << 14
 # uint8 sort key (255 = culled), and uint8 keys sort fast (radix sort).
 _ROW_SIZES = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 64, 256, 1 << 14]
 _COL_SIZES = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 64, 128, 512, 1 << 14]
+# Both tables list every size up to this one: a bucket of such a size holds only boxes of that size.
+_EXACT_SIZES = 6
+# Padding slots worth one block less in the scan (see `_bucket_blocks`).
+_MERGE_SLOTS = 4096
 
 
 def _size_lut(sizes):
@@ -112,7 +116,7 @@ def _image_hw(image_size) -> tuple[int, int]:
     return h, w
 
 
-def _edge_setup(x0, y0, x1, y1, x2, y2):
+def _edge_setup(x0, y0, x1, y1, x2, y2, front_facing=False):
     """Inside-positive, shared-edge-consistent edge functions of triangles (1D tensors).
 
     For edge k (from vertex a = k+1 to b = k+2, opposite vertex k) returns per face
@@ -128,16 +132,21 @@ def _edge_setup(x0, y0, x1, y1, x2, y2):
     test ``w - thr > 0`` means ``w > 0``, or ``w >= 0`` on tie edges. Tie edges are
     those whose direction d has ``dy > 0``, or ``dy == 0`` and ``dx < 0``: of the two
     triangles on either side of an edge exactly one owns the centres lying on it.
-    Also returns the signed doubled area ``(v1 - v0) x (v2 - v0)``.
+    Also returns the signed doubled area ``(v1 - v0) x (v2 - v0)``, or None when the caller
+    states that every face is ``front_facing`` (area < 0, as after back-face culling): then
+    ``d = a - b``, the same bits as ``(b - a) * -1``, without the area and the products.
     """
     xs, ys = (x0, x1, x2), (y0, y1, y2)
-    area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
-    sgn = torch.sign(area)
+    area = None if front_facing else (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
+    sgn = None if front_facing else torch.sign(area)
     out = []
     for k in range(3):
         ax, ay = xs[(k + 1) % 3], ys[(k + 1) % 3]
         bx, by = xs[(k + 2) % 3], ys[(k + 2) % 3]
-        dx, dy = (bx - ax) * sgn, (by - ay) * sgn
+        if front_facing:
+            dx, dy = ax - bx, ay - by
+        else:
+            dx, dy = (bx - ax) * sgn, (by - ay) * sgn
         # tie <=> 2 sign(dy) - sign(dx) > 0; all in float arithmetic (no masks: faster).
         thr = (2.0 * torch.sign(dy) - torch.sign(dx)).clamp_(0.0, 1.0).mul_(-_TINY)
         out.append((dx, dy, ax + bx, ay + by, thr))
@@ -170,6 +179,44 @@ def _box(x0, x1, x2, y0, y1, y2, height, width):
     return c0, r0, ncols, nrows
 
 
+def _face_corner_coords(verts32: torch.Tensor, faces: torch.Tensor) -> list[torch.Tensor]:
+    """Corner coordinates of every face in every view: per corner k a (F, 3, B) tensor
+    (coordinates x, y, z, then views).
+
+    The batch is the innermost axis: the vertices are laid out (V, 3, B), so each face
+    corner is one contiguous row copy of 3 B values (a fast gather), and the index is the
+    shared face list itself (no (B*F) flat index to build). The (F, B) views are strided
+    across rows but contiguous along B, which elementwise ops handle at full speed.
+    """
+    n_verts, batch = verts32.shape[1], verts32.shape[0]
+    vt = verts32.permute(1, 2, 0).reshape(n_verts, 3 * batch)  # (V, 3 B), one copy
+    return [vt.index_select(0, faces[:, k]).view(-1, 3, batch) for k in range(3)]
+
+
+def _facing_faces(corners: torch.Tensor, cull_backfaces: bool) -> torch.Tensor:
+    """Flat indices (into F*B, face-major) of the faces whose 2D area passes the cull: < 0
+    (front-facing) when culling back faces, else != 0. NaN fails.
+
+    Done first, on the area alone (5 ops over all B*F faces), so that every later per-face
+    step runs on the faces that remain (about half of a closed head when culling).
+    """
+    (x0, y0), (x1, y1), (x2, y2) = ((c[:, 0], c[:, 1]) for c in corners)
+    area = (x1 - x0).mul_(y2 - y0).sub_((y1 - y0).mul_(x2 - x0))
+    keep = area < 0 if cull_backfaces else area != 0
+    return keep.view(-1).nonzero().squeeze(1)
+
+
+def _corner_offsets(sel: torch.Tensor, batch: int):
+    """Face index and corner-block offset of flat (face * B + view) indices.
+
+    In a corner's (F, 3, B) block, x of (face, view) sits at ``face * 3 B + view``; its y and z
+    sit B and 2 B further, i.e. at the same offset in the flat block shifted by B or 2 B (the
+    ``coords`` views of :func:`_visible_faces`), so one offset array serves all 9 gathers.
+    """
+    fid = torch.div(sel, batch, rounding_mode="floor")
+    return fid, fid.mul(2 * batch).add_(sel)
+
+
 @torch.no_grad()
 def _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspective_correct):
     """Covered pixels (flat indices into B*H*W, increasing) and their visible face index.
@@ -177,40 +224,51 @@ def _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspecti
     Written with float arithmetic rather than boolean masks / torch.where where
     possible: on CPU the latter are an order of magnitude slower per element.
     """
-    batch, n_verts, _ = verts_screen.shape
-    n_faces = faces.shape[0]
+    batch = verts_screen.shape[0]
     n_pix = height * width
-    # ---- Per-face stage (all B*F faces): gather corners, cull, pixel-centre boxes. ----
-    vert_idx = faces.t().contiguous().unsqueeze(1) + (torch.arange(batch) * n_verts).view(1, batch, 1)
-    gx, gy, gz = _gather_corners(verts_screen.detach().to(torch.float32), vert_idx.view(3, -1))
-    (x0, x1, x2), (y0, y1, y2), (z0, z1, z2) = gx.unbind(0), gy.unbind(0), gz.unbind(0)
-    area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
-    c0, r0, ncols, nrows = _box(x0, x1, x2, y0, y1, y2, height, width)
-    # Kept: a pixel centre in the box, all z > 0, nonzero (or front-facing) area. NaNs fail.
-    crit = torch.minimum(torch.minimum(ncols, nrows) + 0.5, torch.minimum(torch.minimum(z0, z1), z2))
-    crit = torch.minimum(crit, -area if cull_backfaces else area.abs())
-    keep = crit > 0
-    n_keep = int(keep.sum())
-    if n_keep == 0:
+    # ---- Per-face stage: corners of all B*F faces, the area cull, then the rest on the kept. ----
+    verts32 = verts_screen.detach().to(torch.float32)
+    corners = _face_corner_coords(verts32, faces)
+    coords = [c.view(-1)[i * batch:] for c in corners for i in range(3)]  # x0, y0, z0, x1, ...
+    if cull_backfaces:  # about half the faces go: the rest of the stage runs on the others
+        sel = _facing_faces(corners, cull_backfaces)
+        fid, at = _corner_offsets(sel, batch)
+        x0, y0, x1, y1, x2, y2 = (coords[i].index_select(0, at) for i in (0, 1, 3, 4, 6, 7))
+    else:  # nearly all faces have a nonzero area: the (F, B) views as they are, no compaction
+        sel = None
+        (x0, y0), (x1, y1), (x2, y2) = ((c[:, 0], c[:, 1]) for c in corners)
+    c0, r0, ncols, nrows = (t.reshape(-1) for t in _box(x0, x1, x2, y0, y1, y2, height, width))
+    # Kept: a pixel centre in the box, all z > 0, nonzero area (front-facing ones passed above).
+    # NaNs fail. The depth test is skipped when every vertex is in front of the camera.
+    crit = torch.minimum(ncols, nrows).add_(0.5)
+    if not bool((verts32[..., 2] > 0).all()):
+        z0, z1, z2 = ((coords[i].index_select(0, at) for i in (2, 5, 8)) if sel is not None
+                      else (c[:, 2] for c in corners))
+        crit = torch.minimum(crit, torch.minimum(torch.minimum(z0, z1), z2).reshape(-1))
+    if sel is None:
+        crit = torch.minimum(crit, ((x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)).abs_().view(-1))
+    keep = (crit > 0).nonzero().squeeze(1)
+    if keep.numel() == 0:
         return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
     # Sort the kept faces by box shape code so that each bucket is evaluated as one dense
-    # (rows, cols, faces) block. Culled faces may hold NaN / negative counts: the int clamp
-    # makes any of them a valid table index (their code is overwritten anyway).
-    code_r = _ROW_LUT.index_select(0, (nrows + 1).clamp_(1, _MAX_IMAGE_SIDE).to(torch.int32).clamp_(1, _MAX_IMAGE_SIDE))
-    code_c = _COL_LUT.index_select(0, (ncols + 1).clamp_(1, _MAX_IMAGE_SIDE).to(torch.int32).clamp_(1, _MAX_IMAGE_SIDE))
-    sort_key = code_r.mul_(16).add_(code_c).masked_fill_(~keep, 255)
-    sort_key, order = torch.sort(sort_key, stable=True)
-    sel = order[:n_keep]
-    bucket_ids, bucket_counts = torch.unique_consecutive(sort_key[:n_keep], return_counts=True)
-
-    # ---- Kept faces, sorted by bucket. ----
-    x0, x1, x2, y0, y1, y2, z0, z1, z2 = (t.index_select(0, sel) for t in (x0, x1, x2, y0, y1, y2, z0, z1, z2))
-    c0, r0, ncols, nrows = _box(x0, x1, x2, y0, y1, y2, height, width)
-    edges, _ = _edge_setup(x0, y0, x1, y1, x2, y2)
+    # (rows, cols, faces) block.
+    c0, r0, ncols, nrows = (t.index_select(0, keep) for t in (c0, r0, ncols, nrows))
+    code_r = _ROW_LUT.index_select(0, nrows.to(torch.int32).add_(1))
+    code_c = _COL_LUT.index_select(0, ncols.to(torch.int32).add_(1))
+    sort_key, order = torch.sort(code_r.mul_(16).add_(code_c), stable=True)
+    bucket_ids, bucket_counts = torch.unique_consecutive(sort_key, return_counts=True)
+    keep = keep.index_select(0, order)
+    if sel is None:
+        sel = keep
+        fid, at = _corner_offsets(sel, batch)
+    else:
+        sel, fid, at = sel.index_select(0, keep), fid.index_select(0, keep), at.index_select(0, keep)
+    x0, y0, z0, x1, y1, z1, x2, y2, z2 = (coords[i].index_select(0, at) for i in range(9))
+    c0, r0, ncols, nrows = (t.index_select(0, order) for t in (c0, r0, ncols, nrows))
+    edges, _ = _edge_setup(x0, y0, x1, y1, x2, y2, front_facing=cull_backfaces)
     zz = [z0.reciprocal(), z1.reciprocal(), z2.reciprocal()] if perspective_correct else [z0, z1, z2]
-    # Face index and first-pixel offset of each kept face, by lookups rather than int64 / and %.
-    fid = torch.arange(n_faces).repeat(batch).index_select(0, sel)
-    base = torch.arange(0, batch * n_pix, n_pix).repeat_interleave(n_faces).index_select(0, sel)
+    # Face index and first-pixel offset of each kept face (flat index = face * B + view).
+    base = (sel - fid * batch).mul_(n_pix)
     if n_pix < (1 << 24):  # float32 is exact here
         base += (r0 * width + c0).to(torch.int64)
     else:
@@ -222,6 +280,35 @@ def _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspecti
                 perspective_correct)
 
 
+def _bucket_blocks(bucket_ids: list[int], bucket_counts: list[int], nrows, ncols) -> list[tuple]:
+    """The dense blocks the scan evaluates: ``(start, count, rows, cols, pad_rows, pad_cols)``.
+
+    One block per bucket, trimmed to the largest box present (for the coarse codes), except
+    that consecutive buckets are merged into one block of their largest shape while that
+    costs at most ``_MERGE_SLOTS`` extra (padding) slots: each block costs some 60 tensor
+    calls, so a bucket of a few dozen faces is cheaper as padding in its neighbour's block.
+    ``pad_*`` says that a block holds boxes smaller than its shape (their extra slots must
+    be made empty); buckets of sizes up to ``_EXACT_SIZES`` hold boxes of exactly that size.
+    """
+    blocks, start = [], 0
+    for b, cnt in zip(bucket_ids, bucket_counts):
+        n_r, n_c = _ROW_SIZES[b // 16], _COL_SIZES[b % 16]
+        if n_r > 16:
+            n_r = int(nrows[start:start + cnt].max()) + 1
+        if n_c > 16:
+            n_c = int(ncols[start:start + cnt].max()) + 1
+        new = (start, cnt, n_r, n_c, n_r > _EXACT_SIZES, n_c > _EXACT_SIZES)
+        start += cnt
+        if blocks:
+            s0, c0, r0, k0, pr0, pc0 = blocks[-1]
+            rows, cols = max(r0, n_r), max(k0, n_c)
+            if (c0 + cnt) * rows * cols - c0 * r0 * k0 - cnt * n_r * n_c <= _MERGE_SLOTS:
+                blocks[-1] = (s0, c0 + cnt, rows, cols, pr0 or new[4] or r0 != n_r, pc0 or new[5] or k0 != n_c)
+                continue
+        blocks.append(new)
+    return blocks
+
+
 def _visible_faces_bucketed(edges, zz, fid, base, px2, py2, ncols, nrows, bucket_ids, bucket_counts,
                             n_pix_total, width, perspective_correct):
     """The nearest face at each pixel of the kept faces' boxes (sorted by bucket, see
@@ -230,24 +317,14 @@ def _visible_faces_bucketed(edges, zz, fid, base, px2, py2, ncols, nrows, bucket
     Tie edges are decided by ``w - thr > 0``, which is ``w >= 0`` only with denormals
     (:func:`_visible_faces_fallback` serves where they are flushed to zero).
     """
-    # Bucket shapes, trimmed to the largest box present (only for the coarse codes).
-    shapes, start = [], 0
-    for b, cnt in zip(bucket_ids.tolist(), bucket_counts.tolist()):
-        n_r, n_c = _ROW_SIZES[b // 16], _COL_SIZES[b % 16]
-        if n_r > 16:
-            n_r = int(nrows[start:start + cnt].max()) + 1
-        if n_c > 16:
-            n_c = int(ncols[start:start + cnt].max()) + 1
-        shapes.append((n_r, n_c))
-        start += cnt
-    max_rows, max_cols = max(r for r, _ in shapes), max(c for _, c in shapes)
+    blocks = _bucket_blocks(bucket_ids.tolist(), bucket_counts.tolist(), nrows, ncols)
+    max_rows, max_cols = max(b[2] for b in blocks), max(b[3] for b in blocks)
     # Pixel buffer padded so that slots past the end of a box never index out of range
     # (those slots are never inside, they only carry an empty key).
     keys = torch.full((n_pix_total + max_rows * width + max_cols,), _EMPTY_KEY, dtype=torch.int64)
 
     # ---- Each bucket is a dense (rows, cols, faces) block, faces innermost. ----
-    start = 0
-    for (n_r, n_c), cnt in zip(shapes, bucket_counts.tolist()):
+    for start, cnt, n_r, n_c, pad_r, pad_c in blocks:
         step = max(1, _MAX_SLOTS_PER_CHUNK // (n_r * n_c))
         rr = torch.arange(n_r, dtype=torch.float32).view(n_r, 1)
         cc = torch.arange(n_c, dtype=torch.float32).view(n_c, 1)
@@ -262,8 +339,11 @@ def _visible_faces_bucketed(edges, zz, fid, base, px2, py2, ncols, nrows, bucket
                 # Separable edge function: w = dx*(2py - sy) - dy*(2px - sx) = Y[row] - X[col].
                 y_term = dx[s] * (ys - sy[s])
                 x_term = dy[s] * (xs - sx[s])
-                if k == 0:  # slots past the actual box get w0 = -inf: never inside
+                # slots past the actual box get w0 = -inf: never inside (blocks of boxes of one
+                # exact size have no such slots)
+                if k == 0 and pad_r:
                     y_term += (nrows[s] - rr).clamp_(max=0) * _HUGE
+                if k == 0 and pad_c:
                     x_term -= (ncols[s] - cc).clamp_(max=0) * _HUGE
                 w.append(y_term.unsqueeze(1) - x_term.unsqueeze(0))  # (R, C, n)
                 margin = w[k] - thr[s]  # > 0 iff the centre is on the inner side of edge k
@@ -276,7 +356,6 @@ def _visible_faces_bucketed(edges, zz, fid, base, px2, py2, ncols, nrows, bucket
             # Positive float32 bit patterns order like integers: (depth, face) in one int64.
             key = depth.view(torch.int32).to(torch.int64).bitwise_left_shift_(32).bitwise_or_(fid[s])
             keys.scatter_reduce_(0, (base[s] + offs).view(-1), key.view(-1), reduce="amin")
-        start += cnt
 
     keys = keys[:n_pix_total]
     covered = (keys < (_INF_BITS << 32)).nonzero().squeeze(1)
@@ -384,9 +463,7 @@ def rasterize_meshes(
 
     # In-place scatter into fresh buffers (differentiable w.r.t. the scattered values).
     zbuf = torch.full((batch * n_pix,), -1.0, dtype=dtype).index_put_((covered,), depth)
-    bary_full = torch.zeros((batch * n_pix, 3), dtype=dtype)
-    for k in range(3):
-        bary_full[:, k].index_put_((covered,), bary[k])
+    bary_full = torch.zeros((batch * n_pix, 3), dtype=dtype).index_put_((covered,), torch.stack(bary, 1))
     return Fragments(
         pix_to_face=pix_to_face.view(batch, height, width),
         zbuf=zbuf.view(batch, height, width),

@@ -439,3 +439,19 @@ def test_box_size_lookup_tables_match_their_definition():
         assert lut.dtype == torch.uint8 and lut.numel() == R._MAX_IMAGE_SIDE + 1
         for n in list(range(1, 70)) + [100, 255, 256, 257, 511, 512, 513, 4096, R._MAX_IMAGE_SIDE]:
             assert int(lut[n]) == next(i for i, s in enumerate(sizes) if s >= n)
+
+
+def test_exact_bucket_sizes_are_consecutive():
+    # buckets of up to _EXACT_SIZES rows / columns hold boxes of exactly that size (no padding slots)
+    for sizes in (R._ROW_SIZES, R._COL_SIZES):
+        assert sizes[:R._EXACT_SIZES] == list(range(1, R._EXACT_SIZES + 1))
+
+
+@pytest.mark.parametrize("merge_slots", [0, 10**9])
+def test_bucket_merging_matches_reference(monkeypatch, merge_slots):
+    # no merged buckets, and every bucket merged into one padded block: both as the reference
+    monkeypatch.setattr(R, "_MERGE_SLOTS", merge_slots)
+    verts, faces = triangle_soup(batch=2, n_faces=40, image_hw=(29, 41), seed=12)
+    assert_matches_reference(verts, faces, (29, 41))
+    verts, faces = sphere_views((40, 56), n_views=2)
+    assert_matches_reference(verts, faces, (40, 56), cull_backfaces=True)

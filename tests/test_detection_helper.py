@@ -40,8 +40,13 @@ def photos(tmp_path, data_dir, obama_path):
 
 
 def test_helper_detections_are_the_in_process_ones(photos):
+    from face3d.landmarks import cnn_has_run
+
     assert start_detection_helper() is None  # torch is loaded here: nothing left to overlap
     order = ["obama", "noface", "garbage", "biden", "obama"]
+    # a helper forked after this process ran dlib's CNN (an earlier test may have) leaves the photos
+    # that need the CNN (HOG finds no face) to the main process: None; else the CNN finds none: []
+    noface = None if cnn_has_run() else []
     with DetectionHelper() as helper:
         helper.submit(photos[k] for k in order)
         got = [helper.faces(photos[k]) for k in order]
@@ -49,7 +54,7 @@ def test_helper_detections_are_the_in_process_ones(photos):
         if k == "garbage":
             assert faces is None                 # the main process reads it and reports the error
         elif k == "noface":
-            assert faces == []
+            assert faces == noface
         else:
             _same(faces, detect_faces(load_image(photos[k])))
             assert len(faces) == 1

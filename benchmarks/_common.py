@@ -122,19 +122,35 @@ def fresh_rotate(photo: Path, yaws, method: str, runs: int, extra: tuple[str, ..
             "runs": walls}
 
 
+def largest_face(image, model, source, skipped: list | None = None, **options):
+    """The reconstruction of the largest face of `image` (`reconstruct_faces(image, model,
+    source=source, **options)[0]`), or None where it fails (no face, ...): then, when `skipped` is a
+    list, {"photo": source, "error": the error's first line} is appended to it."""
+    from face3d import reconstruct_faces
+    from face3d.errors import FaceSynthError
+
+    try:
+        return reconstruct_faces(image, model, source=str(source), **options)[0]
+    except FaceSynthError as exc:
+        if skipped is not None:
+            skipped.append({"photo": str(source), "error": str(exc).splitlines()[0]})
+        return None
+
+
 def reconstructed_photos(model, photos):
     """(photo, image, reconstruction of its largest face) for each of `photos` that the default
     settings reconstruct, lazily; photos that fail (unreadable, no face) are left out."""
-    from face3d import load_image, reconstruct_faces
+    from face3d import load_image
     from face3d.errors import FaceSynthError
 
     for ph in photos:
         try:
             img = load_image(ph)
-            rec = reconstruct_faces(img, model)[0]
         except FaceSynthError:
             continue
-        yield ph, img, rec
+        rec = largest_face(img, model, ph)
+        if rec is not None:
+            yield ph, img, rec
 
 
 def reconstructed_test_photos(model):

@@ -65,15 +65,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from _common import RESULTS, Targets, add_target_option, face_photos, heldout_lfw_sample, lfw_dir
+from _common import RESULTS, Targets, add_target_option, face_photos, heldout_lfw_sample, largest_face, lfw_dir
 from bench_expressions import mouth_eye_metrics
-from face3d.errors import FaceSynthError
 from face3d.expressions import expression_split
 from face3d.fitting import FitConfig
 from face3d.image_io import load_image
 from face3d.landmarks import detect_faces, outer_eye_distance
 from face3d.morphable_model import load_morphable_model
-from face3d.pipeline import Reconstruction, reconstruct_faces
+from face3d.pipeline import Reconstruction
 from face3d.reference_face import ReferenceFace, reference_from_fit
 from facesynth.api import RenderOptions, render_face, with_reference_expression
 from facesynth.compare.metrics import THRESHOLD, detect_view_face
@@ -174,10 +173,8 @@ def fit_photos(photos, model, encoder, fit_config) -> tuple[list[Photo], list[di
     for k, (set_name, path) in enumerate(photos):
         t0 = time.perf_counter()
         image = load_image(path)
-        try:
-            rec = reconstruct_faces(image, model, fit_config=fit_config, source=str(path))[0]
-        except FaceSynthError as exc:
-            skipped.append({"photo": str(path), "error": str(exc).splitlines()[0]})
+        rec = largest_face(image, model, path, skipped, fit_config=fit_config)
+        if rec is None:
             print(f"  [{k + 1}/{len(photos)}] {set_name} {path.name}: left out ({skipped[-1]['error']})", flush=True)
             continue
         ref = reference_from_fit(rec.fit, model, str(path), rec.faces_found, rec.face.box)

@@ -60,15 +60,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import RESULTS, Targets, add_target_option, face_photos, heldout_lfw_sample, identity_layout
+from _common import (RESULTS, Targets, add_target_option, face_photos, heldout_lfw_sample, identity_layout,
+                     largest_face)
 from face3d.camera import Pose
-from face3d.errors import FaceSynthError
 from face3d.fitting import FitConfig
 from face3d.image_io import load_image
 from face3d.labels import (ARCFACE_TEMPLATE, VISIBLE_DEPTH_MM, arcface_crop, arcface_points)
 from face3d.landmarks import detect_faces
 from face3d.morphable_model import load_morphable_model
-from face3d.pipeline import reconstruct_faces
 from face3d.rasterizer import rasterize_meshes
 from face3d.render import view_screen
 from face3d.variants import variant_geometry
@@ -376,10 +375,8 @@ def measure_views(photos, model, maker, poses, size):
     for k, (set_name, path) in enumerate(photos):
         image = load_image(path)
         t0 = time.perf_counter()
-        try:
-            rec = reconstruct_faces(image, model, fit_config=fit_config, source=str(path))[0]
-        except FaceSynthError as exc:
-            skipped.append({"photo": str(path), "error": str(exc).splitlines()[0]})
+        rec = largest_face(image, model, path, skipped, fit_config=fit_config)
+        if rec is None:
             print(f"  [{k + 1}/{len(photos)}] {set_name} {path.parent.name}/{path.name}: left out", flush=True)
             continue
         t1 = time.perf_counter()

@@ -54,9 +54,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import RESULTS, Targets, add_target_option, face_photos, heldout_lfw_sample, lfw_dir
+from _common import RESULTS, Targets, add_target_option, face_photos, heldout_lfw_sample, largest_face, lfw_dir
 from face3d.camera import Pose
-from face3d.errors import FaceSynthError
 from face3d.fitting import FitConfig, initial_focal
 from face3d.image_io import load_image, save_png
 from face3d.landmarks import CNN_WORK_SIDE, detect_faces
@@ -173,9 +172,8 @@ def lfw_profile_inputs(model, n: int, rescan: bool = False) -> list[dict]:
     fitted = []
     for r in scan:
         ph = lfw_dir() / r["photo"]
-        try:
-            rec = reconstruct_faces(load_image(ph), model, source=str(ph))[0]
-        except FaceSynthError:
+        rec = largest_face(load_image(ph), model, ph)
+        if rec is None:
             continue
         fitted.append((abs(rec.fit.pose.yaw), rec.fit.pose.yaw, r, ph))
     fitted.sort(key=lambda t: -t[0])
@@ -223,9 +221,8 @@ def profile_row(item: dict, model, maker, ident: Identity, cnn_seconds: list[flo
             for key in ("fitted_yaw", "frontal_detected", "frontal_distance"):
                 row[f"unweighted_{key}"] = row.get(f"weighted_{key}")
             continue
-        try:
-            rec = reconstruct_faces(image, model, fit_config=cfg, source=str(item["path"]), faces=faces)[0]
-        except FaceSynthError:
+        rec = largest_face(image, model, item["path"], fit_config=cfg, faces=faces)
+        if rec is None:
             continue
         if name == "weighted":
             row["profile_refit"] = bool(rec.fit.residuals.get("profile_refit"))
@@ -313,9 +310,8 @@ def run_part_b(args, model, ident: Identity) -> tuple[dict, list[dict]]:
     rows = []
     for k, (set_name, ph) in enumerate(photos):
         image = load_image(ph)
-        try:
-            rec = reconstruct_faces(image, model, source=str(ph))[0]
-        except FaceSynthError:
+        rec = largest_face(image, model, ph)
+        if rec is None:
             continue
         src = ident.of_face(image, rec.face.landmarks)
         for method, maker in makers.items():

@@ -48,13 +48,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import (RESULTS, Targets, add_target_option, face_photos, fresh_rotate, heldout_lfw_sample)
+from _common import (RESULTS, Targets, add_target_option, face_photos, fresh_rotate, heldout_lfw_sample,
+                     largest_face)
 from face3d.camera import Pose
-from face3d.errors import FaceSynthError
 from face3d.fitting import FitConfig
 from face3d.image_io import load_image
 from face3d.morphable_model import load_morphable_model
-from face3d.pipeline import reconstruct_faces
 from face3d.pose_estimation import angle_error, view_pose_reference
 from facesynth.api import RenderOptions, render_face
 from facesynth.compare.metrics import THRESHOLD, detect_view_face, finite_median
@@ -174,10 +173,8 @@ def main(argv=None) -> int:
     for k, (set_name, path) in enumerate(photos):
         image = load_image(path)
         t0 = time.perf_counter()
-        try:
-            rec = reconstruct_faces(image, model, fit_config=fit_config, source=str(path))[0]
-        except FaceSynthError as exc:
-            skipped.append({"photo": str(path), "error": str(exc).splitlines()[0]})
+        rec = largest_face(image, model, path, skipped, fit_config=fit_config)
+        if rec is None:
             continue
         seconds["fit"] += time.perf_counter() - t0
         with torch.inference_mode():

@@ -213,19 +213,25 @@ def view_labels(vertices: torch.Tensor, model: MorphableModel, poses: list[Pose]
     out = []
     for b in range(len(poses)):
         idx, outward = contour_landmark_vertices(screen[b], pose_matrix(poses[b]), model)
-        pts = screen[b, idx]
-        # an outline point may sit a hair inside the silhouette that a neighbouring bulge makes:
-        # seen when the spot OUTLINE_NUDGE_MM further out along the outline's normal is uncovered
-        nudged = pts.copy()
-        nudged[:, :2] += OUTLINE_NUDGE_MM * px_per_mm * outward
-        on_outline = np.abs(outward).sum(axis=1) > 0
-        both = landmark_visibility(np.concatenate([pts, nudged]), screen[b], model.triangles, size,
-                                   np.concatenate([margin, margin]))
-        visible = both[:68] | (on_outline & both[68:])
+        visible = _seen_or_just_outside(screen[b, idx], outward, screen[b], model, size, margin, px_per_mm)
         _visible_outline_points(idx, visible, outward, screen[b], model, size, px_per_mm)
         pts = screen[b, idx]
         out.append(ViewLabels(pts[:, :2], visible, arcface_points(pts[:, :2]), face_box(pts[:, :2], size)))
     return out
+
+
+def _seen_or_just_outside(pts: np.ndarray, outward: np.ndarray, screen: np.ndarray, model: MorphableModel,
+                          size: int, margin, px_per_mm: float) -> np.ndarray:
+    """Whether each point (n, 3) of the view `screen` is seen (`landmark_visibility` with `margin`,
+    mm, one or per point), or the spot OUTLINE_NUDGE_MM further out along its outline normal
+    `outward` (n, 2; zero off the outline, where the spot is the point itself) is: an outline point
+    may sit a hair inside the silhouette that a neighbouring bulge makes."""
+    nudged = pts.copy()
+    nudged[:, :2] += OUTLINE_NUDGE_MM * px_per_mm * outward
+    margin = np.broadcast_to(np.asarray(margin, np.float64), (len(pts),))
+    both = landmark_visibility(np.concatenate([pts, nudged]), screen, model.triangles, size,
+                               np.concatenate([margin, margin]))
+    return both[:len(pts)] | both[len(pts):]
 
 
 def _visible_outline_points(idx: np.ndarray, visible: np.ndarray, outward: np.ndarray, screen: np.ndarray,
@@ -236,19 +242,16 @@ def _visible_outline_points(idx: np.ndarray, visible: np.ndarray, outward: np.nd
     OUTLINE_SEARCH_MM of the hidden one (mean shape) instead: `idx` and `visible` are updated in
     place. A point with no such vertex stays as it is, hidden: beyond about 70 degrees of yaw the far
     jaw is hidden behind the face, and what its strip shows lies near the chin's midline."""
-    redo = [k for k in JAW if not visible[k] and np.abs(outward[k]).sum() > 0 and jaw_strips(model)[k].size > 1]
+    all_strips = jaw_strips(model)
+    redo = [k for k in JAW if not visible[k] and np.abs(outward[k]).sum() > 0 and all_strips[k].size > 1]
     if not redo:
         return
     # only the strip vertices within reach are tested (the visibility test is the cost)
-    strips = [s[np.linalg.norm(model.mean[s] - model.mean[idx[k]], axis=1) <= OUTLINE_SEARCH_MM]
-              for k, s in ((k, jaw_strips(model)[k]) for k in redo)]
-    cand = np.concatenate(strips)
-    pts = screen[cand]
-    nudged = pts.copy()
-    nudged[:, :2] += OUTLINE_NUDGE_MM * px_per_mm * np.concatenate([np.repeat(outward[k][None], len(s), axis=0)
-                                                                    for k, s in zip(redo, strips)])
-    both = landmark_visibility(np.concatenate([pts, nudged]), screen, model.triangles, size, OUTLINE_DEPTH_MM)
-    seen = both[:len(cand)] | both[len(cand):]
+    strips = [all_strips[k][np.linalg.norm(model.mean[all_strips[k]] - model.mean[idx[k]], axis=1) <= OUTLINE_SEARCH_MM]
+              for k in redo]
+    directions = np.concatenate([np.repeat(outward[k][None], len(s), axis=0) for k, s in zip(redo, strips)])
+    seen = _seen_or_just_outside(screen[np.concatenate(strips)], directions, screen, model, size, OUTLINE_DEPTH_MM,
+                                 px_per_mm)
     start = 0
     for k, strip in zip(redo, strips):
         ok = seen[start:start + len(strip)]

@@ -72,6 +72,8 @@ def test_cnn_fallback_finds_the_profile_that_hog_misses(profile_png):
     l, t, r, b = auto[0].box
     assert 60 < r - l < 200 and 0 <= l and r <= 256                 # the head, not the whole view
     assert DEFAULT_DETECTOR == "auto" and set(DETECTORS) == {"auto", "hog", "cnn"}
+    from facesynth import options    # the CLI's copy (it must not import face3d.landmarks)
+    assert options.DEFAULT_DETECTOR == DEFAULT_DETECTOR and list(options.DETECTORS) == list(DETECTORS)
     with pytest.raises(Exception, match="unknown face detector"):
         detect_faces(image, detector="nope")
 

@@ -25,7 +25,7 @@ from face3d.expressions import ExpressionSpec, expression_version, reference_lab
 from face3d.fitting import FitConfig
 from face3d.image_io import atomic_write_bytes, lock_output_folder, prepare_output_folder, remove_stale_temp_files
 from face3d.labels import LABEL_VERSION
-from face3d.landmarks import detect_faces
+from face3d.landmarks import DEFAULT_DETECTOR, detect_faces
 from face3d.morphable_model import load_morphable_model, resolve_model_dir
 from face3d.pipeline import Reconstruction, reconstruct_faces
 from face3d.reference_face import reference_expression, reference_sample
@@ -86,7 +86,7 @@ class AugmentOptions:
     jitter_samples: int = 1
     retry_failed: bool = False
     progress: bool = True
-    detector: str = "auto"                # face3d.landmarks.DETECTORS
+    detector: str = DEFAULT_DETECTOR      # face3d.landmarks.DETECTORS
     align: str = "crop"
     labels: bool = True
     maps: tuple[str, ...] = ()

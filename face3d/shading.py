@@ -76,9 +76,11 @@ def _normalize(v: torch.Tensor, eps: float = _EPS) -> torch.Tensor:
 
 def _face_cross(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     faces = faces.to(device=verts.device, dtype=torch.int64)
-    v0 = verts[..., faces[:, 0], :]
-    v1 = verts[..., faces[:, 1], :]
-    v2 = verts[..., faces[:, 2], :]
+    # index_select: its backward is a plain index_add (advanced indexing's index_put sorts its
+    # indices every call under torch's deterministic mode, which the dense fit runs in)
+    v0 = verts.index_select(-2, faces[:, 0])
+    v1 = verts.index_select(-2, faces[:, 1])
+    v2 = verts.index_select(-2, faces[:, 2])
     return torch.linalg.cross(v1 - v0, v2 - v0, dim=-1)  # length = 2 * area
 
 

@@ -518,10 +518,16 @@ def _batch_loss(problem: _BatchProblem, mesh: DenseMesh, var: _DenseVariables, c
     w_sym, w_smooth = 1.0, 5.0
     albedo, edges = var.albedo, mesh.edges
     e_photo = _batch_photometric_energy(problem, mesh, var, cam_pts, scr)
-    # index_select, not x[:, idx]: its backward is a plain index_add, where advanced indexing's
-    # index_put under torch's deterministic mode sorts the indices every step
-    e_sym = ((albedo.index_select(1, mesh.skin) - albedo.index_select(1, mesh.skin_mirror)) ** 2).sum(-1).mean(-1)
-    e_smooth = ((albedo.index_select(1, edges[:, 0]) - albedo.index_select(1, edges[:, 1])) ** 2).sum(-1).mean(-1)
+    # gathered vertex-major, (Vc, B*3): each index copies one contiguous row and its backward adds one
+    B = albedo.shape[0]
+    am = albedo.transpose(0, 1).reshape(-1, B * 3)
+
+    def pair_term(i, j):
+        d = (am.index_select(0, i) - am.index_select(0, j)).view(-1, B, 3)
+        return (d ** 2).sum(-1).mean(0)
+
+    e_sym = pair_term(mesh.skin, mesh.skin_mirror)
+    e_smooth = pair_term(edges[:, 0], edges[:, 1])
     lm_pts = torch.gather(cam_pts, 1, corr[..., None].expand(-1, -1, 3))
     full_scr = PerspectiveCamera(torch.exp(var.log_f), problem.photo_centre).project(lm_pts)[..., :2]
     w_l = problem.landmark_weights

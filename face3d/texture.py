@@ -150,7 +150,7 @@ class AtlasTexels:
     model and atlas height: everything an extraction needs that does not depend on the face."""
 
     flat: np.ndarray      # (N,) int64 atlas index (row-major) of each covered texel, ascending
-    corners: np.ndarray   # (3, N) int64 vertex ids of the covering triangle's corners
+    corners: np.ndarray   # (3, N) int32 vertex ids of the covering triangle's corners (int32: faster gathers)
     bary: np.ndarray      # (3, N) float32 their barycentric weights
     ear: np.ndarray       # (N,) bool: on an ear triangle (all three corners `ear_vertices`)
     mouth: np.ndarray     # (N,) bool: on the mouth socket (`model.mouth_interior` of the first corner)
@@ -158,6 +158,7 @@ class AtlasTexels:
 
 
 def atlas_texels(model: MorphableModel, height: int) -> AtlasTexels:
+    """The `AtlasTexels` of `model`'s atlas at `height` (from `uv_raster`), cached with the model."""
     key = ("atlas_texels", height)
     if key not in model._torch_cache:
         raster = uv_raster(model, height)
@@ -167,8 +168,10 @@ def atlas_texels(model: MorphableModel, height: int) -> AtlasTexels:
         mouth = model.mouth_interior if model.mouth_interior is not None else np.zeros(model.num_vertices, bool)
         row = np.full(valid.size, -1, np.int64)
         row[flat] = np.arange(len(flat))
-        model._torch_cache[key] = AtlasTexels(flat, np.ascontiguousarray(tri.T), np.ascontiguousarray(raster.bary[valid].T),
-                                              ear_vertices(model)[tri].all(axis=1), mouth[tri[:, 0]], row)
+        corners = np.ascontiguousarray(tri.T, np.int32)
+        bary = np.ascontiguousarray(raster.bary[valid].T)
+        model._torch_cache[key] = AtlasTexels(flat, corners, bary, ear_vertices(model)[tri].all(axis=1),
+                                              mouth[tri[:, 0]], row)
     return model._torch_cache[key]
 
 

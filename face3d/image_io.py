@@ -222,15 +222,22 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
 
 def sample_bilinear(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
     """Bilinear samples (N, C) of `image` at pixel positions `xy` (N, 2) (x, y), edges replicated."""
+    return sample_bilinear_xy(image, xy[:, 0], xy[:, 1])
+
+
+def sample_bilinear_xy(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """`sample_bilinear` at the positions (x[i], y[i]) given as two (N,) arrays (no (N, 2) copy)."""
     import cv2  # deferred: as in load_image (the detection helper never samples)
 
-    n = xy.shape[0]
+    n = x.shape[0]
     cols = 1024
     rows = max(1, -(-n // cols))
-    pad = np.zeros((rows * cols, 2), np.float32)
-    pad[:n] = xy
     # pixel centres are at integer + 0.5 in our convention, at integers in OpenCV's
-    mx = (pad[:, 0] - 0.5).reshape(rows, cols)
-    my = (pad[:, 1] - 0.5).reshape(rows, cols)
-    out = cv2.remap(image, mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    mx = np.zeros(rows * cols, np.float32)
+    my = np.zeros(rows * cols, np.float32)
+    mx[:n], my[:n] = x, y
+    mx -= 0.5
+    my -= 0.5
+    out = cv2.remap(image, mx.reshape(rows, cols), my.reshape(rows, cols), interpolation=cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REPLICATE)
     return out.reshape(rows * cols, -1)[:n]

@@ -169,6 +169,35 @@ def _candidate_pairs(points: np.ndarray, lo: np.ndarray, hi: np.ndarray, size: i
     return pi[inbox], fi[inbox]
 
 
+def _triangles_near_points(points: np.ndarray, lo: np.ndarray, hi: np.ndarray, size: int) -> np.ndarray:
+    """Ascending indices of the triangles whose screen box (lo, hi: (F, 2)) spans a pixel that holds
+    one of `points` (N, 2): a superset of those whose box holds a point, the only ones that can
+    hide one. A summed-area table of the points' pixels answers it with 4 look-ups per triangle, so
+    `_candidate_pairs` bins a few thousand triangles, not the whole mesh (a view tests ~140 points).
+    Positions outside the image are clipped to its border pixels on both sides, which keeps the
+    superset; points that are not finite hide behind nothing (no box holds them)."""
+    g = size + 1
+    pc = np.clip(np.floor(np.nan_to_num(points)), 0, g - 1).astype(np.int64)
+    sat = np.zeros((g + 1, g + 1), np.int64)
+    np.add.at(sat, (pc[:, 1] + 1, pc[:, 0] + 1), 1)
+    sat = sat.cumsum(0).cumsum(1)
+    c0 = np.clip(np.floor(lo), 0, g - 1).astype(np.int64)
+    c1 = np.clip(np.floor(hi), 0, g - 1).astype(np.int64) + 1
+    held = sat[c1[:, 1], c1[:, 0]] - sat[c0[:, 1], c1[:, 0]] - sat[c1[:, 1], c0[:, 0]] + sat[c0[:, 1], c0[:, 0]]
+    return np.flatnonzero(held > 0)
+
+
+def _screen_boxes(screen: np.ndarray, triangles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(F, 2) lower and upper corners of each triangle's screen box, from per-corner columns (fast
+    gathers, and min / max of three columns rather than reductions over a length-3 axis)."""
+    lo, hi = [], []
+    for c in (0, 1):
+        a, b, d = (screen[triangles[:, k], c] for k in range(3))
+        lo.append(np.minimum(np.minimum(a, b), d))
+        hi.append(np.maximum(np.maximum(a, b), d))
+    return np.stack(lo, 1), np.stack(hi, 1)
+
+
 def landmark_visibility(points: np.ndarray, screen: np.ndarray, triangles: np.ndarray, size: int,
                         margin=VISIBLE_DEPTH_MM) -> np.ndarray:
     """(N,) whether each point (N, 3: pixel x, y, view depth mm) is seen in a `size` x `size` view:
@@ -176,13 +205,15 @@ def landmark_visibility(points: np.ndarray, screen: np.ndarray, triangles: np.nd
     (F, 3)) covers its exact position more than `margin` mm (scalar or (N,)) in front of it. An exact
     ray test, so the answer does not depend on the raster's resolution."""
     pts = torch.as_tensor(np.asarray(points, np.float64))
-    tri = torch.as_tensor(np.asarray(screen, np.float64))[torch.as_tensor(triangles, dtype=torch.int64)]  # (F, 3, 3)
-    lo, hi = tri[..., :2].min(dim=1).values, tri[..., :2].max(dim=1).values
+    screen = np.asarray(screen, np.float64)
+    triangles = np.asarray(triangles, np.int64)
+    lo, hi = _screen_boxes(screen, triangles)
     inside = ((pts[:, :2] >= 0) & (pts[:, :2] <= size)).all(dim=1)
     margin = torch.as_tensor(np.broadcast_to(np.asarray(margin, np.float64), (len(pts),)).copy())
-    pi, fi = _candidate_pairs(pts[:, :2].numpy(), lo.numpy(), hi.numpy(), size)
-    pi, fi = torch.as_tensor(pi), torch.as_tensor(fi)
-    p, t = pts[pi], tri[fi]
+    near = _triangles_near_points(pts[:, :2].numpy(), lo, hi, size)
+    pi, fi = _candidate_pairs(pts[:, :2].numpy(), lo[near], hi[near], size)
+    pi, fi = torch.as_tensor(pi), torch.as_tensor(near[fi])
+    p, t = pts[pi], torch.as_tensor(screen[triangles[fi.numpy()]])                                # (n, 3, 3)
     a, b, c = t[:, 0, :2], t[:, 1, :2], t[:, 2, :2]
     det = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (c[:, 0] - a[:, 0]) * (b[:, 1] - a[:, 1])
     ok = det.abs() > 1e-12

@@ -24,7 +24,10 @@ import torch
 from face3d.morphable_model import MorphableModel
 from face3d.rasterizer import rasterize_meshes
 
-#: GrabCut runs at most at this size (longer side, px): ~0.05 s on one core.
+#: GrabCut runs at most at this size (longer side, px): 0.07-0.17 s on one core (the most for a
+#: square photo, 160 x 160 px), some 40% of `extract_texture`. Less changes the mask too much: over
+#: the 17 test photos, astronaut.png and 8 LFW photos, 2 iterations leave IoU >= 0.99 with today's
+#: mask on all but one photo (0.963) and save ~20%; 1 iteration drops to 0.71, 128 px to 0.34.
 SEGMENT_SIZE = 160
 GRABCUT_ITERATIONS = 3
 #: Trimap margins as fractions of the face size (outer-eye to mouth distance scale, see `_face_scale`).

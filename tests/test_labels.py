@@ -230,3 +230,42 @@ def test_view_maps_encode_what_the_renderer_sees(ict_model, mean_vertices):
         back = decode_map(name, encode_map(name, maps[name][1]))
         tol = {"depth": DEPTH_UNIT_MM / 2 + 1e-3, "normals": 2.0 / 65535, "mask": 1 / 255}[name]
         assert back.shape == maps[name][1].shape and np.abs(back - maps[name][1]).max() <= tol, name
+
+
+def _brute_force_visibility(points, screen, triangles, size, margin):
+    """landmark_visibility's ray test over every (point, triangle) pair whose box holds the point:
+    no grid, no pre-selection of triangles."""
+    tri = screen[triangles]                                               # (F, 3, 3)
+    lo, hi = tri[..., :2].min(1), tri[..., :2].max(1)
+    seen = np.ones(len(points), bool)
+    for i, p in enumerate(points):
+        f = np.flatnonzero((lo <= p[:2]).all(1) & (hi >= p[:2]).all(1))
+        a, b, c = tri[f, 0, :2], tri[f, 1, :2], tri[f, 2, :2]
+        det = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (c[:, 0] - a[:, 0]) * (b[:, 1] - a[:, 1])
+        ok = np.abs(det) > 1e-12
+        safe = np.where(ok, det, 1.0)
+        w1 = ((p[0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (c[:, 0] - a[:, 0]) * (p[1] - a[:, 1])) / safe
+        w2 = ((b[:, 0] - a[:, 0]) * (p[1] - a[:, 1]) - (p[0] - a[:, 0]) * (b[:, 1] - a[:, 1])) / safe
+        w0 = 1 - w1 - w2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = 1.0 / (w0 / tri[f, 0, 2] + w1 / tri[f, 1, 2] + w2 / tri[f, 2, 2])
+        seen[i] = not (ok & (w0 >= 0) & (w1 >= 0) & (w2 >= 0) & (z < p[2] - margin)).any()
+    inside = ((points[:, :2] >= 0) & (points[:, :2] <= size)).all(1)
+    return inside & seen
+
+
+def test_landmark_visibility_matches_the_brute_force_ray_test(ict_model, mean_vertices):
+    """The triangles `landmark_visibility` tests are pre-selected (summed-area table of the points'
+    pixels) and paired on a grid: the same answers as testing every triangle."""
+    from face3d.labels import landmark_visibility
+
+    rng = np.random.default_rng(0)
+    for pose, size in ((Pose(0, 0, 0), 128), (Pose(-60, 10, 0), 128), (Pose(45, -10, 5), 256)):
+        screen = view_screen(mean_vertices, ict_model, [pose], size)[0].numpy().astype(np.float64)
+        pts = screen[rng.choice(len(screen), 300, replace=False)].copy()
+        pts[:, 2] -= rng.uniform(-20, 5, len(pts))              # some in front of the surface, some behind
+        pts[:5, :2] = [[-3, 40], [size + 2, 50], [60, -1], [0, 0], [size, size]]   # outside / on the border
+        got = landmark_visibility(pts, screen, ict_model.triangles, size)
+        want = _brute_force_visibility(pts, screen, ict_model.triangles, size, VISIBLE_DEPTH_MM)
+        assert 0.1 < got.mean() < 0.9
+        assert np.array_equal(got, want)

@@ -97,8 +97,8 @@ def test_ear_alpha_without_a_seen_ear_texel_is_none(obama_image, obama_reconstru
     valid = raster.face >= 0
     tri = ict_model.triangles[raster.face[valid]]
     seen = np.zeros(len(tri), dtype=bool)
-    colours = np.zeros((len(tri), 3), np.float32)
+    colours = np.zeros((0, 3), np.float32)       # the photo colours of the seen texels: none
     flat = np.nonzero(valid.reshape(-1))[0]
-    alpha = ear_alpha(obama_reconstruction.fit, obama_image, ict_model, tri, seen, colours,
+    alpha = ear_alpha(obama_reconstruction.fit, obama_image, ear_vertices(ict_model)[tri].all(axis=1), seen, colours,
                       raster.mirror.reshape(-1), flat, valid.shape)
     assert alpha is None

@@ -118,3 +118,133 @@ def test_an_open_mouth_shows_the_photos_teeth_from_other_angles(obama_reconstruc
     closed = reconstruct_faces(load_image(data_dir / "faces" / "biden" / "face_recognition_biden.jpg"), ict_model,
                                fit_config=FitConfig(dense=False))[0]
     assert np.isclose(closed.texture.confidence, MOUTH_PLANE_CONFIDENCE).sum() < 50
+
+
+# --- the sped-up texture extraction against plain references (the forms it was first written in)
+
+def _reference_texel_samples(fit, image, model, cfg):
+    """Per covered texel (atlas order): photo colour (0..255) and confidence (0: unseen), as
+    extract_texture computed them before it was sped up: einsum interpolation over (N, 3, C)
+    gathers, norms along axis 1, five foreground look-ups per texel, every texel sampled."""
+    import torch
+
+    from face3d.camera import transform
+    from face3d.image_io import sample_bilinear
+    from face3d.segmentation import head_foreground_mask
+    from face3d.shading import vertex_normals
+    from face3d.texture import _source_zbuffer
+
+    raster = uv_raster(model, cfg.height)
+    valid = raster.face >= 0
+    tri, b = model.triangles[raster.face[valid]], raster.bary[valid]
+    with torch.no_grad():
+        verts = fit.vertices(model)
+        cam = transform(verts, torch.from_numpy(fit.rotation.astype(np.float32))[None],
+                        torch.from_numpy(fit.translation.astype(np.float32))[None])
+        screen = fit.camera().project(cam)
+        normals = vertex_normals(cam, model.tensors()["triangles"])
+        zbuf, _, lo, s = _source_zbuffer(screen, model.tensors()["triangles"], image.shape[:2], cfg.visibility_size)
+    p = np.einsum("nk,nkc->nc", b, screen[0].numpy()[tri])
+    pc = np.einsum("nk,nkc->nc", b, cam[0].numpy()[tri])
+    n = np.einsum("nk,nkc->nc", b, normals[0].numpy()[tri])
+    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-9)
+    cos = np.sum(n * (-pc / np.maximum(np.linalg.norm(pc, axis=1, keepdims=True), 1e-9)), axis=1)
+    zb = zbuf.numpy()
+    zref = zb[np.clip(((p[:, 1] - float(lo[1])) * s).astype(np.int64), 0, zb.shape[0] - 1),
+              np.clip(((p[:, 0] - float(lo[0])) * s).astype(np.int64), 0, zb.shape[1] - 1)]
+    H, W = image.shape[:2]
+    inside = (p[:, 0] >= 0) & (p[:, 0] <= W - 1) & (p[:, 1] >= 0) & (p[:, 1] <= H - 1)
+    seen = inside & (zref > 0) & (p[:, 2] <= zref + cfg.depth_tolerance_mm) & (cos > cfg.min_cosine)
+    fg = head_foreground_mask(fit, image, model)
+    for dx, dy in ((0, 0), (-2, 0), (2, 0), (0, -2), (0, 2)):
+        seen &= fg[np.clip(np.rint(p[:, 1]).astype(np.int64) + dy, 0, H - 1),
+                   np.clip(np.rint(p[:, 0]).astype(np.int64) + dx, 0, W - 1)]
+    return sample_bilinear(image, p[:, :2]), np.where(seen, np.clip(cos, 0.0, 1.0), 0.0).astype(np.float32)
+
+
+def test_extracted_texels_match_the_plain_reference_bit_for_bit(obama_reconstruction, obama_image, ict_model):
+    """Without the symmetry fill every texel keeps its own confidence: seen texels have exactly the
+    reference's colour and confidence, the others (but the mouth socket) the inpainting's."""
+    from face3d.texture import TextureConfig, atlas_texels, extract_texture
+
+    cfg = TextureConfig(mirror_below=0.0)
+    fit = obama_reconstruction.fit
+    tex = extract_texture(fit, obama_image, ict_model, cfg)
+    colours, conf = _reference_texel_samples(fit, obama_image, ict_model, cfg)
+    texels = atlas_texels(ict_model, cfg.height)
+    seen = conf > 0
+    assert 0.1 < seen.mean() < 0.8
+    got = tex.confidence.reshape(-1)[texels.flat]
+    assert np.array_equal(got[seen], conf[seen])
+    assert (got[~seen & ~texels.mouth] == INPAINT_CONFIDENCE).all()
+    assert np.array_equal(tex.image.reshape(-1, 3)[texels.flat[seen]], colours[seen].astype(np.float32) / 255.0)
+
+
+def test_interpolate_sums_as_einsum_did(ict_model):
+    from face3d.texture import atlas_texels, interpolate
+
+    texels = atlas_texels(ict_model, 64)
+    values = np.random.default_rng(0).normal(size=(5, ict_model.num_vertices)).astype(np.float32) * 300
+    want = np.einsum("nk,nkc->nc", texels.bary.T, values.T[texels.corners.T])
+    assert np.array_equal(interpolate(texels, values), want.T)
+
+
+def test_foreground_texels_match_five_look_ups():
+    import cv2
+
+    from face3d.texture import _foreground_texels
+
+    rng = np.random.default_rng(1)
+    fg = cv2.GaussianBlur(rng.random((60, 90)).astype(np.float32), (0, 0), 3) > 0.5
+    x, y = rng.uniform(0, 89, 5000).astype(np.float32), rng.uniform(0, 59, 5000).astype(np.float32)
+    x[:4], y[:4] = (0, 89, 0.4, 88.6), (0, 59, 58.7, 0.2)          # the borders: neighbours clipped
+    want = np.ones(len(x), bool)
+    for dx, dy in ((0, 0), (-2, 0), (2, 0), (0, -2), (0, 2)):
+        want &= fg[np.clip(np.rint(y).astype(np.int64) + dy, 0, 59), np.clip(np.rint(x).astype(np.int64) + dx, 0, 89)]
+    assert 0.2 < want.mean() < 0.8
+    assert np.array_equal(_foreground_texels(fg, x, y), want)
+
+
+def _reference_push_pull(image, known):
+    import cv2
+
+    w = known.astype(np.float32)
+    levels, img = [], image * w[..., None]
+    while True:
+        levels.append((img, w))
+        if min(img.shape[:2]) <= 2:
+            break
+        img = cv2.resize(img, (max(1, img.shape[1] // 2), max(1, img.shape[0] // 2)), interpolation=cv2.INTER_AREA)
+        w = cv2.resize(w, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_AREA)
+    img, w = levels[-1]
+    est = img / np.maximum(w, 1e-8)[..., None]
+    if not np.any(w > 0):
+        est[:] = 0.5
+    for img, w in reversed(levels[:-1]):
+        up = cv2.resize(est, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
+        a = np.clip(w, 0.0, 1.0)[..., None]
+        est = img / np.maximum(w, 1e-8)[..., None] * a + up * (1 - a)
+        est = np.where((w > 0)[..., None], est, up)
+    return np.where(known[..., None], image, est)
+
+
+def test_push_pull_fill_matches_the_reference():
+    from face3d.texture import push_pull_fill
+
+    rng = np.random.default_rng(2)
+    for shape, frac in (((128, 320), 0.3), ((37, 91), 0.05), ((2, 5), 0.5), ((16, 16), 0.0)):
+        image = rng.random((*shape, 3)).astype(np.float32)
+        known = rng.random(shape) < frac
+        assert np.array_equal(push_pull_fill(image, known), _reference_push_pull(image, known))
+
+
+def test_texel_shading_of_some_texels_is_theirs_from_all():
+    """The mirror fill shades only the texels it touches: the same numbers as shading them all."""
+    from face3d.texture import texel_shading
+
+    rng = np.random.default_rng(3)
+    n = rng.normal(size=(20000, 3)).astype(np.float32)
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    sh = rng.normal(size=(9, 3)).astype(np.float32)
+    some = np.sort(rng.choice(len(n), 7001, replace=False))
+    assert np.array_equal(texel_shading(n[some], sh), texel_shading(n, sh)[some])

@@ -1,6 +1,7 @@
 """Where augment's sources are processed: in the driver itself (`--workers 1`), in a local process
-pool, or as Ray tasks. Each runner calls `work(item, cfg) -> SourceResult` for every item and
-hands the results, one at a time and in the order they finish, to `consume` in the driver.
+pool, or as Ray tasks. A work item is a batch of sources (`--batch-size`; the driver forms them):
+each runner calls `work(batch, cfg) -> [SourceResult per source]` for every batch and hands the
+results, one source at a time, batches in the order they finish, to `consume` in the driver.
 
 Every worker runs torch with one thread and loads the model once (`worker_model`); pool workers
 die with the driver (`face3d.process_utils.die_with_parent`), and a Ray cluster started here has
@@ -50,7 +51,7 @@ class Backend:
     ray_address: str | None = None
 
 
-Work = Callable[[SourceItem, object], SourceResult]
+Work = Callable[[list[SourceItem], object], list[SourceResult]]
 Consume = Callable[[SourceResult], None]
 
 _WORKER: dict = {}
@@ -90,9 +91,10 @@ def rss_kb() -> tuple[int, int]:
     return cur, peak
 
 
-def run_sources(work: Work, items: list[SourceItem], cfg, consume: Consume, backend: Backend) -> None:
-    """Run `work(item, cfg)` for every item on `backend`; `cfg` is pickled to the workers (its
-    `model` is the model folder, its `method` names the rows of a Ray task that crashed)."""
+def run_sources(work: Work, items: list[list[SourceItem]], cfg, consume: Consume, backend: Backend) -> None:
+    """Run `work(batch, cfg)` for every batch of sources in `items` on `backend` and `consume` each
+    source's result; `cfg` is pickled to the workers (its `model` is the model folder, its `method`
+    names the rows of a Ray task that crashed)."""
     if not items:
         return
     if backend.kind == "ray":
@@ -103,18 +105,19 @@ def run_sources(work: Work, items: list[SourceItem], cfg, consume: Consume, back
         run_pool(work, items, cfg, consume, backend.workers)
 
 
-def run_inline(work: Work, items: list[SourceItem], cfg, consume: Consume) -> None:
+def run_inline(work: Work, items: list[list[SourceItem]], cfg, consume: Consume) -> None:
     """In the driver itself; its torch thread count is restored afterwards."""
     threads = torch.get_num_threads()
     try:
-        for item in items:
-            consume(work(item, cfg))
+        for batch in items:
+            for res in work(batch, cfg):
+                consume(res)
     finally:
         torch.set_num_threads(threads)
 
 
-def run_pool(work: Work, items: list[SourceItem], cfg, consume: Consume, workers: int) -> None:
-    """In a pool of `workers` processes, at most 2 items per worker in flight."""
+def run_pool(work: Work, items: list[list[SourceItem]], cfg, consume: Consume, workers: int) -> None:
+    """In a pool of `workers` processes, at most 2 batches per worker in flight."""
     # spawn: forking a process that already runs torch/OpenMP threads can deadlock. The workers
     # die with this process (init_pool_worker); multiprocessing's resource tracker, which this
     # process and the workers hold a pipe to, then reads EOF and exits too.
@@ -135,7 +138,8 @@ def run_pool(work: Work, items: list[SourceItem], cfg, consume: Consume, workers
                     break
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in done:
-                    consume(f.result())
+                    for res in f.result():
+                        consume(res)
         except BrokenProcessPool:
             raise FaceSynthError("a worker process died (out of memory?); run the same command again to resume") from None
         except BaseException:
@@ -144,8 +148,9 @@ def run_pool(work: Work, items: list[SourceItem], cfg, consume: Consume, workers
             raise
 
 
-def run_ray(work: Work, items: list[SourceItem], cfg, consume: Consume, backend: Backend) -> None:
-    """As Ray tasks (2 retries each), at most 2 per cluster CPU in flight. A Ray already initialised
+def run_ray(work: Work, items: list[list[SourceItem]], cfg, consume: Consume, backend: Backend) -> None:
+    """As Ray tasks, one per batch (2 retries each), at most 2 per cluster CPU in flight; a task that
+    crashed past its retries is an "internal error" row for each source of its batch. A Ray already initialised
     is used and left running; else one is joined or started here and shut down at the end."""
     # deferred: Ray is optional (an extra) and takes seconds to import
     try:
@@ -173,12 +178,14 @@ def run_ray(work: Work, items: list[SourceItem], cfg, consume: Consume, backend:
                 break
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                item = pending.pop(ref)
+                batch = pending.pop(ref)
                 try:
-                    res = ray.get(ref)
+                    results = ray.get(ref)
                 except Exception as exc:  # a worker crash that survived the retries
-                    res = crashed_result(item, cfg.method, f"Ray task failed: {_first_line(exc)}")
-                consume(res)
+                    results = [crashed_result(item, cfg.method, f"Ray task failed: {_first_line(exc)}")
+                               for item in batch]
+                for res in results:
+                    consume(res)
     finally:
         if started:
             ray.shutdown()

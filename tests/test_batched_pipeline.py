@@ -13,6 +13,7 @@ The end-to-end tests use 5 photos (4 LFW faces and a no-face photo) and a non-im
 """
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -215,3 +216,32 @@ def test_batched_run_with_two_workers_and_resume(one_photo_run, batch_input, tmp
     res = augment(opts(batch_input, out, batch_size=2, retry_failed=True))     # another batch size: allowed
     assert res.processed == 2 and res.failed_sources == 2
     assert_same_output(out, one_photo_run)
+
+
+# ---------------------------------------------------------------------------------------------
+# rotate with several photos
+
+
+@pytest.mark.slow
+def test_rotate_fits_several_photos_in_one_batch(batch_input, tmp_path, capsys):
+    """`rotate` with several photos fits them in one batch: each photo's views equal those of the
+    photo rotated alone (the one-photo path) within the tolerance; a photo without a face and a file
+    that is no image fail alone, with today's one-line errors."""
+    photos = [batch_input / PHOTOS[0], batch_input / "AJ_Cook" / "AJ_Cook_upside_down.jpg",
+              batch_input / "Abdullah_Gul" / "Abdullah_Gul_notes.jpg", batch_input / PHOTOS[2]]
+    flags = ["--yaw", "-30,30", "--size", "64", "--no-dense", "--method", "3d"]
+    code = main(["rotate", *map(str, photos), *flags, "--out", str(tmp_path / "all")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "AJ_Cook_upside_down.jpg: no face found" in err and "Abdullah_Gul_notes.jpg" in err
+    records = [json.loads(line) for line in (tmp_path / "all" / "manifest.jsonl").read_text().splitlines()]
+    failed = {Path(r["source"]).name for r in records if "error" in r}
+    assert failed == {"AJ_Cook_upside_down.jpg", "Abdullah_Gul_notes.jpg"}
+    views = [r for r in records if "error" not in r]
+    assert len(views) == 4 and all(r["seconds_per_photo"] > 0 for r in views)
+    for k in (0, 3):
+        alone = tmp_path / f"alone{k}"
+        assert main(["rotate", str(photos[k]), *flags, "--out", str(alone)]) == 0
+        for png in alone.glob("*.png"):
+            x, y = (np.asarray(Image.open(d / png.name), dtype=np.int16) for d in (alone, tmp_path / "all"))
+            assert np.abs(x - y).max() <= IMAGE_TOL, png.name

@@ -164,6 +164,21 @@ def test_batch_sources_caps_the_batch(tmp_path):
     assert batch_sources([], 8, 2, 5) == []
 
 
+def test_steady_rate_counts_from_the_first_finished_batch(tmp_path):
+    """The sources of a batch finish together: the steady rate counts the sources after the first
+    finished batch over the time since it; one batch that held them all gives the plain rate."""
+    from facesynth.augment import AugmentResult
+    from facesynth.augment.backends import SourceResult
+
+    res = AugmentResult(output=tmp_path, seconds=10.0)
+    for k in range(8):
+        res.count_processed(SourceResult(k, f"s{k}", [], batch_size=4))
+    res.first_done, res.last_done = 100.0, 102.0     # the second batch of 4 finished 2 s after the first
+    assert res.steady_rate == 2.0
+    res.processed = 4
+    assert res.steady_rate == res.rate == 0.4
+
+
 def test_batch_size_usage_errors(tmp_path, capsys):
     inp = tmp_path / "in"
     (inp / "a").mkdir(parents=True)

@@ -30,7 +30,8 @@ from facesynth.augment.sources import SourceItem
 @dataclass
 class SourceResult:
     """What a worker returns for one source: its manifest rows, its images as PNG bytes by path
-    relative to OUTPUT (the driver writes them), and the worker's pid and memory (KiB)."""
+    relative to OUTPUT (the driver writes them), the worker's pid and memory (KiB), and the size of
+    the batch it was processed in."""
 
     index: int
     source: str
@@ -39,6 +40,7 @@ class SourceResult:
     pid: int = -1
     rss_kb: int = 0
     peak_kb: int = 0
+    batch_size: int = 1      # the sources of the batch it came with (they finish together)
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,7 @@ def run_ray(work: Work, items: list[list[SourceItem]], cfg, consume: Consume, ba
                 try:
                     results = ray.get(ref)
                 except Exception as exc:  # a worker crash that survived the retries
-                    results = [crashed_result(item, cfg.method, f"Ray task failed: {_first_line(exc)}")
+                    results = [crashed_result(item, cfg.method, f"Ray task failed: {_first_line(exc)}", len(batch))
                                for item in batch]
                 for res in results:
                     consume(res)
@@ -222,12 +224,12 @@ def _init_ray(ray, backend: Backend):
     return start_env_reaper("RAY_RAYLET_PID", str(raylets[0])) if len(raylets) == 1 else None
 
 
-def crashed_result(item: SourceItem, method: str, what: str) -> SourceResult:
+def crashed_result(item: SourceItem, method: str, what: str, batch_size: int = 1) -> SourceResult:
     """The result of a source whose worker crashed: one failed row ("internal error"), no timings."""
     row = failed_row({"source": item.source, "identity": item.identity, "method": method},
                      "internal error", f"{item.source}: {what}", None)
     row.update({c: None for c in TIMING_COLUMNS})
-    return SourceResult(item.index, item.source, [ordered_row(row)])
+    return SourceResult(item.index, item.source, [ordered_row(row)], batch_size=batch_size)
 
 
 def _first_line(exc: BaseException) -> str:

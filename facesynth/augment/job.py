@@ -177,6 +177,7 @@ class AugmentResult:
     workers: dict = field(default_factory=dict)   # pid -> {"first_rss_kb", "first_peak_kb", "last_rss_kb", "last_peak_kb", "items"}
     first_done: float | None = None   # perf_counter of the first and the last finished source
     last_done: float | None = None
+    first_batch: int = 1              # the sources of the first finished batch (they finish together)
 
     @property
     def rate(self) -> float:
@@ -185,10 +186,13 @@ class AugmentResult:
 
     @property
     def steady_rate(self) -> float:
-        """Sources per second between the first and the last finished source (start-up excluded)."""
-        if self.processed < 2 or self.last_done is None or self.last_done <= self.first_done:
+        """Sources per second between the first and the last finished source (start-up excluded):
+        the sources after the first finished batch over that time; the plain rate when one batch
+        held them all."""
+        later = self.processed - self.first_batch
+        if later < 1 or self.last_done is None or self.last_done <= self.first_done:
             return self.rate
-        return (self.processed - 1) / (self.last_done - self.first_done)
+        return later / (self.last_done - self.first_done)
 
     def count_processed(self, res: SourceResult) -> None:
         """One more source done in this run, and its worker's memory."""
@@ -197,7 +201,7 @@ class AugmentResult:
         self.processed += 1
         self.last_done = time.perf_counter()
         if self.first_done is None:
-            self.first_done = self.last_done
+            self.first_done, self.first_batch = self.last_done, max(1, res.batch_size)
 
     def count_manifest(self, log: ManifestLog, rows: list[dict], selected: set) -> None:
         """The totals over the whole manifest: sources ok and failed, by reason and by note."""
@@ -294,13 +298,16 @@ def failure_rows(item: SourceItem, base: dict, exc: Exception, faces: int | None
     return [failed_row(base, "internal error", f"{item.source}: internal error: {type(exc).__name__}: {first}", faces)]
 
 
-def source_result(item: SourceItem, rows: list[dict], images: dict, clock: _Clock) -> SourceResult:
-    """The source's rows with its timings, its images, and this worker's pid and memory."""
+def source_result(item: SourceItem, rows: list[dict], images: dict, clock: _Clock,
+                  batch_size: int = 1) -> SourceResult:
+    """The source's rows with its timings, its images, this worker's pid and memory, and the size
+    of the batch it came in."""
     times = clock.rounded()
     for r in rows:
         r.update(times)
     rss, peak = rss_kb()
-    return SourceResult(item.index, item.source, [ordered_row(r) for r in rows], images, os.getpid(), rss, peak)
+    return SourceResult(item.index, item.source, [ordered_row(r) for r in rows], images, os.getpid(), rss, peak,
+                        batch_size)
 
 
 def source_base(item: SourceItem, cfg: WorkerConfig) -> dict:
@@ -364,7 +371,7 @@ def process_batch(items: list[SourceItem], cfg: WorkerConfig) -> list[SourceResu
                     s.error = exc
         if s.error is not None:
             rows, images = failure_rows(s.item, s.base, s.error, s.clock.faces), {}
-        out.append(source_result(s.item, rows, images, s.clock))
+        out.append(source_result(s.item, rows, images, s.clock, len(items)))
     return out
 
 

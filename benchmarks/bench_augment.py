@@ -11,7 +11,8 @@
    alone), each run right after part 1's batched run of the same worker count, the images/s of both
    and their ratio, and the largest pixel difference between the two outputs (max abs over every
    image, pixel and channel, out of 255; the batched fit equals the one-photo fit within float
-   rounding) and whether their bytes are identical.
+   rounding) and whether their bytes are identical. Before any timed run, a one-image warm-up run
+   loads the models into this process (the 1-worker runs work in it), so no cell pays that alone.
 3. Memory: a run over `--rss-images` LFW images (default 1000) with 2 local workers; each worker's RSS
    and peak RSS after its first and after its last image.
 
@@ -142,6 +143,11 @@ def main() -> int:
     try:
         inp = lfw_list(args.images, work)
         digests = {}
+        # warm-up: the in-process (1 worker) cells run in this process, which loads the models once;
+        # without it the first timed cell pays that and the cells after it do not
+        augment(AugmentOptions(input=str(inp), output=str(work / "warmup"), yaw=yaws, size=args.size, limit=1,
+                               progress=False))
+        shutil.rmtree(work / "warmup", ignore_errors=True)
         print(f"throughput on the first {args.images} LFW images, {len(yaws)} yaws, {args.size} px")
         print(f"{'backend':8s} {'workers':>7s} {'wall img/s':>11s} {'steady img/s':>13s} {'seconds':>8s} {'failed':>7s}")
         backends = [b.strip() for b in args.backends.split(",") if b.strip()]

@@ -47,7 +47,7 @@ from face3d.batched_fitting import batch_levenberg_marquardt, stack_landmark_pro
 from face3d.camera import PerspectiveCamera, euler_to_matrix, matrix_to_euler, solve_pnp, transform
 from face3d.contours import (JAW, contour_candidate_vertices, far_side_factor, hidden_side, profile_landmark_weights,
                              select_contour_vertices)
-from face3d.dense import refine_dense
+from face3d.dense import refine_dense, refine_dense_batch
 from face3d.errors import FaceSynthError
 from face3d.face_fit import FaceFit
 from face3d.landmarks import outer_eye_distance
@@ -184,8 +184,9 @@ def fit_morphable_models(images: list[np.ndarray | None] | None, landmarks: list
     `images[i]` is face i's uint8 RGB photo or None (landmarks only; `image_sizes[i]` (H, W) then
     required); `images` None means no photo for any face. Several faces of one photo pass the same
     image. Each result equals `fit_morphable_model` on that face alone within float rounding
-    (`tests/test_batched_fit.py` states the tolerance). The dense stage, with `config.dense` and a
-    photo, still runs face by face. Bad landmarks of any face raise before any fitting, as one face would.
+    (`tests/test_batched_fit.py` states the tolerance). The dense stage, with `config.dense`, runs
+    as one batch over the faces that have a photo (`face3d.dense.refine_dense_batch`). Bad
+    landmarks of any face raise before any fitting, as one face would.
     `residuals['landmark_stage_seconds']` is the batch's landmark stage divided by the faces;
     `residuals['batch_size']` says how many faces shared it.
     """
@@ -215,10 +216,10 @@ def fit_morphable_models(images: list[np.ndarray | None] | None, landmarks: list
         # a face beyond profile_start_yaw takes its profile refit on its own, as in the one-face path
         fit = _landmark_stage_fit(problem, theta[i], qs[i], cfg, int(iterations[i]), sizes[i])
         fit.residuals.update(landmark_stage_seconds=stage, batch_size=n)
-        if cfg.dense and images[i] is not None:
-            torch.manual_seed(cfg.seed)            # as fit_morphable_model seeds each face
-            fit = refine_dense(fit, images[i], model, cfg)
         fits.append(fit)
+    dense = [i for i in range(n) if cfg.dense and images[i] is not None]
+    for i, fit in zip(dense, refine_dense_batch([fits[i] for i in dense], [images[i] for i in dense], model, cfg)):
+        fits[i] = fit
     for fit, res in zip(fits, landmark_residuals_batch(fits, model)):
         fit.residuals.update(res)
     seconds = (time.perf_counter() - t0) / n

@@ -98,16 +98,54 @@ def test_batched_fit_with_sfm_and_without_expression(photo_landmarks, sfm_model,
             assert_same_fit(fit_morphable_model(None, q, model, cfg, image_size=hw), batched[i], f"{model.name} {i}")
 
 
+# The dense stage (Adam over 25 steps) amplifies float rounding: Adam divides each gradient by its
+# running RMS, so the sign of a near-zero gradient decides a full-size step. Batched against one
+# face on the 17 test photos (batch of 18 with the bundled photo), the largest differences were:
+# identity 2.4e-3, expression 8e-5, rotation 8e-6, translation 1.5e-3 mm, focal 6e-6 relative,
+# SH 2.1e-4, albedo 8.3e-3 (of 0..1); the photometric error agreed to 1e-4.
+DENSE_COEFF_TOL = 1e-2
+DENSE_ROTATION_TOL = 1e-4
+DENSE_TRANSLATION_TOL = 1e-2        # mm
+DENSE_FOCAL_REL_TOL = 1e-4
+DENSE_SH_TOL = 2e-3
+DENSE_ALBEDO_TOL = 3e-2
+
+
+def assert_close_dense_fit(one, other, what: str) -> None:
+    np.testing.assert_allclose(other.identity, one.identity, rtol=0, atol=DENSE_COEFF_TOL, err_msg=what)
+    np.testing.assert_allclose(other.expression, one.expression, rtol=0, atol=DENSE_COEFF_TOL, err_msg=what)
+    np.testing.assert_allclose(other.rotation, one.rotation, rtol=0, atol=DENSE_ROTATION_TOL, err_msg=what)
+    np.testing.assert_allclose(other.translation, one.translation, rtol=0, atol=DENSE_TRANSLATION_TOL, err_msg=what)
+    assert abs(other.focal - one.focal) <= DENSE_FOCAL_REL_TOL * one.focal, what
+    np.testing.assert_allclose(other.sh, one.sh, rtol=0, atol=DENSE_SH_TOL, err_msg=what)
+    np.testing.assert_allclose(other.albedo, one.albedo, rtol=0, atol=DENSE_ALBEDO_TOL, err_msg=what)
+    assert abs(other.residuals["dense_photometric_end"] - one.residuals["dense_photometric_end"]) < 1e-3, what
+
+
 def test_batched_fit_with_dense_stage(photo_landmarks, ict_model):
-    """With photos and the dense stage (which still runs per face after the batched landmark stage)."""
-    picked = photo_landmarks[:1]     # one dense fit each way: the dense stage is the per-face one
+    """With photos: the batched landmark stage, then the dense stage as one batch, against each
+    face fitted alone."""
+    picked = photo_landmarks[:3]
     cfg = FitConfig()
     batched = fit_morphable_models([im for _, _, im in picked], [q for q, _, _ in picked], ict_model, cfg)
     for i, (q, _, im) in enumerate(picked):
         one = fit_morphable_model(im, q, ict_model, cfg)
-        assert_same_fit(one, batched[i], f"dense photo {i}")
-        np.testing.assert_allclose(batched[i].sh, one.sh, rtol=0, atol=1e-5)
-        np.testing.assert_allclose(batched[i].albedo, one.albedo, rtol=0, atol=1e-5)
+        assert batched[i].residuals["landmark_iterations"] == one.residuals["landmark_iterations"]
+        assert_close_dense_fit(one, batched[i], f"dense photo {i}")
+
+
+def test_fast_dense_stage_matches_reference(photo_landmarks, ict_model):
+    """`refine_dense` (the compact mesh, a batch of one) against the plain whole-mesh reference."""
+    from face3d.dense import refine_dense, refine_dense_reference
+    q, _, im = photo_landmarks[1]
+    start = fit_morphable_model(im, q, ict_model, FitConfig(dense=False))
+    fast = refine_dense(start, im, ict_model, FitConfig())
+    ref = refine_dense_reference(start, im, ict_model, FitConfig())
+    assert_close_dense_fit(ref, fast, "compact vs reference")
+    # the vertices the compact mesh leaves out keep their start albedo, as in the reference
+    from face3d.dense import dense_mesh
+    out = np.setdiff1d(np.arange(ict_model.num_vertices), dense_mesh(ict_model).keep.numpy())
+    np.testing.assert_array_equal(fast.albedo[out], ref.albedo[out])
 
 
 def test_landmark_residuals_batch_matches_one_fit(photo_landmarks, ict_model):

@@ -5,9 +5,9 @@
     rec = reconstruct_faces(load_image("me.jpg"), model)[0]
     views = render_views(rec.fit, rec.texture, [Pose(yaw=y) for y in (-45, 0, 45)], model, size=128)
 
-Several photos at once: `reconstruct_largest_faces(images, model)` fits the largest face of each in
-one batched landmark fit (`face3d.fitting.fit_morphable_models`) and returns, per photo, its
-Reconstruction or the error that photo alone raised.
+Several photos at once: `reconstruct_largest_faces(images, model)` fits the largest face of each
+in one batched fit (`face3d.fitting.fit_morphable_models`: landmark and dense stages) and returns,
+per photo, its Reconstruction or the error that photo alone raised.
 """
 from __future__ import annotations
 
@@ -75,7 +75,8 @@ def reconstruct_largest_faces(images: list[np.ndarray], model: MorphableModel, f
     never fails the others.
 
     The photos with a face are fitted in one `fit_morphable_models` call (each fit equals the
-    one-face fit within float rounding; a single photo takes `fit_morphable_model` itself); if that
+    one-face fit within float rounding, which the dense stage amplifies: tests/test_batched_fit.py;
+    a single photo takes `fit_morphable_model` itself); if that
     call raises, they are fitted one by one, so only the photo at fault fails. The texture is
     extracted per face. `faces[i]`: photo i's detections (largest first) when made elsewhere, None
     to detect them here with `detector`; `sources[i]` names photo i in error messages."""

@@ -95,7 +95,7 @@ def augment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int_option("workers", 1), default=1,
                    help="worker processes (local) or local Ray CPUs (default 1; each runs torch with 1 thread)")
     p.add_argument("--batch-size", type=int_option("batch-size", 1, MAX_BATCH_SIZE), default=DEFAULT_BATCH_SIZE,
-                   metavar="N", help=f"photos a worker fits at once in one batched landmark fit (1..{MAX_BATCH_SIZE}, "
+                   metavar="N", help=f"photos a worker fits at once in one batched fit (1..{MAX_BATCH_SIZE}, "
                                      f"default {DEFAULT_BATCH_SIZE}; 1: one photo at a time); fewer when the photos "
                                      "would not fill every worker, or a photo asks for many views")
     p.add_argument("--backend", choices=["local", "ray"], default="local", help="local process pool (default) or Ray tasks")

@@ -33,7 +33,7 @@ MAX_ANGLES = 361
 MAX_POSES = 1000
 #: Reference photos one `augment --expression-from DIR` may take at most, checked before any is read.
 MAX_REFERENCES = 1000
-#: Photos fitted together in one batched landmark fit (`face3d.pipeline.reconstruct_largest_faces`):
+#: Photos fitted together in one batched fit (`face3d.pipeline.reconstruct_largest_faces`):
 #: `augment --batch-size`'s default and bound, and the batch `rotate` and `compare` fit their photos in.
 DEFAULT_BATCH_SIZE = 8
 MAX_BATCH_SIZE = 64

@@ -40,7 +40,7 @@ RUN_SETTINGS = "rotate.json"
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 #: photos one run takes at most (folders expanded), checked before any work
 MAX_PHOTOS = 100_000
-#: photos whose largest faces are fitted at once (one batched landmark fit; not with --all-faces)
+#: photos whose largest faces are fitted at once (one batched fit; not with --all-faces)
 ROTATE_BATCH_SIZE = DEFAULT_BATCH_SIZE
 
 
@@ -273,7 +273,7 @@ def photo_error(src: str, exc: Exception) -> str:
 def rotate_batch(job: RotateJob, chunk: list[tuple[str, str]], model, maker, helper=None) -> list:
     """Every view of each (photo, stem) of `chunk` written into `job.out`: per photo its manifest
     records, or the exception it failed with (the others go on). The photos' largest faces are
-    fitted at once (`reconstruct_largest_faces`, one batched landmark fit); a photo's
+    fitted at once (`reconstruct_largest_faces`, one batched fit); a photo's
     `seconds_per_photo` is its load and render time plus its share of that fit. With --all-faces, or
     one photo, each photo takes `rotate_photo`."""
     if job.options.all_faces or len(chunk) == 1:

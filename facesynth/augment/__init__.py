@@ -40,7 +40,7 @@ photo alone. augment.json records the references' coefficients, so a re-run with
 refused. A source asks for at most 10,000 views and a run for 10^8, refused before any work.
 
 Batches: a worker takes `--batch-size` sources (default 8) at once: it loads them and detects
-their faces, fits their largest faces in one batched landmark fit (`face3d.pipeline.
+their faces, fits their largest faces in one batched fit (`face3d.pipeline.
 reconstruct_largest_faces`), then textures and renders each, and returns one result per source, so
 the manifest, the progress bar, resume and failures stay per source (a source's `seconds_fit` is
 its share of the batch's fit). Batches are consecutive sources in input order, fewer per batch when
@@ -48,11 +48,12 @@ the sources would not give every worker 2 batches or a source asks for many view
 is the one-photo path. A resumed run may use another batch size (augment.json does not record it).
 
 Grayscale, CMYK, palette and 16-bit photos are converted to RGB and processed; the conversion is
-recorded in `note`. Every worker runs torch with one thread: the same input, seed and flags give
-byte-identical images whatever the backend and the number of workers, as long as a face's batched
-fit does not depend on the other faces of its batch (the batches depend on the workers and on what
-a resumed run has left; on the test photos the batched fit is the same bit for bit whatever the
-batch, else it is within float rounding, `tests/test_batched_pipeline.py` states the tolerance).
+recorded in `note`. Every worker runs torch with one thread: the same input, seed, flags and batches
+give byte-identical images whatever the backend and the number of workers. The batches are the same
+for any number of workers in runs of at least 2 x workers x batch-size sources, and a resumed run
+forms those of a fresh run, but for the batches it finds partly done. Where the batches differ, a
+face's fit differs within float rounding (which the dense stage's Adam steps amplify):
+`tests/test_batched_pipeline.py` states the tolerance (byte-identical with `--no-dense`).
 
 Modules: `sources` (listing and loading the inputs), `manifest` (the log and the parquet), `backends`
 (the inline, process-pool and Ray runners and the worker setup), `job` (the options, the run, the

@@ -341,7 +341,7 @@ class _Staged:
 
 def process_batch(items: list[SourceItem], cfg: WorkerConfig) -> list[SourceResult]:
     """One SourceResult per source of `items`, in order: each photo loaded and its faces detected,
-    the largest faces of all fitted at once (`reconstruct_largest_faces`: one batched landmark fit),
+    the largest faces of all fitted at once (`reconstruct_largest_faces`: one batched fit),
     then each textured and rendered. A source that fails (unreadable, no face, --multi-face skip,
     its fit or render) is its own failed row; the others go on. Each source's `seconds_fit` is the
     batch's fit time divided among the sources in it. One source takes `process_source`."""
@@ -667,7 +667,8 @@ def run_job(opts: AugmentOptions, out: Path, sources: list[SourceItem], cfg: Wor
         if not (status == "ok" or (status == "failed" and not opts.retry_failed)):
             todo.append(s)
     per_source, factors = opts.views_per_source(len(cfg.references))
-    batches = batch_sources(todo, opts.batch_size, opts.workers, opts.rows_per_source(len(cfg.references)) * (1 + len(opts.maps)))
+    images = opts.rows_per_source(len(cfg.references)) * (1 + len(opts.maps))   # a source's images, maps included
+    batches = batch_sources(todo, opts.batch_size, opts.workers, images, selected)
     result = AugmentResult(output=out, selected=len(selected), skipped=len(selected) - len(todo),
                            plan=f"{per_source} per source ({factors})", batch_size=max(map(len, batches), default=0))
     snapshots = ParquetSnapshots(out / "manifest.parquet", log, {s.source: s.index for s in sources})
@@ -685,17 +686,26 @@ def run_job(opts: AugmentOptions, out: Path, sources: list[SourceItem], cfg: Wor
     return result
 
 
-def batch_sources(todo: list[SourceItem], batch_size: int, workers: int, views: int) -> list[list[SourceItem]]:
-    """The sources to do in consecutive batches (input order kept) of `batch_size`, fewer where
-    - several workers would not each get at least 2 batches: ceil(sources / (2 workers)), so every
+def batch_sources(todo: list[SourceItem], batch_size: int, workers: int, views: int,
+                  selected: list[SourceItem] | None = None) -> list[list[SourceItem]]:
+    """The sources to do (`todo`) in batches: the run's `selected` sources (default: `todo`) cut
+    into consecutive batches in input order, each keeping the sources still to do (empty ones
+    dropped), so a resumed run forms the batches a fresh run forms, but for those partly done. A
+    batch holds `batch_size` sources, fewer where
+    - several workers would not each get at least 2 batches: ceil(selected / (2 workers)), so every
       worker has work and the last batches do not leave one worker alone at the end;
-    - the batch's sources would ask for more than MAX_VIEWS_PER_BATCH views (`views` per source):
-      a worker holds a batch's images until it returns them."""
+    - the batch's sources would ask for more than MAX_VIEWS_PER_BATCH images (`views` per source):
+      a worker holds a batch's images until it returns them.
+    The batches depend on the number of workers only in runs of fewer than 2 x workers x batch_size
+    sources (a face's batched dense fit depends on its batch within float rounding)."""
+    selected = todo if selected is None else selected
     size = min(batch_size, max(1, MAX_VIEWS_PER_BATCH // max(views, 1)))
     if workers > 1:
-        size = min(size, math.ceil(len(todo) / (2 * workers)))
+        size = min(size, math.ceil(len(selected) / (2 * workers)))
     size = max(1, size)
-    return [todo[i:i + size] for i in range(0, len(todo), size)]
+    wanted = {id(s) for s in todo}
+    batches = ([s for s in selected[i:i + size] if id(s) in wanted] for i in range(0, len(selected), size))
+    return [b for b in batches if b]
 
 
 def run_augment_command(args) -> int:

@@ -64,7 +64,7 @@ def realism_method(region: str) -> dict:
     return {**REALISM_METHOD, "features": feats, "region": region}
 
 
-#: photos whose largest faces are fitted at once (one batched landmark fit)
+#: photos whose largest faces are fitted at once (one batched fit)
 COMPARE_BATCH_SIZE = DEFAULT_BATCH_SIZE
 SECONDS_NOTE = ("method's generator wall time (fit excluded) + its share of each photo's fit "
                 "(the photo's fit time, its batch's divided among the batch's photos, split evenly over the views "

@@ -4,8 +4,19 @@
    default fit, in source images per second: local backend with 1 and 2 workers, Ray backend (a local
    Ray started by the run) with 1 and 2 workers, side by side. Two rates per cell: `wall` over the
    whole call (pool / Ray start-up included) and `steady` between the first and the last finished
-   image. Every cell must produce the same PNG bytes (checked).
-2. Memory: a run over `--rss-images` LFW images (default 1000) with 2 local workers; each worker's RSS
+   image. Every cell must produce the same PNG bytes (checked). The runs of part 1 use `--batch-size`
+   (default: augment's, 8); every cell forms the same batches when --images >= 4 x batch-size (with
+   fewer, augment gives 2 workers smaller batches, whose dense fits differ within float rounding).
+2. Batched against one photo at a time (issue 27), side by side on the same images in the same run:
+   the local backend with 1 and 2 workers at `--batch-size 1` (the one-photo path: each photo fitted
+   alone), each run right after part 1's batched run of the same worker count, the images/s of both
+   and their ratio, and how far the two outputs differ (the batched fit equals the one-photo fit
+   within float rounding, which the dense stage's Adam steps amplify): the largest pixel difference
+   (max abs over every image, pixel and channel, out of 255), the largest mean abs difference of an
+   image, the largest share of an image's pixels off by more than 2/255, and whether the bytes are
+   identical. Before any timed run, a one-image warm-up run loads the models into this process (the
+   1-worker runs work in it), so no cell pays that alone.
+3. Memory: a run over `--rss-images` LFW images (default 1000) with 2 local workers; each worker's RSS
    and peak RSS after its first and after its last image.
 
 The inputs are a CSV list of the LFW files where they lie; outputs go to a temp folder.
@@ -14,9 +25,14 @@ Other jobs may share the CPU: the load average is recorded before and after.
 Targets (issue 5), checked in the run; it exits 1 when one is missed (`--target NAME=VALUE` changes
 one): per backend, 2 workers >= 1.7x the images/s of 1 worker (wall, start-up included); the same
 PNG bytes in every cell; memory flat, which this script takes as each worker's RSS after its last
-image within 10% of its RSS after its first.
+image within 10% of its RSS after its first. Issue 27: at 1 and at 2 workers, the batched run
+>= 2x the images/s (wall) of the one-photo run, the same files, and each image within
+tests/test_batched_pipeline.py's tolerance of the default fit (mean abs difference <= 0.5/255, at
+most 2% of its pixels off by more than 2/255; the largest single difference is recorded, not bounded:
+a silhouette moved by a fraction of a pixel changes whole edge pixels).
 
     python bench_augment.py [--images 200] [--rss-images 1000] [--yaw -60,-30,0,30,60] [--size 128]
+                            [--batch-size 8] [--no-side-by-side]
 """
 from __future__ import annotations
 
@@ -33,7 +49,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import RESULTS, Targets, add_target_option, write_json  # noqa: E402
 
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
 from facesynth.augment import AugmentOptions, augment  # noqa: E402
+from facesynth.options import DEFAULT_BATCH_SIZE  # noqa: E402
+
+#: issue 27's targets: the batched run's images/s over the one-photo run's, and how far an image may
+#: differ (tests/test_batched_pipeline.py's default-fit tolerance): mean abs (out of 255), and the
+#: share of its pixels off by more than PIXEL_TOL
+BATCHED_SPEEDUP = 2.0
+BATCHED_MEAN_DIFF = 0.5
+BATCHED_PIXELS_OFF = 0.02
+PIXEL_TOL = 2
 
 LFW = Path("/work/shared/data/lfw/images")
 
@@ -63,6 +91,53 @@ def digest(out: Path) -> str:
     return h.hexdigest()
 
 
+def output_difference(a: Path, b: Path) -> dict:
+    """How the PNGs of two output folders differ: over the files both hold, the largest abs pixel
+    difference (out of 255), the largest mean abs difference of one image, the largest share of one
+    image's pixels (any channel) off by more than PIXEL_TOL, how many files differ at all; whether
+    the folders hold the same PNG names, and whether every PNG's bytes are identical."""
+    fa = sorted(p.relative_to(a).as_posix() for p in a.rglob("*.png"))
+    fb = sorted(p.relative_to(b).as_posix() for p in b.rglob("*.png"))
+    out = {"max_abs_pixel_difference": 0, "max_image_mean_abs_difference": 0.0, "max_image_share_off": 0.0,
+           "files_differing": 0, "files_compared": len(set(fa) & set(fb)), "same_files": fa == fb}
+    for rel in sorted(set(fa) & set(fb)):
+        if (a / rel).read_bytes() == (b / rel).read_bytes():
+            continue
+        out["files_differing"] += 1
+        dx, dy = (np.asarray(Image.open(d / rel), dtype=np.int32) for d in (a, b))
+        if dx.shape != dy.shape:
+            out.update(max_abs_pixel_difference=255, max_image_mean_abs_difference=255.0, max_image_share_off=1.0)
+            continue
+        diff = np.abs(dx - dy)
+        share = float((diff.reshape(diff.shape[0], diff.shape[1], -1).max(-1) > PIXEL_TOL).mean())
+        out["max_abs_pixel_difference"] = max(out["max_abs_pixel_difference"], int(diff.max()))
+        out["max_image_mean_abs_difference"] = round(max(out["max_image_mean_abs_difference"], float(diff.mean())), 4)
+        out["max_image_share_off"] = round(max(out["max_image_share_off"], share), 5)
+    out["identical_bytes"] = out["same_files"] and out["files_differing"] == 0
+    return out
+
+
+def one_photo_cell(inp: Path, out: Path, batched_out: Path, batched: dict, yaws, size: int) -> dict:
+    """The one-photo run (`--batch-size 1`, local) at `batched`'s worker count, against that batched
+    run's output `batched_out`: both rates, their ratio and the output difference."""
+    load = os.getloadavg()
+    t0 = time.perf_counter()
+    res = augment(AugmentOptions(input=str(inp), output=str(out), yaw=yaws, size=size, workers=batched["workers"],
+                                 batch_size=1, progress=False))
+    wall = time.perf_counter() - t0
+    one = res.processed / wall if wall > 0 else float("nan")
+    return {"workers": batched["workers"], "images": res.processed, "loadavg_before": load,
+            "one_photo": {"seconds": round(wall, 2), "wall_images_per_s": round(one, 4),
+                          "steady_images_per_s": round(res.steady_rate, 4), "failed": res.failed_sources},
+            "batched": {"batch_size": batched["batch_size"], "seconds": batched["seconds"],
+                        "wall_images_per_s": batched["wall_images_per_s"],
+                        "steady_images_per_s": batched["steady_images_per_s"], "failed": batched["failed"]},
+            "speedup_wall": round(batched["wall_images_per_s"] / one, 3) if one > 0 else float("nan"),
+            "speedup_steady": round(batched["steady_images_per_s"] / res.steady_rate, 3) if res.steady_rate > 0
+            else float("nan"),
+            **output_difference(batched_out, out)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=200)
@@ -70,6 +145,10 @@ def main() -> int:
     ap.add_argument("--yaw", default="-60,-30,0,30,60")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--backends", default="local,ray", help="backends to time (default local,ray)")
+    ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                    help=f"augment --batch-size of part 1's runs (default {DEFAULT_BATCH_SIZE})")
+    ap.add_argument("--no-side-by-side", dest="side_by_side", action="store_false",
+                    help="skip part 2 (the one-photo runs, --batch-size 1, against the batched ones)")
     ap.add_argument("--workdir", default=None, help="temp folder for outputs (default: system temp)")
     ap.add_argument("--out", default=str(RESULTS / "augment.json"))
     add_target_option(ap)
@@ -78,11 +157,17 @@ def main() -> int:
     yaws = [float(v) for v in args.yaw.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench_augment_", dir=args.workdir))
     payload = {"config": {"images": args.images, "rss_images": args.rss_images, "backends": args.backends, "yaw": yaws, "size": args.size,
-                          "method": "3d", "fit": "default (dense)", "torch_threads_per_worker": 1},
-               "loadavg_start": os.getloadavg(), "throughput": [], "rss": None}
+                          "method": "3d", "fit": "default (dense)", "torch_threads_per_worker": 1,
+                          "batch_size": args.batch_size},
+               "loadavg_start": os.getloadavg(), "throughput": [], "batched_vs_one_photo": [], "rss": None}
     try:
         inp = lfw_list(args.images, work)
         digests = {}
+        # warm-up: the in-process (1 worker) cells run in this process, which loads the models once;
+        # without it the first timed cell pays that and the cells after it do not
+        augment(AugmentOptions(input=str(inp), output=str(work / "warmup"), yaw=yaws, size=args.size, limit=1,
+                               progress=False))
+        shutil.rmtree(work / "warmup", ignore_errors=True)
         print(f"throughput on the first {args.images} LFW images, {len(yaws)} yaws, {args.size} px")
         print(f"{'backend':8s} {'workers':>7s} {'wall img/s':>11s} {'steady img/s':>13s} {'seconds':>8s} {'failed':>7s}")
         backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -92,10 +177,12 @@ def main() -> int:
                 load = os.getloadavg()
                 t0 = time.perf_counter()
                 res = augment(AugmentOptions(input=str(inp), output=str(out), yaw=yaws, size=args.size,
-                                             workers=workers, backend=backend, progress=False))
+                                             workers=workers, backend=backend, batch_size=args.batch_size,
+                                             progress=False))
                 wall = time.perf_counter() - t0
                 digests[(backend, workers)] = digest(out)
-                row = {"backend": backend, "workers": workers, "images": res.processed, "seconds": round(wall, 2),
+                row = {"backend": backend, "workers": workers, "batch_size": res.batch_size, "images": res.processed,
+                       "seconds": round(wall, 2),
                        "wall_images_per_s": round(res.processed / wall, 4),
                        "steady_images_per_s": round(res.steady_rate, 4),
                        "failed": res.failed_sources, "ok": res.ok_sources, "loadavg_before": load,
@@ -103,6 +190,15 @@ def main() -> int:
                 payload["throughput"].append(row)
                 print(f"{backend:8s} {workers:7d} {row['wall_images_per_s']:11.3f} {row['steady_images_per_s']:13.3f} "
                       f"{wall:8.1f} {res.failed_sources:7d}", flush=True)
+                if backend == "local" and args.side_by_side:   # part 2, right after the batched run
+                    cell = one_photo_cell(inp, work / f"one_photo_{workers}", out, row, yaws, args.size)
+                    payload["batched_vs_one_photo"].append(cell)
+                    print(f"{'  one-photo (--batch-size 1)':28s} {cell['one_photo']['wall_images_per_s']:11.3f} "
+                          f"{cell['one_photo']['steady_images_per_s']:13.3f} {cell['one_photo']['seconds']:8.1f}   "
+                          f"batched / one-photo {cell['speedup_wall']:.2f}x (wall); {cell['files_differing']} of "
+                          f"{cell['files_compared']} images differ, by up to {cell['max_abs_pixel_difference']}/255",
+                          flush=True)
+                    shutil.rmtree(work / f"one_photo_{workers}", ignore_errors=True)
                 shutil.rmtree(out, ignore_errors=True)
                 write_json(args.out, payload)
         tp = {(r["backend"], r["workers"]): r for r in payload["throughput"]}
@@ -119,6 +215,16 @@ def main() -> int:
         for b in backends:
             targets.check(f"speedup_2_vs_1_workers_{b}", payload["speedup_2_vs_1"][b]["wall_images_per_s"], ">=", 1.7, "x")
         targets.check("identical_outputs_across_cells", payload["identical_outputs_across_cells"], "==", True)
+        for cell in payload["batched_vs_one_photo"]:
+            w = cell["workers"]
+            targets.check(f"batched_vs_one_photo_{w}_workers", cell["speedup_wall"], ">=", BATCHED_SPEEDUP, "x",
+                          note=f"(--batch-size {cell['batched']['batch_size']} vs 1, images/s, wall)")
+            targets.check(f"batched_vs_one_photo_image_mean_difference_{w}_workers",
+                          cell["max_image_mean_abs_difference"], "<=", BATCHED_MEAN_DIFF, "/255",
+                          note=f"(the worst image; largest single pixel difference {cell['max_abs_pixel_difference']}/255)")
+            targets.check(f"batched_vs_one_photo_image_pixels_off_{w}_workers", cell["max_image_share_off"], "<=",
+                          BATCHED_PIXELS_OFF, note=f"(the worst image's share of pixels off by > {PIXEL_TOL}/255)")
+            targets.check(f"batched_vs_one_photo_same_files_{w}_workers", cell["same_files"], "==", True)
         write_json(args.out, payload)
 
         if args.rss_images:

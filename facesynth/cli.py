@@ -20,10 +20,11 @@ from typing import Callable
 
 from face3d.detection_helper import start_detection_helper
 from face3d.errors import FaceSynthError
-from facesynth.options import (MAX_REFERENCES, METHODS, UsageError, add_background_argument, add_detector_argument,
-                               add_expression_arguments, add_fit_arguments, add_label_arguments, add_method_arguments,
-                               add_pose_arguments, add_reference_arguments, add_sfs_arguments, add_threads_argument,
-                               add_weights_arguments, check_pose_count, float_option, int_option, seed_option, size_option)
+from facesynth.options import (DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, MAX_REFERENCES, METHODS, UsageError,
+                               add_background_argument, add_detector_argument, add_expression_arguments,
+                               add_fit_arguments, add_label_arguments, add_method_arguments, add_pose_arguments,
+                               add_reference_arguments, add_sfs_arguments, add_threads_argument, add_weights_arguments,
+                               check_pose_count, float_option, int_option, seed_option, size_option)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -93,6 +94,10 @@ def augment_arguments(p: argparse.ArgumentParser) -> None:
     add_fit_arguments(p)
     p.add_argument("--workers", type=int_option("workers", 1), default=1,
                    help="worker processes (local) or local Ray CPUs (default 1; each runs torch with 1 thread)")
+    p.add_argument("--batch-size", type=int_option("batch-size", 1, MAX_BATCH_SIZE), default=DEFAULT_BATCH_SIZE,
+                   metavar="N", help=f"photos a worker fits at once in one batched fit (1..{MAX_BATCH_SIZE}, "
+                                     f"default {DEFAULT_BATCH_SIZE}; 1: one photo at a time); fewer when the photos "
+                                     "would not fill every worker, or a photo asks for many views")
     p.add_argument("--backend", choices=["local", "ray"], default="local", help="local process pool (default) or Ray tasks")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="Ray cluster to join (e.g. auto); default: start a local Ray with --workers CPUs")

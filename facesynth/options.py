@@ -33,6 +33,10 @@ MAX_ANGLES = 361
 MAX_POSES = 1000
 #: Reference photos one `augment --expression-from DIR` may take at most, checked before any is read.
 MAX_REFERENCES = 1000
+#: Photos fitted together in one batched fit (`face3d.pipeline.reconstruct_largest_faces`):
+#: `augment --batch-size`'s default and bound, and the batch `rotate` and `compare` fit their photos in.
+DEFAULT_BATCH_SIZE = 8
+MAX_BATCH_SIZE = 64
 #: Slack, in steps, that keeps a range's stop despite floating-point error (0:1:0.1 ends at 1).
 _RANGE_EPS = 1e-9
 #: The angle flags' help, after what each flag means.
@@ -371,3 +375,10 @@ def add_sfs_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--relight", choices=list(RELIGHT_MODES), default="keep",
                    help="keep the photo's lighting in the texture (default), or de-light it and light "
                         "each view from the front / from a random direction")
+
+
+def check_batch_size(value: int) -> int:
+    """`value` if it is a batch size in [1, MAX_BATCH_SIZE], else a one-line UsageError naming --batch-size."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BATCH_SIZE:
+        raise UsageError(f"--batch-size must be between 1 and {MAX_BATCH_SIZE}, got {value!r}")
+    return value

@@ -25,14 +25,14 @@ from face3d.image_io import (atomic_write_bytes, load_image, lock_output_folder,
 from face3d.landmarks import load_landmark_models
 from face3d.mesh_export import export_mesh
 from face3d.morphable_model import load_morphable_model
-from face3d.pipeline import describe_largest_face, reconstruct_faces
+from face3d.pipeline import describe_largest_face, reconstruct_faces, reconstruct_largest_faces
 from face3d.reference_face import POSE_ANGLES, ReferenceFace, reference_poses
 from face3d.render import render_version
 from face3d.view_maps import encode_map
 from facesynth.api import RenderOptions, load_reference, render_face, with_reference_expression
 from facesynth.manifest import Manifest, changed_setting, view_file_name, view_record
 from facesynth.methods import load_method
-from facesynth.options import given_angles
+from facesynth.options import DEFAULT_BATCH_SIZE, given_angles
 
 #: `DIR/rotate.json`: the settings that decide what a run writes; `--resume` must match them.
 RUN_SETTINGS = "rotate.json"
@@ -40,6 +40,8 @@ RUN_SETTINGS = "rotate.json"
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 #: photos one run takes at most (folders expanded), checked before any work
 MAX_PHOTOS = 100_000
+#: photos whose largest faces are fitted at once (one batched fit; not with --all-faces)
+ROTATE_BATCH_SIZE = DEFAULT_BATCH_SIZE
 
 
 @dataclass
@@ -224,27 +226,93 @@ def _rotate(job: RotateJob, photos: list[str], helper, model) -> int:
     done = resume_rotate(out, settings, manifest) if job.resume else set()
     atomic_write_bytes(out / RUN_SETTINGS, (json.dumps(settings, indent=2) + "\n").encode())
     failed = skipped = 0
-    used_stems: dict[str, int] = {}
-    for src in tqdm(photos, desc="rotate", unit="photo", disable=len(photos) < 2):
-        stem = Path(src).stem
-        n = used_stems.get(stem, 0)
-        used_stems[stem] = n + 1
-        stem = stem if n == 0 else f"{stem}-{n + 1}"
+    todo = []
+    for src, stem in zip(photos, photo_stems(photos)):
         if src in done:
             skipped += 1
-            continue
-        try:
-            manifest.append(rotate_photo(job, src, stem, model, maker, helper))
-        except Exception as exc:  # a batch goes on; the reason is recorded, not a traceback
-            failed += 1
-            msg = str(exc) if isinstance(exc, FaceSynthError) else \
-                f"{src}: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            manifest.append([{"source": src, "error": msg}])
-            tqdm.write(f"facesynth: {msg}", file=sys.stderr)
+        else:
+            todo.append((src, stem))
+    bar = tqdm(total=len(photos), initial=skipped, desc="rotate", unit="photo", disable=len(photos) < 2)
+    for start in range(0, len(todo), ROTATE_BATCH_SIZE):
+        chunk = todo[start:start + ROTATE_BATCH_SIZE]
+        for (src, _), outcome in zip(chunk, rotate_batch(job, chunk, model, maker, helper)):
+            if isinstance(outcome, Exception):  # a batch goes on; the reason is recorded, not a traceback
+                failed += 1
+                msg = photo_error(src, outcome)
+                manifest.append([{"source": src, "error": msg}])
+                tqdm.write(f"facesynth: {msg}", file=sys.stderr)
+            else:
+                manifest.append(outcome)
+            bar.update(1)
+    bar.close()
     before = f" ({skipped} of them in the run that was resumed)" if skipped else ""
     print(f"facesynth: {len(photos) - failed} of {len(photos)} photo(s) done{before}, {len(job.poses)} pose(s) each; "
           f"output in {out}/ (manifest: {out / 'manifest.jsonl'})")
     return 0 if failed == 0 else 1
+
+
+def photo_stems(photos: list[str]) -> list[str]:
+    """Each photo's output stem: its file stem, `-2`, `-3`, ... on the next photos with the same one."""
+    used: dict[str, int] = {}
+    out = []
+    for src in photos:
+        stem = Path(src).stem
+        n = used.get(stem, 0)
+        used[stem] = n + 1
+        out.append(stem if n == 0 else f"{stem}-{n + 1}")
+    return out
+
+
+def photo_error(src: str, exc: Exception) -> str:
+    """The one-line manifest error of a photo that failed."""
+    if isinstance(exc, FaceSynthError):
+        return str(exc)
+    return f"{src}: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def rotate_batch(job: RotateJob, chunk: list[tuple[str, str]], model, maker, helper=None) -> list:
+    """Every view of each (photo, stem) of `chunk` written into `job.out`: per photo its manifest
+    records, or the exception it failed with (the others go on). The photos' largest faces are
+    fitted at once (`reconstruct_largest_faces`, one batched fit); a photo's
+    `seconds_per_photo` is its load and render time plus its share of that fit. With --all-faces, or
+    one photo, each photo takes `rotate_photo`."""
+    if job.options.all_faces or len(chunk) == 1:
+        return [attempt(rotate_photo, job, src, stem, model, maker, helper) for src, stem in chunk]
+    options = job.options
+    outcomes: list = [None] * len(chunk)
+    loaded, seconds = {}, [0.0] * len(chunk)
+    for k, (src, _) in enumerate(chunk):
+        t0 = time.perf_counter()
+        try:
+            loaded[k] = (load_image(src), None if helper is None else helper.faces(src))  # None: detect here
+        except Exception as exc:  # that photo's failure alone
+            outcomes[k] = exc
+        seconds[k] = time.perf_counter() - t0
+    ready = sorted(loaded)
+    t0 = time.perf_counter()
+    recs = reconstruct_largest_faces([loaded[k][0] for k in ready], model, FitConfig(dense=options.dense),
+                                     faces=[loaded[k][1] for k in ready], sources=[chunk[k][0] for k in ready],
+                                     detector=options.detector)
+    share = (time.perf_counter() - t0) / max(len(ready), 1)
+    for k, rec in zip(ready, recs):
+        if isinstance(rec, Exception):
+            outcomes[k] = rec
+            continue
+        t0 = time.perf_counter()
+        src, stem = chunk[k]
+        outcomes[k] = attempt(write_photo_views, job, src, stem, loaded[k][0], [rec], model, maker)
+        if not isinstance(outcomes[k], Exception):
+            for r in outcomes[k]:
+                r["seconds_per_photo"] = round(seconds[k] + share + time.perf_counter() - t0, 3)
+    return outcomes
+
+
+def attempt(fn, *args):
+    """`fn(*args)`, or the exception it raised (a photo's failure, recorded by the caller)."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        return exc
 
 
 def rotate_photo(job: RotateJob, src: str, stem: str, model, maker, helper=None) -> list[dict]:
@@ -255,6 +323,17 @@ def rotate_photo(job: RotateJob, src: str, stem: str, model, maker, helper=None)
     faces = None if helper is None else helper.faces(src)  # None: detect here
     recs = reconstruct_faces(image, model, all_faces=options.all_faces, fit_config=FitConfig(dense=options.dense),
                              source=src, faces=faces, detector=options.detector)
+    records = write_photo_views(job, src, stem, image, recs, model, maker)
+    seconds = round(time.perf_counter() - t0, 3)
+    for r in records:
+        r["seconds_per_photo"] = seconds
+    return records
+
+
+def write_photo_views(job: RotateJob, src: str, stem: str, image, recs: list, model, maker) -> list[dict]:
+    """Every view of the reconstructed faces `recs` of one photo written into `job.out` (and their
+    meshes and fits when asked for); returns their manifest records, without the timing."""
+    options = job.options
     n_faces = recs[0].faces_found
     if n_faces > 1 and not options.all_faces:
         tqdm.write(f"facesynth: note: {describe_largest_face(src, n_faces, recs[0].face)}; pass --all-faces for all",
@@ -283,9 +362,6 @@ def rotate_photo(job: RotateJob, src: str, stem: str, model, maker, helper=None)
                 r["mesh"] = mesh_rel
         if job.save_fit:
             rec.fit.save(job.out / f"{name}_fit")
-    seconds = round(time.perf_counter() - t0, 3)
-    for r in records:
-        r["seconds_per_photo"] = seconds
     return records
 
 

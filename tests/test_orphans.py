@@ -296,7 +296,7 @@ def test_killed_ray_augment_leaves_no_ray_processes(tmp_path, identity_folder):
                "--workers", "2", "--backend", "ray"])
     try:
         run.wait_for("Ray workers at work",
-                     lambda kids: [p for p in run.members() if p["cmd"].startswith("ray::process_source")])
+                     lambda kids: [p for p in run.members() if p["cmd"].startswith("ray::process_batch")])
         names = " ".join(p["cmd"] for p in run.members())
         assert "raylet" in names and "gcs_server" in names and "Agent" in names, names
         assert run.proc.poll() is None, "augment finished before it could be killed: give it more photos"

@@ -1,6 +1,7 @@
 """Where augment's sources are processed: in the driver itself (`--workers 1`), in a local process
-pool, or as Ray tasks. Each runner calls `work(item, cfg) -> SourceResult` for every item and
-hands the results, one at a time and in the order they finish, to `consume` in the driver.
+pool, or as Ray tasks. A work item is a batch of sources (`--batch-size`; the driver forms them):
+each runner calls `work(batch, cfg) -> [SourceResult per source]` for every batch and hands the
+results, one source at a time, batches in the order they finish, to `consume` in the driver.
 
 Every worker runs torch with one thread and loads the model once (`worker_model`); pool workers
 die with the driver (`face3d.process_utils.die_with_parent`), and a Ray cluster started here has
@@ -29,7 +30,8 @@ from facesynth.augment.sources import SourceItem
 @dataclass
 class SourceResult:
     """What a worker returns for one source: its manifest rows, its images as PNG bytes by path
-    relative to OUTPUT (the driver writes them), and the worker's pid and memory (KiB)."""
+    relative to OUTPUT (the driver writes them), the worker's pid and memory (KiB), and the size of
+    the batch it was processed in."""
 
     index: int
     source: str
@@ -38,6 +40,7 @@ class SourceResult:
     pid: int = -1
     rss_kb: int = 0
     peak_kb: int = 0
+    batch_size: int = 1      # the sources of the batch it came with (they finish together)
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ class Backend:
     ray_address: str | None = None
 
 
-Work = Callable[[SourceItem, object], SourceResult]
+Work = Callable[[list[SourceItem], object], list[SourceResult]]
 Consume = Callable[[SourceResult], None]
 
 _WORKER: dict = {}
@@ -90,9 +93,10 @@ def rss_kb() -> tuple[int, int]:
     return cur, peak
 
 
-def run_sources(work: Work, items: list[SourceItem], cfg, consume: Consume, backend: Backend) -> None:
-    """Run `work(item, cfg)` for every item on `backend`; `cfg` is pickled to the workers (its
-    `model` is the model folder, its `method` names the rows of a Ray task that crashed)."""
+def run_sources(work: Work, items: list[list[SourceItem]], cfg, consume: Consume, backend: Backend) -> None:
+    """Run `work(batch, cfg)` for every batch of sources in `items` on `backend` and `consume` each
+    source's result; `cfg` is pickled to the workers (its `model` is the model folder, its `method`
+    names the rows of a Ray task that crashed)."""
     if not items:
         return
     if backend.kind == "ray":
@@ -103,18 +107,19 @@ def run_sources(work: Work, items: list[SourceItem], cfg, consume: Consume, back
         run_pool(work, items, cfg, consume, backend.workers)
 
 
-def run_inline(work: Work, items: list[SourceItem], cfg, consume: Consume) -> None:
+def run_inline(work: Work, items: list[list[SourceItem]], cfg, consume: Consume) -> None:
     """In the driver itself; its torch thread count is restored afterwards."""
     threads = torch.get_num_threads()
     try:
-        for item in items:
-            consume(work(item, cfg))
+        for batch in items:
+            for res in work(batch, cfg):
+                consume(res)
     finally:
         torch.set_num_threads(threads)
 
 
-def run_pool(work: Work, items: list[SourceItem], cfg, consume: Consume, workers: int) -> None:
-    """In a pool of `workers` processes, at most 2 items per worker in flight."""
+def run_pool(work: Work, items: list[list[SourceItem]], cfg, consume: Consume, workers: int) -> None:
+    """In a pool of `workers` processes, at most 2 batches per worker in flight."""
     # spawn: forking a process that already runs torch/OpenMP threads can deadlock. The workers
     # die with this process (init_pool_worker); multiprocessing's resource tracker, which this
     # process and the workers hold a pipe to, then reads EOF and exits too.
@@ -135,7 +140,8 @@ def run_pool(work: Work, items: list[SourceItem], cfg, consume: Consume, workers
                     break
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in done:
-                    consume(f.result())
+                    for res in f.result():
+                        consume(res)
         except BrokenProcessPool:
             raise FaceSynthError("a worker process died (out of memory?); run the same command again to resume") from None
         except BaseException:
@@ -144,8 +150,9 @@ def run_pool(work: Work, items: list[SourceItem], cfg, consume: Consume, workers
             raise
 
 
-def run_ray(work: Work, items: list[SourceItem], cfg, consume: Consume, backend: Backend) -> None:
-    """As Ray tasks (2 retries each), at most 2 per cluster CPU in flight. A Ray already initialised
+def run_ray(work: Work, items: list[list[SourceItem]], cfg, consume: Consume, backend: Backend) -> None:
+    """As Ray tasks, one per batch (2 retries each), at most 2 per cluster CPU in flight; a task that
+    crashed past its retries is an "internal error" row for each source of its batch. A Ray already initialised
     is used and left running; else one is joined or started here and shut down at the end."""
     # deferred: Ray is optional (an extra) and takes seconds to import
     try:
@@ -173,12 +180,14 @@ def run_ray(work: Work, items: list[SourceItem], cfg, consume: Consume, backend:
                 break
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                item = pending.pop(ref)
+                batch = pending.pop(ref)
                 try:
-                    res = ray.get(ref)
+                    results = ray.get(ref)
                 except Exception as exc:  # a worker crash that survived the retries
-                    res = crashed_result(item, cfg.method, f"Ray task failed: {_first_line(exc)}")
-                consume(res)
+                    results = [crashed_result(item, cfg.method, f"Ray task failed: {_first_line(exc)}", len(batch))
+                               for item in batch]
+                for res in results:
+                    consume(res)
     finally:
         if started:
             ray.shutdown()
@@ -215,12 +224,12 @@ def _init_ray(ray, backend: Backend):
     return start_env_reaper("RAY_RAYLET_PID", str(raylets[0])) if len(raylets) == 1 else None
 
 
-def crashed_result(item: SourceItem, method: str, what: str) -> SourceResult:
+def crashed_result(item: SourceItem, method: str, what: str, batch_size: int = 1) -> SourceResult:
     """The result of a source whose worker crashed: one failed row ("internal error"), no timings."""
     row = failed_row({"source": item.source, "identity": item.identity, "method": method},
                      "internal error", f"{item.source}: {what}", None)
     row.update({c: None for c in TIMING_COLUMNS})
-    return SourceResult(item.index, item.source, [ordered_row(row)])
+    return SourceResult(item.index, item.source, [ordered_row(row)], batch_size=batch_size)
 
 
 def _first_line(exc: BaseException) -> str:

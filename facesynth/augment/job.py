@@ -1,12 +1,15 @@
 """One augment run: `augment(AugmentOptions) -> AugmentResult` checks the flags and OUTPUT, lists
 the sources, fits the reference photos of --expression-from, skips the sources a run before
-finished, and has the backend run `process_source` on the others; the driver alone writes OUTPUT
-(images, then their rows in the log, then the parquet). `run_augment_command` is `facesynth augment`.
+finished, groups the others into batches (`batch_sources`) and has the backend run `process_batch`
+on each: the batch's photos fitted at once (`face3d.pipeline.reconstruct_largest_faces`), then each
+one textured and rendered, one SourceResult per source. The driver alone writes OUTPUT (per source:
+images, then its rows in the log, then the parquet). `run_augment_command` is `facesynth augment`.
 """
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -27,7 +30,7 @@ from face3d.image_io import atomic_write_bytes, lock_output_folder, prepare_outp
 from face3d.labels import LABEL_VERSION
 from face3d.landmarks import DEFAULT_DETECTOR, detect_faces
 from face3d.morphable_model import load_morphable_model, resolve_model_dir
-from face3d.pipeline import Reconstruction, reconstruct_faces
+from face3d.pipeline import Reconstruction, reconstruct_faces, reconstruct_largest_faces
 from face3d.reference_face import reference_expression, reference_sample
 from face3d.render import render_version, view_screen
 from face3d.view_maps import encode_map
@@ -37,7 +40,7 @@ from facesynth.augment.manifest import TIMING_COLUMNS, ManifestLog, ParquetSnaps
 from facesynth.augment.sources import SourceFailure, SourceItem, list_sources, load_source
 from facesynth.manifest import changed_setting, view_file_name
 from facesynth.methods import ViewMaker, check_method_edits, load_method
-from facesynth.options import MAX_REFERENCES, UsageError, check_pose_count
+from facesynth.options import DEFAULT_BATCH_SIZE, MAX_REFERENCES, UsageError, check_batch_size, check_pose_count
 from facesynth.rotate_job import fit_reference_photo, photo_list
 
 #: Settings stored in OUTPUT/augment.json; a resumed run must match them.
@@ -54,6 +57,9 @@ LOCK_FILE = ".augment.lock"
 MAX_VIEWS_PER_SOURCE = 10_000
 #: Views one run may ask for at most (sources after --limit x views per source).
 MAX_VIEWS = 100_000_000
+#: Views one batch of sources may ask for at most: a worker holds a batch's images until it returns
+#: them, so a source with many views is batched with fewer others (one alone past this).
+MAX_VIEWS_PER_BATCH = MAX_VIEWS_PER_SOURCE
 
 
 @dataclass
@@ -75,6 +81,7 @@ class AugmentOptions:
     dense: bool = True
     model: str | None = None
     workers: int = 1
+    batch_size: int = DEFAULT_BATCH_SIZE  # sources a worker fits at once (1: one at a time); see batch_sources
     backend: str = "local"
     ray_address: str | None = None
     limit: int | None = None
@@ -166,9 +173,11 @@ class AugmentResult:
     reasons: dict = field(default_factory=dict)
     notes: dict = field(default_factory=dict)
     rows: int = 0
+    batch_size: int = 0               # the sources of one batch in this run (the last may have fewer)
     workers: dict = field(default_factory=dict)   # pid -> {"first_rss_kb", "first_peak_kb", "last_rss_kb", "last_peak_kb", "items"}
     first_done: float | None = None   # perf_counter of the first and the last finished source
     last_done: float | None = None
+    first_batch: int = 1              # the sources of the first finished batch (they finish together)
 
     @property
     def rate(self) -> float:
@@ -177,10 +186,13 @@ class AugmentResult:
 
     @property
     def steady_rate(self) -> float:
-        """Sources per second between the first and the last finished source (start-up excluded)."""
-        if self.processed < 2 or self.last_done is None or self.last_done <= self.first_done:
+        """Sources per second between the first and the last finished source (start-up excluded):
+        the sources after the first finished batch over that time; the plain rate when one batch
+        held them all."""
+        later = self.processed - self.first_batch
+        if later < 1 or self.last_done is None or self.last_done <= self.first_done:
             return self.rate
-        return (self.processed - 1) / (self.last_done - self.first_done)
+        return later / (self.last_done - self.first_done)
 
     def count_processed(self, res: SourceResult) -> None:
         """One more source done in this run, and its worker's memory."""
@@ -189,7 +201,7 @@ class AugmentResult:
         self.processed += 1
         self.last_done = time.perf_counter()
         if self.first_done is None:
-            self.first_done = self.last_done
+            self.first_done, self.first_batch = self.last_done, max(1, res.batch_size)
 
     def count_manifest(self, log: ManifestLog, rows: list[dict], selected: set) -> None:
         """The totals over the whole manifest: sources ok and failed, by reason and by note."""
@@ -247,42 +259,132 @@ def note_kinds(note: str) -> list[str]:
 
 class _Clock:
     """A source's timings (the manifest's `seconds_*`) and how many faces it showed, kept while
-    it is processed so that a failure row has what was found before it."""
+    it is processed so that a failure row has what was found before it. In a batch, the source's
+    `seconds_total` is the sum of its own stages and its share of the batch's fit (`shared_fit`)."""
 
     def __init__(self):
         self.start = self.last = time.perf_counter()
         self.times: dict[str, float | None] = {c: None for c in TIMING_COLUMNS}
         self.faces: int | None = None
+        self.batched = False
 
     def lap(self, column: str) -> None:
         now = time.perf_counter()
         self.times[column] = now - self.last
         self.last = now
 
+    def shared_fit(self, seconds: float) -> None:
+        """The source's share of its batch's fit; its next lap starts now."""
+        self.times["seconds_fit"] = seconds
+        self.batched = True
+        self.last = time.perf_counter()
+
     def rounded(self) -> dict:
-        self.times["seconds_total"] = time.perf_counter() - self.start
+        if self.batched:
+            self.times["seconds_total"] = sum(v for k, v in self.times.items() if k != "seconds_total" and v is not None)
+        else:
+            self.times["seconds_total"] = time.perf_counter() - self.start
         return {k: (round(v, 4) if v is not None else None) for k, v in self.times.items()}
 
 
-def process_source(item: SourceItem, cfg: WorkerConfig) -> SourceResult:
-    """Fit, texture and render one source. Never raises for a bad input: the failure becomes a row."""
-    clock = _Clock()
-    base = {"source": item.source, "identity": item.identity, "method": cfg.method}
-    try:
-        rows, images = render_source(item, cfg, base, clock)
-    except SourceFailure as exc:
-        rows, images = [failed_row(base, exc.reason, str(exc), clock.faces)], {}
-    except FaceSynthError as exc:
-        rows, images = [failed_row(base, "unreadable", str(exc), clock.faces)], {}
-    except Exception as exc:  # the batch goes on; the reason is recorded, not a traceback
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        rows, images = [failed_row(base, "internal error", f"{item.source}: internal error: "
-                                   f"{type(exc).__name__}: {first}", clock.faces)], {}
+def failure_rows(item: SourceItem, base: dict, exc: Exception, faces: int | None) -> list[dict]:
+    """The one failed row of a source that raised `exc`: a SourceFailure's reason, "unreadable" for
+    another FaceSynthError, "internal error" (one line, no traceback) for anything else."""
+    if isinstance(exc, SourceFailure):
+        return [failed_row(base, exc.reason, str(exc), faces)]
+    if isinstance(exc, FaceSynthError):
+        return [failed_row(base, "unreadable", str(exc), faces)]
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return [failed_row(base, "internal error", f"{item.source}: internal error: {type(exc).__name__}: {first}", faces)]
+
+
+def source_result(item: SourceItem, rows: list[dict], images: dict, clock: _Clock,
+                  batch_size: int = 1) -> SourceResult:
+    """The source's rows with its timings, its images, this worker's pid and memory, and the size
+    of the batch it came in."""
     times = clock.rounded()
     for r in rows:
         r.update(times)
     rss, peak = rss_kb()
-    return SourceResult(item.index, item.source, [ordered_row(r) for r in rows], images, os.getpid(), rss, peak)
+    return SourceResult(item.index, item.source, [ordered_row(r) for r in rows], images, os.getpid(), rss, peak,
+                        batch_size)
+
+
+def source_base(item: SourceItem, cfg: WorkerConfig) -> dict:
+    return {"source": item.source, "identity": item.identity, "method": cfg.method}
+
+
+def process_source(item: SourceItem, cfg: WorkerConfig) -> SourceResult:
+    """Fit, texture and render one source (the one-photo path, `--batch-size 1`). Never raises for
+    a bad input: the failure becomes a row."""
+    clock = _Clock()
+    base = source_base(item, cfg)
+    try:
+        rows, images = render_source(item, cfg, base, clock)
+    except Exception as exc:  # the batch goes on; the reason is recorded, not a traceback
+        rows, images = failure_rows(item, base, exc, clock.faces), {}
+    return source_result(item, rows, images, clock)
+
+
+@dataclass(eq=False)
+class _Staged:
+    """A source of a batch before the fit: its photo, notes and detections, or why it failed."""
+
+    item: SourceItem
+    base: dict
+    clock: _Clock
+    image: np.ndarray | None = None
+    notes: list = field(default_factory=list)
+    faces: list = field(default_factory=list)
+    error: Exception | None = None
+
+
+def process_batch(items: list[SourceItem], cfg: WorkerConfig) -> list[SourceResult]:
+    """One SourceResult per source of `items`, in order: each photo loaded and its faces detected,
+    the largest faces of all fitted at once (`reconstruct_largest_faces`: one batched fit),
+    then each textured and rendered. A source that fails (unreadable, no face, --multi-face skip,
+    its fit or render) is its own failed row; the others go on. Each source's `seconds_fit` is the
+    batch's fit time divided among the sources in it. One source takes `process_source`."""
+    if len(items) == 1:
+        return [process_source(items[0], cfg)]
+    model = worker_model(cfg.model)
+    staged = [stage_source(item, cfg) for item in items]
+    ready = [s for s in staged if s.error is None]
+    t0 = time.perf_counter()
+    recs = reconstruct_largest_faces([s.image for s in ready], model,
+                                     FitConfig(dense=cfg.options.dense, seed=cfg.options.seed),
+                                     faces=[s.faces for s in ready], sources=[s.item.source for s in ready])
+    share = (time.perf_counter() - t0) / max(len(ready), 1)
+    rec_of = {id(s): rec for s, rec in zip(ready, recs)}
+    out = []
+    for s in staged:
+        rows, images = [], {}
+        if s.error is None:
+            s.clock.shared_fit(share)
+            rec = rec_of[id(s)]
+            if isinstance(rec, Exception):
+                s.error = rec
+            else:
+                try:
+                    rows, images = render_fitted(s.item, cfg, s.base, s.clock, s.image, s.notes, rec)
+                except Exception as exc:  # the batch goes on; the reason is recorded, not a traceback
+                    s.error = exc
+        if s.error is not None:
+            rows, images = failure_rows(s.item, s.base, s.error, s.clock.faces), {}
+        out.append(source_result(s.item, rows, images, s.clock, len(items)))
+    return out
+
+
+def stage_source(item: SourceItem, cfg: WorkerConfig) -> _Staged:
+    """A source of a batch loaded and its faces detected (or the failure that stopped it)."""
+    s = _Staged(item, source_base(item, cfg), _Clock())
+    try:
+        s.image, s.notes = load_source(item)
+        s.clock.lap("seconds_load")
+        s.faces = detect_largest(item, s.image, cfg, s.notes, s.clock)
+    except Exception as exc:  # recorded as the source's failure row
+        s.error = exc
+    return s
 
 
 def render_source(item: SourceItem, cfg: WorkerConfig, base: dict, clock: _Clock) -> tuple[list[dict], dict]:
@@ -291,6 +393,13 @@ def render_source(item: SourceItem, cfg: WorkerConfig, base: dict, clock: _Clock
     image, notes = load_source(item)
     clock.lap("seconds_load")
     rec = fit_largest_face(item, image, model, cfg, notes, clock)
+    return render_fitted(item, cfg, base, clock, image, notes, rec)
+
+
+def render_fitted(item: SourceItem, cfg: WorkerConfig, base: dict, clock: _Clock, image: np.ndarray,
+                  notes: list[str], rec: Reconstruction) -> tuple[list[dict], dict]:
+    """The ok rows and images of a source whose largest face is fitted and textured (`rec`)."""
+    model = worker_model(cfg.model)
     ok = dict(base, status="ok", error="", reason="", note="; ".join(notes), faces=clock.faces,
               fit_landmark_error=round(float(rec.fit.landmark_error), 6))
     rows, images = [], {}
@@ -316,9 +425,8 @@ def render_source(item: SourceItem, cfg: WorkerConfig, base: dict, clock: _Clock
     return rows, images
 
 
-def fit_largest_face(item: SourceItem, image: np.ndarray, model, cfg: WorkerConfig, notes: list[str],
-                     clock: _Clock) -> Reconstruction:
-    """Detect the faces (SourceFailure for none, or for several under --multi-face skip) and fit the largest."""
+def detect_largest(item: SourceItem, image: np.ndarray, cfg: WorkerConfig, notes: list[str], clock: _Clock) -> list:
+    """The photo's faces, largest first; SourceFailure for none, or for several under --multi-face skip."""
     faces = detect_faces(image, detector=cfg.options.detector)
     clock.faces = len(faces)
     clock.lap("seconds_detect")
@@ -328,6 +436,13 @@ def fit_largest_face(item: SourceItem, image: np.ndarray, model, cfg: WorkerConf
         if cfg.multi_face == "skip":
             raise SourceFailure("several faces", f"{item.source}: {len(faces)} faces found (--multi-face skip)")
         notes.append(f"{len(faces)} faces found; used the largest")
+    return faces
+
+
+def fit_largest_face(item: SourceItem, image: np.ndarray, model, cfg: WorkerConfig, notes: list[str],
+                     clock: _Clock) -> Reconstruction:
+    """Detect the faces (SourceFailure for none, or for several under --multi-face skip) and fit the largest."""
+    faces = detect_largest(item, image, cfg, notes, clock)
     fit_config = FitConfig(dense=cfg.options.dense, seed=cfg.options.seed)
     rec = reconstruct_faces(image, model, fit_config=fit_config, source=item.source, faces=faces)[0]
     clock.lap("seconds_fit")
@@ -369,6 +484,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 def augment(opts: AugmentOptions) -> AugmentResult:
     """Run (or resume) an augmentation job; returns counts, timing and per-worker memory."""
     check_pose_count(opts.yaw, opts.pitch, opts.roll)   # the parser checked it too; this is for direct callers
+    check_batch_size(opts.batch_size)
     inp, out = check_folders(opts)
     photos = reference_photos(opts)           # listed and capped before any work
     sources = list_sources(inp)
@@ -551,14 +667,16 @@ def run_job(opts: AugmentOptions, out: Path, sources: list[SourceItem], cfg: Wor
         if not (status == "ok" or (status == "failed" and not opts.retry_failed)):
             todo.append(s)
     per_source, factors = opts.views_per_source(len(cfg.references))
+    images = opts.rows_per_source(len(cfg.references)) * (1 + len(opts.maps))   # a source's images, maps included
+    batches = batch_sources(todo, opts.batch_size, opts.workers, images, selected)
     result = AugmentResult(output=out, selected=len(selected), skipped=len(selected) - len(todo),
-                           plan=f"{per_source} per source ({factors})")
+                           plan=f"{per_source} per source ({factors})", batch_size=max(map(len, batches), default=0))
     snapshots = ParquetSnapshots(out / "manifest.parquet", log, {s.source: s.index for s in sources})
     bar = tqdm(total=len(todo), desc="augment", unit="img", disable=not opts.progress or not todo,
                dynamic_ncols=True, smoothing=0.1)
     t0 = time.perf_counter()
     try:
-        run_sources(process_source, todo, cfg, _Collector(out, log, result, bar, snapshots),
+        run_sources(process_batch, batches, cfg, _Collector(out, log, result, bar, snapshots),
                     Backend(opts.backend, opts.workers, opts.ray_address))
     finally:
         result.seconds = time.perf_counter() - t0
@@ -568,13 +686,35 @@ def run_job(opts: AugmentOptions, out: Path, sources: list[SourceItem], cfg: Wor
     return result
 
 
+def batch_sources(todo: list[SourceItem], batch_size: int, workers: int, views: int,
+                  selected: list[SourceItem] | None = None) -> list[list[SourceItem]]:
+    """The sources to do (`todo`) in batches: the run's `selected` sources (default: `todo`) cut
+    into consecutive batches in input order, each keeping the sources still to do (empty ones
+    dropped), so a resumed run forms the batches a fresh run forms, but for those partly done. A
+    batch holds `batch_size` sources, fewer where
+    - several workers would not each get at least 2 batches: ceil(selected / (2 workers)), so every
+      worker has work and the last batches do not leave one worker alone at the end;
+    - the batch's sources would ask for more than MAX_VIEWS_PER_BATCH images (`views` per source):
+      a worker holds a batch's images until it returns them.
+    The batches depend on the number of workers only in runs of fewer than 2 x workers x batch_size
+    sources (a face's batched dense fit depends on its batch within float rounding)."""
+    selected = todo if selected is None else selected
+    size = min(batch_size, max(1, MAX_VIEWS_PER_BATCH // max(views, 1)))
+    if workers > 1:
+        size = min(size, math.ceil(len(selected) / (2 * workers)))
+    size = max(1, size)
+    wanted = {id(s) for s in todo}
+    batches = ([s for s in selected[i:i + size] if id(s) in wanted] for i in range(0, len(selected), size))
+    return [b for b in batches if b]
+
+
 def run_augment_command(args) -> int:
     """`facesynth augment`: the parsed flags as AugmentOptions; exit code 1 when a selected source failed."""
     opts = AugmentOptions(input=args.input, output=args.output, yaw=args.yaw, pitch=args.pitch, roll=args.roll,
                           method=args.method, refiner=args.refiner, capg=args.capg, size=args.size,
                           background=args.background,
                           keep_original=args.keep_original, multi_face=args.multi_face, dense=args.dense,
-                          model=args.model, workers=args.workers, backend=args.backend,
+                          model=args.model, workers=args.workers, batch_size=args.batch_size, backend=args.backend,
                           ray_address=args.ray_address, limit=args.limit, seed=args.seed,
                           expressions=None if args.expression is None else tuple(args.expression),
                           expression_from=args.expression_from, expression_sample=args.expression_sample,

@@ -29,7 +29,7 @@ from face3d.fitting import FitConfig
 from face3d.image_io import atomic_write_bytes, load_image
 from face3d.landmarks import detect_faces
 from face3d.morphable_model import MorphableModel, default_data_dir, load_morphable_model
-from face3d.pipeline import Reconstruction, reconstruct_faces
+from face3d.pipeline import Reconstruction, reconstruct_largest_faces
 from face3d.pose_estimation import view_pose_reference
 from face3d.render import render_version
 from facesynth.api import RenderOptions, render_face
@@ -38,7 +38,7 @@ from facesynth.compare.metrics import (FEATURE_BLOCK, MIN_C2ST_PER_CLASS, REALIS
                                        view_pose_error)
 from facesynth.compare.report import json_ready, thumbnail, write_outputs, yaw_key
 from facesynth.methods import ViewMaker, load_method
-from facesynth.options import METHODS, UsageError
+from facesynth.options import DEFAULT_BATCH_SIZE, METHODS, UsageError
 from facesynth.rotate_job import PHOTO_SUFFIXES
 
 #: What the realism features see, per `--realism-region`, as metrics.json's info.realism says it.
@@ -64,8 +64,11 @@ def realism_method(region: str) -> dict:
     return {**REALISM_METHOD, "features": feats, "region": region}
 
 
+#: photos whose largest faces are fitted at once (one batched fit)
+COMPARE_BATCH_SIZE = DEFAULT_BATCH_SIZE
 SECONDS_NOTE = ("method's generator wall time (fit excluded) + its share of each photo's fit "
-                "(fit time split evenly over the views of the methods that used it), / its views")
+                "(the photo's fit time, its batch's divided among the batch's photos, split evenly over the views "
+                "of the methods that used it), / its views")
 
 
 @dataclass(frozen=True)
@@ -200,18 +203,44 @@ def internal_error(exc: BaseException) -> str:
     return f"internal error: {type(exc).__name__}: {first_line(exc)}"
 
 
-def fit_photo(session: CompareSession, identity: str, path: Path, res: PhotoResult):
-    """The photo, its largest face fitted and textured, and the seconds of that fit; the photo's
-    source entry (identity, descriptor, thumbnail) goes into `res`."""
-    image = load_image(path)
+def fit_photos(session: CompareSession, photos: list[tuple[str, Path]]) -> list[PhotoResult]:
+    """Each (identity, photo) of `photos` loaded and its largest face fitted and textured, the fits
+    in one batch (`reconstruct_largest_faces`), then its views generated and scored
+    (`finish_photo`): one PhotoResult per photo, in order; a photo's failure is recorded in its own
+    result, never raised. A photo's fit seconds are the batch's fit time divided among its photos."""
+    results = [PhotoResult() for _ in photos]
+    images: dict[int, np.ndarray] = {}
+    for k, (identity, path) in enumerate(photos):
+        try:
+            images[k] = load_image(path)
+        except Exception as exc:  # that photo's failure alone
+            results[k].failures.append(photo_failure(f"{identity}/{path.name}", exc))
+    ready = sorted(images)
     t0 = time.perf_counter()
-    rec = reconstruct_faces(image, session.model, fit_config=FitConfig(dense=session.options.dense),
-                            source=str(path))[0]
-    fit_seconds = time.perf_counter() - t0
-    desc, _ = session.encoder.encode([image], [rec.face.landmarks])
-    res.source = {"identity": identity, "descriptor": desc[0],
-                  "thumb": thumbnail(image, rec.face.box, session.options.size)}
-    return image, rec, fit_seconds
+    recs = reconstruct_largest_faces([images[k] for k in ready], session.model,
+                                     FitConfig(dense=session.options.dense), sources=[str(photos[k][1]) for k in ready])
+    fit_seconds = (time.perf_counter() - t0) / max(len(ready), 1)
+    for k, rec in zip(ready, recs):
+        identity, path = photos[k]
+        if isinstance(rec, Exception):
+            results[k].failures.append(photo_failure(f"{identity}/{path.name}", rec))
+            continue
+        try:
+            desc, _ = session.encoder.encode([images[k]], [rec.face.landmarks])
+        except Exception as exc:
+            results[k].failures.append(photo_failure(f"{identity}/{path.name}", exc))
+            continue
+        results[k].source = {"identity": identity, "descriptor": desc[0],
+                             "thumb": thumbnail(images[k], rec.face.box, session.options.size)}
+        finish_photo(session, identity, path, images[k], rec, fit_seconds, results[k])
+    return results
+
+
+def photo_failure(rel: str, exc: Exception) -> dict:
+    """A photo's failure record: a FaceSynthError's one line, else an internal error naming the photo."""
+    if isinstance(exc, FaceSynthError):
+        return {"source": rel, "error": first_line(exc)}
+    return {"source": rel, "error": f"{rel}: {internal_error(exc)}"}
 
 
 def generate_views(session: CompareSession, rec: Reconstruction, image: np.ndarray, rel: str,
@@ -263,16 +292,13 @@ def score_views(imgs, poses, method, rel, identity, reference, enc: FaceEncoder,
 def process_photo(session: CompareSession, identity: str, path: Path) -> PhotoResult:
     """Fit one photo, generate its views with every method and score them; failures are recorded,
     never raised (the batch goes on)."""
+    return fit_photos(session, [(identity, path)])[0]
+
+
+def finish_photo(session: CompareSession, identity: str, path: Path, image: np.ndarray, rec: Reconstruction,
+                 fit_seconds: float, res: PhotoResult) -> None:
+    """A fitted photo's views generated with every method and scored, into `res`."""
     rel = f"{identity}/{path.name}"
-    res = PhotoResult()
-    try:
-        image, rec, fit_seconds = fit_photo(session, identity, path, res)
-    except FaceSynthError as exc:
-        res.failures.append({"source": rel, "error": first_line(exc)})
-        return res
-    except Exception as exc:  # the batch goes on; the reason is recorded
-        res.failures.append({"source": rel, "error": f"{rel}: {internal_error(exc)}"})
-        return res
     made = generate_views(session, rec, image, rel, res)
     for m in made:  # every method renders from the fit and has len(poses) views: an even split per view
         res.fit_share[m] = fit_seconds / len(made)
@@ -284,7 +310,6 @@ def process_photo(session: CompareSession, identity: str, path: Path) -> PhotoRe
                                          res.source["descriptor"]))
         except Exception as exc:  # a scoring bug must not lose the other photos' results
             res.failures.append({"source": rel, "method": m, "error": f"{rel}: scoring {m}: {internal_error(exc)}"})
-    return res
 
 
 # ----------------------------------------------------------------------------------------------
@@ -414,20 +439,25 @@ class RunResults:
 
 
 def collect(photos: list[tuple[str, Path]], session: CompareSession, cache: PhotoCache) -> RunResults:
-    """Every photo's views and scores, from the cache or made now (and cached when nothing failed)."""
+    """Every photo's views and scores, from the cache or made now (and cached when nothing failed);
+    the photos not cached are fitted COMPARE_BATCH_SIZE at a time (`fit_photos`)."""
     results = RunResults(session.options.methods)
-    bar = tqdm(photos, desc="compare", unit="photo")
-    for identity, path in bar:
-        rel = f"{identity}/{path.name}"
-        bar.set_postfix_str(rel[-40:])
-        done = cache.load(rel, path)
-        if done is None:
-            done = process_photo(session, identity, path)
-            if not done.failures:
-                cache.save(rel, path, done)
-        for f in done.failures:
-            tqdm.write(f"facesynth compare: {f['error']}")
-        results.add(rel, done)
+    bar = tqdm(total=len(photos), desc="compare", unit="photo")
+    for start in range(0, len(photos), COMPARE_BATCH_SIZE):
+        chunk = photos[start:start + COMPARE_BATCH_SIZE]
+        rels = [f"{identity}/{path.name}" for identity, path in chunk]
+        bar.set_postfix_str(rels[0][-40:])
+        done = [cache.load(rel, path) for rel, (_, path) in zip(rels, chunk)]
+        todo = [k for k, d in enumerate(done) if d is None]
+        for k, res in zip(todo, fit_photos(session, [chunk[k] for k in todo])):
+            done[k] = res
+            if not res.failures:
+                cache.save(rels[k], chunk[k][1], res)
+        for rel, res in zip(rels, done):
+            for f in res.failures:
+                tqdm.write(f"facesynth compare: {f['error']}")
+            results.add(rel, res)
+            bar.update(1)
     bar.close()
     return results
 

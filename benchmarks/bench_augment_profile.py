@@ -1,6 +1,7 @@
 """Where `facesynth augment` spends its time: a per-stage profile on this CPU (issue 27).
 
     python bench_augment_profile.py [--images 20] [--methods 3d,hybrid] [--yaw -60,-30,0,30,60] [--size 128]
+                                    [--batch-size 8]
 
 The run is the real `augment` call (local backend, one worker, i.e. in this process, as
 `bench_augment.py` runs it) on `--images` held-out LFW photos (`_common.heldout_lfw_sample`), 5
@@ -10,8 +11,8 @@ that do them, in their modules, for the length of the run; nothing in the packag
     load         facesynth.augment.job.load_source (read + decode + checks)
     detection    dlib's HOG detector calls (face3d.landmarks._detector)
     landmarks    dlib's 68-point predictor calls (face3d.landmarks._predictor)
-    landmark fit fit_morphable_model minus its dense stage (PnP start, LM, residual report)
-    dense fit    face3d.fitting.refine_dense
+    landmark fit fit_morphable_model(s) minus the dense stage (PnP start, LM, residual report)
+    dense fit    face3d.fitting.refine_dense / refine_dense_batch (one photo / a batch)
     texture      face3d.pipeline.extract_texture
     background   facesynth.api.view_background (the 2.5D photo mesh of --background photo)
     render       facesynth.api.render_variant (rasterize + shade the head at every pose)
@@ -53,6 +54,7 @@ import facesynth.api as api_mod  # noqa: E402
 import facesynth.augment.job as job_mod  # noqa: E402
 import facesynth.methods as methods_mod  # noqa: E402
 from facesynth.augment import AugmentOptions, augment  # noqa: E402
+from facesynth.options import DEFAULT_BATCH_SIZE  # noqa: E402
 
 STAGES = ["load", "detection", "landmarks", "landmark fit", "dense fit", "texture", "background", "render",
           "refine", "labels", "png encode", "writing", "other"]
@@ -103,8 +105,10 @@ def instrument(clock: StageClock) -> None:
     clock.wrap(job_mod, "load_source", "load")
     clock.wrap_factory(landmarks_mod, "_detector", "detection")
     clock.wrap_factory(landmarks_mod, "_predictor", "landmarks")
-    clock.wrap(pipeline_mod, "fit_morphable_model", "fit (all)")
+    clock.wrap(pipeline_mod, "fit_morphable_model", "fit (all)")       # one photo (--batch-size 1, or alone)
+    clock.wrap(pipeline_mod, "fit_morphable_models", "fit (all)")      # a batch of photos
     clock.wrap(fitting_mod, "refine_dense", "dense fit")
+    clock.wrap(fitting_mod, "refine_dense_batch", "dense fit")
     clock.wrap(pipeline_mod, "extract_texture", "texture")
     clock.wrap(api_mod, "view_background", "background")
     clock.wrap(api_mod, "render_variant", "render")
@@ -131,7 +135,7 @@ def csv_list(photos: list[Path], path: Path) -> Path:
     return path
 
 
-def profile_method(method: str, inp: Path, warm: Path, work: Path, yaws, size: int) -> dict:
+def profile_method(method: str, inp: Path, warm: Path, work: Path, yaws, size: int, batch_size: int) -> dict:
     clock = StageClock()
     augment(AugmentOptions(input=str(warm), output=str(work / f"warm_{method}"), yaw=yaws, size=size,
                            method=method, progress=False))
@@ -139,7 +143,7 @@ def profile_method(method: str, inp: Path, warm: Path, work: Path, yaws, size: i
     try:
         t0 = time.perf_counter()
         res = augment(AugmentOptions(input=str(inp), output=str(work / method), yaw=yaws, size=size,
-                                     method=method, progress=False))
+                                     method=method, progress=False, batch_size=batch_size))
         wall = time.perf_counter() - t0
     finally:
         clock.restore()
@@ -160,6 +164,8 @@ def main() -> int:
     ap.add_argument("--methods", default="3d,hybrid")
     ap.add_argument("--yaw", default="-60,-30,0,30,60")
     ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                    help="augment's --batch-size (default augment's; 1: the one-photo path)")
     ap.add_argument("--out", default=str(RESULTS / "augment_profile.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -168,15 +174,15 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_augment_profile_"))
     payload = {"config": {"images": args.images, "photos": "heldout_lfw_sample(images + 2, seed 0): the last 2 "
                           "warm up", "yaw": yaws, "size": args.size, "fit": "default (landmarks + dense)",
-                          "backend": "local, 1 worker (in process)", "torch_threads": 1,
+                          "backend": "local, 1 worker (in process)", "batch_size": args.batch_size, "torch_threads": 1,
                           "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
-               "note": "shared 2-core machine: other jobs were running (see the load averages)",
+               "note": "2-core machine; other jobs may share it (see the load averages)",
                "loadavg_start": os.getloadavg(), "methods": []}
     try:
         inp = csv_list(photos[: args.images], work / "sources.csv")
         warm = csv_list(photos[args.images:], work / "warm.csv")
         for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-            payload["methods"].append(profile_method(method, inp, warm, work, yaws, args.size))
+            payload["methods"].append(profile_method(method, inp, warm, work, yaws, args.size, args.batch_size))
             write_json(args.out, payload)
         payload["loadavg_end"] = os.getloadavg()
         write_json(args.out, payload)

@@ -143,11 +143,7 @@ def _refine_dense(fit: FaceFit, image: np.ndarray, model: MorphableModel, cfg) -
     problem, crop = _dense_problem(fit, image, model, cfg)
     var = _start_variables(fit)
     var.albedo = _start_albedo(problem, var, crop)
-    opt = Adam([
-        {"params": [var.angles], "lr": 2e-3}, {"params": [var.trans], "lr": 0.5}, {"params": [var.log_f], "lr": 2e-3},
-        {"params": [var.alpha], "lr": 0.02}, {"params": [var.beta], "lr": 0.01},
-        {"params": [var.sh], "lr": 0.03}, {"params": [var.albedo], "lr": 0.02},
-    ])
+    opt = _dense_optimizer(var)
     history = []
     corr = None
     for step in range(cfg.dense_steps):
@@ -243,6 +239,15 @@ def _start_variables(fit: FaceFit) -> _DenseVariables:
         beta=torch.tensor(fit.expression[None], dtype=torch.float32, requires_grad=True), sh=sh)
 
 
+def _dense_optimizer(var: _DenseVariables) -> Adam:
+    """Adam over the dense stage's unknowns, a learning rate each (the same for one face or a batch)."""
+    return Adam([
+        {"params": [var.angles], "lr": 2e-3}, {"params": [var.trans], "lr": 0.5}, {"params": [var.log_f], "lr": 2e-3},
+        {"params": [var.alpha], "lr": 0.02}, {"params": [var.beta], "lr": 0.01},
+        {"params": [var.sh], "lr": 0.03}, {"params": [var.albedo], "lr": 0.02},
+    ])
+
+
 def _geometry(problem: _DenseProblem, var: _DenseVariables):
     """The mesh in the camera frame (1, V, 3) and in crop pixels (1, V, 3)."""
     v = problem.model.shape(var.alpha, var.beta if problem.num_expressions else None)
@@ -304,7 +309,8 @@ def _dense_loss(problem: _DenseProblem, var: _DenseVariables, cam_pts: torch.Ten
 
 
 @torch.no_grad()
-def _clamp_to_bounds(problem: _DenseProblem, var: _DenseVariables) -> None:
+def _clamp_to_bounds(problem: "_DenseProblem | _BatchProblem", var: _DenseVariables) -> None:
+    """The unknowns back in their ranges, elementwise (one face or a batch alike)."""
     if problem.num_expressions:
         lo, hi = problem.model.expression_range
         var.beta.clamp_(lo, hi)
@@ -359,11 +365,7 @@ def _refine_dense_batch(fits: list[FaceFit], images: list[np.ndarray], model: Mo
     problem, full_albedo = _batch_problem(fits, images, model, cfg)
     var = _batch_start_variables(fits)
     var.albedo = full_albedo[:, mesh.keep].clone().requires_grad_(True)
-    opt = Adam([
-        {"params": [var.angles], "lr": 2e-3}, {"params": [var.trans], "lr": 0.5}, {"params": [var.log_f], "lr": 2e-3},
-        {"params": [var.alpha], "lr": 0.02}, {"params": [var.beta], "lr": 0.01},
-        {"params": [var.sh], "lr": 0.03}, {"params": [var.albedo], "lr": 0.02},
-    ])
+    opt = _dense_optimizer(var)
     history = []
     corr = None
     for step in range(cfg.dense_steps):
@@ -374,7 +376,7 @@ def _refine_dense_batch(fits: list[FaceFit], images: list[np.ndarray], model: Mo
         e_photo, loss = _batch_loss(problem, mesh, var, cam_pts, scr, corr, cfg)
         loss.sum().backward()
         opt.step()
-        _batch_clamp(problem, var)
+        _clamp_to_bounds(problem, var)
         history.append(e_photo.detach().clone())
     with torch.no_grad():
         full_albedo = full_albedo.clamp(0.0, 1.5)
@@ -394,6 +396,7 @@ class DenseMesh:
     skin: torch.Tensor               # compact indices of the skin triangles' vertices
     skin_mirror: torch.Tensor        # compact index of each of those vertices' mirror vertex
     edges: torch.Tensor              # (n, 2) unique skin edges, compact indices
+    contour: torch.Tensor            # compact indices of `contour_candidate_vertices(model)`, in its order
     mean: torch.Tensor               # (Vc, 3) the model's mean shape on the kept vertices
     identity_basis: torch.Tensor     # (K, Vc, 3)
     expression_basis: torch.Tensor   # (E, Vc, 3)
@@ -407,7 +410,8 @@ def dense_mesh(model: MorphableModel) -> DenseMesh:
         skin_f, used_v, edges = _skin_topology(model)
         mirror = model.mirror_vertex
         lm = model.landmark_vertices
-        keep = np.unique(np.concatenate([used_v, mirror[used_v], lm[lm >= 0], contour_candidate_vertices(model)]))
+        candidates = contour_candidate_vertices(model)
+        keep = np.unique(np.concatenate([used_v, mirror[used_v], lm[lm >= 0], candidates]))
         lookup = np.full(model.num_vertices, -1, dtype=np.int64)
         lookup[keep] = np.arange(keep.size)
         t = model.tensors(torch.device("cpu"))
@@ -415,7 +419,7 @@ def dense_mesh(model: MorphableModel) -> DenseMesh:
         model._torch_cache[key] = DenseMesh(
             keep=k, lookup=lookup, faces=torch.from_numpy(lookup[model.triangles[skin_f]]),
             skin=torch.from_numpy(lookup[used_v]), skin_mirror=torch.from_numpy(lookup[mirror[used_v]]),
-            edges=torch.from_numpy(lookup[edges.numpy()]), mean=t["mean"][k].contiguous(),
+            edges=torch.from_numpy(lookup[edges.numpy()]), contour=torch.from_numpy(lookup[candidates]), mean=t["mean"][k].contiguous(),
             identity_basis=t["identity_basis"][:, k].contiguous(), expression_basis=t["expression_basis"][:, k].contiguous())
     return model._torch_cache[key]
 
@@ -491,8 +495,7 @@ def _batch_geometry(problem: _BatchProblem, mesh: DenseMesh, var: _DenseVariable
 def _batch_contour_correspondences(problem: _BatchProblem, mesh: DenseMesh, var: _DenseVariables,
                                    cam_pts: torch.Tensor) -> torch.Tensor:
     """Each face's landmark vertices (B, 68), compact indices, jaw points on its occluding contour."""
-    cand = torch.from_numpy(mesh.lookup[contour_candidate_vertices(problem.model)])
-    pts = PerspectiveCamera(torch.exp(var.log_f.detach()), problem.photo_centre).project(cam_pts.detach()[:, cand])
+    pts = PerspectiveCamera(torch.exp(var.log_f.detach()), problem.photo_centre).project(cam_pts.detach()[:, mesh.contour])
     full = select_contour_vertices_batch(problem.model, pts[..., :2].numpy(), problem.landmarks)
     # a landmark the model lacks (-1) has weight 0; any vertex serves
     return torch.from_numpy(np.where(full >= 0, mesh.lookup[full.clip(min=0)], 0))
@@ -536,15 +539,6 @@ def _batch_loss(problem: _BatchProblem, mesh: DenseMesh, var: _DenseVariables, c
     if problem.num_expressions:
         prior = prior + cfg.expression_prior * (var.beta ** 2).sum(-1)
     return e_photo, cfg.dense_weight * (e_photo + w_sym * e_sym + w_smooth * e_smooth) * 1e-2 + e_lmk + prior
-
-
-@torch.no_grad()
-def _batch_clamp(problem: _BatchProblem, var: _DenseVariables) -> None:
-    if problem.num_expressions:
-        lo, hi = problem.model.expression_range
-        var.beta.clamp_(lo, hi)
-    var.alpha.clamp_(-3.5, 3.5)
-    var.albedo.clamp_(0.0, 1.5)
 
 
 def _batch_face_fit(fit: FaceFit, var: _DenseVariables, b: int, albedo: torch.Tensor, history: list[torch.Tensor],

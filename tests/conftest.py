@@ -21,6 +21,15 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def lfw_images(data_dir) -> Path:
+    """LFW's images folder (`<identity>/<identity>_NNNN.jpg`) in the shared data."""
+    d = data_dir / "lfw" / "images"
+    if not d.is_dir():
+        pytest.fail("LFW is missing: the tests read ../shared/data/lfw/images where it lies")
+    return d
+
+
+@pytest.fixture(scope="session")
 def face_photos(data_dir) -> list[Path]:
     return sorted((data_dir / "faces").glob("*/*.jpg"))
 

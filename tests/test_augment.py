@@ -24,7 +24,6 @@ from facesynth.augment import AugmentOptions, augment, list_sources, read_manife
 from facesynth.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-LFW = Path("/work/shared/data/lfw/images")
 PHOTOS = ["Abdullah_Gul/Abdullah_Gul_0001.jpg", "Abdullah_Gul/Abdullah_Gul_0002.jpg",
           "Adrien_Brody/Adrien_Brody_0001.jpg", "Adrien_Brody/Adrien_Brody_0002.jpg",  # 0002: two faces
           "AJ_Cook/AJ_Cook_0001.jpg", "Al_Gore/Al_Gore_0001.jpg"]
@@ -32,21 +31,10 @@ FLAGS = ["--yaw", "-30,30", "--size", "64", "--no-dense", "--keep-original", "--
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 
 
-def lfw_dir() -> Path:
-    d = LFW
-    if not d.is_dir():
-        from face3d.morphable_model import default_data_dir
-
-        d = default_data_dir() / "lfw" / "images"
-    if not d.is_dir():
-        pytest.fail("LFW is missing: the tests read ../shared/data/lfw/images where it lies")
-    return d
-
-
 @pytest.fixture(scope="module")
-def photo_input(tmp_path_factory) -> Path:
+def photo_input(tmp_path_factory, lfw_images) -> Path:
     """INPUT/<identity>/<image> with 6 LFW photos (one of them in a nested sub-folder)."""
-    src = lfw_dir()
+    src = lfw_images
     inp = tmp_path_factory.mktemp("aug") / "input"
     for rel in PHOTOS:
         dst = inp / rel
@@ -317,8 +305,8 @@ def _png_with_size(path: Path, width: int, height: int) -> None:
 
 
 @pytest.mark.slow
-def test_bad_inputs_reported_batch_goes_on(tmp_path, capsys):
-    src = lfw_dir()
+def test_bad_inputs_reported_batch_goes_on(tmp_path, capsys, lfw_images):
+    src = lfw_images
     a, b = src / "AJ_Cook/AJ_Cook_0001.jpg", src / "Aaron_Eckhart/Aaron_Eckhart_0001.jpg"
     inp = tmp_path / "in"
     good, bad = inp / "good", inp / "bad"

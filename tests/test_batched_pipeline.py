@@ -38,29 +38,17 @@ from facesynth.augment import AugmentOptions, augment, batch_sources, list_sourc
 from facesynth.cli import main
 from facesynth.options import MAX_BATCH_SIZE, UsageError
 
-LFW = Path("/work/shared/data/lfw/images")
 PHOTOS = ["Abdullah_Gul/Abdullah_Gul_0001.jpg", "Adrien_Brody/Adrien_Brody_0002.jpg",  # 0002: two faces
           "AJ_Cook/AJ_Cook_0001.jpg", "Al_Gore/Al_Gore_0001.jpg"]
 IMAGE_TOL = 2            # max abs difference of a pixel channel, out of 255
 LANDMARK_ERROR_TOL = 1e-6
 
 
-def lfw_dir() -> Path:
-    d = LFW
-    if not d.is_dir():
-        from face3d.morphable_model import default_data_dir
-
-        d = default_data_dir() / "lfw" / "images"
-    if not d.is_dir():
-        pytest.fail("LFW is missing: the tests read ../shared/data/lfw/images where it lies")
-    return d
-
-
 @pytest.fixture(scope="module")
-def batch_input(tmp_path_factory) -> Path:
+def batch_input(tmp_path_factory, lfw_images) -> Path:
     """INPUT/<identity>/<image>: 4 LFW photos, an upside-down photo (no face) and a text file named
     .jpg, sorted so that the bad ones fall inside the batches of 4."""
-    src = lfw_dir()
+    src = lfw_images
     inp = tmp_path_factory.mktemp("batch") / "input"
     for rel in PHOTOS:
         (inp / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -133,8 +121,8 @@ def assert_same_output(out: Path, ref: Path, dense: bool = False) -> None:
 
 
 @pytest.fixture(scope="module")
-def photos() -> list[np.ndarray]:
-    src = lfw_dir()
+def photos(lfw_images) -> list[np.ndarray]:
+    src = lfw_images
     return [load_image(src / rel) for rel in PHOTOS]
 
 

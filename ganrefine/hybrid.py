@@ -7,6 +7,14 @@ detail and gains the refiner's changes. With `--background photo` the refined he
 over the photo's own background, as the 3D method does. Away from the head (beyond a halo of 5% of
 the view size, where the refiner adds hair and softens the silhouette) the views keep their plain
 or photo background: the refiner's guesses of the unknown surroundings are a coloured blur.
+
+Where the photo saw the head well the render is kept as it is (`seen_weights`): texels seen with a
+texture confidence of at least `SEEN_CONFIDENCE[1]` (the texture's own threshold for keeping a
+texel's colour instead of its mirror's) show the render, those under `SEEN_CONFIDENCE[0]` (mirrored
+from the other side, inpainted, seen at a grazing angle) show the refiner's output, linearly in
+between, feathered so that no edge shows. The refiner, trained mostly with L1, smooths the skin that
+the render copies sharply from the photo; compare's realism test told its output from real photos
+more easily than the render (benchmarks/bench_compare.py); keeping the seen render removes that.
 """
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -29,6 +38,11 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "refiner" / "
 PLAIN_BACKGROUND = 0.5
 #: Width (fraction of the view size) of the band around the rendered head where the refiner's output is kept.
 HALO_FRACTION = 0.05
+#: Texture confidence below which a head pixel shows the refiner's output and above which the
+#: render's (`seen_weights`); 0.45 is `face3d.texture.TextureConfig.mirror_below`.
+SEEN_CONFIDENCE = (0.2, 0.45)
+#: Gaussian feather of the seen-render weights, as a fraction of the view size (1.5 px at 128 px).
+SEEN_FEATHER = 1.5 / 128
 
 
 @dataclass
@@ -40,12 +54,17 @@ class Refiner:
     path: str
     sha256: str
     size: int
+    keep_seen: tuple[float, float] | None = SEEN_CONFIDENCE   # None: the refiner's output on the whole head
 
     @property
     def inference(self) -> str:
-        """How the weights are run ("flip-averaged" or "one-pass"): part of what a resumed run or a
-        cache must match besides the hash, derived from the generator so it cannot disagree with it."""
-        return "flip-averaged" if isinstance(self.generator, FlipAveraged) else "one-pass"
+        """How the weights are run ("flip-averaged" or "one-pass", and where the render is kept):
+        part of what a resumed run or a cache must match besides the hash, derived from the
+        generator and `keep_seen` so it cannot disagree with them."""
+        passes = "flip-averaged" if isinstance(self.generator, FlipAveraged) else "one-pass"
+        if self.keep_seen is None:
+            return passes
+        return f"{passes}, seen render kept (confidence {self.keep_seen[0]:g}-{self.keep_seen[1]:g})"
 
     def record(self) -> dict:
         """What the manifest says about the weights that made a view."""
@@ -127,6 +146,19 @@ def extra_keep(extra_masks: np.ndarray, fraction: float = EXTRA_KEEP_FRACTION) -
     return torch.maximum(m, soft).permute(0, 2, 3, 1).numpy()
 
 
+def seen_weights(confidence: np.ndarray, masks: np.ndarray, band: tuple[float, float] = SEEN_CONFIDENCE,
+                 feather: float = SEEN_FEATHER) -> np.ndarray:
+    """(B, S, S) texture confidence and head masks -> (B, S, S, 1) weights of the render: 0 off the
+    head and where the confidence is under band[0], 1 over band[1], linear in between, blurred by a
+    Gaussian of `feather` x S so that the render and the refined image meet without an edge."""
+    lo, hi = band
+    w = np.clip((np.asarray(confidence, np.float32) - lo) / (hi - lo), 0, 1) * (np.asarray(masks) > 0.5)
+    sigma = feather * w.shape[-1]
+    if sigma > 0:
+        w = np.stack([cv2.GaussianBlur(np.ascontiguousarray(x, np.float32), (0, 0), sigma) for x in w])
+    return w[..., None].astype(np.float32)
+
+
 def refine_views(refiner: Refiner, views, background: np.ndarray | float = PLAIN_BACKGROUND) -> np.ndarray:
     """The refined images of a `face3d.render.RenderedViews` that was rendered over `background`.
 
@@ -135,7 +167,8 @@ def refine_views(refiner: Refiner, views, background: np.ndarray | float = PLAIN
     are kept, and the background the views were rendered over shows elsewhere. Where the views show an extra mesh
     (the teeth, gums and tongue of a mouth that an expression opened), the render is kept: the
     refiner learnt from photos of mostly closed mouths and greys the dark cavity, so that dlib then
-    reads the lips of bearded faces as closed (benchmarks/bench_expressions.py --method hybrid)."""
+    reads the lips of bearded faces as closed (benchmarks/bench_expressions.py --method hybrid). Where
+    the photo saw the head (`Refiner.keep_seen`, `seen_weights`) the render is kept."""
     imgs = views.images
     alpha = views.masks[..., None].astype(np.float32)
     # over a photo background the photo's own hair and surroundings show around the head, sharper
@@ -151,6 +184,10 @@ def refine_views(refiner: Refiner, views, background: np.ndarray | float = PLAIN
         bg = imgs.astype(np.float32)  # outside the head the render is the plain background
         refined = refine_images(refiner, imgs, views.confidence, views.masks, views.landmarks)
     comp = halo * refined.astype(np.float32) + (1 - halo) * bg
+    if refiner.keep_seen is not None:
+        # what the photo saw stays as sharp as the render; the refiner works where it did not see
+        keep = seen_weights(views.confidence, views.masks, refiner.keep_seen)
+        comp = keep * imgs.astype(np.float32) + (1 - keep) * comp
     if views.extra_masks is not None and views.extra_masks.any():
         keep = extra_keep(views.extra_masks)
         comp = keep * imgs.astype(np.float32) + (1 - keep) * comp

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from facesynth.cli import main
+from ganrefine.hybrid import load_hybrid_refiner
 
 
 def run(capsys, *argv):
@@ -253,16 +254,18 @@ def test_resume_refuses_views_made_with_another_refiner_inference(tmp_path, caps
     flags = ["--yaw", "0", "--no-dense", "--out", out]
     code, _, err = run(capsys, "rotate", obama_path, *flags)
     assert code == 0, err
-    assert manifest(out)[0]["refiner_inference"] == "flip-averaged"
+    inference = load_hybrid_refiner().inference
+    assert inference.startswith("flip-averaged, seen render kept")
+    assert manifest(out)[0]["refiner_inference"] == inference
     settings = json.loads((out / "rotate.json").read_text())
-    assert settings["refiner_inference"] == "flip-averaged"
-    settings["refiner_inference"] = "one pass"
+    assert settings["refiner_inference"] == inference
+    settings["refiner_inference"] = "flip-averaged"     # the same weights, the refiner's output on the whole head
     (out / "rotate.json").write_text(json.dumps(settings))
     code, _, err = run(capsys, "rotate", obama_path, *flags, "--resume")
     assert code == 1 and "refiner_inference" in err
     assert_one_line_error(err)
     # views of an older renderer (the dark mouth socket, render version 1) are not mixed in either
-    settings["refiner_inference"] = "flip-averaged"
+    settings["refiner_inference"] = inference
     from face3d.render import RENDER_VERSION
 
     assert settings["render_version"] == RENDER_VERSION

@@ -10,7 +10,8 @@ from face3d.fitting import FitConfig
 from face3d.image_io import load_image
 from face3d.pipeline import reconstruct_faces
 from face3d.render import render_views
-from ganrefine.hybrid import default_weights_path, load_hybrid_refiner, refine_images, refine_views
+from ganrefine.hybrid import (SEEN_CONFIDENCE, Refiner, default_weights_path, load_hybrid_refiner, refine_images,
+                              refine_views, seen_weights)
 from ganrefine.pairs import split_lfw
 
 
@@ -92,7 +93,9 @@ def test_teeth_of_an_opened_mouth_keep_the_render(refiner, obama_reconstruction,
     teeth = views.extra_masks > 0.5
     assert (out[teeth] == views.images[teeth]).all()
     keep = extra_keep(views.extra_masks)[..., 0]
-    head = (views.masks > 0.5) & (keep == 0)
+    unseen = seen_weights(views.confidence, views.masks)[..., 0] < 0.5
+    head = (views.masks > 0.5) & (keep == 0) & unseen
+    assert head.sum() > 100
     assert np.abs(out[head].astype(np.float64) - views.images[head]).mean() > 1.0   # refined there
     # views without an extra mesh record none, and refine as before
     plain = render_views(rec.fit, rec.texture, [Pose(0.0)], ict_model, size=128)
@@ -112,3 +115,37 @@ def test_over_a_photo_background_only_the_head_is_refined(refiner, obama_reconst
     off = views.masks[0] == 0
     assert off.sum() > 1000 and np.array_equal(out[0][off], bg[0][off])
     assert not np.array_equal(out[0][~off], views.images[0][~off])      # the head itself is refined
+
+
+def test_seen_weights_follow_the_confidence_inside_the_head():
+    conf = np.zeros((1, 64, 64), np.float32)
+    conf[:, :, 32:] = 0.9                       # right half seen frontally, left half inpainted
+    conf[:, :, 30:32] = 0.325                   # halfway up the ramp
+    mask = np.zeros((1, 64, 64), np.float32)
+    mask[:, 8:56, 8:56] = 1
+    w = seen_weights(conf, mask, feather=0)[0, ..., 0]
+    assert w.dtype == np.float32 and w.shape == (64, 64)
+    assert (w[:, :8] == 0).all() and (w[:8] == 0).all()              # off the head: the refined image
+    assert (w[8:56, 32:56] == 1).all() and (w[8:56, 8:30] == 0).all()
+    assert np.allclose(w[8:56, 30:32], (0.325 - SEEN_CONFIDENCE[0]) / (SEEN_CONFIDENCE[1] - SEEN_CONFIDENCE[0]))
+    soft = seen_weights(conf, mask)[0, ..., 0]                       # feathered: no step at the edge
+    assert 0 < soft[32, 56] < 1 and np.abs(np.diff(soft, axis=1)).max() < 0.6  # a hard edge steps by 1
+    assert soft[32, 44] == pytest.approx(1, abs=1e-4) and soft[32, 16] == pytest.approx(0, abs=1e-4)
+
+
+def test_the_seen_render_is_kept_and_the_unseen_side_refined(refiner, obama_reconstruction, ict_model):
+    """Where the photo saw the head the hybrid view is the render; where it did not (the far side of
+    a turned head, mirrored or inpainted) it is the refiner's output; without `keep_seen` the refiner's
+    output covers the whole head, as before."""
+    rec = obama_reconstruction
+    views = render_views(rec.fit, rec.texture, [Pose(45.0, 0.0, 0.0)], ict_model, size=128)
+    out = refine_views(refiner, views)[0].astype(np.float64)
+    whole = refine_views(Refiner(refiner.generator, refiner.path, refiner.sha256, refiner.size, keep_seen=None),
+                         views)[0].astype(np.float64)
+    w = seen_weights(views.confidence, views.masks)[0, ..., 0]
+    render = views.images[0].astype(np.float64)
+    seen, unseen = w > 0.999, (w < 1e-3) & (views.masks[0] > 0.5)
+    assert seen.sum() > 500 and unseen.sum() > 200
+    assert np.abs(out[seen] - render[seen]).max() <= 1                   # the render, up to rounding
+    assert np.abs(out[unseen] - whole[unseen]).max() <= 1                # the refiner's output
+    assert np.abs(whole[seen] - render[seen]).mean() > 1.0               # which the kept render replaced

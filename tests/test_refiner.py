@@ -82,5 +82,9 @@ def test_flip_averaged_is_the_mean_of_both_passes_and_mirror_equivariant():
     # what a manifest records as the inference follows the generator that runs, not a separate label
     from ganrefine.hybrid import Refiner
 
-    assert Refiner(tta, "w.pt", "0" * 64, 128).inference == "flip-averaged"
-    assert Refiner(g, "w.pt", "0" * 64, 128).inference == "one-pass"
+    assert Refiner(tta, "w.pt", "0" * 64, 128, keep_seen=None).inference == "flip-averaged"
+    assert Refiner(g, "w.pt", "0" * 64, 128, keep_seen=None).inference == "one-pass"
+    # and so does where the render is kept, the default being the seen render
+    assert Refiner(tta, "w.pt", "0" * 64, 128).inference == "flip-averaged, seen render kept (confidence 0.2-0.45)"
+    assert Refiner(g, "w.pt", "0" * 64, 128, keep_seen=(0.1, 0.5)).inference == \
+        "one-pass, seen render kept (confidence 0.1-0.5)"

@@ -92,13 +92,16 @@ def presets_for(model: MorphableModel) -> dict[str, dict[str, float]]:
 @dataclass(frozen=True)
 class ExpressionSpec:
     """One parsed expression: whether it starts from the fit, preset terms and raw overrides.
-    `reference` is the photo whose expression `raw` holds (`face3d.reference_face`), '' for none."""
+    `reference` is the photo whose expression `raw` holds (`face3d.reference_face`), '' for none;
+    `eye_aspect`, when given, the frontal eye aspect ratio per eye (subject's right, left) that the
+    face it is put on gets by its lid blendshapes (`match_eye_aspect`, in `make_variant`)."""
 
     text: str
     from_fit: bool = False
     presets: tuple[str, ...] = ()
     raw: tuple[tuple[str, float], ...] = ()
     reference: str = ""
+    eye_aspect: tuple[float, float] | None = None   # the reference's eye opening (`reference_eye_aspect`)
 
     @property
     def label(self) -> str:
@@ -300,8 +303,9 @@ def edited_vertices(fit, model: MorphableModel, expression: np.ndarray | None = 
 #: How expression views are made; runs with --expression record it, so that a resumed run does not
 #: mix views of two versions. 1: presets on the fitted identity; 2: on the re-split fit
 #: (`expression_split`), and hybrid views keep the render over an opened mouth; 3: the re-split
-#: holds the camera (its faces no longer grow or shrink).
-EXPRESSION_VERSION = 3
+#: holds the camera (its faces no longer grow or shrink); 4: a reference's expression sets the lids
+#: to the reference's eye opening (`match_eye_aspect`).
+EXPRESSION_VERSION = 4
 
 
 def expression_version(expressions) -> int | None:
@@ -384,12 +388,17 @@ class Variant:
 def make_variant(spec: ExpressionSpec | str, fit, model: MorphableModel, shape: ShapeSample | None = None,
                  tag: str = "") -> Variant:
     """One variant of `fit`: `fitted` specs on the fit itself, the others on its re-split
-    (`expression_split`), with a shape sample's perturbation added to that fit's identity."""
+    (`expression_split`), with a shape sample's perturbation added to that fit's identity. A spec
+    with a reference's `eye_aspect` gets its lids solved on the identity it is rendered with."""
     spec = parse_expression(spec) if isinstance(spec, str) else spec
     base = fit if spec.from_fit else expression_split(fit, model)
     beta = expression_coefficients(spec, model, fit.expression)
     if shape is not None and base is not fit:
         shape = ShapeSample(full_identity(base.identity, model) + shape.delta, shape.delta, shape.scale, shape.index)
+    if spec.eye_aspect is not None:      # a reference's eye opening, on the identity rendered
+        identity = base.identity if shape is None else shape.identity
+        target = eye_aspect_target(spec.eye_aspect, model, identity)
+        beta = match_eye_aspect(model, beta, target, identity, base.expression)
     return Variant(spec, beta, shape, tag, None if base is fit else base)
 
 
@@ -625,6 +634,167 @@ def expression_texture(texture, model: MorphableModel, expression: np.ndarray,
             sel = side == np.sign(model.mean[lm[pairs[0][0]], 0])
             out[sel] = out[sel] * (1 - k) + lash_rgb * k
     return Texture(out.reshape(Ht, Wt, 3).astype(np.float32), texture.confidence, texture.alpha)
+
+
+# --------------------------------------------------------------------------------------------
+# Eye openness from a reference photo: the lids set so that the eyes open as far as the reference's
+
+#: iBUG landmarks of each eye, 0-based, in the order of the eye aspect ratio's p1..p6 (outer corner,
+#: two upper-lid points, inner corner, two lower-lid points; the left eye's run mirrors the right's):
+#: the subject's right eye, then the left.
+EYE_LANDMARKS = (tuple(range(36, 42)), tuple(range(42, 48)))
+#: the per-eye blendshapes that move the upper lid: (closes it, opens it); the openness solve sets these
+LID_OPENNESS_SHAPES = ("eyeBlink", "eyeWide")
+#: the frontal-equivalent eye aspect ratio a reference may ask for is clipped to this range
+EYE_ASPECT_RANGE = (0.0, 0.6)
+#: the pose correction of a reference's measured eye aspect ratio stays within these factors
+EYE_POSE_LIMITS = (0.67, 1.5)
+#: How a reference's eye opening is put on another face (`eye_aspect_target`): "absolute" (the
+#: reference's eye aspect ratio itself) or "scaled" (the face's own neutral ratio times the
+#: reference's / EYE_ASPECT_POPULATION).
+EYE_MATCH = "absolute"
+#: dlib's median eye aspect ratio over 556 seeded LFW photos (benchmarks/bench_blink_reference.py,
+#: results/blink_reference.json `lfw.median`): the "usual" eye opening of the "scaled" match
+EYE_ASPECT_POPULATION = 0.2911
+
+
+def eye_aspect_ratios(points) -> np.ndarray:
+    """(2,) eye aspect ratio of each eye (subject's right, left) of 68 iBUG points (68, 2+; only x, y
+    are used): EAR = (|p2 - p6| + |p3 - p5|) / (2 |p1 - p4|), the lid opening over the eye's width
+    (Soukupova and Cech 2016; dlib's reading of an open eye is ~0.3, of a closed one ~0.1)."""
+    p = np.asarray(points, np.float64)[:, :2]
+    out = []
+    for eye in EYE_LANDMARKS:
+        q = p[list(eye)]
+        width = 2.0 * np.linalg.norm(q[0] - q[3])
+        out.append((np.linalg.norm(q[1] - q[5]) + np.linalg.norm(q[2] - q[4])) / max(width, 1e-9))
+    return np.asarray(out)
+
+
+def lid_openness_shapes(model: MorphableModel) -> list[tuple[int, int]]:
+    """Per eye (subject's right, left): the indices of its (eyeBlink, eyeWide) blendshapes, each
+    assigned to the eye whose upper-lid landmarks it moves most; [] when the model lacks them or has
+    no vertex for an eye landmark (the SFM)."""
+    names = model.expression_names
+    lm = model.landmark_vertices
+    eyes = [list(e) for e in EYE_LANDMARKS]
+    if min(lm[[k for e in eyes for k in e]]) < 0:
+        return []
+    found: list[dict[str, int]] = [{}, {}]
+    for kind in LID_OPENNESS_SHAPES:
+        for n in (f"{kind}_L", f"{kind}_R"):
+            if n not in names:
+                return []
+            i = names.index(n)
+            moves = [np.abs(model.expression_basis[i][lm[[e[1], e[2]]], 1]).sum() for e in eyes]
+            found[int(np.argmax(moves))][kind] = i
+    if any(len(f) != len(LID_OPENNESS_SHAPES) for f in found):
+        return []
+    return [tuple(f[k] for k in LID_OPENNESS_SHAPES) for f in found]
+
+
+def model_eye_aspect(model: MorphableModel, identity, expression, fitted=None) -> np.ndarray:
+    """(2,) eye aspect ratio of the model's eye landmark vertices seen frontally (x, y of model
+    space), for the face as it is rendered: `identity`, `expression` with its blink scaled to the
+    face by `closing_expression` (against the fit's own `fitted`), as `edited_vertices` does."""
+    beta = closing_expression(model, np.asarray(expression, np.float32), fitted, identity)
+    rows = model.landmark_vertices[[k for e in EYE_LANDMARKS for k in e]]
+    ident = np.asarray(identity, np.float32).reshape(-1)
+    pos = (model.mean[rows] + np.einsum("k,kvc->vc", ident, model.identity_basis[: ident.size, rows])
+           + np.einsum("e,evc->vc", beta, model.expression_basis[: beta.size, rows]))
+    points = np.zeros((68, 3))
+    points[36:48] = pos
+    return eye_aspect_ratios(points)
+
+
+def reference_eye_aspect(fit, model: MorphableModel) -> tuple[float, float] | None:
+    """A reference photo's eye opening per eye (subject's right, left), as the frontal eye aspect
+    ratio the model's lids are to reach: the ratio of the photo's own landmarks (`fit.landmarks`,
+    what the fit was made from) with the head pose taken out,
+
+        r = r_photo * r_frontal(S) / r_camera(S),
+
+    where S is the fit's identity with no expression (open eyes, so the quotient is the pose's
+    foreshortening of this face's eyes and not its expression) and r_camera the ratio of S's eye
+    landmark vertices projected through the fit's camera. A turned head narrows the eye (yaw) or
+    its opening (pitch); the quotient undoes most of that, within EYE_POSE_LIMITS (lids that an
+    expression has moved sit elsewhere in depth than the open eye's, so it is not exact: on
+    synthetic faces at yaw up to 30 and pitch up to 25 degrees it removes half to two thirds of the
+    pose's change, tests/test_eye_openness.py), and r is clipped to EYE_ASPECT_RANGE. None when the
+    fit has no landmarks or the model no lid blendshapes."""
+    q = np.asarray(getattr(fit, "landmarks", np.zeros(0)), np.float64)
+    if q.shape != (68, 2) or not np.isfinite(q).all() or not lid_openness_shapes(model):
+        return None
+    neutral = np.zeros(model.num_expressions, np.float32)
+    with torch.no_grad():
+        shape = fit.vertices(model, neutral)
+        seen = fit.project(model, shape)[0, :, :2].numpy()
+    lm = model.landmark_vertices
+    frontal = np.zeros((68, 3))
+    camera = np.zeros((68, 2))
+    eye = [k for e in EYE_LANDMARKS for k in e]
+    frontal[eye] = shape[0].numpy()[lm[eye]]
+    camera[eye] = seen[lm[eye]]
+    lo, hi = EYE_POSE_LIMITS
+    pose = np.clip(eye_aspect_ratios(frontal) / np.maximum(eye_aspect_ratios(camera), 1e-6), lo, hi)
+    r = np.clip(eye_aspect_ratios(q) * pose, *EYE_ASPECT_RANGE)
+    return float(r[0]), float(r[1])
+
+
+def eye_aspect_target(reference, model: MorphableModel, identity, mode: str | None = None) -> np.ndarray:
+    """(2,) the frontal eye aspect ratio a face of `identity` is given from a reference's
+    `reference_eye_aspect` r_B: "absolute" r_B itself; "scaled" r_A0 * r_B / EYE_ASPECT_POPULATION,
+    r_A0 the face's own ratio with no expression (its eye shape kept, opened or closed as much as
+    the reference's are against the usual eye). `mode` defaults to EYE_MATCH."""
+    mode = EYE_MATCH if mode is None else mode
+    r_b = np.asarray(reference, np.float64).reshape(2)
+    if mode == "absolute":
+        return r_b
+    if mode == "scaled":
+        r_a0 = model_eye_aspect(model, identity, np.zeros(model.num_expressions, np.float32))
+        return np.clip(r_a0 * r_b / EYE_ASPECT_POPULATION, *EYE_ASPECT_RANGE)
+    raise FaceSynthError(f"unknown eye match {mode!r} (absolute, scaled)")
+
+
+def match_eye_aspect(model: MorphableModel, expression, target, identity, fitted=None,
+                     iterations: int = 30) -> np.ndarray:
+    """`expression` with each eye's eyeBlink and eyeWide set so that the face of `identity`, as it
+    is rendered (`model_eye_aspect`, blink scaled by `closing_expression` against `fitted`), shows
+    the frontal eye aspect ratio `target` (2,: subject's right eye, left eye). Every other
+    coefficient, eyeSquint and the gaze shapes included, stays as given.
+
+    Per eye one lid parameter t in [-1, 1] walks from wide open to closed: eyeWide = max(-t, 0),
+    eyeBlink = max(t, 0), so both stay in the blendshapes' range [0, 1] and never act together.
+    The ratio falls monotonically along t (the blink lowers the upper lid, eyeWide lifts it, and
+    `closing_expression` scales the blink by a factor that does not depend on it), so bisection on
+    r(t) = target finds t to 2^-iterations; a target beyond what the lids can reach gives the end
+    of the range (t = -1 or 1). The two eyes move different vertices, so they are solved apart.
+    """
+    beta = np.asarray(expression, np.float32).reshape(-1).copy()
+    shapes = lid_openness_shapes(model)
+    if not shapes:
+        return beta
+    target = np.asarray(target, np.float64).reshape(2)
+
+    def ratio(t: float, eye: int) -> float:
+        blink, wide = shapes[eye]
+        b = beta.copy()
+        b[blink], b[wide] = max(t, 0.0), max(-t, 0.0)
+        return float(model_eye_aspect(model, identity, b, fitted)[eye])
+
+    for eye, (blink, wide) in enumerate(shapes):
+        lo, hi = -1.0, 1.0                                  # r(lo) >= r(hi)
+        if target[eye] >= ratio(lo, eye):
+            t = lo
+        elif target[eye] <= ratio(hi, eye):
+            t = hi
+        else:
+            for _ in range(iterations):
+                mid = 0.5 * (lo + hi)
+                lo, hi = (mid, hi) if ratio(mid, eye) > target[eye] else (lo, mid)
+            t = 0.5 * (lo + hi)
+        beta[blink], beta[wide] = max(t, 0.0), max(-t, 0.0)
+    return beta
 
 
 # --------------------------------------------------------------------------------------------

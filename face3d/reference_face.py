@@ -20,7 +20,7 @@ import numpy as np
 
 from face3d.camera import Pose
 from face3d.errors import FaceSynthError, NoFaceError
-from face3d.expressions import ExpressionSpec, expression_split
+from face3d.expressions import ExpressionSpec, expression_split, reference_eye_aspect
 from face3d.fitting import FitConfig, fit_morphable_model
 from face3d.landmarks import DEFAULT_DETECTOR, DetectedFace, detect_faces
 from face3d.morphable_model import MorphableModel
@@ -35,13 +35,16 @@ _SAMPLE_STREAM = zlib.crc32(b"reference_sample")
 @dataclass(frozen=True)
 class ReferenceFace:
     """What a reference photo lends another face: the expression coefficients of its re-split fit
-    (E,), its head pose, where it came from and how many faces its photo shows (the largest is used)."""
+    (E,), its head pose, where it came from and how many faces its photo shows (the largest is used),
+    and how far its eyes are open (`eye_aspect`: frontal eye aspect ratio per eye, subject's right
+    and left, from the photo's landmarks: `face3d.expressions.reference_eye_aspect`; None without)."""
 
     source: str
     expression: np.ndarray
     pose: Pose
     faces_found: int = 1
     face_box: tuple[int, int, int, int] | None = None
+    eye_aspect: tuple[float, float] | None = None
 
 
 def fit_reference(image: np.ndarray, model: MorphableModel, source: str = "reference",
@@ -67,18 +70,23 @@ def reference_from_fit(fit, model: MorphableModel, source: str = "reference", fa
     p = fit.pose
     pose = Pose(*(float(np.clip(v, -90.0, 90.0)) for v in (p.yaw, p.pitch, p.roll)))
     box = None if face_box is None else tuple(int(v) for v in face_box)
-    return ReferenceFace(str(source), beta, pose, int(faces_found), box)
+    return ReferenceFace(str(source), beta, pose, int(faces_found), box, reference_eye_aspect(fit, model))
 
 
 def reference_expression(ref: ReferenceFace, model: MorphableModel) -> ExpressionSpec:
     """The reference's expression as a spec that renders like any other (`from-<stem>` in file
-    names): every coefficient of its re-split fit, by name, on the re-split fit of the face it is put on."""
+    names): every coefficient of its re-split fit, by name, on the re-split fit of the face it is put
+    on, except the lids: the eyeBlink and eyeWide weights are solved per face so that its eyes open
+    as far as the reference's (`face3d.expressions.match_eye_aspect`, when the reference has an
+    `eye_aspect`). The re-split gives a photo's eye opening mostly to the identity, so B's own lid
+    coefficients carried 0.13 of B's eye aspect ratio (benchmarks/bench_expression_transfer.py)."""
     beta = np.asarray(ref.expression, np.float32).reshape(-1)
     if beta.size != model.num_expressions:
         raise FaceSynthError(f"{ref.source}: the reference has {beta.size} expression coefficients, "
                              f"model {model.name} has {model.num_expressions}")
     raw = tuple((n, float(b)) for n, b in zip(model.expression_names, beta) if b != 0.0)
-    return ExpressionSpec(f"from:{ref.source}", raw=raw, reference=ref.source)
+    eyes = None if ref.eye_aspect is None else tuple(float(v) for v in ref.eye_aspect)
+    return ExpressionSpec(f"from:{ref.source}", raw=raw, reference=ref.source, eye_aspect=eyes)
 
 
 def reference_poses(poses: list[Pose], pose: Pose, angles=POSE_ANGLES) -> list[Pose]:

@@ -242,7 +242,9 @@ class RealCrops:
 
 
 def bin_matches(real: RealCrops, real_crops: np.ndarray, fakes: list[dict], k: int, rng: np.random.Generator):
-    """Bin k's counts and, when testable, equal seeded draws of real and generated crops with their groups."""
+    """Bin k's counts and, when testable, equal seeded draws of real and generated crops with their
+    groups: the person (an LFW photo's folder, a view's identity), so that a person with real photos
+    and views keeps them all in one fold."""
     r_idx = np.flatnonzero([yaw_bin(y) == k for y in real.yaws])
     f_idx = [i for i, v in enumerate(fakes) if yaw_bin(float(v["yaw"])) == k]
     n = min(len(r_idx), len(f_idx))
@@ -253,7 +255,7 @@ def bin_matches(real: RealCrops, real_crops: np.ndarray, fakes: list[dict], k: i
     fi = rng.choice(len(f_idx), n, replace=False)
     chosen = [fakes[f_idx[i]] for i in fi]
     fake = facing_right(np.stack([v["crop"] for v in chosen]), [float(v["yaw"]) for v in chosen])
-    return counts, (real_crops[ri], real.names[ri], fake, np.array([f"id:{v['identity']}" for v in chosen]))
+    return counts, (real_crops[ri], real.names[ri], fake, np.array([str(v["identity"]) for v in chosen]))
 
 
 def method_pixel_realism(real: RealCrops, real_crops: np.ndarray, fakes: list[dict], seed: int) -> dict:

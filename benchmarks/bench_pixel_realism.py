@@ -92,6 +92,10 @@ def main(argv=None) -> int:
         args.out = str(Path(args.out).with_name(Path(args.out).name + "_quick"))
         if args.json == str(RESULTS / "pixel_realism.json"):
             args.json = str(RESULTS / "pixel_realism_quick.json")
+    for flag, value, low in (("--photos-per-identity", args.photos_per_identity, 1), ("--real-photos", args.real_photos, 1),
+                             ("--identities", args.identities, 1), ("--val-identities", args.val_identities, 0)):
+        if value is not None and value < low:
+            ap.error(f"{flag} must be at least {low}, got {value}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not {"3d", "hybrid"} <= set(methods):
         ap.error("--methods must include 3d and hybrid")

@@ -33,9 +33,9 @@ from face3d.pipeline import Reconstruction, reconstruct_largest_faces
 from face3d.pose_estimation import photo_pose, view_pose_reference
 from face3d.render import render_version
 from facesynth.api import RenderOptions, render_face
-from facesynth.compare.metrics import (FEATURE_BLOCK, METRIC_NAMES, MIN_C2ST_PER_CLASS, REALISM_REGIONS, THRESHOLD, FaceEncoder, c2st,
-                                       cross_verification_accuracy, detect_view_face, finite_median, no_c2st,
-                                       view_pose_error)
+from facesynth.compare.metrics import (FEATURE_BLOCK, METRIC_NAMES, MIN_C2ST_PER_CLASS, REALISM_REGIONS, THRESHOLD,
+                                       FaceEncoder, c2st, cross_verification_accuracy, detect_view_face, finite_median,
+                                       no_c2st, view_pose_error)
 from facesynth.compare.pixel import (CROP_SETTINGS, CROP_SIZE, FOLDS, MIN_PER_CLASS, PIXEL_METHOD, RealCrops, bin_name,
                                      pixel_crop, pixel_realism, yaw_bin)
 from facesynth.compare.report import json_ready, thumbnail, write_outputs, yaw_key

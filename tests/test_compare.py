@@ -152,6 +152,16 @@ def test_compare_writes_metrics_and_report(compare_run):
     assert r["n_per_class"] == min(c["realism_fake"], info["realism"]["real_photos"]["used"])
     assert r["n_train"] + r["n_test"] == 2 * r["n_per_class"]
     assert info["realism"]["real_photos"]["requested"] == 12
+    # the pixel test: too few crops per |yaw| bin here (8 views, 12 real photos), so not testable: null, with its counts
+    px = info["pixel_realism"]
+    assert data["methods"]["3d"]["all"]["pixel_realism"] is None and px["folds"] == 5
+    bins = px["real_vs"]["3d"]["bins"]
+    assert sum(b["generated"] for b in bins.values()) == c["realism_fake"]
+    assert bins["0-7.5"]["generated"] == 4 and bins["22.5-37.5"]["generated"] == 4
+    assert 0 < sum(b["real"] for b in bins.values()) <= info["realism"]["real_photos"]["used"]
+    assert not any(b["testable"] for b in bins.values()) and px["real_vs"]["3d"]["all"]["bins"] == []
+    assert px["controls"]["real_vs_real"]["n_real"] + px["controls"]["real_vs_real"]["n_fake"] \
+        == info["realism"]["real_photos"]["used"]
 
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert list(rows[0]) == ["method", "yaw", *METRIC_NAMES]
@@ -260,7 +270,8 @@ def test_realism_region_flag_is_recorded_and_keys_the_cache(tmp_path):
     assert args.realism_region == "face"
     args = parser.parse_args(["compare", str(tmp_path), "--yaw", "0", "--out", str(tmp_path / "o"),
                               "--realism-region", "whole"])
-    assert args.realism_region == "whole"
+    assert args.realism_region == "whole" and args.pixel_realism
+    assert not parser.parse_args(["compare", str(tmp_path), "--yaw", "0", "--out", "o", "--no-pixel-realism"]).pixel_realism
     with pytest.raises(SystemExit):
         parser.parse_args(["compare", str(tmp_path), "--yaw", "0", "--out", "o", "--realism-region", "hair"])
 
@@ -272,5 +283,6 @@ def test_realism_region_flag_is_recorded_and_keys_the_cache(tmp_path):
     assert key(replace(base, realism_region="whole")) != key(base)
     assert key(replace(base, background="plain")) != key(base)
     assert key(replace(base, real_photos=10, seed=3)) == key(base)       # the realism test itself is not cached
+    assert key(replace(base, pixel_realism=False)) == key(base)          # the views' crops are cached either way
     assert job.realism_method("whole")["region"] == "whole"
     assert "unmasked" in job.realism_method("whole")["features"]

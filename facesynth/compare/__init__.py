@@ -45,6 +45,13 @@ the cross-verification.
   cannot tell them apart; 1.0: always can. Computed per method on all yaws pooled, and per yaw
   where each class has at least `MIN_C2ST_PER_CLASS` samples (else ``null``). The split and the
   counts are in ``info.realism`` of metrics.json.
+- ``pixel_realism``: a second realism test on pixels (`facesynth.compare.pixel`): a small CNN trained
+  from scratch tells dlib-aligned, landmark-hull-masked 64-px face crops of the views from those of
+  the real photos, 5-fold held-out accuracy, within |yaw| bins of 15 degrees (a view's yaw asked;
+  a real photo's estimated by PnP against the model's mean shape), equal numbers drawn per bin; a
+  bin with fewer than 20 crops in a class is ``null``. Per yaw: the value of the yaw's bin; all:
+  the testable bins' draws pooled. ``info.pixel_realism`` holds the bins' counts and folds and the
+  two controls (real vs real ~0.5; real vs real blurred by 1 px, > 0.5). ``--no-pixel-realism`` skips it.
 - ``seconds_per_view``: for each method, the wall time of its `render_face` calls (fit excluded)
   plus its share of the fit, divided by its number of views. A photo's fit time is split evenly
   over the views of every method that made views from it. Views are generated in one batch per

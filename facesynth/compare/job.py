@@ -30,12 +30,14 @@ from face3d.image_io import atomic_write_bytes, load_image
 from face3d.landmarks import detect_faces
 from face3d.morphable_model import MorphableModel, default_data_dir, load_morphable_model
 from face3d.pipeline import Reconstruction, reconstruct_largest_faces
-from face3d.pose_estimation import view_pose_reference
+from face3d.pose_estimation import photo_pose, view_pose_reference
 from face3d.render import render_version
 from facesynth.api import RenderOptions, render_face
-from facesynth.compare.metrics import (FEATURE_BLOCK, MIN_C2ST_PER_CLASS, REALISM_REGIONS, THRESHOLD, FaceEncoder, c2st,
-                                       cross_verification_accuracy, detect_view_face, finite_median, no_c2st,
-                                       view_pose_error)
+from facesynth.compare.metrics import (FEATURE_BLOCK, METRIC_NAMES, MIN_C2ST_PER_CLASS, REALISM_REGIONS, THRESHOLD,
+                                       FaceEncoder, c2st, cross_verification_accuracy, detect_view_face, finite_median,
+                                       no_c2st, view_pose_error)
+from facesynth.compare.pixel import (CROP_SETTINGS, CROP_SIZE, FOLDS, MIN_PER_CLASS, PIXEL_METHOD, RealCrops, bin_name,
+                                     pixel_crop, pixel_realism, yaw_bin)
 from facesynth.compare.report import json_ready, thumbnail, write_outputs, yaw_key
 from facesynth.methods import ViewMaker, load_method
 from facesynth.options import DEFAULT_BATCH_SIZE, METHODS, UsageError
@@ -91,6 +93,7 @@ class CompareOptions:
     seed: int = 0                             # the real-photo choice and the realism split
     threads: int | None = None
     realism_region: str = "face"              # what the realism test sees: "face" alone or the "whole" chip
+    pixel_realism: bool = True                # the pixel-level C2ST too (needs real_photos > 0)
 
     @property
     def poses(self) -> list[Pose]:
@@ -275,9 +278,10 @@ def score_views(imgs, poses, method, rel, identity, reference, enc: FaceEncoder,
         face = detect_view_face(img)
         r = {"photo": rel, "identity": identity, "method": method, "yaw": yaw_key(pose.yaw), "pitch": pose.pitch,
              "image": img, "detected": face is not None, "distance": float("inf"), "pose_error": float("inf"),
-             "descriptor": None, "feature": None}
+             "descriptor": None, "feature": None, "crop": None}
         if face is not None:
             r["pose_error"] = view_pose_error(face.landmarks, reference, pose)
+            r["crop"] = pixel_crop(img, face.landmarks)
             det_imgs.append(img)
             det_lms.append(face.landmarks)
             det_idx.append(len(recs))
@@ -355,16 +359,17 @@ class PhotoCache:
                 return None
             with np.load(f, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
-                if meta["stamp"] != stamp:
-                    return None
+                if meta["stamp"] != stamp or meta.get("crop") != CROP_SETTINGS:
+                    return None  # changed since, or cached before the pixel test's crops (or with other crops)
                 # each z[...] access decompresses the whole array: read each one once
-                images, descriptors, features = z["images"], z["descriptors"], z["features"]
+                images, descriptors, features, crops = z["images"], z["descriptors"], z["features"], z["crops"]
                 views = []
                 for i, v in enumerate(meta["views"]):
                     det = v["detected"]
                     views.append({**v, "image": images[i],
                                   "descriptor": descriptors[i] if det else None,
                                   "feature": features[i] if det else None,
+                                  "crop": crops[i] if det else None,
                                   "distance": float(v["distance"]), "pose_error": float(v["pose_error"])})
                 source = {"identity": meta["identity"], "descriptor": z["source_descriptor"], "thumb": z["thumb"]}
             return PhotoResult(source, views, [], meta["gen_seconds"], meta["fit_share"], meta["n_views"])
@@ -375,10 +380,10 @@ class PhotoCache:
         f, stamp = self._file(rel, path)
         f.parent.mkdir(parents=True, exist_ok=True)
         size = res.source["thumb"].shape[0]
-        meta = {"stamp": stamp, "identity": res.source["identity"], "gen_seconds": res.gen_seconds,
+        meta = {"stamp": stamp, "crop": CROP_SETTINGS, "identity": res.source["identity"], "gen_seconds": res.gen_seconds,
                 "fit_share": res.fit_share, "n_views": res.n_views,
                 "views": [{k: (str(x) if k in ("distance", "pose_error") else x) for k, x in v.items()
-                           if k not in ("image", "descriptor", "feature")} for v in res.views]}
+                           if k not in ("image", "descriptor", "feature", "crop")} for v in res.views]}
         images = (np.stack([v["image"] for v in res.views]) if res.views else np.zeros((0, size, size, 3), np.uint8))
         buf = io.BytesIO()
         np.savez_compressed(buf, meta=np.array(json.dumps(meta)), source_descriptor=np.asarray(res.source["descriptor"]),
@@ -388,17 +393,20 @@ class PhotoCache:
 
 def view_arrays(views: list[dict]) -> dict[str, np.ndarray]:
     """The views' descriptors (V, 128) and realism features (V, C) as arrays, NaN rows for views
-    without a face, each in the dtype it was computed in (a resumed run scores exactly as a fresh one)."""
+    without a face, each in the dtype it was computed in (a resumed run scores exactly as a fresh one),
+    and their pixel-test crops (V, CROP_SIZE, CROP_SIZE, 3) uint8, zero for views without a face."""
     found = [v for v in views if v["feature"] is not None]
     d_dtype = found[0]["descriptor"].dtype if found else np.float32
     f_dtype = found[0]["feature"].dtype if found else np.float32
     desc = np.full((len(views), 128), np.nan, d_dtype)
     feats = np.full((len(views), found[0]["feature"].shape[0] if found else 0), np.nan, f_dtype)
+    crops = np.zeros((len(views), CROP_SIZE, CROP_SIZE, 3), np.uint8)
     for i, v in enumerate(views):
         if v["descriptor"] is not None:
             desc[i] = v["descriptor"]
             feats[i] = v["feature"]
-    return {"descriptors": desc, "features": feats}
+            crops[i] = v["crop"]
+    return {"descriptors": desc, "features": feats, "crops": crops}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -462,10 +470,12 @@ def collect(photos: list[tuple[str, Path]], session: CompareSession, cache: Phot
     return results
 
 
-def real_photo_features(lfw: Path, n: int, seed: int, enc: FaceEncoder, info: dict):
+def real_photo_features(lfw: Path, n: int, seed: int, enc: FaceEncoder, info: dict, model: MorphableModel | None = None):
     """The realism features of `n` seeded LFW photos, detected and aligned as the views are;
-    `info` counts the photos used, unreadable and without a face."""
-    imgs, lms = [], []
+    `info` counts the photos used, unreadable and without a face. With `model`, also the pixel
+    test's crops of the same photos and their yaw (`photo_pose` against the model's mean shape),
+    as a `RealCrops` (else None)."""
+    imgs, lms, names = [], [], []
     for path in tqdm(choose_real_photos(lfw, n, seed), desc="real photos", unit="photo"):
         try:
             img = load_image(path)
@@ -478,9 +488,21 @@ def real_photo_features(lfw: Path, n: int, seed: int, enc: FaceEncoder, info: di
             continue
         imgs.append(img)
         lms.append(faces[0].landmarks)
+        names.append(path.parent.name)
     info["used"] = len(imgs)
     _, feats = enc.encode(imgs, lms)
-    return feats, info
+    crops = None
+    if model is not None:
+        crops = RealCrops.of(imgs, lms, [photo_yaw(lm, model, im.shape[:2]) for im, lm in zip(imgs, lms)], names)
+    return feats, info, crops
+
+
+def photo_yaw(landmarks: np.ndarray, model: MorphableModel, shape) -> float:
+    """A real photo's yaw for the pixel test (`photo_pose`), NaN when PnP cannot be solved."""
+    try:
+        return photo_pose(landmarks, model, shape).yaw
+    except ValueError:
+        return float("nan")
 
 
 @dataclass
@@ -532,9 +554,28 @@ def score_block(vs: list[dict], photos: SourcePhotos, real_feats: np.ndarray, se
     return values, counts, {k: t[k] for k in ("n_per_class", "n_train", "n_test", "p_value")}
 
 
-def aggregate(results: RunResults, yaw_keys: list[str], real_feats: np.ndarray, seed: int, region: str = "face"):
+def pixel_values(pixel: dict | None, method: str, yaw: str | None) -> float:
+    """`pixel_realism` of a method over all yaws (yaw None) or of the |yaw| bin holding `yaw`; NaN
+    when the pixel test did not run or the bin is not testable."""
+    if pixel is None:
+        return float("nan")
+    res = pixel["methods"][method]
+    if yaw is None:
+        return res["all"]["accuracy"]
+    k = yaw_bin(float(yaw))
+    return res["bins"][bin_name(k)]["accuracy"] if k is not None else float("nan")
+
+
+def in_order(values: dict) -> dict:
+    """A metrics block with its keys in `METRIC_NAMES` order."""
+    return {n: values[n] for n in METRIC_NAMES}
+
+
+def aggregate(results: RunResults, yaw_keys: list[str], real_feats: np.ndarray, seed: int, region: str = "face",
+              pixel: dict | None = None):
     """metrics {method: {"all": {...}, "per_yaw": {yaw: {...}}}}, counts and realism details; the
-    realism test of all yaws is seeded `seed`, that of the k-th yaw `seed + 1 + k`."""
+    realism test of all yaws is seeded `seed`, that of the k-th yaw `seed + 1 + k`. `pixel`: the
+    pixel test's results (`pixel.pixel_realism`), or None when it did not run."""
     photos = SourcePhotos.of(results.sources)
     metrics, counts = {}, {}
     realism = {**realism_method(region), "min_per_class": MIN_C2ST_PER_CLASS, "real_vs": {}}
@@ -542,19 +583,30 @@ def aggregate(results: RunResults, yaw_keys: list[str], real_feats: np.ndarray, 
         mv = [v for v in results.views if v["method"] == m]
         spv = results.seconds_per_view(m)
         a, c, r = score_block(mv, photos, real_feats, seed)
-        metrics[m] = {"all": {**a, "seconds_per_view": spv}, "per_yaw": {}}
+        metrics[m] = {"all": in_order({**a, "pixel_realism": pixel_values(pixel, m, None), "seconds_per_view": spv}),
+                      "per_yaw": {}}
         counts[m] = {"all": c, "per_yaw": {}}
         realism["real_vs"][m] = {"all": r, "per_yaw": {}}
         for k, y in enumerate(yaw_keys):
             a, c, r = score_block([v for v in mv if v["yaw"] == y], photos, real_feats, seed + 1 + k)
-            metrics[m]["per_yaw"][y] = {**a, "seconds_per_view": spv}
+            metrics[m]["per_yaw"][y] = in_order({**a, "pixel_realism": pixel_values(pixel, m, y),
+                                                 "seconds_per_view": spv})
             counts[m]["per_yaw"][y] = c
             realism["real_vs"][m]["per_yaw"][y] = r
     return json_ready(metrics), counts, json_ready(realism)
 
 
+def pixel_info(options: CompareOptions, pixel: dict | None) -> dict:
+    """metrics.json's info.pixel_realism: how the test is made, each method's bins and the controls."""
+    if pixel is None:
+        why = ("--no-pixel-realism" if not options.pixel_realism else "no real photos (--real-photos 0) or no views")
+        return {"note": f"not run: {why}"}
+    return json_ready({**PIXEL_METHOD, "min_per_class": MIN_PER_CLASS, "folds": FOLDS,
+                       "real_vs": pixel["methods"], "controls": pixel["controls"]})
+
+
 def run_info(options: CompareOptions, photos: list[tuple[str, Path]], results: RunResults, counts: dict,
-             realism: dict, real_info: dict) -> dict:
+             realism: dict, real_info: dict, pixel: dict | None = None) -> dict:
     """metrics.json's info: the settings, how each metric is made, the counts and the failures."""
     n_ids = len({s["identity"] for s in results.sources.values()})
     failures = results.failures
@@ -571,6 +623,7 @@ def run_info(options: CompareOptions, photos: list[tuple[str, Path]], results: R
         "seconds_per_view": SECONDS_NOTE,
         "realism": {**realism, "real_photos": {**real_info,
                                                "lfw": str(options.lfw_folder) if options.real_photos else None}},
+        "pixel_realism": pixel_info(options, pixel),
         "counts": counts,
         "failures": failures,
     }
@@ -585,13 +638,19 @@ def run_comparison(options: CompareOptions) -> int:
     session = open_session(options)
     cache = PhotoCache(options.out, settings_key(options, session.model, session.makers))
     results = collect(photos, session, cache)
-    real_feats = np.zeros((0, 0))
+    real_feats, real_crops, pixel = np.zeros((0, 0)), None, None
     real_info = {"requested": options.real_photos, "used": 0, "no_face": 0, "unreadable": 0}
     if options.real_photos and results.views:
-        real_feats, real_info = real_photo_features(options.lfw_folder, options.real_photos, options.seed,
-                                                    session.encoder, real_info)
-    metrics, counts, realism = aggregate(results, options.yaw_keys, real_feats, options.seed, options.realism_region)
-    info = run_info(options, photos, results, counts, realism, real_info)
+        real_feats, real_info, real_crops = real_photo_features(
+            options.lfw_folder, options.real_photos, options.seed, session.encoder, real_info,
+            session.model if options.pixel_realism else None)
+    if real_crops is not None:
+        t0 = time.perf_counter()
+        pixel = pixel_realism(results.views, options.methods, real_crops, options.seed)
+        print(f"facesynth compare: pixel realism test {time.perf_counter() - t0:.1f} s")
+    metrics, counts, realism = aggregate(results, options.yaw_keys, real_feats, options.seed, options.realism_region,
+                                         pixel)
+    info = run_info(options, photos, results, counts, realism, real_info, pixel)
     write_outputs(options.out, {"methods": metrics, "info": info}, results.views, results.sources,
                   list(options.methods), options.poses)
     print(f"facesynth compare: {info['photos_ok']} of {len(photos)} photo(s) done, {len(options.methods)} method(s) "
@@ -607,5 +666,6 @@ def run_compare(args) -> int:
                              background=args.background,
                              lfw=Path(args.lfw) if args.lfw else None, real_photos=args.real_photos,
                              refiner=args.refiner, capg=args.capg, model=args.model, dense=args.dense,
-                             seed=args.seed, threads=args.threads, realism_region=args.realism_region)
+                             seed=args.seed, threads=args.threads, realism_region=args.realism_region,
+                             pixel_realism=args.pixel_realism)
     return run_comparison(options)

@@ -21,8 +21,9 @@ from ganrefine.identity import IdentityEncoder, align_faces, image_tensor
 
 #: dlib's same-person threshold on the descriptor distance.
 THRESHOLD = 0.6
-#: The five metrics, in the order of metrics.csv's columns.
-METRIC_NAMES = ("identity_to_source", "cross_verification", "pose_error", "realism", "seconds_per_view")
+#: The six metrics, in the order of metrics.csv's columns.
+METRIC_NAMES = ("identity_to_source", "cross_verification", "pose_error", "realism", "pixel_realism",
+                "seconds_per_view")
 #: The realism test needs at least this many samples in each class (half train, half test).
 MIN_C2ST_PER_CLASS = 8
 #: Residual block of dlib's ResNet whose globally average-pooled output is the realism feature:
@@ -134,13 +135,19 @@ def c2st_accuracy(real_feats: np.ndarray, fake_feats: np.ndarray, seed: int = 0)
     return c2st(real_feats, fake_feats, seed)["accuracy"]
 
 
+def hull_mask(shape, landmarks: np.ndarray) -> np.ndarray:
+    """(H, W) uint8, 1 inside the convex hull of the 68 landmarks (pixel centres at j + 0.5), 0 outside."""
+    hull = cv2.convexHull(np.round(np.asarray(landmarks, np.float64) - 0.5).astype(np.int32))
+    mask = np.zeros(tuple(shape[:2]), np.uint8)
+    cv2.fillConvexPoly(mask, hull, 1)
+    return mask
+
+
 def face_region(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """The image with everything outside the convex hull of its 68 landmarks (jaw line to brows)
     set to mid-grey: what the realism test looks at, so that it judges the face and not the
     background, hair or clothes (a 3D view's plain grey backdrop would give it away at once)."""
-    hull = cv2.convexHull(np.round(np.asarray(landmarks, np.float64) - 0.5).astype(np.int32))
-    mask = np.zeros(image.shape[:2], np.uint8)
-    cv2.fillConvexPoly(mask, hull, 1)
+    mask = hull_mask(image.shape, landmarks)
     out = np.full_like(image, 128)
     out[mask > 0] = image[mask > 0]
     return out

@@ -31,7 +31,8 @@ VIEW_COLUMNS = ("photo", "identity", "method", "yaw", "pitch", "face_detected", 
 PLOT_TITLES = {"identity_to_source": "identity distance to source (median, lower = kept)",
                "cross_verification": "cross-verification accuracy @0.6",
                "pose_error": "pose error (median, degrees)",
-               "realism": "realism: C2ST accuracy (0.5 = indistinguishable)"}
+               "realism": "realism: C2ST accuracy (0.5 = indistinguishable)",
+               "pixel_realism": "pixel realism: CNN C2ST per |yaw| bin (0.5 = real)"}
 STYLE = ("body{font-family:sans-serif;margin:16px;color:#222}table{border-collapse:collapse;margin:6px 0 18px}\n"
          "td,th{border:1px solid #ccc;padding:3px 6px;text-align:center;font-size:12px}\n"
          "img{display:block;margin:auto}.cap{font-size:10px;color:#555}.bad{color:#b00}")
@@ -100,7 +101,7 @@ def _plot_metric(ax, metrics: dict, methods: list[str], yaw_keys: list[str], nam
             ax.axhline(allv, ls="--", lw=0.8, color=line.get_color() if line else None, alpha=0.7)
     if name == "identity_to_source":
         ax.axhline(THRESHOLD, color="grey", lw=0.8, ls=":")
-    if name == "realism":
+    if name in ("realism", "pixel_realism"):
         ax.axhline(0.5, color="grey", lw=0.8, ls=":")
         ax.set_ylim(0.0, 1.05)
     if name == "cross_verification":
@@ -121,13 +122,13 @@ def plots_uri(metrics: dict, methods: list[str], yaw_keys: list[str]) -> str | N
         import matplotlib.pyplot as plt  # deferred, as matplotlib above
     except ImportError:
         return None
-    fig, axes = plt.subplots(1, 5, figsize=(22, 4.2))
+    fig, axes = plt.subplots(1, len(PLOT_TITLES) + 1, figsize=(4.4 * (len(PLOT_TITLES) + 1), 4.2))
     for ax, (name, title) in zip(axes, PLOT_TITLES.items()):
         _plot_metric(ax, metrics, methods, yaw_keys, name, title)
     axes[0].legend(fontsize=8)
     spv = [metrics[m]["all"]["seconds_per_view"] or 0.0 for m in methods]
-    axes[4].bar(methods, spv, color=[f"C{i}" for i in range(len(methods))])
-    axes[4].set_title("seconds per view", fontsize=9)
+    axes[-1].bar(methods, spv, color=[f"C{i}" for i in range(len(methods))])
+    axes[-1].set_title("seconds per view", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)

@@ -85,6 +85,10 @@ class RenderOptions:
             raise FaceSynthError(f"align must be one of {', '.join(ALIGNMENTS)}, got {self.align!r}")
         if self.relight not in RELIGHT_MODES:
             raise FaceSynthError(f"relight must be one of {', '.join(RELIGHT_MODES)}, got {self.relight!r}")
+        for flag, weights, user in (("--refiner", self.refiner, "hybrid"), ("--capg", self.capg, "gan")):
+            if weights is not None and self.method != user:   # weights that this run would silently ignore
+                raise FaceSynthError(f"{flag} {weights}: only --method {user} uses these weights "
+                                     f"(the method is {self.method})")
         # the background is not an edit: the gan method paints the whole picture and ignores it
         specs = self.expressions or ()
         check_method_edits(self.method, {"--expression": any(not e.reference for e in specs),

@@ -81,8 +81,7 @@ def augment_arguments(p: argparse.ArgumentParser) -> None:
                    help="identity folder (INPUT/<identity>/<image>) or a .csv/.jsonl list of path,identity")
     p.add_argument("output", metavar="OUTPUT", help="output folder (same identity layout + manifest)")
     add_pose_arguments(p)
-    # a dataset is made of many photos: the renders alone are 2-3x faster per view than hybrid ones
-    add_method_arguments(p, default="3d", why=": a dataset's many views are rendered 2-3x faster without the refiner")
+    add_method_arguments(p)
     p.add_argument("--size", type=size_option, default=128, help="output crop size in pixels (default 128)")
     add_label_arguments(p)
     add_background_argument(p)

@@ -1,7 +1,7 @@
 """The three ways facesynth makes a view, in one registry that every command uses.
 
-- `3d`: the 3D stage's render alone (the fitted, photo-textured head at the asked pose);
-- `hybrid`: that render passed through the trained refiner (`ganrefine.hybrid`), the default;
+- `3d`: the 3D stage's render alone (the fitted, photo-textured head at the asked pose), the default;
+- `hybrid`: that render passed through the trained refiner (`ganrefine.hybrid`);
 - `gan`: the GAN-only baseline (CAPG-GAN, `ganrefine.capg`): the photo and the landmarks of the
   asked pose go through a U-Net; the fit only places those landmarks and the crop.
 

@@ -40,8 +40,8 @@ def test_rotate_writes_views_and_manifest(tmp_path, capsys, obama_path):
         for key in ("source", "output", "yaw", "pitch", "roll", "method", "fit_landmark_error"):
             assert key in r
         assert r["source"] == str(obama_path)
-        assert r["method"] == "hybrid"  # the default method: the 3D stage, then the shipped refiner
-        assert r["refiner"] == "refiner.pt" and len(r["refiner_sha256"]) == 64
+        assert r["method"] == "3d"  # the default method: the 3D stage's render, no weights
+        assert "refiner" not in r and "refiner_sha256" not in r
         assert 0 < r["fit_landmark_error"] < 0.05
         img = np.asarray(Image.open(out / r["output"]))
         assert img.shape == (128, 128, 3)
@@ -80,10 +80,17 @@ def test_method_3d_is_the_plain_render_and_hybrid_refines_it(tmp_path, capsys, o
 
 
 def test_missing_refiner_weights_is_a_one_line_error(tmp_path, capsys, obama_path):
-    code, _, err = run(capsys, "rotate", obama_path, "--refiner", tmp_path / "none.pt", "--out", tmp_path / "o")
+    code, _, err = run(capsys, "rotate", obama_path, "--method", "hybrid", "--refiner", tmp_path / "none.pt",
+                       "--out", tmp_path / "o")
     assert code == 1
     assert_one_line_error(err)
     assert "refiner weights not found" in err
+    # weights for a method the run does not use are refused, not silently ignored
+    code, _, err = run(capsys, "rotate", obama_path, "--refiner", tmp_path / "none.pt", "--out", tmp_path / "o")
+    assert code == 1
+    assert_one_line_error(err)
+    assert "only --method hybrid uses these weights (the method is 3d)" in err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.slow
@@ -251,7 +258,7 @@ def test_resume_refuses_views_made_with_another_refiner_inference(tmp_path, caps
     """The weights' hash alone does not say how they were run: a folder whose views came from
     another inference of the same refiner (e.g. one pass, before flip averaging) is not resumed."""
     out = tmp_path / "out"
-    flags = ["--yaw", "0", "--no-dense", "--out", out]
+    flags = ["--yaw", "0", "--no-dense", "--method", "hybrid", "--out", out]
     code, _, err = run(capsys, "rotate", obama_path, *flags)
     assert code == 0, err
     inference = load_hybrid_refiner().inference

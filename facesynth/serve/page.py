@@ -134,9 +134,10 @@ def view_caption(record: dict, reference_pose=None) -> str:
 
 
 def method_choices() -> tuple[list[str], str]:
-    """The methods the page offers (hybrid only where its weights are found) and the radio's note."""
+    """The methods the page offers (hybrid only where its weights are found), the default first, and
+    the radio's note."""
     if default_weights_path().is_file():
-        return ["hybrid", "3d"], "hybrid: the 3D views refined by the trained refiner; 3d: the renders alone"
+        return ["3d", "hybrid"], "3d: the renders alone; hybrid: the 3D views refined by the trained refiner"
     return ["3d"], f"3d: the renders alone (hybrid needs the refiner weights, not found at {default_weights_path()})"
 
 

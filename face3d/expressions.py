@@ -304,8 +304,9 @@ def edited_vertices(fit, model: MorphableModel, expression: np.ndarray | None = 
 #: mix views of two versions. 1: presets on the fitted identity; 2: on the re-split fit
 #: (`expression_split`), and hybrid views keep the render over an opened mouth; 3: the re-split
 #: holds the camera (its faces no longer grow or shrink); 4: a reference's expression sets the lids
-#: to the reference's eye opening (`match_eye_aspect`).
-EXPRESSION_VERSION = 4
+#: to the reference's eye opening (`match_eye_aspect`); 5: a partly closed lid gets a soft lash line
+#: at its own margin and shades the eyeball under it, not the closed lid's band (`expression_texture`).
+EXPRESSION_VERSION = 5
 
 
 def expression_version(expressions) -> int | None:
@@ -441,6 +442,12 @@ LID_START_MM = 1.0      # texels moved less than this keep the photo's colour ..
 LID_RAMP_MM = 2.0       # ... and blend to the lid colour over this many mm more
 EYE_CLOSED_FROM = 0.85  # eyeballs (hidden by closed lids) get the lash colour from this closure ...
 EYE_CLOSED_FULL = 0.95  # ... fully from this one (a half-open eye keeps its eyeball texture)
+#: A partly closed eye (closure under EYE_CLOSED_FROM, e.g. a squint set from a reference photo)
+#: gets a soft lash line at the margin of its lid where it is, not the closed lid's band:
+LASH_PARTIAL = 0.8      # its darkness at the margin (fraction of the closed lid's lash line) ...
+LASH_PARTIAL_MM = 0.8   # ... falling off up the lid as a Gaussian of this width (mm)
+EYE_SHADOW = 0.5        # the lid's shadow on the eyeball right under its margin (as lash darkness) ...
+EYE_SHADOW_MM = 1.0     # ... fading over this many mm down the eyeball
 
 
 def eyeball_vertices(model: MorphableModel) -> np.ndarray:
@@ -516,34 +523,33 @@ def closing_expression(model: MorphableModel, expression: np.ndarray, fitted: np
     return out
 
 
-def _closed_lid_margin(model: MorphableModel, beta: np.ndarray, down: np.ndarray, size: tuple[int, int]):
-    """Per texel of the atlas (H*W,): lash darkness 0..1 around the margin of the closed upper lid.
-
-    The lids are rendered frontally (orthographic, skin only, generic face with `beta`). Pixels of
-    the upper lid (moved down by more than UPPER_LID_MM by the eyelid blendshapes, `down` (V,) mm)
-    get the lash line up to LASH_ABOVE_MM above the margin, then its shadow; pixels below the
-    margin (the lower lid, where closed lashes hang) get it down to LASH_TIP_MM. Each texel takes
-    the mean over the pixels that show it; texels not seen stay 0.
-    """
-    Ht, Wt = size
-    V = model.mean + np.einsum("e,evc->vc", beta, model.expression_basis[: beta.size])
-    T = model.triangles
-    moving = np.abs(down) > 0.3
-    lo, hi = V[moving].min(0) - 3.0, V[moving].max(0) + 3.0
-    tris = np.nonzero(model.skin[T].all(axis=1))[0]
-    c = V[T[tris]]
-    tris = tris[((c[..., 0] > lo[0]) & (c[..., 0] < hi[0]) & (c[..., 1] > lo[1]) & (c[..., 1] < hi[1])).any(axis=1)]
-    s = MARGIN_PX_PER_MM
+def _frontal_fragments(V: np.ndarray, T: np.ndarray, tris: np.ndarray, lo, hi, s: float):
+    """Triangles `tris` (indices into T) of vertices V rendered frontally (orthographic, x right, y
+    up, nearest +z in front) over the box lo..hi at s px/mm: (H, W) triangle index (-1: none) and
+    (H, W, 3) barycentrics."""
     W, H = int(np.ceil((hi[0] - lo[0]) * s)), int(np.ceil((hi[1] - lo[1]) * s))
     screen = np.stack([(V[:, 0] - lo[0]) * s, (hi[1] - V[:, 1]) * s, 1000.0 - V[:, 2]], axis=1)
     frag = rasterize_meshes(torch.from_numpy(screen[None].astype(np.float32)), torch.from_numpy(T[tris]), (H, W),
                             cull_backfaces=True, perspective_correct=False)
-    p2f, bary = frag.pix_to_face[0].numpy(), frag.bary_coords[0].detach().numpy()
-    cov = p2f >= 0
-    f = tris[np.maximum(p2f, 0)]
-    upper = cov & (np.einsum("hwk,hwk->hw", bary, down[T[f]]) > UPPER_LID_MM)
-    above = np.full((H, W), np.inf, np.float32)      # px from an upper-lid pixel down to the margin
-    below = np.full((H, W), np.inf, np.float32)      # px from the margin down to a lower-lid pixel
+    p2f = frag.pix_to_face[0].numpy()
+    return np.where(p2f >= 0, tris[np.maximum(p2f, 0)], -1), frag.bary_coords[0].detach().numpy()
+
+
+def _texel_samples(model: MorphableModel, f: np.ndarray, bary: np.ndarray, sel: np.ndarray, size: tuple[int, int]):
+    """The atlas texel (flat index into `size`) that each selected pixel of a frontal render shows."""
+    Ht, Wt = size
+    uv = np.einsum("nk,nkc->nc", bary[sel], model.face_uvs[f[sel]])
+    return (np.clip(((1.0 - uv[:, 1]) * Ht).astype(np.int64), 0, Ht - 1) * Wt
+            + np.clip((uv[:, 0] * Wt).astype(np.int64), 0, Wt - 1))
+
+
+def _margin_distances(upper: np.ndarray, s: float):
+    """Per pixel of a frontal render, in mm: from an upper-lid pixel down to the lid margin (the
+    lowest upper-lid pixel of its run; inf off the lid), and from the margin down to a pixel below
+    it (half a pixel at the first row under the margin; inf where no lid is above)."""
+    H, W = upper.shape
+    above = np.full((H, W), np.inf, np.float32)
+    below = np.full((H, W), np.inf, np.float32)
     run = np.full(W, np.inf, np.float32)
     for r in range(H - 1, -1, -1):
         run = np.where(upper[r], np.where(np.isfinite(run), run + 1, 0.0), np.inf)
@@ -551,32 +557,159 @@ def _closed_lid_margin(model: MorphableModel, beta: np.ndarray, down: np.ndarray
     run = np.full(W, np.inf, np.float32)
     for r in range(1, H):
         run = np.where(upper[r - 1], 0.0, run + 1)
-        below[r] = np.where(cov[r] & ~upper[r], run + 0.5, np.inf)
-    above, below = above / s, below / s
-    dark = np.where(upper, np.where(above < LASH_ABOVE_MM, 1.0,
-                                    LASH_SHADOW * np.exp(-(above - LASH_ABOVE_MM) / LASH_SHADOW_MM)),
-                    np.clip((LASH_TIP_MM - below) / (LASH_TIP_MM - LASH_BELOW_MM), 0.0, 1.0))
+        below[r] = np.where(upper[r], np.inf, run + 0.5)
+    return above / s, below / s
+
+
+def _under_the_lid(on_skin: np.ndarray, moved: np.ndarray, s: float):
+    """Per pixel of a frontal render: how far (mm) it lies below the nearest skin pixel above it
+    (for an eyeball pixel: the edge of the upper lid; inf where none is) and how far (mm) the
+    blendshapes moved that skin pixel down (`moved`, per pixel)."""
+    H, W = on_skin.shape
+    dist = np.full((H, W), np.inf, np.float32)
+    lid = np.zeros((H, W), np.float32)
+    run, last = np.full(W, np.inf, np.float32), np.zeros(W, np.float32)
+    for r in range(1, H):
+        run = np.where(on_skin[r - 1], 0.0, run + 1)
+        last = np.where(on_skin[r - 1], moved[r - 1], last)
+        dist[r], lid[r] = run + 0.5, last
+    return dist / s, lid
+
+
+def _lid_margin(model: MorphableModel, V: np.ndarray, down: np.ndarray, closure: np.ndarray, size: tuple[int, int]):
+    """Per texel of the atlas (H*W,): lash darkness 0..1 around the margin of the (closing) upper
+    lid, and (H*W,) shadow 0..1 of the lid on the eyeball under it.
+
+    The lids are rendered frontally (orthographic, skin and eyeballs, vertices `V`: the face with
+    its lids where they are drawn). Pixels of the upper lid (skin moved down by more than
+    UPPER_LID_MM by the eyelid blendshapes, `down` (V,) mm) get a lash line at its margin; below the
+    margin, skin (the lower lid) gets the closed lashes that hang over it and the eyeball the lid's
+    shadow. `closure` (V,) 0..1 per vertex (the closure of its eye from EYE_CLOSED_FROM to
+    EYE_CLOSED_FULL) blends two lash lines: at 1 the closed lid's (a band LASH_ABOVE_MM deep, its
+    shadow and the lashes down to LASH_TIP_MM on the lower lid), at 0 a partly closed lid's (a soft
+    line of strength LASH_PARTIAL and width LASH_PARTIAL_MM at the margin, the eyeball under it
+    shaded by EYE_SHADOW fading over EYE_SHADOW_MM down from the lid's edge, in proportion to how far
+    the lid there moved, up to UPPER_LID_MM, and the eyeball hidden under the lid shaded fully, so
+    no eye white shows at its edge). Each texel takes the mean over the pixels that show
+    it; texels not seen stay 0.
+    """
+    T = model.triangles
+    eye = eyeball_vertices(model)
+    moving = np.abs(down) > 0.3
+    lo, hi = V[moving].min(0) - 3.0, V[moving].max(0) + 3.0
+    c = V[T]
+    near = ((c[..., 0] > lo[0]) & (c[..., 0] < hi[0]) & (c[..., 1] > lo[1]) & (c[..., 1] < hi[1])).any(axis=1)
+    skin_t, eye_t = model.skin[T].all(axis=1), eye[T].all(axis=1)
+    s = MARGIN_PX_PER_MM
+    f, bary = _frontal_fragments(V, T, np.nonzero(near & (skin_t | eye_t))[0], lo, hi, s)
+    cov = f >= 0
+    fs = np.maximum(f, 0)
+    on_skin, on_eye = cov & skin_t[fs], cov & eye_t[fs]
+    moved = np.einsum("hwk,hwk->hw", bary, down[T[fs]])
+    upper = on_skin & (moved > UPPER_LID_MM)
+    above, below = _margin_distances(upper, s)
+    k = np.einsum("hwk,hwk->hw", bary, closure[T[fs]])
+    closed = np.where(above < LASH_ABOVE_MM, 1.0, LASH_SHADOW * np.exp(-(above - LASH_ABOVE_MM) / LASH_SHADOW_MM))
+    partly = LASH_PARTIAL * np.exp(-0.5 * (above / LASH_PARTIAL_MM) ** 2)
+    dark = np.where(upper, k * closed + (1 - k) * partly,
+                    k * np.clip((LASH_TIP_MM - below) / (LASH_TIP_MM - LASH_BELOW_MM), 0.0, 1.0))
+    dark = np.where(on_skin, dark, 0.0)
+    gap, lid_moved = _under_the_lid(on_skin, np.where(on_skin, moved, 0.0), s)
+    shade = np.where(on_eye, (1 - k) * EYE_SHADOW * np.exp(-gap / EYE_SHADOW_MM)
+                     * np.clip(lid_moved / UPPER_LID_MM, 0.0, 1.0), 0.0)
+    # the eyeball behind the upper lid (seen only at its edge, from other angles): fully shaded
+    fe, bary_e = _frontal_fragments(V, T, np.nonzero(near & eye_t)[0], lo, hi, s)
+    hidden = (fe >= 0) & upper
+    ke = np.einsum("hwk,hwk->hw", bary_e, closure[T[np.maximum(fe, 0)]])
+    n = size[0] * size[1]
     sel = cov & (dark > 0)
-    uv = np.einsum("nk,nkc->nc", bary[sel], model.face_uvs[f[sel]])
-    texel = (np.clip(((1.0 - uv[:, 1]) * Ht).astype(np.int64), 0, Ht - 1) * Wt
-             + np.clip((uv[:, 0] * Wt).astype(np.int64), 0, Wt - 1))
-    total = np.bincount(texel, dark[sel], Ht * Wt)
-    count = np.bincount(texel, None, Ht * Wt)
-    return np.where(count > 0, total / np.maximum(count, 1), 0.0).astype(np.float32)
+    texel = _texel_samples(model, f, bary, sel, size)
+    total, count = np.bincount(texel, dark[sel], n), np.bincount(texel, None, n)
+    lash = np.where(count > 0, total / np.maximum(count, 1), 0.0)
+    sel_v = on_eye & (shade > 0)
+    tv, th = _texel_samples(model, f, bary, sel_v, size), _texel_samples(model, fe, bary_e, hidden, size)
+    texel = np.concatenate([tv, th])
+    values = np.concatenate([shade[sel_v], (1 - ke[hidden]) * EYE_SHADOW])
+    total, count = np.bincount(texel, values, n), np.bincount(texel, None, n)
+    shadow = np.where(count > 0, total / np.maximum(count, 1), 0.0)
+    return lash.astype(np.float32), shadow.astype(np.float32)
+
+
+def eye_closure(model: MorphableModel, expression: np.ndarray, fitted: np.ndarray | None = None) -> list[tuple[float, float]]:
+    """Per eyelid blendshape of `model`: (side, closure), side the sign of model x of the eye it
+    closes, closure 0..1 how far its weight beyond the fit's own (`fitted`) closes the eye's
+    remaining opening, ramped from EYE_CLOSED_FROM (0: a partly closed eye) to EYE_CLOSED_FULL (1:
+    a closed one): the closed-eye treatment of `expression_texture` follows it."""
+    beta = np.asarray(expression, np.float32).reshape(-1)
+    base = np.zeros_like(beta) if fitted is None else np.asarray(fitted, np.float32).reshape(-1)[: beta.size]
+    base = np.pad(base, (0, beta.size - base.size))
+    lm = model.landmark_vertices
+    out = []
+    for i, pairs in _lid_shapes(model):
+        frac = max(float(beta[i] - base[i]), 0.0) / max(1.0 - float(base[i]), 1e-3)   # share of the opening closed
+        k = float(np.clip((frac - EYE_CLOSED_FROM) / (EYE_CLOSED_FULL - EYE_CLOSED_FROM), 0.0, 1.0))
+        out.append((float(np.sign(model.mean[lm[pairs[0][0]], 0])), k))
+    return out
+
+
+def _lid_displacement(model: MorphableModel, shapes, beta: np.ndarray, extra: np.ndarray, closed: np.ndarray):
+    """(V,) how far (mm) each vertex moves with the closing beyond the fit's own (`closed`: the
+    expression with its blink scaled to a face), and (V,) how far down."""
+    disp = np.zeros(model.num_vertices, np.float32)
+    down = np.zeros(model.num_vertices, np.float32)
+    for (i, _), e in zip(shapes, extra):
+        w = float(closed[i] - beta[i]) + e
+        disp = np.maximum(disp, w * np.linalg.norm(model.expression_basis[i], axis=1))
+        down -= w * model.expression_basis[i][:, 1]
+    return disp, down
+
+
+def _lash_maps(model: MorphableModel, beta, base, shapes, extra, identity, raster):
+    """Per texel (H*W,): lash darkness and eyeball shadow of `expression_texture`, and the per-eye
+    `eye_closure`. A closed eye's band is drawn on the generic face (where the blink's lash constants
+    were chosen, benchmarks/bench_blink_lash.py); a partly closed eye's line and shadow on the face
+    rendered (`identity`; None: the generic one), so that they sit where its lid's margin is. Eyes
+    between EYE_CLOSED_FROM and EYE_CLOSED_FULL blend the two."""
+    Ht, Wt = raster.face.shape
+    sides = eye_closure(model, beta, base)
+    side_v = np.sign(model.mean[:, 0])
+    closure = np.zeros(model.num_vertices, np.float32)
+    for sd, k in sides:
+        closure[side_v == sd] = k
+    valid = raster.face >= 0
+    kt = np.zeros(Ht * Wt, np.float32)
+    kt[np.nonzero(valid.reshape(-1))[0]] = np.einsum("nk,nk->n", raster.bary[valid],
+                                                     closure[model.triangles[raster.face[valid]]])
+    lash, shadow = np.zeros(Ht * Wt, np.float32), np.zeros(Ht * Wt, np.float32)
+    faces = [(1.0, None)] if all(k >= 1.0 for _, k in sides) else [(0.0, identity)]
+    if any(k > 0.0 for _, k in sides) and faces[0][0] == 0.0:
+        faces.append((1.0, None))
+    for k, ident in faces:
+        a = np.zeros(0, np.float32) if ident is None else np.asarray(ident, np.float32).reshape(-1)
+        closed = closing_expression(model, beta, base, None if ident is None else a)
+        _, down = _lid_displacement(model, shapes, beta, extra, closed)
+        V = (model.mean + np.einsum("k,kvc->vc", a, model.identity_basis[: a.size])
+             + np.einsum("e,evc->vc", closed, model.expression_basis[: closed.size]))
+        l, sh = _lid_margin(model, V, down, np.full(model.num_vertices, k, np.float32), (Ht, Wt))
+        weight = kt if k == 1.0 else 1.0 - kt
+        lash += weight * l
+        shadow += weight * sh
+    return lash, shadow, sides
 
 
 def expression_texture(texture, model: MorphableModel, expression: np.ndarray,
-                       fitted: np.ndarray | None = None, height: int | None = None):
+                       fitted: np.ndarray | None = None, height: int | None = None, identity=None):
     """The photo texture adjusted for an expression that uncovers surface the photo did not show.
 
     Closing the eyes stretches the upper lid over the eyeball; in an open-eye photo those lid
     texels sampled the lash line and the eye itself (the lid is a thin strip there), so a plain
     re-render shows a dark smear where the lid should be. Texels that the eyelid blendshapes move
     by more than ~1 mm (beyond the fit's own blink) take the colour of the skin around them
-    (push-pull fill from skin texels that stay put), with a dark lash line along the closed lid
-    margin that fades into the lower lid, as closed lashes do; the eyeballs, hidden behind the
-    closed lids, take the lash colour so no eye white shows where the lids meet. Other
-    expressions return `texture` as is.
+    (push-pull fill from skin texels that stay put), with a lash line along the margin of the lid
+    where this expression puts it (`_lash_maps`; `identity`: the face rendered): for a closed eye a dark band that fades into the lower lid, as closed lashes do, and the eyeballs,
+    hidden behind the closed lids, take the lash colour so no eye white shows where the lids meet;
+    for a partly closed one (`eye_closure` 0) a soft, weaker line at the lid's margin and the lid's
+    shadow on the eyeball under it. Other expressions return `texture` as is.
     """
     shapes = _lid_shapes(model)
     if not shapes:
@@ -591,13 +724,7 @@ def expression_texture(texture, model: MorphableModel, expression: np.ndarray,
     Ht, Wt = raster.face.shape
     if (Ht, Wt) != texture.image.shape[:2]:
         return texture
-    closed = closing_expression(model, beta, base)                # on the generic face
-    disp = np.zeros(model.num_vertices, np.float32)               # how far each vertex moves, mm
-    down = np.zeros(model.num_vertices, np.float32)               # ... and how far down
-    for (i, _), e in zip(shapes, extra):
-        w = float(closed[i] - beta[i]) + e                         # the closing beyond the fit's own
-        disp = np.maximum(disp, w * np.linalg.norm(model.expression_basis[i], axis=1))
-        down -= w * model.expression_basis[i][:, 1]
+    disp, _ = _lid_displacement(model, shapes, beta, extra, closing_expression(model, beta, base))   # generic face
     valid = raster.face >= 0
     flat = np.nonzero(valid.reshape(-1))[0]
     tri = model.triangles[raster.face[valid]]
@@ -616,9 +743,10 @@ def expression_texture(texture, model: MorphableModel, expression: np.ndarray,
     w = np.clip((d[lid] - LID_START_MM) / LID_RAMP_MM, 0.0, 1.0)[:, None]
     out = img.copy()
     out[lid] = img[lid] * (1 - w) + filled[lid] * w
-    lash = _closed_lid_margin(model, closed, down, (Ht, Wt)) * skin
-    m = lash > 0
-    out[m] *= 1.0 - (1.0 - LASH_RGB_SCALE) * lash[m, None]
+    lash, shadow, sides = _lash_maps(model, beta, base, shapes, extra, identity, raster)
+    lash *= skin
+    m = (lash > 0) | (shadow > 0)
+    out[m] *= 1.0 - (1.0 - LASH_RGB_SCALE) * np.maximum(lash[m], shadow[m])[:, None]
     # eyeballs of closed eyes: the lash colour (they show only as a sliver where the lids meet)
     eye = eyeball_vertices(model)
     if eye.any():
@@ -627,11 +755,8 @@ def expression_texture(texture, model: MorphableModel, expression: np.ndarray,
         side_t = np.where(eye[T].all(axis=1), np.sign(model.mean[T, 0].mean(axis=1)), 0.0)   # per triangle
         side = np.zeros(Ht * Wt, np.float32)
         side[flat] = side_t[raster.face[valid]]
-        lm = model.landmark_vertices
-        for (i, pairs), e in zip(shapes, extra):
-            frac = e / max(1.0 - float(base[i]), 1e-3)              # share of the opening closed
-            k = float(np.clip((frac - EYE_CLOSED_FROM) / (EYE_CLOSED_FULL - EYE_CLOSED_FROM), 0.0, 1.0))
-            sel = side == np.sign(model.mean[lm[pairs[0][0]], 0])
+        for sd, k in sides:
+            sel = side == sd
             out[sel] = out[sel] * (1 - k) + lash_rgb * k
     return Texture(out.reshape(Ht, Wt, 3).astype(np.float32), texture.confidence, texture.alpha)
 

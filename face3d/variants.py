@@ -67,7 +67,8 @@ def render_variant(variant, rec, model, poses, size: int, background=0.5, sfs: S
             r = sfs.result
             verts = verts + torch.from_numpy(r.displacement[:, None] * r.normals)[None].to(verts.dtype)
         texture_of, sh = sfs.rec.texture, sfs.sh
-    texture = expression_texture(texture_of, model, variant.coefficients, fit.expression)
+    identity = fit.identity if variant.shape is None else variant.shape.identity
+    texture = expression_texture(texture_of, model, variant.coefficients, fit.expression, identity=identity)
     return render_views(fit, texture, poses, model, size=size, background=background, vertices=verts,
                         frame_vertices=frame, sh=sh, extra=teeth)
 

@@ -162,9 +162,11 @@ def run_rotate(job: RotateJob, helper=None) -> int:
     job.options.check()
     model = load_morphable_model(job.model)
     job = apply_references(job, model, helper)      # before the folder is touched: a bad reference writes nothing
+    job.options.check(model)
+    maker = load_method(job.options.method, job.options.refiner, job.options.capg)   # missing weights: nothing written
     lock = open_run_folder(job.out, job.resume)
     try:
-        return _rotate(job, photos, helper, model)
+        return _rotate(job, photos, helper, model, maker)
     finally:
         lock.release()
 
@@ -212,13 +214,11 @@ def fit_reference_photo(path: str, model, dense: bool, flag: str, faces=None, de
     return ref
 
 
-def _rotate(job: RotateJob, photos: list[str], helper, model) -> int:
-    """`run_rotate`'s work, with `job.out` created and locked."""
+def _rotate(job: RotateJob, photos: list[str], helper, model, maker) -> int:
+    """`run_rotate`'s work, with `job.out` created and locked and the method's weights loaded."""
     if job.threads:
         torch.set_num_threads(job.threads)
     options, out = job.options, job.out
-    options.check(model)
-    maker = load_method(options.method, options.refiner, options.capg)
     if helper is None:
         load_landmark_models()  # one-time model loading stays out of each photo's seconds_per_photo
     manifest = Manifest(out / "manifest.jsonl")

@@ -85,12 +85,13 @@ def test_missing_refiner_weights_is_a_one_line_error(tmp_path, capsys, obama_pat
     assert code == 1
     assert_one_line_error(err)
     assert "refiner weights not found" in err
+    assert not (tmp_path / "o").exists()     # the weights are loaded before the output folder is made
     # weights for a method the run does not use are refused, not silently ignored
-    code, _, err = run(capsys, "rotate", obama_path, "--refiner", tmp_path / "none.pt", "--out", tmp_path / "o")
+    code, _, err = run(capsys, "rotate", obama_path, "--refiner", tmp_path / "none.pt", "--out", tmp_path / "o2")
     assert code == 1
     assert_one_line_error(err)
     assert "only --method hybrid uses these weights (the method is 3d)" in err
-    assert not (tmp_path / "o").exists()
+    assert not (tmp_path / "o2").exists()
 
 
 @pytest.mark.slow

@@ -4,9 +4,9 @@ The refiner works at its training size (128 px) on renders over the plain grey b
 trained with. Views of another size are refined at 128 px and the refiner's *correction* (output
 minus input) is upsampled and added to the full-size render, so a 256-px view keeps the render's
 detail and gains the refiner's changes. With `--background photo` the refined head is composited
-over the photo's own background, as the 3D method does. Away from the head (beyond a halo of 5% of
-the view size, where the refiner adds hair and softens the silhouette) the views keep their plain
-or photo background: the refiner's guesses of the unknown surroundings are a coloured blur.
+over the photo's own background, as the 3D method does. Off the head the views keep their plain or
+photo background: the refiner's guesses of the unknown surroundings are a coloured blur, which
+around the head read as a blurred "window" in the backdrop.
 
 Where the photo saw the head well the render is kept as it is (`seen_weights`): texels seen with a
 texture confidence of at least `SEEN_CONFIDENCE[1]` (the texture's own threshold for keeping a
@@ -36,8 +36,6 @@ from ganrefine.weights import load_refiner
 #: The shipped weights (see assets/refiner/MODEL_CARD.md); FACESYNTH_REFINER overrides.
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "refiner" / "refiner.pt"
 PLAIN_BACKGROUND = 0.5
-#: Width (fraction of the view size) of the band around the rendered head where the refiner's output is kept.
-HALO_FRACTION = 0.05
 #: Texture confidence below which a head pixel shows the refiner's output and above which the
 #: render's (`seen_weights`); 0.45 is `face3d.texture.TextureConfig.mirror_below`.
 SEEN_CONFIDENCE = (0.2, 0.45)
@@ -120,17 +118,6 @@ def refine_images(refiner: Refiner, images: np.ndarray, confidence: np.ndarray, 
     return out
 
 
-def head_halo(masks: np.ndarray, fraction: float = HALO_FRACTION) -> np.ndarray:
-    """(B, S, S) head masks -> (B, S, S, 1) weights: 1 on the head and a band of `fraction` x S around
-    it, then a soft fall-off of the same width to 0."""
-    m = torch.from_numpy(np.asarray(masks, np.float32))[:, None]
-    r = max(1, round(fraction * m.shape[-1]))
-    grown = F.max_pool2d(m, 2 * r + 1, stride=1, padding=r)
-    soft = F.avg_pool2d(F.max_pool2d(grown, 2 * r + 1, stride=1, padding=r), 2 * r + 1, stride=1, padding=r,
-                        count_include_pad=False)
-    return torch.maximum(grown, soft).permute(0, 2, 3, 1).numpy()
-
-
 #: Around the pixels of an extra mesh (the teeth of an opened mouth) the render fades into the
 #: refined image over twice this fraction of the crop size.
 EXTRA_KEEP_FRACTION = 1 / 64
@@ -163,17 +150,14 @@ def refine_views(refiner: Refiner, views, background: np.ndarray | float = PLAIN
     """The refined images of a `face3d.render.RenderedViews` that was rendered over `background`.
 
     The refiner also paints the background (it learnt the photos' surroundings, which it cannot know,
-    as a blur); only the head, and over the plain grey a halo around it (hair, a softened silhouette),
-    are kept, and the background the views were rendered over shows elsewhere. Where the views show an extra mesh
+    as a blur); only the head is kept, and the background the views were rendered over shows
+    elsewhere. Where the views show an extra mesh
     (the teeth, gums and tongue of a mouth that an expression opened), the render is kept: the
     refiner learnt from photos of mostly closed mouths and greys the dark cavity, so that dlib then
     reads the lips of bearded faces as closed (benchmarks/bench_expressions.py --method hybrid). Where
     the photo saw the head (`Refiner.keep_seen`, `seen_weights`) the render is kept."""
     imgs = views.images
     alpha = views.masks[..., None].astype(np.float32)
-    # over a photo background the photo's own hair and surroundings show around the head, sharper
-    # than the refiner's guess of them; over the plain grey its halo gives the head hair and a soft edge
-    halo = alpha if isinstance(background, np.ndarray) else head_halo(views.masks)
     if isinstance(background, np.ndarray) or background != PLAIN_BACKGROUND:
         # undo the composite: the refiner was trained on heads over the plain grey background
         bg = background.astype(np.float32) if isinstance(background, np.ndarray) else np.float32(background * 255)
@@ -183,7 +167,7 @@ def refine_views(refiner: Refiner, views, background: np.ndarray | float = PLAIN
     else:
         bg = imgs.astype(np.float32)  # outside the head the render is the plain background
         refined = refine_images(refiner, imgs, views.confidence, views.masks, views.landmarks)
-    comp = halo * refined.astype(np.float32) + (1 - halo) * bg
+    comp = alpha * refined.astype(np.float32) + (1 - alpha) * bg
     if refiner.keep_seen is not None:
         # what the photo saw stays as sharp as the render; the refiner works where it did not see
         keep = seen_weights(views.confidence, views.masks, refiner.keep_seen)

@@ -218,7 +218,7 @@ def _rotate(job: RotateJob, photos: list[str], helper, model, maker) -> int:
     """`run_rotate`'s work, with `job.out` created and locked and the method's weights loaded."""
     if job.threads:
         torch.set_num_threads(job.threads)
-    options, out = job.options, job.out
+    out = job.out
     if helper is None:
         load_landmark_models()  # one-time model loading stays out of each photo's seconds_per_photo
     manifest = Manifest(out / "manifest.jsonl")

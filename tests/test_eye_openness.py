@@ -15,7 +15,6 @@ from face3d.expressions import (eye_aspect_ratios, eye_aspect_target, lid_openne
 from face3d.fitting import FitConfig
 from face3d.image_io import load_image
 from face3d.landmarks import detect_faces
-from face3d.pipeline import reconstruct_faces
 from face3d.reference_face import fit_reference, reference_expression
 
 #: labelled closed in benchmarks/data/lfw_closed_eye_labels.csv (dlib's EAR on the photo 0.051)

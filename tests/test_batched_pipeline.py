@@ -289,3 +289,24 @@ def test_rotate_fits_several_photos_in_one_batch(batch_input, tmp_path, capsys):
         for png in alone.glob("*.png"):
             x, y = (np.asarray(Image.open(d / png.name), dtype=np.int16) for d in (alone, tmp_path / "all"))
             assert np.abs(x - y).max() <= IMAGE_TOL, png.name
+
+
+def test_workers_run_torch_and_opencv_on_one_thread():
+    """A worker (here the inline one, in this process) runs torch and OpenCV on one thread each, so
+    two workers do not oversubscribe two cores, and the driver gets its thread counts back after."""
+    import cv2
+    import torch
+
+    from facesynth.augment.backends import run_inline, worker_model
+
+    before = (torch.get_num_threads(), cv2.getNumThreads())
+    seen = []
+
+    def work(batch, cfg):
+        worker_model(None)
+        seen.append((torch.get_num_threads(), cv2.getNumThreads()))
+        return []
+
+    run_inline(work, [[None]], None, lambda res: None)
+    assert seen == [(1, 1)]
+    assert (torch.get_num_threads(), cv2.getNumThreads()) == before

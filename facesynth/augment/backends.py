@@ -18,6 +18,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Callable
 
+import cv2
 import torch
 
 from face3d.errors import FaceSynthError
@@ -60,12 +61,14 @@ _WORKER: dict = {}
 
 
 def worker_model(model_dir: str | None) -> MorphableModel:
-    """This process's model, loaded once, with torch set to one thread."""
+    """This process's model, loaded once, with torch and OpenCV set to one thread."""
     if _WORKER.get("model_key") != model_dir or "model" not in _WORKER:
         _WORKER["model"] = load_morphable_model(model_dir)
         _WORKER["model_key"] = model_dir
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
+    if cv2.getNumThreads() != 1:    # OpenCV's own pool (GrabCut, resizes) would oversubscribe the cores too
+        cv2.setNumThreads(1)
     return _WORKER["model"]
 
 
@@ -108,14 +111,15 @@ def run_sources(work: Work, items: list[list[SourceItem]], cfg, consume: Consume
 
 
 def run_inline(work: Work, items: list[list[SourceItem]], cfg, consume: Consume) -> None:
-    """In the driver itself; its torch thread count is restored afterwards."""
-    threads = torch.get_num_threads()
+    """In the driver itself; its torch and OpenCV thread counts are restored afterwards."""
+    threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
     try:
         for batch in items:
             for res in work(batch, cfg):
                 consume(res)
     finally:
         torch.set_num_threads(threads)
+        cv2.setNumThreads(cv_threads)
 
 
 def run_pool(work: Work, items: list[list[SourceItem]], cfg, consume: Consume, workers: int) -> None:

@@ -66,3 +66,19 @@ def obama_reconstruction(obama_image, ict_model):
     from face3d.pipeline import reconstruct_faces
 
     return reconstruct_faces(obama_image, ict_model, fit_config=FitConfig(dense=False))[0]
+
+
+@pytest.fixture(scope="session")
+def augment_options():
+    """A factory of the small, fast `augment` runs the tests make: `make(inp, out, **kw)` gives the
+    AugmentOptions of INPUT -> OUTPUT at yaw -30/30, 64 px, landmark-only fit, originals kept, seed
+    3, no progress bar, `kw` overriding any of them."""
+    from facesynth.augment import AugmentOptions
+
+    def make(inp, out, **kw) -> AugmentOptions:
+        base = dict(input=str(inp), output=str(out), yaw=[-30.0, 30.0], size=64, dense=False, keep_original=True,
+                    seed=3, progress=False)
+        base.update(kw)
+        return AugmentOptions(**base)
+
+    return make

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facesynth.augment import AugmentOptions, augment, list_sources, read_manifest
+from facesynth.augment import augment, list_sources, read_manifest
 from facesynth.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,18 +45,11 @@ def photo_input(tmp_path_factory, lfw_images) -> Path:
     return inp
 
 
-def opts(inp, out, **kw) -> AugmentOptions:
-    base = dict(input=str(inp), output=str(out), yaw=[-30.0, 30.0], size=64, dense=False, keep_original=True,
-                seed=3, progress=False)
-    base.update(kw)
-    return AugmentOptions(**base)
-
-
 @pytest.fixture(scope="module")
-def reference(photo_input, tmp_path_factory):
+def reference(photo_input, tmp_path_factory, augment_options):
     """An uninterrupted single-worker run: the output every other run must reproduce."""
     out = tmp_path_factory.mktemp("aug") / "reference"
-    res = augment(opts(photo_input, out))
+    res = augment(augment_options(photo_input, out))
     assert res.processed == len(PHOTOS) and res.failed_sources == 0
     return out
 
@@ -233,20 +226,20 @@ def test_layout_manifest_limit_and_resume(reference, photo_input, tmp_path, caps
 
 
 @pytest.mark.slow
-def test_two_workers_byte_identical(reference, photo_input, tmp_path):
-    res = augment(opts(photo_input, tmp_path / "w2", workers=2))
+def test_two_workers_byte_identical(reference, photo_input, tmp_path, augment_options):
+    res = augment(augment_options(photo_input, tmp_path / "w2", workers=2))
     assert res.processed == len(PHOTOS)
     assert len(res.workers) == 2          # both pool processes did work
     assert snapshot(tmp_path / "w2") == snapshot(reference)
 
 
 @pytest.mark.slow
-def test_ray_backend_matches_local(reference, photo_input, tmp_path):
+def test_ray_backend_matches_local(reference, photo_input, tmp_path, augment_options):
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False)
     try:
-        res = augment(opts(photo_input, tmp_path / "ray", backend="ray", workers=2))
+        res = augment(augment_options(photo_input, tmp_path / "ray", backend="ray", workers=2))
         assert ray.is_initialized()       # a Ray it did not start is left running
     finally:
         ray.shutdown()
@@ -419,7 +412,8 @@ def test_expression_and_shape_jitter_flags(photo_input, tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["hybrid", "gan"])
-def test_generator_methods_write_the_3d_layout_with_their_weights_hash(reference, photo_input, tmp_path, method):
+def test_generator_methods_write_the_3d_layout_with_their_weights_hash(reference, photo_input, tmp_path, method,
+                                                                       augment_options):
     """--method hybrid / gan: the same layout and rows as 3d, other pixels (refined / generated),
     the hash of the method's weights in augment.json; gan refuses 3D edits before any work."""
     import hashlib
@@ -433,8 +427,8 @@ def test_generator_methods_write_the_3d_layout_with_their_weights_hash(reference
     (inp / "Abdullah_Gul").mkdir(parents=True)
     shutil.copyfile(photo_input / PHOTOS[0], inp / PHOTOS[0])
     out3, outm = tmp_path / "o3", tmp_path / "om"
-    augment(opts(inp, out3, keep_original=False))
-    res = augment(opts(inp, outm, keep_original=False, method=method))
+    augment(augment_options(inp, out3, keep_original=False))
+    res = augment(augment_options(inp, outm, keep_original=False, method=method))
     assert res.failed_sources == 0
     files3, _ = snapshot(out3)
     filesm, rowsm = snapshot(outm)
@@ -449,5 +443,5 @@ def test_generator_methods_write_the_3d_layout_with_their_weights_hash(reference
     if method == "gan":
         assert settings["refiner_sha256"] is None
         with pytest.raises(FaceSynthError, match="not available with --method gan"):
-            augment(opts(inp, tmp_path / "oe", method="gan", shape_jitter=0.5))
+            augment(augment_options(inp, tmp_path / "oe", method="gan", shape_jitter=0.5))
         assert not (tmp_path / "oe").exists()

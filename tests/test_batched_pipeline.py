@@ -34,7 +34,7 @@ from face3d.fitting import FitConfig
 from face3d.image_io import load_image
 from face3d.landmarks import DetectedFace, detect_faces
 from face3d.pipeline import Reconstruction, reconstruct_faces, reconstruct_largest_faces
-from facesynth.augment import AugmentOptions, augment, batch_sources, list_sources, read_manifest
+from facesynth.augment import augment, batch_sources, list_sources, read_manifest
 from facesynth.cli import main
 from facesynth.options import MAX_BATCH_SIZE, UsageError
 
@@ -59,18 +59,11 @@ def batch_input(tmp_path_factory, lfw_images) -> Path:
     return inp
 
 
-def opts(inp, out, **kw) -> AugmentOptions:
-    base = dict(input=str(inp), output=str(out), yaw=[-30.0, 30.0], size=64, dense=False, keep_original=True,
-                seed=3, progress=False)
-    base.update(kw)
-    return AugmentOptions(**base)
-
-
 @pytest.fixture(scope="module")
-def one_photo_run(batch_input, tmp_path_factory) -> Path:
+def one_photo_run(batch_input, tmp_path_factory, augment_options) -> Path:
     """--batch-size 1, one worker: the one-photo path every batched run is held against."""
     out = tmp_path_factory.mktemp("batch") / "one"
-    res = augment(opts(batch_input, out, batch_size=1))
+    res = augment(augment_options(batch_input, out, batch_size=1))
     assert res.processed == 6 and res.failed_sources == 2 and res.batch_size == 1
     return out
 
@@ -196,7 +189,7 @@ def test_steady_rate_counts_from_the_first_finished_batch(tmp_path):
     assert res.steady_rate == res.rate == 0.4
 
 
-def test_batch_size_usage_errors(tmp_path, capsys):
+def test_batch_size_usage_errors(tmp_path, capsys, augment_options):
     inp = tmp_path / "in"
     (inp / "a").mkdir(parents=True)
     for bad in ("0", str(MAX_BATCH_SIZE + 1), "x", "-3"):
@@ -205,7 +198,7 @@ def test_batch_size_usage_errors(tmp_path, capsys):
         lines = [l for l in err.splitlines() if l.strip()]
         assert code == 2 and len(lines) == 1 and "--batch-size" in lines[0] and "Traceback" not in err, err
     with pytest.raises(UsageError, match="--batch-size"):
-        augment(opts(inp, tmp_path / "o2", batch_size=0))
+        augment(augment_options(inp, tmp_path / "o2", batch_size=0))
     assert not (tmp_path / "o").exists() and not (tmp_path / "o2").exists()
 
 
@@ -232,32 +225,33 @@ def test_batched_run_equals_one_photo_run(one_photo_run, batch_input, tmp_path, 
 
 
 @pytest.mark.slow
-def test_batched_run_with_two_workers_and_resume(one_photo_run, batch_input, tmp_path):
+def test_batched_run_with_two_workers_and_resume(one_photo_run, batch_input, tmp_path, augment_options):
     """Two workers split the sources into batches of 2 (every worker has work); a run stopped after
     3 sources (--limit) and resumed with batches equals the one-photo run."""
     out = tmp_path / "w2"
-    res = augment(opts(batch_input, out, workers=2, batch_size=8))
+    res = augment(augment_options(batch_input, out, workers=2, batch_size=8))
     assert res.batch_size == 2 and len(res.workers) == 2 and res.processed == 6
     assert_same_output(out, one_photo_run)
     out = tmp_path / "resumed"
-    res = augment(opts(batch_input, out, limit=3, batch_size=4))
+    res = augment(augment_options(batch_input, out, limit=3, batch_size=4))
     assert res.processed == 3 and res.batch_size == 3
-    res = augment(opts(batch_input, out, batch_size=4))
+    res = augment(augment_options(batch_input, out, batch_size=4))
     assert res.skipped == 3 and res.processed == 3 and res.failed_sources == 2
     assert_same_output(out, one_photo_run)
-    res = augment(opts(batch_input, out, batch_size=2, retry_failed=True))     # another batch size: allowed
+    res = augment(augment_options(batch_input, out, batch_size=2, retry_failed=True))     # another batch size: allowed
     assert res.processed == 2 and res.failed_sources == 2
     assert_same_output(out, one_photo_run)
 
 
 @pytest.mark.slow
-def test_batched_run_with_the_default_fit(batch_input, tmp_path):
+def test_batched_run_with_the_default_fit(batch_input, tmp_path, augment_options):
     """The default fit (dense stage batched too): --batch-size 8 against 1 within the default fit's
     tolerance, on the first 3 sources (2 faces and the no-face photo; one yaw, no original: the
     dense fits are the cost)."""
     one, batched = tmp_path / "one", tmp_path / "batched"
     for out, size in ((one, 1), (batched, 8)):
-        res = augment(opts(batch_input, out, yaw=[-30.0], dense=True, keep_original=False, batch_size=size, limit=3))
+        res = augment(augment_options(batch_input, out, yaw=[-30.0], dense=True, keep_original=False, batch_size=size,
+                                      limit=3))
         assert res.processed == 3 and res.failed_sources == 1 and res.batch_size == min(size, 3)
     assert_same_output(batched, one, dense=True)
 

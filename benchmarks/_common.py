@@ -90,6 +90,24 @@ def heldout_lfw_sample(count: int, seed: int = 0) -> list[Path]:
     return [by_name[n][0] for n in names]
 
 
+def add_heldout_compare_arguments(parser, yaws: str) -> None:
+    """The flags of a benchmark that runs `compare` on bench_compare's held-out people
+    (`heldout_compare_people`): photos per person, how many people, how many validation people to
+    skip, how many real photos, which yaws (default `yaws`)."""
+    parser.add_argument("--photos-per-identity", type=int, default=2)
+    parser.add_argument("--identities", type=int, default=None, help="first N held-out people (default all 51)")
+    parser.add_argument("--val-identities", type=int, default=50, help="the GAN's validation identities, skipped")
+    parser.add_argument("--real-photos", type=int, default=400)
+    parser.add_argument("--yaws", default=yaws, help=f"comma-separated yaws (default {yaws})")
+
+
+def heldout_compare_people(args) -> dict[str, list[Path]]:
+    """The held-out people of `add_heldout_compare_arguments`' flags: the first `args.identities`
+    (all when None) after the `args.val_identities` that chose the GAN's checkpoints."""
+    people = heldout_lfw_people(skip=args.val_identities)
+    return dict(list(people.items())[: args.identities])
+
+
 def identity_layout(folder: Path, people: dict[str, list[Path]], per_identity: int) -> Path:
     """`folder/<identity>/<photo>` symlinks to the first `per_identity` photos of each person: the
     layout `facesynth compare` reads. Returns `folder`."""

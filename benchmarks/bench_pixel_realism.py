@@ -39,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import RESULTS, Targets, add_target_option, heldout_lfw_people, identity_layout
+from _common import (RESULTS, Targets, add_heldout_compare_arguments, add_target_option, heldout_compare_people,
+                     identity_layout)
 from facesynth.compare import CompareOptions, job, run_comparison
 
 YAWS = "-60,-45,-30,-15,0,15,30,45,60"
@@ -81,11 +82,7 @@ def print_table(pixel: dict, methods: list[str]) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--photos-per-identity", type=int, default=2)
-    ap.add_argument("--identities", type=int, default=None, help="first N held-out people (default all 51)")
-    ap.add_argument("--val-identities", type=int, default=50, help="the GAN's validation identities, skipped")
-    ap.add_argument("--real-photos", type=int, default=400)
-    ap.add_argument("--yaws", default=YAWS, help=f"comma-separated yaws (default {YAWS})")
+    add_heldout_compare_arguments(ap, YAWS)
     ap.add_argument("--methods", default="3d,hybrid", help="comma-separated; must include 3d and hybrid for the targets")
     ap.add_argument("--background", choices=["photo", "plain"], default="photo")
     ap.add_argument("--quick", action="store_true", help="10 people x 1 photo, yaw -15,0,15, 60 real photos")
@@ -114,8 +111,7 @@ def main(argv=None) -> int:
     except ValueError:
         ap.error(f"--yaws expects comma-separated degrees, got {args.yaws!r}")
     targets = Targets.from_args(args)
-    people = heldout_lfw_people(skip=args.val_identities)
-    people = dict(list(people.items())[: args.identities])
+    people = heldout_compare_people(args)
 
     seeds = parse_seeds(ap, args.seeds)
     pixel_walls: list[float] = []

@@ -34,7 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import RESULTS, Targets, add_target_option, heldout_lfw_people, identity_layout
+from _common import (RESULTS, Targets, add_heldout_compare_arguments, add_target_option, heldout_compare_people,
+                     identity_layout)
 from facesynth.compare import CompareOptions, run_comparison
 from facesynth.compare.report import yaw_key
 
@@ -46,11 +47,7 @@ DOCS_FACE_REALISM = 0.845        # docs/benchmarks.md: `3d` realism, plain backg
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--photos-per-identity", type=int, default=2)
-    ap.add_argument("--identities", type=int, default=None, help="first N held-out people (default all 51)")
-    ap.add_argument("--val-identities", type=int, default=50, help="the GAN's validation identities, skipped")
-    ap.add_argument("--real-photos", type=int, default=400)
-    ap.add_argument("--yaws", default=YAWS, help=f"comma-separated yaws (default {YAWS})")
+    add_heldout_compare_arguments(ap, YAWS)
     ap.add_argument("--quick", action="store_true", help="8 people x 1 photo, yaw -45,0,45, 40 real photos")
     ap.add_argument("--out", default=str(Path.home() / ".cache" / "facesynth" / "realism"))
     ap.add_argument("--json", default=str(RESULTS / "realism.json"))
@@ -63,8 +60,7 @@ def main(argv=None) -> int:
             args.json = str(RESULTS / "realism_quick.json")
     targets = Targets.from_args(args)
     yaws = tuple(float(y) for y in args.yaws.split(",") if y.strip())
-    people = heldout_lfw_people(skip=args.val_identities)
-    people = dict(list(people.items())[: args.identities])
+    people = heldout_compare_people(args)
 
     runs, walls, codes = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -26,16 +26,9 @@ import torch
 
 from _common import RESULTS, lfw_dir, lfw_sample, reconstructed_photos, reconstructed_test_photos, write_json
 from bench_expressions import SIZE, mouth_eye_metrics
+from face3d.expressions import eye_aspect_ratios
 
 LASH_CONSTANTS = ("LASH_ABOVE_MM", "LASH_BELOW_MM", "LASH_TIP_MM", "LASH_RGB_SCALE", "LASH_SHADOW", "LASH_SHADOW_MM")
-
-
-def model_ear(points: np.ndarray) -> float:
-    """Mean eye aspect ratio of both eyes from 68 (x, y) landmarks."""
-    def ear(p):
-        return (np.linalg.norm(p[1] - p[5]) + np.linalg.norm(p[2] - p[4])) / (2 * np.linalg.norm(p[0] - p[3]))
-
-    return float(0.5 * (ear(points[36:42]) + ear(points[42:48])))
 
 
 def random_settings(n: int, seed: int) -> list[dict]:
@@ -77,7 +70,7 @@ def main():
         for name in ("neutral", "blink"):
             var = coefficients(name, rec)
             v = edited_vertices(rec.fit if var.fit is None else var.fit, model, var.coefficients)[0].numpy()
-            ears[name] = model_ear(v[model.landmark_vertices][:, :2])
+            ears[name] = float(eye_aspect_ratios(v[model.landmark_vertices]).mean())
         geometry.append({"photo": f"{ph.parent.name}/{ph.name}", "ear_neutral": ears["neutral"],
                          "ear_blink": ears["blink"], "ratio": ears["blink"] / ears["neutral"]})
     ratios = [g["ratio"] for g in geometry]

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from _common import RESULTS, Targets, add_target_option, face_photos
+from face3d.expressions import eye_aspect_ratios
 
 SIZE = 256
 JITTER = 0.5
@@ -70,12 +71,8 @@ def mouth_eye_metrics(lm: np.ndarray) -> dict:
     gap = float(np.mean([np.linalg.norm(lm[a] - lm[b]) for a, b in ((61, 67), (62, 66), (63, 65))]))
     centre_y = 0.5 * (lm[62][1] + lm[66][1])            # inner-lip centre
     lift = ((centre_y - lm[48][1]) / eye, (centre_y - lm[54][1]) / eye)   # + corner above the centre
-
-    def ear(p):
-        return (np.linalg.norm(p[1] - p[5]) + np.linalg.norm(p[2] - p[4])) / (2 * np.linalg.norm(p[0] - p[3]))
-
     return {"eye_px": eye, "width": width / eye, "gap_ratio": gap / width, "lift_r": float(lift[0]),
-            "lift_l": float(lift[1]), "ear": float(0.5 * (ear(lm[36:42]) + ear(lm[42:48])))}
+            "lift_l": float(lift[1]), "ear": float(eye_aspect_ratios(lm).mean())}
 
 
 def main():

@@ -56,12 +56,12 @@ import torch
 
 from _common import RESULTS, Targets, add_target_option, face_photos, heldout_lfw_sample, largest_face, lfw_dir
 from face3d.camera import Pose
-from face3d.fitting import FitConfig, initial_focal
+from face3d.fitting import FitConfig
 from face3d.image_io import load_image, save_png
 from face3d.landmarks import CNN_WORK_SIDE, detect_faces
 from face3d.morphable_model import load_morphable_model
 from face3d.pipeline import reconstruct_faces
-from face3d.pose_estimation import estimate_pose
+from face3d.pose_estimation import photo_pose
 from facesynth.api import RenderOptions, render_face
 from facesynth.compare.report import json_ready
 from facesynth.methods import load_method
@@ -136,15 +136,6 @@ def test_profile_inputs(model, photos: list[Path], out: Path, backgrounds: list[
     return inputs
 
 
-def pnp_yaw(landmarks: np.ndarray, model, image_hw) -> float:
-    """The yaw of dlib's landmarks by PnP of the mean face's inner points (the LFW scan's estimate)."""
-    lmv = model.landmark_vertices
-    pts = model.mean[np.maximum(lmv, 0)].astype(np.float64)
-    pts[lmv < 0] = np.nan
-    h, w = image_hw
-    return estimate_pose(landmarks, pts, initial_focal((h, w), FitConfig().fov_degrees), (w / 2, h / 2)).yaw
-
-
 def lfw_yaw_scan(model, rescan: bool = False) -> list[dict]:
     """dlib (auto) + PnP yaw of every photo of the LFW people with at least two photos, cached."""
     path = CACHE / "lfw_yaw_scan.json"
@@ -158,7 +149,7 @@ def lfw_yaw_scan(model, rescan: bool = False) -> list[dict]:
             faces = detect_faces(image, detector="auto")
             if faces:
                 rows.append({"photo": str(ph.relative_to(lfw_dir())), "detector": faces[0].detector,
-                             "pnp_yaw": pnp_yaw(faces[0].landmarks, model, image.shape[:2])})
+                             "pnp_yaw": photo_pose(faces[0].landmarks, model, image.shape[:2]).yaw})
         if k % 100 == 0:
             print(f"  LFW scan: {k}/{len(people)} people, {time.perf_counter() - t0:.0f} s", flush=True)
     CACHE.mkdir(parents=True, exist_ok=True)

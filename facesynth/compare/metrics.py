@@ -126,8 +126,14 @@ def c2st(real_feats: np.ndarray, fake_feats: np.ndarray, seed: int = 0, l2: floa
     pred = (x_te @ w + b) > 0
     correct = int((pred == (y_te > 0.5)).sum())
     n_te = len(y_te)
-    p_value = sum(math.comb(n_te, i) for i in range(correct, n_te + 1)) / 2 ** n_te  # exact binomial tail
-    return {"accuracy": correct / n_te, "n_per_class": int(n), "n_train": 2 * k, "n_test": n_te, "p_value": p_value}
+    return {"accuracy": correct / n_te, "n_per_class": int(n), "n_train": 2 * k, "n_test": n_te,
+            "p_value": chance_p_value(correct, n_te)}
+
+
+def chance_p_value(correct: int, total: int) -> float:
+    """P(at least `correct` of `total` balanced two-class labels right by chance): the exact one-sided
+    binomial tail at p = 1/2, a two-sample test's p-value."""
+    return sum(math.comb(total, i) for i in range(correct, total + 1)) / 2 ** total
 
 
 def c2st_accuracy(real_feats: np.ndarray, fake_feats: np.ndarray, seed: int = 0) -> float:

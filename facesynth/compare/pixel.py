@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from facesynth.compare.metrics import hull_mask
+from facesynth.compare.metrics import chance_p_value, hull_mask
 from ganrefine.identity import CHIP_PADDING, align_faces
 
 #: Side of the crops the classifier sees (px).
@@ -212,9 +212,8 @@ def cnn_c2st(real: np.ndarray, fake: np.ndarray, seed: int = 0, real_groups=None
         accs.append(right / len(te))
         sizes.append(int(len(te)))
     total = 2 * n
-    p_value = sum(math.comb(total, i) for i in range(correct, total + 1)) / 2 ** total
     return {"accuracy": correct / total, "n_per_class": int(n), "n_real": int(len(real)), "n_fake": int(len(fake)),
-            "folds": accs, "fold_sizes": sizes, "p_value": p_value}
+            "folds": accs, "fold_sizes": sizes, "p_value": chance_p_value(correct, total)}
 
 
 @dataclass

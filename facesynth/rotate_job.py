@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from face3d.camera import Pose
-from face3d.errors import FaceSynthError
+from face3d.errors import FaceSynthError, internal_error_line
 from face3d.expressions import expression_version
 from face3d.fitting import FitConfig
 from face3d.labels import LABEL_VERSION
@@ -205,8 +205,7 @@ def fit_reference_photo(path: str, model, dense: bool, flag: str, faces=None, de
     except FaceSynthError as exc:
         raise FaceSynthError(f"{flag}: {exc}") from None
     except Exception as exc:  # a fit that breaks down is still one line, not a traceback
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise FaceSynthError(f"{flag}: {path}: internal error: {type(exc).__name__}: {first}") from None
+        raise FaceSynthError(internal_error_line(f"{flag}: {path}", exc)) from None
     if ref.faces_found > 1:
         left, top, right, bottom = ref.face_box
         tqdm.write(f"facesynth: note: {path}: {ref.faces_found} faces found; {flag} takes the largest "
@@ -267,7 +266,7 @@ def photo_error(src: str, exc: Exception) -> str:
     """The one-line manifest error of a photo that failed."""
     if isinstance(exc, FaceSynthError):
         return str(exc)
-    return f"{src}: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return internal_error_line(src, exc)
 
 
 def rotate_batch(job: RotateJob, chunk: list[tuple[str, str]], model, maker, helper=None) -> list:

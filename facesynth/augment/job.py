@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from face3d.camera import Pose
 from face3d.alignment import aligned_original
-from face3d.errors import FaceSynthError
+from face3d.errors import FaceSynthError, internal_error_line
 from face3d.expressions import ExpressionSpec, expression_version, reference_label
 from face3d.fitting import FitConfig
 from face3d.image_io import atomic_write_bytes, lock_output_folder, prepare_output_folder, remove_stale_temp_files
@@ -294,8 +294,7 @@ def failure_rows(item: SourceItem, base: dict, exc: Exception, faces: int | None
         return [failed_row(base, exc.reason, str(exc), faces)]
     if isinstance(exc, FaceSynthError):
         return [failed_row(base, "unreadable", str(exc), faces)]
-    first = str(exc).splitlines()[0] if str(exc) else ""
-    return [failed_row(base, "internal error", f"{item.source}: internal error: {type(exc).__name__}: {first}", faces)]
+    return [failed_row(base, "internal error", internal_error_line(item.source, exc), faces)]
 
 
 def source_result(item: SourceItem, rows: list[dict], images: dict, clock: _Clock,

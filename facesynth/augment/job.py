@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -32,7 +31,7 @@ from face3d.landmarks import DEFAULT_DETECTOR, detect_faces
 from face3d.morphable_model import load_morphable_model, resolve_model_dir
 from face3d.pipeline import Reconstruction, reconstruct_faces, reconstruct_largest_faces
 from face3d.reference_face import reference_expression, reference_sample
-from face3d.render import render_version, view_screen
+from face3d.render import render_version
 from face3d.view_maps import encode_map
 from facesynth.api import FaceViews, RenderOptions, render_face
 from facesynth.augment.backends import Backend, SourceResult, rss_kb, run_sources, worker_model

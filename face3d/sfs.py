@@ -365,6 +365,26 @@ def _light_and_albedo(obs: _Observations, Y0: np.ndarray, w_data: np.ndarray, ad
     return L, rho, robust
 
 
+def _light_and_model_albedo(obs: _Observations, w_data: np.ndarray, albedo_model, cfg: SFSConfig):
+    """Step 1 under a learnt albedo model: (L (9, 3), albedo (V, 3), robust weights (V,)) from
+    `face3d.albedo_model.estimate_light_albedo` on the skin vertices; None when it fails."""
+    from face3d.albedo_model import AlbedoObservation, estimate_light_albedo
+
+    sk = albedo_model.vertices
+    ob = AlbedoObservation(obs.intensity[sk], np.where(obs.usable[sk], w_data[sk], 0.0), obs.camera_normals[sk])
+    try:
+        est = estimate_light_albedo(ob, albedo_model)
+    except Exception:
+        return None
+    V = obs.intensity.shape[0]
+    s = _sh_np(obs.camera_normals[sk].astype(np.float32)) @ est.sh
+    if not np.all(np.isfinite(est.sh)) or np.mean(s[obs.usable[sk]].min(axis=1) > 1e-3) < 0.8:
+        return None
+    robust = np.ones(V)
+    robust[sk] = np.where(ob.weight > 0, est.robust, 1.0)
+    return est.sh, albedo_model.full(est.albedo.astype(np.float64), V), robust
+
+
 def _displacement_prior(adj: sp.csr_matrix, lap: sp.csr_matrix, visible: np.ndarray, area: np.ndarray,
                         cfg: SFSConfig):
     """The free vertices (the visible region minus its border ring) and the prior's matrix over them:
@@ -464,12 +484,14 @@ def _photometric_rms(view: _SourceView, obs: _Observations, Y0: np.ndarray, L: n
 
 def refine_shape_from_shading(fit, image: np.ndarray, model: MorphableModel,
                               config: SFSConfig | None = None, *, albedo: np.ndarray | None = None,
-                              sh: np.ndarray | None = None) -> SFSResult:
+                              sh: np.ndarray | None = None, albedo_model=None) -> SFSResult:
     """Displacement along the normals that explains the photo's shading (see the module doc).
 
     `image` is the uint8 RGB photo the fit refers to. Never raises on bad photos: a result with
-    zero displacement and a `warning` comes back instead. `albedo` (V, 3) and `sh` (9, 3), when
-    given, replace the estimates in step 2 (diagnostics and tests).
+    zero displacement and a `warning` comes back instead. `albedo_model`
+    (`face3d.albedo_model.AlbedoModel`): step 1 estimates the light and the albedo under it
+    (`estimate_light_albedo`) instead of the smooth symmetric albedo. `albedo` (V, 3) and `sh`
+    (9, 3), when given, replace the estimates in step 2 (diagnostics and tests).
     """
     cfg = config or SFSConfig()
     t0 = time.perf_counter()
@@ -489,7 +511,11 @@ def refine_shape_from_shading(fit, image: np.ndarray, model: MorphableModel,
     w_data = np.where(obs.usable, np.clip(obs.cosine, 0, 1) * area, 0.0)
     w_data /= max(w_data[obs.usable].mean(), 1e-12)
     Y0 = _sh_np(obs.camera_normals.astype(np.float32)).astype(np.float64)
-    estimate = _light_and_albedo(obs, Y0, w_data, adj, model.mirror_vertex, cfg)
+    if albedo_model is not None:
+        estimate = _light_and_model_albedo(obs, w_data, albedo_model, cfg)
+        stats["albedo_model"] = True
+    else:
+        estimate = _light_and_albedo(obs, Y0, w_data, adj, model.mirror_vertex, cfg)
     if estimate is None:
         return _fallback(V, n0, sh_fallback, "SFS skipped: lighting estimate failed; kept the 3DMM geometry", stats)
     L, rho, robust = estimate
@@ -551,17 +577,24 @@ def delight_image(fit, image: np.ndarray, model: MorphableModel, result: SFSResu
     return np.clip(image.astype(np.float32) / shade + 0.5, 0, 255).astype(np.uint8)
 
 
-def relight_sh(mode: str, count: int, seed: int = 0) -> np.ndarray | None:
+def relight_sh(mode: str, count: int, seed: int = 0, lights: np.ndarray | None = None) -> np.ndarray | None:
     """SH lights (count, 9, 3) in each view's camera frame for `--relight`; None for 'keep'.
 
     The de-lit texture has median shading 1 on the face, so these lights are scaled to match:
-    'frontal' = ambient 0.7 + 0.4 n_z (a soft light from the viewer), 'random' = ambient 0.5-0.8
-    plus a directional term 0.3-0.6 from a random direction in the front hemisphere, slightly tinted.
+    'frontal' = ambient 0.7 + 0.4 n_z (a soft light from the viewer); 'random' = one of `lights`
+    (the camera-frame lights fitted to LFW's train photos, `face3d.albedo_model.AlbedoModel.lights`),
+    mirrored left-right at random and scaled to median shading 1 on a frontal face, or without
+    `lights`, ambient 0.5-0.8 plus a directional term 0.3-0.6 from a random direction in the front
+    hemisphere, slightly tinted.
     """
     if mode == "keep":
         return None
     out = np.zeros((count, 9, 3), np.float32)
     rng = np.random.default_rng(seed)
+    if mode == "random" and lights is not None and len(lights):
+        for i in range(count):
+            out[i] = normalised_light(np.asarray(lights[rng.integers(len(lights))], np.float64), bool(rng.integers(2)))
+        return out
     for i in range(count):
         if mode == "frontal":
             amb, strength, d, tint = 0.7, 0.4, np.array([0.0, 0.0, 1.0]), np.ones(3)
@@ -579,3 +612,23 @@ def relight_sh(mode: str, count: int, seed: int = 0) -> np.ndarray | None:
         out[i, 3] = strength * d[0] / _K[3]
         out[i] *= tint[None].astype(np.float32)
     return out
+
+
+#: SH terms odd in x (x, xy, xz): a left-right mirror of a light flips their sign
+_X_ODD = (3, 4, 7)
+
+
+def normalised_light(sh: np.ndarray, mirror: bool = False) -> np.ndarray:
+    """An SH light (9, 3), mirrored left-right if asked, scaled so that its median shading over the
+    normals of a frontal hemisphere (n_z >= 0.3) is 1 (its colour and contrast kept)."""
+    L = np.array(sh, np.float64)
+    if mirror:
+        L[list(_X_ODD)] *= -1.0
+    g = np.linspace(-1, 1, 41)
+    x, y = np.meshgrid(g, g)
+    z2 = 1 - x * x - y * y
+    keep = z2 >= 0.09
+    n = np.stack([x[keep], y[keep], np.sqrt(z2[keep])], 1)
+    shade = _sh_np(n.astype(np.float32)).astype(np.float64) @ L
+    level = float(np.median(shade.mean(axis=1)))
+    return (L / max(level, 1e-6)).astype(np.float32)

@@ -90,18 +90,24 @@ def variant_record(variant, model, shape_jitter: float = 0.0, seed: int = 0) -> 
 def prepare_sfs(rec, image, model, sfs: bool, relight: str, n_poses: int, seed: int = 0,
                 key: str = "") -> SFSState | None:
     """Run SFS and/or the light estimate for one reconstruction; None when neither is asked for.
-    `n_poses` lights are drawn for `relight`; `key` and `seed` seed the random light."""
+    `n_poses` lights are drawn for `relight`; `key` and `seed` seed the random light. The light and
+    albedo come from the shipped albedo model (`face3d.albedo_model.shipped_albedo_model`) where it
+    fits `model`; 'random' lights are drawn from its LFW lights."""
     if not sfs and relight == "keep":
         return None
+    from face3d.albedo_model import shipped_albedo_model
+
+    am = shipped_albedo_model(model)
     cfg = SFSConfig() if sfs else SFSConfig(iterations=0)      # lighting only when SFS is off
-    result = refine_shape_from_shading(rec.fit, image, model, cfg)
+    result = refine_shape_from_shading(rec.fit, image, model, cfg, albedo_model=am)
     applied = sfs and result.applied
     verts = result.vertices(rec.fit, model) if applied else None
     source = image
     sh = None
     if relight != "keep" and result.warning is None:
         source = delight_image(rec.fit, image, model, result, verts)
-        sh = relight_sh(relight, n_poses, seed=zlib.crc32(f"{key}:{seed}".encode()))
+        sh = relight_sh(relight, n_poses, seed=zlib.crc32(f"{key}:{seed}".encode()),
+                        lights=None if am is None else am.lights)
     texture = rec.texture if (verts is None and source is image) else extract_texture(rec.fit, source, model, vertices=verts)
     return SFSState(result, replace(rec, texture=texture), sh, applied, relight)
 

@@ -115,9 +115,15 @@ class FaceViews:
     maps: dict[str, np.ndarray] = field(default_factory=dict)     # name -> (B, S, S[, 3]), face3d.view_maps
     coefficients: dict = field(default_factory=dict)              # `coefficient_record`, with the labels
 
+    lights: list = field(default_factory=list)                    # per view: its SH light (9 x 3) when relit
+
     def view_fields(self, i: int) -> dict:
-        """The manifest fields of view `i` beside `record`: its labels, the coefficients and its camera."""
-        return {**self.labels[i].record(), **self.coefficients, "camera": self.cameras[i]} if self.labels else {}
+        """The manifest fields of view `i` beside `record`: its labels, the coefficients and its
+        camera, and the SH light it was relit with (camera frame, `face3d.shading` order)."""
+        out = {**self.labels[i].record(), **self.coefficients, "camera": self.cameras[i]} if self.labels else {}
+        if self.lights:
+            out["light_sh"] = self.lights[i]
+        return out
 
 
 def render_face(rec: Reconstruction, image: np.ndarray, model: MorphableModel, poses: list[Pose],
@@ -151,8 +157,10 @@ def render_face(rec: Reconstruction, image: np.ndarray, model: MorphableModel, p
         record = {**variant_record(variant, model, options.shape_jitter, options.seed), **sfs_record(sfs),
                   **maker.record()}
         keep = options.labels
+        lights = [] if sfs is None or sfs.sh is None else [np.round(np.asarray(l, np.float64), 5).tolist() for l in sfs.sh]
         out.append(FaceViews(face, rec, variant, list(poses), images, record, labels if keep else [],
-                             cameras if keep else [], maps, coefficient_record(variant, fit, model) if keep else {}))
+                             cameras if keep else [], maps, coefficient_record(variant, fit, model) if keep else {},
+                             lights))
     return out
 
 

@@ -245,6 +245,22 @@ def soup_refiners_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"the first N held-out pairs score the soup, as in train-refiner (default {TrainConfig.val_pairs})")
 
 
+def learn_albedo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("lfw", metavar="LFW", help="LFW images folder (<identity>/<identity>_NNNN.jpg)")
+    p.add_argument("--cache", required=True, metavar="DIR",
+                   help="observation cache (keep it outside the repository); a run started again continues in it")
+    p.add_argument("--out", required=True, metavar="FILE", help="the albedo model file (.npz)")
+    p.add_argument("--photos", type=int_option("photos", 100), default=3000,
+                   help="train photos to observe, one per identity before any second (default 3000)")
+    p.add_argument("--components", type=int_option("components", 1, 200), default=40,
+                   help="principal components kept (default 40)")
+    p.add_argument("--rounds", type=int_option("rounds", 1, 20), default=2,
+                   help="rounds of the components' re-estimate, de-lighting and PCA (default 2)")
+    p.add_argument("--seed", type=seed_option, default=0, help="identity split and photo choice seed (default 0)")
+    p.add_argument("--model", default=None, metavar="DIR", help="morphable model folder (default ICT FaceKit)")
+    add_threads_argument(p)
+
+
 @dataclass(frozen=True)
 class Command:
     """One subcommand: its help, its flags, and the function that runs it (`module:function`,
@@ -281,6 +297,8 @@ COMMANDS: dict[str, Command] = {
                              soup_refiners_arguments, "facesynth.train:run_soup_refiners"),
     "make-pose-photos": Command("fit and align LFW photos of multi-photo identities (the GAN baseline's real pose pairs)",
                                 make_pose_photos_arguments, "facesynth.train:run_make_pose_photos"),
+    "learn-albedo": Command("learn the albedo model from LFW's train identities (resumable)", learn_albedo_arguments,
+                            "facesynth.albedo:run_learn_albedo"),
     "train-capg": Command("train the GAN-only baseline (CAPG-GAN) on `make-pose-photos` output", train_capg_arguments,
                           "facesynth.train:run_train_capg"),
 }

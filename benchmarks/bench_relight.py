@@ -3,14 +3,15 @@
 For each photo of ../shared/data/faces, the `3d` views at each yaw (plain background, 160 px) are
 rendered three ways through `facesynth.rotate`: as photographed (`keep`), with `--sfs` (the shape
 refined from the shading, light and albedo from the albedo model), and with `--relight random`
-(the de-lit texture under a light drawn from the LFW lights of the albedo model, one per view).
+(the de-lit texture under a light drawn from the LFW lights of the albedo model, one per view), and
+for reference with `--relight frontal` (the same de-lit texture under a soft light from the viewer).
 dlib's 128-D descriptor (dlib itself) of each view is compared with that of the `keep` view at the
 same yaw, and each view's distance to the source photo is reported per case.
 
 Targets: per yaw, the median distance between a view with SFS (or relit) and without <= 0.35
 (same-person pairs of dlib sit around 0.35-0.45; re-rendering one face should stay well under);
 every such pair under dlib's same-person threshold 0.6; the mean distance to the source photo
-rises by at most 0.03 with SFS and with relighting.
+rises by at most 0.03 with SFS and with relighting (`frontal` is reported, not checked).
 
     cd benchmarks && ../.venv/bin/python bench_relight.py [--yaws -45,-30,0,30,45]   -> results/relight.json
 """
@@ -27,7 +28,7 @@ from bench_real_photos import Dlib
 from face3d.image_io import load_image
 from facesynth.api import RenderOptions, rotate
 
-CASES = ("keep", "sfs", "relit")
+CASES = ("keep", "sfs", "relit", "frontal")
 PAIR_MEDIAN_MAX, SAME_MAX, SOURCE_RISE_MAX = 0.35, 0.6, 0.03
 
 
@@ -49,7 +50,8 @@ def main() -> int:
     t0 = time.time()
     options = {"keep": RenderOptions(method="3d", size=args.size, background="plain"),
                "sfs": RenderOptions(method="3d", size=args.size, background="plain", sfs=True),
-               "relit": RenderOptions(method="3d", size=args.size, background="plain", relight="random")}
+               "relit": RenderOptions(method="3d", size=args.size, background="plain", relight="random"),
+               "frontal": RenderOptions(method="3d", size=args.size, background="plain", relight="frontal")}
     rows = []
     for photo in face_photos():
         image = load_image(photo)
@@ -62,12 +64,12 @@ def main() -> int:
                    "light_sh": views["relit"].view_fields(i).get("light_sh")}
             for case in CASES:
                 row[f"source_{case}"] = None if d[case] is None or src is None else float(np.linalg.norm(d[case] - src))
-            for case in ("sfs", "relit"):
+            for case in CASES[1:]:
                 row[f"pair_{case}"] = None if d[case] is None or d["keep"] is None else float(np.linalg.norm(d[case] - d["keep"]))
             rows.append(row)
-        print(f"{photo.name}: " + ", ".join(f"{r['yaw']:+.0f}: sfs {r['pair_sfs'] if r['pair_sfs'] is None else round(r['pair_sfs'], 3)}"
-                                            f" relit {r['pair_relit'] if r['pair_relit'] is None else round(r['pair_relit'], 3)}"
-                                            for r in rows[-len(yaws):]), flush=True)
+        print(f"{photo.name}: " + ", ".join(f"{r['yaw']:+.0f}: " + " ".join(
+            f"{c} {'-' if r[f'pair_{c}'] is None else round(r[f'pair_{c}'], 3)}" for c in CASES[1:])
+            for r in rows[-len(yaws):]), flush=True)
 
     def vals(key, yaw=None):
         return np.array([r[key] for r in rows if r[key] is not None and (yaw is None or r["yaw"] == yaw)], np.float64)
@@ -76,12 +78,16 @@ def main() -> int:
                "sfs_applied_share": float(np.mean([r["sfs_applied"] for r in rows]))}
     for yaw in yaws:
         summary["per_yaw"][f"{yaw:+.0f}"] = {
-            **{f"pair_{c}_median": float(np.median(vals(f"pair_{c}", yaw))) for c in ("sfs", "relit")},
+            **{f"pair_{c}_median": float(np.median(vals(f"pair_{c}", yaw))) for c in CASES[1:]},
             **{f"source_{c}_mean": float(np.mean(vals(f"source_{c}", yaw))) for c in CASES}}
         p = summary["per_yaw"][f"{yaw:+.0f}"]
         print(f"yaw {yaw:+4.0f}: view with vs without, median: sfs {p['pair_sfs_median']:.3f}, relit "
-              f"{p['pair_relit_median']:.3f} | distance to the photo, mean: keep {p['source_keep_mean']:.3f}, "
-              f"sfs {p['source_sfs_mean']:.3f}, relit {p['source_relit_mean']:.3f}")
+              f"{p['pair_relit_median']:.3f}, frontal {p['pair_frontal_median']:.3f} | distance to the photo, mean: "
+              f"keep {p['source_keep_mean']:.3f}, sfs {p['source_sfs_mean']:.3f}, relit {p['source_relit_mean']:.3f}, "
+              f"frontal {p['source_frontal_mean']:.3f}")
+    for c in ("frontal",):
+        summary[f"pair_{c}_max"] = float(vals(f"pair_{c}").max())
+        summary[f"source_{c}_rise"] = float(np.mean(vals(f"source_{c}")) - np.mean(vals("source_keep")))
     for c in ("sfs", "relit"):
         summary[f"pair_{c}_max"] = float(vals(f"pair_{c}").max())
         summary[f"source_{c}_rise"] = float(np.mean(vals(f"source_{c}")) - np.mean(vals("source_keep")))

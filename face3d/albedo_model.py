@@ -12,23 +12,27 @@ face skin in which the light varies per photo and the albedo does not:
 Image model per visible skin vertex v and channel c (Lambertian, 9-term SH light L, as
 `face3d.shading`): I_vc = rho_vc * sh_basis(n_v) . L_c.
 
-Learning (`learn_albedo_model`), alternating over all photos:
-  1. each photo's light and coefficients under the current model (`estimate_light_albedo`);
-  2. each photo de-lit, t = I / (Y L), where the photo saw the vertex (texture-confidence weight:
-     cos(normal, view ray) * vertex area; unseen, dark and saturated vertices carry none) and the
-     current model's reconstruction where it did not (EM for missing data);
-  3. the mean: the weighted mean of the de-lit photos, made mirror-symmetric; the components: the
-     PCA of the de-lit photos minus the mean, after projecting out what a change of light does to
-     the mean face (the mean times each SH basis function of the mean shape's normals, per channel:
-     27 directions). That projection is the point of the model: no albedo component can imitate a
-     change of light, so the light must explain the shading.
-The mean's scale is fixed (median 0.6 on the skin); a photo's exposure goes into its light. The
-fitted lights of the training photos are kept (`lights`): their distribution drives
-`--relight random`.
+Learning (`learn_albedo_model`), in two phases over all photos:
+  1. the mean and every photo's light together, by alternating least squares of I ~ mean * (Y L_i)
+     (over-relaxed, the mean mirror-symmetric), each photo weighted by where it saw the skin
+     (texture-confidence weight: cos(normal, view ray) * vertex area; unseen, grazing, dark and
+     saturated vertices carry none). Band 2 of each light is ridged (`fit_light`): that is what
+     tells a shading-like albedo from light, since a mean darkened like a shading would need the
+     same band-2 light in every photo. Without that ridge the light turned by tens of degrees;
+  2. the components: each photo's light and coefficients under the current model
+     (`estimate_light_albedo`), the photo de-lit, t = I / (Y L), the model's reconstruction where
+     it did not see (EM for missing data), and the PCA of the de-lit photos minus the mean after
+     projecting out what a change of light does to the mean face (the mean times each SH basis
+     function of the mean shape's normals, per channel: 27 directions), so that no component can
+     imitate a change of light.
+The mean's scale is fixed (median 0.6 on the skin) and its colour starts from the photos' average
+(so the lights are white on average): a photo's exposure and tint go into its light. The fitted
+lights of the training photos are kept (`lights`): `--relight random` draws from them.
 
 Estimation (`estimate_light_albedo`), alternating: the light by weighted least squares given the
 albedo; the coefficients by ridge-regularised least squares given the light (prior N(0, I) against
-a per-value noise `noise`); Cauchy weights on the residual so that glasses, hair and highlights
+a per-value noise `noise`); then per mirror pair of vertices an albedo within the model's residual
+variance (`_albedo_detail`); Cauchy weights on the residual so that glasses, hair and highlights
 do not drag the light.
 
 The file (`save_albedo_model` / `load_albedo_model`) is a plain .npz read with
@@ -50,7 +54,6 @@ from face3d.morphable_model import MorphableModel
 from face3d.shading import sh_basis, vertex_normals
 
 ALBEDO_MODEL_VERSION = 1
-GAUGE_BANDS = 2                  # the mean holds no shading of SH bands 1..GAUGE_BANDS (`without_shading`)
 MEAN_LEVEL = 0.6                 # median of the mean albedo over the skin (fixes the light/albedo scale)
 
 __all__ = [
@@ -66,7 +69,6 @@ __all__ = [
     "default_albedo_model_path",
     "shipped_albedo_model",
     "light_direction",
-    "without_shading",
 ]
 
 
@@ -355,25 +357,6 @@ def _light_subspace(mean: np.ndarray, normals: np.ndarray) -> np.ndarray:
     return q
 
 
-def without_shading(albedo: np.ndarray, normals: np.ndarray, bands: int = GAUGE_BANDS) -> np.ndarray:
-    """`albedo` (Vs, 3) less what, about its flat colour, looks like the shading (SH bands
-    1..`bands`) of the mean shape's `normals`: the convention that fixes the model's gauge.
-
-    Photos under varied light pin an albedo down only up to a shading-like factor: a mean albedo
-    brightened towards the periphery under lights a little less frontal explains LFW about as well
-    as the plain one (only the band-2 ridge of `fit_light` tells them apart, and weakly), so
-    alternating least squares settles wherever it starts along such directions. The model takes
-    the albedo to hold no shading of its own (bands 1 and 2: with band 1 alone a toy population
-    still settled 18 degrees off, tests/test_albedo_model.py); the same convention defines the
-    albedo of bench_albedo's held-out faces. Real albedo that happens to look like shading (a
-    beard darker below) is moved into the light by it."""
-    flat = albedo.mean(axis=0)
-    Y = _sh(normals)[:, 1:(bands + 1) ** 2]
-    q, _ = np.linalg.qr(Y - Y.mean(axis=0))
-    d = albedo - flat
-    return flat + d - q @ (q.T @ d)
-
-
 def _symmetrise(values: np.ndarray, weights: np.ndarray, mirror: np.ndarray) -> np.ndarray:
     """The weighted average of each value with its mirror vertex's (values (Vs, 3), weights (Vs,))."""
     w = weights + weights[mirror]
@@ -405,12 +388,17 @@ class _PhotoData:
     w: np.ndarray                    # (n,)
 
 
-def _mean_and_lights(data: list[_PhotoData], Vs: int, mirror: np.ndarray, normals: np.ndarray, colour: np.ndarray,
+def _mean_and_lights(data: list[_PhotoData], Vs: int, mirror: np.ndarray, colour: np.ndarray,
                      cfg: AlbedoLearnConfig, progress) -> np.ndarray:
     """Phase 1: the mean albedo (Vs, 3) by over-relaxed alternating least squares of
     I ~ mean * (Y L_i) over all photos, each photo's light L_i re-fitted every iteration, the mean
-    kept mirror-symmetric and free of shading-like components (`without_shading`; `normals`: the mean
-    shape's)."""
+    kept mirror-symmetric.
+
+    What separates a shading-like albedo from light is band 2 of the light, ridged in `fit_light`:
+    a mean darkened like a shading would need the same band-2 terms in every photo. That pins the
+    mean down only weakly, so the alternation moves slowly along such directions (over-relaxed by
+    `cfg.relaxation`; on a toy population, tests/test_albedo_model.py, 80 iterations recover the
+    lights within ~5 degrees where a flat albedo is ~19 degrees off)."""
     mean = np.tile(colour, (Vs, 1))
     robust = [np.ones(d.w.shape[0]) for d in data]
     for it in range(cfg.mean_iterations):
@@ -433,7 +421,7 @@ def _mean_and_lights(data: list[_PhotoData], Vs: int, mirror: np.ndarray, normal
         target = _symmetrise(target, den.mean(axis=1), mirror)
         mean = target if it == 0 else mean + cfg.relaxation * (target - mean)
         mean[~seen & ~seen[mirror]] = np.median(mean[seen], axis=0)
-        mean = np.clip(without_shading(mean, normals), 1e-3, None)
+        mean = np.clip(mean, 1e-3, None)
         mean *= MEAN_LEVEL / max(float(np.median(mean)), 1e-6)
         if progress is not None and (it % 10 == 0 or it == cfg.mean_iterations - 1):
             progress(it, cfg.mean_iterations, f"phase 1, iteration {it}: median image RMS {np.median(rms):.4f}")
@@ -467,7 +455,7 @@ def learn_albedo_model(observations: list[AlbedoObservation], model: MorphableMo
     colour = sum((d.I * d.w[:, None]).sum(0) for d in data) / max(sum(float(d.w.sum()) for d in data), 1e-9)
     colour = MEAN_LEVEL * colour / max(float(np.median(colour)), 1e-9)
     normals = mean_shape_normals(model)
-    mean = _mean_and_lights(data, Vs, mirror, normals, colour, cfg, progress)
+    mean = _mean_and_lights(data, Vs, mirror, colour, cfg, progress)
 
     # phase 2: components of the de-lit photos about the mean, light-like directions projected out
     q = _light_subspace(mean, normals)

@@ -614,13 +614,19 @@ def relight_sh(mode: str, count: int, seed: int = 0, lights: np.ndarray | None =
     return out
 
 
+#: the largest tint per channel a relighting light keeps (`normalised_light`)
+MAX_TINT = 0.08
+#: the largest first-order strength |L1| / L0 of a relighting light's irradiance (`normalised_light`)
+MAX_CONTRAST = 0.8
 #: SH terms odd in x (x, xy, xz): a left-right mirror of a light flips their sign
 _X_ODD = (3, 4, 7)
 
 
 def normalised_light(sh: np.ndarray, mirror: bool = False) -> np.ndarray:
     """An SH light (9, 3), mirrored left-right if asked, scaled so that its median shading over the
-    normals of a frontal hemisphere (n_z >= 0.3) is 1 (its colour and contrast kept)."""
+    normals of a frontal hemisphere (n_z >= 0.3) is 1, its direction kept, its contrast (first-order
+    irradiance over ambient) at most `MAX_CONTRAST`, its colour one tint of at most +-`MAX_TINT`
+    per channel."""
     L = np.array(sh, np.float64)
     if mirror:
         L[list(_X_ODD)] *= -1.0
@@ -631,4 +637,15 @@ def normalised_light(sh: np.ndarray, mirror: bool = False) -> np.ndarray:
     n = np.stack([x[keep], y[keep], np.sqrt(z2[keep])], 1)
     shade = _sh_np(n.astype(np.float32)).astype(np.float64) @ L
     level = float(np.median(shade.mean(axis=1)))
-    return (L / max(level, 1e-6)).astype(np.float32)
+    # the colour of a fitted light is the photo's white balance (and the fit's noise) as much as
+    # its light's: one grey light, tinted by at most +-MAX_TINT per channel
+    tint = np.clip(np.median(shade, axis=0) / max(level, 1e-6), 1 - MAX_TINT, 1 + MAX_TINT)
+    grey = L.mean(axis=1, keepdims=True) / max(level, 1e-6)
+    # a fitted light's first-order part can outweigh its ambient part (a hard light, or the fit's
+    # noise); beyond MAX_CONTRAST the relit face turns into a mask of light and shadow
+    strength = float(np.linalg.norm(grey[1:4, 0]) * _K[1] / max(grey[0, 0] * _K[0], 1e-6))
+    if strength > MAX_CONTRAST:
+        grey[1:] *= MAX_CONTRAST / strength
+        level2 = float(np.median(_sh_np(n.astype(np.float32)).astype(np.float64) @ grey[:, 0]))
+        grey /= max(level2, 1e-6)
+    return (grey * tint[None]).astype(np.float32)

@@ -15,7 +15,7 @@ def _angle(a, b) -> float:
     return float(np.degrees(np.arccos(np.clip(light_direction(a) @ light_direction(b), -1, 1))))
 
 
-def _toy_model(ict_model, k: int = 3, seed: int = 0):
+def _toy_model(ict_model, k: int = 3, seed: int = 0, beard: bool = False):
     """An albedo model over ICT's skin with a structured mean (darker brows and lips, as faces have)
     and `k` smooth random components, built without learning."""
     from face3d.albedo_model import AlbedoModel
@@ -26,7 +26,8 @@ def _toy_model(ict_model, k: int = 3, seed: int = 0):
     mean = np.tile([0.62, 0.45, 0.38], (sk.size, 1))
     for c, (y0, s) in enumerate(((45.0, 8.0), (-45.0, 7.0))):          # brow band, lip band
         mean *= (1 - 0.4 * np.exp(-((p[:, 1] - y0) ** 2) / (2 * s ** 2)) * (np.abs(p[:, 0]) < 50))[:, None]
-    mean *= (1 - 0.35 * np.clip((-20.0 - p[:, 1]) / 30.0, 0, 1))[:, None]   # a beard: the lower face darker
+    if beard:                                                          # the lower face darker
+        mean *= (1 - 0.35 * np.clip((-20.0 - p[:, 1]) / 30.0, 0, 1))[:, None]
     comps = []
     for _ in range(k):
         c = rng.normal(size=(3, 3))
@@ -99,12 +100,9 @@ def test_learning_recovers_the_mean_and_reads_light_as_light(ict_model):
     matches the true mean and the light of a new face is estimated within a few degrees, where a flat
     albedo reads the beard as light from above: the light did not go into the albedo, nor the
     albedo into the light."""
-    from face3d.albedo_model import (AlbedoLearnConfig, AlbedoModel, estimate_light_albedo, learn_albedo_model,
-                                     mean_shape_normals, without_shading)
+    from face3d.albedo_model import AlbedoLearnConfig, AlbedoModel, estimate_light_albedo, learn_albedo_model
 
-    truth = _toy_model(ict_model, seed=3)
-    # albedo is defined up to a shading-like factor; the model's convention: no first-order shading
-    truth.mean = without_shading(truth.mean, mean_shape_normals(ict_model))
+    truth = _toy_model(ict_model, seed=3, beard=True)
     rng = np.random.default_rng(4)
     obs = [_observation(ict_model, truth, _random_light(rng), rng.normal(size=3), rng.uniform(-30, 30), 0.01, i)
            for i in range(40)]
@@ -120,7 +118,6 @@ def test_learning_recovers_the_mean_and_reads_light_as_light(ict_model):
         learnt.append(_angle(estimate_light_albedo(obs_i, am).sh, light))
         flat_errors.append(_angle(estimate_light_albedo(obs_i, flat).sh, light))
     assert np.median(learnt) < 15.0
-    print(learnt, flat_errors)
     assert np.median(learnt) < 0.5 * np.median(flat_errors)
     assert am.lights.shape == (40, 9, 3)
 
@@ -145,3 +142,112 @@ def test_model_file_round_trip_and_no_pickle(ict_model, tmp_path):
         load_albedo_model(bad)
     with pytest.raises(FaceSynthError, match="cannot read albedo model"):
         load_albedo_model(tmp_path / "missing.npz")
+
+
+def test_shipped_albedo_model(ict_model):
+    from face3d.albedo_model import default_albedo_model_path, shipped_albedo_model
+
+    path = default_albedo_model_path()
+    assert path.stat().st_size <= 20e6
+    am = shipped_albedo_model(ict_model)
+    assert am is not None and am.num_components == 40
+    assert np.array_equal(am.vertices, np.nonzero(ict_model.skin)[0])
+    assert am.lights.shape[1:] == (9, 3) and len(am.lights) > 1000
+    assert np.all(am.residual_variance >= 0) and np.all(np.isfinite(am.mean))
+    assert np.allclose(am.basis.T @ am.basis, np.eye(40), atol=0.02)     # float16 components, orthonormal
+    assert am.info["photos"] > 2000
+
+
+def test_sfs_estimates_light_with_the_albedo_model(obama_image, obama_reconstruction, ict_model):
+    from face3d.albedo_model import shipped_albedo_model
+    from face3d.sfs import SFSConfig, refine_shape_from_shading
+    from face3d.shading import sh_basis
+
+    am = shipped_albedo_model(ict_model)
+    fit = obama_reconstruction.fit
+    res = refine_shape_from_shading(fit, obama_image, ict_model, SFSConfig(iterations=0), albedo_model=am)
+    assert res.warning is None and res.stats["albedo_model"]
+    assert np.all(np.isfinite(res.sh))
+    # the albedo is the model's, on the skin, and plausible
+    skin = res.albedo[ict_model.skin]
+    assert 0.2 < float(np.median(skin)) < 1.2
+    # the light lights the front of the face
+    front = sh_basis(torch.tensor([[0.0, 0.0, 1.0]])).numpy() @ res.sh
+    assert np.all(front > 0)
+
+
+def test_random_relight_draws_the_lfw_lights(ict_model):
+    from face3d.albedo_model import shipped_albedo_model
+    from face3d.sfs import normalised_light, relight_sh
+
+    am = shipped_albedo_model(ict_model)
+    lights = relight_sh("random", 6, seed=3, lights=am.lights)
+    assert lights.shape == (6, 9, 3)
+    candidates = [normalised_light(l, m) for l in am.lights for m in (False, True)]
+    for light in lights:
+        assert min(np.abs(light - c).max() for c in candidates) < 1e-6
+    assert len({lights[i].tobytes() for i in range(6)}) > 1
+    # the same seed draws the same lights
+    assert np.array_equal(lights, relight_sh("random", 6, seed=3, lights=am.lights))
+
+
+def test_normalised_light_keeps_the_face_level_and_mirrors():
+    from face3d.sfs import normalised_light
+
+    L = np.zeros((9, 3))
+    L[0] = 2.0
+    L[3] = 0.8            # from +x
+    n1 = normalised_light(L)
+    n2 = normalised_light(L, mirror=True)
+    assert np.isclose(n1[3, 0], -n2[3, 0]) and np.isclose(n1[0, 0], n2[0, 0])
+    assert n1[0, 0] < L[0, 0]        # scaled down to median shading 1
+
+
+@pytest.mark.slow
+def test_rotate_relit_views_record_their_light(obama_path):
+    import facesynth
+
+    views = facesynth.rotate(str(obama_path), yaws=[-20, 20],
+                             options=facesynth.RenderOptions(method="3d", size=96, relight="random"))[0]
+    first, second = (views.view_fields(i)["light_sh"] for i in range(2))
+    assert np.array(first).shape == (9, 3)
+    assert first != second
+    assert views.record["relight"] == "random"
+    kept = facesynth.rotate(str(obama_path), yaws=[-20], options=facesynth.RenderOptions(method="3d", size=96))[0]
+    assert "light_sh" not in kept.view_fields(0)
+
+
+def test_learn_albedo_cli_errors(tmp_path, data_dir, capsys):
+    import json
+
+    from facesynth.cli import main
+
+    lfw = str(data_dir / "lfw" / "images")
+    assert main(["learn-albedo", lfw, "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "m.pt")]) == 1
+    assert main(["learn-albedo", str(tmp_path / "nowhere"), "--cache", str(tmp_path / "c"),
+                 "--out", str(tmp_path / "m.npz")]) == 1
+    assert main(["learn-albedo", lfw, "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "m.npz"),
+                 "--photos", "5"]) == 2
+    cache = tmp_path / "other"
+    cache.mkdir()
+    (cache / "split.json").write_text(json.dumps({"heldout_identities": ["Someone_Else"]}))
+    assert main(["learn-albedo", lfw, "--cache", str(cache), "--out", str(tmp_path / "m.npz"), "--photos", "100"]) == 1
+    err = capsys.readouterr().err
+    assert "must end in .npz" in err and "not a folder" in err and "another identity split" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_collect_observations_is_resumable(tmp_path, data_dir, ict_model):
+    from facesynth.albedo import collect_observations, observation_path
+    from face3d.albedo_model import AlbedoObservation
+    from ganrefine.pairs import split_lfw
+
+    photos = split_lfw(data_dir / "lfw" / "images", train_photos=100).train[:3]
+    first = collect_observations(photos, tmp_path, ict_model)
+    assert first["made"] + first["failed"] == 3 and first["made"] >= 2
+    again = collect_observations(photos, tmp_path, ict_model)
+    assert again["made"] == 0 and again["already_done"] == 3
+    obs = AlbedoObservation.load(observation_path(tmp_path, [p for p in photos if observation_path(tmp_path, p).exists()][0]))
+    assert obs.intensity.shape == (int(ict_model.skin.sum()), 3)
+    assert (obs.weight > 0).mean() > 0.2 and np.all(obs.weight >= 0)

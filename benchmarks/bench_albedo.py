@@ -5,7 +5,7 @@ yaw, a random SH light, band-limited relief and wrinkles along the normals), ren
 albedo that comes from the photos of a HELD-OUT LFW person (`_common.heldout_lfw_people`: people
 the albedo model never saw, 3-6 photos each): the per-vertex albedo that, with one light per photo,
 explains all of that person's photos (photometric stereo on the fitted shapes: the alternating
-least squares of the model's phase 1, `face3d.albedo_model._mean_and_lights`, run on the person's
+least squares of the model's phase 1, `face3d.albedo_model.mean_albedo`, run on the person's
 photos alone, mirror-symmetric), every other vertex (eyes, mouth interior) from bench_sfs's atlas.
 It uses no learnt statistics, so it does not depend on the model under test; the person's moles,
 stubble, brows, make-up and hair on the forehead stay in it, as they would in a photo. Photos pin
@@ -42,13 +42,12 @@ import torch
 from _common import RESULTS, Targets, add_target_option, heldout_lfw_people
 from bench_sfs import face_mask, geometry_errors, synth, true_landmarks
 from bench_sfs_diagnosis import light_errors, synthetic_setup, vertex_albedo
-from face3d.albedo_model import (AlbedoModel, default_albedo_model_path, estimate_light_albedo, load_albedo_model,
-                                 observe_albedo)
+from face3d.albedo_model import AlbedoModel, default_albedo_model_path, estimate_light_albedo, load_albedo_model, mean_albedo
 from face3d.fitting import FitConfig, fit_morphable_model
 from face3d.image_io import load_image
 from face3d.landmarks import detect_faces
 from face3d.morphable_model import load_morphable_model
-from face3d.sfs import refine_shape_from_shading
+from face3d.sfs import observe_albedo, refine_shape_from_shading
 from face3d.texture import atlas_size, atlas_texels, interpolate
 
 CASES = ("today", "model", "true")
@@ -59,34 +58,26 @@ LIGHT_MAX_DEG, DEPTHC_MAX, PHOTO_MAX, WORSE_MAX = 20.0, -0.08, -0.15, 1.0 / 6.0
 def heldout_albedos(model, am, base_rho: np.ndarray, count: int, min_photos: int = 3):
     """Per-vertex albedos (V, 3) of `count` held-out people with `min_photos` or more photos (module
     doc), with the person's name and photo count."""
-    from face3d.albedo_model import AlbedoLearnConfig, _mean_and_lights, _PhotoData, _sh, skin_mirror
-
-    mirror = skin_mirror(model)
-    Vs = int(model.skin.sum())
     out = []
     for name, photos in heldout_lfw_people().items():
         if len(photos) < min_photos:
             continue
-        data = []
+        observations = []
         for photo in photos:
             image = load_image(photo)
             faces = detect_faces(image)
             if not faces:
                 continue
             fit = fit_morphable_model(image, faces[0].landmarks, model, FitConfig())
-            o = observe_albedo(fit, image, model)
-            idx = np.nonzero(o.weight > 0)[0]
-            data.append(_PhotoData(idx, _sh(o.normals[idx]), o.intensity[idx].astype(np.float64),
-                                   o.weight[idx].astype(np.float64)))
-        if len(data) < min_photos:
+            observations.append(observe_albedo(fit, image, model))
+        if len(observations) < min_photos:
             continue
-        colour = sum((d.I * d.w[:, None]).sum(0) for d in data) / sum(float(d.w.sum()) for d in data)
-        skin = _mean_and_lights(data, Vs, mirror, 0.6 * colour / np.median(colour), AlbedoLearnConfig(), None)
+        skin = mean_albedo(observations, model)
         # at a skin level of 0.45 the brightest light of bench_sfs's generator stays under saturation
         skin *= SKIN_LEVEL / np.median(skin)
         rho = base_rho.copy()
         rho[am.vertices] = np.clip(skin, 0.0, 1.0)
-        out.append((name, len(data), rho))
+        out.append((name, len(observations), rho))
         if len(out) == count:
             break
     return out

@@ -61,9 +61,9 @@ __all__ = [
     "AlbedoModel",
     "AlbedoEstimate",
     "AlbedoLearnConfig",
-    "observe_albedo",
     "estimate_light_albedo",
     "learn_albedo_model",
+    "mean_albedo",
     "save_albedo_model",
     "load_albedo_model",
     "default_albedo_model_path",
@@ -98,23 +98,6 @@ class AlbedoObservation:
         with np.load(path, allow_pickle=False) as z:
             return cls(z["intensity"].astype(np.float32), z["weight"].astype(np.float32),
                        z["normals"].astype(np.float32))
-
-
-def observe_albedo(fit, image: np.ndarray, model: MorphableModel, size: int = 128) -> AlbedoObservation:
-    """The skin colours a photo shows (`face3d.sfs`'s visibility test on a `size`-px face crop),
-    with the data weight cos(normal, view ray) * vertex area (mean 1 over the used vertices)."""
-    from face3d.sfs import SFSConfig, _observe, _source_view, _vertex_areas
-
-    cfg = SFSConfig(size=size)
-    view = _source_view(fit, image, model, cfg)
-    obs = _observe(view, model, cfg)
-    area = _vertex_areas(view.vertices, model.triangles)
-    w = np.where(obs.usable, np.clip(obs.cosine, 0, 1) * area, 0.0)
-    if np.any(w > 0):
-        w /= w[w > 0].mean()
-    sk = model.skin
-    return AlbedoObservation(obs.intensity[sk].astype(np.float32), w[sk].astype(np.float32),
-                             obs.camera_normals[sk].astype(np.float32))
 
 
 # ------------------------------------------------------------------------------------------
@@ -428,6 +411,33 @@ def _mean_and_lights(data: list[_PhotoData], Vs: int, mirror: np.ndarray, colour
     return mean
 
 
+def photo_data(observations: list[AlbedoObservation]) -> list[_PhotoData]:
+    """The used vertices of each observation with their SH basis, colours and weights."""
+    out = []
+    for o in observations:
+        idx = np.nonzero(o.weight > 0)[0]
+        out.append(_PhotoData(idx, _sh(o.normals[idx]), o.intensity[idx].astype(np.float64), o.weight[idx].astype(np.float64)))
+    return out
+
+
+def grey_world_colour(data: list[_PhotoData]) -> np.ndarray:
+    """(3,) the photos' weighted average skin colour, scaled to median `MEAN_LEVEL`: the flat start of
+    the mean, so that the lights are white on average (the colour of light and albedo cannot be told
+    apart)."""
+    colour = sum((d.I * d.w[:, None]).sum(0) for d in data) / max(sum(float(d.w.sum()) for d in data), 1e-9)
+    return MEAN_LEVEL * colour / max(float(np.median(colour)), 1e-9)
+
+
+def mean_albedo(observations: list[AlbedoObservation], model: MorphableModel,
+                config: AlbedoLearnConfig | None = None) -> np.ndarray:
+    """Phase 1 alone (`_mean_and_lights`) on `observations`: the (Vs, 3) albedo that, with one light
+    per photo, explains them all (photometric stereo on the fitted shapes when they are photos of
+    one person)."""
+    data = photo_data(observations)
+    return _mean_and_lights(data, int(model.skin.sum()), skin_mirror(model), grey_world_colour(data),
+                            config or AlbedoLearnConfig(), None)
+
+
 def learn_albedo_model(observations: list[AlbedoObservation], model: MorphableModel,
                        config: AlbedoLearnConfig | None = None, progress=None, info: dict | None = None) -> AlbedoModel:
     """The albedo model of the module doc, learnt from `observations` (one per photo).
@@ -446,16 +456,9 @@ def learn_albedo_model(observations: list[AlbedoObservation], model: MorphableMo
         raise FaceSynthError(f"{len(obs)} usable photos; an albedo model of {cfg.components} components needs "
                              f"at least {2 * cfg.components}")
     N = len(obs)
-    data = []
-    for o in obs:
-        idx = np.nonzero(o.weight > 0)[0]
-        data.append(_PhotoData(idx, _sh(o.normals[idx]), o.intensity[idx].astype(np.float64), o.weight[idx].astype(np.float64)))
-    # the colour of light and albedo cannot be told apart: the mean starts flat in the photos'
-    # average colour, so that the lights are white on average ("grey world")
-    colour = sum((d.I * d.w[:, None]).sum(0) for d in data) / max(sum(float(d.w.sum()) for d in data), 1e-9)
-    colour = MEAN_LEVEL * colour / max(float(np.median(colour)), 1e-9)
+    data = photo_data(obs)
     normals = mean_shape_normals(model)
-    mean = _mean_and_lights(data, Vs, mirror, colour, cfg, progress)
+    mean = _mean_and_lights(data, Vs, mirror, grey_world_colour(data), cfg, progress)
 
     # phase 2: components of the de-lit photos about the mean, light-like directions projected out
     q = _light_subspace(mean, normals)

@@ -42,8 +42,10 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
+from face3d.albedo_model import AlbedoModel, AlbedoObservation, estimate_light_albedo
 from face3d.camera import PerspectiveCamera, transform
 from face3d.dense import face_crop
+from face3d.errors import FaceSynthError
 from face3d.image_io import sample_bilinear
 from face3d.morphable_model import MorphableModel
 from face3d.rasterizer import interpolate_vertex_attributes, rasterize_meshes
@@ -365,16 +367,35 @@ def _light_and_albedo(obs: _Observations, Y0: np.ndarray, w_data: np.ndarray, ad
     return L, rho, robust
 
 
-def _light_and_model_albedo(obs: _Observations, w_data: np.ndarray, albedo_model, cfg: SFSConfig):
+def _skin_observation(obs: _Observations, w_data: np.ndarray, skin: np.ndarray) -> AlbedoObservation:
+    """What the photo shows of the vertices `skin` (indices), unusable ones at weight 0."""
+    return AlbedoObservation(obs.intensity[skin].astype(np.float32),
+                             np.where(obs.usable[skin], w_data[skin], 0.0).astype(np.float32),
+                             obs.camera_normals[skin].astype(np.float32))
+
+
+def observe_albedo(fit, image: np.ndarray, model: MorphableModel, size: int = 128) -> AlbedoObservation:
+    """The skin colours a photo shows, for `face3d.albedo_model` (step 1's visibility test on a
+    `size`-px face crop), with the data weight cos(normal, view ray) * vertex area (mean 1 over
+    the used vertices)."""
+    cfg = SFSConfig(size=size)
+    view = _source_view(fit, image, model, cfg)
+    obs = _observe(view, model, cfg)
+    area = _vertex_areas(view.vertices, model.triangles)
+    w = np.where(obs.usable, np.clip(obs.cosine, 0, 1) * area, 0.0)
+    if np.any(w > 0):
+        w /= w[w > 0].mean()
+    return _skin_observation(obs, w, np.nonzero(model.skin)[0])
+
+
+def _light_and_model_albedo(obs: _Observations, w_data: np.ndarray, albedo_model: AlbedoModel, cfg: SFSConfig):
     """Step 1 under a learnt albedo model: (L (9, 3), albedo (V, 3), robust weights (V,)) from
     `face3d.albedo_model.estimate_light_albedo` on the skin vertices; None when it fails."""
-    from face3d.albedo_model import AlbedoObservation, estimate_light_albedo
-
     sk = albedo_model.vertices
-    ob = AlbedoObservation(obs.intensity[sk], np.where(obs.usable[sk], w_data[sk], 0.0), obs.camera_normals[sk])
+    ob = _skin_observation(obs, w_data, sk)
     try:
         est = estimate_light_albedo(ob, albedo_model)
-    except Exception:
+    except FaceSynthError:       # too few visible skin vertices
         return None
     V = obs.intensity.shape[0]
     s = _sh_np(obs.camera_normals[sk].astype(np.float32)) @ est.sh
@@ -484,7 +505,7 @@ def _photometric_rms(view: _SourceView, obs: _Observations, Y0: np.ndarray, L: n
 
 def refine_shape_from_shading(fit, image: np.ndarray, model: MorphableModel,
                               config: SFSConfig | None = None, *, albedo: np.ndarray | None = None,
-                              sh: np.ndarray | None = None, albedo_model=None) -> SFSResult:
+                              sh: np.ndarray | None = None, albedo_model: AlbedoModel | None = None) -> SFSResult:
     """Displacement along the normals that explains the photo's shading (see the module doc).
 
     `image` is the uint8 RGB photo the fit refers to. Never raises on bad photos: a result with

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from face3d.albedo_model import shipped_albedo_model
 from face3d.expressions import (edited_vertices, expression_coefficients, expression_texture, mouth_mesh,
                                 named_weights, variants)
 from face3d.render import render_views
@@ -95,8 +96,6 @@ def prepare_sfs(rec, image, model, sfs: bool, relight: str, n_poses: int, seed: 
     fits `model`; 'random' lights are drawn from its LFW lights."""
     if not sfs and relight == "keep":
         return None
-    from face3d.albedo_model import shipped_albedo_model
-
     am = shipped_albedo_model(model)
     cfg = SFSConfig() if sfs else SFSConfig(iterations=0)      # lighting only when SFS is off
     result = refine_shape_from_shading(rec.fit, image, model, cfg, albedo_model=am)

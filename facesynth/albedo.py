@@ -19,12 +19,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from face3d.albedo_model import AlbedoLearnConfig, AlbedoObservation, learn_albedo_model, observe_albedo, save_albedo_model
+import torch
+
+from face3d.albedo_model import AlbedoLearnConfig, AlbedoObservation, learn_albedo_model, save_albedo_model
 from face3d.errors import FaceSynthError
 from face3d.image_io import atomic_write_bytes, load_image
 from face3d.morphable_model import load_morphable_model
 from face3d.landmarks import detect_faces
 from face3d.pipeline import fit_faces
+from face3d.sfs import observe_albedo
 from ganrefine.pairs import split_lfw
 
 BATCH = 8                       # photos per batched fit
@@ -82,8 +85,6 @@ def collect_observations(photos: list[Path], cache: Path, model, batch: int = BA
 
 
 def run_learn_albedo(args) -> int:
-    import torch
-
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)

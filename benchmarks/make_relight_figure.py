@@ -12,6 +12,7 @@ z toward the viewer).
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ def main():
             + [label(v, f"as photographed, yaw {y}") for v, y in zip(kept, YAWS)]]
     result = refine_shape_from_shading(rec.fit, photo, model, SFSConfig(iterations=0), albedo_model=am)
     delit = delight_image(rec.fit, photo, model, result)
-    texture = extract_texture(rec.fit, delit, model)
+    texture = extract_texture(replace(rec.fit, sh=np.zeros_like(rec.fit.sh)), delit, model)   # as face3d.variants.prepare_sfs
     lights = relight_sh("random", LIGHTS, seed=args.seed, lights=am.lights)
     for k, light in enumerate(lights):
         views = render_views(rec.fit, texture, poses, model, size=SIZE, sh=np.repeat(light[None], len(poses), 0)).images

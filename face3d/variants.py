@@ -107,7 +107,10 @@ def prepare_sfs(rec, image, model, sfs: bool, relight: str, n_poses: int, seed: 
         source = delight_image(rec.fit, image, model, result, verts)
         sh = relight_sh(relight, n_poses, seed=zlib.crc32(f"{key}:{seed}".encode()),
                         lights=None if am is None else am.lights)
-    texture = rec.texture if (verts is None and source is image) else extract_texture(rec.fit, source, model, vertices=verts)
+    # a de-lit photo is albedo: its unseen side takes the mirror colour as it is, not re-lit by the
+    # photo's light (`extract_texture` re-lights mirrored colours by the fit's light when it has one)
+    fit = rec.fit if source is image else replace(rec.fit, sh=np.zeros_like(rec.fit.sh))
+    texture = rec.texture if (verts is None and source is image) else extract_texture(fit, source, model, vertices=verts)
     return SFSState(result, replace(rec, texture=texture), sh, applied, relight)
 
 

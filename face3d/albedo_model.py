@@ -146,7 +146,8 @@ def save_albedo_model(am: AlbedoModel, path: str | Path) -> None:
                         basis=am.basis.astype(np.float16), stddev=am.stddev.astype(np.float32),
                         residual_variance=am.residual_variance.astype(np.float32),
                         lights=am.lights.astype(np.float32),
-                        mirror=(np.arange(am.vertices.size) if am.mirror is None else am.mirror).astype(np.int32), info=np.frombuffer(json.dumps(info).encode(), np.uint8))
+                        mirror=(np.arange(am.vertices.size) if am.mirror is None else am.mirror).astype(np.int32),
+                        info=np.frombuffer(json.dumps(info).encode(), np.uint8))
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
@@ -271,7 +272,7 @@ def estimate_light_albedo(obs: AlbedoObservation, am: AlbedoModel, iterations: i
         res = np.linalg.norm(rho * s - I, axis=1)
         robust = 1.0 / (1.0 + (res / robust_scale) ** 2)
     w = w0u * robust
-    rms = float(np.sqrt((w[:, None] * (rho * (Y @ L) - I) ** 2).sum() / max(3 * w.sum(), 1e-12)))
+    rms = float(np.sqrt((w[:, None] * (rho * s - I) ** 2).sum() / max(3 * w.sum(), 1e-12)))
     full_robust = np.zeros(obs.weight.shape[0])
     full_robust[used] = robust
     return AlbedoEstimate(L, z, am.albedo(np.pad(z, (0, am.num_components - K))), full_robust, rms)

@@ -342,6 +342,21 @@ def _data_warning(obs: _Observations, cfg: SFSConfig, stats: dict) -> str | None
     return None
 
 
+def _data_weights(obs: _Observations, area: np.ndarray) -> np.ndarray:
+    """Step 1's weight of each vertex's data: cos(normal, view ray) * vertex area (`area`) on the
+    usable vertices (mean 1 over them), 0 elsewhere."""
+    w = np.where(obs.usable, np.clip(obs.cosine, 0, 1) * area, 0.0)
+    if obs.usable.any():
+        w /= max(w[obs.usable].mean(), 1e-12)
+    return w
+
+
+def _light_failed(L: np.ndarray, shading: np.ndarray) -> bool:
+    """Whether a light estimate is unusable: non-finite, or no light on most of the data
+    (`shading`: (n, 3) its shading at the usable vertices)."""
+    return not np.all(np.isfinite(L)) or np.mean(shading.min(axis=1) > 1e-3) < 0.8
+
+
 def _light_and_albedo(obs: _Observations, Y0: np.ndarray, w_data: np.ndarray, adj: sp.csr_matrix,
                       mirror: np.ndarray, cfg: SFSConfig):
     """Step 1 of the module doc: (L (9, 3), albedo (V, 3), robust weights (V,)) from the 3DMM
@@ -358,7 +373,7 @@ def _light_and_albedo(obs: _Observations, Y0: np.ndarray, w_data: np.ndarray, ad
         wl = w_data * robust
         L = _fit_light(Y0[uidx], I[uidx], rho[uidx], wl[uidx])
         s = Y0 @ L
-        if not np.all(np.isfinite(L)) or np.mean(s[uidx].min(axis=1) > 1e-3) < 0.8:
+        if _light_failed(L, s[uidx]):
             return None
         raw = I / np.maximum(s, 1e-3)
         rho = _smooth_on_mesh(raw, wl, adj, skin_idx, cfg.albedo_smoothing, mirror)
@@ -381,10 +396,7 @@ def observe_albedo(fit, image: np.ndarray, model: MorphableModel, size: int = 12
     cfg = SFSConfig(size=size)
     view = _source_view(fit, image, model, cfg)
     obs = _observe(view, model, cfg)
-    area = _vertex_areas(view.vertices, model.triangles)
-    w = np.where(obs.usable, np.clip(obs.cosine, 0, 1) * area, 0.0)
-    if np.any(w > 0):
-        w /= w[w > 0].mean()
+    w = _data_weights(obs, _vertex_areas(view.vertices, model.triangles))
     return _skin_observation(obs, w, np.nonzero(model.skin)[0])
 
 
@@ -399,7 +411,7 @@ def _light_and_model_albedo(obs: _Observations, w_data: np.ndarray, albedo_model
         return None
     V = obs.intensity.shape[0]
     s = _sh_np(obs.camera_normals[sk].astype(np.float32)) @ est.sh
-    if not np.all(np.isfinite(est.sh)) or np.mean(s[obs.usable[sk]].min(axis=1) > 1e-3) < 0.8:
+    if _light_failed(est.sh, s[obs.usable[sk]]):
         return None
     robust = np.ones(V)
     robust[sk] = np.where(ob.weight > 0, est.robust, 1.0)
@@ -529,8 +541,7 @@ def refine_shape_from_shading(fit, image: np.ndarray, model: MorphableModel,
 
     # --- 1. lighting and a smooth, symmetric albedo from the 3DMM normals
     area = _vertex_areas(view.vertices, model.triangles)
-    w_data = np.where(obs.usable, np.clip(obs.cosine, 0, 1) * area, 0.0)
-    w_data /= max(w_data[obs.usable].mean(), 1e-12)
+    w_data = _data_weights(obs, area)
     Y0 = _sh_np(obs.camera_normals.astype(np.float32)).astype(np.float64)
     if albedo_model is not None:
         estimate = _light_and_model_albedo(obs, w_data, albedo_model, cfg)
@@ -656,7 +667,8 @@ def normalised_light(sh: np.ndarray, mirror: bool = False) -> np.ndarray:
     z2 = 1 - x * x - y * y
     keep = z2 >= 0.09
     n = np.stack([x[keep], y[keep], np.sqrt(z2[keep])], 1)
-    shade = _sh_np(n.astype(np.float32)).astype(np.float64) @ L
+    basis = _sh_np(n.astype(np.float32)).astype(np.float64)
+    shade = basis @ L
     level = float(np.median(shade.mean(axis=1)))
     # the colour of a fitted light is the photo's white balance (and the fit's noise) as much as
     # its light's: one grey light, tinted by at most +-MAX_TINT per channel
@@ -667,6 +679,6 @@ def normalised_light(sh: np.ndarray, mirror: bool = False) -> np.ndarray:
     strength = float(np.linalg.norm(grey[1:4, 0]) * _K[1] / max(grey[0, 0] * _K[0], 1e-6))
     if strength > MAX_CONTRAST:
         grey[1:] *= MAX_CONTRAST / strength
-        level2 = float(np.median(_sh_np(n.astype(np.float32)).astype(np.float64) @ grey[:, 0]))
+        level2 = float(np.median(basis @ grey[:, 0]))
         grey /= max(level2, 1e-6)
     return (grey * tint[None]).astype(np.float32)

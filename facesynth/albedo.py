@@ -11,26 +11,25 @@ measurements: docs/training.md and assets/albedo/MODEL_CARD.md.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
-
 import torch
+from tqdm import tqdm
 
 from face3d.albedo_model import AlbedoLearnConfig, AlbedoObservation, learn_albedo_model, save_albedo_model
 from face3d.errors import FaceSynthError
 from face3d.image_io import atomic_write_bytes, load_image
-from face3d.morphable_model import load_morphable_model
 from face3d.landmarks import detect_faces
+from face3d.morphable_model import load_morphable_model
 from face3d.pipeline import fit_faces
 from face3d.sfs import observe_albedo
-from ganrefine.pairs import split_lfw
+from ganrefine.pairs import split_lfw, write_split
 
 BATCH = 8                       # photos per batched fit
+SIZE = 128                      # the face crop (px) a photo is observed on
 
 
 def observation_path(cache: Path, photo: Path) -> Path:
@@ -70,7 +69,7 @@ def collect_observations(photos: list[Path], cache: Path, model, batch: int = BA
                 failed[str(p)] = str(fit).splitlines()[0] if str(fit) else type(fit).__name__
                 continue
             try:
-                obs = observe_albedo(fit, img, model)
+                obs = observe_albedo(fit, img, model, SIZE)
             except Exception as exc:  # one photo's failure is that photo's alone
                 failed[str(p)] = f"{type(exc).__name__}: {exc}"
                 continue
@@ -93,15 +92,9 @@ def run_learn_albedo(args) -> int:
     cache = Path(args.cache)
     model = load_morphable_model(args.model)
     split = split_lfw(Path(args.lfw), train_photos=args.photos, seed=args.seed)
-    cache.mkdir(parents=True, exist_ok=True)
-    info = {"lfw": str(Path(args.lfw).resolve()), "seed": args.seed, "photos": len(split.train),
-            "train_identities": len(split.train_identities), "heldout_identities": split.heldout_identities}
-    split_file = cache / "split.json"
-    if split_file.exists():
-        old = json.loads(split_file.read_text())
-        if old.get("heldout_identities") != info["heldout_identities"]:
-            raise FaceSynthError(f"{cache}: made with another identity split; use a new --cache")
-    atomic_write_bytes(split_file, json.dumps(info, indent=1).encode())
+    write_split(cache, {"lfw": str(Path(args.lfw).resolve()), "seed": args.seed, "size": SIZE,
+                        "photos": len(split.train), "train_identities": len(split.train_identities),
+                        "heldout_identities": split.heldout_identities}, flag="--cache")
     t0 = time.time()
     counts = collect_observations(split.train, cache, model)
     print(f"observations: {counts['made']} made, {counts['already_done']} already done, {counts['failed']} failed")

@@ -237,16 +237,17 @@ def generate_pairs(photos: list[Path], cache: Path, model, size: int = 128, seed
     return {"photos": len(photos), "made": made, "already_done": done, "failed": len(errors), "errors": errors}
 
 
-def write_split(out: Path, info: dict) -> None:
-    """`CACHE/split.json`, refusing a cache made with another held-out split or size."""
+def write_split(out: Path, info: dict, flag: str = "--out") -> None:
+    """`CACHE/split.json`, refusing a cache made with another held-out split or size (`flag`: the
+    command's flag that names the cache, for the message)."""
     out.mkdir(parents=True, exist_ok=True)
     split_file = out / "split.json"
     if split_file.exists():
         old = json.loads(split_file.read_text())
         if old.get("heldout_identities") != info["heldout_identities"] or old.get("size") != info["size"]:
-            raise FaceSynthError(f"{out} holds data of another split or size; use a new --out")
+            raise FaceSynthError(f"{out} holds data of another split or size; use a new {flag}")
         # pairs are renders: a cache from another renderer (version 1 wrote no version) is not mixed into
         if "render_version" in info and old.get("render_version", 1) != info["render_version"]:
             raise FaceSynthError(f"{out} holds pairs of render version {old.get('render_version', 1)}, this is "
-                                 f"version {info['render_version']}; use a new --out")
+                                 f"version {info['render_version']}; use a new {flag}")
     atomic_write_bytes(split_file, json.dumps(info, indent=1).encode())

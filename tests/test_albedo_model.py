@@ -230,10 +230,10 @@ def test_learn_albedo_cli_errors(tmp_path, data_dir, capsys):
                  "--photos", "5"]) == 2
     cache = tmp_path / "other"
     cache.mkdir()
-    (cache / "split.json").write_text(json.dumps({"heldout_identities": ["Someone_Else"]}))
+    (cache / "split.json").write_text(json.dumps({"heldout_identities": ["Someone_Else"], "size": 128}))
     assert main(["learn-albedo", lfw, "--cache", str(cache), "--out", str(tmp_path / "m.npz"), "--photos", "100"]) == 1
     err = capsys.readouterr().err
-    assert "must end in .npz" in err and "not a folder" in err and "another identity split" in err
+    assert "must end in .npz" in err and "not a folder" in err and "another split or size; use a new --cache" in err
     assert "Traceback" not in err
     assert not (tmp_path / "m.npz").exists()
 

@@ -160,6 +160,11 @@ class Dlib:
     def descriptor(self, img, shape) -> np.ndarray:
         return np.asarray(self.rec.compute_face_descriptor(img, shape), dtype=np.float64)
 
+    def largest_descriptor(self, img: np.ndarray, upsample: int = 1) -> np.ndarray | None:
+        """The descriptor of the largest face in `img`, None when dlib finds none."""
+        rect = self.largest(img, upsample)
+        return None if rect is None else self.descriptor(img, self.shape(img, rect))
+
     @staticmethod
     def points(shape) -> np.ndarray:
         return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)

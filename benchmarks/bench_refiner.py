@@ -146,10 +146,9 @@ def novel_views(refiner, photos: list[Path], model, dl, targets: Targets) -> dic
         except FaceSynthError as exc:
             print(f"  {path.name}: {exc}")
             continue
-        r0 = dl.largest(img, 1)
-        if r0 is None:
+        src = dl.largest_descriptor(img)
+        if src is None:
             continue
-        src = dl.descriptor(img, dl.shape(img, r0))
         views = render_views(rec.fit, rec.texture, poses, model, size=SIZE)
         hybrid = refine_views(refiner, views)
         reference = view_pose_reference(rec.fit, model, SIZE)

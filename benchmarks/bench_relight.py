@@ -32,11 +32,6 @@ CASES = ("keep", "sfs", "relit", "frontal")
 PAIR_MEDIAN_MAX, SAME_MAX, SOURCE_RISE_MAX = 0.35, 0.6, 0.03
 
 
-def descriptor(dl: Dlib, img: np.ndarray):
-    rect = dl.largest(img, 1)
-    return None if rect is None else dl.descriptor(img, dl.shape(img, rect))
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--yaws", default="-45,-30,0,30,45")
@@ -55,10 +50,10 @@ def main() -> int:
     rows = []
     for photo in face_photos():
         image = load_image(photo)
-        src = descriptor(dl, image)
+        src = dl.largest_descriptor(image)
         views = {case: rotate(image, yaws=yaws, options=opt)[0] for case, opt in options.items()}
         for i, yaw in enumerate(yaws):
-            d = {case: descriptor(dl, views[case].images[i]) for case in CASES}
+            d = {case: dl.largest_descriptor(views[case].images[i]) for case in CASES}
             row = {"photo": f"{photo.parent.name}/{photo.name}", "yaw": yaw,
                    "sfs_applied": bool(views["sfs"].record.get("sfs")),
                    "light_sh": views["relit"].view_fields(i).get("light_sh")}

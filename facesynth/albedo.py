@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from face3d.albedo_model import AlbedoLearnConfig, AlbedoObservation, learn_albedo_model, save_albedo_model
-from face3d.errors import FaceSynthError
+from face3d.errors import FaceSynthError, internal_error_line
 from face3d.image_io import atomic_write_bytes, load_image
 from face3d.landmarks import detect_faces
 from face3d.morphable_model import load_morphable_model
@@ -34,6 +34,14 @@ SIZE = 128                      # the face crop (px) a photo is observed on
 
 def observation_path(cache: Path, photo: Path) -> Path:
     return cache / "obs" / photo.parent.name / (photo.stem + ".npz")
+
+
+def failure_reason(photo: Path, exc: Exception) -> str:
+    """One line for `failed.txt` (one photo per line): the message of a foreseen error, or
+    `internal_error_line` for an unforeseen one."""
+    if isinstance(exc, FaceSynthError):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return internal_error_line(str(photo), exc)
 
 
 def collect_observations(photos: list[Path], cache: Path, model, batch: int = BATCH) -> dict:
@@ -66,12 +74,12 @@ def collect_observations(photos: list[Path], cache: Path, model, batch: int = BA
         for i, fit in zip(keep, fits):
             p, img = names[i], images[i]
             if isinstance(fit, Exception):
-                failed[str(p)] = str(fit).splitlines()[0] if str(fit) else type(fit).__name__
+                failed[str(p)] = failure_reason(p, fit)
                 continue
             try:
                 obs = observe_albedo(fit, img, model, SIZE)
             except Exception as exc:  # one photo's failure is that photo's alone
-                failed[str(p)] = f"{type(exc).__name__}: {exc}"
+                failed[str(p)] = failure_reason(p, exc)
                 continue
             out = observation_path(cache, p)
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -138,6 +138,8 @@ def render_face(rec: Reconstruction, image: np.ndarray, model: MorphableModel, p
     # over the turned photo the head shows only what the photo showed (face3d.photo_view)
     shown = replace(rec, texture=see_through_texture(rec.texture)) if over_photo(options) else rec
     size = options.render_size
+    # the lights the views are relit with, one per pose, the same for every variant
+    lights = [] if sfs is None or sfs.sh is None else [np.round(np.asarray(l, np.float64), 5).tolist() for l in sfs.sh]
     out = []
     # one render per (expression, shape sample); the plain fit when neither is asked for
     for variant in variants(rec.fit, model, expressions, options.shape_jitter, options.jitter_samples,
@@ -157,7 +159,6 @@ def render_face(rec: Reconstruction, image: np.ndarray, model: MorphableModel, p
         record = {**variant_record(variant, model, options.shape_jitter, options.seed), **sfs_record(sfs),
                   **maker.record()}
         keep = options.labels
-        lights = [] if sfs is None or sfs.sh is None else [np.round(np.asarray(l, np.float64), 5).tolist() for l in sfs.sh]
         out.append(FaceViews(face, rec, variant, list(poses), images, record, labels if keep else [],
                              cameras if keep else [], maps, coefficient_record(variant, fit, model) if keep else {},
                              lights))

@@ -3,10 +3,15 @@ and the model file (a plain .npz, never unpickled)."""
 from __future__ import annotations
 
 import io
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_dense import random_sh  # noqa: E402  (the benchmarks' light generator, reused)
 
 
 def _angle(a, b) -> float:
@@ -38,19 +43,6 @@ def _toy_model(ict_model, k: int = 3, seed: int = 0, beard: bool = False):
                        np.zeros((1, 9, 3)))
 
 
-def _random_light(rng) -> np.ndarray:
-    """Ambient plus a directional light from the front hemisphere, a little band 2, tinted (as
-    bench_dense.random_sh draws them)."""
-    d = rng.normal(size=3)
-    d[2] = abs(d[2]) + 0.5
-    d /= np.linalg.norm(d)
-    L = np.zeros((9, 3))
-    L[0] = rng.uniform(0.8, 1.1) / 0.886227
-    L[1:4] = (rng.uniform(0.3, 0.7) * np.array([d[1], d[2], d[0]]) / 1.023328)[:, None]
-    L[4:] = rng.normal(scale=0.05, size=(5, 1))
-    return L * rng.uniform(0.9, 1.1, size=(1, 3))
-
-
 def _observation(ict_model, am, light, coeffs, yaw_deg: float = 0.0, noise: float = 0.0, seed: int = 0):
     """What a camera sees of the model face with albedo `am.albedo(coeffs)` under `light`."""
     from face3d.albedo_model import AlbedoObservation, mean_shape_normals
@@ -72,7 +64,7 @@ def test_estimate_recovers_light_and_albedo(ict_model):
     am = _toy_model(ict_model)
     rng = np.random.default_rng(1)
     for yaw in (-30.0, 0.0, 25.0):
-        light, z = _random_light(rng), rng.normal(size=3)
+        light, z = random_sh(rng), rng.normal(size=3)
         est = estimate_light_albedo(_observation(ict_model, am, light, z, yaw, noise=0.01), am, noise=0.01)
         assert _angle(est.sh, light) < 10.0    # band 2 is ridged towards 0 (`fit_light`): a few degrees
         seen = _observation(ict_model, am, light, z, yaw).weight > 0
@@ -88,7 +80,7 @@ def test_estimate_under_mean_albedo_only_is_worse_than_with_components(ict_model
     rng = np.random.default_rng(2)
     full, mean_only = [], []
     for _ in range(4):
-        light, z = _random_light(rng), 2.0 * rng.normal(size=3)
+        light, z = random_sh(rng), 2.0 * rng.normal(size=3)
         obs = _observation(ict_model, am, light, z, noise=0.01)
         full.append(_angle(estimate_light_albedo(obs, am, noise=0.01).sh, light))
         mean_only.append(_angle(estimate_light_albedo(obs, am, noise=0.01, components=0).sh, light))
@@ -104,7 +96,7 @@ def test_learning_recovers_the_mean_and_reads_light_as_light(ict_model):
 
     truth = _toy_model(ict_model, seed=3, beard=True)
     rng = np.random.default_rng(4)
-    obs = [_observation(ict_model, truth, _random_light(rng), rng.normal(size=3), rng.uniform(-30, 30), 0.01, i)
+    obs = [_observation(ict_model, truth, random_sh(rng), rng.normal(size=3), rng.uniform(-30, 30), 0.01, i)
            for i in range(40)]
     am = learn_albedo_model(obs, ict_model, AlbedoLearnConfig(components=3, rounds=3))
     for c in range(3):     # per channel: the colour of light and albedo share a scale
@@ -113,7 +105,7 @@ def test_learning_recovers_the_mean_and_reads_light_as_light(ict_model):
                        am.stddev[:0], am.residual_variance, am.lights)
     learnt, flat_errors = [], []
     for i in range(6):
-        light = _random_light(rng)
+        light = random_sh(rng)
         obs_i = _observation(ict_model, truth, light, rng.normal(size=3), 10.0, 0.01, 100 + i)
         learnt.append(_angle(estimate_light_albedo(obs_i, am).sh, light))
         flat_errors.append(_angle(estimate_light_albedo(obs_i, flat).sh, light))

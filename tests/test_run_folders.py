@@ -137,22 +137,66 @@ def test_running_out_of_memory_is_one_line(tmp_path, obama_path):
 # item 5: one run per folder
 
 
-def test_two_runs_into_one_folder_at_once(tmp_path, data_dir):
-    photos = sorted((data_dir / "faces" / "obama").glob("face_recognition_obama*.jpg"))[:3]
+HOLD_LOCK = """
+import fcntl, sys
+handle = open(sys.argv[1], "w")
+fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+TRY_LOCK = """
+import fcntl, sys
+try:
+    fcntl.flock(open(sys.argv[1], "w"), fcntl.LOCK_EX | fcntl.LOCK_NB)
+except BlockingIOError:
+    sys.exit(3)
+"""
+
+
+def test_a_folder_another_process_writes_is_refused(tmp_path, capsys, data_dir):
+    """While another process holds `--out`'s lock, rotate refuses the folder and writes nothing
+    in it; once that process ends, the same command runs, each view once. (The lock is held by a
+    child that waits on its stdin, so the test does not race two runs' start-up times.)"""
+    photos = sorted((data_dir / "faces" / "obama").glob("face_recognition_obama*.jpg"))[:2]
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "facesynth.cli", "rotate", *map(str, photos), *FAST, "--out", str(out)]
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
-    codes = sorted(code for code, _, _ in results)
-    assert codes == [0, 1], [err for _, _, err in results]
-    (refused_err,) = [err for code, _, err in results if code == 1]
-    assert "another rotate run is writing there" in one_error_line(refused_err)
-    rows = manifest(out)
-    views = [(r["source"], r["yaw"]) for r in rows]
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out / ".rotate.lock")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, _, err = run(capsys, "rotate", *photos, *FAST, "--out", out)
+        assert code == 1
+        assert one_error_line(err) == (f"facesynth: error: --out {out}: another rotate run is writing there; "
+                                       "wait for it to end or choose another --out")
+        assert sorted(f.name for f in out.iterdir()) == [".rotate.lock"]
+    finally:
+        holder.communicate("")
+    code, _, err = run(capsys, "rotate", *photos, *FAST, "--out", out)
+    assert code == 0, err
+    views = [(r["source"], r["yaw"]) for r in manifest(out)]
     assert sorted(views) == sorted((str(p), y) for p in photos for y in (0.0, 30.0))  # each view once
-    assert all((out / r["output"]).is_file() for r in rows)
+
+
+def test_a_running_rotate_holds_its_folder_lock(tmp_path, capsys, obama_path, monkeypatch):
+    """rotate holds `--out`'s lock while it writes views (another process cannot take it) and
+    lets it go when it ends."""
+    import facesynth.rotate_job as rotate_job
+
+    out = tmp_path / "out"
+    lock = str(out / ".rotate.lock")
+    seen = []
+    real = rotate_job._rotate
+
+    def rotate_and_probe(*args, **kwargs):
+        seen.append(subprocess.run([sys.executable, "-c", TRY_LOCK, lock]).returncode)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rotate_job, "_rotate", rotate_and_probe)
+    code, _, err = run(capsys, "rotate", obama_path, *FAST, "--out", out)
+    assert code == 0, err
+    assert seen == [3]  # held while the run worked
+    assert subprocess.run([sys.executable, "-c", TRY_LOCK, lock]).returncode == 0  # free afterwards
 
 
 def test_rerun_without_resume_is_refused(tmp_path, capsys, obama_path):

@@ -124,7 +124,7 @@ def fresh_rotate(photo: Path, yaws, method: str, runs: int, extra: tuple[str, ..
     manifest's `seconds_per_photo`) and every run's wall time. The child runs this checkout's code
     (its root first on PYTHONPATH) through the entry point pyproject.toml declares, like the installed
     `facesynth` script (whose copy in a virtual environment may be stale)."""
-    exe = [sys.executable, "-c", "import sys; from facesynth.cli import main; sys.exit(main())"]
+    exe = [sys.executable, "-c", "from facesynth.cli import console_main; console_main()"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     yaw = ",".join(f"{y:g}" for y in yaws)
     walls, per_photo = [], []

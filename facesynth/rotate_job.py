@@ -33,13 +33,10 @@ from facesynth.api import RenderOptions, load_reference, render_face, with_refer
 from facesynth.manifest import Manifest, changed_setting, view_file_name, view_record
 from facesynth.methods import load_method
 from facesynth.options import DEFAULT_BATCH_SIZE, given_angles
+from facesynth.photos import rotate_inputs
 
 #: `DIR/rotate.json`: the settings that decide what a run writes; `--resume` must match them.
 RUN_SETTINGS = "rotate.json"
-#: file types a folder given as IMAGE contributes
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
-#: photos one run takes at most (folders expanded), checked before any work
-MAX_PHOTOS = 100_000
 #: photos whose largest faces are fitted at once (one batched fit; not with --all-faces)
 ROTATE_BATCH_SIZE = DEFAULT_BATCH_SIZE
 
@@ -60,26 +57,6 @@ class RotateJob:
     expression_from: str | None = None    # reference photo: the views take its expression too
     pose_from: str | None = None          # reference photo: the angles not in `given_angles` come from it
     given_angles: tuple[str, ...] = POSE_ANGLES
-
-
-def photo_list(paths: list[str], limit: int = MAX_PHOTOS, what: str = "photos in one run; split the run") -> list[str]:
-    """The photos of `paths`: files as given, folders as their image files (sorted, not recursive;
-    hidden files such as macOS's `._x.jpg` resource forks left out). More than `limit` is refused as
-    `more than <limit> <what>`, before any photo is read."""
-    out: list[str] = []
-    for p in paths:
-        folder = Path(p)
-        if folder.is_dir():
-            found = sorted(str(f) for f in folder.iterdir()
-                           if f.is_file() and f.suffix.lower() in PHOTO_SUFFIXES and not f.name.startswith("."))
-            if not found:
-                raise FaceSynthError(f"{p}: a folder without photos ({', '.join(PHOTO_SUFFIXES)})")
-            out += found
-        else:
-            out.append(str(p))
-        if len(out) > limit:
-            raise FaceSynthError(f"more than {limit} {what}")
-    return out
 
 
 def run_settings(job: RotateJob, model, maker) -> dict:
@@ -154,11 +131,9 @@ def open_run_folder(out: Path, resume: bool):
 
 def run_rotate(job: RotateJob, helper=None) -> int:
     """Run `job`; returns the exit code (0 all photos done, 1 some failed). `helper`: the CLI's
-    detection helper (face3d.detection_helper), started on the photos before torch loaded."""
-    photos = photo_list(job.images)
-    references = [r for r in dict.fromkeys((job.expression_from, job.pose_from)) if r]
-    if helper is not None:
-        helper.submit(references + photos, job.options.detector)
+    detection helper (face3d.detection_helper), forked before torch loaded and already sent the
+    photos of `rotate_inputs(job...)` with the job's detector (`facesynth.cli.run_command`)."""
+    references, photos = rotate_inputs(job.images, job.expression_from, job.pose_from)
     job.options.check()
     model = load_morphable_model(job.model)
     job = apply_references(job, model, helper)      # before the folder is touched: a bad reference writes nothing

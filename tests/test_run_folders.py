@@ -296,3 +296,25 @@ def test_verify_notes_several_faces(capsys, two_faces):
     assert stdout.strip().split()[1] in ("same", "different")
     (note,) = [l for l in err.splitlines() if l.strip()]
     assert note.startswith(f"facesynth verify: note: {two_faces}: 2 faces found; took the largest (face 0, ")
+
+
+def test_console_rotate_flushes_its_output_before_the_quick_exit(tmp_path, obama_path):
+    """`facesynth rotate` ends with os._exit (cli.console_main): with stdout and stderr block-buffered
+    pipes (no PYTHONUNBUFFERED), its summary line and a failed photo's line still arrive, the exit
+    code is the run's, and every view and manifest line is on disk."""
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", "from facesynth.cli import console_main; console_main()", "rotate",
+                           str(obama_path), str(bad), *FAST, "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.strip().endswith(f"facesynth: 1 of 2 photo(s) done, 2 pose(s) each; output in {out}/ "
+                                        f"(manifest: {out / 'manifest.jsonl'})"), proc.stdout
+    assert f"facesynth: {bad}:" in proc.stderr
+    rows = manifest(out)
+    assert [r.get("yaw") for r in rows if "error" not in r] == [0.0, 30.0]
+    assert all((out / r["output"]).is_file() for r in rows if "error" not in r)
+    assert [r["source"] for r in rows if "error" in r] == [str(bad)]

@@ -40,7 +40,8 @@ from facesynth.augment.sources import SourceFailure, SourceItem, list_sources, l
 from facesynth.manifest import changed_setting, view_file_name
 from facesynth.methods import ViewMaker, check_method_edits, load_method
 from facesynth.options import DEFAULT_BATCH_SIZE, MAX_REFERENCES, UsageError, check_batch_size, check_pose_count
-from facesynth.rotate_job import fit_reference_photo, photo_list
+from facesynth.photos import photo_list
+from facesynth.rotate_job import fit_reference_photo
 
 #: Settings stored in OUTPUT/augment.json; a resumed run must match them.
 OUTPUT_SETTINGS = ["input", "yaw", "pitch", "roll", "size", "align", "labels", "maps", "label_version", "background",

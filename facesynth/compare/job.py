@@ -41,7 +41,7 @@ from facesynth.compare.pixel import (CROP_SETTINGS, CROP_SIZE, FOLDS, MIN_PER_CL
 from facesynth.compare.report import json_ready, thumbnail, write_outputs, yaw_key
 from facesynth.methods import ViewMaker, load_method
 from facesynth.options import DEFAULT_BATCH_SIZE, METHODS, UsageError
-from facesynth.rotate_job import PHOTO_SUFFIXES
+from facesynth.photos import PHOTO_SUFFIXES
 
 #: What the realism features see, per `--realism-region`, as metrics.json's info.realism says it.
 REALISM_REGION_NOTES = {

@@ -57,6 +57,7 @@ __all__ = [
     "Fragments",
     "rasterize_meshes",
     "interpolate_vertex_attributes",
+    "interpolate_vertex_attributes_covered",
     "interpolate_face_attributes",
 ]
 
@@ -474,15 +475,21 @@ def rasterize_meshes(
 def _interpolate(fragments: Fragments, corner_values_fn) -> torch.Tensor:
     """Shared body: corner_values_fn(batch_of_pixel, face_of_pixel) -> (P, 3, C) values."""
     batch, height, width = fragments.pix_to_face.shape
+    covered, out_vals = _interpolate_covered(fragments, corner_values_fn)
+    channels = out_vals.shape[-1]
+    out = torch.zeros((batch * height * width, channels), dtype=out_vals.dtype, device=out_vals.device)
+    return out.index_put_((covered,), out_vals).view(batch, height, width, channels)
+
+
+def _interpolate_covered(fragments: Fragments, corner_values_fn) -> tuple[torch.Tensor, torch.Tensor]:
+    """The covered pixels (P,) (flat indices into B*H*W, increasing) and their values (P, C)."""
+    _, height, width = fragments.pix_to_face.shape
     p2f = fragments.pix_to_face.reshape(-1)
     covered = (p2f >= 0).nonzero().squeeze(1)
     bary = fragments.bary_coords.reshape(-1, 3).index_select(0, covered)  # (P, 3)
     vals = corner_values_fn(lambda: torch.div(covered, height * width, rounding_mode="floor"),
                             p2f.index_select(0, covered))
-    out_vals = (bary.unsqueeze(-1).to(vals.dtype) * vals).sum(1)
-    channels = out_vals.shape[-1]
-    out = torch.zeros((batch * height * width, channels), dtype=out_vals.dtype, device=out_vals.device)
-    return out.index_put_((covered,), out_vals).view(batch, height, width, channels)
+    return covered, (bary.unsqueeze(-1).to(vals.dtype) * vals).sum(1)
 
 
 def interpolate_vertex_attributes(fragments: Fragments, faces: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
@@ -490,6 +497,20 @@ def interpolate_vertex_attributes(fragments: Fragments, faces: torch.Tensor, att
 
     Differentiable w.r.t. ``attributes`` and, through ``fragments.bary_coords``, the vertices.
     """
+    return _interpolate(fragments, _vertex_corner_values(faces, attributes))
+
+
+def interpolate_vertex_attributes_covered(fragments: Fragments, faces: torch.Tensor,
+                                          attributes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`interpolate_vertex_attributes` on the covered pixels alone: (covered, values), the flat
+    indices (P,) into B*H*W of the pixels a face covers, increasing (so grouped by mesh), and their
+    values (P, C), the same numbers as the full image's at those pixels. For a loss over the
+    covered pixels, which need not then run over the empty ones."""
+    return _interpolate_covered(fragments, _vertex_corner_values(faces, attributes))
+
+
+def _vertex_corner_values(faces: torch.Tensor, attributes: torch.Tensor):
+    """`_interpolate`'s corner_values_fn for per-vertex attributes (B, V, C) or (V, C)."""
     faces = faces.to(torch.int64)
     n_verts, channels = attributes.shape[-2:]
 
@@ -500,7 +521,7 @@ def interpolate_vertex_attributes(fragments: Fragments, faces: torch.Tensor, att
         vidx = vidx + (batch_idx() * n_verts).unsqueeze(1)
         return attributes.reshape(-1, channels).index_select(0, vidx.view(-1)).view(-1, 3, channels)
 
-    return _interpolate(fragments, corner_values)
+    return corner_values
 
 
 def interpolate_face_attributes(fragments: Fragments, face_attributes: torch.Tensor) -> torch.Tensor:

@@ -123,3 +123,28 @@ def test_dense_fit_is_repeatable_with_threads(obama_image, obama_reconstruction,
     for name in ("identity", "expression", "rotation", "translation", "sh", "albedo"):
         assert np.array_equal(getattr(fits[0], name), getattr(fits[1], name)), name
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_batched_albedo_prior_is_the_written_out_pair_sums(ict_model):
+    """The batched dense loss's albedo priors, one sparse quadratic form (`dense_mesh(model).albedo_prior`,
+    `_QuadraticForm`), equal W_SYM * E_sym + W_SMOOTH * E_smooth written out over the mirror pairs
+    and the edges, in value and gradient, per face."""
+    import torch
+
+    from face3d.dense import W_SMOOTH, W_SYM, _QuadraticForm, dense_mesh
+
+    mesh = dense_mesh(ict_model)
+    B = 3
+    albedo = torch.rand(B, mesh.keep.numel(), 3, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    flat = albedo.transpose(0, 1).reshape(-1, B * 3)
+
+    def pair_sum(i, j):
+        return ((albedo[:, i] - albedo[:, j]) ** 2).sum(-1).mean(-1)
+
+    written = W_SYM * pair_sum(mesh.skin, mesh.skin_mirror) + W_SMOOTH * pair_sum(mesh.edges[:, 0], mesh.edges[:, 1])
+    form = _QuadraticForm.apply(flat, mesh.albedo_prior).view(B, 3).sum(-1)
+    assert torch.allclose(form, written, rtol=1e-5)
+    scale = torch.tensor([1.0, -2.0, 0.5])
+    g_written, = torch.autograd.grad((written * scale).sum(), albedo)
+    g_form, = torch.autograd.grad((form * scale).sum(), albedo)
+    assert torch.allclose(g_form, g_written, atol=1e-6 * float(g_written.abs().max()))

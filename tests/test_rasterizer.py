@@ -11,6 +11,7 @@ from face3d.rasterizer import (
     Fragments,
     interpolate_face_attributes,
     interpolate_vertex_attributes,
+    interpolate_vertex_attributes_covered,
     rasterize_meshes,
 )
 
@@ -455,3 +456,22 @@ def test_bucket_merging_matches_reference(monkeypatch, merge_slots):
     assert_matches_reference(verts, faces, (29, 41))
     verts, faces = sphere_views((40, 56), n_views=2)
     assert_matches_reference(verts, faces, (40, 56), cull_backfaces=True)
+
+
+def test_covered_interpolation_is_the_full_image_at_the_covered_pixels():
+    """`interpolate_vertex_attributes_covered` gives the covered pixels in increasing flat order and
+    the same values, and the same gradients, as the full image at those pixels."""
+    verts, faces, attrs = _small_scene(torch.float32)
+    verts = (verts * 0.8).requires_grad_(True)
+    attrs = attrs.clone().requires_grad_(True)
+    frags = rasterize_meshes(verts, faces, 8)
+    full = interpolate_vertex_attributes(frags, faces, attrs)
+    covered, vals = interpolate_vertex_attributes_covered(frags, faces, attrs)
+    assert torch.equal(covered, (frags.pix_to_face.reshape(-1) >= 0).nonzero().squeeze(1))
+    assert 0 < covered.numel() < frags.pix_to_face.numel()
+    assert torch.equal(vals, full.reshape(-1, 2)[covered])
+    weights = torch.arange(covered.numel() * 2, dtype=torch.float32).view(-1, 2)
+    g_full = torch.autograd.grad((full.reshape(-1, 2)[covered] * weights).sum(), (verts, attrs), retain_graph=True)
+    g_cov = torch.autograd.grad((vals * weights).sum(), (verts, attrs))
+    for a, b in zip(g_full, g_cov):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -35,7 +35,9 @@ transfer to A's photo beside A's fitted view's and A<-A's, and beside the distan
 up to three other photos of the same person (their median; the test photos of the same folder, the
 person's other LFW photos; the yardstick of how far a real change of expression, light and pose
 moves the descriptor); and to B's photo (min, count under 0.6, and how often it is nearer B than
-A's photo is), beside the distance of A's photo to B's.
+A's photo is), beside the distance of A's photo to B's and of A's fitted view (A's own expression,
+no transfer) to B's photo: where that view is already under 0.6 from B, the 3D stage and not the
+transfer brought A near B.
 
 Re-split check (per photo, no target): the 68-point reprojection error of the fit and of its
 re-split (`expression_split`, what every transfer renders A with) and the size of the re-split's
@@ -262,6 +264,7 @@ def pair_row(pa: Photo, pb: Photo, m: dict) -> dict:
                        "a_fitted_to_a": dist(pa.fitted.get("desc"), pa.desc),
                        "a_own_to_a": dist(pa.own.get("desc"), pa.desc),
                        "transfer_to_b": dist(m.get("desc"), pb.desc),
+                       "a_fitted_to_b": dist(pa.fitted.get("desc"), pb.desc),
                        "a_photo_to_b": dist(pa.desc, pb.desc),
                        "a_photo_to_a_other": pa.other}
     return row
@@ -313,6 +316,9 @@ def summarize(rows: list[dict]) -> dict:
         "transfer_to_b_under_0.6": sum(x < THRESHOLD for x in finite_b),
         "transfer_to_b_share_under_0.6": sum(x < THRESHOLD for x in finite_b) / n if n else float("nan"),
         "transfer_to_b_under_0.6_a_photo_not": sum(x["transfer_to_b"] < THRESHOLD <= x["a_photo_to_b"] for x in d),
+        "a_fitted_to_b_min": min((x["a_fitted_to_b"] for x in d if np.isfinite(x["a_fitted_to_b"])), default=float("nan")),
+        "a_fitted_to_b_under_0.6": sum(x["a_fitted_to_b"] < THRESHOLD for x in d),
+        "transfer_to_b_under_0.6_a_fitted_not": sum(x["transfer_to_b"] < THRESHOLD <= x["a_fitted_to_b"] for x in d),
         "transfer_nearer_b_than_a_photo_share": float(np.mean([x["transfer_to_b"] < x["a_photo_to_b"] for x in d]))
         if n else float("nan"),
         "a_photo_to_b_median": median(x["a_photo_to_b"] for x in d),
@@ -347,7 +353,8 @@ def print_tables(tab: dict) -> None:
                 "a_photo_to_a_other_median", "transfer_nearer_a_than_a_other_share",
                 "transfer_to_a_share_under_0.6",
                 "transfer_to_b_min", "transfer_to_b_median", "transfer_to_b_under_0.6",
-                "transfer_to_b_under_0.6_a_photo_not", "transfer_nearer_b_than_a_photo_share", "a_photo_to_b_median",
+                "transfer_to_b_under_0.6_a_photo_not", "a_fitted_to_b_min", "a_fitted_to_b_under_0.6",
+                "transfer_to_b_under_0.6_a_fitted_not", "transfer_nearer_b_than_a_photo_share", "a_photo_to_b_median",
                 "a_photo_to_b_min"):
         print(f"  {'dist ' + key:46}" + "".join(f"{t['identity'][key]:>9.3f}" for t in tab.values()))
 
@@ -392,7 +399,9 @@ def check_targets(targets: Targets, tab: dict) -> None:
     targets.check("transfers_under_0.6_from_b", i["transfer_to_b_under_0.6"], "<=", 0,
                   note=f"(different people; min distance {i['transfer_to_b_min']:.3f}, A's photo to B's min "
                        f"{i['a_photo_to_b_min']:.3f}; under 0.6 where A's photo is not: "
-                       f"{i['transfer_to_b_under_0.6_a_photo_not']})")
+                       f"{i['transfer_to_b_under_0.6_a_photo_not']}; A's own fitted view under 0.6 from B: "
+                       f"{i['a_fitted_to_b_under_0.6']} (min {i['a_fitted_to_b_min']:.3f}), the transfer under 0.6 "
+                       f"where that view is not: {i['transfer_to_b_under_0.6_a_fitted_not']})")
 
 
 def main(argv=None) -> int:

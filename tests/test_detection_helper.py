@@ -136,3 +136,36 @@ def test_fresh_rotate_detects_in_the_helper_with_the_same_result(tmp_path, photo
 
     assert rows(fresh) == rows(here)
     assert sum(r["error"] is not None for r in rows(fresh)) == 2
+
+
+SUBMIT_PROBE = """
+import sys
+from facesynth import cli
+
+class Recorder:
+    def submit(self, paths, detector):
+        print(repr(("torch" in sys.modules, list(paths), detector)), flush=True)
+
+args = cli.build_parser("rotate").parse_args(["rotate", *sys.argv[1:]])
+args.run = "operator:is_not"     # stop after the submission (is_not(args, helper)): nothing is rotated
+cli.run_command(args, Recorder())
+"""
+
+
+def test_rotate_sends_its_photos_to_the_helper_before_torch_loads(tmp_path, photos):
+    """`run_command` hands rotate's photos to the detection helper before the command's imports pull
+    in torch, references first (one photo given for both flags once), folders expanded in order."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for name in ("b.jpg", "a.png"):
+        (folder / name).write_bytes(b"")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", SUBMIT_PROBE, str(photos["obama"]), str(folder), "--yaw", "0",
+                           "--out", str(tmp_path / "out"), "--pose-from", str(photos["biden"]),
+                           "--expression-from", str(photos["biden"]), "--detector", "hog"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    torch_loaded, paths, detector = eval(proc.stdout.splitlines()[0])
+    assert not torch_loaded
+    assert paths == [str(photos["biden"]), str(photos["obama"]), str(folder / "a.png"), str(folder / "b.jpg")]
+    assert detector == "hog"

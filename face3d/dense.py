@@ -401,6 +401,7 @@ class DenseMesh:
     keep: torch.Tensor               # (Vc,) model vertex of each compact vertex, ascending
     lookup: np.ndarray               # (V,) compact index of each model vertex, -1 where not kept
     faces: torch.Tensor              # (F', 3) the skin triangles, compact indices
+    # the pairs `albedo_prior` sums over (the loss reads them only through it):
     skin: torch.Tensor               # compact indices of the skin triangles' vertices
     skin_mirror: torch.Tensor        # compact index of each of those vertices' mirror vertex
     edges: torch.Tensor              # (n, 2) unique skin edges, compact indices

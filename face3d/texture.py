@@ -228,14 +228,16 @@ def extract_texture(fit, image: np.ndarray, model: MorphableModel, config: Textu
                     vertices: torch.Tensor | None = None) -> Texture:
     """Sample `image` (uint8 RGB) into the model's UV atlas using the fitted geometry."""
     cfg = config or TextureConfig()
-    if cfg.segment:
+    if cfg.segment and torch.get_num_threads() > 1:
         # GrabCut (about 0.1 s, 40% of this function) releases the GIL: it runs in a second thread
         # while the z-buffer and the texel interpolation run here, and is joined where its mask is
-        # first needed. The same calls in the same order per thread, so the same texture.
+        # first needed. The same calls in the same order per thread, so the same texture. Only where
+        # the process may use more than one thread: augment's workers and `--threads 1` keep to one.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="facesynth-segment") as pool:
             foreground = pool.submit(head_foreground_mask, fit, image, model)
             return _extract_texture(fit, image, model, cfg, vertices, foreground.result)
-    return _extract_texture(fit, image, model, cfg, vertices, None)
+    return _extract_texture(fit, image, model, cfg, vertices,
+                            (lambda: head_foreground_mask(fit, image, model)) if cfg.segment else None)
 
 
 def _extract_texture(fit, image: np.ndarray, model: MorphableModel, cfg: TextureConfig,

@@ -251,15 +251,23 @@ def test_texel_shading_of_some_texels_is_theirs_from_all():
 
 
 def test_segmentation_in_its_own_thread_gives_the_sequential_texture(obama_image, obama_reconstruction, ict_model):
-    """extract_texture runs GrabCut in a second thread while it rasterizes and interpolates: the
-    texture, confidence and alpha are those of the same steps run one after the other."""
+    """With more than one thread allowed, extract_texture runs GrabCut in a second thread while it
+    rasterizes and interpolates: the texture, confidence and alpha are those of the same steps run
+    one after the other."""
     from face3d.segmentation import head_foreground_mask
     from face3d.texture import TextureConfig, _extract_texture, extract_texture
 
+    import torch
+
     fit = obama_reconstruction.fit
-    threaded = extract_texture(fit, obama_image, ict_model)
-    sequential = _extract_texture(fit, obama_image, ict_model, TextureConfig(), None,
-                                  lambda: head_foreground_mask(fit, obama_image, ict_model))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)       # the second thread is used only where torch may use more than one
+    try:
+        threaded = extract_texture(fit, obama_image, ict_model)
+        sequential = _extract_texture(fit, obama_image, ict_model, TextureConfig(), None,
+                                      lambda: head_foreground_mask(fit, obama_image, ict_model))
+    finally:
+        torch.set_num_threads(threads)
     assert np.array_equal(threaded.image, sequential.image)
     assert np.array_equal(threaded.confidence, sequential.confidence)
     assert (threaded.alpha is None) == (sequential.alpha is None)

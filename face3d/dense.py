@@ -130,7 +130,9 @@ def refine_dense(fit: FaceFit, image: np.ndarray, model: MorphableModel, cfg) ->
     """Refine `fit` (a FaceFit from the landmark stage) with the dense term; returns a new FaceFit.
 
     Runs `refine_dense_batch` on a batch of one face. The same photo gives the same fit, bit for
-    bit, at any thread count (`ordered_gradient_sums`).
+    bit, from run to run at a given thread count (`ordered_gradient_sums`); between thread counts
+    torch's reductions sum in another order, and the fits differ in the last bits (2e-6 in the
+    coefficients of a test photo between one thread and two).
     """
     return refine_dense_batch([fit], [image], model, cfg)[0]
 
@@ -357,7 +359,7 @@ def refine_dense_batch(fits: list[FaceFit], images: list[np.ndarray], model: Mor
     - the photometric term is shaded on the covered pixels alone (about half of the crop).
     The last two took the stage from 0.32-0.34 s to 0.25-0.27 s per face in batches of 8 (one thread).
     Each result equals the reference's within float rounding (`tests/test_fitting.py` states the
-    tolerance); the same faces give the same fits bit for bit at any thread count.
+    tolerance); the same faces give the same fits bit for bit at a given thread count (`refine_dense`).
     """
     if len(fits) != len(images):
         raise ValueError("one image per fit is required")

@@ -322,14 +322,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def run_command(args, helper=None) -> int:
     """Import the command's module (deferred: see the module docstring) and run it on `args`.
-    `rotate` first sends its photos to the detection `helper`, so that detection overlaps the import
-    of torch instead of starting after it."""
+    `rotate` first lists its photos and sends them to the detection `helper`, so that detection
+    overlaps the import of torch instead of starting after it; the run takes the same list."""
     if helper is not None and args.command == "rotate":
-        references, photos = rotate_inputs(args.images, args.expression_from, args.pose_from)
-        helper.submit(references + photos, args.detector)
+        inputs = rotate_inputs(args.images, args.expression_from, args.pose_from)
+        helper.submit(inputs[0] + inputs[1], args.detector)
+    else:
+        inputs = None
     module, function = args.run.split(":")
     run = getattr(importlib.import_module(module), function)
-    return int(run(args, helper) if args.command == "rotate" else run(args))
+    return int(run(args, helper, inputs) if args.command == "rotate" else run(args))
 
 
 _ANGLE_FLAGS = ("--yaw", "--pitch", "--roll")

@@ -129,11 +129,12 @@ def open_run_folder(out: Path, resume: bool):
     return lock
 
 
-def run_rotate(job: RotateJob, helper=None) -> int:
+def run_rotate(job: RotateJob, helper=None, inputs: tuple[list[str], list[str]] | None = None) -> int:
     """Run `job`; returns the exit code (0 all photos done, 1 some failed). `helper`: the CLI's
     detection helper (face3d.detection_helper), forked before torch loaded and already sent the
-    photos of `rotate_inputs(job...)` with the job's detector (`facesynth.cli.run_command`)."""
-    references, photos = rotate_inputs(job.images, job.expression_from, job.pose_from)
+    photos of `inputs`, the job's `rotate_inputs` as the CLI listed them (`facesynth.cli.run_command`);
+    without `inputs` they are listed here."""
+    references, photos = inputs or rotate_inputs(job.images, job.expression_from, job.pose_from)
     job.options.check()
     model = load_morphable_model(job.model)
     job = apply_references(job, model, helper)      # before the folder is touched: a bad reference writes nothing
@@ -339,8 +340,8 @@ def write_photo_views(job: RotateJob, src: str, stem: str, image, recs: list, mo
     return records
 
 
-def run_rotate_command(args, helper=None) -> int:
-    """`facesynth rotate`: the parsed flags as a RotateJob."""
+def run_rotate_command(args, helper=None, inputs=None) -> int:
+    """`facesynth rotate`: the parsed flags as a RotateJob (`helper`, `inputs`: see `run_rotate`)."""
     options = RenderOptions(method=args.method, size=args.size, background=args.background,
                             expressions=None if args.expression is None else tuple(args.expression),
                             shape_jitter=args.shape_jitter, jitter_samples=args.jitter_samples, seed=args.seed,
@@ -351,4 +352,4 @@ def run_rotate_command(args, helper=None) -> int:
     job = RotateJob(images=args.images, poses=poses, out=Path(args.out), options=options, model=args.model,
                     export_mesh=args.export_mesh, save_fit=args.save_fit, threads=args.threads, resume=args.resume,
                     expression_from=args.expression_from, pose_from=args.pose_from, given_angles=given_angles(args))
-    return run_rotate(job, helper)
+    return run_rotate(job, helper, inputs)

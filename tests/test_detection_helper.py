@@ -3,6 +3,7 @@ detections are the in-process ones, photos not asked for are skipped, and a dead
 helper hands the work back to the main process instead of hanging."""
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -146,15 +147,20 @@ class Recorder:
     def submit(self, paths, detector):
         print(repr(("torch" in sys.modules, list(paths), detector)), flush=True)
 
+def stop(args, helper, inputs):     # in place of rotate: nothing is rotated
+    print(repr(inputs), flush=True)
+    return 0
+
 args = cli.build_parser("rotate").parse_args(["rotate", *sys.argv[1:]])
-args.run = "operator:is_not"     # stop after the submission (is_not(args, helper)): nothing is rotated
+args.run = "__main__:stop"
 cli.run_command(args, Recorder())
 """
 
 
 def test_rotate_sends_its_photos_to_the_helper_before_torch_loads(tmp_path, photos):
     """`run_command` hands rotate's photos to the detection helper before the command's imports pull
-    in torch, references first (one photo given for both flags once), folders expanded in order."""
+    in torch, references first (one photo given for both flags once), folders expanded in order,
+    and hands the same lists to the run, which does not list them again."""
     folder = tmp_path / "folder"
     folder.mkdir()
     for name in ("b.jpg", "a.png"):
@@ -165,7 +171,9 @@ def test_rotate_sends_its_photos_to_the_helper_before_torch_loads(tmp_path, phot
                            "--expression-from", str(photos["biden"]), "--detector", "hog"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    torch_loaded, paths, detector = eval(proc.stdout.splitlines()[0])
+    submitted, handed_on = (ast.literal_eval(line) for line in proc.stdout.splitlines()[:2])
+    torch_loaded, paths, detector = submitted
     assert not torch_loaded
     assert paths == [str(photos["biden"]), str(photos["obama"]), str(folder / "a.png"), str(folder / "b.jpg")]
     assert detector == "hog"
+    assert handed_on == ([str(photos["biden"])], paths[1:])   # the run gets the list the helper got

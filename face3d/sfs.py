@@ -400,7 +400,7 @@ def observe_albedo(fit, image: np.ndarray, model: MorphableModel, size: int = 12
     return _skin_observation(obs, w, np.nonzero(model.skin)[0])
 
 
-def _light_and_model_albedo(obs: _Observations, w_data: np.ndarray, albedo_model: AlbedoModel, cfg: SFSConfig):
+def _light_and_model_albedo(obs: _Observations, w_data: np.ndarray, albedo_model: AlbedoModel):
     """Step 1 under a learnt albedo model: (L (9, 3), albedo (V, 3), robust weights (V,)) from
     `face3d.albedo_model.estimate_light_albedo` on the skin vertices; None when it fails."""
     sk = albedo_model.vertices
@@ -544,7 +544,7 @@ def refine_shape_from_shading(fit, image: np.ndarray, model: MorphableModel,
     w_data = _data_weights(obs, area)
     Y0 = _sh_np(obs.camera_normals.astype(np.float32)).astype(np.float64)
     if albedo_model is not None:
-        estimate = _light_and_model_albedo(obs, w_data, albedo_model, cfg)
+        estimate = _light_and_model_albedo(obs, w_data, albedo_model)
         stats["albedo_model"] = True
     else:
         estimate = _light_and_albedo(obs, Y0, w_data, adj, model.mirror_vertex, cfg)

@@ -64,7 +64,7 @@ def collect_observations(photos: list[Path], cache: Path, model, batch: int = BA
                 images.append(load_image(p))
                 names.append(p)
             except FaceSynthError as exc:
-                failed[str(p)] = str(exc)
+                failed[str(p)] = failure_reason(p, exc)
         found = [detect_faces(img) for img in images]
         keep = [i for i, f in enumerate(found) if f]
         for i, f in enumerate(found):

@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, fields
 
 import cv2
 import numpy as np
@@ -196,7 +196,8 @@ def _dense_problem(fit: FaceFit, image: np.ndarray, model: MorphableModel, cfg) 
     crop = cv2.warpAffine(image, M, (S, S), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
     skin_f, used_v, edges = _skin_topology(model)
     lm = model.landmark_vertices
-    w_l = torch.ones(68)
+    cpu = torch.device("cpu")     # the constants are made on the CPU (the batch moves them)
+    w_l = torch.ones(68, device=cpu)
     w_l[JAW] = cfg.jaw_weight
     w_l[torch.from_numpy(lm < 0)] = 0
     # a profile's hidden half is down-weighted as in the landmark stage, at its fitted yaw (face3d.fitting)
@@ -205,13 +206,13 @@ def _dense_problem(fit: FaceFit, image: np.ndarray, model: MorphableModel, cfg) 
         w_l = torch.from_numpy(np.asarray(profile, dtype=np.float32))
     return _DenseProblem(
         model=model, target=torch.from_numpy(crop).float() / 255.0, size=S, scale=sc,
-        crop_centre=torch.tensor([[(fit.center[0] - x0) * sc, (fit.center[1] - y0) * sc]], dtype=torch.float32),
-        photo_centre=torch.tensor([fit.center], dtype=torch.float32),
+        crop_centre=torch.tensor([[(fit.center[0] - x0) * sc, (fit.center[1] - y0) * sc]], dtype=torch.float32, device=cpu),
+        photo_centre=torch.tensor([fit.center], dtype=torch.float32, device=cpu),
         # only the skin is rasterized and shaded: the term is defined on it, and eyes, mouth socket
         # and the back of the head would cost ~45% more per step for pixels the term ignores
         faces=torch.from_numpy(model.triangles[skin_f]), skin_vertices=used_v, edges=edges,
         mirror=torch.from_numpy(model.mirror_vertex), landmarks=fit.landmarks,
-        landmark_targets=torch.tensor(fit.landmarks, dtype=torch.float32), landmark_weights=w_l,
+        landmark_targets=torch.tensor(fit.landmarks, dtype=torch.float32, device=cpu), landmark_weights=w_l,
         eye_distance=outer_eye_distance(fit.landmarks),
         num_expressions=fit.expression.shape[0] if cfg.fit_expression else 0, log_focal_prior=math.log(fit.focal),
         identity_prior=cfg.identity_prior_at(fit.pose.yaw),
@@ -234,15 +235,17 @@ class _DenseVariables:
 def _start_variables(fit: FaceFit) -> _DenseVariables:
     """The landmark fit's pose and shape, and an ambient light (albedo: `_start_albedo`)."""
     pose = fit.pose
-    sh = torch.zeros(9, 3)
+    cpu = torch.device("cpu")
+    sh = torch.zeros(9, 3, device=cpu)
     sh[0] = 1.0 / 0.886227
     sh.requires_grad_(True)
     return _DenseVariables(
-        angles=torch.tensor([math.radians(pose.yaw), math.radians(pose.pitch), math.radians(pose.roll)], requires_grad=True),
-        trans=torch.tensor(fit.translation, dtype=torch.float32, requires_grad=True),
-        log_f=torch.tensor(math.log(fit.focal), dtype=torch.float32, requires_grad=True),
-        alpha=torch.tensor(fit.identity[None], dtype=torch.float32, requires_grad=True),
-        beta=torch.tensor(fit.expression[None], dtype=torch.float32, requires_grad=True), sh=sh)
+        angles=torch.tensor([math.radians(pose.yaw), math.radians(pose.pitch), math.radians(pose.roll)], device=cpu,
+                            requires_grad=True),
+        trans=torch.tensor(fit.translation, dtype=torch.float32, device=cpu, requires_grad=True),
+        log_f=torch.tensor(math.log(fit.focal), dtype=torch.float32, device=cpu, requires_grad=True),
+        alpha=torch.tensor(fit.identity[None], dtype=torch.float32, device=cpu, requires_grad=True),
+        beta=torch.tensor(fit.expression[None], dtype=torch.float32, device=cpu, requires_grad=True), sh=sh)
 
 
 def _dense_optimizer(var: _DenseVariables) -> Adam:
@@ -365,15 +368,19 @@ def refine_dense_batch(fits: list[FaceFit], images: list[np.ndarray], model: Mor
         raise ValueError("one image per fit is required")
     if not fits:
         return []
-    with ordered_gradient_sums():
+    # a CUDA GPU adds gradients with atomics in any mode: its fits repeat to float rounding, not bit for bit
+    cpu = torch.device(getattr(cfg, "device", "cpu")).type == "cpu"
+    with ordered_gradient_sums() if cpu else nullcontext():
         return _refine_dense_batch(fits, images, model, cfg)
 
 
 def _refine_dense_batch(fits: list[FaceFit], images: list[np.ndarray], model: MorphableModel, cfg) -> list[FaceFit]:
     t0 = time.perf_counter()
-    mesh = dense_mesh(model)
-    problem, full_albedo = _batch_problem(fits, images, model, cfg)
-    var = _batch_start_variables(fits)
+    device = torch.device(getattr(cfg, "device", "cpu"))
+    mesh = dense_mesh(model, device)
+    problem, full_albedo = _batch_problem(fits, images, model, cfg)   # made on the CPU, then moved
+    problem, full_albedo = problem.to(device), full_albedo.to(device)
+    var = _batch_start_variables(fits, device)
     var.albedo = full_albedo[:, mesh.keep].clone().requires_grad_(True)
     opt = _dense_optimizer(var)
     history = []
@@ -415,9 +422,17 @@ class DenseMesh:
     albedo_prior: torch.Tensor
 
 
-def dense_mesh(model: MorphableModel) -> DenseMesh:
-    """The dense loss's compact mesh (cached on the model): skin vertices, their mirror vertices,
-    the landmark vertices and the jaw-contour candidates (the only vertices it projects)."""
+def dense_mesh(model: MorphableModel, device: torch.device | str = "cpu") -> DenseMesh:
+    """The dense loss's compact mesh (cached on the model, per device): skin vertices, their mirror
+    vertices, the landmark vertices and the jaw-contour candidates (the only vertices it projects)."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        key = f"_dense_mesh_{device}"
+        if key not in model._torch_cache:
+            cpu = dense_mesh(model)
+            model._torch_cache[key] = DenseMesh(**{f.name: getattr(cpu, f.name) if f.name == "lookup"
+                                                   else getattr(cpu, f.name).to(device) for f in fields(DenseMesh)})
+        return model._torch_cache[key]
     key = "_dense_mesh"
     if key not in model._torch_cache:
         skin_f, used_v, edges = _skin_topology(model)
@@ -491,6 +506,11 @@ class _BatchProblem:
     log_focal_prior: torch.Tensor    # (B,)
     identity_prior: torch.Tensor     # (B,)
 
+    def to(self, device: torch.device) -> "_BatchProblem":
+        """The same constants with every tensor on `device`."""
+        return _BatchProblem(**{f.name: getattr(self, f.name).to(device) if isinstance(getattr(self, f.name), torch.Tensor)
+                                else getattr(self, f.name) for f in fields(_BatchProblem)})
+
 
 def _batch_problem(fits: list[FaceFit], images: list[np.ndarray], model: MorphableModel, cfg):
     """The stacked constants, and each face's start albedo on the whole mesh (B, V, 3), made by the
@@ -505,7 +525,7 @@ def _batch_problem(fits: list[FaceFit], images: list[np.ndarray], model: Morphab
         return torch.stack([getattr(p, name) for p in problems])
 
     def floats(name):
-        return torch.tensor([float(getattr(p, name)) for p in problems], dtype=torch.float32)
+        return torch.tensor([float(getattr(p, name)) for p in problems], dtype=torch.float32, device="cpu")
 
     batch = _BatchProblem(
         model=model, target=stack("target"), size=problems[0].size, scale=floats("scale"),
@@ -517,14 +537,14 @@ def _batch_problem(fits: list[FaceFit], images: list[np.ndarray], model: Morphab
     return batch, torch.stack(albedo)
 
 
-def _batch_start_variables(fits: list[FaceFit]) -> _DenseVariables:
-    """`_start_variables` of every face, stacked: angles (B, 3), trans (B, 3), log_f (B,), alpha
-    (B, K), beta (B, E), sh (B, 9, 3)."""
+def _batch_start_variables(fits: list[FaceFit], device: torch.device | str = "cpu") -> _DenseVariables:
+    """`_start_variables` of every face, stacked on `device`: angles (B, 3), trans (B, 3), log_f (B,),
+    alpha (B, K), beta (B, E), sh (B, 9, 3)."""
     one = [_start_variables(f) for f in fits]
 
     def leaf(name, cat=False):
         ts = [getattr(v, name).detach() for v in one]
-        return (torch.cat(ts) if cat else torch.stack(ts)).clone().requires_grad_(True)
+        return (torch.cat(ts) if cat else torch.stack(ts)).to(device).clone().requires_grad_(True)
 
     return _DenseVariables(angles=leaf("angles"), trans=leaf("trans"), log_f=leaf("log_f"), alpha=leaf("alpha", True),
                            beta=leaf("beta", True), sh=leaf("sh"))
@@ -545,9 +565,9 @@ def _batch_contour_correspondences(problem: _BatchProblem, mesh: DenseMesh, var:
                                    cam_pts: torch.Tensor) -> torch.Tensor:
     """Each face's landmark vertices (B, 68), compact indices, jaw points on its occluding contour."""
     pts = PerspectiveCamera(torch.exp(var.log_f.detach()), problem.photo_centre).project(cam_pts.detach()[:, mesh.contour])
-    full = select_contour_vertices_batch(problem.model, pts[..., :2].numpy(), problem.landmarks)
+    full = select_contour_vertices_batch(problem.model, pts[..., :2].cpu().numpy(), problem.landmarks)
     # a landmark the model lacks (-1) has weight 0; any vertex serves
-    return torch.from_numpy(np.where(full >= 0, mesh.lookup[full.clip(min=0)], 0))
+    return torch.from_numpy(np.where(full >= 0, mesh.lookup[full.clip(min=0)], 0)).to(cam_pts.device)
 
 
 def _batch_photometric_energy(problem: _BatchProblem, mesh: DenseMesh, var: _DenseVariables, cam_pts: torch.Tensor,
@@ -591,13 +611,14 @@ def _batch_loss(problem: _BatchProblem, mesh: DenseMesh, var: _DenseVariables, c
 def _batch_face_fit(fit: FaceFit, var: _DenseVariables, b: int, albedo: torch.Tensor, history: list[torch.Tensor],
                     seconds: float, E: int) -> FaceFit:
     """Face b's refined FaceFit (as `_dense_fit`); `seconds` is its share of the batch's time."""
-    angles = var.angles[b].detach()
+    angles = var.angles[b].detach().cpu()
     R = euler_to_matrix(angles[0:1], angles[1:2], angles[2:3])[0].numpy().astype(np.float64)
-    out = FaceFit(model_name=fit.model_name, image_size=fit.image_size, identity=var.alpha.detach()[b].numpy().copy(),
-                  expression=var.beta.detach()[b].numpy().copy() if E else fit.expression, rotation=R,
-                  translation=var.trans.detach()[b].numpy().astype(np.float64),
+    out = FaceFit(model_name=fit.model_name, image_size=fit.image_size, identity=var.alpha.detach()[b].cpu().numpy().copy(),
+                  expression=var.beta.detach()[b].cpu().numpy().copy() if E else fit.expression, rotation=R,
+                  translation=var.trans.detach()[b].cpu().numpy().astype(np.float64),
                   focal=float(torch.exp(var.log_f.detach()[b])), center=fit.center, landmarks=fit.landmarks,
-                  sh=var.sh.detach()[b].numpy().copy(), albedo=albedo.numpy().copy(), residuals=dict(fit.residuals))
+                  sh=var.sh.detach()[b].cpu().numpy().copy(), albedo=albedo.cpu().numpy().copy(),
+                  residuals=dict(fit.residuals))
     out.residuals["dense_photometric_start"] = float(history[0][b]) if history else float("nan")
     out.residuals["dense_photometric_end"] = float(history[-1][b]) if history else float("nan")
     out.residuals["dense_seconds"] = seconds

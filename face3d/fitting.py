@@ -93,6 +93,7 @@ class FitConfig:
     far_side_weight: float = 0.0     # weight factor of the hidden half's landmarks at profile_full_yaw and beyond
     profile_identity_prior: float = 5e-4   # w_id at profile_full_yaw and beyond (module doc)
     seed: int = 0
+    device: str = "cpu"              # where the dense stage runs (a torch device; face3d.devices)
 
     def profile_weights(self, base: np.ndarray, yaw_deg: float) -> np.ndarray:
         """`base` landmark weights with this config's profile down-weighting at `yaw_deg` (`base`

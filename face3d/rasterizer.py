@@ -45,7 +45,8 @@ Algorithm
 
 No Python loop runs over triangles or pixels; the Python loops are over the (few)
 shape buckets and the 3 edges. Thread count and allocator settings are left to the
-caller.
+caller. Every tensor is made on the device of ``verts_screen`` (CPU or CUDA); the
+output is there too.
 """
 from __future__ import annotations
 
@@ -86,6 +87,15 @@ def _size_lut(sizes):
 
 
 _ROW_LUT, _COL_LUT = _size_lut(_ROW_SIZES), _size_lut(_COL_SIZES)
+_LUTS = {"cpu": (_ROW_LUT, _COL_LUT)}
+
+
+def _size_luts(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The row and column size-code tables on `device` (copied once per device)."""
+    key = str(device)
+    if key not in _LUTS:
+        _LUTS[key] = (_ROW_LUT.to(device), _COL_LUT.to(device))
+    return _LUTS[key]
 # Smallest positive float32 (subnormal): `w + _TINY > 0` is exactly `w >= 0`.
 _TINY = torch.finfo(torch.float32).smallest_normal * torch.finfo(torch.float32).eps
 _HUGE = 3e38
@@ -154,9 +164,10 @@ def _edge_setup(x0, y0, x1, y1, x2, y2, front_facing=False):
     return out, area
 
 
-def _denormals_are_zero() -> bool:
-    """True if denormals are flushed (``torch.set_flush_denormal(True)``)."""
-    t = torch.tensor([0.0, _TINY], dtype=torch.float32)
+def _denormals_are_zero(device: torch.device) -> bool:
+    """True if float32 denormals are flushed to zero on `device` (on the CPU after
+    ``torch.set_flush_denormal(True)``)."""
+    t = torch.tensor([0.0, _TINY], dtype=torch.float32, device=device)
     return not bool((t[0] + t[1]) > 0)
 
 
@@ -250,12 +261,14 @@ def _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspecti
         crit = torch.minimum(crit, ((x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)).abs_().view(-1))
     keep = (crit > 0).nonzero().squeeze(1)
     if keep.numel() == 0:
-        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+        return (torch.zeros(0, dtype=torch.int64, device=verts32.device),
+                torch.zeros(0, dtype=torch.int64, device=verts32.device))
     # Sort the kept faces by box shape code so that each bucket is evaluated as one dense
     # (rows, cols, faces) block.
     c0, r0, ncols, nrows = (t.index_select(0, keep) for t in (c0, r0, ncols, nrows))
-    code_r = _ROW_LUT.index_select(0, nrows.to(torch.int32).add_(1))
-    code_c = _COL_LUT.index_select(0, ncols.to(torch.int32).add_(1))
+    row_lut, col_lut = _size_luts(verts32.device)
+    code_r = row_lut.index_select(0, nrows.to(torch.int32).add_(1))
+    code_c = col_lut.index_select(0, ncols.to(torch.int32).add_(1))
     sort_key, order = torch.sort(code_r.mul_(16).add_(code_c), stable=True)
     bucket_ids, bucket_counts = torch.unique_consecutive(sort_key, return_counts=True)
     keep = keep.index_select(0, order)
@@ -276,7 +289,7 @@ def _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspecti
         base += r0.to(torch.int64) * width + c0.to(torch.int64)
     px2, py2 = c0.mul_(2).add_(1), r0.mul_(2).add_(1)  # twice the first pixel centre
     # with denormals flushed to zero, `w - thr > 0` would not mean `w >= 0` on tie edges
-    scan = _visible_faces_fallback if _denormals_are_zero() else _visible_faces_bucketed
+    scan = _visible_faces_fallback if _denormals_are_zero(verts32.device) else _visible_faces_bucketed
     return scan(edges, zz, fid, base, px2, py2, ncols, nrows, bucket_ids, bucket_counts, batch * n_pix, width,
                 perspective_correct)
 
@@ -322,14 +335,16 @@ def _visible_faces_bucketed(edges, zz, fid, base, px2, py2, ncols, nrows, bucket
     max_rows, max_cols = max(b[2] for b in blocks), max(b[3] for b in blocks)
     # Pixel buffer padded so that slots past the end of a box never index out of range
     # (those slots are never inside, they only carry an empty key).
-    keys = torch.full((n_pix_total + max_rows * width + max_cols,), _EMPTY_KEY, dtype=torch.int64)
+    device = fid.device
+    keys = torch.full((n_pix_total + max_rows * width + max_cols,), _EMPTY_KEY, dtype=torch.int64, device=device)
 
     # ---- Each bucket is a dense (rows, cols, faces) block, faces innermost. ----
     for start, cnt, n_r, n_c, pad_r, pad_c in blocks:
         step = max(1, _MAX_SLOTS_PER_CHUNK // (n_r * n_c))
-        rr = torch.arange(n_r, dtype=torch.float32).view(n_r, 1)
-        cc = torch.arange(n_c, dtype=torch.float32).view(n_c, 1)
-        offs = torch.arange(n_r).view(n_r, 1, 1) * width + torch.arange(n_c).view(1, n_c, 1)
+        rr = torch.arange(n_r, dtype=torch.float32, device=device).view(n_r, 1)
+        cc = torch.arange(n_c, dtype=torch.float32, device=device).view(n_c, 1)
+        offs = (torch.arange(n_r, device=device).view(n_r, 1, 1) * width
+                + torch.arange(n_c, device=device).view(1, n_c, 1))
         for lo in range(start, start + cnt, step):
             s = slice(lo, min(lo + step, start + cnt))
             ys = py2[s] + 2 * rr  # (R, n): twice the pixel-centre y of each box row
@@ -370,13 +385,14 @@ def _visible_faces_fallback(edges, zz, fid, base, px2, py2, ncols, nrows, bucket
     Used when denormals are flushed to zero (then ``w + tiny > 0`` is not ``w >= 0``).
     Simple (one pixel per row of a (face, pixel) list) rather than fast.
     """
+    device = fid.device
     counts = ((nrows + 1) * (ncols + 1)).to(torch.int64)
-    pf = torch.repeat_interleave(torch.arange(fid.numel()), counts)
-    local = torch.arange(pf.numel()) - (counts.cumsum(0) - counts)[pf]
+    pf = torch.repeat_interleave(torch.arange(fid.numel(), device=device), counts)
+    local = torch.arange(pf.numel(), device=device) - (counts.cumsum(0) - counts)[pf]
     nc = (ncols + 1).to(torch.int64)[pf]
     row, col = local // nc, local % nc
     ys, xs = py2[pf] + 2 * row, px2[pf] + 2 * col
-    inside = torch.ones(pf.numel(), dtype=torch.bool)
+    inside = torch.ones(pf.numel(), dtype=torch.bool, device=device)
     w = []
     for dx, dy, sx, sy, _ in edges:
         dx, dy = dx[pf], dy[pf]
@@ -389,7 +405,7 @@ def _visible_faces_fallback(edges, zz, fid, base, px2, py2, ncols, nrows, bucket
     depth = wsum / num if perspective_correct else num / wsum
     inside &= torch.isfinite(depth)
     key = (depth.view(torch.int32).to(torch.int64) << 32) | fid[pf]
-    keys = torch.full((n_pix_total,), _EMPTY_KEY, dtype=torch.int64)
+    keys = torch.full((n_pix_total,), _EMPTY_KEY, dtype=torch.int64, device=device)
     keys.scatter_reduce_(0, (base[pf] + row * width + col)[inside], key[inside], reduce="amin")
     covered = (keys != _EMPTY_KEY).nonzero().squeeze(1)
     return covered, keys[covered] & 0xFFFFFFFF
@@ -421,10 +437,9 @@ def rasterize_meshes(
         raise ValueError(f"verts_screen must be (B, V, 3), got {tuple(verts_screen.shape)}")
     if faces.dim() != 2 or faces.shape[-1] != 3:
         raise ValueError(f"faces must be (F, 3), got {tuple(faces.shape)}")
-    if verts_screen.device.type != "cpu":
-        raise NotImplementedError("face3d.rasterizer runs on CPU tensors only")
     height, width = _image_hw(image_size)
-    faces = faces.to(dtype=torch.int64)
+    device = verts_screen.device
+    faces = faces.to(device=device, dtype=torch.int64)
     if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= verts_screen.shape[1]):
         raise IndexError("faces index out of range of verts_screen")
     batch, n_verts, _ = verts_screen.shape
@@ -435,7 +450,7 @@ def rasterize_meshes(
     dtype = verts_screen.dtype
 
     covered, f = _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspective_correct)
-    pix_to_face = torch.full((batch * n_pix,), -1, dtype=torch.int64).index_put_((covered,), f)
+    pix_to_face = torch.full((batch * n_pix,), -1, dtype=torch.int64, device=device).index_put_((covered,), f)
 
     # ---- Differentiable recomputation, for the covered pixels only. ----
     b = torch.div(covered, n_pix, rounding_mode="floor")
@@ -463,8 +478,8 @@ def rasterize_meshes(
         depth = (w0 * z0 + w1 * z1 + w2 * z2) / wsum
 
     # In-place scatter into fresh buffers (differentiable w.r.t. the scattered values).
-    zbuf = torch.full((batch * n_pix,), -1.0, dtype=dtype).index_put_((covered,), depth)
-    bary_full = torch.zeros((batch * n_pix, 3), dtype=dtype).index_put_((covered,), torch.stack(bary, 1))
+    zbuf = torch.full((batch * n_pix,), -1.0, dtype=dtype, device=device).index_put_((covered,), depth)
+    bary_full = torch.zeros((batch * n_pix, 3), dtype=dtype, device=device).index_put_((covered,), torch.stack(bary, 1))
     return Fragments(
         pix_to_face=pix_to_face.view(batch, height, width),
         zbuf=zbuf.view(batch, height, width),
@@ -511,7 +526,7 @@ def interpolate_vertex_attributes_covered(fragments: Fragments, faces: torch.Ten
 
 def _vertex_corner_values(faces: torch.Tensor, attributes: torch.Tensor):
     """`_interpolate`'s corner_values_fn for per-vertex attributes (B, V, C) or (V, C)."""
-    faces = faces.to(torch.int64)
+    faces = faces.to(device=attributes.device, dtype=torch.int64)
     n_verts, channels = attributes.shape[-2:]
 
     def corner_values(batch_idx, f):

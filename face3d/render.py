@@ -60,7 +60,7 @@ def view_camera(size: int, eye_mouth_mm: float):
 
 def head_pivot(vertices: torch.Tensor, model: MorphableModel) -> tuple[torch.Tensor, float]:
     """Pivot (3,) of the re-posing rotation and the eye-to-mouth distance (mm) of this face."""
-    lm = torch.from_numpy(np.maximum(model.landmark_vertices, 0))
+    lm = torch.from_numpy(np.maximum(model.landmark_vertices, 0)).to(vertices.device)
     p = vertices[0, lm]
     eyes = 0.5 * (p[36] + p[45])
     mouth = 0.5 * (p[48] + p[54])
@@ -104,8 +104,8 @@ def shade_textured(fragments: Fragments, face_uvs: torch.Tensor, texture) -> tor
     grid = _uv_grid(torch.cat([uv.new_zeros(1, 2), uv])).view(1, 1, -1, 2)   # UV (0, 0) first
     vals = torch.cat([_sample(t, grid)[0, :, 0] for t in layers]).t().contiguous()   # (1 + P, C)
     # every pixel's row of `vals`: its rank among the covered pixels, 0 (the corner) where empty
-    rank = torch.zeros(batch * height * width, dtype=torch.int64)
-    rank.index_put_((covered,), torch.arange(1, covered.numel() + 1))
+    rank = torch.zeros(batch * height * width, dtype=torch.int64, device=covered.device)
+    rank.index_put_((covered,), torch.arange(1, covered.numel() + 1, device=covered.device))
     pix = vals.index_select(0, rank)
     return pix.view(batch, height, width, -1).permute(0, 3, 1, 2)          # a view of (B, H, W, C)
 
@@ -119,22 +119,22 @@ def view_screen(vertices: torch.Tensor, model: MorphableModel, poses: list[Pose]
     """
     pivot, eye_mouth = head_pivot(vertices if frame_vertices is None else frame_vertices, model)
     focal, dist = view_camera(size, eye_mouth)
-    B = len(poses)
-    ang = torch.tensor([[math.radians(p.yaw), math.radians(p.pitch), math.radians(p.roll)] for p in poses])
+    B, dev = len(poses), vertices.device
+    ang = torch.tensor([[math.radians(p.yaw), math.radians(p.pitch), math.radians(p.roll)] for p in poses], device=dev)
     R = euler_to_matrix(ang[:, 0], ang[:, 1], ang[:, 2])
-    trans = torch.tensor([0.0, 0.0, -dist]).expand(B, 3) - (R @ pivot)
-    cam = PerspectiveCamera(torch.full((B,), focal), torch.full((B, 2), size / 2.0))
+    trans = torch.tensor([0.0, 0.0, -dist], device=dev).expand(B, 3) - (R @ pivot)
+    cam = PerspectiveCamera(torch.full((B,), focal, device=dev), torch.full((B, 2), size / 2.0, device=dev))
     return cam.project(transform(vertices.expand(B, -1, -1), R, trans))
 
 
 def _relight(out, frag, verts, faces, poses, sh, start):
     """Multiply the colour channels by the SH shading of the per-pixel normals in each view's camera frame."""
-    B = len(poses)
-    ang = torch.tensor([[math.radians(p.yaw), math.radians(p.pitch), math.radians(p.roll)] for p in poses])
+    B, dev = len(poses), verts.device
+    ang = torch.tensor([[math.radians(p.yaw), math.radians(p.pitch), math.radians(p.roll)] for p in poses], device=dev)
     R = euler_to_matrix(ang[:, 0], ang[:, 1], ang[:, 2])
     n = vertex_normals(verts, faces).expand(B, -1, -1) @ R.transpose(1, 2)
     npix = F.normalize(interpolate_vertex_attributes(frag, faces, n), dim=-1)      # (B, S, S, 3)
-    L = torch.from_numpy(sh if sh.ndim == 3 else np.broadcast_to(sh, (start + B, 9, 3)).copy())[start:start + B]
+    L = torch.from_numpy(sh if sh.ndim == 3 else np.broadcast_to(sh, (start + B, 9, 3)).copy())[start:start + B].to(dev)
     shade = torch.einsum("bhwk,bkc->bhwc", sh_basis(npix), L).clamp(min=0).permute(0, 3, 1, 2)
     return torch.cat([out[:, :3] * shade, out[:, 3:]], dim=1)
 
@@ -199,26 +199,27 @@ def _composite(rgb: torch.Tensor, alpha: torch.Tensor, background) -> np.ndarray
     with `alpha` (B, S, S). The same float32 steps as a numpy composite (so the same bits), in
     torch: multi-threaded, with fewer full-size temporaries."""
     if isinstance(background, np.ndarray):
-        bg = torch.from_numpy(background.astype(np.float32) / 255.0)
+        bg = torch.from_numpy(background.astype(np.float32) / 255.0).to(rgb.device)
     else:
-        bg = torch.tensor(float(background), dtype=torch.float32)
+        bg = torch.tensor(float(background), dtype=torch.float32, device=rgb.device)
     a = alpha[..., None]
     comp = rgb * a
     comp += bg * (1 - a)
-    return comp.mul_(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8).numpy()
+    return comp.mul_(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8).cpu().numpy()
 
 
-def _texture_layers(texture: Texture, cut: bool) -> list[torch.Tensor]:
+def _texture_layers(texture: Texture, cut: bool, device: torch.device | None = None) -> list[torch.Tensor]:
     """The atlas maps as (1, c, Ht, Wt) channels-last views of the texture's arrays (no copy when
-    they are float32): colour, confidence and, when `cut`, alpha."""
+    they are float32 and stay on the CPU): colour, confidence and, when `cut`, alpha."""
     maps = [texture.image, texture.confidence[..., None]] + ([texture.alpha[..., None]] if cut else [])
-    return [torch.from_numpy(np.asarray(m, dtype=np.float32)).permute(2, 0, 1)[None] for m in maps]
+    return [torch.from_numpy(np.asarray(m, dtype=np.float32)).to(device).permute(2, 0, 1)[None] for m in maps]
 
 
 def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel, size: int = 128,
                  background: np.ndarray | float = 0.5, vertices: torch.Tensor | None = None,
                  batch: int = 32, frame_vertices: torch.Tensor | None = None,
-                 sh: np.ndarray | None = None, extra: "ColouredMesh | None" = None) -> RenderedViews:
+                 sh: np.ndarray | None = None, extra: "ColouredMesh | None" = None,
+                 device: torch.device | str | None = None) -> RenderedViews:
     """Render the fitted head with its photo texture at each absolute pose.
 
     `background` is a grey level (0..1) or a (B, size, size, 3) uint8 array to composite over.
@@ -228,23 +229,29 @@ def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel
     its shading (`--relight`, see `face3d.sfs.relight_sh`). `extra` (a `ColouredMesh` in the
     model's frame, e.g. the teeth of an opened mouth) is rendered with the head, z-buffered against
     it, in its vertex colours (confidence `EXTRA_CONFIDENCE`); without it nothing changes.
+    `device`: where the views are rasterized and shaded (default the CPU; `face3d.devices`); the
+    results are NumPy arrays either way.
     """
-    t = model.tensors()
+    dev = torch.device("cpu" if device is None else device)
+    t = model.tensors(dev)
     faces, face_uvs = t["triangles"], t["face_uvs"]
     n_head_faces = faces.shape[0]
     with torch.no_grad():
-        verts = fit.vertices(model) if vertices is None else vertices
+        verts = (fit.vertices(model) if vertices is None else vertices).to(dev)
+        if frame_vertices is not None:
+            frame_vertices = frame_vertices.to(dev)
         if extra is not None:   # one mesh: the head's faces first, so face ids >= n_head_faces are extra's
             if frame_vertices is None:
                 frame_vertices = verts
-            ev = torch.as_tensor(extra.vertices, dtype=verts.dtype).reshape(1, -1, 3)
-            faces = torch.cat([faces, torch.as_tensor(extra.triangles, dtype=torch.int64) + verts.shape[1]])
+            ev = torch.as_tensor(extra.vertices, dtype=verts.dtype, device=dev).reshape(1, -1, 3)
+            extra_faces = torch.as_tensor(extra.triangles, dtype=torch.int64, device=dev)
+            faces = torch.cat([faces, extra_faces + verts.shape[1]])
             face_uvs = torch.cat([face_uvs, face_uvs.new_zeros((len(extra.triangles), 3, 2))])
-            extra_faces = torch.as_tensor(extra.triangles, dtype=torch.int64)
-            extra_rgb = torch.as_tensor(extra.colours, dtype=torch.float32).reshape(-1, 3)
+            extra_rgb = torch.as_tensor(extra.colours, dtype=torch.float32, device=dev).reshape(-1, 3)
             verts = torch.cat([verts, ev], dim=1)
         cut = texture.alpha is not None and bool((texture.alpha < 1).any())     # else the views stay as they were
-        tex = _texture_layers(texture, cut)
+        tex = _texture_layers(texture, cut, dev)
+        lm = torch.from_numpy(np.maximum(model.landmark_vertices, 0)).to(dev)
         imgs, masks, confs, lms, extras, depths = [], [], [], [], [], []
         for s in range(0, len(poses), batch):
             chunk = poses[s : s + batch]
@@ -266,17 +273,16 @@ def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel
             imgs.append(out[:, :3].permute(0, 2, 3, 1))
             confs.append(out[:, 3] * mask)
             masks.append(alpha)
-            lm = torch.from_numpy(np.maximum(model.landmark_vertices, 0))
             lms.append(screen[:, lm, :2])
             depths.append(frag.zbuf)
         alpha = torch.cat(masks)
         images = _composite(torch.cat(imgs).clamp(0, 1), alpha, background)
-        alpha = alpha.numpy()
-        conf = torch.cat(confs).numpy()
-        lms = torch.cat(lms).numpy()
-    extra_masks = torch.cat(extras).numpy() if extras else None
+        alpha = alpha.cpu().numpy()
+        conf = torch.cat(confs).cpu().numpy()
+        lms = torch.cat(lms).cpu().numpy()
+    extra_masks = torch.cat(extras).cpu().numpy() if extras else None
     return RenderedViews(images=images, masks=alpha, confidence=conf, poses=list(poses), landmarks=lms,
-                         extra_masks=extra_masks, depth=torch.cat(depths).numpy().astype(np.float32))
+                         extra_masks=extra_masks, depth=torch.cat(depths).cpu().numpy().astype(np.float32))
 
 
 def view_fit(fit, model: MorphableModel, pose: Pose, size: int, vertices: torch.Tensor | None = None):

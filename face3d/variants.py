@@ -57,9 +57,11 @@ def variant_geometry(variant, rec, model):
     return fit, verts, frame, teeth
 
 
-def render_variant(variant, rec, model, poses, size: int, background=0.5, sfs: SFSState | None = None):
+def render_variant(variant, rec, model, poses, size: int, background=0.5, sfs: SFSState | None = None,
+                   device=None):
     """Render one variant of a reconstruction at `poses`, framed like the fitted face of that shape;
-    with `sfs`, the SFS displacement is added to the variant's vertices and the views take its light."""
+    with `sfs`, the SFS displacement is added to the variant's vertices and the views take its light.
+    `device`: where `render_views` rasterizes and shades (default the CPU)."""
     fit, verts, frame, teeth = variant_geometry(variant, rec, model)
     texture_of = rec.texture
     sh = None
@@ -71,7 +73,7 @@ def render_variant(variant, rec, model, poses, size: int, background=0.5, sfs: S
     identity = fit.identity if variant.shape is None else variant.shape.identity
     texture = expression_texture(texture_of, model, variant.coefficients, fit.expression, identity=identity)
     return render_views(fit, texture, poses, model, size=size, background=background, vertices=verts,
-                        frame_vertices=frame, sh=sh, extra=teeth)
+                        frame_vertices=frame, sh=sh, extra=teeth, device=device)
 
 
 def variant_record(variant, model, shape_jitter: float = 0.0, seed: int = 0) -> dict:

@@ -15,8 +15,10 @@ import os
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import torch
 
 from face3d.camera import Pose
+from face3d.devices import DEFAULT_DEVICE, resolve_device
 from face3d.errors import FaceSynthError
 from face3d.expressions import ExpressionSpec, Variant, parse_expression_list
 from face3d.fitting import FitConfig
@@ -62,6 +64,7 @@ class RenderOptions:
     align: str = "crop"                       # "crop": the face-centred crop; "arcface": the 112x112 five-point crop
     labels: bool = True                       # landmarks, visibility, five points, box, camera with every view
     maps: tuple[str, ...] = ()                # per-view maps (face3d.view_maps.MAP_NAMES)
+    device: str = DEFAULT_DEVICE              # where the torch stages run: auto, cpu, cuda[:N] (face3d.devices)
 
     @property
     def render_size(self) -> int:
@@ -69,8 +72,18 @@ class RenderOptions:
         aligned to ArcFace's 112x112 crop afterwards (which then samples them at about 1:1)."""
         return max(self.size, ARCFACE_RENDER_SIZE) if self.align == "arcface" else self.size
 
+    @property
+    def torch_device(self) -> torch.device:
+        """`device` resolved on this machine (`auto`: a CUDA GPU when torch sees one, else the CPU)."""
+        return resolve_device(self.device)
+
+    def fit_config(self, **fields) -> FitConfig:
+        """The fit these views are made from: `dense`, on `device`, and `fields`."""
+        return FitConfig(dense=self.dense, device=str(self.torch_device), **fields)
+
     def check(self, model: MorphableModel | None = None) -> None:
         """One-line errors for values no run could use, before any work."""
+        resolve_device(self.device)           # a name it cannot read, or cuda where torch sees no GPU
         if self.method not in METHODS:
             raise FaceSynthError(f"unknown method {self.method!r} ({', '.join(METHODS)})")
         if not 32 <= self.size <= 1024:
@@ -145,7 +158,7 @@ def render_face(rec: Reconstruction, image: np.ndarray, model: MorphableModel, p
     for variant in variants(rec.fit, model, expressions, options.shape_jitter, options.jitter_samples,
                             options.seed, key):
         background = view_background(variant, rec, image, model, poses, options)
-        views = render_variant(variant, shown, model, poses, size, background, sfs)
+        views = render_variant(variant, shown, model, poses, size, background, sfs, device=options.torch_device)
         images = maker.images(rec, image, model, views, poses, size, background)
         fit, verts, frame, _ = variant_geometry(variant, rec, model)
         labels, cameras, maps = [], [], {}
@@ -281,12 +294,12 @@ def rotate(image, poses=None, *, yaws=None, options: RenderOptions | None = None
         options = with_reference_expression(options, ref, model)
         options.check()
     check_expressions(options.expressions, model)
-    maker = load_method(options.method, options.refiner, options.capg)
+    maker = load_method(options.method, options.refiner, options.capg, device=options.torch_device)
     source = "image"
     if not isinstance(image, np.ndarray):
         source = str(image)
         image = load_image(image)
-    recs = reconstruct_faces(image, model, all_faces=options.all_faces, fit_config=FitConfig(dense=options.dense),
+    recs = reconstruct_faces(image, model, all_faces=options.all_faces, fit_config=options.fit_config(),
                              source=source, detector=options.detector)
     out = []
     for i, rec in enumerate(recs):

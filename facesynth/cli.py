@@ -22,8 +22,8 @@ from typing import Callable
 from face3d.detection_helper import start_detection_helper
 from face3d.errors import FaceSynthError
 from facesynth.options import (DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, MAX_REFERENCES, METHODS, UsageError,
-                               add_background_argument, add_detector_argument, add_expression_arguments,
-                               add_fit_arguments, add_label_arguments, add_method_arguments, add_pose_arguments,
+                               add_background_argument, add_detector_argument, add_device_argument,
+                               add_expression_arguments, add_fit_arguments, add_label_arguments, add_method_arguments, add_pose_arguments,
                                add_reference_arguments, add_sfs_arguments, add_threads_argument, add_weights_arguments,
                                check_pose_count, float_option, int_option, seed_option, size_option)
 from facesynth.photos import rotate_inputs
@@ -70,6 +70,7 @@ def rotate_arguments(p: argparse.ArgumentParser) -> None:
                    help="also write the fitted textured mesh in this format")
     p.add_argument("--save-fit", action="store_true", help="also write each FaceFit (.npz + .json)")
     add_threads_argument(p)
+    add_device_argument(p)
     p.add_argument("--resume", action="store_true",
                    help="continue a stopped run into the same --out with the same flags: photos whose views are all "
                         "on disk and in the manifest are skipped, the others (failed or cut off) are done again")
@@ -93,6 +94,7 @@ def augment_arguments(p: argparse.ArgumentParser) -> None:
                    help="photos with several faces: use the largest (default, noted in the manifest) or skip them")
     add_detector_argument(p)
     add_fit_arguments(p)
+    add_device_argument(p)
     p.add_argument("--workers", type=int_option("workers", 1), default=1,
                    help="worker processes (local) or local Ray CPUs (default 1; each runs torch with 1 thread)")
     p.add_argument("--batch-size", type=int_option("batch-size", 1, MAX_BATCH_SIZE), default=DEFAULT_BATCH_SIZE,
@@ -155,6 +157,7 @@ def compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed_option, default=0,
                    help="seed of the real-photo choice and the realism split (default 0)")
     add_threads_argument(p)
+    add_device_argument(p)
 
 
 def serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -165,6 +168,7 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int_option("size", 32, 512), default=256, help="view size in pixels (default 256)")
     add_fit_arguments(p)
     add_threads_argument(p)
+    add_device_argument(p)
 
 
 def verify_arguments(p: argparse.ArgumentParser) -> None:

@@ -56,13 +56,14 @@ class ViewMaker:
                 "capg_sha256": w.sha256 if self.name == "gan" else None}
 
 
-def load_method(name: str, refiner: str | None = None, capg: str | None = None) -> ViewMaker:
+def load_method(name: str, refiner: str | None = None, capg: str | None = None, device="cpu") -> ViewMaker:
     """The method `name` with its weights: `refiner` / `capg` name weights files (default: the
-    environment variables FACESYNTH_REFINER / FACESYNTH_CAPG, else the shipped files)."""
+    environment variables FACESYNTH_REFINER / FACESYNTH_CAPG, else the shipped files). The refiner
+    runs on `device` (a torch device); the GAN-only baseline on the CPU."""
     if name not in METHODS:
         raise FaceSynthError(f"unknown method {name!r} ({', '.join(METHODS)})")
     if name == "hybrid":
-        return ViewMaker(name, load_hybrid_refiner(refiner))
+        return ViewMaker(name, load_hybrid_refiner(refiner, device))
     if name == "gan":
         return ViewMaker(name, load_default_capg(capg))
     return ViewMaker(name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from face3d.devices import DEFAULT_DEVICE, valid_device_name
 from face3d.errors import FaceSynthError
 
 #: The ways to make a view (facesynth.methods): name -> what it does; the order of reports and menus.
@@ -308,6 +309,21 @@ def add_label_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-labels", dest="labels", action="store_false", default=True,
                    help="leave the labels (landmarks, visibility, five points, face box, coefficients, camera) out "
                         "of the manifest")
+
+
+def device_option(text: str) -> str:
+    if not valid_device_name(text):
+        raise argparse.ArgumentTypeError(f"--device must be auto, cpu, cuda or cuda:N, got {text!r}")
+    return text.strip().lower()
+
+
+def add_device_argument(p: argparse.ArgumentParser) -> None:
+    """--device auto|cpu|cuda[:N], the same for every command that fits and renders (face3d.devices)."""
+    p.add_argument("--device", type=device_option, default=DEFAULT_DEVICE, metavar="{auto,cpu,cuda[:N]}",
+                   help="where the torch stages run (the dense fit, rasterizing and shading, the refiner, the "
+                        "identity network): auto: the first CUDA GPU torch sees, else the CPU (default); cpu; "
+                        "cuda or cuda:N (an error where torch sees none). Detection, landmarks, the landmark fit, "
+                        "the texture and the whole-photo background run on the CPU either way")
 
 
 def add_threads_argument(p: argparse.ArgumentParser) -> None:

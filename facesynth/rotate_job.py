@@ -18,7 +18,6 @@ from tqdm import tqdm
 from face3d.camera import Pose
 from face3d.errors import FaceSynthError, internal_error_line
 from face3d.expressions import expression_version
-from face3d.fitting import FitConfig
 from face3d.labels import LABEL_VERSION
 from face3d.image_io import (atomic_write_bytes, load_image, lock_output_folder, prepare_output_folder,
                              remove_stale_temp_files, save_png)
@@ -139,7 +138,8 @@ def run_rotate(job: RotateJob, helper=None, inputs: tuple[list[str], list[str]] 
     model = load_morphable_model(job.model)
     job = apply_references(job, model, helper)      # before the folder is touched: a bad reference writes nothing
     job.options.check(model)
-    maker = load_method(job.options.method, job.options.refiner, job.options.capg)   # missing weights: nothing written
+    maker = load_method(job.options.method, job.options.refiner, job.options.capg,   # missing weights: nothing written
+                        device=job.options.torch_device)
     lock = open_run_folder(job.out, job.resume)
     try:
         return _rotate(job, photos, helper, model, maker)
@@ -265,7 +265,7 @@ def rotate_batch(job: RotateJob, chunk: list[tuple[str, str]], model, maker, hel
         seconds[k] = time.perf_counter() - t0
     ready = sorted(loaded)
     t0 = time.perf_counter()
-    recs = reconstruct_largest_faces([loaded[k][0] for k in ready], model, FitConfig(dense=options.dense),
+    recs = reconstruct_largest_faces([loaded[k][0] for k in ready], model, options.fit_config(),
                                      faces=[loaded[k][1] for k in ready], sources=[chunk[k][0] for k in ready],
                                      detector=options.detector)
     share = (time.perf_counter() - t0) / max(len(ready), 1)
@@ -296,7 +296,7 @@ def rotate_photo(job: RotateJob, src: str, stem: str, model, maker, helper=None)
     options = job.options
     image = load_image(src)
     faces = None if helper is None else helper.faces(src)  # None: detect here
-    recs = reconstruct_faces(image, model, all_faces=options.all_faces, fit_config=FitConfig(dense=options.dense),
+    recs = reconstruct_faces(image, model, all_faces=options.all_faces, fit_config=options.fit_config(),
                              source=src, faces=faces, detector=options.detector)
     records = write_photo_views(job, src, stem, image, recs, model, maker)
     seconds = round(time.perf_counter() - t0, 3)
@@ -347,7 +347,7 @@ def run_rotate_command(args, helper=None, inputs=None) -> int:
                             shape_jitter=args.shape_jitter, jitter_samples=args.jitter_samples, seed=args.seed,
                             sfs=args.sfs, relight=args.relight, dense=args.dense, all_faces=args.all_faces,
                             refiner=args.refiner, capg=args.capg, align=args.align,
-                            labels=args.labels, maps=tuple(args.maps), detector=args.detector)
+                            labels=args.labels, maps=tuple(args.maps), detector=args.detector, device=args.device)
     poses = [Pose(y, p, r) for p in args.pitch for y in args.yaw for r in args.roll]
     job = RotateJob(images=args.images, poses=poses, out=Path(args.out), options=options, model=args.model,
                     export_mesh=args.export_mesh, save_fit=args.save_fit, threads=args.threads, resume=args.resume,

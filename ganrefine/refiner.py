@@ -98,8 +98,8 @@ def patch_centres(landmarks: torch.Tensor) -> torch.Tensor:
 def _translation_grid(centres: torch.Tensor, hw: tuple[int, int], size: int) -> torch.Tensor:
     """Sampling grid (B, h, w, 2) in normalised coords of a (size x size) image for patches at `centres`."""
     h, w = hw
-    ys = torch.arange(h, dtype=centres.dtype) - (h - 1) / 2
-    xs = torch.arange(w, dtype=centres.dtype) - (w - 1) / 2
+    ys = torch.arange(h, dtype=centres.dtype, device=centres.device) - (h - 1) / 2
+    xs = torch.arange(w, dtype=centres.dtype, device=centres.device) - (w - 1) / 2
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     # pixel (x, y) with centres at +0.5 -> normalised ((x + 0.5) * 2 / size - 1) for align_corners=False;
     # the landmark positions are already in that +0.5 convention
@@ -117,7 +117,7 @@ def crop_patch(image: torch.Tensor, centres: torch.Tensor, hw: tuple[int, int]) 
 def paste_patch(patch: torch.Tensor, centres: torch.Tensor, size: int) -> torch.Tensor:
     """Inverse of `crop_patch`: (B, C, h, w) patches placed on a zero (B, C, size, size) canvas."""
     h, w = patch.shape[-2:]
-    ys = torch.arange(size, dtype=patch.dtype) + 0.5
+    ys = torch.arange(size, dtype=patch.dtype, device=patch.device) + 0.5
     gy, gx = torch.meshgrid(ys, ys, indexing="ij")
     # canvas pixel -> patch pixel index, then normalised into the patch
     u = gx[None] - centres[:, 0, None, None] + (w - 1) / 2 + 0.5

@@ -138,6 +138,8 @@ CASES: dict[str, Case] = {
                    2, "--method"),
     "threads": Case("`--threads -3`", lambda d, data: ["rotate", _photo(data), "--threads", "-3", "--out", d / "o"], 2,
                     "--threads"),
+    "device": Case("`--device gpu`", lambda d, data: ["rotate", _photo(data), "--device", "gpu", "--out", d / "o"], 2,
+                   "--device"),
     "out_file": Case("`--out` naming a file", lambda d, data: _rotate(_photo(data), _file(d, "afile", b"x")), 1,
                      "not a folder"),
     "out_below_file": Case("`--out afile/sub`", lambda d, data: _rotate(_photo(data), _file(d, "afile", b"x") / "sub"),

@@ -21,10 +21,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from face3d.camera import Pose
+from face3d.devices import DEFAULT_DEVICE
 from face3d.alignment import aligned_original
 from face3d.errors import FaceSynthError, internal_error_line
 from face3d.expressions import ExpressionSpec, expression_version, reference_label
-from face3d.fitting import FitConfig
 from face3d.image_io import atomic_write_bytes, lock_output_folder, prepare_output_folder, remove_stale_temp_files
 from face3d.labels import LABEL_VERSION
 from face3d.landmarks import DEFAULT_DETECTOR, detect_faces
@@ -97,6 +97,7 @@ class AugmentOptions:
     align: str = "crop"
     labels: bool = True
     maps: tuple[str, ...] = ()
+    device: str = DEFAULT_DEVICE          # face3d.devices: auto, cpu, cuda[:N]
 
     def poses(self) -> list[Pose]:
         """The pose grid, pitch-major as the file names sort."""
@@ -107,7 +108,8 @@ class AugmentOptions:
                              expressions=None if self.expressions is None else tuple(self.expressions),
                              shape_jitter=float(self.shape_jitter or 0.0), jitter_samples=int(self.jitter_samples or 1),
                              seed=self.seed, dense=self.dense, refiner=self.refiner, capg=self.capg,
-                             align=self.align, labels=self.labels, maps=tuple(self.maps), detector=self.detector)
+                             align=self.align, labels=self.labels, maps=tuple(self.maps), detector=self.detector,
+                             device=self.device)
 
     def views_per_source(self, references: int = 0) -> tuple[int, str]:
         """The views of one source with `references` reference photos, and their factors as text
@@ -351,7 +353,7 @@ def process_batch(items: list[SourceItem], cfg: WorkerConfig) -> list[SourceResu
     ready = [s for s in staged if s.error is None]
     t0 = time.perf_counter()
     recs = reconstruct_largest_faces([s.image for s in ready], model,
-                                     FitConfig(dense=cfg.options.dense, seed=cfg.options.seed),
+                                     cfg.options.fit_config(seed=cfg.options.seed),
                                      faces=[s.faces for s in ready], sources=[s.item.source for s in ready])
     share = (time.perf_counter() - t0) / max(len(ready), 1)
     rec_of = {id(s): rec for s, rec in zip(ready, recs)}
@@ -408,7 +410,8 @@ def render_fitted(item: SourceItem, cfg: WorkerConfig, base: dict, clock: _Clock
         sp = rec.fit.pose
         rows.append(dict(ok, output=rel, kind="original", yaw=round(sp.yaw, 3), pitch=round(sp.pitch, 3),
                          roll=round(sp.roll, 3)))
-    maker = load_method(cfg.options.method, cfg.options.refiner, cfg.options.capg)  # weights cached per process
+    maker = load_method(cfg.options.method, cfg.options.refiner, cfg.options.capg,  # weights cached per process
+                        device=cfg.options.torch_device)
     key = f"{item.identity}/{item.stem}"
     options = cfg.source_options(key)
     for views in render_face(rec, image, model, list(cfg.poses), options, maker, key=key):
@@ -442,7 +445,7 @@ def fit_largest_face(item: SourceItem, image: np.ndarray, model, cfg: WorkerConf
                      clock: _Clock) -> Reconstruction:
     """Detect the faces (SourceFailure for none, or for several under --multi-face skip) and fit the largest."""
     faces = detect_largest(item, image, cfg, notes, clock)
-    fit_config = FitConfig(dense=cfg.options.dense, seed=cfg.options.seed)
+    fit_config = cfg.options.fit_config(seed=cfg.options.seed)
     rec = reconstruct_faces(image, model, fit_config=fit_config, source=item.source, faces=faces)[0]
     clock.lap("seconds_fit")
     return rec
@@ -493,7 +496,8 @@ def augment(opts: AugmentOptions) -> AugmentResult:
     options = opts.render_options()
     options.check(model)                      # gan with 3D edits, unknown blendshape names: before any work
     check_method_edits(options.method, {"--expression-from": bool(photos)})
-    maker = load_method(options.method, options.refiner, options.capg)  # missing weights fail here too
+    maker = load_method(options.method, options.refiner, options.capg,  # missing weights fail here too
+                        device=options.torch_device)
     references = fit_references(photos, model, opts)   # before OUTPUT is touched: a bad reference writes nothing
     settings = output_settings(opts, inp, model, model_dir, maker, references)
     prepare_output_folder(out, "OUTPUT")      # created and writable, or one line naming it
@@ -719,7 +723,7 @@ def run_augment_command(args) -> int:
                           expression_from=args.expression_from, expression_sample=args.expression_sample,
                           shape_jitter=args.shape_jitter, jitter_samples=args.jitter_samples,
                           retry_failed=args.retry_failed, progress=args.progress, align=args.align,
-                          labels=args.labels, maps=tuple(args.maps), detector=args.detector)
+                          labels=args.labels, maps=tuple(args.maps), detector=args.detector, device=args.device)
     result = augment(opts)
     print(result.summary_text())
     return 0 if result.failed_selected == 0 else 1

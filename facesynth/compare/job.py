@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from face3d.camera import Pose
+from face3d.devices import DEFAULT_DEVICE, resolve_device
 from face3d.errors import FaceSynthError
 from face3d.fitting import FitConfig
 from face3d.image_io import atomic_write_bytes, load_image
@@ -94,6 +95,7 @@ class CompareOptions:
     threads: int | None = None
     realism_region: str = "face"              # what the realism test sees: "face" alone or the "whole" chip
     pixel_realism: bool = True                # the pixel-level C2ST too (needs real_photos > 0)
+    device: str = DEFAULT_DEVICE              # where the fit, renders, refiner and identity network run
 
     @property
     def poses(self) -> list[Pose]:
@@ -112,7 +114,7 @@ class CompareOptions:
         """How `method` renders a view: the photo's own expression and shape, over `background`
         (no labels: compare scores the pictures, its files keep no landmarks)."""
         return RenderOptions(method=method, size=self.size, background=self.background, dense=self.dense,
-                             refiner=self.refiner, capg=self.capg, labels=False)
+                             refiner=self.refiner, capg=self.capg, labels=False, device=self.device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,9 +182,10 @@ class CompareSession:
 def open_session(options: CompareOptions) -> CompareSession:
     """Load the model, every method's weights (missing weights: one line, before any work) and the
     identity network."""
+    device = resolve_device(options.device)   # cuda where torch sees none: one line, before any work
     model = load_morphable_model(options.model)
-    makers = {m: load_method(m, options.refiner, options.capg) for m in options.methods}
-    return CompareSession(options, model, makers, FaceEncoder(options.realism_region))
+    makers = {m: load_method(m, options.refiner, options.capg, device=device) for m in options.methods}
+    return CompareSession(options, model, makers, FaceEncoder(options.realism_region, device))
 
 
 @dataclass
@@ -221,7 +224,8 @@ def fit_photos(session: CompareSession, photos: list[tuple[str, Path]]) -> list[
     ready = sorted(images)
     t0 = time.perf_counter()
     recs = reconstruct_largest_faces([images[k] for k in ready], session.model,
-                                     FitConfig(dense=session.options.dense), sources=[str(photos[k][1]) for k in ready])
+                                     FitConfig(dense=session.options.dense, device=str(resolve_device(session.options.device))),
+                                     sources=[str(photos[k][1]) for k in ready])
     fit_seconds = (time.perf_counter() - t0) / max(len(ready), 1)
     for k, rec in zip(ready, recs):
         identity, path = photos[k]
@@ -667,5 +671,5 @@ def run_compare(args) -> int:
                              lfw=Path(args.lfw) if args.lfw else None, real_photos=args.real_photos,
                              refiner=args.refiner, capg=args.capg, model=args.model, dense=args.dense,
                              seed=args.seed, threads=args.threads, realism_region=args.realism_region,
-                             pixel_realism=args.pixel_realism)
+                             pixel_realism=args.pixel_realism, device=args.device)
     return run_comparison(options)

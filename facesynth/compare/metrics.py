@@ -184,11 +184,12 @@ class FaceEncoder:
     output (read with a forward hook) on the same chip of :func:`realism_input` of `region`: the face
     alone ("face", the default) or the whole chip ("whole": then the descriptor's own pass gives it)."""
 
-    def __init__(self, region: str = "face"):
+    def __init__(self, region: str = "face", device="cpu"):
         if region not in REALISM_REGIONS:
             raise ValueError(f"realism region must be one of {', '.join(REALISM_REGIONS)}, got {region!r}")
         self.region = region
-        self.encoder = IdentityEncoder.load()  # shared per process: the hook is attached only while encoding
+        # shared per process and device: the hook is attached only while encoding
+        self.encoder = IdentityEncoder.load(device=device)
         self._feat = None
 
     def _hook(self, module, inputs, output):
@@ -202,12 +203,12 @@ class FaceEncoder:
                 for s in range(0, len(images), batch):
                     ims, lms = images[s:s + batch], landmarks[s:s + batch]
                     self._feat = None
-                    descs.append(self.encoder.embed_chips(_chips(ims, lms)).numpy().astype(np.float64))
+                    descs.append(self.encoder.embed_chips(_chips(ims, lms)).cpu().numpy().astype(np.float64))
                     if self.region != "whole":  # "whole": the feature of the unmasked chip, read above
                         self._feat = None
                         self.encoder.embed_chips(_chips([realism_input(im, lm, self.region)
                                                          for im, lm in zip(ims, lms)], lms))
-                    feats.append(self._feat.numpy().astype(np.float64))
+                    feats.append(self._feat.cpu().numpy().astype(np.float64))
         finally:
             handle.remove()
         if not descs:

@@ -18,7 +18,7 @@ CSS = """
 
 
 def build_app(model=None, size: int = 256, dense: bool = True, example: str | os.PathLike | None = EXAMPLE_PHOTO,
-              cache_size: int = FIT_CACHE_SIZE):
+              cache_size: int = FIT_CACHE_SIZE, device: str = "cpu"):
     """The Gradio Blocks of the demo. It owns a temporary folder (`app.facesynth_tmp`) that holds
     every upload and output, Gradio's cache included; `app.facesynth_cleanup()` removes it (also run
     at interpreter exit). `app.facesynth_server` is the `FaceSynthServer` behind the callbacks."""
@@ -34,7 +34,7 @@ def build_app(model=None, size: int = 256, dense: bool = True, example: str | os
     from facesynth.serve import page
     if model is None:
         model = load_morphable_model()
-    server = FaceSynthServer(model, root / "work", size=size, dense=dense, cache_size=cache_size)
+    server = FaceSynthServer(model, root / "work", size=size, dense=dense, cache_size=cache_size, device=device)
     app = page.make_blocks(server, model, Path(example) if example is not None else None)
     app.facesynth_server = server
     app.facesynth_tmp = tmp

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from face3d.devices import DEFAULT_DEVICE, resolve_device
 from face3d.errors import FaceSynthError
 from face3d.morphable_model import load_morphable_model
 from facesynth.serve.app import build_app, launch_options
@@ -26,6 +27,7 @@ class ServeOptions:
     dense: bool = True
     model: str | None = None       # the morphable model's folder; None: the default one
     threads: int | None = None
+    device: str = DEFAULT_DEVICE   # face3d.devices: auto, cpu, cuda[:N]
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -53,9 +55,10 @@ def serve(options: ServeOptions) -> int:
     """Run the demo until Ctrl-C or SIGTERM; returns the exit code (0)."""
     if options.threads:
         torch.set_num_threads(options.threads)
+    device = resolve_device(options.device)   # cuda where torch sees none: one line, before the port
     check_port_free(options.host, options.port)
     model = load_morphable_model(options.model)
-    app = build_app(model=model, size=options.size, dense=options.dense)
+    app = build_app(model=model, size=options.size, dense=options.dense, device=str(device))
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         try:
@@ -79,4 +82,4 @@ def serve(options: ServeOptions) -> int:
 def run_serve(args) -> int:
     """`facesynth serve`: the parsed flags as ServeOptions."""
     return serve(ServeOptions(host=args.host, port=args.port, size=args.size, dense=args.dense, model=args.model,
-                              threads=args.threads))
+                              threads=args.threads, device=args.device))

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from face3d.camera import Pose
+from face3d.devices import DEFAULT_DEVICE, resolve_device
 from face3d.errors import FaceSynthError, NoFaceError
 from face3d.expressions import ExpressionSpec, parse_expression
 from face3d.fitting import FitConfig
@@ -105,10 +106,12 @@ class Job:
 class FaceSynthServer:
     """Fits (cached), renders and scores; the Gradio callbacks are thin wrappers around it."""
 
-    def __init__(self, model, workdir: Path, size: int = 256, dense: bool = True, cache_size: int = FIT_CACHE_SIZE):
+    def __init__(self, model, workdir: Path, size: int = 256, dense: bool = True, cache_size: int = FIT_CACHE_SIZE,
+                 device: str = DEFAULT_DEVICE):
         self.model = model
         self.size = size
         self.dense = dense
+        self.device = resolve_device(device)     # the fit's dense stage, the renders, the refiner, the identity network
         self.workdir = Path(workdir)
         self.cache_size = cache_size
         self._fits: OrderedDict[str, FitEntry] = OrderedDict()
@@ -138,7 +141,8 @@ class FaceSynthServer:
             image = load_image(p)
         except FaceSynthError as exc:
             raise FaceSynthError(str(exc).replace(str(p), name)) from None
-        rec = reconstruct_faces(image, self.model, fit_config=FitConfig(dense=self.dense), source=name)[0]
+        rec = reconstruct_faces(image, self.model, fit_config=FitConfig(dense=self.dense, device=str(self.device)),
+                                source=name)[0]
         folder = self.workdir / "fits" / digest[:16]
         folder.mkdir(parents=True, exist_ok=True)
         entry = FitEntry(key, name, image, rec, time.perf_counter() - t0, folder)
@@ -220,9 +224,10 @@ class FaceSynthServer:
         # every list is checked (and refused) before any fit
         poses = request_poses(yaw, pitch, yaw_list, "" if use_pose else pitch_list, extra_views=int(use_pose))
         expressions = None if use and reference_expression else expression_specs(expression)
-        options = RenderOptions(method=method, size=self.size, expressions=expressions, sfs=bool(sfs), dense=self.dense)
+        options = RenderOptions(method=method, size=self.size, expressions=expressions, sfs=bool(sfs), dense=self.dense,
+                                device=str(self.device))
         options.check(self.model)
-        maker = load_method(method)
+        maker = load_method(method, device=self.device)
         entry, cached = self.fit(photo)
         ref, ref_cached = self.reference(reference) if use else (None, False)
         if ref is not None and reference_expression:
@@ -278,10 +283,10 @@ class FaceSynthServer:
         """The dlib descriptor of the photo's face (computed once per fit)."""
         with entry.lock:
             if entry.descriptor is None:
-                enc = IdentityEncoder.load()
+                enc = IdentityEncoder.load(device=self.device)
                 with torch.no_grad():
                     entry.descriptor = enc.embed([image_tensor(entry.image)],
-                                                 torch.from_numpy(entry.rec.face.landmarks)[None])[0]
+                                                 torch.from_numpy(entry.rec.face.landmarks)[None])[0].cpu()
             return entry.descriptor
 
     def score(self, job: Job) -> tuple[list, Path, float]:
@@ -306,10 +311,10 @@ class FaceSynthServer:
             except NoFaceError:
                 pass
         if found:
-            enc = IdentityEncoder.load()
+            enc = IdentityEncoder.load(device=self.device)
             with torch.no_grad():
                 desc = enc.embed([image_tensor(job.images[i]) for i, _ in found],
-                                 torch.from_numpy(np.stack([f.landmarks for _, f in found])))
+                                 torch.from_numpy(np.stack([f.landmarks for _, f in found]))).cpu()
                 d = enc.distance(desc, ref[None])
             for (i, _), v in zip(found, d.tolist()):
                 distances[i] = v

@@ -49,6 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import RESULTS, Targets, add_target_option, write_json  # noqa: E402
 
+#: where augment's torch stages run (`--device`; cpu unless asked: the figures are the CPU's)
+DEVICE = "cpu"
+
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -123,7 +126,7 @@ def one_photo_cell(inp: Path, out: Path, batched_out: Path, batched: dict, yaws,
     load = os.getloadavg()
     t0 = time.perf_counter()
     res = augment(AugmentOptions(input=str(inp), output=str(out), yaw=yaws, size=size, workers=batched["workers"],
-                                 batch_size=1, progress=False))
+                                 batch_size=1, progress=False, device=DEVICE))
     wall = time.perf_counter() - t0
     one = res.processed / wall if wall > 0 else float("nan")
     return {"workers": batched["workers"], "images": res.processed, "loadavg_before": load,
@@ -151,8 +154,12 @@ def main() -> int:
                     help="skip part 2 (the one-photo runs, --batch-size 1, against the batched ones)")
     ap.add_argument("--workdir", default=None, help="temp folder for outputs (default: system temp)")
     ap.add_argument("--out", default=str(RESULTS / "augment.json"))
+    ap.add_argument("--device", default="cpu",
+                    help="where augment's torch stages run (cpu, the default: the figures are the CPU's; cuda on a GPU)")
     add_target_option(ap)
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = args.device
     targets = Targets.from_args(args)
     yaws = [float(v) for v in args.yaw.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench_augment_", dir=args.workdir))
@@ -166,7 +173,7 @@ def main() -> int:
         # warm-up: the in-process (1 worker) cells run in this process, which loads the models once;
         # without it the first timed cell pays that and the cells after it do not
         augment(AugmentOptions(input=str(inp), output=str(work / "warmup"), yaw=yaws, size=args.size, limit=1,
-                               progress=False))
+                               progress=False, device=DEVICE))
         shutil.rmtree(work / "warmup", ignore_errors=True)
         print(f"throughput on the first {args.images} LFW images, {len(yaws)} yaws, {args.size} px")
         print(f"{'backend':8s} {'workers':>7s} {'wall img/s':>11s} {'steady img/s':>13s} {'seconds':>8s} {'failed':>7s}")
@@ -178,7 +185,7 @@ def main() -> int:
                 t0 = time.perf_counter()
                 res = augment(AugmentOptions(input=str(inp), output=str(out), yaw=yaws, size=args.size,
                                              workers=workers, backend=backend, batch_size=args.batch_size,
-                                             progress=False))
+                                             progress=False, device=DEVICE))
                 wall = time.perf_counter() - t0
                 digests[(backend, workers)] = digest(out)
                 row = {"backend": backend, "workers": workers, "batch_size": res.batch_size, "images": res.processed,
@@ -232,7 +239,7 @@ def main() -> int:
             out = work / "rss"
             t0 = time.perf_counter()
             res = augment(AugmentOptions(input=str(inp), output=str(out), yaw=yaws, size=args.size, workers=2,
-                                         progress=False))
+                                         progress=False, device=DEVICE))
             wall = time.perf_counter() - t0
             workers = [{"pid": pid, "images": w["items"],
                         "rss_start_mb": round(w["first_rss_kb"] / 1024, 1), "rss_end_mb": round(w["last_rss_kb"] / 1024, 1),

@@ -214,6 +214,8 @@ def training_arguments(p: argparse.ArgumentParser, cfg_cls, data_help: str) -> N
                    help=f"validate and keep the best weights every N steps (default {cfg_cls.eval_every})")
     p.add_argument("--seed", type=seed_option, default=0, help="seed of the initial weights and the batch order (default 0)")
     add_threads_argument(p)
+    add_device_argument(p, "the generator, the discriminators and the identity loss's network; the data "
+                           "stay on the CPU and each step's batch moves (a resumed run may take another device)")
 
 
 def train_refiner_arguments(p: argparse.ArgumentParser) -> None:

@@ -317,13 +317,17 @@ def device_option(text: str) -> str:
     return text.strip().lower()
 
 
-def add_device_argument(p: argparse.ArgumentParser) -> None:
-    """--device auto|cpu|cuda[:N], the same for every command that fits and renders (face3d.devices)."""
+#: what --device moves, in the commands that fit and render views
+DEVICE_STAGES = ("the torch stages (the dense fit, rasterizing and shading, the refiner, the identity network); "
+                 "detection, landmarks, the landmark fit, the texture and the whole-photo background run on the CPU "
+                 "either way")
+
+
+def add_device_argument(p: argparse.ArgumentParser, runs: str = DEVICE_STAGES) -> None:
+    """--device auto|cpu|cuda[:N], the same for every command that uses torch heavily (face3d.devices)."""
     p.add_argument("--device", type=device_option, default=DEFAULT_DEVICE, metavar="{auto,cpu,cuda[:N]}",
-                   help="where the torch stages run (the dense fit, rasterizing and shading, the refiner, the "
-                        "identity network): auto: the first CUDA GPU torch sees, else the CPU (default); cpu; "
-                        "cuda or cuda:N (an error where torch sees none). Detection, landmarks, the landmark fit, "
-                        "the texture and the whole-photo background run on the CPU either way")
+                   help="where it runs: auto: the first CUDA GPU torch sees, else the CPU (default); cpu; cuda or "
+                        f"cuda:N (an error where torch sees none). It moves {runs}")
 
 
 def add_threads_argument(p: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from face3d.devices import resolve_device
 from face3d.errors import FaceSynthError
 from face3d.morphable_model import load_morphable_model
 from face3d.render import RENDER_VERSION
@@ -61,7 +62,7 @@ def run_make_pose_photos(args) -> int:
 def run_training(args, cfg_cls, train, **extra) -> int:
     """`train-refiner` / `train-capg`: the config from the shared flags (and `extra` fields), the run, its one-line result."""
     cfg = cfg_cls(steps=args.steps, batch=args.batch, eval_every=args.eval_every, seed=args.seed, threads=args.threads,
-                  **extra)
+                  device=str(resolve_device(args.device)), **extra)
     s = train(Path(args.data), Path(args.out), cfg, resume=args.resume)
     print(f"best validation step {s['best_step']} (score {s['best_score']:.4f}); weights {s['weights']}")
     return 0

@@ -621,7 +621,8 @@ class IdentityEncoder(nn.Module):
             if enc is None:
                 net = read_dlib_network(path)
                 try:
-                    model = DlibFaceResNet.from_dlib(net)
+                    with torch.device("cpu"):        # built from the file on the CPU, then moved
+                        model = DlibFaceResNet.from_dlib(net)
                 except _FormatError as exc:
                     raise FaceSynthError(f"{path}: not dlib's face-recognition ResNet ({exc})") from None
                 enc = cls(model.to(device), name)

@@ -11,8 +11,8 @@ def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     return ((a - b).abs() * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp(min=1.0)
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5, dtype=torch.float32) -> torch.Tensor:
-    x = torch.arange(size, dtype=dtype) - (size - 1) / 2
+def _gaussian_window(size: int = 11, sigma: float = 1.5, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    x = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
     g = torch.exp(-x * x / (2 * sigma * sigma))
     g = g / g.sum()
     return g[:, None] * g[None, :]
@@ -24,7 +24,7 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 
     The standard constants C1 = (0.01 L)^2, C2 = (0.03 L)^2 with L = 1 and an 11x11 Gaussian
     window of sigma 1.5; borders are reflect-padded so the map has the image's size."""
     c = a.shape[1]
-    w = _gaussian_window(window, sigma, a.dtype).to(a.device).expand(c, 1, window, window)
+    w = _gaussian_window(window, sigma, a.dtype, a.device).expand(c, 1, window, window)
     pad = window // 2
 
     def blur(x):

@@ -35,7 +35,7 @@ from ganrefine.metrics import masked_l1
 from ganrefine.pose_pairs import PosePhoto
 from ganrefine.refiner import PatchDiscriminator, lsgan_loss, mirror_landmarks, multiscale_l1, total_variation
 from ganrefine.training import (GanTrainConfig, GanTask, discriminator_step, frozen_identity_encoder, identity_embeddings,
-                                identity_loss, image_grid, start_gan_run, train_gan)
+                                identity_loss, image_grid, on_device, start_gan_run, train_gan)
 from ganrefine.weights import CAPG_CHECKPOINT_FORMAT, save_capg_weights
 
 
@@ -115,7 +115,7 @@ class PoseSet:
             a, b = torch.nonzero(self.person == p)[:2, 0].tolist()
             src += [a, b]
             tgt += [b, a]
-        return torch.tensor(src), torch.tensor(tgt)
+        return torch.tensor(src, device="cpu"), torch.tensor(tgt, device="cpu")
 
 
 def heldout_identities(data_dir: Path) -> list[str]:
@@ -133,10 +133,11 @@ def evaluate_capg(generator: CapgGenerator, data: PoseSet, encoder, batch: int =
     """Per pair: L1 on the target's face and dlib distance to the target photo, for the generated view
     and for the copy baseline (the source photo itself); both aligned by the target's landmarks."""
     generator.eval()
+    device = next(generator.parameters()).device
     src_idx, tgt_idx = data.fixed_pairs()
     rows = {k: [] for k in ("l1_copy", "l1_gan", "id_copy", "id_gan")}
     for s in range(0, len(src_idx), batch):
-        src, tgt = data.images(src_idx[s:s + batch]), data.images(tgt_idx[s:s + batch])
+        src, tgt = on_device(data.images(src_idx[s:s + batch]), device), on_device(data.images(tgt_idx[s:s + batch]), device)
         out = generator(src["image"], landmark_heatmaps(tgt["landmarks"], src["image"].shape[-1]))
         face = (tgt["weight"] >= 1.0).float()
         rows["l1_copy"].append(masked_l1(src["image"], tgt["image"], face))
@@ -145,7 +146,7 @@ def evaluate_capg(generator: CapgGenerator, data: PoseSet, encoder, batch: int =
         rows["id_copy"].append((identity_embeddings(encoder, src["image"], src["landmarks"]) - e_t).norm(dim=-1))
         rows["id_gan"].append((identity_embeddings(encoder, out, tgt["landmarks"]) - e_t).norm(dim=-1))
     generator.train()
-    return {k: torch.cat(v).numpy() for k, v in rows.items()}
+    return {k: torch.cat(v).cpu().numpy() for k, v in rows.items()}
 
 
 def summarise_capg(per_pair: dict) -> dict:
@@ -160,7 +161,8 @@ def sample_grid(generator: CapgGenerator, data: PoseSet, n: int = 8) -> np.ndarr
     src_idx, tgt_idx = data.fixed_pairs()
     with torch.no_grad():
         generator.eval()
-        src, tgt = data.images(src_idx[:n]), data.images(tgt_idx[:n])
+        device = next(generator.parameters()).device
+        src, tgt = on_device(data.images(src_idx[:n]), device), on_device(data.images(tgt_idx[:n]), device)
         out = generator(src["image"], landmark_heatmaps(tgt["landmarks"], src["image"].shape[-1]))
         generator.train()
     return image_grid([src["image"], out, tgt["image"]])
@@ -184,13 +186,14 @@ def train_capg(data_dir: Path, out: Path, cfg: CapgTrainConfig, resume: bool = F
     val_ids, _ = split_val_test(data_dir, cfg.val_identities)
     train = PoseSet.load(data_dir / "train", outside_weight=cfg.outside_weight, progress=progress)
     val = PoseSet.load(data_dir / "heldout", identities=val_ids, outside_weight=cfg.outside_weight)
-    encoder = frozen_identity_encoder()
+    device = torch.device(cfg.device)
+    encoder = frozen_identity_encoder(device)
     size = cfg.capg.size
 
     def train_step(step: int, g: torch.Generator) -> tuple[torch.Tensor, dict]:
-        si, ti = train.draw_pairs(cfg.batch, g)
-        src = train.images(si, torch.rand(cfg.batch, generator=g) < 0.5)
-        tgt = train.images(ti, torch.rand(cfg.batch, generator=g) < 0.5)
+        si, ti = train.draw_pairs(cfg.batch, g)                       # drawn on the CPU: the same pairs anywhere
+        src = on_device(train.images(si, torch.rand(cfg.batch, generator=g) < 0.5), device)
+        tgt = on_device(train.images(ti, torch.rand(cfg.batch, generator=g) < 0.5), device)
         heat = landmark_heatmaps(tgt["landmarks"], size)
         fake = gen(src["image"], heat)
         d_loss = 0.25 * (lsgan_loss(disc_a(tgt["image"], src["image"]), True)

@@ -37,8 +37,8 @@ from ganrefine.pairs import TrainingPair
 from ganrefine.refiner import (PatchDiscriminator, RefinerConfig, RefinerGenerator, lsgan_loss, mirror_landmarks,
                                multiscale_l1, symmetry_loss, total_variation)
 from ganrefine.training import (GanTrainConfig, GanTask, discriminator_step, frozen_identity_encoder, identity_embeddings,
-                                identity_loss, image_grid, learning_rate_scale, set_learning_rate, start_gan_run,
-                                train_gan)
+                                identity_loss, image_grid, learning_rate_scale, on_device, set_learning_rate,
+                                start_gan_run, train_gan)
 from ganrefine.weights import CHECKPOINT_FORMAT, load_refiner, save_weights
 
 
@@ -138,10 +138,11 @@ def evaluate_refiner(generator: RefinerGenerator, data: PairSet, encoder, batch:
     the raw render and the refined output. Identity uses the same model-landmark alignment for all
     three images, so the comparison is not confounded by landmark detection on renders."""
     generator.eval()
+    device = next(generator.parameters()).device
     rows = {k: [] for k in ("l1_render", "l1_refined", "ssim_render", "ssim_refined", "id_render", "id_refined")}
     for s in range(0, len(data), batch):
-        idx = torch.arange(s, min(s + batch, len(data)))
-        b = data.batch(idx)
+        idx = torch.arange(s, min(s + batch, len(data)), device="cpu")   # the data stay on the CPU
+        b = on_device(data.batch(idx), device)
         out = generator(refiner_inputs(b), b["landmarks"])
         head = (b["mask"] > 0.5).float()
         rows["l1_render"].append(masked_l1(b["render"], b["target"], head))
@@ -154,7 +155,7 @@ def evaluate_refiner(generator: RefinerGenerator, data: PairSet, encoder, batch:
         rows["id_render"].append((e_r - e_t).norm(dim=-1))
         rows["id_refined"].append((e_o - e_t).norm(dim=-1))
     generator.train()
-    return {k: torch.cat(v).numpy() for k, v in rows.items()}
+    return {k: torch.cat(v).cpu().numpy() for k, v in rows.items()}
 
 
 def summarise(per_pair: dict) -> dict:
@@ -172,10 +173,39 @@ def sample_grid(generator: RefinerGenerator, data: PairSet, n: int = 8) -> np.nd
     """(3 S, n S, 3) uint8: rows render, refined, photo for the first n pairs of `data`."""
     with torch.no_grad():
         generator.eval()
-        b = data.batch(torch.arange(min(n, len(data))))
+        b = on_device(data.batch(torch.arange(min(n, len(data)), device="cpu")), next(generator.parameters()).device)
         out = generator(refiner_inputs(b), b["landmarks"])
         generator.train()
     return image_grid([b["render"], out, b["target"]])
+
+
+# ------------------------------------------------------------------------------------------------
+# The losses of one step
+
+
+def discriminator_loss(disc: PatchDiscriminator, b: dict, out_img: torch.Tensor) -> torch.Tensor:
+    """LSGAN loss of the patch discriminator: the photo is real, the refined render fake (both
+    conditioned on the render)."""
+    return 0.5 * (lsgan_loss(disc(b["target"], b["render"]), True) + lsgan_loss(disc(out_img.detach(), b["render"]), False))
+
+
+def generator_losses(out_img: torch.Tensor, b: dict, disc: PatchDiscriminator, encoder, cfg: TrainConfig) -> dict:
+    """The generator's losses on batch `b` (module docstring), each unweighted, and `total`, their
+    sum weighted by `cfg`."""
+    weight = b["mask"] + cfg.outside_weight * (1 - b["mask"])
+    frontal = frontal_flags(b["landmarks"], cfg.frontal_asymmetry)
+    losses = {
+        "pixel": multiscale_l1(out_img, b["target"], weight),
+        "symmetry": symmetry_loss(out_img[frontal], b["mask"][frontal]) if bool(frontal.any()) else out_img.new_zeros(()),
+        "adv": lsgan_loss(disc(out_img, b["render"]), True),
+        "identity": identity_loss(encoder, out_img, b["target"], b["landmarks"]),
+        "tv": total_variation(out_img),
+    }
+    losses["total"] = (cfg.pixel_weight * losses["pixel"] + cfg.symmetry_weight * losses["symmetry"]
+                       + cfg.adv_weight * losses["adv"] + cfg.identity_weight * losses["identity"]
+                       + cfg.tv_weight * losses["tv"])
+    losses["frontal"] = int(frontal.sum())
+    return losses
 
 
 # ------------------------------------------------------------------------------------------------
@@ -202,31 +232,22 @@ def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = Fa
 
     train = PairSet.load(train_files, progress=progress)
     val = PairSet.load(val_files, progress=False)
-    encoder = frozen_identity_encoder()
+    device = torch.device(cfg.device)
+    encoder = frozen_identity_encoder(device)
 
     def train_step(step: int, g: torch.Generator) -> tuple[torch.Tensor, dict]:
-        idx = torch.randint(len(train), (cfg.batch,), generator=g)
+        idx = torch.randint(len(train), (cfg.batch,), generator=g)      # drawn on the CPU: the same batches anywhere
         flip = torch.rand(cfg.batch, generator=g) < 0.5
-        b = train.batch(idx, flip)
+        b = on_device(train.batch(idx, flip), device)
         scale = learning_rate_scale(step, cfg.steps, cfg.lr_decay_steps)
         set_learning_rate(run.opt_g, cfg.lr_g * scale)
         set_learning_rate(run.opt_d, cfg.lr_d * scale)
         out_img = gen(refiner_inputs(b), b["landmarks"])
-        d_loss = 0.5 * (lsgan_loss(disc(b["target"], b["render"]), True)
-                        + lsgan_loss(disc(out_img.detach(), b["render"]), False))
+        d_loss = discriminator_loss(disc, b, out_img)
         discriminator_step(d_loss, run.opt_d)
-
-        weight = b["mask"] + cfg.outside_weight * (1 - b["mask"])
-        l_pix = multiscale_l1(out_img, b["target"], weight)
-        frontal = frontal_flags(b["landmarks"], cfg.frontal_asymmetry)
-        l_sym = symmetry_loss(out_img[frontal], b["mask"][frontal]) if bool(frontal.any()) else out_img.new_zeros(())
-        l_adv = lsgan_loss(disc(out_img, b["render"]), True)
-        l_id = identity_loss(encoder, out_img, b["target"], b["landmarks"])
-        l_tv = total_variation(out_img)
-        loss = (cfg.pixel_weight * l_pix + cfg.symmetry_weight * l_sym + cfg.adv_weight * l_adv
-                + cfg.identity_weight * l_id + cfg.tv_weight * l_tv)
-        return loss, {"pixel": l_pix, "symmetry": l_sym, "adv": l_adv, "identity": l_id, "tv": l_tv, "d": d_loss,
-                      "frontal": int(frontal.sum()), "lr_g": cfg.lr_g * scale}
+        losses = generator_losses(out_img, b, disc, encoder, cfg)
+        logged = {k: losses[k] for k in ("pixel", "symmetry", "adv", "identity", "tv")}
+        return losses["total"], {**logged, "d": d_loss, "frontal": losses["frontal"], "lr_g": cfg.lr_g * scale}
 
     task = GanTask(desc="train-refiner", data=data_dir, train_examples=len(train), count_key="train_pairs",
                    train_step=train_step, evaluate=lambda: summarise(evaluate_refiner(gen, val, encoder)),

@@ -65,6 +65,13 @@ class GanTrainConfig:
     eval_every: int = 200
     checkpoint_every: int = 100
     threads: int | None = None
+    device: str = "cpu"               # where the networks train (a torch device; `--device`, face3d.devices)
+
+
+def on_device(batch: dict, device: torch.device) -> dict:
+    """A batch of tensors (`PairSet.batch`, `PoseSet.images`) on `device`: the data stay on the CPU,
+    each step's batch moves."""
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def identity_embeddings(encoder, images: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
@@ -72,9 +79,9 @@ def identity_embeddings(encoder, images: torch.Tensor, landmarks: torch.Tensor) 
     return encoder.embed(images * 255.0, landmarks, quantize=False)
 
 
-def frozen_identity_encoder():
-    """dlib's face-recognition ResNet (torch port) with gradients off: a loss, never trained."""
-    encoder = IdentityEncoder.load()
+def frozen_identity_encoder(device: torch.device | str = "cpu"):
+    """dlib's face-recognition ResNet (torch port) on `device` with gradients off: a loss, never trained."""
+    encoder = IdentityEncoder.load(device=device)
     for p in encoder.parameters():
         p.requires_grad_(False)
     return encoder
@@ -155,7 +162,7 @@ def record_validation(step: int, summary: dict, val_path: Path, samples: Path, g
 
 def image_grid(rows: list[torch.Tensor]) -> np.ndarray:
     """(R S, n S, 3) uint8: each of the R (n, 3, S, S) batches of 0..1 images side by side, one below the other."""
-    rows = [torch.cat(list(x), dim=-1) for x in rows]
+    rows = [torch.cat(list(x.detach().cpu()), dim=-1) for x in rows]
     grid = torch.cat(rows, dim=-2).permute(1, 2, 0).numpy()
     return (grid * 255 + 0.5).clip(0, 255).astype(np.uint8)
 
@@ -235,13 +242,13 @@ class GanRun:
     best: dict = field(default_factory=lambda: {"score": math.inf, "step": None})
 
     def resume(self, ck: dict, arch: str, arch_what: str) -> None:
-        """Continue checkpoint `ck`: its config (with this run's `steps` and `threads`), networks,
-        optimisers, step and best score; refused when its `arch` config differs from this run's."""
+        """Continue checkpoint `ck`: its config (with this run's `steps`, `threads` and `device`),
+        networks, optimisers, step and best score; refused when its `arch` config differs from this run's."""
         saved = config_from_dict(type(self.cfg), ck["config"])
         if asdict(getattr(saved, arch)) != asdict(getattr(self.cfg, arch)):
             raise FaceSynthError(f"{self.out}: was trained with another {arch_what} architecture")
         self.cfg = config_from_dict(type(self.cfg), {**ck["config"], "steps": self.cfg.steps,
-                                                     "threads": self.cfg.threads})
+                                                     "threads": self.cfg.threads, "device": self.cfg.device})
         self.generator.load_state_dict(ck["generator"])
         for name, disc in self.discriminators.items():
             disc.load_state_dict(ck[name])
@@ -262,11 +269,17 @@ def start_gan_run(out: Path, cfg, resume: bool, *, fmt: str, what: str, arch: st
     """Seed torch with `cfg.seed`, `build()` the generator and the discriminators ({checkpoint entry:
     network}), an Adam optimiser for each side, and with `resume` continue the checkpoint at `out`
     (format `fmt`, named `what` in its errors; `cfg.<arch>`, the `arch_what` architecture, must match its own).
-    With `cfg.threads` torch runs on that many threads."""
+    With `cfg.threads` torch runs on that many threads; the networks train on `cfg.device` (built
+    on the CPU from the seed, then moved, so a seed gives the same start on any device)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    gen, discs = build()
+    with torch.device("cpu"):
+        gen, discs = build()
+    device = torch.device(cfg.device)
+    gen.to(device)
+    for d in discs.values():
+        d.to(device)
     opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr_g, betas=ADAM_BETAS)
     opt_d = torch.optim.Adam([p for d in discs.values() for p in d.parameters()], lr=cfg.lr_d, betas=ADAM_BETAS)
     run = GanRun(out, fmt, cfg, gen, discs, opt_g, opt_d)

@@ -37,10 +37,22 @@ CAPG_CHECKPOINT_FORMAT = "facesynth-capg-train/1"
 def save_torch_atomic(path: str | os.PathLike, obj: dict) -> None:
     """torch.save to a temporary file, then rename: a killed run never leaves half a checkpoint.
     `obj` holds tensors and plain data only (configs as `asdict` dicts): the loaders read with
-    `weights_only=True` and refuse anything else."""
+    `weights_only=True` and refuse anything else. Tensors are written from the CPU, so a file made
+    on a GPU reads anywhere alike."""
     buf = io.BytesIO()
-    torch.save(obj, buf)
+    torch.save(_on_cpu(obj), buf)
     atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def _on_cpu(obj):
+    """`obj` with every tensor in it (nested dicts, lists, tuples) detached on the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj
 
 
 def read_plain_torch_file(path: Path, not_what: str):

@@ -150,6 +150,66 @@ def test_refiner_and_identity_network_follow_their_weights(obama_reconstruction,
         assert torch.equal(enc.embed([image_tensor(obama_image)], lm), desc)
 
 
+def _tiny_training(seed: int = 0):
+    """A small refiner, its discriminator and a batch of 4 synthetic pairs (64 px) with landmarks
+    on a face-like layout (dlib's mean face), enough for every loss of a training step."""
+    from ganrefine.identity import _MEAN_FACE_X, _MEAN_FACE_Y  # noqa: F401  (the layout's source)
+    from ganrefine.refiner import PatchDiscriminator, RefinerConfig, RefinerGenerator
+    from ganrefine.train_refiner import PairSet
+
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    n, size = 4, 64
+    template = np.stack([np.r_[np.linspace(0.1, 0.9, 17), _MEAN_FACE_X], np.r_[0.55 + 0.4 * np.sin(np.linspace(0, np.pi, 17)),
+                                                                               _MEAN_FACE_Y]], 1)
+    lm = torch.from_numpy(8 + 48 * template).float()[None].repeat(n, 1, 1) + torch.rand(n, 68, 2, generator=g)
+    data = PairSet(render=torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8),
+                   target=torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8),
+                   confidence=torch.rand(n, 1, size, size, generator=g).half(),
+                   mask=(torch.rand(n, 1, size, size, generator=g) > 0.3).half(), landmarks=lm,
+                   names=[f"p/{i}" for i in range(n)])
+    cfg = RefinerConfig(size=size, base=8)
+    return RefinerGenerator(cfg), PatchDiscriminator(in_channels=6), data
+
+
+def test_refiner_training_losses_and_validation_follow_the_device():
+    from ganrefine.train_refiner import (TrainConfig, discriminator_loss, evaluate_refiner, generator_losses,
+                                         refiner_inputs, sample_grid)
+    from ganrefine.training import frozen_identity_encoder, on_device
+
+    gen, disc, data = _tiny_training()
+    encoder = frozen_identity_encoder("cpu")
+    cfg = TrainConfig(refiner=gen.cfg)
+    idx, flip = torch.arange(4), torch.tensor([True, False, True, False])     # drawn on the CPU, as the loop does
+
+    def step():
+        b = on_device(data.batch(idx, flip), torch.device("cpu"))
+        out = gen(refiner_inputs(b), b["landmarks"])
+        losses = generator_losses(out, b, disc, encoder, cfg)
+        grads = torch.autograd.grad(losses["total"], list(gen.parameters())[:3])
+        return discriminator_loss(disc, b, out), losses, grads
+
+    ref = step()
+    ref_eval, ref_grid = evaluate_refiner(gen, data, encoder), sample_grid(gen, data, 2)
+    with factories_on_meta():
+        got = step()
+        got_eval, got_grid = evaluate_refiner(gen, data, encoder), sample_grid(gen, data, 2)
+    assert torch.equal(got[0], ref[0])
+    assert all(torch.equal(torch.as_tensor(got[1][k]), torch.as_tensor(ref[1][k])) for k in ref[1])
+    assert all(torch.equal(a, b) for a, b in zip(got[2], ref[2]))
+    assert all(np.array_equal(got_eval[k], ref_eval[k]) for k in ref_eval) and np.array_equal(got_grid, ref_grid)
+
+
+def test_checkpoints_are_written_from_the_cpu(tmp_path):
+    from ganrefine.weights import read_plain_torch_file, save_torch_atomic
+
+    t = torch.arange(3.0, requires_grad=True) * 2
+    save_torch_atomic(tmp_path / "ck.pt", {"a": t, "nested": {"b": [t, (t,)]}, "n": 1})
+    ck = read_plain_torch_file(tmp_path / "ck.pt", "not a checkpoint")
+    assert torch.equal(ck["a"], t.detach()) and not ck["a"].requires_grad
+    assert torch.equal(ck["nested"]["b"][1][0], t.detach()) and ck["n"] == 1
+
+
 # ------------------------------------------------------------------------------------------------
 # On a CUDA GPU: the same stages against the CPU
 
@@ -186,6 +246,22 @@ def test_dense_fit_on_cuda_matches_the_cpu(data_dir, ict_model):
     for a, b in zip(ref, out):
         assert np.abs(a.identity - b.identity).max() < 1e-2 and np.abs(a.albedo - b.albedo).max() < 3e-2
         assert np.abs(a.rotation - b.rotation).max() < 1e-4
+
+
+@needs_cuda
+def test_refiner_training_runs_on_cuda(tmp_path):
+    from ganrefine.train_refiner import TrainConfig, discriminator_loss, generator_losses, refiner_inputs
+    from ganrefine.training import frozen_identity_encoder, on_device
+
+    gen, disc, data = _tiny_training()
+    gen, disc = gen.cuda(), disc.cuda()
+    encoder = frozen_identity_encoder("cuda")
+    b = on_device(data.batch(torch.arange(4)), torch.device("cuda"))
+    out = gen(refiner_inputs(b), b["landmarks"])
+    losses = generator_losses(out, b, disc, encoder, TrainConfig(refiner=gen.cfg))
+    losses["total"].backward()
+    discriminator_loss(disc, b, out).backward()
+    assert torch.isfinite(losses["total"]) and all(p.grad is not None for p in gen.parameters() if p.requires_grad)
 
 
 @needs_cuda

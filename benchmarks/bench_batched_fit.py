@@ -38,7 +38,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import RESULTS, Targets, add_target_option, face_photos, heldout_lfw_sample, write_json  # noqa: E402
+from _common import RESULTS, Targets, add_target_option, face_photos, heldout_lfw_sample  # noqa: E402
 from face3d.dense import refine_dense_reference  # noqa: E402
 from face3d.fitting import FitConfig, fit_morphable_model, fit_morphable_models  # noqa: E402
 from face3d.image_io import load_image  # noqa: E402
@@ -183,7 +183,7 @@ def main() -> int:
     timing_round(faces[:2], model, cfg, [2])
     if eosf:
         eos_round(eosf, faces[:2])
-    rounds, eos_secs = [], []
+    rounds = []
     for r in range(args.repeats):
         secs, ones, fits = timing_round(faces, model, cfg, batches)
         if eosf:

@@ -34,7 +34,6 @@ import torch.nn.functional as F
 
 from face3d.alignment import photo_similarity
 from face3d.camera import Pose, euler_to_matrix
-from face3d.face_fit import FaceFit
 from face3d.morphable_model import MorphableModel
 from face3d.rasterizer import interpolate_vertex_attributes, rasterize_meshes
 from face3d.render import head_pivot, view_camera, view_screen

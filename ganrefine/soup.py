@@ -24,7 +24,7 @@ from face3d.errors import FaceSynthError
 from ganrefine.refiner import RefinerGenerator
 from ganrefine.train_refiner import PairSet, TrainConfig, evaluate_refiner, summarise, validation_files
 from ganrefine.training import frozen_identity_encoder
-from ganrefine.weights import load_refiner, save_weights
+from ganrefine.weights import load_refiner
 
 
 def average_state_dicts(states: list[dict]) -> dict:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from face3d.camera import Pose
-from face3d.labels import (ARCFACE_SIZE, ARCFACE_TEMPLATE, JAW, VISIBLE_DEPTH_MM, arcface_crop, arcface_transform,
+from face3d.labels import (ARCFACE_SIZE, ARCFACE_TEMPLATE, VISIBLE_DEPTH_MM, arcface_crop, arcface_transform,
                            view_labels)
 from face3d.landmarks import detect_faces
 from face3d.rasterizer import rasterize_meshes

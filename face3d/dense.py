@@ -130,7 +130,8 @@ def refine_dense(fit: FaceFit, image: np.ndarray, model: MorphableModel, cfg) ->
     """Refine `fit` (a FaceFit from the landmark stage) with the dense term; returns a new FaceFit.
 
     Runs `refine_dense_batch` on a batch of one face. The same photo gives the same fit, bit for
-    bit, from run to run at a given thread count (`ordered_gradient_sums`); between thread counts
+    bit, from run to run on the CPU at a given thread count (`ordered_gradient_sums`; on a CUDA GPU
+    to float rounding); between thread counts
     torch's reductions sum in another order, and the fits differ in the last bits (2e-6 in the
     coefficients of a test photo between one thread and two).
     """
@@ -362,7 +363,8 @@ def refine_dense_batch(fits: list[FaceFit], images: list[np.ndarray], model: Mor
     - the photometric term is shaded on the covered pixels alone (about half of the crop).
     The last two took the stage from 0.32-0.34 s to 0.25-0.27 s per face in batches of 8 (one thread).
     Each result equals the reference's within float rounding (`tests/test_fitting.py` states the
-    tolerance); the same faces give the same fits bit for bit at a given thread count (`refine_dense`).
+    tolerance); the same faces give the same fits bit for bit on the CPU at a given thread count
+    (`refine_dense`). `cfg.device` says where the stage runs (constants made on the CPU, then moved).
     """
     if len(fits) != len(images):
         raise ValueError("one image per fit is required")
@@ -508,8 +510,8 @@ class _BatchProblem:
 
     def to(self, device: torch.device) -> "_BatchProblem":
         """The same constants with every tensor on `device`."""
-        return _BatchProblem(**{f.name: getattr(self, f.name).to(device) if isinstance(getattr(self, f.name), torch.Tensor)
-                                else getattr(self, f.name) for f in fields(_BatchProblem)})
+        values = {f.name: getattr(self, f.name) for f in fields(_BatchProblem)}
+        return _BatchProblem(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in values.items()})
 
 
 def _batch_problem(fits: list[FaceFit], images: list[np.ndarray], model: MorphableModel, cfg):

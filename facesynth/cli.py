@@ -23,7 +23,8 @@ from face3d.detection_helper import start_detection_helper
 from face3d.errors import FaceSynthError
 from facesynth.options import (DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, MAX_REFERENCES, METHODS, UsageError,
                                add_background_argument, add_detector_argument, add_device_argument,
-                               add_expression_arguments, add_fit_arguments, add_label_arguments, add_method_arguments, add_pose_arguments,
+                               add_expression_arguments, add_fit_arguments, add_label_arguments, add_method_arguments,
+                               add_pose_arguments,
                                add_reference_arguments, add_sfs_arguments, add_threads_argument, add_weights_arguments,
                                check_pose_count, float_option, int_option, seed_option, size_option)
 from facesynth.photos import rotate_inputs

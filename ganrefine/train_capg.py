@@ -137,7 +137,8 @@ def evaluate_capg(generator: CapgGenerator, data: PoseSet, encoder, batch: int =
     src_idx, tgt_idx = data.fixed_pairs()
     rows = {k: [] for k in ("l1_copy", "l1_gan", "id_copy", "id_gan")}
     for s in range(0, len(src_idx), batch):
-        src, tgt = on_device(data.images(src_idx[s:s + batch]), device), on_device(data.images(tgt_idx[s:s + batch]), device)
+        src = on_device(data.images(src_idx[s:s + batch]), device)
+        tgt = on_device(data.images(tgt_idx[s:s + batch]), device)
         out = generator(src["image"], landmark_heatmaps(tgt["landmarks"], src["image"].shape[-1]))
         face = (tgt["weight"] >= 1.0).float()
         rows["l1_copy"].append(masked_l1(src["image"], tgt["image"], face))

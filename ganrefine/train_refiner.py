@@ -186,7 +186,8 @@ def sample_grid(generator: RefinerGenerator, data: PairSet, n: int = 8) -> np.nd
 def discriminator_loss(disc: PatchDiscriminator, b: dict, out_img: torch.Tensor) -> torch.Tensor:
     """LSGAN loss of the patch discriminator: the photo is real, the refined render fake (both
     conditioned on the render)."""
-    return 0.5 * (lsgan_loss(disc(b["target"], b["render"]), True) + lsgan_loss(disc(out_img.detach(), b["render"]), False))
+    return 0.5 * (lsgan_loss(disc(b["target"], b["render"]), True)
+                  + lsgan_loss(disc(out_img.detach(), b["render"]), False))
 
 
 def generator_losses(out_img: torch.Tensor, b: dict, disc: PatchDiscriminator, encoder, cfg: TrainConfig) -> dict:

@@ -223,8 +223,8 @@ def fit_photos(session: CompareSession, photos: list[tuple[str, Path]]) -> list[
             results[k].failures.append(photo_failure(f"{identity}/{path.name}", exc))
     ready = sorted(images)
     t0 = time.perf_counter()
-    recs = reconstruct_largest_faces([images[k] for k in ready], session.model,
-                                     FitConfig(dense=session.options.dense, device=str(resolve_device(session.options.device))),
+    fit_config = FitConfig(dense=session.options.dense, device=str(resolve_device(session.options.device)))
+    recs = reconstruct_largest_faces([images[k] for k in ready], session.model, fit_config,
                                      sources=[str(photos[k][1]) for k in ready])
     fit_seconds = (time.perf_counter() - t0) / max(len(ready), 1)
     for k, rec in zip(ready, recs):

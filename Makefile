@@ -16,8 +16,11 @@ $(BIN)/facesynth: pyproject.toml
 
 install: $(BIN)/facesynth
 
+# The demo starts afresh each time: it removes its own files from an earlier demo (only those), so that
+# a newer version, whose views differ (face3d.render.RENDER_VERSION), does not refuse the old folder.
 demo: install
-	$(BIN)/facesynth rotate assets/astronaut.png --yaw -60,-45,-30,-15,0,15,30,45,60 --size 256 --export-mesh glb --resume --out $(OUT)
+	rm -f $(OUT)/astronaut_*.png $(OUT)/astronaut_mesh.glb $(OUT)/manifest.jsonl $(OUT)/rotate.json
+	$(BIN)/facesynth rotate assets/astronaut.png --yaw -60,-45,-30,-15,0,15,30,45,60 --size 256 --export-mesh glb --out $(OUT)
 	@echo "Demo output: $(OUT)/ (PNG views, astronaut_mesh.glb, manifest.jsonl, rotate.json)"
 
 test: install

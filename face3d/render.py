@@ -30,7 +30,8 @@ VIEW_FOV_DEGREES = 10.0
 #: (rotate --resume, augment, compare) record it and do not mix versions. 2: an open mouth shows the
 #: photo's teeth from every angle (`face3d.texture`), where version 1 showed a dark socket. 3: mirror-filled
 #: texels are re-lit by the fitted light, the photo's backdrop stays out of the texture, ears under hair are not drawn.
-RENDER_VERSION = 3
+#: 4: a photo much larger than the head is segmented on the part around it (`face3d.segmentation.segment_box`).
+RENDER_VERSION = 4
 
 
 def render_version(method: str) -> int | None:

@@ -26,7 +26,7 @@ from face3d.camera import transform
 from face3d.image_io import sample_bilinear, sample_bilinear_xy
 from face3d.morphable_model import MorphableModel, cache_dir, save_cache_npz
 from face3d.rasterizer import rasterize_meshes
-from face3d.segmentation import head_foreground_mask
+from face3d.segmentation import TEXTURE_MARGIN_PX, head_foreground_mask
 from face3d.shading import sh_basis, vertex_normals
 
 INPAINT_CONFIDENCE = 0.05
@@ -211,12 +211,14 @@ def _seen_texels(x, y, depth, cos, zbuf: torch.Tensor, lo, s: float, image_hw, c
 
 def _foreground_texels(fg: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """(n,) bool: texels at photo positions (x, y) (inside the photo) whose pixel and the pixels
-    2 px left, right, up and down of it all show the person (`fg`), so no texel blends backdrop in.
+    `TEXTURE_MARGIN_PX` (2) left, right, up and down of it all show the person (`fg`), so no texel
+    blends backdrop in.
 
     One erosion of the mask with that cross (edges replicated, as clipping the neighbours' positions
     to the photo does) and one look-up per texel, instead of five look-ups per texel."""
-    cross = np.zeros((5, 5), np.uint8)
-    cross[2, ::2] = cross[::2, 2] = 1
+    m = TEXTURE_MARGIN_PX
+    cross = np.zeros((2 * m + 1, 2 * m + 1), np.uint8)
+    cross[m, ::m] = cross[::m, m] = 1
     core = cv2.erode(fg.astype(np.uint8), cross, borderType=cv2.BORDER_REPLICATE)
     H, W = fg.shape
     px = np.clip(np.rint(x).astype(np.int64), 0, W - 1)

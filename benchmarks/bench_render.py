@@ -22,6 +22,7 @@ import torch
 from _common import RESULTS, Targets, add_target_option, face_photos
 from face3d.camera import Pose
 from face3d.devices import device_name, resolve_device
+from face3d.errors import FaceSynthError
 from face3d.fitting import FitConfig
 from face3d.image_io import load_image
 from face3d.morphable_model import load_morphable_model
@@ -44,7 +45,11 @@ def main():
     rec = reconstruct_faces(load_image(photo), model, fit_config=FitConfig(dense=False))[0]
     rng = np.random.default_rng(0)
     poses = [Pose(float(y), float(p), 0.0) for y, p in zip(rng.uniform(-60, 60, 32), rng.uniform(-20, 20, 32))]
-    devices = [torch.device("cpu")] + ([resolve_device(args.device)] if args.device != "cpu" else [])
+    try:
+        devices = [torch.device("cpu")] + ([resolve_device(args.device)] if args.device != "cpu" else [])
+    except FaceSynthError as exc:
+        print(f"bench_render: {exc}", file=sys.stderr)
+        return 2
     out = {"triangles": int(model.triangles.shape[0]), "batch": len(poses),
            "devices": [device_name(d) for d in devices]}
     out["load_average"] = list(os.getloadavg())

@@ -38,9 +38,9 @@ SEGMENT_SIZE = 160
 #: segmented as before (an LFW crop, 1.0-1.3 times); in a larger photo (a portrait down to the
 #: waist) GrabCut then sees the head at about LFW's scale instead of a face of 20-40 px.
 CROP_MARGIN = 0.2
+CROP_GAIN = 1.5
 #: How far (photo px) the texture keeps off the mask's outline anyway (`face3d.texture._foreground_texels`).
 TEXTURE_MARGIN_PX = 2
-CROP_GAIN = 1.5
 GRABCUT_ITERATIONS = 3
 #: Trimap margins as fractions of the face size (outer-eye to mouth distance scale, see `_face_scale`).
 ERODE_FRACTION = 0.08
@@ -93,7 +93,8 @@ def _face_scale(landmarks: np.ndarray) -> float:
     return float(max(np.ptp(pts[:, 0]), np.ptp(pts[:, 1]), 1.0))
 
 
-def _trimap(fit, model: MorphableModel, scale: float, hw: tuple[int, int], offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+def _trimap(fit, model: MorphableModel, scale: float, hw: tuple[int, int],
+            offset: tuple[int, int] = (0, 0)) -> np.ndarray:
     """GrabCut's initial labels (h, w) uint8 from the fitted head (see the module docstring), on the
     crop whose top-left photo pixel is `offset`, downscaled by `scale`."""
     h, w = hw

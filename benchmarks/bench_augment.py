@@ -49,9 +49,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import RESULTS, Targets, add_target_option, write_json  # noqa: E402
 
-#: where augment's torch stages run (`--device`; cpu unless asked: the figures are the CPU's)
-DEVICE = "cpu"
-
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -120,13 +117,13 @@ def output_difference(a: Path, b: Path) -> dict:
     return out
 
 
-def one_photo_cell(inp: Path, out: Path, batched_out: Path, batched: dict, yaws, size: int) -> dict:
+def one_photo_cell(inp: Path, out: Path, batched_out: Path, batched: dict, yaws, size: int, device: str) -> dict:
     """The one-photo run (`--batch-size 1`, local) at `batched`'s worker count, against that batched
     run's output `batched_out`: both rates, their ratio and the output difference."""
     load = os.getloadavg()
     t0 = time.perf_counter()
     res = augment(AugmentOptions(input=str(inp), output=str(out), yaw=yaws, size=size, workers=batched["workers"],
-                                 batch_size=1, progress=False, device=DEVICE))
+                                 batch_size=1, progress=False, device=device))
     wall = time.perf_counter() - t0
     one = res.processed / wall if wall > 0 else float("nan")
     return {"workers": batched["workers"], "images": res.processed, "loadavg_before": load,
@@ -158,8 +155,6 @@ def main() -> int:
                     help="where augment's torch stages run (cpu, the default: the figures are the CPU's; cuda on a GPU)")
     add_target_option(ap)
     args = ap.parse_args()
-    global DEVICE
-    DEVICE = args.device
     targets = Targets.from_args(args)
     yaws = [float(v) for v in args.yaw.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench_augment_", dir=args.workdir))
@@ -173,7 +168,7 @@ def main() -> int:
         # warm-up: the in-process (1 worker) cells run in this process, which loads the models once;
         # without it the first timed cell pays that and the cells after it do not
         augment(AugmentOptions(input=str(inp), output=str(work / "warmup"), yaw=yaws, size=args.size, limit=1,
-                               progress=False, device=DEVICE))
+                               progress=False, device=args.device))
         shutil.rmtree(work / "warmup", ignore_errors=True)
         print(f"throughput on the first {args.images} LFW images, {len(yaws)} yaws, {args.size} px")
         print(f"{'backend':8s} {'workers':>7s} {'wall img/s':>11s} {'steady img/s':>13s} {'seconds':>8s} {'failed':>7s}")
@@ -185,7 +180,7 @@ def main() -> int:
                 t0 = time.perf_counter()
                 res = augment(AugmentOptions(input=str(inp), output=str(out), yaw=yaws, size=args.size,
                                              workers=workers, backend=backend, batch_size=args.batch_size,
-                                             progress=False, device=DEVICE))
+                                             progress=False, device=args.device))
                 wall = time.perf_counter() - t0
                 digests[(backend, workers)] = digest(out)
                 row = {"backend": backend, "workers": workers, "batch_size": res.batch_size, "images": res.processed,
@@ -198,7 +193,7 @@ def main() -> int:
                 print(f"{backend:8s} {workers:7d} {row['wall_images_per_s']:11.3f} {row['steady_images_per_s']:13.3f} "
                       f"{wall:8.1f} {res.failed_sources:7d}", flush=True)
                 if backend == "local" and args.side_by_side:   # part 2, right after the batched run
-                    cell = one_photo_cell(inp, work / f"one_photo_{workers}", out, row, yaws, args.size)
+                    cell = one_photo_cell(inp, work / f"one_photo_{workers}", out, row, yaws, args.size, args.device)
                     payload["batched_vs_one_photo"].append(cell)
                     print(f"{'  one-photo (--batch-size 1)':28s} {cell['one_photo']['wall_images_per_s']:11.3f} "
                           f"{cell['one_photo']['steady_images_per_s']:13.3f} {cell['one_photo']['seconds']:8.1f}   "
@@ -239,7 +234,7 @@ def main() -> int:
             out = work / "rss"
             t0 = time.perf_counter()
             res = augment(AugmentOptions(input=str(inp), output=str(out), yaw=yaws, size=args.size, workers=2,
-                                         progress=False, device=DEVICE))
+                                         progress=False, device=args.device))
             wall = time.perf_counter() - t0
             workers = [{"pid": pid, "images": w["items"],
                         "rss_start_mb": round(w["first_rss_kb"] / 1024, 1), "rss_end_mb": round(w["last_rss_kb"] / 1024, 1),

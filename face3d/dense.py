@@ -19,7 +19,7 @@ import math
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import cv2
 import numpy as np
@@ -131,9 +131,8 @@ def refine_dense(fit: FaceFit, image: np.ndarray, model: MorphableModel, cfg) ->
 
     Runs `refine_dense_batch` on a batch of one face. The same photo gives the same fit, bit for
     bit, from run to run on the CPU at a given thread count (`ordered_gradient_sums`; on a CUDA GPU
-    to float rounding); between thread counts
-    torch's reductions sum in another order, and the fits differ in the last bits (2e-6 in the
-    coefficients of a test photo between one thread and two).
+    to float rounding); between thread counts torch's reductions sum in another order, and the fits
+    differ in the last bits (2e-6 in the coefficients of a test photo between one thread and two).
     """
     return refine_dense_batch([fit], [image], model, cfg)[0]
 
@@ -381,7 +380,7 @@ def _refine_dense_batch(fits: list[FaceFit], images: list[np.ndarray], model: Mo
     device = torch.device(getattr(cfg, "device", "cpu"))
     mesh = dense_mesh(model, device)
     problem, full_albedo = _batch_problem(fits, images, model, cfg)   # made on the CPU, then moved
-    problem, full_albedo = problem.to(device), full_albedo.to(device)
+    problem, full_albedo = _moved(problem, device), full_albedo.to(device)
     var = _batch_start_variables(fits, device)
     var.albedo = full_albedo[:, mesh.keep].clone().requires_grad_(True)
     opt = _dense_optimizer(var)
@@ -431,9 +430,7 @@ def dense_mesh(model: MorphableModel, device: torch.device | str = "cpu") -> Den
     if device.type != "cpu":
         key = f"_dense_mesh_{device}"
         if key not in model._torch_cache:
-            cpu = dense_mesh(model)
-            model._torch_cache[key] = DenseMesh(**{f.name: getattr(cpu, f.name) if f.name == "lookup"
-                                                   else getattr(cpu, f.name).to(device) for f in fields(DenseMesh)})
+            model._torch_cache[key] = _moved(dense_mesh(model), device)
         return model._torch_cache[key]
     key = "_dense_mesh"
     if key not in model._torch_cache:
@@ -459,6 +456,13 @@ def dense_mesh(model: MorphableModel, device: torch.device | str = "cpu") -> Den
             mean=t["mean"][k].contiguous(), identity_basis=t["identity_basis"][:, k].contiguous(),
             expression_basis=t["expression_basis"][:, k].contiguous(), albedo_prior=prior)
     return model._torch_cache[key]
+
+
+def _moved(obj, device: torch.device):
+    """A copy of dataclass `obj` (`DenseMesh`, `_BatchProblem`) with every tensor field on `device`
+    (the other fields, the model and NumPy arrays, as they are)."""
+    return replace(obj, **{f.name: getattr(obj, f.name).to(device) for f in fields(obj)
+                           if isinstance(getattr(obj, f.name), torch.Tensor)})
 
 
 def _pair_laplacian(i: torch.Tensor, j: torch.Tensor, n: int, weight: float) -> torch.Tensor:
@@ -507,11 +511,6 @@ class _BatchProblem:
     num_expressions: int
     log_focal_prior: torch.Tensor    # (B,)
     identity_prior: torch.Tensor     # (B,)
-
-    def to(self, device: torch.device) -> "_BatchProblem":
-        """The same constants with every tensor on `device`."""
-        values = {f.name: getattr(self, f.name) for f in fields(_BatchProblem)}
-        return _BatchProblem(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in values.items()})
 
 
 def _batch_problem(fits: list[FaceFit], images: list[np.ndarray], model: MorphableModel, cfg):

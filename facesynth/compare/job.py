@@ -170,13 +170,14 @@ def check_inputs(options: CompareOptions) -> list[tuple[str, Path]]:
 
 @dataclass
 class CompareSession:
-    """What every photo of a run shares: the options, the model, each method's weights and the
-    identity network."""
+    """What every photo of a run shares: the options, the model, each method's weights, the
+    identity network and the device they run on (`options.device` resolved once)."""
 
     options: CompareOptions
     model: MorphableModel
     makers: dict[str, ViewMaker]
     encoder: FaceEncoder
+    device: torch.device
 
 
 def open_session(options: CompareOptions) -> CompareSession:
@@ -185,7 +186,7 @@ def open_session(options: CompareOptions) -> CompareSession:
     device = resolve_device(options.device)   # cuda where torch sees none: one line, before any work
     model = load_morphable_model(options.model)
     makers = {m: load_method(m, options.refiner, options.capg, device=device) for m in options.methods}
-    return CompareSession(options, model, makers, FaceEncoder(options.realism_region, device))
+    return CompareSession(options, model, makers, FaceEncoder(options.realism_region, device), device)
 
 
 @dataclass
@@ -223,7 +224,7 @@ def fit_photos(session: CompareSession, photos: list[tuple[str, Path]]) -> list[
             results[k].failures.append(photo_failure(f"{identity}/{path.name}", exc))
     ready = sorted(images)
     t0 = time.perf_counter()
-    fit_config = FitConfig(dense=session.options.dense, device=str(resolve_device(session.options.device)))
+    fit_config = FitConfig(dense=session.options.dense, device=str(session.device))
     recs = reconstruct_largest_faces([images[k] for k in ready], session.model, fit_config,
                                      sources=[str(photos[k][1]) for k in ready])
     fit_seconds = (time.perf_counter() - t0) / max(len(ready), 1)

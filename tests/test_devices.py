@@ -153,7 +153,7 @@ def test_refiner_and_identity_network_follow_their_weights(obama_reconstruction,
 def _tiny_training(seed: int = 0):
     """A small refiner, its discriminator and a batch of 4 synthetic pairs (64 px) with landmarks
     on a face-like layout (dlib's mean face), enough for every loss of a training step."""
-    from ganrefine.identity import _MEAN_FACE_X, _MEAN_FACE_Y  # noqa: F401  (the layout's source)
+    from ganrefine.identity import _MEAN_FACE_X, _MEAN_FACE_Y  # dlib's mean face: points 17-67
     from ganrefine.refiner import PatchDiscriminator, RefinerConfig, RefinerGenerator
     from ganrefine.train_refiner import PairSet
 

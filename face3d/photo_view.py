@@ -12,10 +12,14 @@ Zhu et al., CVPR 2016), in the crop frame of `face3d.render.render_views`.
    canvas border held fixed). The same membrane carries a small texture offset that makes every
    head vertex sample the photo where the fit projects that surface point, so the photo's face
    lies exactly under the rendered head;
-3. every vertex turns about the view pivot by the relative rotation (target pose after source pose)
-   scaled by a weight that is 1 on the head and the hair around it and falls smoothly to 0 at the
-   canvas border: the head with its hair turns, the shoulders and the background bend, the border
-   stays put;
+3. the head turns about the neck (`neck_pivot`: the top of the spine, behind and below the
+   mid-face), not about the mid-face point that the crop keeps at its centre: the body stays
+   where it is, and the crop follows the face. Every vertex turns about the neck pivot by the
+   relative rotation (target pose after source pose) scaled by a weight that is 1 on the head and
+   the hair around it and falls smoothly to 0 below the chin and towards the canvas border, then
+   the whole picture shifts so that the mid-face lands where `render_views` draws it: the head
+   turns exactly as rendered, its neck stays on the shoulders, and the shoulders and background
+   shift as one (the camera following the face) and bend in the band between;
 4. the grid mesh is rasterized at each target pose (z-buffered, textured with the canvas); pixels no
    triangle covers, or covered by a triangle stretched open (disocclusion), are inpainted.
 
@@ -37,7 +41,7 @@ from face3d.camera import Pose, euler_to_matrix
 from face3d.morphable_model import MorphableModel
 from face3d.rasterizer import interpolate_vertex_attributes, rasterize_meshes
 from face3d.render import head_pivot, view_camera, view_screen
-from face3d.texture import INPAINT_CONFIDENCE, Texture
+from face3d.texture import INPAINT_CONFIDENCE, Texture, atlas_size, atlas_texels, interpolate, push_pull_fill
 
 #: Extra canvas on each side of the crop, as a fraction of the crop side.
 CANVAS_MARGIN = 0.25
@@ -47,6 +51,14 @@ GRID_CELLS = 64
 HAIR_RADIUS = 0.1
 #: Width of the band (fraction of the crop side) over which the turn eases off to the still background.
 FALLOFF = 0.2
+#: Width of the band (fraction of the crop side) below the chin over which the turn eases off to the
+#: body: the shoulders and the collar stay with the body even where they lie near the head.
+BODY_FALLOFF = 0.12
+#: The neck pivot, behind and below the mid-face point, in eye-to-mouth distances along the head's
+#: own back and down axes: about the top of the spine (C1-C2), under the ear canals, where a head
+#: turns and nods. On the ICT mean face: 89 mm behind, 11 mm below the mid-face.
+NECK_PIVOT_BACK = 1.25
+NECK_PIVOT_DOWN = 0.15
 #: A triangle whose area grows by more than this factor is a disocclusion: its pixels are inpainted.
 STRETCH_LIMIT = 4.0
 #: Width (fraction of the crop) of the seam beside the face, brows to chin, whose photo pixels are
@@ -57,8 +69,14 @@ SEAM_WIDTH = 0.05
 SEAM_MIN_TURN = 10.0
 
 
-def warp_canvas(image: np.ndarray, A: np.ndarray, t: np.ndarray, canvas: int) -> np.ndarray:
-    """The photo warped by (A, t) into a canvas (float32 0..1, canvas x canvas x 3)."""
+def warp_canvas(image: np.ndarray, A: np.ndarray, t: np.ndarray, canvas: int,
+                head_box: np.ndarray | None = None) -> np.ndarray:
+    """The photo warped by (A, t) into a canvas (float32 0..1, canvas x canvas x 3).
+
+    Beyond the photo's edges the canvas mirrors the photo (a plausible continuation of a backdrop
+    or a body), except where the mirror would show the head again: canvas pixels outside the photo
+    whose mirrored source lies in `head_box` (x0, y0, x1, y1, photo pixels; a face cut by the
+    photo's edge) are filled smoothly from the rest instead (`push_pull_fill`)."""
     t_cv = t + A @ np.array([0.5, 0.5]) - 0.5      # OpenCV's pixel centres sit at integers
     scale = float(np.sqrt(abs(np.linalg.det(A))))
     img = image
@@ -66,7 +84,37 @@ def warp_canvas(image: np.ndarray, A: np.ndarray, t: np.ndarray, canvas: int) ->
         img = cv2.GaussianBlur(image, (0, 0), 0.5 * (1.0 / scale - 1.0) + 0.3)
     M = np.hstack([A, t_cv[:, None]])
     out = cv2.warpAffine(img, M, (canvas, canvas), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    return out.astype(np.float32) / 255.0
+    out = out.astype(np.float32) / 255.0
+    if head_box is None:
+        return out
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = np.round(np.asarray(head_box, np.float64)).astype(int)
+    mark = np.zeros((h, w), np.uint8)
+    mark[max(0, y0): max(0, y1), max(0, x0): max(0, x1)] = 1
+    if not mark.any():
+        return out
+    reflected_head = cv2.warpAffine(mark, M, (canvas, canvas), flags=cv2.INTER_NEAREST,
+                                    borderMode=cv2.BORDER_REFLECT).astype(bool)
+    inside = cv2.warpAffine(np.ones((h, w), np.uint8), M, (canvas, canvas), flags=cv2.INTER_NEAREST,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+    mirrored_head = reflected_head & ~inside
+    if not mirrored_head.any():
+        return out
+    return push_pull_fill(out, ~mirrored_head).astype(np.float32)
+
+
+#: Growth of the projected head's box (fraction of its size, each side) that `warp_canvas` never mirrors.
+HEAD_BOX_MARGIN = 0.15
+
+
+def photo_head_box(fit, model: MorphableModel, verts: torch.Tensor) -> np.ndarray:
+    """(x0, y0, x1, y1): the fitted head's projection in the photo above the chin (a mirrored
+    body is plausible, a mirrored face is not), grown by `HEAD_BOX_MARGIN`."""
+    above_chin = (verts[0, :, 1] >= verts[0, int(model.landmark_vertices[8]), 1]).numpy()
+    xy = fit.project(model, verts)[0, :, :2].numpy()[above_chin]
+    lo, hi = xy.min(0), xy.max(0)
+    grow = HEAD_BOX_MARGIN * (hi - lo)
+    return np.concatenate([lo - grow, hi + grow])
 
 
 def grid_triangles(n: int) -> torch.Tensor:
@@ -119,6 +167,18 @@ def turn_weight(head: np.ndarray, step: float, size: int) -> np.ndarray:
     return cv2.GaussianBlur(w.astype(np.float32), (0, 0), max(1.0, 0.02 * size / step))
 
 
+def neck_pivot(vertices: torch.Tensor, model: MorphableModel) -> np.ndarray:
+    """(3,) offset (mm, model frame) of the neck pivot from the mid-face pivot of `head_pivot`."""
+    _, eye_mouth = head_pivot(vertices, model)
+    return np.array([0.0, -NECK_PIVOT_DOWN * eye_mouth, -NECK_PIVOT_BACK * eye_mouth])
+
+
+def body_weight(rows: np.ndarray, chin_row: float, size: int) -> np.ndarray:
+    """Per grid row: 1 down to the chin, easing (smoothstep) to 0 over `BODY_FALLOFF` below it."""
+    s = np.clip(1.0 - (rows - chin_row) / (BODY_FALLOFF * size), 0.0, 1.0)
+    return s * s * (3 - 2 * s)
+
+
 def scaled_rotations(R: np.ndarray, w: np.ndarray) -> torch.Tensor:
     """(B, N, 3, 3): each (3, 3) rotation of R (B, 3, 3) with its angle scaled by w (N,) (Rodrigues)."""
     out = []
@@ -167,7 +227,7 @@ def photo_view_backgrounds(fit, image: np.ndarray, model: MorphableModel, poses:
         n = int(math.ceil(canvas / step)) + 1
         step = canvas / (n - 1)
         head, skull, zbuf, at, (A, t) = source_surface(fit, model, verts, frame_vertices, size, pad, n, step)
-        image_canvas = warp_canvas(image, A, t + pad, canvas)
+        image_canvas = warp_canvas(image, A, t + pad, canvas, photo_head_box(fit, model, verts))
         pos = np.stack(np.meshgrid(np.arange(n), np.arange(n)), -1).astype(np.float64) * step
         fixed = head.copy()
         fixed[[0, -1], :] = fixed[:, [0, -1]] = True
@@ -177,10 +237,12 @@ def photo_view_backgrounds(fit, image: np.ndarray, model: MorphableModel, poses:
         vals[..., 0] = np.where(head, zbuf, border_depth)
         vals[..., 1:] = np.where(head[..., None], at - pos, 0.0)
         filled = membrane(vals, fixed)
-        w = turn_weight(skull, step, size)
+        frame = verts if frame_vertices is None else frame_vertices
+        chin_row = float(view_screen(verts, model, [fit.pose], size, frame_vertices)[0, int(model.landmark_vertices[8]), 1]) + pad
+        w = turn_weight(skull, step, size) * body_weight(np.arange(n) * step, chin_row, size)[:, None]
         seam = face_seam(head, fit, model, verts, frame_vertices, size, pad, step)
         return render_grid(filled[..., 0], pos, pos + filled[..., 1:], w, image_canvas, fit, model, verts,
-                           frame_vertices, poses, size, pad, seam)
+                           frame_vertices, poses, size, pad, seam, pivot=neck_pivot(frame, model))
 
 
 def face_seam(head: np.ndarray, fit, model, verts, frame_vertices, size: int, pad: int, step: float) -> np.ndarray:
@@ -193,8 +255,11 @@ def face_seam(head: np.ndarray, fit, model, verts, frame_vertices, size: int, pa
     return ring & (rows >= top) & (rows <= bottom)
 
 
-def render_grid(depth, pos, uv, w, image_canvas, fit, model, verts, frame_vertices, poses, size, pad, seam=None):
-    """Turn the grid mesh to every pose, rasterize it into the crop, texture it, inpaint the holes."""
+def render_grid(depth, pos, uv, w, image_canvas, fit, model, verts, frame_vertices, poses, size, pad, seam=None,
+                pivot=None):
+    """Turn the grid mesh to every pose, rasterize it into the crop, texture it, inpaint the holes.
+    `pivot` (3,), model frame, mm from the mid-face: the point the weighted turn is about (module
+    docstring, step 3); None turns about the mid-face itself."""
     n = depth.shape[0]
     canvas = image_canvas.shape[0]
     _, eye_mouth = head_pivot(verts if frame_vertices is None else frame_vertices, model)
@@ -205,8 +270,8 @@ def render_grid(depth, pos, uv, w, image_canvas, fit, model, verts, frame_vertic
     src = fit.pose
     R = _pose_matrices([src] + list(poses))
     R_rel = R[1:] @ R[0].T
-    Rw = scaled_rotations(R_rel, w.ravel().astype(np.float64))             # (B, N, 3, 3)
-    Xt = torch.einsum("bnij,nj->bni", Rw, torch.from_numpy(X.astype(np.float32)))
+    P = np.zeros(3) if pivot is None else R[0] @ np.asarray(pivot, np.float64)
+    Xt = turn_about_pivot(torch.from_numpy(X.astype(np.float32)), w.ravel(), R_rel, P)
     Xt[..., 2] -= dist
     d = -Xt[..., 2]
     screen = torch.stack([c + focal * Xt[..., 0] / d - pad, c - focal * Xt[..., 1] / d - pad, d], -1)
@@ -225,6 +290,18 @@ def render_grid(depth, pos, uv, w, image_canvas, fit, model, verts, frame_vertic
         f = frag.pix_to_face.clamp(min=0)
         holes |= ((frag.pix_to_face >= 0) & on_seam[f] & turned[:, None, None]).numpy()
     return np.stack([fill_holes(img, h) for img, h in zip(rgb, holes)])
+
+
+def turn_about_pivot(X: torch.Tensor, w: np.ndarray, R_rel: np.ndarray, P: np.ndarray) -> torch.Tensor:
+    """(B, N, 3): points X (N, 3), relative to the mid-face at the source pose, turned by their
+    share w (N,) of each relative rotation R_rel (B, 3, 3) about the pivot P (3,), then shifted by
+    P - R_rel P so that the mid-face comes back to the origin. Where w = 1 this is R_rel X (the head
+    exactly as `render_views` turns it), where w = 0 the rigid shift X - (P - R_rel P) (the body,
+    seen by a camera that follows the face)."""
+    Rw = scaled_rotations(R_rel, np.asarray(w, np.float64))                      # (B, N, 3, 3)
+    shift = torch.from_numpy((P[None] - R_rel @ P).astype(np.float32))          # (B, 3)
+    Pt = torch.from_numpy(np.asarray(P, np.float32))
+    return torch.einsum("bnij,nj->bni", Rw, X - Pt) + Pt - shift[:, None]
 
 
 def _pose_matrices(poses: list[Pose]) -> np.ndarray:
@@ -260,10 +337,47 @@ SEE_THROUGH_RAMP = 0.15
 SEE_THROUGH_SIGMA = 4.0
 
 
-def see_through_texture(texture: Texture) -> Texture:
+#: The lower edge of the jaw seen from the side: (forward, up) points of the model's mean face, in
+#: eye-to-mouth distances from the mid-face point, front to back (under the chin, along the mandible
+#: to its angle, under the ear, the nape). Below it lies the neck.
+JAW_LINE = ((0.3, -1.05), (0.14, -1.12), (-0.48, -0.87), (-1.04, -0.56), (-1.6, -0.56), (-2.6, -0.84))
+#: Over the photo the head's neck fades out below the jaw line, from this far below it (mm) ...
+NECK_FADE_START_MM = 0.0
+#: ... over this width (mm): the photo's own neck, which stays on the body, shows there instead.
+NECK_FADE_MM = 15.0
+
+
+def neck_vertex_alpha(model: MorphableModel) -> np.ndarray:
+    """(V,) float32: 1 on the head, 0 on the neck and shoulders below the jaw line (`JAW_LINE`, on
+    the mean face), a linear fade between. A rigidly turned neck would leave the shoulders, and the
+    collar texels on it would float beside the chin; the photo's neck bends onto the body instead."""
+    mean = torch.as_tensor(np.asarray(model.mean, np.float32))[None]
+    centre, eye_mouth = head_pivot(mean, model)
+    rel = (mean[0].numpy() - centre.numpy()) / eye_mouth
+    line = np.array(JAW_LINE[::-1])                       # back to front: np.interp wants z increasing
+    below_mm = (np.interp(rel[:, 2], line[:, 0], line[:, 1]) - rel[:, 1]) * eye_mouth
+    return np.clip(1.0 - (below_mm - NECK_FADE_START_MM) / NECK_FADE_MM, 0.0, 1.0).astype(np.float32)
+
+
+def neck_texel_alpha(model: MorphableModel, height: int) -> np.ndarray:
+    """`neck_vertex_alpha` in the UV atlas of `height` (1 in the gutters), cached with the model."""
+    key = ("neck_texel_alpha", height)
+    if key not in model._torch_cache:
+        texels = atlas_texels(model, height)
+        H, W = atlas_size(height)
+        out = np.ones(H * W, np.float32)
+        out[texels.flat] = interpolate(texels, neck_vertex_alpha(model)[None].astype(texels.bary.dtype))[0]
+        model._torch_cache[key] = out.reshape(H, W)
+    return model._torch_cache[key]
+
+
+def see_through_texture(texture: Texture, model: MorphableModel | None = None) -> Texture:
     """`texture` with alpha 0 where no photo pixel coloured it and 1 where the photo (or its mirror)
-    did, times any alpha it has: over the turned photo, the head shows only what the photo showed."""
+    did, times any alpha it has: over the turned photo, the head shows only what the photo showed.
+    With `model`, also 0 on the neck below the jaw (`neck_vertex_alpha`)."""
     fade = np.clip((texture.confidence - INPAINT_CONFIDENCE) / SEE_THROUGH_RAMP, 0.0, 1.0).astype(np.float32)
     fade = cv2.GaussianBlur(fade, (0, 0), SEE_THROUGH_SIGMA * texture.confidence.shape[0] / 512.0)
     alpha = fade if texture.alpha is None else fade * texture.alpha
+    if model is not None:
+        alpha = alpha * neck_texel_alpha(model, texture.confidence.shape[0])
     return Texture(texture.image, texture.confidence, alpha.astype(np.float32))

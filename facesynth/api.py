@@ -149,7 +149,7 @@ def render_face(rec: Reconstruction, image: np.ndarray, model: MorphableModel, p
         sfs = prepare_sfs(rec, image, model, options.sfs, options.relight, len(poses), options.seed, key)
     expressions = None if options.expressions is None else list(options.expressions)
     # over the turned photo the head shows only what the photo showed (face3d.photo_view)
-    shown = replace(rec, texture=see_through_texture(rec.texture)) if over_photo(options) else rec
+    shown = replace(rec, texture=see_through_texture(rec.texture, model)) if over_photo(options) else rec
     size = options.render_size
     # the lights the views are relit with, one per pose, the same for every variant
     lights = [] if sfs is None or sfs.sh is None else [np.round(np.asarray(l, np.float64), 5).tolist() for l in sfs.sh]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from face3d.alignment import aligned_original
 from face3d.camera import Pose
@@ -43,18 +44,55 @@ def test_source_pose_reproduces_the_aligned_photo(turned, obama_image, obama_rec
     assert diff.mean() < 12.0
 
 
-def test_border_stays_fixed_across_poses(turned):
-    _, bg = turned
-    # the crop's bottom corners (shoulders, off the turning skull) lie where the turn has eased off
-    # towards the still canvas border: they move far less than the turning head in the middle
-    c = SIZE // 6
-    bottom = np.zeros((SIZE, SIZE), bool)
-    bottom[-c:, :c] = bottom[-c:, -c:] = True
-    centre = np.zeros((SIZE, SIZE), bool)
-    centre[SIZE // 3: -SIZE // 3, SIZE // 3: -SIZE // 3] = True
+def test_turn_about_pivot_turns_the_head_as_rendered_and_shifts_the_body_rigidly():
+    from face3d.photo_view import _pose_matrices, turn_about_pivot
+
+    rng = np.random.default_rng(0)
+    X = torch.from_numpy(rng.normal(0, 50, (40, 3)).astype(np.float32))
+    R = _pose_matrices([Pose(0, 0, 0), Pose(40, 10, 5), Pose(-60, -5, 0)])
+    R_rel = R[1:] @ R[0].T
+    P = np.array([0.0, -10.0, -90.0])
+    head = turn_about_pivot(X, np.ones(40), R_rel, P)
+    assert torch.allclose(head, torch.einsum("bij,nj->bni", torch.from_numpy(R_rel).float(), X), atol=1e-3)
+    body = turn_about_pivot(X, np.zeros(40), R_rel, P)
+    shift = torch.from_numpy((P[None] - R_rel @ P).astype(np.float32))
+    assert torch.allclose(body, X[None] - shift[:, None], atol=1e-3)
+    # the pivot itself ends where the turned head puts it whatever its weight: the neck stays joined
+    half = turn_about_pivot(torch.from_numpy(P[None].astype(np.float32)), np.array([0.5]), R_rel, P)
+    assert torch.allclose(half[:, 0], torch.from_numpy(R_rel @ P).float(), atol=1e-3)
+
+
+def test_the_body_moves_as_one_the_way_the_neck_pivot_says(turned, obama_reconstruction, ict_model):
+    from face3d.photo_view import _pose_matrices, neck_pivot
+    from face3d.render import head_pivot, view_camera
+
+    poses, bg = turned
+    rec = obama_reconstruction
+    verts = rec.fit.vertices(ict_model)
+    _, eye_mouth = head_pivot(verts, ict_model)
+    focal, dist = view_camera(SIZE, eye_mouth)
+    R = _pose_matrices(poses)
+    P = R[0] @ neck_pivot(verts, ict_model)
+    # the crop's bottom strip (shoulders, below the chin's fall-off) in the source view and a turned one
+    strip = slice(SIZE - SIZE // 6, SIZE)
+    src = cv2.cvtColor(bg[0], cv2.COLOR_RGB2GRAY)[strip].astype(np.float32)
     for k in (1, 2):
-        moved = np.abs(bg[k].astype(int) - bg[0].astype(int)).mean(-1)
-        assert moved[bottom].mean() < 0.6 * moved[centre].mean()
+        shift = P - (R[k] @ R[0].T) @ P
+        expect_dx = -focal * shift[0] / dist            # screen x = c + f X / d, the body at X - shift
+        moved = cv2.cvtColor(bg[k], cv2.COLOR_RGB2GRAY)[strip].astype(np.float32)
+        (dx, _), _ = cv2.phaseCorrelate(src, moved)
+        assert abs(expect_dx) > 3                          # the test sees a real shift
+        assert abs(dx - expect_dx) < 0.25 * abs(expect_dx) + 1.0
+
+
+def test_the_neck_fades_below_the_jaw_and_the_face_stays(ict_model):
+    from face3d.photo_view import neck_vertex_alpha
+
+    alpha = neck_vertex_alpha(ict_model)
+    lm = np.maximum(ict_model.landmark_vertices, 0)
+    assert (alpha[lm] == 1).all()                          # every landmark, the jaw outline included
+    low = ict_model.mean[:, 1] < ict_model.mean[lm[8], 1] - 40    # 4 cm below the chin: neck, shoulders
+    assert low.sum() > 500 and alpha[low].max() == 0
 
 
 def test_turned_pose_has_no_holes_and_the_head_lands_on_it(turned, obama_reconstruction, ict_model):

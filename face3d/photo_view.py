@@ -5,7 +5,8 @@ Zhu et al., CVPR 2016), in the crop frame of `face3d.render.render_views`.
 
 1. the photo is warped by a similarity (inner landmarks onto the fitted head's view at its own
    pose, as `face3d.alignment.aligned_original`) into a canvas `CANVAS_MARGIN` wider than the crop
-   on every side, so content that swings into the crop exists;
+   on every side, so content that swings into the crop exists (beyond the photo's edges mirrored,
+   except the head's mirror and any black padding, which are filled smoothly: `warp_canvas`);
 2. a regular grid mesh covers the canvas; each grid vertex gets a point in the view camera's frame:
    on the head the fitted mesh's surface (its z-buffer at the source pose), elsewhere a depth that
    continues the head's silhouette depth smoothly (a membrane: Laplace's equation, the head and the
@@ -69,14 +70,71 @@ SEAM_WIDTH = 0.05
 SEAM_MIN_TURN = 10.0
 
 
+#: A pixel whose channels are all at most this dark may be padding (`padding_mask`): padding is
+#: black, and JPEG keeps a flat black area black.
+PADDING_LEVEL = 2
+#: Padding is only taken as such where it covers at least this share of the photo ...
+PADDING_MIN_SHARE = 0.002
+#: ... and this share of its edge pixels.
+PADDING_MIN_BORDER = 0.02
+#: The longest side (px) the padding is looked for at.
+PADDING_WORK_SIDE = 320
+#: Dark pixels joined to the edge are padding when at most `PADDING_MAX_INSIDE` of them lie inside the
+#: convex hull of the rest, shrunk by `PADDING_HULL_MARGIN` of the longest side.
+PADDING_HULL_MARGIN = 0.03
+PADDING_MAX_INSIDE = 0.1
+
+
+def padding_mask(image: np.ndarray) -> np.ndarray | None:
+    """(H, W) bool: black padding around the picture, or None where there is none. Aligned face
+    sets (LFW's deep-funneled photos, most crops made by a rotation) fill what lies outside the
+    original photo with black wedges at the edges. Taken as padding: the near-black pixels connected
+    to the photo's edge, when they lie outside the convex hull of the rest (the rotated original is
+    convex); a dark backdrop around a person is not (the person's outline is not convex), and stays.
+    Found on the photo shrunk to `PADDING_WORK_SIDE` at most."""
+    h, w = image.shape[:2]
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    if (border.max(axis=-1) <= PADDING_LEVEL).mean() < PADDING_MIN_BORDER:
+        return None
+    scale = min(1.0, PADDING_WORK_SIDE / max(h, w))
+    work = image if scale == 1.0 else cv2.resize(image, (int(round(w * scale)), int(round(h * scale))),
+                                                 interpolation=cv2.INTER_AREA)
+    # padding is flat black; an opening drops the scattered black pixels of dark clothes or hair
+    dark = cv2.morphologyEx((work.max(axis=-1) <= PADDING_LEVEL).astype(np.uint8), cv2.MORPH_OPEN,
+                            np.ones((5, 5), np.uint8))
+    count, labels = cv2.connectedComponents(dark, connectivity=4)
+    on_edge = np.zeros(count, bool)
+    on_edge[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
+    on_edge[0] = False                                     # label 0: the pixels that are not dark
+    pad = on_edge[labels]
+    if pad.mean() < PADDING_MIN_SHARE or pad.all():
+        return None
+    outline, _ = cv2.findContours((~pad).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = cv2.convexHull(np.concatenate(outline))
+    inside = np.zeros(pad.shape, np.uint8)
+    cv2.fillConvexPoly(inside, hull, 1)
+    # JPEG's 8-px blocks make the padding's edge ragged: the hull is shrunk by a margin first
+    margin = 2 * int(round(PADDING_HULL_MARGIN * max(pad.shape))) + 1
+    inside = cv2.erode(inside, np.ones((margin, margin), np.uint8)).astype(bool)
+    if (pad & inside).sum() > PADDING_MAX_INSIDE * pad.sum():
+        return None
+    pad = pad.astype(np.uint8)
+    if scale < 1.0:
+        pad = cv2.resize(pad, (w, h), interpolation=cv2.INTER_NEAREST)
+    # JPEG rings at the padding's edge: a little brighter than black, still padding
+    grow = 2 * int(math.ceil(2.0 / scale)) + 1
+    return cv2.dilate(pad, np.ones((grow, grow), np.uint8)).astype(bool)
+
+
 def warp_canvas(image: np.ndarray, A: np.ndarray, t: np.ndarray, canvas: int,
-                head_box: np.ndarray | None = None) -> np.ndarray:
+                head_box: np.ndarray | None = None, padding: np.ndarray | None = None) -> np.ndarray:
     """The photo warped by (A, t) into a canvas (float32 0..1, canvas x canvas x 3).
 
     Beyond the photo's edges the canvas mirrors the photo (a plausible continuation of a backdrop
     or a body), except where the mirror would show the head again: canvas pixels outside the photo
     whose mirrored source lies in `head_box` (x0, y0, x1, y1, photo pixels; a face cut by the
-    photo's edge) are filled smoothly from the rest instead (`push_pull_fill`)."""
+    photo's edge) are filled smoothly from the rest instead (`push_pull_fill`), and so are the
+    photo's own `padding` (H, W bool, `padding_mask`) and its mirror."""
     t_cv = t + A @ np.array([0.5, 0.5]) - 0.5      # OpenCV's pixel centres sit at integers
     scale = float(np.sqrt(abs(np.linalg.det(A))))
     img = image
@@ -85,22 +143,24 @@ def warp_canvas(image: np.ndarray, A: np.ndarray, t: np.ndarray, canvas: int,
     M = np.hstack([A, t_cv[:, None]])
     out = cv2.warpAffine(img, M, (canvas, canvas), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     out = out.astype(np.float32) / 255.0
-    if head_box is None:
-        return out
     h, w = image.shape[:2]
-    x0, y0, x1, y1 = np.round(np.asarray(head_box, np.float64)).astype(int)
-    mark = np.zeros((h, w), np.uint8)
-    mark[max(0, y0): max(0, y1), max(0, x0): max(0, x1)] = 1
-    if not mark.any():
+    unknown = np.zeros((canvas, canvas), bool)
+    if padding is not None:   # linear: a canvas pixel that blends any padding in is unknown
+        unknown |= cv2.warpAffine(padding.astype(np.float32), M, (canvas, canvas), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_REFLECT) > 0
+    if head_box is not None:
+        x0, y0, x1, y1 = np.round(np.asarray(head_box, np.float64)).astype(int)
+        mark = np.zeros((h, w), np.uint8)
+        mark[max(0, y0): max(0, y1), max(0, x0): max(0, x1)] = 1
+        if mark.any():
+            reflected_head = cv2.warpAffine(mark, M, (canvas, canvas), flags=cv2.INTER_NEAREST,
+                                            borderMode=cv2.BORDER_REFLECT).astype(bool)
+            inside = cv2.warpAffine(np.ones((h, w), np.uint8), M, (canvas, canvas), flags=cv2.INTER_NEAREST,
+                                    borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+            unknown |= reflected_head & ~inside
+    if not unknown.any() or unknown.all():
         return out
-    reflected_head = cv2.warpAffine(mark, M, (canvas, canvas), flags=cv2.INTER_NEAREST,
-                                    borderMode=cv2.BORDER_REFLECT).astype(bool)
-    inside = cv2.warpAffine(np.ones((h, w), np.uint8), M, (canvas, canvas), flags=cv2.INTER_NEAREST,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
-    mirrored_head = reflected_head & ~inside
-    if not mirrored_head.any():
-        return out
-    return push_pull_fill(out, ~mirrored_head).astype(np.float32)
+    return push_pull_fill(out, ~unknown).astype(np.float32)
 
 
 #: Growth of the projected head's box (fraction of its size, each side) that `warp_canvas` never mirrors.
@@ -227,7 +287,7 @@ def photo_view_backgrounds(fit, image: np.ndarray, model: MorphableModel, poses:
         n = int(math.ceil(canvas / step)) + 1
         step = canvas / (n - 1)
         head, skull, zbuf, at, (A, t) = source_surface(fit, model, verts, frame_vertices, size, pad, n, step)
-        image_canvas = warp_canvas(image, A, t + pad, canvas, photo_head_box(fit, model, verts))
+        image_canvas = warp_canvas(image, A, t + pad, canvas, photo_head_box(fit, model, verts), padding_mask(image))
         pos = np.stack(np.meshgrid(np.arange(n), np.arange(n)), -1).astype(np.float64) * step
         fixed = head.copy()
         fixed[[0, -1], :] = fixed[:, [0, -1]] = True

@@ -419,24 +419,62 @@ def neck_vertex_alpha(model: MorphableModel) -> np.ndarray:
     return np.clip(1.0 - (below_mm - NECK_FADE_START_MM) / NECK_FADE_MM, 0.0, 1.0).astype(np.float32)
 
 
-def neck_texel_alpha(model: MorphableModel, height: int) -> np.ndarray:
-    """`neck_vertex_alpha` in the UV atlas of `height` (1 in the gutters), cached with the model."""
-    key = ("neck_texel_alpha", height)
+#: The face and the sides of the head in front of the ears stay opaque over the photo wherever the
+#: photo did not colour them: down from the brows' highest landmark, forward of this many
+#: eye-to-mouth distances behind the mid-face (the front of the ears: 16 mm before the ear canal
+#: on the ICT mean face), each edge eased over `FACE_OPAQUE_FADE_MM`.
+FACE_OPAQUE_BACK = 1.1
+FACE_OPAQUE_FADE_MM = 10.0
+
+
+def face_vertex_opacity(model: MorphableModel) -> np.ndarray:
+    """(V,) float32: 1 on the face and the sides of the head before the ears, below the brows; 0 on
+    the skull, the ears and behind them. There the turned photo behind the head is the photo's face
+    seen from the wrong side (stretched, or inpainted where it opened up): a texel the photo did not
+    colour shows the head's own filled texture instead (the mirror, or smooth skin), while over the
+    skull the turned photo's hair shows through (`see_through_texture`)."""
+    mean = torch.as_tensor(np.asarray(model.mean, np.float32))[None]
+    centre, eye_mouth = head_pivot(mean, model)
+    v = mean[0].numpy() - centre.numpy()
+    brows = model.landmark_vertices[17:27]
+    top = float(v[brows[brows >= 0], 1].max()) if (brows >= 0).any() else np.inf
+    below_brows = np.clip((top - v[:, 1]) / FACE_OPAQUE_FADE_MM, 0.0, 1.0)
+    before_ears = np.clip((v[:, 2] + FACE_OPAQUE_BACK * eye_mouth) / FACE_OPAQUE_FADE_MM, 0.0, 1.0)
+    return (below_brows * before_ears).astype(np.float32)
+
+
+def vertex_texel_map(model: MorphableModel, name: str, values, height: int, gutter: float) -> np.ndarray:
+    """Per-vertex `values()` (V,) interpolated into the UV atlas of `height` (`gutter` outside the
+    islands), cached with the model under `name`."""
+    key = (name, height)
     if key not in model._torch_cache:
         texels = atlas_texels(model, height)
         H, W = atlas_size(height)
-        out = np.ones(H * W, np.float32)
-        out[texels.flat] = interpolate(texels, neck_vertex_alpha(model)[None].astype(texels.bary.dtype))[0]
+        out = np.full(H * W, gutter, np.float32)
+        out[texels.flat] = interpolate(texels, values()[None].astype(texels.bary.dtype))[0]
         model._torch_cache[key] = out.reshape(H, W)
     return model._torch_cache[key]
+
+
+def neck_texel_alpha(model: MorphableModel, height: int) -> np.ndarray:
+    """`neck_vertex_alpha` in the UV atlas of `height` (1 in the gutters), cached with the model."""
+    return vertex_texel_map(model, "neck_texel_alpha", lambda: neck_vertex_alpha(model), height, 1.0)
+
+
+def face_texel_opacity(model: MorphableModel, height: int) -> np.ndarray:
+    """`face_vertex_opacity` in the UV atlas of `height` (0 in the gutters), cached with the model."""
+    return vertex_texel_map(model, "face_texel_opacity", lambda: face_vertex_opacity(model), height, 0.0)
 
 
 def see_through_texture(texture: Texture, model: MorphableModel | None = None) -> Texture:
     """`texture` with alpha 0 where no photo pixel coloured it and 1 where the photo (or its mirror)
     did, times any alpha it has: over the turned photo, the head shows only what the photo showed.
-    With `model`, also 0 on the neck below the jaw (`neck_vertex_alpha`)."""
+    With `model`, the face and the sides of the head before the ears stay opaque anyway
+    (`face_vertex_opacity`), and the neck below the jaw is 0 (`neck_vertex_alpha`)."""
     fade = np.clip((texture.confidence - INPAINT_CONFIDENCE) / SEE_THROUGH_RAMP, 0.0, 1.0).astype(np.float32)
     fade = cv2.GaussianBlur(fade, (0, 0), SEE_THROUGH_SIGMA * texture.confidence.shape[0] / 512.0)
+    if model is not None:
+        fade = np.maximum(fade, face_texel_opacity(model, texture.confidence.shape[0]))
     alpha = fade if texture.alpha is None else fade * texture.alpha
     if model is not None:
         alpha = alpha * neck_texel_alpha(model, texture.confidence.shape[0])

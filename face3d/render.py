@@ -31,8 +31,9 @@ VIEW_FOV_DEGREES = 10.0
 #: photo's teeth from every angle (`face3d.texture`), where version 1 showed a dark socket. 3: mirror-filled
 #: texels are re-lit by the fitted light, the photo's backdrop stays out of the texture, ears under hair are not drawn.
 #: 4: a photo much larger than the head is segmented on the part around it (`face3d.segmentation.segment_box`).
-#: 5: over the photo the head turns about the neck, the neck below the jaw is the photo's, and a face cut by
-#: the photo's edge is not mirrored beyond it (`face3d.photo_view`).
+#: 5: over the photo the head turns about the neck, the neck below the jaw is the photo's, the face stays opaque
+#: where the photo did not colour it, and neither a face cut by the photo's edge nor black padding is
+#: mirrored beyond it (`face3d.photo_view`).
 RENDER_VERSION = 5
 
 

@@ -186,3 +186,21 @@ def test_black_padding_of_a_rotated_crop_is_found_and_a_dark_backdrop_is_not(oba
     assert padding_mask(img) is None
     # no test photo has padding, those on a near-black backdrop (deepface_jack) included
     assert all(padding_mask(load_image(p)) is None for p in face_photos)
+
+
+def test_the_face_stays_opaque_over_the_photo_where_the_photo_did_not_colour_it(ict_model):
+    from face3d.photo_view import face_vertex_opacity, see_through_texture
+    from face3d.texture import INPAINT_CONFIDENCE, Texture, atlas_size
+
+    opacity = face_vertex_opacity(ict_model)
+    lm = np.maximum(ict_model.landmark_vertices, 0)
+    assert (opacity[lm[27:68]] == 1).all()                # the inner face
+    mean = np.asarray(ict_model.mean)
+    assert opacity[mean[:, 1] > mean[lm[17:27], 1].max() + 20].max() == 0     # the skull above the brows
+    assert opacity[mean[:, 2] < 0].max() == 0                                  # behind the ear canals
+    # a texture the photo coloured nowhere: only the face (and the sides before the ears) stays
+    H, W = atlas_size(256)
+    blank = Texture(np.zeros((H, W, 3), np.float32), np.full((H, W), INPAINT_CONFIDENCE, np.float32))
+    alpha = see_through_texture(blank, ict_model).alpha
+    assert see_through_texture(blank).alpha.max() < 0.01
+    assert 0.05 < (alpha > 0.99).mean() < 0.5 and (alpha < 0.01).mean() > 0.3

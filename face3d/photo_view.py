@@ -83,6 +83,11 @@ PADDING_WORK_SIDE = 320
 #: convex hull of the rest, shrunk by `PADDING_HULL_MARGIN` of the longest side.
 PADDING_HULL_MARGIN = 0.03
 PADDING_MAX_INSIDE = 0.1
+#: Black this close to the photo's edge (px) is padding whatever its shape.
+PADDING_SLIVER_PX = 6
+#: Pixels at most this bright within this many px of padding are its JPEG rim.
+PADDING_RING_LEVEL = 48
+PADDING_RING_PX = 8
 
 
 def padding_mask(image: np.ndarray) -> np.ndarray | None:
@@ -91,7 +96,8 @@ def padding_mask(image: np.ndarray) -> np.ndarray | None:
     original photo with black wedges at the edges. Taken as padding: the near-black pixels connected
     to the photo's edge, when they lie outside the convex hull of the rest (the rotated original is
     convex); a dark backdrop around a person is not (the person's outline is not convex), and stays.
-    Found on the photo shrunk to `PADDING_WORK_SIDE` at most."""
+    Black within `PADDING_SLIVER_PX` of the edge is taken in any case. Found on the photo shrunk to
+    `PADDING_WORK_SIDE` at most."""
     h, w = image.shape[:2]
     border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
     if (border.max(axis=-1) <= PADDING_LEVEL).mean() < PADDING_MIN_BORDER:
@@ -99,29 +105,40 @@ def padding_mask(image: np.ndarray) -> np.ndarray | None:
     scale = min(1.0, PADDING_WORK_SIDE / max(h, w))
     work = image if scale == 1.0 else cv2.resize(image, (int(round(w * scale)), int(round(h * scale))),
                                                  interpolation=cv2.INTER_AREA)
+    raw = (work.max(axis=-1) <= PADDING_LEVEL).astype(np.uint8)
+    # black within `PADDING_SLIVER_PX` of the edge: a wedge's thin end or a thin bar, too narrow for
+    # the opening below (a few dark pixels of the photo's own taken with them are filled unseen)
+    sliver_px = max(1, int(round(PADDING_SLIVER_PX * scale)))
+    frame = np.ones_like(raw)
+    frame[sliver_px:-sliver_px, sliver_px:-sliver_px] = 0
+    pad = (raw & frame).astype(bool)
     # padding is flat black; an opening drops the scattered black pixels of dark clothes or hair
-    dark = cv2.morphologyEx((work.max(axis=-1) <= PADDING_LEVEL).astype(np.uint8), cv2.MORPH_OPEN,
-                            np.ones((5, 5), np.uint8))
+    dark = cv2.morphologyEx(raw, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
     count, labels = cv2.connectedComponents(dark, connectivity=4)
     on_edge = np.zeros(count, bool)
     on_edge[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
     on_edge[0] = False                                     # label 0: the pixels that are not dark
-    pad = on_edge[labels]
-    if pad.mean() < PADDING_MIN_SHARE or pad.all():
-        return None
-    outline, _ = cv2.findContours((~pad).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    hull = cv2.convexHull(np.concatenate(outline))
-    inside = np.zeros(pad.shape, np.uint8)
-    cv2.fillConvexPoly(inside, hull, 1)
-    # JPEG's 8-px blocks make the padding's edge ragged: the hull is shrunk by a margin first
-    margin = 2 * int(round(PADDING_HULL_MARGIN * max(pad.shape))) + 1
-    inside = cv2.erode(inside, np.ones((margin, margin), np.uint8)).astype(bool)
-    if (pad & inside).sum() > PADDING_MAX_INSIDE * pad.sum():
+    wedges = on_edge[labels]
+    if PADDING_MIN_SHARE <= wedges.mean() and not wedges.all():
+        outline, _ = cv2.findContours((~wedges).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        hull = cv2.convexHull(np.concatenate(outline))
+        inside = np.zeros(wedges.shape, np.uint8)
+        cv2.fillConvexPoly(inside, hull, 1)
+        # JPEG's 8-px blocks make the padding's edge ragged: the hull is shrunk by a margin first
+        margin = 2 * int(round(PADDING_HULL_MARGIN * max(wedges.shape))) + 1
+        inside = cv2.erode(inside, np.ones((margin, margin), np.uint8)).astype(bool)
+        if (wedges & inside).sum() <= PADDING_MAX_INSIDE * wedges.sum():
+            pad |= wedges
+    if not pad.any():
         return None
     pad = pad.astype(np.uint8)
     if scale < 1.0:
         pad = cv2.resize(pad, (w, h), interpolation=cv2.INTER_NEAREST)
-    # JPEG rings at the padding's edge: a little brighter than black, still padding
+    # JPEG rings along the padding's edge, up to a block wide: darker than the photo there, and
+    # mirrored beyond the photo's edge they would draw the wedge's outline. Dim pixels that close
+    # to the padding are padding too, and a margin beyond them
+    near = cv2.dilate(pad, np.ones((2 * PADDING_RING_PX + 1,) * 2, np.uint8)).astype(bool)
+    pad |= (near & (image.max(axis=-1) <= PADDING_RING_LEVEL)).astype(np.uint8)
     grow = 2 * int(math.ceil(2.0 / scale)) + 1
     return cv2.dilate(pad, np.ones((grow, grow), np.uint8)).astype(bool)
 

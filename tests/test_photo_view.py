@@ -184,8 +184,16 @@ def test_black_padding_of_a_rotated_crop_is_found_and_a_dark_backdrop_is_not(oba
     assert not cv2.erode(missed, np.ones((11, 11), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0).any()
     assert (found & ~truth).sum() < 0.05 * (~truth).sum()         # only the rim next to it
     assert padding_mask(img) is None
-    # no test photo has padding, those on a near-black backdrop (deepface_jack) included
-    assert all(padding_mask(load_image(p)) is None for p in face_photos)
+    # no test photo has padding, those on a near-black backdrop (deepface_jack) included: at most
+    # black at the very edge (a dark suit cut by the bottom edge) with its rim
+    from face3d.photo_view import PADDING_RING_PX, PADDING_SLIVER_PX
+
+    for p in face_photos:
+        photo = load_image(p)
+        mask = padding_mask(photo)
+        if mask is not None:
+            edge = PADDING_SLIVER_PX + PADDING_RING_PX + 2 + int(np.ceil(2 * max(photo.shape[:2]) / 320))
+            assert not mask[edge:-edge, edge:-edge].any(), p.name
 
 
 def test_the_face_stays_opaque_over_the_photo_where_the_photo_did_not_colour_it(ict_model):

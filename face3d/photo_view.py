@@ -6,7 +6,8 @@ Zhu et al., CVPR 2016), in the crop frame of `face3d.render.render_views`.
 1. the photo is warped by a similarity (inner landmarks onto the fitted head's view at its own
    pose, as `face3d.alignment.aligned_original`) into a canvas `CANVAS_MARGIN` wider than the crop
    on every side, so content that swings into the crop exists (beyond the photo's edges mirrored,
-   except the head's mirror and any black padding, which are filled smoothly: `warp_canvas`);
+   except the head's mirror, which is filled smoothly, and black padding, which is filled by the photo
+   mirrored about its edge: `warp_canvas`);
 2. a regular grid mesh covers the canvas; each grid vertex gets a point in the view camera's frame:
    on the head the fitted mesh's surface (its z-buffer at the source pose), elsewhere a depth that
    continues the head's silhouette depth smoothly (a membrane: Laplace's equation, the head and the
@@ -85,6 +86,8 @@ PADDING_HULL_MARGIN = 0.03
 PADDING_MAX_INSIDE = 0.1
 #: Black this close to the photo's edge (px) is padding whatever its shape.
 PADDING_SLIVER_PX = 6
+#: Blur (fraction of the photo's longer side) of the mirrored fill of padding (`fill_padding`).
+PADDING_FILL_BLUR = 0.02
 #: Pixels at most this bright within this many px of padding are its JPEG rim.
 PADDING_RING_LEVEL = 48
 PADDING_RING_PX = 8
@@ -143,6 +146,32 @@ def padding_mask(image: np.ndarray) -> np.ndarray | None:
     return cv2.dilate(pad, np.ones((grow, grow), np.uint8)).astype(bool)
 
 
+def fill_padding(image: np.ndarray, padding: np.ndarray) -> np.ndarray:
+    """`image` with its `padding` (H, W bool) filled by the photo mirrored about the padding's edge,
+    blurred: each padded pixel p takes the colour at 2q - p, q the nearest pixel that is not
+    padding (q's own colour where that lands in padding or outside), then a Gaussian of
+    `PADDING_FILL_BLUR` over the filled pixels, so the backdrop or the body continues in its
+    colours without a mirror image of its details."""
+    h, w = image.shape[:2]
+    _, labels = cv2.distanceTransformWithLabels(padding.astype(np.uint8), cv2.DIST_L2, 5,
+                                                labelType=cv2.DIST_LABEL_PIXEL)
+    valid = ~padding
+    lut = np.zeros((int(labels.max()) + 1, 2), np.int64)
+    vy, vx = np.nonzero(valid)
+    lut[labels[vy, vx]] = np.stack([vy, vx], 1)
+    py, px = np.nonzero(padding)
+    q = lut[labels[py, px]]
+    ry, rx = 2 * q[:, 0] - py, 2 * q[:, 1] - px
+    ok = (ry >= 0) & (ry < h) & (rx >= 0) & (rx < w)
+    ok[ok] = valid[ry[ok], rx[ok]]
+    out = image.copy()
+    out[py, px] = np.where(ok[:, None], image[np.clip(ry, 0, h - 1), np.clip(rx, 0, w - 1)], image[q[:, 0], q[:, 1]])
+    # blurred, so that the fill carries the colours on without a mirror-symmetric copy of details
+    soft = cv2.GaussianBlur(out, (0, 0), PADDING_FILL_BLUR * max(h, w))
+    out[py, px] = soft[py, px]
+    return out
+
+
 def warp_canvas(image: np.ndarray, A: np.ndarray, t: np.ndarray, canvas: int,
                 head_box: np.ndarray | None = None, padding: np.ndarray | None = None) -> np.ndarray:
     """The photo warped by (A, t) into a canvas (float32 0..1, canvas x canvas x 3).
@@ -150,21 +179,19 @@ def warp_canvas(image: np.ndarray, A: np.ndarray, t: np.ndarray, canvas: int,
     Beyond the photo's edges the canvas mirrors the photo (a plausible continuation of a backdrop
     or a body), except where the mirror would show the head again: canvas pixels outside the photo
     whose mirrored source lies in `head_box` (x0, y0, x1, y1, photo pixels; a face cut by the
-    photo's edge) are filled smoothly from the rest instead (`push_pull_fill`), and so are the
-    photo's own `padding` (H, W bool, `padding_mask`) and its mirror."""
+    photo's edge) are filled smoothly from the rest instead (`push_pull_fill`). The photo's own
+    `padding` (H, W bool, `padding_mask`) is first filled by the photo mirrored about its edge
+    (`fill_padding`)."""
     t_cv = t + A @ np.array([0.5, 0.5]) - 0.5      # OpenCV's pixel centres sit at integers
     scale = float(np.sqrt(abs(np.linalg.det(A))))
-    img = image
+    img = image if padding is None else fill_padding(image, padding)
     if scale < 0.8:  # prefilter before shrinking (warpAffine samples, it does not average)
-        img = cv2.GaussianBlur(image, (0, 0), 0.5 * (1.0 / scale - 1.0) + 0.3)
+        img = cv2.GaussianBlur(img, (0, 0), 0.5 * (1.0 / scale - 1.0) + 0.3)
     M = np.hstack([A, t_cv[:, None]])
     out = cv2.warpAffine(img, M, (canvas, canvas), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     out = out.astype(np.float32) / 255.0
     h, w = image.shape[:2]
     unknown = np.zeros((canvas, canvas), bool)
-    if padding is not None:   # linear: a canvas pixel that blends any padding in is unknown
-        unknown |= cv2.warpAffine(padding.astype(np.float32), M, (canvas, canvas), flags=cv2.INTER_LINEAR,
-                                  borderMode=cv2.BORDER_REFLECT) > 0
     if head_box is not None:
         x0, y0, x1, y1 = np.round(np.asarray(head_box, np.float64)).astype(int)
         mark = np.zeros((h, w), np.uint8)

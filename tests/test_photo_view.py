@@ -212,3 +212,21 @@ def test_the_face_stays_opaque_over_the_photo_where_the_photo_did_not_colour_it(
     alpha = see_through_texture(blank, ict_model).alpha
     assert see_through_texture(blank).alpha.max() < 0.01
     assert 0.05 < (alpha > 0.99).mean() < 0.5 and (alpha < 0.01).mean() > 0.3
+
+
+def test_padding_is_filled_by_the_photo_mirrored_about_its_edge():
+    from face3d.photo_view import fill_padding
+
+    h, w = 120, 160
+    x = np.arange(w)[None, :, None]
+    img = np.broadcast_to(np.concatenate([60 + x, 200 - x // 2, 30 + 0 * x], -1), (h, w, 3)).astype(np.uint8).copy()
+    pad = np.zeros((h, w), bool)
+    pad[:, 130:] = True                                  # a black bar down the right edge
+    img[pad] = 0
+    out = fill_padding(img, pad)
+    assert (out[~pad] == img[~pad]).all()                # the photo itself is kept
+    # column 130 + k mirrors column 129 - k: the gradient runs back, blurred, with nothing black left
+    k = np.arange(5, 25)
+    expect = img[h // 2, 129 - k].astype(float)
+    assert np.abs(out[h // 2, 130 + k].astype(float) - expect).max() < 12
+    assert out[pad].min() > 20

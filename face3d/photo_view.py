@@ -487,27 +487,32 @@ def face_vertex_opacity(model: MorphableModel) -> np.ndarray:
     return (below_brows * before_ears).astype(np.float32)
 
 
-def vertex_texel_map(model: MorphableModel, name: str, values, height: int, gutter: float) -> np.ndarray:
-    """Per-vertex `values()` (V,) interpolated into the UV atlas of `height` (`gutter` outside the
-    islands), cached with the model under `name`."""
+def vertex_texel_map(model: MorphableModel, name: str, values, height: int) -> np.ndarray:
+    """Per-vertex `values()` (V,) interpolated into the UV atlas of `height`, cached with the model
+    under `name`. The gutters between the islands take their islands' values (`push_pull_fill`):
+    a view samples the atlas bilinearly, and at an island's edge a gutter of another value would
+    draw the island's outline (a thin dark line round the faded neck)."""
     key = (name, height)
     if key not in model._torch_cache:
         texels = atlas_texels(model, height)
         H, W = atlas_size(height)
-        out = np.full(H * W, gutter, np.float32)
+        out = np.zeros(H * W, np.float32)
+        known = np.zeros(H * W, bool)
         out[texels.flat] = interpolate(texels, values()[None].astype(texels.bary.dtype))[0]
-        model._torch_cache[key] = out.reshape(H, W)
+        known[texels.flat] = True
+        filled = push_pull_fill(np.repeat(out.reshape(H, W, 1), 3, axis=2), known.reshape(H, W))[..., 0]
+        model._torch_cache[key] = np.ascontiguousarray(filled, np.float32)
     return model._torch_cache[key]
 
 
 def neck_texel_alpha(model: MorphableModel, height: int) -> np.ndarray:
-    """`neck_vertex_alpha` in the UV atlas of `height` (1 in the gutters), cached with the model."""
-    return vertex_texel_map(model, "neck_texel_alpha", lambda: neck_vertex_alpha(model), height, 1.0)
+    """`neck_vertex_alpha` in the UV atlas of `height`, cached with the model."""
+    return vertex_texel_map(model, "neck_texel_alpha", lambda: neck_vertex_alpha(model), height)
 
 
 def face_texel_opacity(model: MorphableModel, height: int) -> np.ndarray:
-    """`face_vertex_opacity` in the UV atlas of `height` (0 in the gutters), cached with the model."""
-    return vertex_texel_map(model, "face_texel_opacity", lambda: face_vertex_opacity(model), height, 0.0)
+    """`face_vertex_opacity` in the UV atlas of `height`, cached with the model."""
+    return vertex_texel_map(model, "face_texel_opacity", lambda: face_vertex_opacity(model), height)
 
 
 def see_through_texture(texture: Texture, model: MorphableModel | None = None) -> Texture:

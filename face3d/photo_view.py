@@ -6,7 +6,7 @@ Zhu et al., CVPR 2016), in the crop frame of `face3d.render.render_views`.
 1. the photo is warped by a similarity (inner landmarks onto the fitted head's view at its own
    pose, as `face3d.alignment.aligned_original`) into a canvas `CANVAS_MARGIN` wider than the crop
    on every side, so content that swings into the crop exists (beyond the photo's edges mirrored,
-   except the head's mirror, which is filled smoothly, and black padding, which is filled by the photo
+   except the head's mirror, where the photo's edge is carried on, and black padding, which is filled by the photo
    mirrored about its edge: `warp_canvas`);
 2. a regular grid mesh covers the canvas; each grid vertex gets a point in the view camera's frame:
    on the head the fitted mesh's surface (its z-buffer at the source pose), elsewhere a depth that
@@ -179,7 +179,8 @@ def warp_canvas(image: np.ndarray, A: np.ndarray, t: np.ndarray, canvas: int,
     Beyond the photo's edges the canvas mirrors the photo (a plausible continuation of a backdrop
     or a body), except where the mirror would show the head again: canvas pixels outside the photo
     whose mirrored source lies in `head_box` (x0, y0, x1, y1, photo pixels; a face cut by the
-    photo's edge) are filled smoothly from the rest instead (`push_pull_fill`). The photo's own
+    photo's edge, a chin at the bottom edge) take the photo's edge carried on and blurred instead
+    (`HEAD_MIRROR_BLUR`). The photo's own
     `padding` (H, W bool, `padding_mask`) is first filled by the photo mirrored about its edge
     (`fill_padding`)."""
     t_cv = t + A @ np.array([0.5, 0.5]) - 0.5      # OpenCV's pixel centres sit at integers
@@ -204,11 +205,18 @@ def warp_canvas(image: np.ndarray, A: np.ndarray, t: np.ndarray, canvas: int,
             unknown |= reflected_head & ~inside
     if not unknown.any() or unknown.all():
         return out
-    return push_pull_fill(out, ~unknown).astype(np.float32)
+    # the photo's edge drawn out (its last row or column carried on) and blurred: a body or a
+    # backdrop cut by the edge continues in its colours
+    edge = cv2.warpAffine(img, M, (canvas, canvas), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    edge = cv2.GaussianBlur(edge, (0, 0), HEAD_MIRROR_BLUR * canvas).astype(np.float32) / 255.0
+    out[unknown] = edge[unknown]
+    return out
 
 
 #: Growth of the projected head's box (fraction of its size, each side) that `warp_canvas` never mirrors.
 HEAD_BOX_MARGIN = 0.15
+#: Blur (fraction of the canvas side) of the photo's edge carried on where the mirror would show the head.
+HEAD_MIRROR_BLUR = 0.03
 
 
 def photo_head_box(fit, model: MorphableModel, verts: torch.Tensor) -> np.ndarray:

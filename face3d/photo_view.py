@@ -134,14 +134,14 @@ def padding_mask(image: np.ndarray) -> np.ndarray | None:
             pad |= wedges
     if not pad.any():
         return None
-    pad = pad.astype(np.uint8)
-    if scale < 1.0:
-        pad = cv2.resize(pad, (w, h), interpolation=cv2.INTER_NEAREST)
     # JPEG rings along the padding's edge, up to a block wide: darker than the photo there, and
     # mirrored beyond the photo's edge they would draw the wedge's outline. Dim pixels that close
     # to the padding are padding too, and a margin beyond them
-    near = cv2.dilate(pad, np.ones((2 * PADDING_RING_PX + 1,) * 2, np.uint8)).astype(bool)
-    pad |= (near & (image.max(axis=-1) <= PADDING_RING_LEVEL)).astype(np.uint8)
+    ring = 2 * max(1, int(round(PADDING_RING_PX * scale))) + 1
+    near = cv2.dilate(pad.astype(np.uint8), np.ones((ring, ring), np.uint8)).astype(bool)
+    pad = (pad | (near & (work.max(axis=-1) <= PADDING_RING_LEVEL))).astype(np.uint8)
+    if scale < 1.0:
+        pad = cv2.resize(pad, (w, h), interpolation=cv2.INTER_NEAREST)
     grow = 2 * int(math.ceil(2.0 / scale)) + 1
     return cv2.dilate(pad, np.ones((grow, grow), np.uint8)).astype(bool)
 
@@ -150,25 +150,33 @@ def fill_padding(image: np.ndarray, padding: np.ndarray) -> np.ndarray:
     """`image` with its `padding` (H, W bool) filled by the photo mirrored about the padding's edge,
     blurred: each padded pixel p takes the colour at 2q - p, q the nearest pixel that is not
     padding (q's own colour where that lands in padding or outside), then a Gaussian of
-    `PADDING_FILL_BLUR` over the filled pixels, so the backdrop or the body continues in its
-    colours without a mirror image of its details."""
+    `PADDING_FILL_BLUR` times the photo's longer side, so the backdrop or the body continues in its
+    colours without a mirror image of its details. The blur is wide: the fill is made on a copy
+    shrunk to a blur of 2 px and brought back up (only the padded pixels change)."""
     h, w = image.shape[:2]
-    _, labels = cv2.distanceTransformWithLabels(padding.astype(np.uint8), cv2.DIST_L2, 5,
-                                                labelType=cv2.DIST_LABEL_PIXEL)
-    valid = ~padding
+    sigma = PADDING_FILL_BLUR * max(h, w)
+    shrink = max(1.0, sigma / 2.0)
+    size = (max(1, int(round(w / shrink))), max(1, int(round(h / shrink))))
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    pad = cv2.resize(padding.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    pad |= cv2.resize(padding.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0  # no black blended in
+    if pad.all():
+        return image.copy()
+    sh, sw = pad.shape
+    _, labels = cv2.distanceTransformWithLabels(pad.astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    valid = ~pad
     lut = np.zeros((int(labels.max()) + 1, 2), np.int64)
     vy, vx = np.nonzero(valid)
     lut[labels[vy, vx]] = np.stack([vy, vx], 1)
-    py, px = np.nonzero(padding)
+    py, px = np.nonzero(pad)
     q = lut[labels[py, px]]
     ry, rx = 2 * q[:, 0] - py, 2 * q[:, 1] - px
-    ok = (ry >= 0) & (ry < h) & (rx >= 0) & (rx < w)
+    ok = (ry >= 0) & (ry < sh) & (rx >= 0) & (rx < sw)
     ok[ok] = valid[ry[ok], rx[ok]]
+    small[py, px] = np.where(ok[:, None], small[np.clip(ry, 0, sh - 1), np.clip(rx, 0, sw - 1)], small[q[:, 0], q[:, 1]])
+    soft = cv2.resize(cv2.GaussianBlur(small, (0, 0), sigma / shrink), (w, h), interpolation=cv2.INTER_LINEAR)
     out = image.copy()
-    out[py, px] = np.where(ok[:, None], image[np.clip(ry, 0, h - 1), np.clip(rx, 0, w - 1)], image[q[:, 0], q[:, 1]])
-    # blurred, so that the fill carries the colours on without a mirror-symmetric copy of details
-    soft = cv2.GaussianBlur(out, (0, 0), PADDING_FILL_BLUR * max(h, w))
-    out[py, px] = soft[py, px]
+    out[padding] = soft[padding]
     return out
 
 

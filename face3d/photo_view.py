@@ -503,32 +503,35 @@ def face_vertex_opacity(model: MorphableModel) -> np.ndarray:
     return (below_brows * before_ears).astype(np.float32)
 
 
-def vertex_texel_map(model: MorphableModel, name: str, values, height: int) -> np.ndarray:
-    """Per-vertex `values()` (V,) interpolated into the UV atlas of `height`, cached with the model
-    under `name`. The gutters between the islands take their islands' values (`push_pull_fill`):
-    a view samples the atlas bilinearly, and at an island's edge a gutter of another value would
-    draw the island's outline (a thin dark line round the faded neck)."""
-    key = (name, height)
+def vertex_texel_maps(model: MorphableModel, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """(`neck_vertex_alpha`, `face_vertex_opacity`) interpolated into the UV atlas of `height`,
+    cached with the model. The gutters between the islands take their islands' values
+    (`push_pull_fill`, both maps in one pass): a view samples the atlas bilinearly, and at an
+    island's edge a gutter of another value would draw the island's outline (a thin dark line round
+    the faded neck)."""
+    key = ("photo_view_texel_maps", height)
     if key not in model._torch_cache:
         texels = atlas_texels(model, height)
         H, W = atlas_size(height)
-        out = np.zeros(H * W, np.float32)
+        values = np.stack([neck_vertex_alpha(model), face_vertex_opacity(model), np.zeros(model.num_vertices, np.float32)])
+        out = np.zeros((H * W, 3), np.float32)
         known = np.zeros(H * W, bool)
-        out[texels.flat] = interpolate(texels, values()[None].astype(texels.bary.dtype))[0]
+        out[texels.flat] = interpolate(texels, values.astype(texels.bary.dtype)).T
         known[texels.flat] = True
-        filled = push_pull_fill(np.repeat(out.reshape(H, W, 1), 3, axis=2), known.reshape(H, W))[..., 0]
-        model._torch_cache[key] = np.ascontiguousarray(filled, np.float32)
+        filled = push_pull_fill(out.reshape(H, W, 3), known.reshape(H, W))
+        model._torch_cache[key] = (np.ascontiguousarray(filled[..., 0], np.float32),
+                                   np.ascontiguousarray(filled[..., 1], np.float32))
     return model._torch_cache[key]
 
 
 def neck_texel_alpha(model: MorphableModel, height: int) -> np.ndarray:
-    """`neck_vertex_alpha` in the UV atlas of `height`, cached with the model."""
-    return vertex_texel_map(model, "neck_texel_alpha", lambda: neck_vertex_alpha(model), height)
+    """`neck_vertex_alpha` in the UV atlas of `height` (`vertex_texel_maps`)."""
+    return vertex_texel_maps(model, height)[0]
 
 
 def face_texel_opacity(model: MorphableModel, height: int) -> np.ndarray:
-    """`face_vertex_opacity` in the UV atlas of `height`, cached with the model."""
-    return vertex_texel_map(model, "face_texel_opacity", lambda: face_vertex_opacity(model), height)
+    """`face_vertex_opacity` in the UV atlas of `height` (`vertex_texel_maps`)."""
+    return vertex_texel_maps(model, height)[1]
 
 
 def see_through_texture(texture: Texture, model: MorphableModel | None = None) -> Texture:

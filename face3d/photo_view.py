@@ -6,8 +6,8 @@ Zhu et al., CVPR 2016), in the crop frame of `face3d.render.render_views`.
 1. the photo is warped by a similarity (inner landmarks onto the fitted head's view at its own
    pose, as `face3d.alignment.aligned_original`) into a canvas `CANVAS_MARGIN` wider than the crop
    on every side, so content that swings into the crop exists (beyond the photo's edges mirrored,
-   except the head's mirror, where the photo's edge is carried on, and black padding, which is filled by the photo
-   mirrored about its edge: `warp_canvas`);
+   except where that would mirror the head: there the photo's edge is carried on; black padding
+   around the photo is first filled by the photo mirrored about the padding's edge: `warp_canvas`);
 2. a regular grid mesh covers the canvas; each grid vertex gets a point in the view camera's frame:
    on the head the fitted mesh's surface (its z-buffer at the source pose), elsewhere a depth that
    continues the head's silhouette depth smoothly (a membrane: Laplace's equation, the head and the
@@ -173,7 +173,8 @@ def fill_padding(image: np.ndarray, padding: np.ndarray) -> np.ndarray:
     ry, rx = 2 * q[:, 0] - py, 2 * q[:, 1] - px
     ok = (ry >= 0) & (ry < sh) & (rx >= 0) & (rx < sw)
     ok[ok] = valid[ry[ok], rx[ok]]
-    small[py, px] = np.where(ok[:, None], small[np.clip(ry, 0, sh - 1), np.clip(rx, 0, sw - 1)], small[q[:, 0], q[:, 1]])
+    mirrored = small[np.clip(ry, 0, sh - 1), np.clip(rx, 0, sw - 1)]
+    small[py, px] = np.where(ok[:, None], mirrored, small[q[:, 0], q[:, 1]])
     soft = cv2.resize(cv2.GaussianBlur(small, (0, 0), sigma / shrink), (w, h), interpolation=cv2.INTER_LINEAR)
     out = image.copy()
     out[padding] = soft[padding]
@@ -188,9 +189,8 @@ def warp_canvas(image: np.ndarray, A: np.ndarray, t: np.ndarray, canvas: int,
     or a body), except where the mirror would show the head again: canvas pixels outside the photo
     whose mirrored source lies in `head_box` (x0, y0, x1, y1, photo pixels; a face cut by the
     photo's edge, a chin at the bottom edge) take the photo's edge carried on and blurred instead
-    (`HEAD_MIRROR_BLUR`). The photo's own
-    `padding` (H, W bool, `padding_mask`) is first filled by the photo mirrored about its edge
-    (`fill_padding`)."""
+    (`HEAD_MIRROR_BLUR`). The photo's own `padding` (H, W bool, `padding_mask`) is first filled by
+    the photo mirrored about its edge (`fill_padding`)."""
     t_cv = t + A @ np.array([0.5, 0.5]) - 0.5      # OpenCV's pixel centres sit at integers
     scale = float(np.sqrt(abs(np.linalg.det(A))))
     img = image if padding is None else fill_padding(image, padding)
@@ -294,7 +294,8 @@ def neck_pivot(vertices: torch.Tensor, model: MorphableModel) -> np.ndarray:
 
 
 def body_weight(rows: np.ndarray, chin_row: float, size: int) -> np.ndarray:
-    """Per grid row: 1 down to the chin, easing (smoothstep) to 0 over `BODY_FALLOFF` below it."""
+    """Per grid row (`rows`: their canvas y in px): 1 down to the chin's row, easing (smoothstep) to
+    0 over `BODY_FALLOFF` of the crop side below it."""
     s = np.clip(1.0 - (rows - chin_row) / (BODY_FALLOFF * size), 0.0, 1.0)
     return s * s * (3 - 2 * s)
 
@@ -358,7 +359,8 @@ def photo_view_backgrounds(fit, image: np.ndarray, model: MorphableModel, poses:
         vals[..., 1:] = np.where(head[..., None], at - pos, 0.0)
         filled = membrane(vals, fixed)
         frame = verts if frame_vertices is None else frame_vertices
-        chin_row = float(view_screen(verts, model, [fit.pose], size, frame_vertices)[0, int(model.landmark_vertices[8]), 1]) + pad
+        screen = view_screen(verts, model, [fit.pose], size, frame_vertices)
+        chin_row = float(screen[0, int(model.landmark_vertices[8]), 1]) + pad
         w = turn_weight(skull, step, size) * body_weight(np.arange(n) * step, chin_row, size)[:, None]
         seam = face_seam(head, fit, model, verts, frame_vertices, size, pad, step)
         return render_grid(filled[..., 0], pos, pos + filled[..., 1:], w, image_canvas, fit, model, verts,
@@ -513,7 +515,8 @@ def vertex_texel_maps(model: MorphableModel, height: int) -> tuple[np.ndarray, n
     if key not in model._torch_cache:
         texels = atlas_texels(model, height)
         H, W = atlas_size(height)
-        values = np.stack([neck_vertex_alpha(model), face_vertex_opacity(model), np.zeros(model.num_vertices, np.float32)])
+        values = np.stack([neck_vertex_alpha(model), face_vertex_opacity(model),
+                           np.zeros(model.num_vertices, np.float32)])          # push_pull_fill takes 3 channels
         out = np.zeros((H * W, 3), np.float32)
         known = np.zeros(H * W, bool)
         out[texels.flat] = interpolate(texels, values.astype(texels.bary.dtype)).T

@@ -206,7 +206,7 @@ def test_the_face_stays_opaque_over_the_photo_where_the_photo_did_not_colour_it(
     mean = np.asarray(ict_model.mean)
     assert opacity[mean[:, 1] > mean[lm[17:27], 1].max() + 20].max() == 0     # the skull above the brows
     assert opacity[mean[:, 2] < 0].max() == 0                                  # behind the ear canals
-    # a texture the photo coloured nowhere: only the face (and the sides before the ears) stays
+    # a texture the photo coloured nowhere: only the face stays
     H, W = atlas_size(256)
     blank = Texture(np.zeros((H, W, 3), np.float32), np.full((H, W), INPAINT_CONFIDENCE, np.float32))
     alpha = see_through_texture(blank, ict_model).alpha

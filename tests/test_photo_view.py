@@ -186,14 +186,15 @@ def test_black_padding_of_a_rotated_crop_is_found_and_a_dark_backdrop_is_not(oba
     assert padding_mask(img) is None
     # no test photo has padding, those on a near-black backdrop (deepface_jack) included: at most
     # black at the very edge (a dark suit cut by the bottom edge) with its rim
-    from face3d.photo_view import PADDING_RING_PX, PADDING_SLIVER_PX
+    from face3d.photo_view import PADDING_RING_PX, PADDING_SLIVER_PX, PADDING_WORK_SIDE
 
     for p in face_photos:
         photo = load_image(p)
         mask = padding_mask(photo)
         if mask is not None:
-            edge = PADDING_SLIVER_PX + PADDING_RING_PX + 2 + int(np.ceil(2 * max(photo.shape[:2]) / 320))
-            assert not mask[edge:-edge, edge:-edge].any(), p.name
+            per_work_px = max(1.0, max(photo.shape[:2]) / PADDING_WORK_SIDE)   # photo px per working px
+            edge = int(np.ceil(PADDING_SLIVER_PX + (PADDING_RING_PX + 1) * per_work_px + 2 * per_work_px + 1))
+            assert edge < min(photo.shape[:2]) // 4 and not mask[edge:-edge, edge:-edge].any(), p.name
 
 
 def test_the_face_stays_opaque_over_the_photo_where_the_photo_did_not_colour_it(ict_model):

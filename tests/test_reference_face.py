@@ -141,7 +141,11 @@ def test_a_bad_reference_writes_nothing(tmp_path, capsys, obama_path, flag):
     from PIL import Image
 
     Image.fromarray(np.full((200, 200, 3), 127, np.uint8)).save(grey)
-    for bad, says in ((grey, "no face found in the reference photo"), (tmp_path / "nope.jpg", "no such file")):
+    cut = tmp_path / "cut.jpg"
+    whole = obama_path.read_bytes()
+    cut.write_bytes(whole[: len(whole) // 3])
+    for bad, says in ((grey, "no face found in the reference photo"), (tmp_path / "nope.jpg", "no such file"),
+                      (cut, "unreadable or truncated image")):
         out = tmp_path / f"out_{bad.stem}"
         assert main(["rotate", str(obama_path), "--yaw", "0", *FAST, "--out", str(out), flag, str(bad)]) == 1
         err = capsys.readouterr().err.strip().splitlines()

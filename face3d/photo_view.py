@@ -43,6 +43,7 @@ from face3d.camera import Pose, euler_to_matrix
 from face3d.morphable_model import MorphableModel
 from face3d.rasterizer import interpolate_vertex_attributes, rasterize_meshes
 from face3d.render import head_pivot, view_camera, view_screen
+from face3d.segmentation import projected_box
 from face3d.texture import INPAINT_CONFIDENCE, Texture, atlas_size, atlas_texels, interpolate, push_pull_fill
 
 #: Extra canvas on each side of the crop, as a fraction of the crop side.
@@ -108,7 +109,8 @@ def padding_mask(image: np.ndarray) -> np.ndarray | None:
     scale = min(1.0, PADDING_WORK_SIDE / max(h, w))
     work = image if scale == 1.0 else cv2.resize(image, (int(round(w * scale)), int(round(h * scale))),
                                                  interpolation=cv2.INTER_AREA)
-    raw = (work.max(axis=-1) <= PADDING_LEVEL).astype(np.uint8)
+    level = work.max(axis=-1)
+    raw = (level <= PADDING_LEVEL).astype(np.uint8)
     # black within `PADDING_SLIVER_PX` of the edge: a wedge's thin end or a thin bar, too narrow for
     # the opening below (a few dark pixels of the photo's own taken with them are filled unseen)
     sliver_px = max(1, int(round(PADDING_SLIVER_PX * scale)))
@@ -139,7 +141,7 @@ def padding_mask(image: np.ndarray) -> np.ndarray | None:
     # to the padding are padding too, and a margin beyond them
     ring = 2 * max(1, int(round(PADDING_RING_PX * scale))) + 1
     near = cv2.dilate(pad.astype(np.uint8), np.ones((ring, ring), np.uint8)).astype(bool)
-    pad = (pad | (near & (work.max(axis=-1) <= PADDING_RING_LEVEL))).astype(np.uint8)
+    pad = (pad | (near & (level <= PADDING_RING_LEVEL))).astype(np.uint8)
     if scale < 1.0:
         pad = cv2.resize(pad, (w, h), interpolation=cv2.INTER_NEAREST)
     grow = 2 * int(math.ceil(2.0 / scale)) + 1
@@ -231,10 +233,7 @@ def photo_head_box(fit, model: MorphableModel, verts: torch.Tensor) -> np.ndarra
     """(x0, y0, x1, y1): the fitted head's projection in the photo above the chin (a mirrored
     body is plausible, a mirrored face is not), grown by `HEAD_BOX_MARGIN`."""
     above_chin = (verts[0, :, 1] >= verts[0, int(model.landmark_vertices[8]), 1]).numpy()
-    xy = fit.project(model, verts)[0, :, :2].numpy()[above_chin]
-    lo, hi = xy.min(0), xy.max(0)
-    grow = HEAD_BOX_MARGIN * (hi - lo)
-    return np.concatenate([lo - grow, hi + grow])
+    return projected_box(fit, model, HEAD_BOX_MARGIN, verts, above_chin)
 
 
 def grid_triangles(n: int) -> torch.Tensor:
@@ -364,7 +363,7 @@ def photo_view_backgrounds(fit, image: np.ndarray, model: MorphableModel, poses:
         w = turn_weight(skull, step, size) * body_weight(np.arange(n) * step, chin_row, size)[:, None]
         seam = face_seam(head, fit, model, verts, frame_vertices, size, pad, step)
         return render_grid(filled[..., 0], pos, pos + filled[..., 1:], w, image_canvas, fit, model, verts,
-                           frame_vertices, poses, size, pad, seam, pivot=neck_pivot(frame, model))
+                           frame_vertices, poses, size, pad, neck_pivot(frame, model), seam)
 
 
 def face_seam(head: np.ndarray, fit, model, verts, frame_vertices, size: int, pad: int, step: float) -> np.ndarray:
@@ -377,11 +376,11 @@ def face_seam(head: np.ndarray, fit, model, verts, frame_vertices, size: int, pa
     return ring & (rows >= top) & (rows <= bottom)
 
 
-def render_grid(depth, pos, uv, w, image_canvas, fit, model, verts, frame_vertices, poses, size, pad, seam=None,
-                pivot=None):
+def render_grid(depth, pos, uv, w, image_canvas, fit, model, verts, frame_vertices, poses, size, pad, pivot,
+                seam=None):
     """Turn the grid mesh to every pose, rasterize it into the crop, texture it, inpaint the holes.
     `pivot` (3,), model frame, mm from the mid-face: the point the weighted turn is about (module
-    docstring, step 3); None turns about the mid-face itself."""
+    docstring, step 3)."""
     n = depth.shape[0]
     canvas = image_canvas.shape[0]
     _, eye_mouth = head_pivot(verts if frame_vertices is None else frame_vertices, model)
@@ -392,7 +391,7 @@ def render_grid(depth, pos, uv, w, image_canvas, fit, model, verts, frame_vertic
     src = fit.pose
     R = _pose_matrices([src] + list(poses))
     R_rel = R[1:] @ R[0].T
-    P = np.zeros(3) if pivot is None else R[0] @ np.asarray(pivot, np.float64)
+    P = R[0] @ np.asarray(pivot, np.float64)
     Xt = turn_about_pivot(torch.from_numpy(X.astype(np.float32)), w.ravel(), R_rel, P)
     Xt[..., 2] -= dist
     d = -Xt[..., 2]
@@ -469,13 +468,20 @@ NECK_FADE_START_MM = 0.0
 NECK_FADE_MM = 15.0
 
 
+def _mean_face_from_mid_face(model: MorphableModel) -> tuple[np.ndarray, float]:
+    """The mean face's vertices (V, 3), mm from its mid-face point (`head_pivot`), and its
+    eye-to-mouth distance (mm)."""
+    mean = torch.as_tensor(np.asarray(model.mean, np.float32))[None]
+    centre, eye_mouth = head_pivot(mean, model)
+    return mean[0].numpy() - centre.numpy(), eye_mouth
+
+
 def neck_vertex_alpha(model: MorphableModel) -> np.ndarray:
     """(V,) float32: 1 on the head, 0 on the neck and shoulders below the jaw line (`JAW_LINE`, on
     the mean face), a linear fade between. A rigidly turned neck would leave the shoulders, and the
     collar texels on it would float beside the chin; the photo's neck bends onto the body instead."""
-    mean = torch.as_tensor(np.asarray(model.mean, np.float32))[None]
-    centre, eye_mouth = head_pivot(mean, model)
-    rel = (mean[0].numpy() - centre.numpy()) / eye_mouth
+    v, eye_mouth = _mean_face_from_mid_face(model)
+    rel = v / eye_mouth
     line = np.array(JAW_LINE[::-1])                       # back to front: np.interp wants z increasing
     below_mm = (np.interp(rel[:, 2], line[:, 0], line[:, 1]) - rel[:, 1]) * eye_mouth
     return np.clip(1.0 - (below_mm - NECK_FADE_START_MM) / NECK_FADE_MM, 0.0, 1.0).astype(np.float32)
@@ -497,9 +503,7 @@ def face_vertex_opacity(model: MorphableModel) -> np.ndarray:
     from the wrong side (stretched, or inpainted where it opened up): a face texel the photo did not
     colour shows the head's own filled texture instead (the mirror, or smooth skin), while over the
     skull the turned photo's hair shows through (`see_through_texture`)."""
-    mean = torch.as_tensor(np.asarray(model.mean, np.float32))[None]
-    centre, eye_mouth = head_pivot(mean, model)
-    v = mean[0].numpy() - centre.numpy()
+    v, eye_mouth = _mean_face_from_mid_face(model)
     brows = model.landmark_vertices[17:27]
     top = float(v[brows[brows >= 0], 1].max()) if (brows >= 0).any() else np.inf
     below_brows = np.clip((top - v[:, 1]) / FACE_OPAQUE_FADE_MM, 0.0, 1.0)

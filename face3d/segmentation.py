@@ -51,15 +51,26 @@ TORSO_GAP = 0.15
 TORSO_WIDTH = 0.5
 
 
+def projected_box(fit, model: MorphableModel, grow: float, vertices: torch.Tensor | None = None,
+                  keep: np.ndarray | None = None) -> np.ndarray:
+    """(x0, y0, x1, y1), photo pixels (float, not clipped to the photo): the box of the fitted mesh
+    (`vertices`, default the fit's; only the `keep` ones (V,) bool, when given) projected into the
+    photo, grown by `grow` of its size on each side."""
+    with torch.no_grad():
+        xy = fit.project(model, vertices)[0, :, :2].numpy()
+    if keep is not None:
+        xy = xy[keep]
+    lo, hi = xy.min(0), xy.max(0)
+    margin = grow * (hi - lo)
+    return np.concatenate([lo - margin, hi + margin])
+
+
 def segment_box(fit, model: MorphableModel, image_hw: tuple[int, int]) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1): the part of the photo that is segmented (`CROP_MARGIN`), in pixels."""
     H, W = image_hw
-    with torch.no_grad():
-        xy = fit.project(model)[0, :, :2].numpy()
-    lo, hi = xy.min(0), xy.max(0)
-    grow = CROP_MARGIN * (hi - lo)
-    x0, y0 = np.floor(np.maximum(lo - grow, 0)).astype(int)
-    x1, y1 = np.ceil(np.minimum(hi + grow, [W, H])).astype(int)
+    box = projected_box(fit, model, CROP_MARGIN)
+    x0, y0 = np.floor(np.maximum(box[:2], 0)).astype(int)
+    x1, y1 = np.ceil(np.minimum(box[2:], [W, H])).astype(int)
     # the whole photo where the box would be seen hardly sharper (an LFW crop), or lies outside it
     if CROP_GAIN * max(x1 - x0, y1 - y0) > max(H, W) or min(x1 - x0, y1 - y0) < 2:
         return 0, 0, W, H

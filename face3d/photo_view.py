@@ -65,8 +65,9 @@ NECK_PIVOT_DOWN = 0.15
 #: A triangle whose area grows by more than this factor is a disocclusion: its pixels are inpainted.
 STRETCH_LIMIT = 4.0
 #: Width (fraction of the crop) of the seam beside the face, brows to chin, whose photo pixels are
-#: refilled in a turned view: the photo's cheek edge that the fitted mesh misses would otherwise
-#: turn with the head and stick out past its profile.
+#: refilled in a turned view on the side the face turns towards (`profile_side_seams`): the photo's
+#: cheek edge that the fitted mesh misses would otherwise turn with the head and stick out past its
+#: profile.
 SEAM_WIDTH = 0.05
 #: The seam is refilled in views turned by more than this (degrees) from the photo's pose.
 SEAM_MIN_TURN = 10.0
@@ -361,7 +362,8 @@ def photo_view_backgrounds(fit, image: np.ndarray, model: MorphableModel, poses:
         screen = view_screen(verts, model, [fit.pose], size, frame_vertices)
         chin_row = float(screen[0, int(model.landmark_vertices[8]), 1]) + pad
         w = turn_weight(skull, step, size) * body_weight(np.arange(n) * step, chin_row, size)[:, None]
-        seam = face_seam(head, fit, model, verts, frame_vertices, size, pad, step)
+        seam = profile_side_seams(face_seam(head, fit, model, verts, frame_vertices, size, pad, step),
+                                  fit, model, verts, frame_vertices, poses, size, pad, step)
         return render_grid(filled[..., 0], pos, pos + filled[..., 1:], w, image_canvas, fit, model, verts,
                            frame_vertices, poses, size, pad, neck_pivot(frame, model), seam)
 
@@ -374,6 +376,23 @@ def face_seam(head: np.ndarray, fit, model, verts, frame_vertices, size: int, pa
     top, bottom = (float(lm[17:27].min()) + pad) / step, (float(lm[8]) + pad) / step
     rows = np.arange(head.shape[0])[:, None]
     return ring & (rows >= top) & (rows <= bottom)
+
+
+def profile_side_seams(seam: np.ndarray, fit, model, verts, frame_vertices, poses, size: int, pad: int,
+                       step: float) -> np.ndarray:
+    """(B, n, n) bool: per pose, the part of the face seam (`face_seam`, (n, n)) on the side the
+    face turns towards, where the turned cheek becomes the profile and the photo's cheek edge beyond
+    the fitted mesh would stick out past it. On the other side the seam turns in behind the head,
+    where the rendered head shows the turned photo through its see-through sides: refilled there,
+    it drew a smeared second jaw beside the face. The side is where the nose tip moves, in the crop,
+    between the photo's pose and the view's."""
+    nose = int(model.landmark_vertices[30])
+    if nose < 0:                                          # a model without the point: both sides
+        return np.broadcast_to(seam, (len(poses),) + seam.shape)
+    x = view_screen(verts, model, [fit.pose] + list(poses), size, frame_vertices)[:, nose, 0].numpy()
+    cols = np.arange(seam.shape[1]) * step - pad          # crop x of each grid column
+    side = np.sign(cols[None, :] - x[0]) == np.sign(x[1:] - x[0])[:, None]      # (B, n)
+    return seam[None] & side[:, None, :]
 
 
 def render_grid(depth, pos, uv, w, image_canvas, fit, model, verts, frame_vertices, poses, size, pad, pivot,
@@ -407,9 +426,10 @@ def render_grid(depth, pos, uv, w, image_canvas, fit, model, verts, frame_vertic
     if seam is not None:
         turned = torch.from_numpy(np.degrees(np.arccos(np.clip((np.trace(R_rel, axis1=1, axis2=2) - 1) / 2, -1, 1)))
                                   > SEAM_MIN_TURN)
-        on_seam = torch.from_numpy(seam.ravel())[tris].any(-1)                    # (F,)
+        on_seam = torch.from_numpy(np.ascontiguousarray(seam).reshape(len(poses), -1))[:, tris].any(-1)   # (B, F)
         f = frag.pix_to_face.clamp(min=0)
-        holes |= ((frag.pix_to_face >= 0) & on_seam[f] & turned[:, None, None]).numpy()
+        hit = torch.gather(on_seam, 1, f.reshape(len(f), -1)).reshape(f.shape)
+        holes |= ((frag.pix_to_face >= 0) & hit & turned[:, None, None]).numpy()
     return np.stack([fill_holes(img, h) for img, h in zip(rgb, holes)])
 
 

@@ -33,8 +33,10 @@ VIEW_FOV_DEGREES = 10.0
 #: 4: a photo much larger than the head is segmented on the part around it (`face3d.segmentation.segment_box`).
 #: 5: over the photo the head turns about the neck, the neck below the jaw is the photo's, the face stays opaque
 #: where the photo did not colour it, and neither a face cut by the photo's edge nor black padding is
-#: mirrored beyond it (`face3d.photo_view`).
-RENDER_VERSION = 5
+#: mirrored beyond it (`face3d.photo_view`). 6: over the photo, the seam beside the face is refilled only on
+#: the side the face turns towards (`face3d.photo_view.profile_side_seams`); the anti-aliased ring round the
+#: head takes the colours of the head pixels next to it, where it drew a line of the atlas corner's colour.
+RENDER_VERSION = 6
 
 
 def render_version(method: str) -> int | None:
@@ -186,6 +188,17 @@ def box_mean3(x: torch.Tensor) -> torch.Tensor:
     return out.div_(9)
 
 
+def _ring_colours(rgb: torch.Tensor, mask: torch.Tensor, cover: torch.Tensor) -> torch.Tensor:
+    """`rgb` (B, 3, S, S) with the soft ring outside the silhouette (empty pixels next to the head,
+    which the outline's anti-aliasing draws at up to half cover) coloured by the mean of the head
+    pixels next to each: an empty pixel's own value is the atlas corner's (`shade_textured`), which
+    drew a thin line of that colour round every head. `cover`: the 3x3 mean of `mask`."""
+    B, C, H, W = rgb.shape
+    near = box_mean3((rgb * mask[:, None]).reshape(B * C, H, W)).view(B, C, H, W)
+    ring = ((mask == 0) & (cover > 0))[:, None]
+    return torch.where(ring, near / cover[:, None].clamp(min=1e-6), rgb)
+
+
 def _pixel_alpha(tex_alpha: torch.Tensor, mask: torch.Tensor, extra: torch.Tensor | None,
                  cover: torch.Tensor | None = None) -> torch.Tensor:
     """The texture's alpha per pixel (B, S, S): as sampled on the head, 1 on an extra mesh (None:
@@ -274,7 +287,7 @@ def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel
             if cut:
                 alpha = alpha * _pixel_alpha(out[:, 4], mask, None if extra is None else frag.pix_to_face >= n_head_faces,
                                              cover)
-            imgs.append(out[:, :3].permute(0, 2, 3, 1))
+            imgs.append(_ring_colours(out[:, :3], mask, cover).permute(0, 2, 3, 1))
             confs.append(out[:, 3] * mask)
             masks.append(alpha)
             lms.append(screen[:, lm, :2])

@@ -73,8 +73,9 @@ def test_the_body_moves_as_one_the_way_the_neck_pivot_says(turned, obama_reconst
     focal, dist = view_camera(SIZE, eye_mouth)
     R = _pose_matrices(poses)
     P = R[0] @ neck_pivot(verts, ict_model)
-    # the crop's bottom strip (shoulders, below the chin's fall-off) in the source view and a turned one
-    strip = slice(SIZE - SIZE // 6, SIZE)
+    # the crop's bottom strip (shoulders, below the chin's fall-off) in the source view and a turned
+    # one; at (40, 10) the turned photo's jaw on the near side reaches down to SIZE // 6 from the bottom
+    strip = slice(SIZE - SIZE // 8, SIZE)
     src = cv2.cvtColor(bg[0], cv2.COLOR_RGB2GRAY)[strip].astype(np.float32)
     for k in (1, 2):
         shift = P - (R[k] @ R[0].T) @ P
@@ -161,6 +162,30 @@ def test_seam_beside_the_face_is_refilled_only_in_turned_views(obama_reconstruct
     seam = face_seam(head, rec.fit, ict_model, rec.fit.vertices(ict_model), None, 96, pad, step)
     assert seam.any() and not (seam & head).any() and seam.sum() < 0.2 * n * n
     assert SEAM_MIN_TURN > 0
+
+
+@pytest.mark.slow
+def test_the_seam_is_refilled_on_the_side_the_face_turns_towards(obama_reconstruction, ict_model):
+    from face3d.photo_view import face_seam, profile_side_seams, source_surface
+    from face3d.render import view_screen
+
+    rec = obama_reconstruction
+    verts = rec.fit.vertices(ict_model)
+    n, step, pad = 49, 144 / 48, 24
+    head, _, _, _, _ = source_surface(rec.fit, ict_model, verts, None, 96, pad, n, step)
+    seam = face_seam(head, rec.fit, ict_model, verts, None, 96, pad, step)
+    src = rec.fit.pose
+    poses = [Pose(src.yaw + 40.0, src.pitch, src.roll), Pose(src.yaw - 40.0, src.pitch, src.roll)]
+    sides = profile_side_seams(seam, rec.fit, ict_model, verts, None, poses, 96, pad, step)
+    assert sides.shape == (2, n, n)
+    assert sides[0].any() and sides[1].any() and not (sides[0] & sides[1]).any()
+    assert not (sides & ~seam[None]).any()                       # parts of the seam, nothing else
+    # each part lies on the side of the photo's nose tip that the nose moves to in that view
+    nose = view_screen(verts, ict_model, [src] + poses, 96, None)[:, int(ict_model.landmark_vertices[30]), 0].numpy()
+    cols = np.arange(n) * step - pad
+    for b in range(2):
+        kept = cols[np.nonzero(sides[b])[1]]
+        assert np.all(np.sign(kept - nose[0]) == np.sign(nose[b + 1] - nose[0]))
 
 
 def test_black_padding_of_a_rotated_crop_is_found_and_a_dark_backdrop_is_not(obama_image, face_photos):

@@ -64,6 +64,24 @@ def test_views_have_no_holes_and_consistent_framing(obama_reconstruction, ict_mo
     assert noses_y[(pit == 15) & (yaws == 0)][0] < noses_y[(pit == -15) & (yaws == 0)][0]
 
 
+def test_the_outline_blends_the_head_colour_into_the_background(obama_reconstruction, ict_model):
+    """The anti-aliased ring round the head mixes the head's own colour with the backdrop; the atlas
+    corner (what an empty pixel samples) must not show there, whatever its colour."""
+    from face3d.texture import Texture
+
+    rec = obama_reconstruction
+    image = np.empty_like(rec.texture.image)
+    image[:] = (0.8, 0.2, 0.2)
+    image[-8:, :8] = 0.0                                  # the atlas corner at UV (0, 0): black
+    flat = Texture(image, rec.texture.confidence, None)
+    views = render_views(rec.fit, flat, [Pose(0, 0, 0), Pose(40, 10, 0)], ict_model, size=96, background=0.5)
+    edge = (views.masks > 0) & (views.masks < 1)
+    assert edge.sum() > 100
+    px = views.images[edge].astype(float)
+    # each edge pixel lies between the grey backdrop (127.5) and the head (204, 51, 51), to rounding
+    assert px[:, 0].min() >= 126 and px[:, 1].max() <= 129 and px[:, 2].max() <= 129
+
+
 def test_size_256_matches_128(obama_reconstruction, ict_model):
     rec = obama_reconstruction
     a = render_views(rec.fit, rec.texture, [Pose(20, 0, 0)], ict_model, size=128)

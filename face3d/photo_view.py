@@ -69,8 +69,10 @@ STRETCH_LIMIT = 4.0
 #: cheek edge that the fitted mesh misses would otherwise turn with the head and stick out past its
 #: profile.
 SEAM_WIDTH = 0.05
-#: The seam is refilled in views turned by more than this (degrees) from the photo's pose.
+#: The seam is refilled in views turned by more than this (degrees) from the photo's pose ...
 SEAM_MIN_TURN = 10.0
+#: ... in which the nose tip moves sideways by more than this fraction of the crop (`profile_side_seams`).
+SEAM_MIN_SHIFT = 0.01
 
 
 #: A pixel whose channels are all at most this dark may be padding (`padding_mask`): padding is
@@ -385,13 +387,16 @@ def profile_side_seams(seam: np.ndarray, fit, model, verts, frame_vertices, pose
     the fitted mesh would stick out past it. On the other side the seam turns in behind the head,
     where the rendered head shows the turned photo through its see-through sides: refilled there,
     it drew a smeared second jaw beside the face. The side is where the nose tip moves, in the crop,
-    between the photo's pose and the view's."""
+    between the photo's pose and the view's; where it hardly moves sideways (a nod: no profile
+    turns out) neither side is refilled."""
     nose = int(model.landmark_vertices[30])
     if nose < 0:                                          # a model without the point: both sides
         return np.broadcast_to(seam, (len(poses),) + seam.shape)
     x = view_screen(verts, model, [fit.pose] + list(poses), size, frame_vertices)[:, nose, 0].numpy()
+    shift = x[1:] - x[0]
+    towards = np.where(np.abs(shift) < SEAM_MIN_SHIFT * size, 0.0, np.sign(shift))   # 0: neither side
     cols = np.arange(seam.shape[1]) * step - pad          # crop x of each grid column
-    side = np.sign(cols[None, :] - x[0]) == np.sign(x[1:] - x[0])[:, None]      # (B, n)
+    side = np.sign(cols[None, :] - x[0]) == towards[:, None]                        # (B, n)
     return seam[None] & side[:, None, :]
 
 

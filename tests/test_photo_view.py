@@ -186,6 +186,10 @@ def test_the_seam_is_refilled_on_the_side_the_face_turns_towards(obama_reconstru
     for b in range(2):
         kept = cols[np.nonzero(sides[b])[1]]
         assert np.all(np.sign(kept - nose[0]) == np.sign(nose[b + 1] - nose[0]))
+    # a nod about the head's own axis moves the nose down, not sideways: no profile, no refill
+    nod = profile_side_seams(seam, rec.fit, ict_model, verts, None, [Pose(src.yaw, src.pitch + 25.0, src.roll)],
+                             96, pad, step)
+    assert not nod.any()
 
 
 def test_black_padding_of_a_rotated_crop_is_found_and_a_dark_backdrop_is_not(obama_image, face_photos):

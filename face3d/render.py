@@ -188,38 +188,37 @@ def box_mean3(x: torch.Tensor) -> torch.Tensor:
     return out.div_(9)
 
 
-def _ring_colours(rgb: torch.Tensor, mask: torch.Tensor, cover: torch.Tensor) -> torch.Tensor:
-    """`rgb` (B, 3, S, S) with the soft ring outside the silhouette (empty pixels next to the head,
-    which the outline's anti-aliasing draws at up to half cover) coloured by the mean of the head
-    pixels next to each: an empty pixel's own value is the atlas corner's (`shade_textured`), which
-    drew a thin line of that colour round every head. `cover`: the 3x3 mean of `mask`. Written in
-    place, on the ring's pixels alone (a few hundred per view; a 3x3 filter of the whole image took
-    about 7% of a 128-px render)."""
-    B, C, H, W = rgb.shape
+def _fill_ring(values: torch.Tensor, mask: torch.Tensor, cover: torch.Tensor) -> torch.Tensor:
+    """`values` (B, C, S, S) with the soft ring outside the silhouette (empty pixels next to the head,
+    which the outline's anti-aliasing draws at up to half cover) set to the mean over the head
+    pixels next to each; `cover`: the 3x3 mean of `mask`. The colours take it (an empty pixel's own
+    colour is the atlas corner's, `shade_textured`, which drew a thin line of that colour round every
+    head), and so does the texture's alpha (`_pixel_alpha`). Written in place, on the ring's pixels
+    alone (a few hundred per view; a 3x3 filter of the whole image took about 7% of a 128-px render)."""
+    B, C, H, W = values.shape
     b, y, x = ((mask == 0) & (cover > 0)).nonzero(as_tuple=True)
     if b.numel() == 0:
-        return rgb
-    total = rgb.new_zeros(b.numel(), C)
+        return values
+    total = values.new_zeros(b.numel(), C)
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
             yy, xx = y + dy, x + dx
-            inside = ((yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)).to(rgb.dtype)
+            inside = ((yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)).to(values.dtype)
             yy, xx = yy.clamp(0, H - 1), xx.clamp(0, W - 1)
-            total += rgb[b, :, yy, xx] * (mask[b, yy, xx] * inside)[:, None]
-    rgb[b, :, y, x] = total / (9 * cover[b, y, x])[:, None]
-    return rgb
+            total += values[b, :, yy, xx] * (mask[b, yy, xx] * inside)[:, None]
+    values[b, :, y, x] = total / (9 * cover[b, y, x])[:, None]
+    return values
 
 
 def _pixel_alpha(tex_alpha: torch.Tensor, mask: torch.Tensor, extra: torch.Tensor | None,
                  cover: torch.Tensor | None = None) -> torch.Tensor:
     """The texture's alpha per pixel (B, S, S): as sampled on the head, 1 on an extra mesh (None:
-    none), and on the soft ring outside the silhouette the mean over the head pixels next to it.
-    `cover`: the 3x3 mean of `mask`, when the caller has it already."""
+    none), on the soft ring outside the silhouette the mean over the head pixels next to it
+    (`_fill_ring`), 0 elsewhere. `cover`: the 3x3 mean of `mask`, when the caller has it already."""
     a = (tex_alpha if extra is None else torch.where(extra, torch.ones_like(tex_alpha), tex_alpha)) * mask
-    near = box_mean3(a)
     if cover is None:
         cover = box_mean3(mask)
-    return torch.where(mask > 0, a, near / cover.clamp(min=1e-6))
+    return _fill_ring(a[:, None], mask, cover)[:, 0]
 
 
 def _composite(rgb: torch.Tensor, alpha: torch.Tensor, background) -> np.ndarray:
@@ -298,7 +297,7 @@ def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel
             if cut:
                 alpha = alpha * _pixel_alpha(out[:, 4], mask, None if extra is None else frag.pix_to_face >= n_head_faces,
                                              cover)
-            imgs.append(_ring_colours(out[:, :3], mask, cover).permute(0, 2, 3, 1))
+            imgs.append(_fill_ring(out[:, :3], mask, cover).permute(0, 2, 3, 1))
             confs.append(out[:, 3] * mask)
             masks.append(alpha)
             lms.append(screen[:, lm, :2])

@@ -23,8 +23,10 @@ demo: install
 	$(BIN)/facesynth rotate assets/astronaut.png --yaw -60,-45,-30,-15,0,15,30,45,60 --size 256 --export-mesh glb --out $(OUT)
 	@echo "Demo output: $(OUT)/ (PNG views, astronaut_mesh.glb, manifest.jsonl, rotate.json)"
 
+# Two pytest workers (this machine's two cores), one torch thread each; a test file stays on one worker
+# (its module fixtures are built once) and the tests that start a Ray cluster share one (tests/conftest.py).
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 # `make bench` runs every benchmark script in benchmarks/, cheapest first, and takes HOURS on this
 # project's 2-core CPU (augment, compare, recognition and refiner alone take most of it). It rewrites

@@ -1,6 +1,7 @@
 """Shared fixtures: the real data in ../shared/data (read where it lies) and the default model."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,19 @@ import torch
 
 from face3d.morphable_model import default_data_dir
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Under pytest-xdist (`make test` runs two workers on two cores) each worker takes one torch thread.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
+
+# Tests that start a local Ray cluster: they must not run at the same time on two workers, so the
+# one in test_orphans.py joins test_augment.py's worker.
+RAY_TESTS = {"test_ray_backend_matches_local", "test_killed_ray_augment_leaves_no_ray_processes"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """With `--dist loadgroup`, keep each test file on one worker and the Ray tests together."""
+    for item in items:
+        group = "test_augment.py" if item.originalname in RAY_TESTS else item.path.name
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

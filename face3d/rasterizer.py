@@ -43,6 +43,11 @@ Algorithm
    attributes through :func:`interpolate_vertex_attributes`). Empty pixels hold
    constants (no NaN gradients).
 
+On the CPU, steps 1 and 2 run compiled by default (``face3d.raster_cpu``, Numba: a loop over
+each view's faces with a z-buffer, the same float32 arithmetic, the same result bit for bit,
+several times faster); the PyTorch version below is the reference, serves CUDA, and is chosen with
+``FACESYNTH_CPU_VISIBILITY=torch``. Step 3 is the same for both.
+
 No Python loop runs over triangles or pixels; the Python loops are over the (few)
 shape buckets and the 3 edges. Thread count and allocator settings are left to the
 caller. Every tensor is made on the device of ``verts_screen`` (CPU or CUDA); the
@@ -50,6 +55,7 @@ output is there too.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -229,8 +235,25 @@ def _corner_offsets(sel: torch.Tensor, batch: int):
     return fid, fid.mul(2 * batch).add_(sel)
 
 
-@torch.no_grad()
+# The visibility pass on the CPU: "compiled" (face3d.raster_cpu, Numba) or "torch" (the reference
+# below, also the path on CUDA). Tests switch it to compare the two.
+CPU_VISIBILITY = os.environ.get("FACESYNTH_CPU_VISIBILITY", "compiled")
+
+
 def _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspective_correct):
+    """Covered pixels (flat indices into B*H*W, increasing) and their visible face index."""
+    if verts_screen.device.type == "cpu" and CPU_VISIBILITY == "compiled":
+        try:
+            from face3d.raster_cpu import visible_faces_compiled
+        except ImportError:   # no Numba for this platform: the reference serves
+            return _visible_faces_torch(verts_screen, faces, height, width, cull_backfaces, perspective_correct)
+        return visible_faces_compiled(verts_screen.detach().to(torch.float32).contiguous(), faces, height, width,
+                                      cull_backfaces, perspective_correct)
+    return _visible_faces_torch(verts_screen, faces, height, width, cull_backfaces, perspective_correct)
+
+
+@torch.no_grad()
+def _visible_faces_torch(verts_screen, faces, height, width, cull_backfaces, perspective_correct):
     """Covered pixels (flat indices into B*H*W, increasing) and their visible face index.
 
     Written with float arithmetic rather than boolean masks / torch.where where

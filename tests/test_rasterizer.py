@@ -16,6 +16,14 @@ from face3d.rasterizer import (
 )
 
 
+@pytest.fixture(autouse=True, params=["compiled", "torch"])
+def cpu_visibility(request, monkeypatch):
+    """Every test runs on both CPU visibility passes: the compiled one (face3d.raster_cpu, the
+    default) and the vectorised PyTorch one (the reference, and the path on CUDA)."""
+    monkeypatch.setattr(R, "CPU_VISIBILITY", request.param)
+    return request.param
+
+
 # --------------------------------------------------------------------------------------
 # Reference: loop over triangles in Python, test every pixel centre of the image, keep the
 # nearest depth (strict <, so the smallest face index wins ties). It uses the same float32
@@ -475,3 +483,4 @@ def test_covered_interpolation_is_the_full_image_at_the_covered_pixels():
     g_cov = torch.autograd.grad((vals * weights).sum(), (verts, attrs))
     for a, b in zip(g_full, g_cov):
         assert torch.allclose(a, b, atol=1e-5)
+

@@ -43,10 +43,11 @@ Algorithm
    attributes through :func:`interpolate_vertex_attributes`). Empty pixels hold
    constants (no NaN gradients).
 
-On the CPU, steps 1 and 2 run compiled by default (``face3d.raster_cpu``, Numba: a loop over
-each view's faces with a z-buffer, the same float32 arithmetic, the same result bit for bit,
-several times faster); the PyTorch version below is the reference, serves CUDA, and is chosen with
-``FACESYNTH_CPU_VISIBILITY=torch``. Step 3 is the same for both.
+On the CPU, steps 1 and 2 also exist compiled (``face3d.raster_cpu``, Numba: a loop over each
+view's faces with a z-buffer, the same float32 arithmetic, the same result bit for bit, about
+four times faster), used once a process has rasterized enough to pay for loading it (see
+``CPU_VISIBILITY``); the PyTorch version below is the reference and serves CUDA. Step 3 is the
+same for both.
 
 No Python loop runs over triangles or pixels; the Python loops are over the (few)
 shape buckets and the 3 edges. Thread count and allocator settings are left to the
@@ -56,6 +57,7 @@ output is there too.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -235,14 +237,29 @@ def _corner_offsets(sel: torch.Tensor, batch: int):
     return fid, fid.mul(2 * batch).add_(sel)
 
 
-# The visibility pass on the CPU: "compiled" (face3d.raster_cpu, Numba) or "torch" (the reference
-# below, also the path on CUDA). Tests switch it to compare the two.
-CPU_VISIBILITY = os.environ.get("FACESYNTH_CPU_VISIBILITY", "compiled")
+# The visibility pass on the CPU: "compiled" (face3d.raster_cpu, Numba), "torch" (the reference
+# below, also the path on CUDA) or "auto", the default: the PyTorch pass until the process has
+# rasterized COMPILE_AFTER_FACES face-views, then the compiled one. Loading Numba and its cached
+# machine code takes about 0.3-0.4 s, more than the compiled pass saves a one-photo `rotate` (a
+# dense fit and 9 views, about 1.1M face-views); a batch job passes the mark within its first
+# photos. Both passes give the same result, bit for bit, so the switch changes no output.
+# FACESYNTH_CPU_VISIBILITY sets the mode; tests set CPU_VISIBILITY to compare the two.
+CPU_VISIBILITY = os.environ.get("FACESYNTH_CPU_VISIBILITY", "auto")
+COMPILE_AFTER_FACES = 3_000_000
+_faces_rasterized = 0
+
+
+def _use_compiled(n_face_views: int) -> bool:
+    global _faces_rasterized
+    if CPU_VISIBILITY != "auto":
+        return CPU_VISIBILITY == "compiled"
+    _faces_rasterized += n_face_views
+    return _faces_rasterized > COMPILE_AFTER_FACES or "face3d.raster_cpu" in sys.modules
 
 
 def _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspective_correct):
     """Covered pixels (flat indices into B*H*W, increasing) and their visible face index."""
-    if verts_screen.device.type == "cpu" and CPU_VISIBILITY == "compiled":
+    if verts_screen.device.type == "cpu" and _use_compiled(verts_screen.shape[0] * faces.shape[0]):
         try:
             from face3d.raster_cpu import visible_faces_compiled
         except ImportError:   # no Numba for this platform: the reference serves

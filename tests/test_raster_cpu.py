@@ -6,6 +6,7 @@ the inputs are not finite.
 """
 from __future__ import annotations
 
+import sys
 import threading
 
 import pytest
@@ -85,3 +86,20 @@ def test_views_split_between_threads_give_the_one_thread_result(ict_model, monke
         torch.set_num_threads(threads)
     assert torch.equal(one, three)
     assert all(torch.equal(one, r) for r in results)
+
+
+def test_auto_takes_the_compiled_pass_once_the_process_has_done_enough_work(monkeypatch):
+    """"auto" (the default) rasterizes with PyTorch until COMPILE_AFTER_FACES face-views, then with
+    the compiled pass; the images are the same either side of the switch."""
+    verts, faces = triangle_soup(batch=2, n_faces=40, image_hw=(29, 41), seed=14)   # 80 face-views a call
+    monkeypatch.setattr(R, "CPU_VISIBILITY", "auto")
+    monkeypatch.setattr(R, "COMPILE_AFTER_FACES", 200)
+    monkeypatch.setattr(R, "_faces_rasterized", 0)
+    monkeypatch.delitem(sys.modules, "face3d.raster_cpu", raising=False)   # as in a fresh process
+    torch_calls = []
+    reference = R._visible_faces_torch
+    monkeypatch.setattr(R, "_visible_faces_torch", lambda *a: torch_calls.append(1) or reference(*a))
+    results = [rasterize_meshes(verts, faces, (29, 41)).pix_to_face for _ in range(4)]
+    assert len(torch_calls) == 2          # 80, 160 face-views: PyTorch; 240, 320: compiled
+    assert "face3d.raster_cpu" in sys.modules
+    assert all(torch.equal(results[0], r) for r in results[1:])

@@ -260,7 +260,7 @@ def _use_compiled(n_face_views: int) -> bool:
 def _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspective_correct):
     """Covered pixels (flat indices into B*H*W, increasing) and their visible face index."""
     if verts_screen.device.type == "cpu" and _use_compiled(verts_screen.shape[0] * faces.shape[0]):
-        try:
+        try:   # deferred: importing Numba and loading its cached code takes 0.3-0.4 s (see above)
             from face3d.raster_cpu import visible_faces_compiled
         except ImportError:   # no Numba for this platform: the reference serves
             return _visible_faces_torch(verts_screen, faces, height, width, cull_backfaces, perspective_correct)

@@ -17,6 +17,11 @@ bench_real_photos.py, medians over the 17 test photos and over all faces.
 eos-py (when importable): `fit_shape_and_pose` with the Surrey SFM, as bench_real_photos.py calls
 it, on the same landmarks, timed the same way one face at a time; its 50-point error beside ours.
 
+The default-fit rounds (landmarks + dense) time the whole-mesh reference dense stage, the one-face
+path and each `--dense-batches` size, and the largest batch again with the rasterizer's PyTorch
+visibility pass instead of the compiled one (`face3d.raster_cpu`; the fits must come out the same,
+bit for bit), so the compiled pass's gain is measured in the same run.
+
 Torch and OpenMP run with one thread. The machine may be shared with other jobs: the load average
 is recorded before and after. Writes benchmarks/results/batched_fit.json. Exits 1 when a batch size
 > 1 is not faster per face than the one-face path, or a face differs beyond the tolerance.
@@ -39,6 +44,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import RESULTS, Targets, add_target_option, face_photos, heldout_lfw_sample  # noqa: E402
+from face3d import rasterizer as R  # noqa: E402
 from face3d.dense import refine_dense_reference  # noqa: E402
 from face3d.fitting import FitConfig, fit_morphable_model, fit_morphable_models  # noqa: E402
 from face3d.image_io import load_image  # noqa: E402
@@ -110,6 +116,21 @@ def dense_round(faces, model, batches) -> tuple[dict, list, dict]:
             out += fit_morphable_models(imgs[s:s + b], lms[s:s + b], model, cfg)
         secs[f"batch_{b}"] = (time.perf_counter() - t0) / len(faces)
         fits[b] = out
+    # the largest batch again with the rasterizer's PyTorch visibility pass (the reference of the
+    # compiled one, which the rounds above use): the same fits, bit for bit, in more time
+    b = batches[-1]
+    R.CPU_VISIBILITY = "torch"
+    try:
+        t0 = time.perf_counter()
+        out = []
+        for s in range(0, len(faces), b):
+            out += fit_morphable_models(imgs[s:s + b], lms[s:s + b], model, cfg)
+        secs[f"batch_{b}_torch_visibility"] = (time.perf_counter() - t0) / len(faces)
+    finally:
+        R.CPU_VISIBILITY = "compiled"
+    if any(dense_differences(x, y) != dict.fromkeys(("coefficients", "rotation", "translation_mm", "albedo"), 0.0)
+           for x, y in zip(fits[b], out)):
+        raise SystemExit("bench_batched_fit: the two visibility passes gave different fits")
     return secs, ones, fits
 
 
@@ -125,6 +146,7 @@ def dense_section(faces, model, args, targets) -> dict:
     """The default fit's timing rounds, its batched-vs-one differences and its targets."""
     dfaces = faces[:args.dense_faces]
     batches = [int(b) for b in args.dense_batches.split(",")]
+    R.CPU_VISIBILITY = "compiled"                 # (auto would start with the PyTorch pass)
     dense_round(dfaces[:2], model, [2])          # warm-up
     rounds = []
     for r in range(args.repeats):

@@ -6,7 +6,10 @@ texture atlas, composite), on a real fitted face. Median of several runs after a
 Target (issue 27, raised from issue 2's 200): >= 500 views/s at 128 px with 2 threads on the CPU;
 the run exits 1 when it is missed. `--device cuda` also times the same renders on a CUDA GPU
 (`render_views(..., device=)`), beside the CPU in the same run, and records the card's name; the
-target stays the CPU's. Timings on a shared machine swing widely: note the load average (printed)
+target stays the CPU's. On the CPU the renders are timed with the rasterizer's compiled visibility
+pass (`face3d.raster_cpu`, which a batch job runs once it has loaded it) and then with its PyTorch
+pass (the reference; `size_*_torch_visibility` in the JSON), in the same run; the two must render
+the same images, bit for bit (exit 2 otherwise). Timings on a shared machine swing widely: note the load average (printed)
 and compare runs made side by side; `--threads 1` gives the figure least disturbed by other jobs.
 """
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 
 from _common import RESULTS, Targets, add_target_option, face_photos
+from face3d import rasterizer as R
 from face3d.camera import Pose
 from face3d.devices import device_name, resolve_device
 from face3d.errors import FaceSynthError
@@ -55,10 +59,20 @@ def main():
     out["load_average"] = list(os.getloadavg())
     print(f"render_views, batch of {len(poses)} poses, {model.triangles.shape[0]} triangles, torch threads "
           f"{torch.get_num_threads()}, load average {out['load_average'][0]:.2f}")
-    for device in devices:
-        tag = "" if device.type == "cpu" else f"_{device.type}"
+    # On the CPU: the compiled visibility pass (face3d.raster_cpu, what a batch job runs once it has
+    # loaded it) and then, as the reference in the same run, the PyTorch pass; the images must agree.
+    runs = [(d, v) for d in devices for v in (("compiled", "torch") if d.type == "cpu" else (None,))]
+    images = {}
+    for device, visibility in runs:
+        tag = ("" if device.type == "cpu" else f"_{device.type}") + ("_torch_visibility" if visibility == "torch" else "")
+        if visibility is not None:
+            R.CPU_VISIBILITY = visibility
         for size in (128, 256):
-            render_views(rec.fit, rec.texture, poses, model, size=size, device=device)  # warm-up
+            views = render_views(rec.fit, rec.texture, poses, model, size=size, device=device)  # warm-up
+            images.setdefault(size, views.images)
+            if device.type == "cpu" and not np.array_equal(images[size], views.images):
+                print(f"bench_render: the {visibility} pass rendered other images at {size} px", file=sys.stderr)
+                return 2
             times = []
             for _ in range(args.runs):
                 t0 = time.perf_counter()
@@ -66,8 +80,8 @@ def main():
                 times.append(time.perf_counter() - t0)
             med = float(np.median(times))
             out[f"size_{size}{tag}"] = {"seconds_per_batch": med, "views_per_second": len(poses) / med, "runs": times}
-            print(f"  {device_name(device)}, {size:4d} px: {len(poses) / med:7.1f} views/s  "
-                  f"({1000 * med / len(poses):.2f} ms/view)")
+            label = device_name(device) + (f", {visibility} visibility" if visibility else "")
+            print(f"  {label}, {size:4d} px: {len(poses) / med:7.1f} views/s  ({1000 * med / len(poses):.2f} ms/view)")
     targets.check("views_per_second_128px", out["size_128"]["views_per_second"], ">=", 500.0, " views/s")
     return targets.finish(args.json, out)
 

@@ -108,42 +108,100 @@ def _zbuffer(verts, faces, height, width, cull_backfaces, perspective_correct, z
                         face_of[row + c] = f
 
 
-def visible_faces_compiled(verts32: torch.Tensor, faces: torch.Tensor, height: int, width: int,
-                           cull_backfaces: bool, perspective_correct: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Covered pixels (flat indices into B*H*W, increasing) and their visible face index, for float32
-    CPU vertices (B, V, 3) and faces (F, 3) int64: `face3d.rasterizer._visible_faces_torch`'s output."""
-    verts = np.ascontiguousarray(verts32.numpy())
-    faces_np = np.ascontiguousarray(faces.numpy())
+def _nearest_faces(verts: np.ndarray, faces: np.ndarray, height: int, width: int, cull_backfaces: bool,
+                   perspective_correct: bool) -> np.ndarray:
+    """The visible face at each pixel, (B, H*W) int64, -1 where empty (`_zbuffer` over the views)."""
     batch = verts.shape[0]
     zbuf = np.full((batch, height * width), np.inf, dtype=np.float32)
     face_of = np.full((batch, height * width), -1, dtype=np.int64)
     args = (height, width, bool(cull_backfaces), bool(perspective_correct))
     threads = min(batch, torch.get_num_threads())
     if threads < 2:
-        _zbuffer(verts, faces_np, *args, zbuf.reshape(-1), face_of.reshape(-1))
-    else:
-        # The kernel releases the GIL (nogil): this thread and threads - 1 others take slices of a
-        # few views each from a queue, each writing its own views' rows of the buffers. Small slices
-        # balance the load when a core is busy (torch's own threads linger on one after its ops).
-        cuts = np.unique(np.linspace(0, batch, 4 * threads + 1).astype(int))
-        todo = queue.SimpleQueue()
-        for a, b in zip(cuts[:-1], cuts[1:]):
-            todo.put((verts[a:b], faces_np, *args, zbuf[a:b].reshape(-1), face_of[a:b].reshape(-1)))
+        _zbuffer(verts, faces, *args, zbuf.reshape(-1), face_of.reshape(-1))
+        return face_of
+    # The kernel releases the GIL (nogil): this thread and threads - 1 others take slices of a few
+    # views each from a queue, each writing its own views' rows of the buffers. Small slices balance
+    # the load when a core is busy.
+    cuts = np.unique(np.linspace(0, batch, 4 * threads + 1).astype(int))
+    todo = queue.SimpleQueue()
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        todo.put((verts[a:b], faces, *args, zbuf[a:b].reshape(-1), face_of[a:b].reshape(-1)))
 
-        def work():
-            while True:
-                try:
-                    part = todo.get_nowait()
-                except queue.Empty:
-                    return
-                _zbuffer(*part)
+    def work():
+        while True:
+            try:
+                part = todo.get_nowait()
+            except queue.Empty:
+                return
+            _zbuffer(*part)
 
-        jobs = [_pool(threads - 1).submit(work) for _ in range(threads - 1)]
-        work()
-        for job in jobs:
-            job.result()
+    jobs = [_pool(threads - 1).submit(work) for _ in range(threads - 1)]
+    work()
+    for job in jobs:
+        job.result()
+    return face_of
+
+
+def visible_faces_compiled(verts32: torch.Tensor, faces: torch.Tensor, height: int, width: int,
+                           cull_backfaces: bool, perspective_correct: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Covered pixels (flat indices into B*H*W, increasing) and their visible face index, for float32
+    CPU vertices (B, V, 3) and faces (F, 3) int64: `face3d.rasterizer._visible_faces_torch`'s output."""
+    face_of = _nearest_faces(np.ascontiguousarray(verts32.numpy()), np.ascontiguousarray(faces.numpy()),
+                             height, width, cull_backfaces, perspective_correct)
     covered, face = _covered_pixels(face_of.reshape(-1))
     return torch.from_numpy(covered), torch.from_numpy(face)
+
+
+def fragments_compiled(verts32: torch.Tensor, faces: torch.Tensor, height: int, width: int,
+                       cull_backfaces: bool, perspective_correct: bool):
+    """pix_to_face (B, H, W), zbuf (B, H, W) and bary_coords (B, H, W, 3) for float32 CPU vertices that
+    need no gradient: `face3d.rasterizer.rasterize_meshes`'s fragments, the barycentrics and depth
+    computed in the same float32 steps as its recomputation (so the same bits), without autograd."""
+    verts = np.ascontiguousarray(verts32.numpy())
+    faces_np = np.ascontiguousarray(faces.numpy())
+    face_of = _nearest_faces(verts, faces_np, height, width, cull_backfaces, perspective_correct)
+    batch = verts.shape[0]
+    zbuf = np.empty((batch, height, width), dtype=np.float32)
+    bary = np.empty((batch, height, width, 3), dtype=np.float32)
+    _barycentrics(verts, faces_np, face_of.reshape(-1), width, bool(perspective_correct), zbuf.reshape(-1),
+                  bary.reshape(-1, 3))
+    return (torch.from_numpy(face_of).view(batch, height, width), torch.from_numpy(zbuf), torch.from_numpy(bary))
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _barycentrics(verts, faces, face_of, width, perspective_correct, zbuf, bary):
+    """Depth and barycentrics of each covered pixel centre in its face (-1 and 0 where empty), in the
+    float32 steps of `rasterize_meshes`'s recomputation: raw edge functions
+    w_k = (v_{k+2} - v_{k+1}) x (p - v_{k+1}), then the (perspective-correct) ratios."""
+    half = np.float32(0.5)
+    n_pix = zbuf.shape[0] // verts.shape[0]
+    for i in range(face_of.shape[0]):
+        f = face_of[i]
+        if f < 0:
+            zbuf[i] = np.float32(-1.0)
+            bary[i, 0] = bary[i, 1] = bary[i, 2] = np.float32(0.0)
+            continue
+        b = i // n_pix
+        p = i - b * n_pix
+        r = p // width
+        px = np.float32(p - r * width) + half
+        py = np.float32(r) + half
+        i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
+        x0, y0, z0 = verts[b, i0, 0], verts[b, i0, 1], verts[b, i0, 2]
+        x1, y1, z1 = verts[b, i1, 0], verts[b, i1, 1], verts[b, i1, 2]
+        x2, y2, z2 = verts[b, i2, 0], verts[b, i2, 1], verts[b, i2, 2]
+        w0 = (x2 - x1) * (py - y1) - (y2 - y1) * (px - x1)
+        w1 = (x0 - x2) * (py - y2) - (y0 - y2) * (px - x2)
+        w2 = (x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)
+        wsum = w0 + w1 + w2
+        if perspective_correct:
+            q0, q1, q2 = w0 / z0, w1 / z1, w2 / z2
+            qsum = q0 + q1 + q2
+            bary[i, 0], bary[i, 1], bary[i, 2] = q0 / qsum, q1 / qsum, q2 / qsum
+            zbuf[i] = wsum / qsum
+        else:
+            bary[i, 0], bary[i, 1], bary[i, 2] = w0 / wsum, w1 / wsum, w2 / wsum
+            zbuf[i] = (w0 * z0 + w1 * z1 + w2 * z2) / wsum
 
 
 @numba.njit(cache=True, nogil=True)

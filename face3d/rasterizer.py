@@ -231,7 +231,7 @@ def _corner_offsets(sel: torch.Tensor, batch: int):
 
     In a corner's (F, 3, B) block, x of (face, view) sits at ``face * 3 B + view``; its y and z
     sit B and 2 B further, i.e. at the same offset in the flat block shifted by B or 2 B (the
-    ``coords`` views of :func:`_visible_faces`), so one offset array serves all 9 gathers.
+    ``coords`` views of :func:`_visible_faces_torch`), so one offset array serves all 9 gathers.
     """
     fid = torch.div(sel, batch, rounding_mode="floor")
     return fid, fid.mul(2 * batch).add_(sel)
@@ -257,16 +257,13 @@ def _use_compiled(n_face_views: int) -> bool:
     return _faces_rasterized > COMPILE_AFTER_FACES or "face3d.raster_cpu" in sys.modules
 
 
-def _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspective_correct):
-    """Covered pixels (flat indices into B*H*W, increasing) and their visible face index."""
-    if verts_screen.device.type == "cpu" and _use_compiled(verts_screen.shape[0] * faces.shape[0]):
-        try:   # deferred: importing Numba and loading its cached code takes 0.3-0.4 s (see above)
-            from face3d.raster_cpu import visible_faces_compiled
-        except ImportError:   # no Numba for this platform: the reference serves
-            return _visible_faces_torch(verts_screen, faces, height, width, cull_backfaces, perspective_correct)
-        return visible_faces_compiled(verts_screen.detach().to(torch.float32).contiguous(), faces, height, width,
-                                      cull_backfaces, perspective_correct)
-    return _visible_faces_torch(verts_screen, faces, height, width, cull_backfaces, perspective_correct)
+def _compiled_pass():
+    """face3d.raster_cpu, or None where Numba does not import (the reference then serves)."""
+    try:   # deferred: importing Numba and loading its cached code takes 0.3-0.4 s (see above)
+        from face3d import raster_cpu
+    except ImportError:
+        return None
+    return raster_cpu
 
 
 @torch.no_grad()
@@ -366,7 +363,7 @@ def _bucket_blocks(bucket_ids: list[int], bucket_counts: list[int], nrows, ncols
 def _visible_faces_bucketed(edges, zz, fid, base, px2, py2, ncols, nrows, bucket_ids, bucket_counts,
                             n_pix_total, width, perspective_correct):
     """The nearest face at each pixel of the kept faces' boxes (sorted by bucket, see
-    :func:`_visible_faces`): (covered pixels, their face index).
+    :func:`_visible_faces_torch`): (covered pixels, their face index).
 
     Tie edges are decided by ``w - thr > 0``, which is ``w >= 0`` only with denormals
     (:func:`_visible_faces_fallback` serves where they are flushed to zero).
@@ -489,7 +486,17 @@ def rasterize_meshes(
     verts_screen = verts_screen.contiguous()
     dtype = verts_screen.dtype
 
-    covered, f = _visible_faces(verts_screen, faces, height, width, cull_backfaces, perspective_correct)
+    compiled = (_compiled_pass() if device.type == "cpu" and _use_compiled(batch * faces.shape[0]) else None)
+    if compiled is not None and dtype == torch.float32 and not (verts_screen.requires_grad and torch.is_grad_enabled()):
+        # nothing to differentiate: the compiled pass also gives the depth and barycentrics (same bits)
+        pix_to_face, zbuf, bary = compiled.fragments_compiled(verts_screen.detach(), faces, height, width,
+                                                              cull_backfaces, perspective_correct)
+        return Fragments(pix_to_face=pix_to_face, zbuf=zbuf, bary_coords=bary)
+    if compiled is not None:
+        covered, f = compiled.visible_faces_compiled(verts_screen.detach().to(torch.float32), faces, height,
+                                                     width, cull_backfaces, perspective_correct)
+    else:
+        covered, f = _visible_faces_torch(verts_screen, faces, height, width, cull_backfaces, perspective_correct)
     pix_to_face = torch.full((batch * n_pix,), -1, dtype=torch.int64, device=device).index_put_((covered,), f)
 
     # ---- Differentiable recomputation, for the covered pixels only. ----

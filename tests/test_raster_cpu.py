@@ -12,6 +12,7 @@ import threading
 import pytest
 import torch
 
+import face3d
 from face3d import rasterizer as R
 from face3d.rasterizer import rasterize_meshes
 from test_rasterizer import triangle_soup
@@ -96,6 +97,7 @@ def test_auto_takes_the_compiled_pass_once_the_process_has_done_enough_work(monk
     monkeypatch.setattr(R, "COMPILE_AFTER_FACES", 200)
     monkeypatch.setattr(R, "_faces_rasterized", 0)
     monkeypatch.delitem(sys.modules, "face3d.raster_cpu", raising=False)   # as in a fresh process
+    monkeypatch.delattr(face3d, "raster_cpu", raising=False)
     torch_calls = []
     reference = R._visible_faces_torch
     monkeypatch.setattr(R, "_visible_faces_torch", lambda *a: torch_calls.append(1) or reference(*a))

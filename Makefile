@@ -40,7 +40,7 @@ BENCHES := bench_rasterizer bench_render bench_fit_synthetic bench_identity benc
 	bench_real_photos bench_expressions "bench_expressions --method hybrid" bench_expression_sizes \
 	bench_blink_reference bench_sfs bench_smile_presets bench_flip_average bench_blink_lash \
 	bench_sfs_ambiguity bench_expression_split bench_recognition bench_sfs_diagnosis bench_refiner \
-	bench_compare bench_augment bench_labels bench_whole_photo bench_realism bench_expression_transfer bench_profiles
+	bench_compare bench_augment bench_augment_speedup bench_labels bench_whole_photo bench_realism bench_expression_transfer bench_profiles
 
 bench: install
 	$(BIN)/pip install -q eos-py  # benchmark-only: the eos-py baseline of bench_real_photos

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from face3d.contours import contour_candidate_vertices, select_contour_vertices, select_contour_vertices_batch
 from face3d.errors import FaceSynthError
@@ -185,3 +186,28 @@ def test_contour_selection_batch_equals_per_face(photo_landmarks, ict_model, sfm
         for i, (s, q) in enumerate(zip(screens, qs)):
             want = select_contour_vertices(model, lambda idx, s=s: s[[lookup[v] for v in idx]], q)
             np.testing.assert_array_equal(got[i], want)
+
+
+def test_the_dense_basis_product_of_a_face_is_the_same_in_any_batch(ict_model):
+    """The shape basis product of the batched dense stage gives each face the same bits, and the
+    same coefficient gradient, whatever the batch around it and its place in it (a (B, K) x (K, 3V)
+    matrix product does not: its rounding depends on B, which Adam's steps amplified into fits
+    several 1e-5 apart)."""
+    from face3d.dense import _basis_product, dense_mesh
+
+    mesh = dense_mesh(ict_model)
+    g = torch.Generator().manual_seed(0)
+    coeffs = torch.randn(11, 60, generator=g)
+    weights = torch.randn(11, mesh.identity_basis.shape[1], 3, generator=g)
+
+    def product_and_gradient(rows):
+        c = coeffs[rows].clone().requires_grad_(True)
+        v = _basis_product(c, mesh.identity_basis)
+        (v * weights[rows]).sum().backward()
+        return v.detach(), c.grad
+
+    full_v, full_g = product_and_gradient(slice(0, 11))
+    for rows, at in ((slice(7, 8), 0), (slice(5, 8), 2), (slice(7, 10), 0), (slice(3, 11), 4), (slice(0, 1), 0)):
+        v, grad = product_and_gradient(rows)
+        face = rows.start + at
+        assert torch.equal(v[at], full_v[face]) and torch.equal(grad[at], full_g[face]), (rows, at)

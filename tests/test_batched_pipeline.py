@@ -1,20 +1,13 @@
 """The batched pipeline (issue 27): `face3d.pipeline.reconstruct_largest_faces` and `facesynth
 augment --batch-size`, against the one-photo path (`--batch-size 1`), on the same photos, seed and flags.
 
-Tolerance with the landmark-only fit (`--no-dense`; the batched landmark stage equals the one-face
-fit within float rounding, tests/test_batched_fit.py): every manifest row equal but the timings
-and `fit_landmark_error` (within 1e-6), the same image files, every pixel within 2/255.
-Measured: byte-identical images and equal rows.
-
-Tolerance with the default fit (the dense stage batched too: its 25 Adam steps amplify float
-rounding, tests/test_batched_fit.py's dense tolerance): the same image files and rows, their
-numbers close (landmarks, ArcFace points and face box within 0.05 px, coefficients within 1e-2,
-camera entries within 0.05); per image, mean absolute difference <= 0.5/255 and at most 2% of the
-pixels off by more than 2/255 (a silhouette moved by a fraction of a pixel changes whole edge
-pixels, so the largest single difference is not bounded). Measured on 6 LFW photos at 3 yaws,
-64 px: 18 of 24 images differ, 17 within 3/255, one view (yaw -30) by up to 26/255 on 0.46% of its
-pixels; mean absolute difference <= 0.07/255; landmarks within 0.001 px, coefficients 1.2e-3,
-camera 6.3e-3.
+Tolerance, with the landmark-only fit (`--no-dense`) and with the default fit (the dense stage
+batched too): every manifest row equal but the timings and `fit_landmark_error` (within 1e-6), the
+same image files, every pixel within 2/255. Measured: byte-identical images and equal rows. The
+batched landmark stage equals the one-face fit (tests/test_batched_fit.py); in the dense stage the
+shape basis sums of a face do not depend on its batch (`face3d.dense._basis_product`), so its 25 Adam
+steps, which amplify any float rounding, end within about 1e-6 of the fit alone (17 test photos),
+and 40 LFW photos through `augment` at `--batch-size 8` and 1 gave byte-identical images.
 
 The end-to-end tests use 4 LFW photos, an upside-down photo (no face) and a text file named .jpg,
 2 yaws and 64 px.
@@ -72,41 +65,20 @@ def rows_without_timings(out: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("seconds_")} for r in read_manifest(out)]
 
 
-#: the default fit's row tolerances: column -> largest absolute difference of any number in it
-DENSE_ROW_TOL = {"landmarks": 0.05, "arcface_points": 0.05, "face_box": 0.05, "identity_coefficients": 1e-2,
-                 "expression_coefficients": 1e-2, "camera": 0.05, "yaw": 1e-3, "pitch": 1e-3, "roll": 1e-3}
-DENSE_MEAN_TOL = 0.5          # mean abs difference of an image, out of 255
-DENSE_PIXELS_OFF = 0.02       # share of an image's pixels off by more than IMAGE_TOL
-
-
-def numbers(v) -> np.ndarray:
-    if isinstance(v, dict):
-        return np.concatenate([numbers(v[k]) for k in sorted(v) if v[k] is not None] or [np.zeros(0)])
-    return np.zeros(0) if v is None else np.asarray(v, dtype=np.float64).ravel()
-
-
-def assert_same_output(out: Path, ref: Path, dense: bool = False) -> None:
-    """The rows and image files of `out` are those of `ref` within the tolerance of the landmark-only
-    fit, or with `dense` of the default fit (the module docstring states both)."""
+def assert_same_output(out: Path, ref: Path) -> None:
+    """The rows and image files of `out` are those of `ref` within the tolerance (module docstring)."""
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     rows, want = rows_without_timings(out), rows_without_timings(ref)
     assert len(rows) == len(want)
     for r, w in zip(rows, want):
         a, b = r.pop("fit_landmark_error"), w.pop("fit_landmark_error")
         assert (a is None) == (b is None) and (a is None or abs(a - b) <= LANDMARK_ERROR_TOL), (r["output"], a, b)
-        for c, tol in (DENSE_ROW_TOL.items() if dense else ()):
-            x, y = numbers(r.pop(c)), numbers(w.pop(c))
-            assert x.shape == y.shape and (x.size == 0 or np.abs(x - y).max() <= tol), (r["output"], c)
         assert r == w
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert files == sorted(p.relative_to(ref).as_posix() for p in ref.rglob("*.png"))
     for f in files:
         x, y = (np.asarray(Image.open(d / f), dtype=np.int16) for d in (out, ref))
-        diff = np.abs(x - y)
-        if dense:
-            assert diff.mean() <= DENSE_MEAN_TOL and (diff.max(-1) > IMAGE_TOL).mean() <= DENSE_PIXELS_OFF, f
-        else:
-            assert diff.max() <= IMAGE_TOL, f
+        assert np.abs(x - y).max() <= IMAGE_TOL, f
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,15 +217,14 @@ def test_batched_run_with_two_workers_and_resume(one_photo_run, batch_input, tmp
 
 @pytest.mark.slow
 def test_batched_run_with_the_default_fit(batch_input, tmp_path, augment_options):
-    """The default fit (dense stage batched too): --batch-size 8 against 1 within the default fit's
-    tolerance, on the first 3 sources (2 faces and the no-face photo; one yaw, no original: the
+    """The default fit (dense stage batched too): --batch-size 8 against 1 within the tolerance, on the first 3 sources (2 faces and the no-face photo; one yaw, no original: the
     dense fits are the cost)."""
     one, batched = tmp_path / "one", tmp_path / "batched"
     for out, size in ((one, 1), (batched, 8)):
         res = augment(augment_options(batch_input, out, yaw=[-30.0], dense=True, keep_original=False, batch_size=size,
                                       limit=3))
         assert res.processed == 3 and res.failed_sources == 1 and res.batch_size == min(size, 3)
-    assert_same_output(batched, one, dense=True)
+    assert_same_output(batched, one)
 
 
 # ---------------------------------------------------------------------------------------------

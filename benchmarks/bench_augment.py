@@ -25,11 +25,12 @@ Other jobs may share the CPU: the load average is recorded before and after.
 Targets (issue 5), checked in the run; it exits 1 when one is missed (`--target NAME=VALUE` changes
 one): per backend, 2 workers >= 1.7x the images/s of 1 worker (wall, start-up included); the same
 PNG bytes in every cell; memory flat, which this script takes as each worker's RSS after its last
-image within 10% of its RSS after its first. Issue 27: at 1 and at 2 workers, the batched run
->= 2x the images/s (wall) of the one-photo run, the same files, and each image within
-tests/test_batched_pipeline.py's tolerance of the default fit (mean abs difference <= 0.5/255, at
-most 2% of its pixels off by more than 2/255; the largest single difference is recorded, not bounded:
-a silhouette moved by a fraction of a pixel changes whole edge pixels).
+image within 10% of its RSS after its first. Issue 27: at 1 and at 2 workers, the batched run writes
+the same files as the one-photo run, each image within a mean abs difference of 0.5/255 and at most
+2% of its pixels off by more than 2/255 (the largest single difference is recorded, not bounded: a
+silhouette moved by a fraction of a pixel changes whole edge pixels). The batched / one-photo
+images/s ratio is reported, not a target: issue 27's speed target (2x the images/s of the code it
+measured) is checked by bench_augment_speedup.py, which runs that code beside this one.
 
     python bench_augment.py [--images 200] [--rss-images 1000] [--yaw -60,-30,0,30,60] [--size 128]
                             [--batch-size 8] [--no-side-by-side]
@@ -55,10 +56,8 @@ from PIL import Image  # noqa: E402
 from facesynth.augment import AugmentOptions, augment  # noqa: E402
 from facesynth.options import DEFAULT_BATCH_SIZE  # noqa: E402
 
-#: issue 27's targets: the batched run's images/s over the one-photo run's, and how far an image may
-#: differ (tests/test_batched_pipeline.py's default-fit tolerance): mean abs (out of 255), and the
-#: share of its pixels off by more than PIXEL_TOL
-BATCHED_SPEEDUP = 2.0
+#: issue 27's tolerance, how far a batched run's image may differ from the one-photo run's: mean abs
+#: (out of 255), and the share of its pixels off by more than PIXEL_TOL
 BATCHED_MEAN_DIFF = 0.5
 BATCHED_PIXELS_OFF = 0.02
 PIXEL_TOL = 2
@@ -219,8 +218,8 @@ def main() -> int:
         targets.check("identical_outputs_across_cells", payload["identical_outputs_across_cells"], "==", True)
         for cell in payload["batched_vs_one_photo"]:
             w = cell["workers"]
-            targets.check(f"batched_vs_one_photo_{w}_workers", cell["speedup_wall"], ">=", BATCHED_SPEEDUP, "x",
-                          note=f"(--batch-size {cell['batched']['batch_size']} vs 1, images/s, wall)")
+            print(f"  batched (--batch-size {cell['batched']['batch_size']}) / one photo, {w} worker(s): "
+                  f"{cell['speedup_wall']:.2f}x images/s (wall; reported, issue 27's 2x is bench_augment_speedup.py's)")
             targets.check(f"batched_vs_one_photo_image_mean_difference_{w}_workers",
                           cell["max_image_mean_abs_difference"], "<=", BATCHED_MEAN_DIFF, "/255",
                           note=f"(the worst image; largest single pixel difference {cell['max_abs_pixel_difference']}/255)")

@@ -56,6 +56,20 @@ def lfw_dir() -> Path:
     return default_data_dir() / "lfw" / "images"
 
 
+def source_csv(photos: list[Path], path: Path) -> Path:
+    """`path`: a CSV list of `photos` (path, identity = the photo's folder), as `augment` reads it."""
+    path.write_text("path,identity\n" + "".join(f"{p},{p.parent.name}\n" for p in photos))
+    return path
+
+
+def first_lfw_csv(n: int, folder: Path) -> Path:
+    """The first `n` LFW images (sorted paths) as a source CSV in `folder`."""
+    files = sorted(lfw_dir().glob("*/*.jpg"))[:n]
+    if len(files) < n:
+        raise SystemExit(f"only {len(files)} LFW images under {lfw_dir()}")
+    return source_csv(files, folder / f"lfw_first_{n}.csv")
+
+
 def heldout_lfw_people(skip: int = 0, lfw: Path | None = None) -> dict[str, list[Path]]:
     """The held-out LFW identities with at least two photos (`ganrefine.pose_pairs.split_pose_photos`,
     seed 0, 300 held out; up to 6 photos each), name -> sorted photos, sorted by name, the first

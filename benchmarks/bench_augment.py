@@ -48,7 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import RESULTS, Targets, add_target_option, write_json  # noqa: E402
+from _common import RESULTS, Targets, add_target_option, first_lfw_csv, write_json  # noqa: E402
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -61,26 +61,6 @@ from facesynth.options import DEFAULT_BATCH_SIZE  # noqa: E402
 BATCHED_MEAN_DIFF = 0.5
 BATCHED_PIXELS_OFF = 0.02
 PIXEL_TOL = 2
-
-LFW = Path("/work/shared/data/lfw/images")
-
-
-def lfw_list(n: int, folder: Path) -> Path:
-    root = LFW
-    if not root.is_dir():
-        from face3d.morphable_model import default_data_dir
-
-        root = default_data_dir() / "lfw" / "images"
-    files = sorted(root.glob("*/*.jpg"))[:n]
-    if len(files) < n:
-        raise SystemExit(f"only {len(files)} LFW images under {root}")
-    path = folder / f"lfw_first_{n}.csv"
-    with open(path, "w") as f:
-        f.write("path,identity\n")
-        for p in files:
-            f.write(f"{p},{p.parent.name}\n")
-    return path
-
 
 def digest(out: Path) -> str:
     h = hashlib.sha256()
@@ -162,7 +142,7 @@ def main() -> int:
                           "batch_size": args.batch_size},
                "loadavg_start": os.getloadavg(), "throughput": [], "batched_vs_one_photo": [], "rss": None}
     try:
-        inp = lfw_list(args.images, work)
+        inp = first_lfw_csv(args.images, work)
         digests = {}
         # warm-up: the in-process (1 worker) cells run in this process, which loads the models once;
         # without it the first timed cell pays that and the cells after it do not
@@ -229,7 +209,7 @@ def main() -> int:
         write_json(args.out, payload)
 
         if args.rss_images:
-            inp = lfw_list(args.rss_images, work)
+            inp = first_lfw_csv(args.rss_images, work)
             out = work / "rss"
             t0 = time.perf_counter()
             res = augment(AugmentOptions(input=str(inp), output=str(out), yaw=yaws, size=args.size, workers=2,

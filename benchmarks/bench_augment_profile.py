@@ -45,7 +45,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import RESULTS, heldout_lfw_sample, write_json  # noqa: E402
+from _common import RESULTS, heldout_lfw_sample, source_csv, write_json  # noqa: E402
 
 import face3d.fitting as fitting_mod  # noqa: E402
 import face3d.landmarks as landmarks_mod  # noqa: E402
@@ -127,14 +127,6 @@ def stage_table(clock: StageClock, wall: float, images: int) -> list[dict]:
              "share": round(s.get(k, 0.0) / wall, 4)} for k in STAGES]
 
 
-def csv_list(photos: list[Path], path: Path) -> Path:
-    with open(path, "w") as f:
-        f.write("path,identity\n")
-        for p in photos:
-            f.write(f"{p},{p.parent.name}\n")
-    return path
-
-
 def profile_method(method: str, inp: Path, warm: Path, work: Path, yaws, size: int, batch_size: int) -> dict:
     clock = StageClock()
     augment(AugmentOptions(input=str(warm), output=str(work / f"warm_{method}"), yaw=yaws, size=size,
@@ -179,8 +171,8 @@ def main() -> int:
                "note": "2-core machine; other jobs may share it (see the load averages)",
                "loadavg_start": os.getloadavg(), "methods": []}
     try:
-        inp = csv_list(photos[: args.images], work / "sources.csv")
-        warm = csv_list(photos[args.images:], work / "warm.csv")
+        inp = source_csv(photos[: args.images], work / "sources.csv")
+        warm = source_csv(photos[args.images:], work / "warm.csv")
         for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
             payload["methods"].append(profile_method(method, inp, warm, work, yaws, args.size, args.batch_size))
             write_json(args.out, payload)

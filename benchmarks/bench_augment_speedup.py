@@ -29,20 +29,9 @@ import time
 import tomllib
 from pathlib import Path
 
-from _common import RESULTS, ROOT, Targets, add_target_option, write_json
+from _common import RESULTS, ROOT, Targets, add_target_option, first_lfw_csv, write_json
 
 SAME_JOB = ("--background", "plain", "--no-labels")
-
-
-def lfw_csv(n: int, folder: Path) -> Path:
-    from face3d.morphable_model import default_data_dir
-
-    files = sorted((default_data_dir() / "lfw" / "images").glob("*/*.jpg"))[:n]
-    if len(files) < n:
-        raise SystemExit(f"bench_augment_speedup: only {len(files)} LFW images")
-    path = folder / f"lfw_first_{n}.csv"
-    path.write_text("path,identity\n" + "".join(f"{p},{p.parent.name}\n" for p in files))
-    return path
 
 
 def entry_point(checkout: Path) -> str:
@@ -97,7 +86,7 @@ def main() -> int:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(ref), args.reference],
                        check=True, capture_output=True)
         try:
-            inp = lfw_csv(args.images, tmp)
+            inp = first_lfw_csv(args.images, tmp)
             print(f"augment, first {args.images} LFW images, yaws {args.yaw}, {args.size} px, default fit; "
                   f"reference {args.reference}, current {head}")
             for w in workers:

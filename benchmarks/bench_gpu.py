@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import RESULTS, face_photos, heldout_lfw_sample, machine, write_json
+from _common import RESULTS, face_photos, heldout_lfw_sample, machine, source_csv, write_json
 from face3d.camera import Pose
 from face3d.dense import refine_dense_batch
 from face3d.devices import device_name, resolve_device
@@ -157,8 +157,7 @@ def refiner_section(model, photos: Photos, devices, runs: int) -> dict:
 def augment_section(devices, images: int) -> dict:
     row = {}
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
-        inp = Path(tmp) / "photos.csv"
-        inp.write_text("path,identity\n" + "".join(f"{p},{p.parent.name}\n" for p in heldout_lfw_sample(images, 1)))
+        inp = source_csv(heldout_lfw_sample(images, 1), Path(tmp) / "photos.csv")
         for i, d in enumerate(devices):
             kw = dict(input=str(inp), yaw=[-60.0, -30.0, 0.0, 30.0, 60.0], size=128, workers=1, progress=False,
                       device=str(d))

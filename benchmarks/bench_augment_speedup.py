@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -98,7 +99,7 @@ def main() -> int:
                     out["cells"][f"{name}_{w}_workers"] = res
                     print(f"  {w} worker(s)  {name:18s} {res['images_per_s']:6.3f} images/s  "
                           f"({res['photos']} photos, {res['views']} views, {res['seconds']:.0f} s)", flush=True)
-                    subprocess.run(["rm", "-rf", str(tmp / f"{name}_{w}")], check=True)
+                    shutil.rmtree(tmp / f"{name}_{w}")
                 ratio = out["cells"][f"current_same_job_{w}_workers"]["images_per_s"] / \
                     out["cells"][f"reference_{w}_workers"]["images_per_s"]
                 out[f"speedup_same_job_{w}_workers"] = round(ratio, 3)

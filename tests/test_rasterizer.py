@@ -18,8 +18,9 @@ from face3d.rasterizer import (
 
 @pytest.fixture(autouse=True, params=["compiled", "torch"])
 def cpu_visibility(request, monkeypatch):
-    """Every test runs on both CPU visibility passes: the compiled one (face3d.raster_cpu, the
-    default) and the vectorised PyTorch one (the reference, and the path on CUDA)."""
+    """Every test runs on both CPU visibility passes: the compiled one (face3d.raster_cpu, which
+    "auto" takes once a process has rasterized enough) and the vectorised PyTorch one (the
+    reference, and the path on CUDA)."""
     monkeypatch.setattr(R, "CPU_VISIBILITY", request.param)
     return request.param
 

@@ -35,6 +35,53 @@ def write_json(path: str | Path, payload: dict) -> None:
     print(f"wrote {path}")
 
 
+#: the work of one `cpu_scaling` process: a pure-Python loop (the interpreter) and single-threaded
+#: float32 matrix products (BLAS), each about a second here
+_SCALING_WORK = """
+import os, sys, time
+os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+import numpy as np
+a = np.random.default_rng(0).random((384, 384), dtype=np.float32)
+t = time.perf_counter()
+s = 0
+for i in range(12_000_000):
+    s += i
+t1 = time.perf_counter()
+for _ in range(900):
+    b = a @ a
+t2 = time.perf_counter()
+print(t1 - t, t2 - t1)
+"""
+
+
+def cpu_scaling(processes: int = 2, rounds: int = 3) -> dict:
+    """How much more work this machine does with `processes` busy processes than with one, now: the
+    same fixed work (`_SCALING_WORK`, a Python loop and single-threaded matrix products) runs in one
+    process, then in `processes` at once, `rounds` times alternated; the figure per kind of work is
+    processes x (one process's median time) / (the median of the slowest concurrent process's
+    time). It is `processes` where the cores are independent and less where they share a physical
+    core or the host is busy; on this 2-core machine the Python loop's figure drifts between about
+    1.3 and 2 from one minute to the next, which is why the scripts that time several workers
+    record it beside their figures."""
+    def run(n: int) -> list[list[float]]:
+        procs = [subprocess.Popen([sys.executable, "-c", _SCALING_WORK], stdout=subprocess.PIPE, text=True)
+                 for _ in range(n)]
+        return [[float(v) for v in p.communicate()[0].split()] for p in procs]
+
+    alone, together = [], []
+    for _ in range(rounds):
+        alone.append(run(1)[0])
+        together.append(run(processes))
+    out = {"processes": processes, "rounds": rounds}
+    for k, name in enumerate(("python_loop", "matmul")):
+        one = statistics.median(r[k] for r in alone)
+        slowest = statistics.median(max(p[k] for p in r) for r in together)
+        out[f"{name}_seconds_alone"] = round(one, 3)
+        out[f"{name}_seconds_together"] = round(slowest, 3)
+        out[f"{name}_scaling"] = round(processes * one / slowest, 3)
+    return out
+
+
 def face_photos() -> list[Path]:
     from face3d.morphable_model import default_data_dir
 

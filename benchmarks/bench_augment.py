@@ -20,11 +20,15 @@
    and peak RSS after its first and after its last image.
 
 The inputs are a CSV list of the LFW files where they lie; outputs go to a temp folder.
-Other jobs may share the CPU: the load average is recorded before and after.
+Other jobs may share the CPU: the load average is recorded before and after. Each cell also
+records how long a worker spent on a source (the manifest's mean `seconds_total`, one torch thread:
+about its CPU time), and before and after part 1 the script measures how much more work this
+machine does with two busy processes than with one (`_common.cpu_scaling`: a Python loop and
+single-threaded matrix products), which drifts from minute to minute and bounds what 2 workers gain.
 
 Targets (issue 5), checked in the run; it exits 1 when one is missed (`--target NAME=VALUE` changes
-one): per backend, 2 workers >= 1.7x the images/s of 1 worker (wall, start-up included); the same
-PNG bytes in every cell; memory flat, which this script takes as each worker's RSS after its last
+one): per backend, 2 workers >= 1.7x the images/s of 1 worker (wall, start-up included; for Ray
+issue 27's >= 1.8x); the same PNG bytes in every cell; memory flat, which this script takes as each worker's RSS after its last
 image within 10% of its RSS after its first. Issue 27: at 1 and at 2 workers, the batched run writes
 the same files as the one-photo run, each image within a mean abs difference of 0.5/255 and at most
 2% of its pixels off by more than 2/255 (the largest single difference is recorded, not bounded: a
@@ -48,12 +52,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import RESULTS, Targets, add_target_option, first_lfw_csv, write_json  # noqa: E402
+from _common import RESULTS, Targets, add_target_option, cpu_scaling, first_lfw_csv, write_json  # noqa: E402
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from facesynth.augment import AugmentOptions, augment  # noqa: E402
+from facesynth.augment import AugmentOptions, augment, read_manifest  # noqa: E402
 from facesynth.options import DEFAULT_BATCH_SIZE  # noqa: E402
 
 #: issue 27's tolerance, how far a batched run's image may differ from the one-photo run's: mean abs
@@ -61,6 +65,15 @@ from facesynth.options import DEFAULT_BATCH_SIZE  # noqa: E402
 BATCHED_MEAN_DIFF = 0.5
 BATCHED_PIXELS_OFF = 0.02
 PIXEL_TOL = 2
+#: issue 27: the Ray backend's images/s with 2 workers against 1 (the local backend keeps issue 5's 1.7)
+RAY_SCALING = 1.8
+
+def worker_seconds_per_image(out: Path) -> float:
+    """The mean of the manifest's `seconds_total` over the sources of a run in `out`: how long a
+    worker spent on one source (one torch thread: about its CPU time), whatever ran beside it."""
+    per_source = {r["source"]: r["seconds_total"] for r in read_manifest(out) if r["seconds_total"] is not None}
+    return round(float(np.mean(list(per_source.values()))), 4) if per_source else float("nan")
+
 
 def digest(out: Path) -> str:
     h = hashlib.sha256()
@@ -149,6 +162,8 @@ def main() -> int:
         augment(AugmentOptions(input=str(inp), output=str(work / "warmup"), yaw=yaws, size=args.size, limit=1,
                                progress=False, device=args.device))
         shutil.rmtree(work / "warmup", ignore_errors=True)
+        payload["cpu_scaling_start"] = cpu_scaling()
+        print("2 processes vs 1 on this machine now (cpu_scaling):", payload["cpu_scaling_start"])
         print(f"throughput on the first {args.images} LFW images, {len(yaws)} yaws, {args.size} px")
         print(f"{'backend':8s} {'workers':>7s} {'wall img/s':>11s} {'steady img/s':>13s} {'seconds':>8s} {'failed':>7s}")
         backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -167,6 +182,7 @@ def main() -> int:
                        "wall_images_per_s": round(res.processed / wall, 4),
                        "steady_images_per_s": round(res.steady_rate, 4),
                        "failed": res.failed_sources, "ok": res.ok_sources, "loadavg_before": load,
+                       "worker_seconds_per_image": worker_seconds_per_image(out),
                        "output_sha256": digests[(backend, workers)]}
                 payload["throughput"].append(row)
                 print(f"{backend:8s} {workers:7d} {row['wall_images_per_s']:11.3f} {row['steady_images_per_s']:13.3f} "
@@ -182,9 +198,12 @@ def main() -> int:
                     shutil.rmtree(work / f"one_photo_{workers}", ignore_errors=True)
                 shutil.rmtree(out, ignore_errors=True)
                 write_json(args.out, payload)
+        payload["cpu_scaling_end"] = cpu_scaling()
+        print("2 processes vs 1 after the runs (cpu_scaling):", payload["cpu_scaling_end"])
         tp = {(r["backend"], r["workers"]): r for r in payload["throughput"]}
         payload["speedup_2_vs_1"] = {b: {k: round(tp[(b, 2)][k] / tp[(b, 1)][k], 3)
-                                         for k in ("wall_images_per_s", "steady_images_per_s")}
+                                         for k in ("wall_images_per_s", "steady_images_per_s",
+                                                   "worker_seconds_per_image")}
                                      for b in backends}
         if {"local", "ray"} <= set(backends):
             payload["ray_vs_local"] = {w: {k: round(tp[("ray", w)][k] / tp[("local", w)][k], 3)
@@ -194,7 +213,10 @@ def main() -> int:
         print("speed-up 2 vs 1 workers:", payload["speedup_2_vs_1"])
         print("identical outputs in all cells:", payload["identical_outputs_across_cells"])
         for b in backends:
-            targets.check(f"speedup_2_vs_1_workers_{b}", payload["speedup_2_vs_1"][b]["wall_images_per_s"], ">=", 1.7, "x")
+            slower = payload["speedup_2_vs_1"][b]["worker_seconds_per_image"]
+            targets.check(f"speedup_2_vs_1_workers_{b}", payload["speedup_2_vs_1"][b]["wall_images_per_s"], ">=",
+                          RAY_SCALING if b == "ray" else 1.7, "x",
+                          note=f"(a source took a worker {slower:.2f}x as long with 2 workers)")
         targets.check("identical_outputs_across_cells", payload["identical_outputs_across_cells"], "==", True)
         for cell in payload["batched_vs_one_photo"]:
             w = cell["workers"]

@@ -90,6 +90,20 @@ def transform(points: torch.Tensor, rotation: torch.Tensor, translation: torch.T
     return points @ rotation.transpose(-1, -2) + translation[:, None, :]
 
 
+def transform_views(points: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
+    """One model's points (1, N, 3) in the frames of B cameras: R_b X + t_b, (B, N, 3); `transform`
+    of the points expanded to the B cameras. Each coordinate is summed as x R[i, 0] + y R[i, 1] +
+    z R[i, 2] + t[i] in that order, as the matrix product with its inner size of 3 sums on the CPU
+    here (tests/test_render_fast_paths.py compares them), but elementwise: the batched product of
+    32 views of the 16k-vertex head took 8-9 ms, this 2 ms."""
+    x, y, z = points[0].T.contiguous()
+    out = points.new_empty(rotation.shape[0], points.shape[1], 3)
+    for i in range(3):
+        out[..., i] = (x * rotation[:, i, 0, None] + y * rotation[:, i, 1, None] + z * rotation[:, i, 2, None]
+                       + translation[:, i, None])
+    return out
+
+
 # OpenCV's camera frame has y down and z forward: X_cv = D X_ours with D = diag(1, -1, -1).
 _CV = np.diag([1.0, -1.0, -1.0])
 

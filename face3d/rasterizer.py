@@ -62,6 +62,8 @@ from dataclasses import dataclass
 
 import torch
 
+from face3d.errors import FaceSynthError
+
 __all__ = [
     "Fragments",
     "rasterize_meshes",
@@ -243,14 +245,21 @@ def _corner_offsets(sel: torch.Tensor, batch: int):
 # machine code takes about 0.3-0.4 s, more than the compiled pass saves a one-photo `rotate` (a
 # dense fit and 9 views, about 1.1M face-views); a batch job passes the mark within its first
 # photos. Both passes give the same result, bit for bit, so the switch changes no output.
-# FACESYNTH_CPU_VISIBILITY sets the mode; tests set CPU_VISIBILITY to compare the two.
+# FACESYNTH_CPU_VISIBILITY sets the mode (another value is refused with a FaceSynthError at the
+# first CPU rasterization); tests set CPU_VISIBILITY to compare the two.
 CPU_VISIBILITY = os.environ.get("FACESYNTH_CPU_VISIBILITY", "auto")
 COMPILE_AFTER_FACES = 3_000_000
 _faces_rasterized = 0
 
 
+CPU_VISIBILITY_MODES = ("auto", "compiled", "torch")
+
+
 def _use_compiled(n_face_views: int) -> bool:
     global _faces_rasterized
+    if CPU_VISIBILITY not in CPU_VISIBILITY_MODES:
+        raise FaceSynthError(f"FACESYNTH_CPU_VISIBILITY={CPU_VISIBILITY!r}: expected one of "
+                             f"{', '.join(CPU_VISIBILITY_MODES)}")
     if CPU_VISIBILITY != "auto":
         return CPU_VISIBILITY == "compiled"
     _faces_rasterized += n_face_views

@@ -210,6 +210,17 @@ def test_model_from_environment_variable(tmp_path, capsys, obama_path, monkeypat
     assert str(tmp_path / "elsewhere") in err
 
 
+def test_unknown_cpu_visibility_mode_is_a_one_line_error(tmp_path, capsys, obama_path, monkeypatch):
+    from face3d import rasterizer
+
+    monkeypatch.setattr(rasterizer, "CPU_VISIBILITY", "fast")     # as FACESYNTH_CPU_VISIBILITY=fast sets it
+    code, _, err = run(capsys, "rotate", obama_path, "--yaw", "0", "--out", tmp_path / "o", "--no-dense")
+    assert code == 1
+    assert_one_line_error(err)
+    assert "FACESYNTH_CPU_VISIBILITY='fast'" in err
+    assert "FACESYNTH_CPU_VISIBILITY" in manifest(tmp_path / "o")[0]["error"]
+
+
 @pytest.mark.slow
 def test_resume_skips_finished_photos_and_redoes_the_rest(tmp_path, capsys, obama_path, data_dir):
     """--resume after a run that was cut off: finished photos are kept as they are, a photo whose

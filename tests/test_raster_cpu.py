@@ -105,3 +105,13 @@ def test_auto_takes_the_compiled_pass_once_the_process_has_done_enough_work(monk
     assert len(torch_calls) == 2          # 80, 160 face-views: PyTorch; 240, 320: compiled
     assert "face3d.raster_cpu" in sys.modules
     assert all(torch.equal(results[0], r) for r in results[1:])
+
+
+def test_unknown_visibility_mode_is_an_error(monkeypatch):
+    """FACESYNTH_CPU_VISIBILITY set to anything but auto, compiled or torch is refused, not read as torch."""
+    from face3d.errors import FaceSynthError
+
+    verts, faces = triangle_soup(1, 20, (16, 16), seed=0)
+    monkeypatch.setattr(R, "CPU_VISIBILITY", "fast")
+    with pytest.raises(FaceSynthError, match="FACESYNTH_CPU_VISIBILITY='fast': expected one of auto, compiled, torch"):
+        rasterize_meshes(verts, faces, (16, 16))

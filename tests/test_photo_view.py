@@ -1,6 +1,9 @@
 """Whole-photo views (`face3d.photo_view`): the photo turns with the head in the crop of `render_views`."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -8,7 +11,7 @@ import torch
 
 from face3d.alignment import aligned_original
 from face3d.camera import Pose
-from face3d.photo_view import CANVAS_MARGIN, photo_view_backgrounds
+from face3d.photo_view import CANVAS_MARGIN, _membrane_sparse, membrane, photo_view_backgrounds
 from face3d.render import render_views
 from facesynth.api import PLAIN_GREY, RenderOptions, render_face
 from facesynth.cli import build_parser
@@ -260,3 +263,49 @@ def test_padding_is_filled_by_the_photo_mirrored_about_its_edge():
     expect = img[h // 2, 129 - k].astype(float)
     assert np.abs(out[h // 2, 130 + k].astype(float) - expect).max() < 12
     assert out[pad].min() > 20
+
+
+def _membrane_case(seed: int, n: int = 23):
+    rng = np.random.default_rng(seed)
+    fixed = np.zeros((n, n), bool)
+    fixed[[0, -1], :] = fixed[:, [0, -1]] = True                       # the border, as photo_view holds it
+    yy, xx = np.mgrid[:n, :n]
+    fixed |= (yy - n * 0.45) ** 2 / 30 + (xx - n * 0.55) ** 2 / 20 < 1.0   # a head-like blob
+    fixed |= rng.random((n, n)) < 0.05                                 # and scattered cells
+    values = rng.normal(size=(n, n, 3)) * np.array([200.0, 3.0, 0.5])
+    return values, fixed
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_membrane_block_solve_is_the_sparse_solve(seed):
+    values, fixed = _membrane_case(seed)
+    out = membrane(values, fixed)
+    assert np.allclose(out, _membrane_sparse(values, fixed), rtol=0, atol=1e-9)
+    assert np.array_equal(out[fixed], values[fixed])                   # fixed cells keep their values
+    # each free cell is the mean of its in-grid neighbours (Laplace's equation)
+    n = fixed.shape[0]
+    pad = np.pad(out, ((1, 1), (1, 1), (0, 0)))
+    inside = np.pad(np.ones((n, n)), 1)
+    total = pad[:-2, 1:-1] + pad[2:, 1:-1] + pad[1:-1, :-2] + pad[1:-1, 2:]
+    count = (inside[:-2, 1:-1] + inside[2:, 1:-1] + inside[1:-1, :-2] + inside[1:-1, 2:])[..., None]
+    assert np.abs((total / count - out)[~fixed]).max() < 1e-9
+
+
+def test_membrane_edge_cases():
+    values, _ = _membrane_case(3, n=9)
+    every = np.ones((9, 9), bool)
+    assert np.array_equal(membrane(values, every), values)             # nothing free
+    border = np.zeros((9, 9), bool)
+    border[[0, -1], :] = border[:, [0, -1]] = True
+    flat = np.full((9, 9, 2), 7.5)
+    assert np.allclose(membrane(flat, border), 7.5, atol=1e-12)       # a constant border fills constant
+    assert np.allclose(membrane(values, border), _membrane_sparse(values, border), atol=1e-9)
+
+
+def test_default_views_do_not_import_scipy_sparse():
+    """SciPy's sparse modules (0.24-0.28 s to import) load only with --sfs: not with the modules a
+    default `rotate` imports."""
+    code = ("import sys, facesynth.api, facesynth.rotate_job, face3d.sfs, face3d.photo_view; "
+            "print(sorted(m for m in sys.modules if m.startswith('scipy.sparse')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -255,10 +255,10 @@ def membrane(values: np.ndarray, fixed: np.ndarray) -> np.ndarray:
     symmetric positive definite and block tridiagonal: a grid row's cells form an (n, n) diagonal
     block (deg on the diagonal, -1 between free cells side by side) and couple to the next row's
     through a diagonal block (-1 where both cells of a column are free). Block elimination (the
-    block Thomas algorithm) solves it with n dense (n, n) inversions, 10-20 ms for the 97 x 97 grid
-    of `photo_view_backgrounds`, as fast as a sparse LU and without importing SciPy, whose sparse
-    module took 0.24-0.28 s of every fresh `rotate` (`_membrane_sparse` is that solve, kept as
-    the reference: tests/test_photo_view.py)."""
+    block Thomas algorithm) solves it with n dense (n, n) inversions: about 30 ms for the 97 x 97
+    grid of `photo_view_backgrounds` against 19 ms for a sparse LU, without importing SciPy, whose
+    sparse modules took 0.24-0.28 s of every fresh `rotate` (`_membrane_sparse` is that solve, kept
+    as the reference: tests/test_photo_view.py)."""
     n = fixed.shape[0]
     free = ~fixed
     vals = values.reshape(n, n, -1).astype(np.float64)

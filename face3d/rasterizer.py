@@ -247,12 +247,10 @@ def _corner_offsets(sel: torch.Tensor, batch: int):
 # photos. Both passes give the same result, bit for bit, so the switch changes no output.
 # FACESYNTH_CPU_VISIBILITY sets the mode (another value is refused with a FaceSynthError at the
 # first CPU rasterization); tests set CPU_VISIBILITY to compare the two.
+CPU_VISIBILITY_MODES = ("auto", "compiled", "torch")
 CPU_VISIBILITY = os.environ.get("FACESYNTH_CPU_VISIBILITY", "auto")
 COMPILE_AFTER_FACES = 3_000_000
 _faces_rasterized = 0
-
-
-CPU_VISIBILITY_MODES = ("auto", "compiled", "torch")
 
 
 def _use_compiled(n_face_views: int) -> bool:

@@ -28,8 +28,8 @@ single-threaded matrix products), which drifts from minute to minute and bounds 
 
 Targets (issue 5), checked in the run; it exits 1 when one is missed (`--target NAME=VALUE` changes
 one): per backend, 2 workers >= 1.7x the images/s of 1 worker (wall, start-up included; for Ray
-issue 27's >= 1.8x); the same PNG bytes in every cell; memory flat, which this script takes as each worker's RSS after its last
-image within 10% of its RSS after its first. Issue 27: at 1 and at 2 workers, the batched run writes
+issue 27's >= 1.8x); the same PNG bytes in every cell; memory flat, which this script takes as each
+worker's RSS after its last image within 10% of its RSS after its first. Issue 27: at 1 and at 2 workers, the batched run writes
 the same files as the one-photo run, each image within a mean abs difference of 0.5/255 and at most
 2% of its pixels off by more than 2/255 (the largest single difference is recorded, not bounded: a
 silhouette moved by a fraction of a pixel changes whole edge pixels). The batched / one-photo
@@ -67,6 +67,7 @@ BATCHED_PIXELS_OFF = 0.02
 PIXEL_TOL = 2
 #: issue 27: the Ray backend's images/s with 2 workers against 1 (the local backend keeps issue 5's 1.7)
 RAY_SCALING = 1.8
+
 
 def worker_seconds_per_image(out: Path) -> float:
     """The mean of the manifest's `seconds_total` over the sources of a run in `out`: how long a

@@ -29,12 +29,13 @@ single-threaded matrix products), which drifts from minute to minute and bounds 
 Targets (issue 5), checked in the run; it exits 1 when one is missed (`--target NAME=VALUE` changes
 one): per backend, 2 workers >= 1.7x the images/s of 1 worker (wall, start-up included; for Ray
 issue 27's >= 1.8x); the same PNG bytes in every cell; memory flat, which this script takes as each
-worker's RSS after its last image within 10% of its RSS after its first. Issue 27: at 1 and at 2 workers, the batched run writes
-the same files as the one-photo run, each image within a mean abs difference of 0.5/255 and at most
-2% of its pixels off by more than 2/255 (the largest single difference is recorded, not bounded: a
-silhouette moved by a fraction of a pixel changes whole edge pixels). The batched / one-photo
-images/s ratio is reported, not a target: issue 27's speed target (2x the images/s of the code it
-measured) is checked by bench_augment_speedup.py, which runs that code beside this one.
+worker's RSS after its last image within 10% of its RSS after its first. Issue 27: at 1 and at 2
+workers, the batched run writes the same files as the one-photo run, each image within a mean abs
+difference of 0.5/255 and at most 2% of its pixels off by more than 2/255 (the largest single
+difference is recorded, not bounded: a silhouette moved by a fraction of a pixel changes whole edge
+pixels). The batched / one-photo images/s ratio is reported, not a target: issue 27's speed target
+(2x the images/s of the code it measured) is checked by bench_augment_speedup.py, which runs that
+code beside this one.
 
     python bench_augment.py [--images 200] [--rss-images 1000] [--yaw -60,-30,0,30,60] [--size 128]
                             [--batch-size 8] [--no-side-by-side]

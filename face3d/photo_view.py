@@ -276,9 +276,9 @@ def membrane(values: np.ndarray, fixed: np.ndarray) -> np.ndarray:
     side = (free[:, :-1] & free[:, 1:]).astype(np.float64)          # (n, n-1): free pairs in a row
     down = (free[:-1] & free[1:]).astype(np.float64)                 # (n-1, n): free pairs in a column
     inverses, y = [], []
+    i = np.arange(n - 1)
     for k in range(n):
         block = np.diag(np.where(free[k], deg[k], 1.0))
-        i = np.arange(n - 1)
         block[i, i + 1] = block[i + 1, i] = -side[k]
         yk = rhs[k].copy()
         if k:

@@ -53,12 +53,12 @@ def run_augment(checkout: Path, inp: Path, out: Path, yaws: str, size: int, work
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
-    sources = {p.name.rsplit("_yaw", 1)[0] for p in out.rglob("*.png") if "_yaw" in p.name}
+    views = [p.name for p in out.rglob("*.png") if "_yaw" in p.name]
+    sources = {name.rsplit("_yaw", 1)[0] for name in views}
     # exit 1 with views written: a photo failed (no face, ...) and the batch went on, as it should
     if proc.returncode not in (0, 1) or not sources:
         raise RuntimeError(f"{' '.join(cmd[3:])} in {checkout} exited {proc.returncode}: {proc.stderr[-2000:]}")
-    views = sum(1 for p in out.rglob("*.png") if "_yaw" in p.name)
-    return {"seconds": round(wall, 2), "photos": len(sources), "views": views, "exit_code": proc.returncode,
+    return {"seconds": round(wall, 2), "photos": len(sources), "views": len(views), "exit_code": proc.returncode,
             "images_per_s": round(len(sources) / wall, 4), "loadavg_after": os.getloadavg()[0]}
 
 

@@ -1,16 +1,15 @@
 """Rendering throughput of `render_views`: views per second for a batch of 32 poses at 128 and 256 px.
-
 The full re-posing path is timed (transform, rasterize 32.7k triangles, interpolate UVs, sample the
-texture atlas, composite), on a real fitted face. Median of several runs after a warm-up.
-
-Target (issue 27, raised from issue 2's 200): >= 500 views/s at 128 px with 2 threads on the CPU;
-the run exits 1 when it is missed. `--device cuda` also times the same renders on a CUDA GPU
+texture atlas, composite), on a real fitted face. Median of several runs after a warm-up. Target
+(issue 27, raised from issue 2's 200): >= 500 views/s at 128 px with 2 threads on the CPU; the run
+exits 1 when it is missed. `--device cuda` also times the same renders on a CUDA GPU
 (`render_views(..., device=)`), beside the CPU in the same run, and records the card's name; the
 target stays the CPU's. On the CPU the renders are timed with the rasterizer's compiled visibility
 pass (`face3d.raster_cpu`, which a batch job runs once it has loaded it) and then with its PyTorch
 pass (the reference; `size_*_torch_visibility` in the JSON), in the same run; the two must render
-the same images, bit for bit (exit 2 otherwise). Timings on a shared machine swing widely: note the load average (printed)
-and compare runs made side by side; `--threads 1` gives the figure least disturbed by other jobs.
+the same images, bit for bit (exit 2 otherwise). Timings on a shared machine swing widely: note the
+load average (printed) and compare runs made side by side; `--threads 1` gives the figure least
+disturbed by other jobs.
 """
 from __future__ import annotations
 

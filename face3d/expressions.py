@@ -39,7 +39,7 @@ from face3d.fitting import FitConfig, fit_morphable_model, mouth_blendshapes, re
 from face3d.morphable_model import ICT_PARTS, MOUTH_PART_NAMES, MorphableModel, load_mouth_parts
 from face3d.rasterizer import rasterize_meshes
 from face3d.render import ColouredMesh
-from face3d.texture import Texture, push_pull_fill, uv_raster
+from face3d.texture import push_pull_fill, uv_raster
 
 #: Preset names in the order they are listed to the user.
 PRESET_NAMES = ("neutral", "smile", "open-mouth", "surprise", "frown", "blink", "pout")
@@ -758,7 +758,7 @@ def expression_texture(texture, model: MorphableModel, expression: np.ndarray,
         for sd, k in sides:
             sel = side == sd
             out[sel] = out[sel] * (1 - k) + lash_rgb * k
-    return Texture(out.reshape(Ht, Wt, 3).astype(np.float32), texture.confidence, texture.alpha)
+    return dataclasses.replace(texture, image=out.reshape(Ht, Wt, 3).astype(np.float32))
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ Zhu et al., CVPR 2016), in the crop frame of `face3d.render.render_views`.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -224,6 +225,15 @@ def warp_canvas(image: np.ndarray, A: np.ndarray, t: np.ndarray, canvas: int,
     return out
 
 
+def warp_mask(mask: np.ndarray, A: np.ndarray, t: np.ndarray, canvas: int) -> np.ndarray:
+    """(canvas, canvas) float32 in 0..1: a (h, w) mask of the photo warped by (A, t) as `warp_canvas`
+    warps the photo, its edge carried on beyond the photo's edges."""
+    t_cv = t + A @ np.array([0.5, 0.5]) - 0.5
+    M = np.hstack([A, t_cv[:, None]])
+    return cv2.warpAffine(np.asarray(mask, np.float32), M, (canvas, canvas), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
 #: Growth of the projected head's box (fraction of its size, each side) that `warp_canvas` never mirrors.
 HEAD_BOX_MARGIN = 0.15
 #: Blur (fraction of the canvas side) of the photo's edge carried on where the mirror would show the head.
@@ -392,6 +402,16 @@ def photo_view_backgrounds(fit, image: np.ndarray, model: MorphableModel, poses:
                            frame_vertices: torch.Tensor | None = None) -> np.ndarray:
     """(B, size, size, 3) uint8: the photo around the head, turned to each pose (module docstring).
     `vertices` / `frame_vertices` as in `render_views` (the rendered mesh, the crop's framing)."""
+    return photo_view_layers(fit, image, model, poses, size, vertices, frame_vertices)[0]
+
+
+def photo_view_layers(fit, image: np.ndarray, model: MorphableModel, poses: list[Pose], size: int,
+                      vertices: torch.Tensor | None = None, frame_vertices: torch.Tensor | None = None,
+                      foreground: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(`photo_view_backgrounds`, person): with the photo's person mask `foreground` ((h, w) bool,
+    `Texture.foreground`), person (B, size, size) float32 in 0..1 is that mask turned with the
+    photo: how much each pixel of the turned photo shows the person (0 where it opened up and was
+    inpainted); None without."""
     with torch.no_grad():
         verts = fit.vertices(model) if vertices is None else vertices
         pad = int(round(CANVAS_MARGIN * size))
@@ -401,6 +421,8 @@ def photo_view_backgrounds(fit, image: np.ndarray, model: MorphableModel, poses:
         step = canvas / (n - 1)
         head, skull, zbuf, at, (A, t) = source_surface(fit, model, verts, frame_vertices, size, pad, n, step)
         image_canvas = warp_canvas(image, A, t + pad, canvas, photo_head_box(fit, model, verts), padding_mask(image))
+        if foreground is not None:   # the person mask rides along as a fourth channel
+            image_canvas = np.concatenate([image_canvas, warp_mask(foreground, A, t + pad, canvas)[..., None]], -1)
         pos = np.stack(np.meshgrid(np.arange(n), np.arange(n)), -1).astype(np.float64) * step
         fixed = head.copy()
         fixed[[0, -1], :] = fixed[:, [0, -1]] = True
@@ -452,9 +474,11 @@ def profile_side_seams(seam: np.ndarray, fit, model, verts, frame_vertices, pose
 
 def render_grid(depth, pos, uv, w, image_canvas, fit, model, verts, frame_vertices, poses, size, pad, pivot,
                 seam=None):
-    """Turn the grid mesh to every pose, rasterize it into the crop, texture it, inpaint the holes.
-    `pivot` (3,), model frame, mm from the mid-face: the point the weighted turn is about (module
-    docstring, step 3)."""
+    """Turn the grid mesh to every pose, rasterize it into the crop, texture it, inpaint the holes:
+    (images (B, size, size, 3) uint8, person (B, size, size) float32 or None). `pivot` (3,), model
+    frame, mm from the mid-face: the point the weighted turn is about (module docstring, step 3).
+    `image_canvas` (canvas, canvas, 3 or 4): the photo in the canvas, and the person mask as a fourth
+    channel, turned alike (0 in the holes)."""
     n = depth.shape[0]
     canvas = image_canvas.shape[0]
     _, eye_mouth = head_pivot(verts if frame_vertices is None else frame_vertices, model)
@@ -475,8 +499,8 @@ def render_grid(depth, pos, uv, w, image_canvas, fit, model, verts, frame_vertic
     uvn = torch.from_numpy((uv.reshape(-1, 2) / canvas * 2 - 1).astype(np.float32))
     grid = interpolate_vertex_attributes(frag, tris, uvn.expand(len(poses), -1, -1))
     tex = torch.from_numpy(image_canvas).permute(2, 0, 1)[None].expand(len(poses), -1, -1, -1)
-    rgb = F.grid_sample(tex, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    rgb = (rgb.permute(0, 2, 3, 1).clamp(0, 1) * 255 + 0.5).byte().numpy()
+    sampled = F.grid_sample(tex, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    rgb = (sampled[:, :3].permute(0, 2, 3, 1).clamp(0, 1) * 255 + 0.5).byte().numpy()
     holes = hole_masks(frag.pix_to_face, screen, tris, step=canvas / (n - 1))
     if seam is not None:
         turned = torch.from_numpy(np.degrees(np.arccos(np.clip((np.trace(R_rel, axis1=1, axis2=2) - 1) / 2, -1, 1)))
@@ -485,7 +509,11 @@ def render_grid(depth, pos, uv, w, image_canvas, fit, model, verts, frame_vertic
         f = frag.pix_to_face.clamp(min=0)
         hit = torch.gather(on_seam, 1, f.reshape(len(f), -1)).reshape(f.shape)
         holes |= ((frag.pix_to_face >= 0) & hit & turned[:, None, None]).numpy()
-    return np.stack([fill_holes(img, h) for img, h in zip(rgb, holes)])
+    images = np.stack([fill_holes(img, h) for img, h in zip(rgb, holes)])
+    if image_canvas.shape[-1] == 3:
+        return images, None
+    # where the turned photo opened up it shows nothing of the person: the back of the head may show there
+    return images, np.where(holes, 0.0, sampled[:, 3].clamp(0, 1).numpy()).astype(np.float32)
 
 
 def turn_about_pivot(X: torch.Tensor, w: np.ndarray, R_rel: np.ndarray, P: np.ndarray) -> torch.Tensor:
@@ -586,25 +614,70 @@ def face_vertex_opacity(model: MorphableModel) -> np.ndarray:
     return (below_brows * before_ears).astype(np.float32)
 
 
-def vertex_texel_maps(model: MorphableModel, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """(`neck_vertex_alpha`, `face_vertex_opacity`) interpolated into the UV atlas of `height`,
-    cached with the model. The gutters between the islands take their islands' values
-    (`push_pull_fill`, both maps in one pass): a view samples the atlas bilinearly, and at an
+#: Hair sources for the back of the head (`back_of_head_texture`): scalp texels the photo showed at
+#: least this far above the brows' highest landmark (mm), or behind the face's outline
+#: (`FACE_OPAQUE_BACK`): the crown and the sides of the head, not the forehead.
+HAIR_ABOVE_BROWS_MM = 35.0
+#: The hair's colour is filled (pull-push) at this fraction of the atlas's resolution: it is smooth.
+HAIR_FILL_SCALE = 4
+#: The hair's fine detail over the back of the head (`hair_detail`): a patch this many texels wide (at
+#: atlas height 512) that the photo's hair covers to this share, less its blur at this sigma (texels).
+HAIR_PATCH = 48
+HAIR_PATCH_COVER = 0.95
+HAIR_DETAIL_SIGMA = 3.0
+#: Texels of the scalp the photo did not colour and whose surface turned this far from its camera (the
+#: cosine of `Texture.facing` under it) are the back of the head (`back_of_head_texture`). At 0.25 a
+#: view near the photo's own pose changes at most in a line of pixels along the skull's outline; at
+#: 0.5 a dark rim of the guessed hair showed round some heads there, where the fitted skull is wider
+#: than the photo's hair.
+BACK_FACING_COSINE = 0.25
+#: The back of the head ends at the nape, at the ears' lowest height (`face3d.texture.EAR_Y_RANGE`),
+#: eased over this height (mm) above it.
+NAPE_FADE_MM = 15.0
+#: Smoothing (texels at the atlas height of 512) of the back of the head's opacity at its edges.
+BACK_OF_HEAD_SIGMA = 3.0
+
+
+def back_of_head_vertex_weight(model: MorphableModel) -> np.ndarray:
+    """(V,) float32: 1 on the skull away from the face, the ears and the neck (the scalp, the back
+    of the head); 0 elsewhere: `(1 - face_vertex_opacity) * neck_vertex_alpha`, the ears and the mouth
+    socket excluded (the eyeballs lie where the face is opaque)."""
+    from face3d.texture import EAR_Y_RANGE, ear_vertices   # deferred: only the whole-photo views need these
+    w = (1.0 - face_vertex_opacity(model)) * neck_vertex_alpha(model)
+    if model.name == "ict_facekit":   # the hairline at the nape: about the ear lobes' height
+        w = w * np.clip((model.mean[:, 1] - EAR_Y_RANGE[0]) / NAPE_FADE_MM, 0.0, 1.0)
+    inner = model.mouth_interior if model.mouth_interior is not None else np.zeros(model.num_vertices, bool)
+    return np.where(~inner & ~ear_vertices(model), w, 0.0).astype(np.float32)
+
+
+def hair_source_vertices(model: MorphableModel) -> np.ndarray:
+    """(V,) bool: scalp vertices whose photo colour is taken as the hair's (the crown and the sides
+    of the head, not the forehead): `back_of_head_vertex_weight` at 1, and higher than
+    `HAIR_ABOVE_BROWS_MM` above the brows or behind the face's outline."""
+    v, eye_mouth = _mean_face_from_mid_face(model)
+    brows = model.landmark_vertices[17:27]
+    top = float(v[brows[brows >= 0], 1].max()) if (brows >= 0).any() else -np.inf
+    away = (v[:, 1] > top + HAIR_ABOVE_BROWS_MM) | (v[:, 2] < -FACE_OPAQUE_BACK * eye_mouth)
+    return (back_of_head_vertex_weight(model) > 0.99) & away
+
+
+def vertex_texel_maps(model: MorphableModel, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(`neck_vertex_alpha`, `face_vertex_opacity`, `back_of_head_vertex_weight`) interpolated into
+    the UV atlas of `height`, cached with the model. The gutters between the islands take their
+    islands' values (`push_pull_fill`, the three maps in one pass): a view samples the atlas bilinearly, and at an
     island's edge a gutter of another value would draw the island's outline (a thin dark line round
     the faded neck)."""
     key = ("photo_view_texel_maps", height)
     if key not in model._torch_cache:
         texels = atlas_texels(model, height)
         H, W = atlas_size(height)
-        values = np.stack([neck_vertex_alpha(model), face_vertex_opacity(model),
-                           np.zeros(model.num_vertices, np.float32)])          # push_pull_fill takes 3 channels
+        values = np.stack([neck_vertex_alpha(model), face_vertex_opacity(model), back_of_head_vertex_weight(model)])
         out = np.zeros((H * W, 3), np.float32)
         known = np.zeros(H * W, bool)
         out[texels.flat] = interpolate(texels, values.astype(texels.bary.dtype)).T
         known[texels.flat] = True
         filled = push_pull_fill(out.reshape(H, W, 3), known.reshape(H, W))
-        model._torch_cache[key] = (np.ascontiguousarray(filled[..., 0], np.float32),
-                                   np.ascontiguousarray(filled[..., 1], np.float32))
+        model._torch_cache[key] = tuple(np.ascontiguousarray(filled[..., c], np.float32) for c in range(3))
     return model._torch_cache[key]
 
 
@@ -618,16 +691,87 @@ def face_texel_opacity(model: MorphableModel, height: int) -> np.ndarray:
     return vertex_texel_maps(model, height)[1]
 
 
+def hair_source_texels(model: MorphableModel, height: int) -> np.ndarray:
+    """`hair_source_vertices` in the UV atlas of `height`: (H, W) bool, cached with the model."""
+    key = ("photo_view_hair_sources", height)
+    if key not in model._torch_cache:
+        texels = atlas_texels(model, height)
+        H, W = atlas_size(height)
+        src = np.zeros(H * W, bool)
+        at = interpolate(texels, hair_source_vertices(model).astype(texels.bary.dtype)[None])[0]
+        src[texels.flat] = at > 0.99
+        model._torch_cache[key] = src.reshape(H, W)
+    return model._torch_cache[key]
+
+
+def hair_detail(image: np.ndarray, sources: np.ndarray) -> np.ndarray | None:
+    """(H, W, 3) float32: the fine detail (the colour less its blur at `HAIR_DETAIL_SIGMA`) of the
+    atlas patch of `HAIR_PATCH` x `HAIR_PATCH` texels (at height 512) that the hair sources cover
+    best, tiled over the atlas with every other copy mirrored (so no seam shows between copies);
+    None where no patch is covered to `HAIR_PATCH_COVER`. A smooth fill alone reads as a cap."""
+    H, W = sources.shape
+    P = max(8, int(round(HAIR_PATCH * H / 512)))
+    if H < P or W < P:
+        return None
+    cover = cv2.boxFilter(sources.astype(np.float32), -1, (P, P), borderType=cv2.BORDER_CONSTANT)
+    half = P // 2
+    inner = cover[half:H - (P - half) + 1, half:W - (P - half) + 1]
+    if inner.size == 0 or inner.max() < HAIR_PATCH_COVER:
+        return None
+    y, x = np.unravel_index(int(np.argmax(inner)), inner.shape)      # top-left corner of the best patch
+    patch = image[y:y + P, x:x + P].astype(np.float32)
+    sigma = HAIR_DETAIL_SIGMA * H / 512.0
+    patch = patch - cv2.GaussianBlur(patch, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    block = np.concatenate([np.concatenate([patch, patch[:, ::-1]], 1),
+                            np.concatenate([patch[::-1], patch[::-1, ::-1]], 1)], 0)
+    reps = (-(-H // (2 * P)), -(-W // (2 * P)), 1)
+    return np.tile(block, reps)[:H, :W]
+
+
+def back_of_head_texture(texture: Texture, model: MorphableModel) -> tuple[np.ndarray, np.ndarray]:
+    """(image, opacity): `texture.image` with the back of the head (scalp texels, by
+    `back_of_head_vertex_weight`, that the photo did not colour and whose `texture.facing` is under
+    `BACK_FACING_COSINE`) coloured from the hair the photo showed on the crown and the sides
+    of the head (`hair_source_texels`, a smooth pull-push fill at 1/`HAIR_FILL_SCALE` of the atlas),
+    and the opacity (H, W) of that region over the turned photo. The photo cannot show the back of
+    the head; left see-through, a turned head shows the backdrop where its back should be and ends
+    just behind the ear."""
+    H, W = texture.confidence.shape
+    weight = vertex_texel_maps(model, H)[2]
+    unseen = texture.confidence <= INPAINT_CONFIDENCE
+    region = unseen & (texture.facing < BACK_FACING_COSINE) & (weight > 0.01)
+    sources = hair_source_texels(model, H) & ~unseen
+    if not region.any() or not sources.any():
+        return texture.image, np.zeros((H, W), np.float32)
+    small = (W // HAIR_FILL_SCALE, H // HAIR_FILL_SCALE)
+    k = cv2.resize(sources.astype(np.float32), small, interpolation=cv2.INTER_AREA)
+    img = cv2.resize(texture.image * sources[..., None], small, interpolation=cv2.INTER_AREA)
+    known = k > 0.25
+    img = np.where(known[..., None], img / np.maximum(k, 1e-6)[..., None], 0.0).astype(np.float32)
+    fill = cv2.resize(push_pull_fill(img, known), (W, H), interpolation=cv2.INTER_LINEAR)
+    detail = hair_detail(texture.image, sources)
+    if detail is not None:
+        fill = np.clip(fill + detail, 0.0, 1.0)
+    image = np.where(region[..., None], fill, texture.image).astype(np.float32)
+    opacity = cv2.GaussianBlur((region * weight).astype(np.float32), (0, 0), BACK_OF_HEAD_SIGMA * H / 512.0)
+    return image, opacity
+
+
 def see_through_texture(texture: Texture, model: MorphableModel | None = None) -> Texture:
     """`texture` with alpha 0 where no photo pixel coloured it and 1 where the photo (or its mirror)
     did, times any alpha it has: over the turned photo, the head shows only what the photo showed.
-    With `model`, the face stays opaque anyway (`face_vertex_opacity`), and the neck below the jaw
-    is 0 (`neck_vertex_alpha`)."""
+    With `model`, the face stays opaque anyway (`face_vertex_opacity`), the neck below the jaw is 0
+    (`neck_vertex_alpha`), and where the texture knows which way its texels faced the photo's camera
+    the back of the head gets the photo's hair colour and its own opacity (`Texture.back`,
+    `back_of_head_texture`), which `render_views` draws behind the person of the turned photo."""
     fade = np.clip((texture.confidence - INPAINT_CONFIDENCE) / SEE_THROUGH_RAMP, 0.0, 1.0).astype(np.float32)
     fade = cv2.GaussianBlur(fade, (0, 0), SEE_THROUGH_SIGMA * texture.confidence.shape[0] / 512.0)
+    image, back = texture.image, None
     if model is not None:
         fade = np.maximum(fade, face_texel_opacity(model, texture.confidence.shape[0]))
+        if texture.facing is not None:
+            image, back = back_of_head_texture(texture, model)
     alpha = fade if texture.alpha is None else fade * texture.alpha
     if model is not None:
         alpha = alpha * neck_texel_alpha(model, texture.confidence.shape[0])
-    return Texture(texture.image, texture.confidence, alpha.astype(np.float32))
+    return replace(texture, image=image, alpha=alpha.astype(np.float32), back=back)

@@ -36,7 +36,9 @@ VIEW_FOV_DEGREES = 10.0
 #: mirrored beyond it (`face3d.photo_view`). 6: over the photo, the seam beside the face is refilled only on
 #: the side the face turns towards (`face3d.photo_view.profile_side_seams`); the anti-aliased ring round the
 #: head takes the colours of the head pixels next to it, where it drew a line of the atlas corner's colour.
-RENDER_VERSION = 6
+#: 7: over the photo, the back of the head that the photo could not show is drawn opaque in the photo's
+#: hair colour and detail (`face3d.photo_view.back_of_head_texture`), where the turned backdrop showed.
+RENDER_VERSION = 7
 
 
 def render_version(method: str) -> int | None:
@@ -255,6 +257,20 @@ def _pixel_alpha(tex_alpha: torch.Tensor, mask: torch.Tensor, extra: torch.Tenso
     return _fill_ring(a[:, None], mask, cover)[:, 0]
 
 
+#: The back of the head fades in over this fraction of the view's side inside the head's outline
+#: (`_inner_ramp`; 3 px at 256 px): hair ends softly, the fitted skull's outline is sharp.
+BACK_EDGE = 0.012
+
+
+def _inner_ramp(mask: torch.Tensor) -> torch.Tensor:
+    """(B, S, S) in 0..1: 0 outside the head (`mask` (B, S, S) 0/1) and at its outline, rising to 1
+    at about `BACK_EDGE` of the side inside a straight outline (the mean of the mask over a square
+    of side 2 r + 1, r = `BACK_EDGE` S, mapped from 1/2..1 onto 0..1)."""
+    r = max(1, int(round(BACK_EDGE * mask.shape[-1])))
+    m = F.avg_pool2d(mask[:, None], 2 * r + 1, stride=1, padding=r, count_include_pad=True)[:, 0]
+    return ((m - 0.5) * 2).clamp(0, 1) * mask
+
+
 def _composite(rgb: torch.Tensor, alpha: torch.Tensor, background) -> np.ndarray:
     """uint8 images: `rgb` (B, S, S, 3) in 0..1 over `background` (a grey level or a uint8 array)
     with `alpha` (B, S, S). The same float32 steps as a numpy composite (so the same bits), in
@@ -271,8 +287,11 @@ def _composite(rgb: torch.Tensor, alpha: torch.Tensor, background) -> np.ndarray
 
 def _texture_layers(texture: Texture, cut: bool, device: torch.device | None = None) -> list[torch.Tensor]:
     """The atlas maps as (1, c, Ht, Wt) channels-last views of the texture's arrays (no copy when
-    they are float32 and stay on the CPU): colour, confidence and, when `cut`, alpha."""
-    maps = [texture.image, texture.confidence[..., None]] + ([texture.alpha[..., None]] if cut else [])
+    they are float32 and stay on the CPU): colour, confidence and, when `cut`, alpha and (where the
+    texture has it) the back of the head's opacity."""
+    maps = [texture.image, texture.confidence[..., None]]
+    if cut:
+        maps += [texture.alpha[..., None]] + ([texture.back[..., None]] if texture.back is not None else [])
     return [torch.from_numpy(np.asarray(m, dtype=np.float32)).to(device).permute(2, 0, 1)[None] for m in maps]
 
 
@@ -280,7 +299,7 @@ def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel
                  background: np.ndarray | float = 0.5, vertices: torch.Tensor | None = None,
                  batch: int = 32, frame_vertices: torch.Tensor | None = None,
                  sh: np.ndarray | None = None, extra: "ColouredMesh | None" = None,
-                 device: torch.device | str | None = None) -> RenderedViews:
+                 device: torch.device | str | None = None, behind: np.ndarray | None = None) -> RenderedViews:
     """Render the fitted head with its photo texture at each absolute pose.
 
     `background` is a grey level (0..1) or a (B, size, size, 3) uint8 array to composite over.
@@ -291,7 +310,11 @@ def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel
     model's frame, e.g. the teeth of an opened mouth) is rendered with the head, z-buffered against
     it, in its vertex colours (confidence `EXTRA_CONFIDENCE`); without it nothing changes.
     `device`: where the views are rasterized and shaded (default the CPU; `face3d.devices`); the
-    results are NumPy arrays either way.
+    results are NumPy arrays either way. A texture with an alpha (`cut`) is composited by it; one
+    that also has the back of the head's opacity (`Texture.back`, over a turned photo) draws that
+    part only where the background does not show the person: `behind` (B, size, size) in 0..1, how
+    much each background pixel shows the person (None: nowhere), so the photo's own hair stays in
+    front of the guessed back of the head.
     """
     dev = torch.device("cpu" if device is None else device)
     t = model.tensors(dev)
@@ -311,6 +334,7 @@ def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel
             extra_rgb = torch.as_tensor(extra.colours, dtype=torch.float32, device=dev).reshape(-1, 3)
             verts = torch.cat([verts, ev], dim=1)
         cut = texture.alpha is not None and bool((texture.alpha < 1).any())     # else the views stay as they were
+        back = cut and texture.back is not None
         tex = _texture_layers(texture, cut, dev)
         lm = torch.from_numpy(np.maximum(model.landmark_vertices, 0)).to(dev)
         imgs, masks, confs, lms, extras, depths = [], [], [], [], [], []
@@ -329,8 +353,13 @@ def render_views(fit, texture: Texture, poses: list[Pose], model: MorphableModel
             cover = box_mean3(mask)
             alpha = cover * mask + (1 - mask) * 0.5 * cover
             if cut:
-                alpha = alpha * _pixel_alpha(out[:, 4], mask, None if extra is None else frag.pix_to_face >= n_head_faces,
-                                             cover)
+                a = _pixel_alpha(out[:, 4], mask, None if extra is None else frag.pix_to_face >= n_head_faces, cover)
+                if back:   # the back of the head, behind what of the person the background shows
+                    b = _pixel_alpha(out[:, 5], mask, None, cover) * _inner_ramp(mask)
+                    if behind is not None:
+                        b = b * (1 - torch.as_tensor(np.asarray(behind[s: s + len(chunk)], np.float32), device=dev))
+                    a = 1 - (1 - a) * (1 - b)
+                alpha = alpha * a
             imgs.append(_fill_ring(out[:, :3], mask, cover).permute(0, 2, 3, 1))
             confs.append(out[:, 3] * mask)
             masks.append(alpha)

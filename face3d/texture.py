@@ -56,13 +56,22 @@ class TextureConfig:
 
 @dataclass
 class Texture:
-    """A UV atlas (H, W, 3) float32 in 0..1, its per-texel confidence (H, W) and optional alpha (H, W)."""
+    """A UV atlas (H, W, 3) float32 in 0..1, its per-texel confidence (H, W) and optional alpha (H, W).
+    `facing` (H, W) float32, where known: per texel the cosine between its surface normal and the ray
+    to the photo's camera (1 straight on, below 0 facing away: the back of the head, which no pixel
+    of the photo can show; -1 between the atlas's islands). `foreground` (h, w) bool, where the texture
+    was cut with it: the photo's pixels that show the person (`face3d.segmentation`). `back` (H, W),
+    over a photo only: the opacity of the back of the head, drawn where the turned photo does not
+    show the person (`face3d.photo_view.back_of_head_texture`)."""
 
     image: np.ndarray
     confidence: np.ndarray
     #: per-texel coverage (H, W) in 0..1, None for all 1: 0 where the photo shows hair over the
     #: model's ear, so views show what is behind the ear (the background) there instead of the ear
     alpha: np.ndarray | None = None
+    facing: np.ndarray | None = None
+    foreground: np.ndarray | None = None
+    back: np.ndarray | None = None
 
     def tensor(self) -> torch.Tensor:
         return torch.from_numpy(self.image).permute(2, 0, 1)[None].contiguous()
@@ -267,6 +276,9 @@ def _extract_texture(fit, image: np.ndarray, model: MorphableModel, cfg: Texture
     view = _unit(-at[3:6])                                                                # toward the camera
     cos = n[0] * view[0] + n[1] * view[1] + n[2] * view[2]
     seen = _seen_texels(x, y, depth, cos, zbuf, lo, s, image.shape[:2], cfg)
+    facing = np.full(Ht * Wt, -1.0, np.float32)
+    facing[flat] = cos
+    fg = None
     if cfg.segment:   # texels whose photo pixel shows the backdrop are not seen (mirror-filled or inpainted)
         fg = foreground()
         cand = np.nonzero(seen)[0]
@@ -297,7 +309,8 @@ def _extract_texture(fit, image: np.ndarray, model: MorphableModel, cfg: Texture
     known = conf > 0
     filled = push_pull_fill(tex.reshape(Ht, Wt, 3), known.reshape(Ht, Wt))
     conf[flat[~known[flat]]] = INPAINT_CONFIDENCE
-    return Texture(filled.astype(np.float32, copy=False), conf.reshape(Ht, Wt), alpha)
+    return Texture(filled.astype(np.float32, copy=False), conf.reshape(Ht, Wt), alpha,
+                   facing.reshape(Ht, Wt), None if fg is None else np.asarray(fg, bool))
 
 
 def ear_vertices(model: MorphableModel) -> np.ndarray:
@@ -464,6 +477,8 @@ def push_pull_fill(image: np.ndarray, known: np.ndarray) -> np.ndarray:
     est = img / np.maximum(w, 1e-8)[..., None]
     if not np.any(w > 0):
         est[:] = 0.5
+    elif not np.all(w > 0):   # a coarsest cell with nothing known takes the mean of what is known (not black)
+        est[w <= 0] = img.reshape(-1, img.shape[-1]).sum(0) / w.sum()
     for img, w in reversed(levels[1:-1]):
         up = cv2.resize(est, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
         a = np.clip(w, 0.0, 1.0)[..., None]

@@ -58,10 +58,11 @@ def variant_geometry(variant, rec, model):
 
 
 def render_variant(variant, rec, model, poses, size: int, background=0.5, sfs: SFSState | None = None,
-                   device=None):
+                   device=None, behind: np.ndarray | None = None):
     """Render one variant of a reconstruction at `poses`, framed like the fitted face of that shape;
     with `sfs`, the SFS displacement is added to the variant's vertices and the views take its light.
-    `device`: where `render_views` rasterizes and shades (default the CPU)."""
+    `device`: where `render_views` rasterizes and shades (default the CPU); `behind`: how much of
+    `background` shows the person, per pixel (`render_views`)."""
     fit, verts, frame, teeth = variant_geometry(variant, rec, model)
     texture_of = rec.texture
     sh = None
@@ -73,7 +74,7 @@ def render_variant(variant, rec, model, poses, size: int, background=0.5, sfs: S
     identity = fit.identity if variant.shape is None else variant.shape.identity
     texture = expression_texture(texture_of, model, variant.coefficients, fit.expression, identity=identity)
     return render_views(fit, texture, poses, model, size=size, background=background, vertices=verts,
-                        frame_vertices=frame, sh=sh, extra=teeth, device=device)
+                        frame_vertices=frame, sh=sh, extra=teeth, device=device, behind=behind)
 
 
 def variant_record(variant, model, shape_jitter: float = 0.0, seed: int = 0) -> dict:

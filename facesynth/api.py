@@ -25,7 +25,7 @@ from face3d.fitting import FitConfig
 from face3d.image_io import load_image
 from face3d.landmarks import DEFAULT_DETECTOR, DETECTORS
 from face3d.morphable_model import MorphableModel, load_morphable_model
-from face3d.photo_view import photo_view_backgrounds, see_through_texture
+from face3d.photo_view import photo_view_layers, see_through_texture
 from face3d.labels import ViewLabels, arcface_crop, view_labels
 from face3d.pipeline import Reconstruction, reconstruct_faces
 from face3d.render import view_fit
@@ -157,8 +157,9 @@ def render_face(rec: Reconstruction, image: np.ndarray, model: MorphableModel, p
     # one render per (expression, shape sample); the plain fit when neither is asked for
     for variant in variants(rec.fit, model, expressions, options.shape_jitter, options.jitter_samples,
                             options.seed, key):
-        background = view_background(variant, rec, image, model, poses, options)
-        views = render_variant(variant, shown, model, poses, size, background, sfs, device=options.torch_device)
+        background, behind = view_background(variant, rec, image, model, poses, options)
+        views = render_variant(variant, shown, model, poses, size, background, sfs, device=options.torch_device,
+                               behind=behind)
         images = maker.images(rec, image, model, views, poses, size, background)
         fit, verts, frame, _ = variant_geometry(variant, rec, model)
         labels, cameras, maps = [], [], {}
@@ -221,13 +222,15 @@ def over_photo(options: RenderOptions) -> bool:
 
 def view_background(variant, rec: Reconstruction, image: np.ndarray, model: MorphableModel, poses: list[Pose],
                     options: RenderOptions):
-    """What one variant's views are composited over: the plain grey, or (`photo`) the whole photo
-    turned with the head (`face3d.photo_view`), framed like the variant's render so the head sits
-    exactly on its own turned photo."""
+    """(background, behind): what one variant's views are composited over, the plain grey or
+    (`photo`) the whole photo turned with the head (`face3d.photo_view`), framed like the variant's
+    render so the head sits exactly on its own turned photo; and, over the photo, how much of it
+    shows the person per pixel (the photo's segmentation turned with it; None over the grey)."""
     if not over_photo(options):
-        return PLAIN_GREY
+        return PLAIN_GREY, None
     _, _, frame, _ = variant_geometry(variant, rec, model)
-    return photo_view_backgrounds(rec.fit, image, model, poses, options.render_size, frame_vertices=frame)
+    return photo_view_layers(rec.fit, image, model, poses, options.render_size, frame_vertices=frame,
+                             foreground=rec.texture.foreground)
 
 
 def as_poses(poses=None, yaws=None) -> list[Pose]:

@@ -309,3 +309,120 @@ def test_default_views_do_not_import_scipy_sparse():
             "print(sorted(m for m in sys.modules if m.startswith('scipy.sparse')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_texture_records_which_way_each_texel_faced_the_photo(obama_reconstruction, ict_model):
+    from face3d.photo_view import back_of_head_vertex_weight
+    from face3d.texture import atlas_texels, interpolate
+
+    tex = obama_reconstruction.texture
+    assert tex.facing is not None and tex.facing.shape == tex.confidence.shape
+    texels = atlas_texels(ict_model, tex.confidence.shape[0])
+    facing = tex.facing.reshape(-1)[texels.flat]
+    lm = np.maximum(ict_model.landmark_vertices, 0)
+    mean = np.asarray(ict_model.mean)
+    nose = (np.linalg.norm(mean - mean[lm[30]], axis=1) < 30) & ict_model.skin   # around the nose tip
+    on_nose = interpolate(texels, nose[None].astype(texels.bary.dtype))[0] > 0.99
+    back = interpolate(texels, back_of_head_vertex_weight(ict_model)[None].astype(texels.bary.dtype))[0] > 0.99
+    behind = mean[:, 2] < mean[:, 2].min() + 40                                 # the back of the skull
+    behind_t = interpolate(texels, behind[None].astype(texels.bary.dtype))[0] > 0.99
+    assert on_nose.any() and np.median(facing[on_nose]) > 0.5            # the face looks at the camera
+    assert (back & behind_t).any() and (facing[back & behind_t] < 0).mean() > 0.95   # the back of the head does not
+    # seen texels face the camera
+    seen = tex.confidence.reshape(-1)[texels.flat] >= 0.5
+    assert (facing[seen] > 0).all()
+
+
+def test_back_of_head_takes_the_hair_colour_and_is_opaque_only_where_the_photo_cannot_see(
+        obama_reconstruction, ict_model):
+    from face3d.photo_view import (BACK_FACING_COSINE, back_of_head_texture, hair_source_texels,
+                                   see_through_texture, vertex_texel_maps)
+    from face3d.texture import INPAINT_CONFIDENCE, Texture
+
+    tex = obama_reconstruction.texture
+    H, W = tex.confidence.shape
+    sources = hair_source_texels(ict_model, H) & (tex.confidence > INPAINT_CONFIDENCE)
+    assert sources.sum() > 1000
+    # a flat "hair" colour on the hair sources, another colour elsewhere
+    image = np.zeros((H, W, 3), np.float32)
+    image[..., 1] = 0.9
+    image[sources] = (0.8, 0.1, 0.05)
+    image, opacity = back_of_head_texture(Texture(image, tex.confidence, None, tex.facing), ict_model)
+    region = ((tex.confidence <= INPAINT_CONFIDENCE) & (tex.facing < BACK_FACING_COSINE)
+              & (vertex_texel_maps(ict_model, H)[2] > 0.01))
+    assert region.sum() > 1000
+    assert np.allclose(image[region].mean(0), (0.8, 0.1, 0.05), atol=0.02)    # flat hair: no detail to add
+    assert np.array_equal(image[~region], np.where(sources[..., None], (0.8, 0.1, 0.05), (0, 0.9, 0))[~region]
+                          .astype(np.float32))
+    assert (opacity[region & (vertex_texel_maps(ict_model, H)[2] > 0.99)] > 0.5).mean() > 0.9
+    # hardly where the photo looked and saw the backdrop (the opacity's blur reaches over a few texels)
+    looked = (tex.confidence <= INPAINT_CONFIDENCE) & (tex.facing > 0.6)
+    assert looked.sum() > 1000 and (opacity[looked] > 0.05).mean() < 0.02
+    # over the photo: the back of the head is opaque, what the photo saw as backdrop is not
+    # over the photo the back of the head gets its own opacity (`Texture.back`) and the hair colour,
+    # the see-through alpha stays as it was; a texture that does not know its texels' facing gets none
+    shown = see_through_texture(tex, ict_model)
+    before = see_through_texture(Texture(tex.image, tex.confidence, tex.alpha), ict_model)
+    back = region & (vertex_texel_maps(ict_model, H)[2] > 0.99)
+    assert np.median(shown.back[back]) > 0.95 and before.back is None
+    assert np.array_equal(shown.alpha, before.alpha)
+    assert not np.array_equal(shown.image[back], tex.image[back])
+
+
+@pytest.mark.slow
+def test_a_turned_view_shows_the_back_of_the_head_over_the_photo(obama_reconstruction, obama_image, ict_model):
+    from face3d.texture import Texture
+
+    rec = obama_reconstruction
+    options = RenderOptions(size=SIZE)
+    poses = [rec.fit.pose, Pose(-45.0, 0.0, 0.0)]
+    with_back = render_face(rec, obama_image, ict_model, poses, options, load_method("3d", options))[0].images
+    without = replace_texture(rec, Texture(rec.texture.image, rec.texture.confidence, rec.texture.alpha))
+    see_through = render_face(without, obama_image, ict_model, poses, options, load_method("3d", options))[0].images
+    diff = np.abs(with_back.astype(int) - see_through.astype(int)).max(-1)
+    # at the photo's own pose: at most a line along the skull's outline (no 3x3 block changes)
+    changed = (diff[0] > 8).astype(np.uint8)
+    assert changed.mean() < 0.01 and not cv2.erode(changed, np.ones((3, 3), np.uint8)).any()
+    assert (diff[1] > 8).mean() > 0.01                # turned: the back of the head is drawn
+    # and it lies behind the face: on the side away from the nose (the nose turns to the image left)
+    ys, xs = np.nonzero(diff[1] > 8)
+    assert np.median(xs) > SIZE / 2
+
+
+def replace_texture(rec, texture):
+    from dataclasses import replace
+    return replace(rec, texture=texture)
+
+
+@pytest.mark.slow
+def test_the_back_of_the_head_stays_behind_the_person_of_the_turned_photo(obama_reconstruction, obama_image,
+                                                                           ict_model):
+    """`render_views` draws `Texture.back` only where `behind` says the background shows no person;
+    `photo_view_layers` turns the photo's person mask with the photo (0 where it opened up)."""
+    from face3d.photo_view import photo_view_layers, see_through_texture
+
+    rec = obama_reconstruction
+    poses = [rec.fit.pose, Pose(-45.0, 0.0, 0.0)]
+    fg = rec.texture.foreground
+    assert fg is not None and fg.shape == obama_image.shape[:2] and 0.05 < fg.mean() < 0.95
+    bg, person = photo_view_layers(rec.fit, obama_image, ict_model, poses, SIZE, foreground=fg)
+    assert np.array_equal(bg, photo_view_backgrounds(rec.fit, obama_image, ict_model, poses, SIZE))
+    assert person.shape == (2, SIZE, SIZE) and person.dtype == np.float32
+    assert 0.0 <= person.min() and person.max() <= 1.0
+    # at the photo's own pose the mask is the photo's segmentation, aligned like the photo
+    al = aligned_original(rec.fit, (np.repeat(fg[..., None], 3, -1) * 255).astype(np.uint8), ict_model, SIZE)
+    assert np.abs(person[0] - al[..., 0] / 255.0).mean() < 0.05
+    shown = see_through_texture(rec.texture, ict_model)
+    nobody = render_views(rec.fit, shown, poses, ict_model, size=SIZE, background=bg)
+    everybody = render_views(rec.fit, shown, poses, ict_model, size=SIZE, background=bg,
+                             behind=np.ones((2, SIZE, SIZE), np.float32))
+    without = render_views(rec.fit, replace_texture_back(shown), poses, ict_model, size=SIZE, background=bg)
+    assert np.allclose(everybody.masks, without.masks, atol=1e-6)      # all person: the back never shows
+    assert (nobody.masks[1] - without.masks[1] > 0.5).mean() > 0.01    # no person: it shows, turned
+    turned = render_views(rec.fit, shown, poses, ict_model, size=SIZE, background=bg, behind=person)
+    assert (turned.masks >= without.masks - 1e-6).all() and (turned.masks <= nobody.masks + 1e-6).all()
+
+
+def replace_texture_back(texture):
+    from dataclasses import replace
+    return replace(texture, back=None)

@@ -238,6 +238,8 @@ def _reference_push_pull(image, known):
     est = img / np.maximum(w, 1e-8)[..., None]
     if not np.any(w > 0):
         est[:] = 0.5
+    else:
+        est[w <= 0] = img.reshape(-1, 3).sum(0) / w.sum()
     for img, w in reversed(levels[:-1]):
         up = cv2.resize(est, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
         a = np.clip(w, 0.0, 1.0)[..., None]
@@ -254,6 +256,18 @@ def test_push_pull_fill_matches_the_reference():
         image = rng.random((*shape, 3)).astype(np.float32)
         known = rng.random(shape) < frac
         assert np.array_equal(push_pull_fill(image, known), _reference_push_pull(image, known))
+
+
+def test_push_pull_fill_of_a_sparse_corner_never_fills_black():
+    """Known pixels in one corner only: the coarsest level's empty cells take the known mean, so the
+    far side of the image is filled with the known colour, not with black."""
+    from face3d.texture import push_pull_fill
+
+    image = np.zeros((64, 160, 3), np.float32)
+    known = np.zeros((64, 160), bool)
+    known[:10, :12] = True
+    image[known] = (0.8, 0.1, 0.05)
+    assert np.allclose(push_pull_fill(image, known), (0.8, 0.1, 0.05), atol=1e-5)
 
 
 def test_texel_shading_of_some_texels_is_theirs_from_all():

@@ -421,8 +421,10 @@ def photo_view_layers(fit, image: np.ndarray, model: MorphableModel, poses: list
         step = canvas / (n - 1)
         head, skull, zbuf, at, (A, t) = source_surface(fit, model, verts, frame_vertices, size, pad, n, step)
         image_canvas = warp_canvas(image, A, t + pad, canvas, photo_head_box(fit, model, verts), padding_mask(image))
-        if foreground is not None:   # the person mask rides along as a fourth channel
-            image_canvas = np.concatenate([image_canvas, warp_mask(foreground, A, t + pad, canvas)[..., None]], -1)
+        if foreground is not None:   # the person beyond the fitted head rides along as a fourth channel
+            on_head = cv2.resize(head.astype(np.float32), (canvas, canvas), interpolation=cv2.INTER_NEAREST)
+            beyond = warp_mask(foreground, A, t + pad, canvas) * (1.0 - on_head)
+            image_canvas = np.concatenate([image_canvas, beyond[..., None], on_head[..., None]], -1)
         pos = np.stack(np.meshgrid(np.arange(n), np.arange(n)), -1).astype(np.float64) * step
         fixed = head.copy()
         fixed[[0, -1], :] = fixed[:, [0, -1]] = True
@@ -512,8 +514,34 @@ def render_grid(depth, pos, uv, w, image_canvas, fit, model, verts, frame_vertic
     images = np.stack([fill_holes(img, h) for img, h in zip(rgb, holes)])
     if image_canvas.shape[-1] == 3:
         return images, None
-    # where the turned photo opened up it shows nothing of the person: the back of the head may show there
-    return images, np.where(holes, 0.0, sampled[:, 3].clamp(0, 1).numpy()).astype(np.float32)
+    person = sampled[:, 3].clamp(0, 1).numpy()
+    on_head = sampled[:, 4].numpy() > 0.5
+    return images, np.stack([person_in_holes(p, h, o) for p, h, o in zip(person, holes, on_head)])
+
+
+#: A hole of the turned photo is taken as the person (hair) when at least this share of the pixels
+#: around it off the head show the person (`person_in_holes`).
+HOLE_IN_HAIR = 0.5
+
+
+def person_in_holes(person: np.ndarray, holes: np.ndarray, on_head: np.ndarray) -> np.ndarray:
+    """(S, S) float32: `person` (the turned photo's person beyond the fitted head, 0..1) with each
+    hole (where the turned photo opened up) taken as the person, 1, when most of the pixels around
+    it off the head (`on_head` False) show the person (a hole in long hair), else 0 (a hole between
+    the head and the backdrop, where the back of the head shows)."""
+    out = np.where(holes, 0.0, person).astype(np.float32)
+    if not holes.any():
+        return out
+    n, labels = cv2.connectedComponents(holes.astype(np.uint8), connectivity=8)
+    ring = cv2.dilate(holes.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & ~holes & ~on_head
+    near = cv2.dilate(labels.astype(np.float32), np.ones((5, 5), np.uint8))   # the label each ring pixel touches
+    idx = near[ring].astype(np.int64)
+    total = np.bincount(idx, minlength=n)
+    hair = np.bincount(idx, weights=person[ring], minlength=n)
+    is_hair = (total > 0) & (hair > HOLE_IN_HAIR * np.maximum(total, 1))
+    is_hair[0] = False
+    out[is_hair[labels] & holes] = 1.0
+    return out
 
 
 def turn_about_pivot(X: torch.Tensor, w: np.ndarray, R_rel: np.ndarray, P: np.ndarray) -> torch.Tensor:
@@ -618,6 +646,11 @@ def face_vertex_opacity(model: MorphableModel) -> np.ndarray:
 #: least this far above the brows' highest landmark (mm), or behind the face's outline
 #: (`FACE_OPAQUE_BACK`): the crown and the sides of the head, not the forehead.
 HAIR_ABOVE_BROWS_MM = 35.0
+#: Too little hair seen (fewer hair sources than this share of the atlas: a bald head, hair of the
+#: skin's colour) and the back of the head is left see-through, as without its fill.
+MIN_HAIR_SOURCES = 0.004
+#: A scalp texel darker than this share of the cheeks' luma is hair (`looks_like_hair`).
+HAIR_DARKER = 0.7
 #: The hair's colour is filled (pull-push) at this fraction of the atlas's resolution: it is smooth.
 HAIR_FILL_SCALE = 4
 #: The hair's fine detail over the back of the head (`hair_detail`): a patch this many texels wide (at
@@ -728,21 +761,36 @@ def hair_detail(image: np.ndarray, sources: np.ndarray) -> np.ndarray | None:
     return np.tile(block, reps)[:H, :W]
 
 
-def back_of_head_texture(texture: Texture, model: MorphableModel) -> tuple[np.ndarray, np.ndarray]:
-    """(image, opacity): `texture.image` with the back of the head (scalp texels, by
+def looks_like_hair(rgb: np.ndarray, skin: np.ndarray) -> np.ndarray:
+    """(N,) bool: colours (N, 3) in 0..1 that are not the skin's (`skin`: Y, Cr, Cb, 0..255): a chroma
+    over `HAIR_CHROMA_DISTANCE` from it (the test of the ears under hair), or darker than
+    `HAIR_DARKER` of its luma (brown hair has about the skin's chroma)."""
+    from face3d.texture import HAIR_CHROMA_DISTANCE   # deferred: only this fill needs it
+    ycc = cv2.cvtColor(np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8).reshape(-1, 1, 3),
+                       cv2.COLOR_RGB2YCrCb).reshape(-1, 3).astype(np.float32)
+    chroma = np.linalg.norm(ycc[:, 1:] - skin[1:], axis=1)
+    return (chroma > HAIR_CHROMA_DISTANCE) | (ycc[:, 0] < HAIR_DARKER * skin[0])
+
+
+def back_of_head_texture(texture: Texture, model: MorphableModel) -> tuple[np.ndarray, np.ndarray | None]:
+    """(image, opacity or None): `texture.image` with the back of the head (scalp texels, by
     `back_of_head_vertex_weight`, that the photo did not colour and whose `texture.facing` is under
     `BACK_FACING_COSINE`) coloured from the hair the photo showed on the crown and the sides
     of the head (`hair_source_texels`, a smooth pull-push fill at 1/`HAIR_FILL_SCALE` of the atlas),
-    and the opacity (H, W) of that region over the turned photo. The photo cannot show the back of
-    the head; left see-through, a turned head shows the backdrop where its back should be and ends
-    just behind the ear."""
+    and the opacity (H, W) of that region over the turned photo; (`texture.image`, None) where the
+    photo shows too little hair (`MIN_HAIR_SOURCES`: bald, or hair of the skin's colour by
+    `texture.skin`). The photo cannot show the back of the head; left see-through, a turned head
+    shows the backdrop where its back should be and ends just behind the ear."""
     H, W = texture.confidence.shape
     weight = vertex_texel_maps(model, H)[2]
     unseen = texture.confidence <= INPAINT_CONFIDENCE
     region = unseen & (texture.facing < BACK_FACING_COSINE) & (weight > 0.01)
     sources = hair_source_texels(model, H) & ~unseen
-    if not region.any() or not sources.any():
-        return texture.image, np.zeros((H, W), np.float32)
+    if texture.skin is not None and sources.any():   # hair, not the skin of a high forehead or a bald crown
+        sources.reshape(-1)[np.nonzero(sources.reshape(-1))[0][~looks_like_hair(
+            texture.image.reshape(-1, 3)[sources.reshape(-1)], texture.skin)]] = False
+    if not region.any() or sources.sum() < MIN_HAIR_SOURCES * H * W:
+        return texture.image, None
     small = (W // HAIR_FILL_SCALE, H // HAIR_FILL_SCALE)
     k = cv2.resize(sources.astype(np.float32), small, interpolation=cv2.INTER_AREA)
     img = cv2.resize(texture.image * sources[..., None], small, interpolation=cv2.INTER_AREA)
@@ -752,8 +800,13 @@ def back_of_head_texture(texture: Texture, model: MorphableModel) -> tuple[np.nd
     detail = hair_detail(texture.image, sources)
     if detail is not None:
         fill = np.clip(fill + detail, 0.0, 1.0)
-    image = np.where(region[..., None], fill, texture.image).astype(np.float32)
     opacity = cv2.GaussianBlur((region * weight).astype(np.float32), (0, 0), BACK_OF_HEAD_SIGMA * H / 512.0)
+    # the blur stays off the ears and the face next to the scalp in the atlas (a see-through ear under
+    # hair would turn opaque in the region's colour)
+    opacity *= np.clip(weight / 0.25, 0.0, 1.0)
+    # the colour follows the opacity: next to the region the texture keeps its own colour, which the
+    # see-through alpha's blur lets show in part
+    image = (texture.image + (fill - texture.image) * opacity[..., None]).astype(np.float32)
     return image, opacity
 
 

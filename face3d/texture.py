@@ -62,7 +62,8 @@ class Texture:
     of the photo can show; -1 between the atlas's islands). `foreground` (h, w) bool, where the texture
     was cut with it: the photo's pixels that show the person (`face3d.segmentation`). `back` (H, W),
     over a photo only: the opacity of the back of the head, drawn where the turned photo does not
-    show the person (`face3d.photo_view.back_of_head_texture`)."""
+    show the person (`face3d.photo_view.back_of_head_texture`). `skin` (3,): the photo's skin colour
+    (Y, Cr, Cb of the cheeks, `skin_ycrcb`), where the texture was cut with the segmentation."""
 
     image: np.ndarray
     confidence: np.ndarray
@@ -72,6 +73,7 @@ class Texture:
     facing: np.ndarray | None = None
     foreground: np.ndarray | None = None
     back: np.ndarray | None = None
+    skin: np.ndarray | None = None
 
     def tensor(self) -> torch.Tensor:
         return torch.from_numpy(self.image).permute(2, 0, 1)[None].contiguous()
@@ -290,9 +292,10 @@ def _extract_texture(fit, image: np.ndarray, model: MorphableModel, cfg: Texture
     conf = np.zeros(Ht * Wt, np.float32)
     tex[flat[rows]] = colours.astype(np.float32) / 255.0
     conf[flat[rows]] = np.clip(cos[rows], 0.0, 1.0)
-    alpha = None
+    alpha = skin = None
     if cfg.segment:
-        alpha = ear_alpha(fit, image, texels.ear, seen, colours, raster.mirror.reshape(-1), flat, (Ht, Wt))
+        skin = skin_ycrcb(image, fit.landmarks)
+        alpha = ear_alpha(fit, image, texels.ear, seen, colours, raster.mirror.reshape(-1), flat, (Ht, Wt), skin[1:])
 
     shading = None
     if np.any(np.asarray(fit.sh) != 0):     # a landmark-only fit has no light (sh = 0): mirror as photographed
@@ -310,7 +313,7 @@ def _extract_texture(fit, image: np.ndarray, model: MorphableModel, cfg: Texture
     filled = push_pull_fill(tex.reshape(Ht, Wt, 3), known.reshape(Ht, Wt))
     conf[flat[~known[flat]]] = INPAINT_CONFIDENCE
     return Texture(filled.astype(np.float32, copy=False), conf.reshape(Ht, Wt), alpha,
-                   facing.reshape(Ht, Wt), None if fg is None else np.asarray(fg, bool))
+                   facing.reshape(Ht, Wt), None if fg is None else np.asarray(fg, bool), None, skin)
 
 
 def ear_vertices(model: MorphableModel) -> np.ndarray:
@@ -333,16 +336,23 @@ def _chroma(rgb: np.ndarray) -> np.ndarray:
 def skin_chroma(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """The cheeks' skin colour (Cr, Cb): the median over small patches midway between the jaw line
     and the nose/mouth landmarks (iBUG 2-31, 3-48, 14-35, 13-54)."""
+    return skin_ycrcb(image, landmarks)[1:]
+
+
+def skin_ycrcb(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """The cheeks' skin colour (Y, Cr, Cb; 0..255), as `skin_chroma` with the luma."""
     lm = np.asarray(landmarks, np.float64)
     centres = np.array([0.5 * (lm[a] + lm[b]) for a, b in ((2, 31), (3, 48), (14, 35), (13, 54))])
     r = 0.03 * max(np.ptp(lm[:, 0]), 1.0)
     grid = np.stack(np.meshgrid(np.linspace(-r, r, 5), np.linspace(-r, r, 5)), -1).reshape(-1, 2)
     pts = (centres[:, None] + grid[None]).reshape(-1, 2)
-    return np.median(_chroma(sample_bilinear(image, pts)), axis=0)
+    rgb = np.clip(sample_bilinear(image, pts), 0, 255).astype(np.uint8).reshape(-1, 1, 3)
+    return np.median(cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb).reshape(-1, 3).astype(np.float32), axis=0)
 
 
 def ear_alpha(fit, image: np.ndarray, ear: np.ndarray, seen: np.ndarray, colours: np.ndarray,
-              mirror: np.ndarray, flat: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+              mirror: np.ndarray, flat: np.ndarray, shape: tuple[int, int],
+              skin: np.ndarray | None = None) -> np.ndarray | None:
     """Texture alpha (H, W): 0 on ear texels whose photo pixel (seen, foreground) is hair, not skin;
     1 elsewhere; None where every texel is 1.
 
@@ -350,7 +360,8 @@ def ear_alpha(fit, image: np.ndarray, ear: np.ndarray, seen: np.ndarray, colours
     `colours`: the photo colours (0..255) of the seen texels, in order. An ear texel is hair when
     its chroma lies over HAIR_CHROMA_DISTANCE from the cheeks' skin. Ear texels the photo does not
     show take their mirror texel's verdict (hair styles are mostly symmetric). The verdicts are
-    smoothed in the atlas, so the ear fades out rather than being cut."""
+    smoothed in the atlas, so the ear fades out rather than being cut. `skin`: the cheeks' chroma
+    (`skin_chroma`) when the caller has it."""
     if not ear.any():
         return None
     hair = np.zeros(shape[0] * shape[1], np.float32)
@@ -358,7 +369,9 @@ def ear_alpha(fit, image: np.ndarray, ear: np.ndarray, seen: np.ndarray, colours
     look = ear & seen
     if not look.any():                                       # no ear texel seen: no evidence of hair
         return None
-    dist = np.linalg.norm(_chroma(colours[ear[seen]]) - skin_chroma(image, fit.landmarks), axis=1)
+    if skin is None:
+        skin = skin_chroma(image, fit.landmarks)
+    dist = np.linalg.norm(_chroma(colours[ear[seen]]) - skin, axis=1)
     hair[flat[look]] = dist > HAIR_CHROMA_DISTANCE
     known[flat[look]] = True
     unknown = flat[ear & ~seen]

@@ -20,7 +20,9 @@ Per background and yaw, over the views of every photo (and per photo set, "faces
 - pose: |yaw error| and |pitch error| of the view, dlib's landmarks + PnP against the fitted mesh
   (`face3d.pose_estimation.view_pose_reference`, as `facesynth compare` does) vs the asked pose;
   median over the views where dlib found a face.
-The same figures pooled over yaw -45..45 are what the targets check.
+The same figures pooled over yaw -45..45 are what the targets check. Per photo also whether its
+views over the photo draw the back of the head (`face3d.photo_view.back_of_head_texture`: enough of
+the scalp the photo shows looks like hair), counted per set.
 
 Speed: `facesynth rotate PHOTO --yaw=-60..60 (9 poses) --method 3d` with the default background
 (no --background flag), as a fresh process, median of `--runs` (wall time).
@@ -54,6 +56,7 @@ from face3d.fitting import FitConfig
 from face3d.image_io import load_image
 from face3d.morphable_model import load_morphable_model
 from face3d.pose_estimation import angle_error, view_pose_reference
+from face3d.photo_view import back_of_head_texture
 from facesynth.api import RenderOptions, render_face
 from facesynth.compare.metrics import THRESHOLD, detect_view_face, finite_median
 from facesynth.compare.report import json_ready
@@ -168,7 +171,7 @@ def main(argv=None) -> int:
     photos = [("faces", p) for p in face_photos()[: args.test_photos]]
     photos += [("lfw", p) for p in heldout_lfw_sample(args.n_lfw, args.seed)]
     records = {bg: [] for bg in backgrounds}
-    skipped, seconds = [], {"fit": 0.0, **{bg: 0.0 for bg in backgrounds}}
+    skipped, seconds, back_drawn = [], {"fit": 0.0, **{bg: 0.0 for bg in backgrounds}}, {}
     for k, (set_name, path) in enumerate(photos):
         image = load_image(path)
         t0 = time.perf_counter()
@@ -176,6 +179,9 @@ def main(argv=None) -> int:
         if rec is None:
             continue
         seconds["fit"] += time.perf_counter() - t0
+        # whether its views over the photo draw the back of the head (too little hair seen: not)
+        back_drawn[f"{path.parent.name}/{path.name}"] = (set_name, back_of_head_texture(rec.texture, model)[1]
+                                                          is not None)
         with torch.inference_mode():
             src = encoder.embed([image_tensor(image)], [rec.face.landmarks]).double().numpy()[0]
         reference = view_pose_reference(rec.fit, model, args.size)   # one fit: both backgrounds share it
@@ -196,6 +202,10 @@ def main(argv=None) -> int:
     if speed:
         print(f"\nfacesynth rotate --method 3d, 1 photo -> 9 poses, default background: {speed['cli_wall_seconds']:.2f} s "
               f"wall as a fresh process (median of {args.runs}), {speed['seconds_per_photo']:.2f} s in-process")
+    back_counts = {name: [sum(d for s_, d in back_drawn.values() if s_ == name),
+                          sum(s_ == name for s_, _ in back_drawn.values())] for name in ("faces", "lfw")}
+    print("back of the head drawn over the photo (enough hair seen): "
+          + ", ".join(f"{name} {n} of {m}" for name, (n, m) in back_counts.items()))
     print(f"views: {views_s:.0f} s for {len(photos) - len(skipped)} photos; speed: {speed_s:.0f} s")
     for sk in skipped:
         print(f"  left out: {sk['error']}")
@@ -223,6 +233,7 @@ def main(argv=None) -> int:
                "backgrounds": backgrounds, "default_background": RenderOptions().background,
                "photos": {"faces": sum(s == "faces" for s, _ in photos), "lfw": sum(s == "lfw" for s, _ in photos),
                           "lfw_seed": args.seed, "skipped": skipped},
+               "back_of_head_drawn": {"counts": back_counts, "photos": {k: d for k, (_, d) in back_drawn.items()}},
                "results": json_ready(tab), "views": json_ready([{"background": bg, **r} for bg, rows in records.items()
                                                                 for r in rows]), "speed": speed, "seconds": {**seconds, "views_total": views_s, "speed_total": speed_s}}
     return targets.finish(args.json, payload)

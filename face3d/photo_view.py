@@ -23,7 +23,11 @@ Zhu et al., CVPR 2016), in the crop frame of `face3d.render.render_views`.
    turns exactly as rendered, its neck stays on the shoulders, and the shoulders and background
    shift as one (the camera following the face) and bend in the band between;
 4. the grid mesh is rasterized at each target pose (z-buffered, textured with the canvas); pixels no
-   triangle covers, or covered by a triangle stretched open (disocclusion), are inpainted.
+   triangle covers, or covered by a triangle stretched open (disocclusion), are inpainted; the
+   photo's person mask beyond the head turns alike (`photo_view_layers`).
+5. over it, the head's texture shows only what the photo showed (`see_through_texture`), the face
+   and the back of the head excepted: the back, which no photo shows, takes the hair's colour and is
+   drawn only where the turned photo shows no person (`back_of_head_texture`, `render_views`).
 
 `render_views(..., background=photo_view_backgrounds(...))` then draws the textured head on top.
 """
@@ -409,9 +413,10 @@ def photo_view_layers(fit, image: np.ndarray, model: MorphableModel, poses: list
                       vertices: torch.Tensor | None = None, frame_vertices: torch.Tensor | None = None,
                       foreground: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """(`photo_view_backgrounds`, person): with the photo's person mask `foreground` ((h, w) bool,
-    `Texture.foreground`), person (B, size, size) float32 in 0..1 is that mask turned with the
-    photo: how much each pixel of the turned photo shows the person (0 where it opened up and was
-    inpainted); None without."""
+    `Texture.foreground`), person (B, size, size) float32 in 0..1 is that mask, less the fitted head
+    at the photo's pose, turned with the photo: how much each pixel of the turned photo shows the
+    person beyond the head (hair, body); where the turned photo opened up, `person_in_holes` decides.
+    None without `foreground`. The rendered head draws the back of the head only where it is 0."""
     with torch.no_grad():
         verts = fit.vertices(model) if vertices is None else vertices
         pad = int(round(CANVAS_MARGIN * size))
@@ -479,8 +484,8 @@ def render_grid(depth, pos, uv, w, image_canvas, fit, model, verts, frame_vertic
     """Turn the grid mesh to every pose, rasterize it into the crop, texture it, inpaint the holes:
     (images (B, size, size, 3) uint8, person (B, size, size) float32 or None). `pivot` (3,), model
     frame, mm from the mid-face: the point the weighted turn is about (module docstring, step 3).
-    `image_canvas` (canvas, canvas, 3 or 4): the photo in the canvas, and the person mask as a fourth
-    channel, turned alike (0 in the holes)."""
+    `image_canvas` (canvas, canvas, 3 or 5): the photo in the canvas, and optionally the person
+    beyond the head and the head itself (at the photo's pose) as two more channels, turned alike."""
     n = depth.shape[0]
     canvas = image_canvas.shape[0]
     _, eye_mouth = head_pivot(verts if frame_vertices is None else frame_vertices, model)
@@ -697,9 +702,9 @@ def hair_source_vertices(model: MorphableModel) -> np.ndarray:
 def vertex_texel_maps(model: MorphableModel, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(`neck_vertex_alpha`, `face_vertex_opacity`, `back_of_head_vertex_weight`) interpolated into
     the UV atlas of `height`, cached with the model. The gutters between the islands take their
-    islands' values (`push_pull_fill`, the three maps in one pass): a view samples the atlas bilinearly, and at an
-    island's edge a gutter of another value would draw the island's outline (a thin dark line round
-    the faded neck)."""
+    islands' values (`push_pull_fill`, the three maps in one pass): a view samples the atlas
+    bilinearly, and at an island's edge a gutter of another value would draw the island's outline (a
+    thin dark line round the faded neck)."""
     key = ("photo_view_texel_maps", height)
     if key not in model._torch_cache:
         texels = atlas_texels(model, height)
@@ -775,8 +780,9 @@ def looks_like_hair(rgb: np.ndarray, skin: np.ndarray) -> np.ndarray:
 def back_of_head_texture(texture: Texture, model: MorphableModel) -> tuple[np.ndarray, np.ndarray | None]:
     """(image, opacity or None): `texture.image` with the back of the head (scalp texels, by
     `back_of_head_vertex_weight`, that the photo did not colour and whose `texture.facing` is under
-    `BACK_FACING_COSINE`) coloured from the hair the photo showed on the crown and the sides
-    of the head (`hair_source_texels`, a smooth pull-push fill at 1/`HAIR_FILL_SCALE` of the atlas),
+    `BACK_FACING_COSINE`) coloured from the hair the photo showed on the crown and the sides of the
+    head (`hair_source_texels` that `looks_like_hair` against `texture.skin`; a smooth pull-push fill
+    at 1/`HAIR_FILL_SCALE` of the atlas, plus `hair_detail`),
     and the opacity (H, W) of that region over the turned photo; (`texture.image`, None) where the
     photo shows too little hair (`MIN_HAIR_SOURCES`: bald, or hair of the skin's colour by
     `texture.skin`). The photo cannot show the back of the head; left see-through, a turned head

@@ -36,8 +36,9 @@ VIEW_FOV_DEGREES = 10.0
 #: mirrored beyond it (`face3d.photo_view`). 6: over the photo, the seam beside the face is refilled only on
 #: the side the face turns towards (`face3d.photo_view.profile_side_seams`); the anti-aliased ring round the
 #: head takes the colours of the head pixels next to it, where it drew a line of the atlas corner's colour.
-#: 7: over the photo, the back of the head that the photo could not show is drawn opaque in the photo's
-#: hair colour and detail (`face3d.photo_view.back_of_head_texture`), where the turned backdrop showed.
+#: 7: over the photo, the back of the head that the photo could not show is drawn in the photo's hair
+#: colour and grain where the turned photo shows no person (`face3d.photo_view.back_of_head_texture`),
+#: where the turned backdrop showed before.
 RENDER_VERSION = 7
 
 

@@ -312,8 +312,8 @@ def _extract_texture(fit, image: np.ndarray, model: MorphableModel, cfg: Texture
     known = conf > 0
     filled = push_pull_fill(tex.reshape(Ht, Wt, 3), known.reshape(Ht, Wt))
     conf[flat[~known[flat]]] = INPAINT_CONFIDENCE
-    return Texture(filled.astype(np.float32, copy=False), conf.reshape(Ht, Wt), alpha,
-                   facing.reshape(Ht, Wt), None if fg is None else np.asarray(fg, bool), None, skin)
+    return Texture(filled.astype(np.float32, copy=False), conf.reshape(Ht, Wt), alpha, facing=facing.reshape(Ht, Wt),
+                   foreground=None if fg is None else np.asarray(fg, bool), skin=skin)
 
 
 def ear_vertices(model: MorphableModel) -> np.ndarray:

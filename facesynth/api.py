@@ -225,7 +225,7 @@ def view_background(variant, rec: Reconstruction, image: np.ndarray, model: Morp
     """(background, behind): what one variant's views are composited over, the plain grey or
     (`photo`) the whole photo turned with the head (`face3d.photo_view`), framed like the variant's
     render so the head sits exactly on its own turned photo; and, over the photo, how much of it
-    shows the person per pixel (the photo's segmentation turned with it; None over the grey)."""
+    shows the person beyond the head per pixel (`photo_view_layers`; None over the grey)."""
     if not over_photo(options):
         return PLAIN_GREY, None
     _, _, frame, _ = variant_geometry(variant, rec, model)

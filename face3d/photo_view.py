@@ -743,10 +743,11 @@ def hair_source_texels(model: MorphableModel, height: int) -> np.ndarray:
 
 
 def hair_detail(image: np.ndarray, sources: np.ndarray) -> np.ndarray | None:
-    """(H, W, 3) float32: the fine detail (the colour less its blur at `HAIR_DETAIL_SIGMA`) of the
-    atlas patch of `HAIR_PATCH` x `HAIR_PATCH` texels (at height 512) that the hair sources cover
-    best, tiled over the atlas with every other copy mirrored (so no seam shows between copies);
-    None where no patch is covered to `HAIR_PATCH_COVER`. A smooth fill alone reads as a cap."""
+    """(2P, 2P, 3) float32, the tile of the hair's fine detail: the atlas patch of P x P texels
+    (`HAIR_PATCH` at height 512) that the hair sources cover best, less its blur at
+    `HAIR_DETAIL_SIGMA`, beside its mirror images (so copies of the tile meet without a seam); texel
+    (y, x) of the atlas takes the tile's (y mod 2P, x mod 2P). None where no patch is covered to
+    `HAIR_PATCH_COVER`. A smooth fill alone reads as a cap."""
     H, W = sources.shape
     P = max(8, int(round(HAIR_PATCH * H / 512)))
     if H < P or W < P:
@@ -760,10 +761,8 @@ def hair_detail(image: np.ndarray, sources: np.ndarray) -> np.ndarray | None:
     patch = image[y:y + P, x:x + P].astype(np.float32)
     sigma = HAIR_DETAIL_SIGMA * H / 512.0
     patch = patch - cv2.GaussianBlur(patch, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-    block = np.concatenate([np.concatenate([patch, patch[:, ::-1]], 1),
-                            np.concatenate([patch[::-1], patch[::-1, ::-1]], 1)], 0)
-    reps = (-(-H // (2 * P)), -(-W // (2 * P)), 1)
-    return np.tile(block, reps)[:H, :W]
+    return np.concatenate([np.concatenate([patch, patch[:, ::-1]], 1),
+                           np.concatenate([patch[::-1], patch[::-1, ::-1]], 1)], 0)
 
 
 def looks_like_hair(rgb: np.ndarray, skin: np.ndarray) -> np.ndarray:
@@ -782,7 +781,7 @@ def back_of_head_texture(texture: Texture, model: MorphableModel) -> tuple[np.nd
     `back_of_head_vertex_weight`, that the photo did not colour and whose `texture.facing` is under
     `BACK_FACING_COSINE`) coloured from the hair the photo showed on the crown and the sides of the
     head (`hair_source_texels` that `looks_like_hair` against `texture.skin`; a smooth pull-push fill
-    at 1/`HAIR_FILL_SCALE` of the atlas, plus `hair_detail`),
+    at 1/`HAIR_FILL_SCALE` of the atlas, plus the tile of `hair_detail`),
     and the opacity (H, W) of that region over the turned photo; (`texture.image`, None) where the
     photo shows too little hair (`MIN_HAIR_SOURCES`: bald, or hair of the skin's colour by
     `texture.skin`). The photo cannot show the back of the head; left see-through, a turned head
@@ -799,20 +798,28 @@ def back_of_head_texture(texture: Texture, model: MorphableModel) -> tuple[np.nd
         return texture.image, None
     small = (W // HAIR_FILL_SCALE, H // HAIR_FILL_SCALE)
     k = cv2.resize(sources.astype(np.float32), small, interpolation=cv2.INTER_AREA)
-    img = cv2.resize(texture.image * sources[..., None], small, interpolation=cv2.INTER_AREA)
+    img = cv2.resize(cv2.copyTo(texture.image, sources.view(np.uint8)), small, interpolation=cv2.INTER_AREA)
     known = k > 0.25
     img = np.where(known[..., None], img / np.maximum(k, 1e-6)[..., None], 0.0).astype(np.float32)
     fill = cv2.resize(push_pull_fill(img, known), (W, H), interpolation=cv2.INTER_LINEAR)
-    detail = hair_detail(texture.image, sources)
-    if detail is not None:
-        fill = np.clip(fill + detail, 0.0, 1.0)
     opacity = cv2.GaussianBlur((region * weight).astype(np.float32), (0, 0), BACK_OF_HEAD_SIGMA * H / 512.0)
     # the blur stays off the ears and the face next to the scalp in the atlas (a see-through ear under
     # hair would turn opaque in the region's colour)
     opacity *= np.clip(weight / 0.25, 0.0, 1.0)
+    opacity[opacity < 1e-3] = 0.0                       # the blur's far tails: nothing a view would show
     # the colour follows the opacity: next to the region the texture keeps its own colour, which the
-    # see-through alpha's blur lets show in part
-    image = (texture.image + (fill - texture.image) * opacity[..., None]).astype(np.float32)
+    # see-through alpha's blur lets show in part (only the texels it reaches are computed)
+    at = np.flatnonzero(opacity)
+    colour = fill.reshape(-1, 3)[at]
+    tile = hair_detail(texture.image, sources)
+    if tile is not None:
+        ty, tx = tile.shape[:2]
+        colour += tile.reshape(-1, 3)[(at // W % ty) * tx + at % W % tx]
+        np.clip(colour, 0.0, 1.0, out=colour)
+    image = texture.image.copy()
+    flat = image.reshape(-1, 3)
+    base = flat[at]
+    flat[at] = base + (colour - base) * opacity.reshape(-1)[at, None]
     return image, opacity
 
 

@@ -30,15 +30,20 @@ def photo_similarity(fit: FaceFit, model: MorphableModel, size: int, frame_verti
     return A, md - A @ ms
 
 
+def opencv_affine(A: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """(2, 3) matrix for `cv2.warpAffine` of the map x -> A x + t in this project's pixel coordinates,
+    whose pixel centres sit at +0.5 (OpenCV's sit at integers)."""
+    t_cv = t + A @ np.array([0.5, 0.5]) - 0.5
+    return np.hstack([A, t_cv[:, None]])
+
+
 def aligned_original(fit: FaceFit, image: np.ndarray, model: MorphableModel, size: int) -> np.ndarray:
     """The photo warped into the view crop by `photo_similarity` (as `face3d.photo_view` does)."""
     A, t = photo_similarity(fit, model, size)
-    # our pixel centres sit at +0.5, OpenCV's at integers
-    t = t + A @ np.array([0.5, 0.5]) - 0.5
     scale = float(np.hypot(A[0, 0], A[1, 0]))
     img = image
     if scale < 0.8:  # prefilter before shrinking (warpAffine samples, it does not average)
         sigma = 0.5 * (1.0 / scale - 1.0) + 0.3
         img = cv2.GaussianBlur(image, (0, 0), sigma)
-    M = np.hstack([A, t[:, None]])
-    return cv2.warpAffine(img, M, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    return cv2.warpAffine(img, opencv_affine(A, t), (size, size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REFLECT)

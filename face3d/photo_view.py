@@ -41,13 +41,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from face3d.alignment import photo_similarity
+from face3d.alignment import opencv_affine, photo_similarity
 from face3d.camera import Pose, euler_to_matrix
 from face3d.morphable_model import MorphableModel
 from face3d.rasterizer import interpolate_vertex_attributes, rasterize_meshes
 from face3d.render import head_pivot, view_camera, view_screen
 from face3d.segmentation import projected_box
-from face3d.texture import INPAINT_CONFIDENCE, Texture, atlas_size, atlas_texels, interpolate, push_pull_fill
+from face3d.texture import (EAR_Y_RANGE, HAIR_CHROMA_DISTANCE, INPAINT_CONFIDENCE, Texture, atlas_size, atlas_texels,
+                            ear_vertices, interpolate, push_pull_fill, ycrcb)
 
 #: Extra canvas on each side of the crop, as a fraction of the crop side.
 CANVAS_MARGIN = 0.25
@@ -199,12 +200,11 @@ def warp_canvas(image: np.ndarray, A: np.ndarray, t: np.ndarray, canvas: int,
     photo's edge, a chin at the bottom edge) take the photo's edge carried on and blurred instead
     (`HEAD_MIRROR_BLUR`). The photo's own `padding` (H, W bool, `padding_mask`) is first filled by
     the photo mirrored about its edge (`fill_padding`)."""
-    t_cv = t + A @ np.array([0.5, 0.5]) - 0.5      # OpenCV's pixel centres sit at integers
     scale = float(np.sqrt(abs(np.linalg.det(A))))
     img = image if padding is None else fill_padding(image, padding)
     if scale < 0.8:  # prefilter before shrinking (warpAffine samples, it does not average)
         img = cv2.GaussianBlur(img, (0, 0), 0.5 * (1.0 / scale - 1.0) + 0.3)
-    M = np.hstack([A, t_cv[:, None]])
+    M = opencv_affine(A, t)
     out = cv2.warpAffine(img, M, (canvas, canvas), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     out = out.astype(np.float32) / 255.0
     h, w = image.shape[:2]
@@ -232,10 +232,8 @@ def warp_canvas(image: np.ndarray, A: np.ndarray, t: np.ndarray, canvas: int,
 def warp_mask(mask: np.ndarray, A: np.ndarray, t: np.ndarray, canvas: int) -> np.ndarray:
     """(canvas, canvas) float32 in 0..1: a (h, w) mask of the photo warped by (A, t) as `warp_canvas`
     warps the photo, its edge carried on beyond the photo's edges."""
-    t_cv = t + A @ np.array([0.5, 0.5]) - 0.5
-    M = np.hstack([A, t_cv[:, None]])
-    return cv2.warpAffine(np.asarray(mask, np.float32), M, (canvas, canvas), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REPLICATE)
+    return cv2.warpAffine(np.asarray(mask, np.float32), opencv_affine(A, t), (canvas, canvas),
+                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 #: Growth of the projected head's box (fraction of its size, each side) that `warp_canvas` never mirrors.
@@ -680,7 +678,6 @@ def back_of_head_vertex_weight(model: MorphableModel) -> np.ndarray:
     """(V,) float32: 1 on the skull away from the face, the ears and the neck (the scalp, the back
     of the head); 0 elsewhere: `(1 - face_vertex_opacity) * neck_vertex_alpha`, the ears and the mouth
     socket excluded (the eyeballs lie where the face is opaque)."""
-    from face3d.texture import EAR_Y_RANGE, ear_vertices   # deferred: only the whole-photo views need these
     w = (1.0 - face_vertex_opacity(model)) * neck_vertex_alpha(model)
     if model.name == "ict_facekit":   # the hairline at the nape: about the ear lobes' height
         w = w * np.clip((model.mean[:, 1] - EAR_Y_RANGE[0]) / NAPE_FADE_MM, 0.0, 1.0)
@@ -707,16 +704,23 @@ def vertex_texel_maps(model: MorphableModel, height: int) -> tuple[np.ndarray, n
     thin dark line round the faded neck)."""
     key = ("photo_view_texel_maps", height)
     if key not in model._torch_cache:
-        texels = atlas_texels(model, height)
-        H, W = atlas_size(height)
         values = np.stack([neck_vertex_alpha(model), face_vertex_opacity(model), back_of_head_vertex_weight(model)])
-        out = np.zeros((H * W, 3), np.float32)
-        known = np.zeros(H * W, bool)
-        out[texels.flat] = interpolate(texels, values.astype(texels.bary.dtype)).T
-        known[texels.flat] = True
-        filled = push_pull_fill(out.reshape(H, W, 3), known.reshape(H, W))
+        out, known = _vertex_values_in_atlas(model, height, values)
+        filled = push_pull_fill(out, known)
         model._torch_cache[key] = tuple(np.ascontiguousarray(filled[..., c], np.float32) for c in range(3))
     return model._torch_cache[key]
+
+
+def _vertex_values_in_atlas(model: MorphableModel, height: int, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-vertex `values` (C, V) interpolated at the texels of the UV atlas of `height`: (H, W, C)
+    float32, 0 between the islands, and (H, W) bool, the texels on an island."""
+    texels = atlas_texels(model, height)
+    H, W = atlas_size(height)
+    out = np.zeros((H * W, len(values)), np.float32)
+    known = np.zeros(H * W, bool)
+    out[texels.flat] = interpolate(texels, values.astype(texels.bary.dtype)).T
+    known[texels.flat] = True
+    return out.reshape(H, W, -1), known.reshape(H, W)
 
 
 def neck_texel_alpha(model: MorphableModel, height: int) -> np.ndarray:
@@ -733,12 +737,8 @@ def hair_source_texels(model: MorphableModel, height: int) -> np.ndarray:
     """`hair_source_vertices` in the UV atlas of `height`: (H, W) bool, cached with the model."""
     key = ("photo_view_hair_sources", height)
     if key not in model._torch_cache:
-        texels = atlas_texels(model, height)
-        H, W = atlas_size(height)
-        src = np.zeros(H * W, bool)
-        at = interpolate(texels, hair_source_vertices(model).astype(texels.bary.dtype)[None])[0]
-        src[texels.flat] = at > 0.99
-        model._torch_cache[key] = src.reshape(H, W)
+        out, known = _vertex_values_in_atlas(model, height, hair_source_vertices(model)[None])
+        model._torch_cache[key] = known & (out[..., 0] > 0.99)
     return model._torch_cache[key]
 
 
@@ -769,9 +769,7 @@ def looks_like_hair(rgb: np.ndarray, skin: np.ndarray) -> np.ndarray:
     """(N,) bool: colours (N, 3) in 0..1 that are not the skin's (`skin`: Y, Cr, Cb, 0..255): a chroma
     over `HAIR_CHROMA_DISTANCE` from it (the test of the ears under hair), or darker than
     `HAIR_DARKER` of its luma (brown hair has about the skin's chroma)."""
-    from face3d.texture import HAIR_CHROMA_DISTANCE   # deferred: only this fill needs it
-    ycc = cv2.cvtColor(np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8).reshape(-1, 1, 3),
-                       cv2.COLOR_RGB2YCrCb).reshape(-1, 3).astype(np.float32)
+    ycc = ycrcb(np.asarray(rgb) * 255.0 + 0.5)
     chroma = np.linalg.norm(ycc[:, 1:] - skin[1:], axis=1)
     return (chroma > HAIR_CHROMA_DISTANCE) | (ycc[:, 0] < HAIR_DARKER * skin[0])
 
@@ -792,8 +790,7 @@ def back_of_head_texture(texture: Texture, model: MorphableModel) -> tuple[np.nd
     region = unseen & (texture.facing < BACK_FACING_COSINE) & (weight > 0.01)
     sources = hair_source_texels(model, H) & ~unseen
     if texture.skin is not None and sources.any():   # hair, not the skin of a high forehead or a bald crown
-        sources.reshape(-1)[np.nonzero(sources.reshape(-1))[0][~looks_like_hair(
-            texture.image.reshape(-1, 3)[sources.reshape(-1)], texture.skin)]] = False
+        sources[sources] = looks_like_hair(texture.image[sources], texture.skin)
     if not region.any() or sources.sum() < MIN_HAIR_SOURCES * H * W:
         return texture.image, None
     small = (W // HAIR_FILL_SCALE, H // HAIR_FILL_SCALE)

@@ -325,12 +325,19 @@ def ear_vertices(model: MorphableModel) -> np.ndarray:
     return model.skin & (np.abs(x) > EAR_MIN_ABS_X) & (y > EAR_Y_RANGE[0]) & (y < EAR_Y_RANGE[1]) & (z < EAR_MAX_Z)
 
 
+def ycrcb(rgb: np.ndarray) -> np.ndarray:
+    """(N, 3) Y, Cr, Cb (0..255, float32) of (N, 3) RGB colours in 0..255 (clipped, then truncated to
+    integers as OpenCV takes them)."""
+    rgb = np.asarray(rgb)
+    if len(rgb) == 0:                                        # cvtColor refuses an empty array
+        return np.zeros((0, 3), np.float32)
+    ycc = cv2.cvtColor(np.clip(rgb, 0, 255).astype(np.uint8).reshape(-1, 1, 3), cv2.COLOR_RGB2YCrCb)
+    return ycc.reshape(-1, 3).astype(np.float32)
+
+
 def _chroma(rgb: np.ndarray) -> np.ndarray:
     """(N, 2) Cr, Cb (0..255) of (N, 3) RGB colours in 0..255."""
-    if len(rgb) == 0:                                        # cvtColor refuses an empty array
-        return np.zeros((0, 2), np.float32)
-    ycc = cv2.cvtColor(np.clip(rgb, 0, 255).astype(np.uint8).reshape(-1, 1, 3), cv2.COLOR_RGB2YCrCb)
-    return ycc.reshape(-1, 3)[:, 1:].astype(np.float32)
+    return ycrcb(rgb)[:, 1:]
 
 
 def skin_chroma(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
@@ -346,8 +353,7 @@ def skin_ycrcb(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     r = 0.03 * max(np.ptp(lm[:, 0]), 1.0)
     grid = np.stack(np.meshgrid(np.linspace(-r, r, 5), np.linspace(-r, r, 5)), -1).reshape(-1, 2)
     pts = (centres[:, None] + grid[None]).reshape(-1, 2)
-    rgb = np.clip(sample_bilinear(image, pts), 0, 255).astype(np.uint8).reshape(-1, 1, 3)
-    return np.median(cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb).reshape(-1, 3).astype(np.float32), axis=0)
+    return np.median(ycrcb(sample_bilinear(image, pts)), axis=0)
 
 
 def ear_alpha(fit, image: np.ndarray, ear: np.ndarray, seen: np.ndarray, colours: np.ndarray,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -380,7 +381,7 @@ def test_a_turned_view_shows_the_back_of_the_head_over_the_photo(obama_reconstru
     options = RenderOptions(size=SIZE)
     poses = [rec.fit.pose, Pose(-45.0, 0.0, 0.0)]
     with_back = render_face(rec, obama_image, ict_model, poses, options, load_method("3d", options))[0].images
-    without = replace_texture(rec, Texture(rec.texture.image, rec.texture.confidence, rec.texture.alpha))
+    without = replace(rec, texture=Texture(rec.texture.image, rec.texture.confidence, rec.texture.alpha))
     see_through = render_face(without, obama_image, ict_model, poses, options, load_method("3d", options))[0].images
     diff = np.abs(with_back.astype(int) - see_through.astype(int)).max(-1)
     # at the photo's own pose: at most a line along the skull's outline (no 3x3 block changes)
@@ -391,10 +392,6 @@ def test_a_turned_view_shows_the_back_of_the_head_over_the_photo(obama_reconstru
     ys, xs = np.nonzero(diff[1] > 8)
     assert np.median(xs) > SIZE / 2
 
-
-def replace_texture(rec, texture):
-    from dataclasses import replace
-    return replace(rec, texture=texture)
 
 
 @pytest.mark.slow
@@ -424,16 +421,12 @@ def test_the_back_of_the_head_stays_behind_the_person_of_the_turned_photo(obama_
     nobody = render_views(rec.fit, shown, poses, ict_model, size=SIZE, background=bg)
     everybody = render_views(rec.fit, shown, poses, ict_model, size=SIZE, background=bg,
                              behind=np.ones((2, SIZE, SIZE), np.float32))
-    without = render_views(rec.fit, replace_texture_back(shown), poses, ict_model, size=SIZE, background=bg)
+    without = render_views(rec.fit, replace(shown, back=None), poses, ict_model, size=SIZE, background=bg)
     assert np.allclose(everybody.masks, without.masks, atol=1e-6)      # all person: the back never shows
     assert (nobody.masks[1] - without.masks[1] > 0.5).mean() > 0.01    # no person: it shows, turned
     turned = render_views(rec.fit, shown, poses, ict_model, size=SIZE, background=bg, behind=person)
     assert (turned.masks >= without.masks - 1e-6).all() and (turned.masks <= nobody.masks + 1e-6).all()
 
-
-def replace_texture_back(texture):
-    from dataclasses import replace
-    return replace(texture, back=None)
 
 
 def test_a_hole_in_the_hair_stays_hair_and_one_beside_the_head_does_not():

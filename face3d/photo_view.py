@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import distance_transform_edt
 
 from face3d.alignment import opencv_affine, photo_similarity
 from face3d.camera import Pose, euler_to_matrix
@@ -667,6 +668,9 @@ HAIR_DETAIL_SIGMA = 3.0
 #: 0.5 a dark rim of the guessed hair showed round some heads there, where the fitted skull is wider
 #: than the photo's hair.
 BACK_FACING_COSINE = 0.25
+#: Behind the scalp the photo saw at a cosine under `BACK_FACING_COSINE` the back of the head is
+#: opaque, easing to nothing over this much more cosine (`back_of_head_texture`).
+GRAZING_RAMP = 0.25
 #: The back of the head ends at the nape, at the ears' lowest height (`face3d.texture.EAR_Y_RANGE`),
 #: eased over this height (mm) above it.
 NAPE_FADE_MM = 15.0
@@ -780,14 +784,18 @@ def back_of_head_texture(texture: Texture, model: MorphableModel) -> tuple[np.nd
     `BACK_FACING_COSINE`) coloured from the hair the photo showed on the crown and the sides of the
     head (`hair_source_texels` that `looks_like_hair` against `texture.skin`; a smooth pull-push fill
     at 1/`HAIR_FILL_SCALE` of the atlas, plus the tile of `hair_detail`),
-    and the opacity (H, W) of that region over the turned photo; (`texture.image`, None) where the
+    and the opacity (H, W) of that region over the turned photo, which also covers the scalp the photo
+    saw edge-on (cosine under `BACK_FACING_COSINE`, easing off over `GRAZING_RAMP`) in that scalp's own
+    colour, so no backdrop shows between the two; (`texture.image`, None) where the
     photo shows too little hair (`MIN_HAIR_SOURCES`: bald, or hair of the skin's colour by
     `texture.skin`). The photo cannot show the back of the head; left see-through, a turned head
     shows the backdrop where its back should be and ends just behind the ear."""
     H, W = texture.confidence.shape
     weight = vertex_texel_maps(model, H)[2]
     unseen = texture.confidence <= INPAINT_CONFIDENCE
-    region = unseen & (texture.facing < BACK_FACING_COSINE) & (weight > 0.01)
+    # on the atlas's islands only: a gutter (facing -1, confidence 0) is no back of the head, and its
+    # blurred opacity recoloured the island's edge beside it (a line of hair across the forehead's seam)
+    region = unseen & (texture.facing < BACK_FACING_COSINE) & (texture.facing > -1.0) & (weight > 0.01)
     sources = hair_source_texels(model, H) & ~unseen
     if texture.skin is not None and sources.any():   # hair, not the skin of a high forehead or a bald crown
         sources[sources] = looks_like_hair(texture.image[sources], texture.skin)
@@ -799,14 +807,26 @@ def back_of_head_texture(texture: Texture, model: MorphableModel) -> tuple[np.nd
     known = k > 0.25
     img = np.where(known[..., None], img / np.maximum(k, 1e-6)[..., None], 0.0).astype(np.float32)
     fill = cv2.resize(push_pull_fill(img, known), (W, H), interpolation=cv2.INTER_LINEAR)
-    opacity = cv2.GaussianBlur((region * weight).astype(np.float32), (0, 0), BACK_OF_HEAD_SIGMA * H / 512.0)
+    sigma = BACK_OF_HEAD_SIGMA * H / 512.0
     # the blur stays off the ears and the face next to the scalp in the atlas (a see-through ear under
     # hair would turn opaque in the region's colour)
-    opacity *= np.clip(weight / 0.25, 0.0, 1.0)
-    opacity[opacity < 1e-3] = 0.0                       # the blur's far tails: nothing a view would show
-    # the colour follows the opacity: next to the region the texture keeps its own colour, which the
-    # see-through alpha's blur lets show in part (only the texels it reaches are computed)
-    at = np.flatnonzero(opacity)
+    near_scalp = np.clip(weight / 0.25, 0.0, 1.0)
+    opacity = cv2.GaussianBlur((region * weight).astype(np.float32), (0, 0), sigma) * near_scalp
+    # Behind the scalp the photo saw edge-on the back is whole too, in that scalp's own colour: there
+    # the see-through alpha fades (grazing texels have a low confidence) while the region's blurred
+    # opacity has not yet risen, and a turned head showed the backdrop through a thin arc between the
+    # photo's hair and the back of the head. Near the photo's own pose these texels lie on the person
+    # the photo shows, where `render_views` draws no back.
+    grazing = np.clip((BACK_FACING_COSINE + GRAZING_RAMP - texture.facing) / GRAZING_RAMP, 0.0, 1.0)
+    grazing[unseen] = 0.0
+    cover = cv2.GaussianBlur((np.maximum(region, grazing) * weight).astype(np.float32), (0, 0), sigma) * near_scalp
+    np.maximum(cover, opacity, out=cover)
+    cover[cover < 1e-3] = 0.0                           # the blur's far tails: nothing a view would show
+    # the colour follows the opacity where the photo saw nothing; where it saw the scalp, only the
+    # region's own blur mixes the hair in, the back behind it shows that scalp's colour (only the
+    # texels it reaches are computed)
+    blend = np.where(unseen, cover, opacity).reshape(-1)
+    at = np.flatnonzero(blend > 1e-3)
     colour = fill.reshape(-1, 3)[at]
     tile = hair_detail(texture.image, sources)
     if tile is not None:
@@ -816,8 +836,34 @@ def back_of_head_texture(texture: Texture, model: MorphableModel) -> tuple[np.nd
     image = texture.image.copy()
     flat = image.reshape(-1, 3)
     base = flat[at]
-    flat[at] = base + (colour - base) * opacity.reshape(-1)[at, None]
-    return image, opacity
+    flat[at] = base + (colour - base) * blend[at, None]
+    return image, cover
+
+
+def nearest_island_texel(model: MorphableModel, height: int) -> np.ndarray:
+    """(H * W,) int64: per texel of the atlas of `height`, the flat index of the nearest texel on an
+    island (itself on an island, the nearest across the gutter otherwise), cached with the model."""
+    key = ("photo_view_nearest_island", height)
+    if key not in model._torch_cache:
+        gutter = (atlas_texels(model, height).row < 0).reshape(atlas_size(height))
+        iy, ix = distance_transform_edt(gutter, return_distances=False, return_indices=True)
+        model._torch_cache[key] = (iy * gutter.shape[1] + ix).reshape(-1).astype(np.int64)
+    return model._torch_cache[key]
+
+
+def atlas_blur(values: np.ndarray, sigma: float, model: MorphableModel | None) -> np.ndarray:
+    """(H, W) float32 `values` blurred (Gaussian, `sigma` texels) over the atlas's islands only: the
+    gutters between them (and the pixels outside) weigh nothing, so a value does not fall towards 0
+    along an island's edge. With no `model` (no atlas known), a plain blur. An island's edge lies on a
+    seam of the head (the forehead's, where the face meets the scalp): a dip there let the backdrop
+    show through as a thin line across the head in every view."""
+    blurred = cv2.GaussianBlur(values, (0, 0), sigma)
+    if model is None:
+        return blurred
+    covered = atlas_texels(model, values.shape[0]).row.reshape(values.shape) >= 0
+    weight = cv2.GaussianBlur(covered.astype(np.float32), (0, 0), sigma)
+    inside = cv2.GaussianBlur(np.where(covered, values, 0.0).astype(np.float32), (0, 0), sigma)
+    return np.where(covered, inside / np.maximum(weight, 1e-6), blurred).astype(np.float32)
 
 
 def see_through_texture(texture: Texture, model: MorphableModel | None = None) -> Texture:
@@ -828,7 +874,7 @@ def see_through_texture(texture: Texture, model: MorphableModel | None = None) -
     the back of the head gets the photo's hair colour and its own opacity (`Texture.back`,
     `back_of_head_texture`), which `render_views` draws behind the person of the turned photo."""
     fade = np.clip((texture.confidence - INPAINT_CONFIDENCE) / SEE_THROUGH_RAMP, 0.0, 1.0).astype(np.float32)
-    fade = cv2.GaussianBlur(fade, (0, 0), SEE_THROUGH_SIGMA * texture.confidence.shape[0] / 512.0)
+    fade = atlas_blur(fade, SEE_THROUGH_SIGMA * texture.confidence.shape[0] / 512.0, model)
     image, back = texture.image, None
     if model is not None:
         fade = np.maximum(fade, face_texel_opacity(model, texture.confidence.shape[0]))
@@ -837,4 +883,11 @@ def see_through_texture(texture: Texture, model: MorphableModel | None = None) -
     alpha = fade if texture.alpha is None else fade * texture.alpha
     if model is not None:
         alpha = alpha * neck_texel_alpha(model, texture.confidence.shape[0])
+        # views sample the atlas bilinearly, so texels along an island's edge read the gutter beside
+        # it: there the alpha and the back's opacity take their nearest island texel's value, as the
+        # colour's gutters carry the colour (else a dotted line of the backdrop along the forehead's seam)
+        near = nearest_island_texel(model, texture.confidence.shape[0])
+        alpha = alpha.reshape(-1)[near].reshape(alpha.shape)
+        if back is not None:
+            back = back.reshape(-1)[near].reshape(back.shape)
     return replace(texture, image=image, alpha=alpha.astype(np.float32), back=back)

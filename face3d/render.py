@@ -38,8 +38,11 @@ VIEW_FOV_DEGREES = 10.0
 #: head takes the colours of the head pixels next to it, where it drew a line of the atlas corner's colour.
 #: 7: over the photo, the back of the head that the photo could not show is drawn in the photo's hair
 #: colour and grain where the turned photo shows no person (`face3d.photo_view.back_of_head_texture`),
-#: where the turned backdrop showed before.
-RENDER_VERSION = 7
+#: where the turned backdrop showed before. 8: over the photo, no line across the forehead where the face's
+#: atlas island meets the scalp's (the gutter beside an island counted as back of the head, and the alpha's
+#: blur and bilinear look-ups dipped there), and the back of the head is whole behind the scalp the photo saw
+#: edge-on (a thin arc of the backdrop showed between them).
+RENDER_VERSION = 8
 
 
 def render_version(method: str) -> int | None:

@@ -349,7 +349,7 @@ def test_back_of_head_takes_the_hair_colour_and_is_opaque_only_where_the_photo_c
     given[..., 1] = 0.9
     given[sources] = (0.8, 0.1, 0.05)
     image, opacity = back_of_head_texture(Texture(given, tex.confidence, None, tex.facing), ict_model)
-    region = ((tex.confidence <= INPAINT_CONFIDENCE) & (tex.facing < BACK_FACING_COSINE)
+    region = ((tex.confidence <= INPAINT_CONFIDENCE) & (tex.facing < BACK_FACING_COSINE) & (tex.facing > -1)
               & (vertex_texel_maps(ict_model, H)[2] > 0.01))
     core = region & (opacity > 0.99)
     assert core.sum() > 1000 and (opacity[region & (vertex_texel_maps(ict_model, H)[2] > 0.99)] > 0.5).mean() > 0.9
@@ -457,3 +457,55 @@ def test_hair_is_told_from_skin_by_its_chroma_or_its_darkness():
                     [30, 30, 30],                          # black hair
                     [200, 200, 205]], np.float32) / 255.0  # grey hair: another chroma
     assert looks_like_hair(rgb, skin).tolist() == [False, False, True, True, True]
+
+
+def test_alpha_and_back_carry_across_the_atlas_gutters(obama_reconstruction, ict_model):
+    """Views sample the atlas bilinearly: a gutter texel next to an island holds that island's
+    alpha and back opacity, and an island's edge keeps the alpha its neighbours have (no dip that
+    shows the backdrop as a line along a seam of the head, e.g. where the forehead meets the scalp)."""
+    from scipy.ndimage import distance_transform_edt
+
+    from face3d.photo_view import neck_texel_alpha, nearest_island_texel, see_through_texture
+    from face3d.texture import atlas_texels
+
+    tex = obama_reconstruction.texture
+    H = tex.confidence.shape[0]
+    covered = (atlas_texels(ict_model, H).row >= 0).reshape(tex.confidence.shape)
+    near = nearest_island_texel(ict_model, H)
+    assert np.array_equal(near[covered.reshape(-1)], np.flatnonzero(covered))    # island texels: themselves
+    assert covered.reshape(-1)[near].all()                                         # gutters: an island texel
+    ys, xs = np.divmod(np.arange(covered.size), covered.shape[1])
+    ny, nx = np.divmod(near, covered.shape[1])
+    assert np.allclose(np.hypot(ys - ny, xs - nx), distance_transform_edt(~covered).reshape(-1))  # the nearest
+    shown = see_through_texture(tex, ict_model)
+    assert np.array_equal(shown.alpha.reshape(-1), shown.alpha.reshape(-1)[near])
+    assert np.array_equal(shown.back.reshape(-1), shown.back.reshape(-1)[near])
+    # island edges the photo saw head-on (off the neck, which fades out under the jaw) are as opaque
+    # as the texels inside
+    edge = covered & (cv2.dilate((~covered).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
+    frontal = edge & (tex.facing > 0.7) & (tex.confidence > 0.7) & (neck_texel_alpha(ict_model, H) > 0.99)
+    if tex.alpha is not None:
+        frontal &= tex.alpha > 0.99
+    assert frontal.sum() > 50 and np.percentile(shown.alpha[frontal], 5) > 0.95     # a plain blur: 25% under 0.75
+
+
+def test_back_of_head_stays_on_the_islands_and_is_whole_behind_the_scalp_seen_edge_on(
+        obama_reconstruction, ict_model):
+    from face3d.photo_view import BACK_FACING_COSINE, back_of_head_texture, vertex_texel_maps
+    from face3d.texture import INPAINT_CONFIDENCE, atlas_texels
+
+    tex = obama_reconstruction.texture
+    H = tex.confidence.shape[0]
+    image, opacity = back_of_head_texture(tex, ict_model)
+    covered = (atlas_texels(ict_model, H).row >= 0).reshape(tex.confidence.shape)
+    # texels the photo saw head-on keep their colour, also beside a gutter (which is no back of the head)
+    edge = covered & (cv2.dilate((~covered).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
+    frontal = covered & (tex.facing > 0.6) & (tex.confidence > INPAINT_CONFIDENCE)
+    assert (edge & frontal).sum() > 50
+    assert np.array_equal(image[edge & frontal], tex.image[edge & frontal])
+    # behind the scalp the photo saw edge-on the back is opaque, and shows that scalp's own colour
+    scalp = vertex_texel_maps(ict_model, H)[2] > 0.99
+    edge_on = scalp & (tex.confidence > INPAINT_CONFIDENCE) & (tex.facing > 0) & (tex.facing < BACK_FACING_COSINE)
+    assert edge_on.sum() > 200 and np.median(opacity[edge_on]) > 0.95
+    far = edge_on & (cv2.GaussianBlur((tex.confidence <= INPAINT_CONFIDENCE).astype(np.float32), (0, 0), 6) < 1e-4)
+    assert far.sum() > 20 and np.array_equal(image[far], tex.image[far])

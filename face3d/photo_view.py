@@ -40,7 +40,6 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import distance_transform_edt
 
 from face3d.alignment import opencv_affine, photo_similarity
 from face3d.camera import Pose, euler_to_matrix
@@ -845,9 +844,12 @@ def nearest_island_texel(model: MorphableModel, height: int) -> np.ndarray:
     island (itself on an island, the nearest across the gutter otherwise), cached with the model."""
     key = ("photo_view_nearest_island", height)
     if key not in model._torch_cache:
-        gutter = (atlas_texels(model, height).row < 0).reshape(atlas_size(height))
-        iy, ix = distance_transform_edt(gutter, return_distances=False, return_indices=True)
-        model._torch_cache[key] = (iy * gutter.shape[1] + ix).reshape(-1).astype(np.int64)
+        gutter = (atlas_texels(model, height).row < 0).reshape(atlas_size(height)).astype(np.uint8)
+        # OpenCV's 5x5 distance mask (scipy.ndimage's exact transform costs a fresh process 0.12 s to
+        # import): exact next to the islands, where bilinear look-ups read; within ~3% further away
+        _, label = cv2.distanceTransformWithLabels(gutter, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+        # DIST_LABEL_PIXEL numbers the zero (island) texels 1, 2, ... in row-major order
+        model._torch_cache[key] = np.flatnonzero(gutter.reshape(-1) == 0)[label.reshape(-1) - 1]
     return model._torch_cache[key]
 
 

@@ -476,7 +476,9 @@ def test_alpha_and_back_carry_across_the_atlas_gutters(obama_reconstruction, ict
     assert covered.reshape(-1)[near].all()                                         # gutters: an island texel
     ys, xs = np.divmod(np.arange(covered.size), covered.shape[1])
     ny, nx = np.divmod(near, covered.shape[1])
-    assert np.allclose(np.hypot(ys - ny, xs - nx), distance_transform_edt(~covered).reshape(-1))  # the nearest
+    exact = distance_transform_edt(~covered).reshape(-1)     # the nearest: exactly next to the islands,
+    found = np.hypot(ys - ny, xs - nx)                         # within 4% further out (OpenCV's 5x5 mask)
+    assert np.allclose(found[exact <= 3], exact[exact <= 3]) and (found <= exact * 1.04 + 1e-6).all()
     shown = see_through_texture(tex, ict_model)
     assert np.array_equal(shown.alpha.reshape(-1), shown.alpha.reshape(-1)[near])
     assert np.array_equal(shown.back.reshape(-1), shown.back.reshape(-1)[near])

@@ -202,9 +202,11 @@ def test_interpolate_sums_as_einsum_did(ict_model):
     from face3d.texture import atlas_texels, interpolate
 
     texels = atlas_texels(ict_model, 64)
-    values = np.random.default_rng(0).normal(size=(5, ict_model.num_vertices)).astype(np.float32) * 300
-    want = np.einsum("nk,nkc->nc", texels.bary.T, values.T[texels.corners.T])
-    assert np.array_equal(interpolate(texels, values), want.T)
+    for dtype in (np.float32, np.float64):
+        values = np.random.default_rng(0).normal(size=(5, ict_model.num_vertices)).astype(dtype) * 300
+        want = np.einsum("nk,nkc->nc", texels.bary.T, values.T[texels.corners.T])
+        got = interpolate(texels, values)
+        assert got.dtype == want.dtype and np.array_equal(got, want.T)
 
 
 def test_foreground_texels_match_five_look_ups():

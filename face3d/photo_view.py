@@ -657,8 +657,10 @@ HAIR_DARKER = 0.7
 #: The hair's colour is filled (pull-push) at this fraction of the atlas's resolution: it is smooth.
 HAIR_FILL_SCALE = 4
 #: The hair's fine detail over the back of the head (`hair_detail`): a patch this many texels wide (at
-#: atlas height 512) that the photo's hair covers to this share, less its blur at this sigma (texels).
-HAIR_PATCH = 48
+#: atlas height 512; the first size the hair covers) that the photo's hair covers to this share, less
+#: its blur at this sigma (texels). A 48-texel patch was covered on 27 of 37 photos checked, the rest
+#: (thin, receding or short hair) got a flat cap; 32 and 24 give all but one of them a patch.
+HAIR_PATCH_SIZES = (48, 32, 24)
 HAIR_PATCH_COVER = 0.95
 HAIR_DETAIL_SIGMA = 3.0
 #: Texels of the scalp the photo did not colour and whose surface turned this far from its camera (the
@@ -747,20 +749,26 @@ def hair_source_texels(model: MorphableModel, height: int) -> np.ndarray:
 
 def hair_detail(image: np.ndarray, sources: np.ndarray) -> np.ndarray | None:
     """(2P, 2P, 3) float32, the tile of the hair's fine detail: the atlas patch of P x P texels
-    (`HAIR_PATCH` at height 512) that the hair sources cover best, less its blur at
-    `HAIR_DETAIL_SIGMA`, beside its mirror images (so copies of the tile meet without a seam); texel
-    (y, x) of the atlas takes the tile's (y mod 2P, x mod 2P). None where no patch is covered to
-    `HAIR_PATCH_COVER`. A smooth fill alone reads as a cap."""
+    that the hair sources cover best, less its blur at `HAIR_DETAIL_SIGMA`, beside its mirror images
+    (so copies of the tile meet without a seam); texel (y, x) of the atlas takes the tile's
+    (y mod 2P, x mod 2P). P is the largest of `HAIR_PATCH_SIZES` (at height 512) with a patch that
+    the sources cover to `HAIR_PATCH_COVER` (thin or receding hair has no large one); None where no
+    size has one. A smooth fill alone reads as a cap."""
     H, W = sources.shape
-    P = max(8, int(round(HAIR_PATCH * H / 512)))
-    if H < P or W < P:
+    found = None
+    for size in HAIR_PATCH_SIZES:
+        P = max(8, int(round(size * H / 512)))
+        if H < P or W < P:
+            continue
+        cover = cv2.boxFilter(sources.astype(np.float32), -1, (P, P), borderType=cv2.BORDER_CONSTANT)
+        half = P // 2
+        inner = cover[half:H - (P - half) + 1, half:W - (P - half) + 1]
+        if inner.size and inner.max() >= HAIR_PATCH_COVER:
+            found = P, np.unravel_index(int(np.argmax(inner)), inner.shape)   # top-left corner of the best patch
+            break
+    if found is None:
         return None
-    cover = cv2.boxFilter(sources.astype(np.float32), -1, (P, P), borderType=cv2.BORDER_CONSTANT)
-    half = P // 2
-    inner = cover[half:H - (P - half) + 1, half:W - (P - half) + 1]
-    if inner.size == 0 or inner.max() < HAIR_PATCH_COVER:
-        return None
-    y, x = np.unravel_index(int(np.argmax(inner)), inner.shape)      # top-left corner of the best patch
+    P, (y, x) = found
     patch = image[y:y + P, x:x + P].astype(np.float32)
     sigma = HAIR_DETAIL_SIGMA * H / 512.0
     patch = patch - cv2.GaussianBlur(patch, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)

@@ -41,7 +41,8 @@ VIEW_FOV_DEGREES = 10.0
 #: where the turned backdrop showed before. 8: over the photo, no line across the forehead where the face's
 #: atlas island meets the scalp's (the gutter beside an island counted as back of the head, and the alpha's
 #: blur and bilinear look-ups dipped there), and the back of the head is whole behind the scalp the photo saw
-#: edge-on (a thin arc of the backdrop showed between them).
+#: edge-on (a thin arc of the backdrop showed between them); thin or receding hair gets the hair's grain
+#: from a smaller patch instead of a flat cap (`face3d.photo_view.hair_detail`).
 RENDER_VERSION = 8
 
 

@@ -511,3 +511,24 @@ def test_back_of_head_stays_on_the_islands_and_is_whole_behind_the_scalp_seen_ed
     assert edge_on.sum() > 200 and np.median(opacity[edge_on]) > 0.95
     far = edge_on & (cv2.GaussianBlur((tex.confidence <= INPAINT_CONFIDENCE).astype(np.float32), (0, 0), 6) < 1e-4)
     assert far.sum() > 20 and np.array_equal(image[far], tex.image[far])
+
+
+def test_hair_detail_takes_the_largest_patch_the_hair_covers():
+    """Thin or receding hair covers no 48-texel patch: the grain comes from a smaller one (a smooth
+    fill alone reads as a cap), and none where the hair covers no patch of the smallest size."""
+    from face3d.photo_view import HAIR_PATCH_COVER, HAIR_PATCH_SIZES, hair_detail
+
+    rng = np.random.default_rng(0)
+    image = rng.random((512, 1280, 3)).astype(np.float32)
+    for side, tile in ((60, 2 * HAIR_PATCH_SIZES[0]), (36, 2 * HAIR_PATCH_SIZES[1]), (26, 2 * HAIR_PATCH_SIZES[2])):
+        sources = np.zeros((512, 1280), bool)
+        sources[100:100 + side, 300:300 + side] = True
+        got = hair_detail(image, sources)
+        assert got is not None and got.shape == (tile, tile, 3)
+        P = tile // 2
+        assert np.array_equal(got[:P, P:], got[:P, :P][:, ::-1])             # mirrored copies meet
+        assert abs(float(got.mean())) < 0.05                                  # detail: the blur taken off
+    sources = np.zeros((512, 1280), bool)
+    side = int(np.sqrt(HAIR_PATCH_COVER) * HAIR_PATCH_SIZES[-1]) - 1
+    sources[100:100 + side, 300:300 + side] = True
+    assert hair_detail(image, sources) is None

@@ -336,3 +336,19 @@ def test_rotate_takes_a_folder_of_photos(tmp_path, capsys, data_dir):
     code, _, err = run(capsys, "rotate", empty, "--yaw", "0", "--out", tmp_path / "out2")
     assert code == 1 and "a folder without photos" in err
     assert_one_line_error(err)
+
+
+def test_import_quietly_imports_and_leaves_the_collector_as_it_was():
+    import gc
+
+    from facesynth.cli import import_quietly
+
+    assert gc.isenabled()
+    assert import_quietly("facesynth.rotate_job").__name__ == "facesynth.rotate_job"
+    assert gc.isenabled() and gc.get_freeze_count() > 0
+    gc.disable()
+    try:
+        import_quietly("json")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -658,8 +658,8 @@ HAIR_DARKER = 0.7
 HAIR_FILL_SCALE = 4
 #: The hair's fine detail over the back of the head (`hair_detail`): a patch this many texels wide (at
 #: atlas height 512; the first size the hair covers) that the photo's hair covers to this share, less
-#: its blur at this sigma (texels). A 48-texel patch was covered on 27 of 37 photos checked, the rest
-#: (thin, receding or short hair) got a flat cap; 32 and 24 give all but one of them a patch.
+#: its blur at this sigma (texels). The hair covers a 48-texel patch on 27 of 37 photos checked; the
+#: rest (thin, receding or short hair) would get a flat cap, and 32 or 24 texels cover all of them.
 HAIR_PATCH_SIZES = (48, 32, 24)
 HAIR_PATCH_COVER = 0.95
 HAIR_DETAIL_SIGMA = 3.0
@@ -800,8 +800,8 @@ def back_of_head_texture(texture: Texture, model: MorphableModel) -> tuple[np.nd
     H, W = texture.confidence.shape
     weight = vertex_texel_maps(model, H)[2]
     unseen = texture.confidence <= INPAINT_CONFIDENCE
-    # on the atlas's islands only: a gutter (facing -1, confidence 0) is no back of the head, and its
-    # blurred opacity recoloured the island's edge beside it (a line of hair across the forehead's seam)
+    # on the atlas's islands only: a gutter (facing -1, confidence 0) is no back of the head, and as one
+    # its blurred opacity would recolour the island's edge beside it (a line of hair across the forehead)
     region = unseen & (texture.facing < BACK_FACING_COSINE) & (texture.facing > -1.0) & (weight > 0.01)
     sources = hair_source_texels(model, H) & ~unseen
     if texture.skin is not None and sources.any():   # hair, not the skin of a high forehead or a bald crown
@@ -821,9 +821,9 @@ def back_of_head_texture(texture: Texture, model: MorphableModel) -> tuple[np.nd
     opacity = cv2.GaussianBlur((region * weight).astype(np.float32), (0, 0), sigma) * near_scalp
     # Behind the scalp the photo saw edge-on the back is whole too, in that scalp's own colour: there
     # the see-through alpha fades (grazing texels have a low confidence) while the region's blurred
-    # opacity has not yet risen, and a turned head showed the backdrop through a thin arc between the
-    # photo's hair and the back of the head. Near the photo's own pose these texels lie on the person
-    # the photo shows, where `render_views` draws no back.
+    # opacity has not yet risen, so a turned head would show the backdrop through a thin arc between
+    # the photo's hair and the back of the head. Near the photo's own pose these texels lie on the
+    # person the photo shows, where `render_views` draws no back.
     grazing = np.clip((BACK_FACING_COSINE + GRAZING_RAMP - texture.facing) / GRAZING_RAMP, 0.0, 1.0)
     grazing[unseen] = 0.0
     cover = cv2.GaussianBlur((np.maximum(region, grazing) * weight).astype(np.float32), (0, 0), sigma) * near_scalp
@@ -865,8 +865,8 @@ def atlas_blur(values: np.ndarray, sigma: float, model: MorphableModel | None) -
     """(H, W) float32 `values` blurred (Gaussian, `sigma` texels) over the atlas's islands only: the
     gutters between them (and the pixels outside) weigh nothing, so a value does not fall towards 0
     along an island's edge. With no `model` (no atlas known), a plain blur. An island's edge lies on a
-    seam of the head (the forehead's, where the face meets the scalp): a dip there let the backdrop
-    show through as a thin line across the head in every view."""
+    seam of the head (the forehead's, where the face meets the scalp): a dip there would let the
+    backdrop show through as a thin line across the head in every view."""
     blurred = cv2.GaussianBlur(values, (0, 0), sigma)
     if model is None:
         return blurred

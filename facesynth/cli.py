@@ -345,8 +345,8 @@ def run_command(args, helper=None) -> int:
 def import_quietly(module: str):
     """`importlib.import_module(module)` without the cyclic garbage collector, whose objects are then
     frozen (`gc.freeze`): importing torch creates millions of objects that live as long as the
-    process and no garbage, and the full collections it triggered, during the import and after
-    it, cost a one-photo `rotate` about 0.2 s of its 3 (measured with `gc.callbacks`)."""
+    process and no garbage, and the full collections they trigger during the import and after it
+    cost a one-photo `rotate` about 0.2 s of its 3 (measured with `gc.callbacks`)."""
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -19,7 +19,9 @@ Per background and yaw, over the views of every photo (and per photo set, "faces
   face counts as a miss); the detection rate; beside them, never in a target, the share under 0.6
   when the views the HOG detector misses are found with dlib's CNN detector (`detect_faces(...,
   detector="cnn")`, the fallback `rotate` uses on photos): whether a miss is the HOG detector's,
-  at the edge of its yaw range, or the view's;
+  at the edge of its yaw range, or the view's; and, per yaw, the same figures over the views where
+  HOG found a face over both backgrounds (`detected_over_both`: identity where detection is not in
+  question);
 - pose: |yaw error| and |pitch error| of the view, dlib's landmarks + PnP against the fitted mesh
   (`face3d.pose_estimation.view_pose_reference`, as `facesynth compare` does) vs the asked pose;
   median over the views where dlib found a face.
@@ -142,6 +144,37 @@ def tables(records: dict, yaws: list[float]) -> dict:
     return out
 
 
+def paired(records: dict, yaws: list[float]) -> dict:
+    """Per yaw (and -45..45), over the views where the HOG detector found a face over both the plain
+    and the photo background (the same photo and yaw): how many, and per background the share under
+    0.6 and the median distance. Identity compared where detection is not in question."""
+    if not {"plain", "photo"} <= set(records):
+        return {}
+    plain = {(r["photo"], r["yaw"]): r for r in records["plain"]}
+    pairs = [(plain[(r["photo"], r["yaw"])], r) for r in records["photo"]
+             if r["detected"] and plain[(r["photo"], r["yaw"])]["detected"]]
+
+    def stats(sel):
+        return {"views": len(sel),
+                **{f"{bg}_share_under_0.6": (sum(p[i]["distance"] < THRESHOLD for p in sel) / len(sel) if sel else None)
+                   for i, bg in enumerate(("plain", "photo"))},
+                **{f"{bg}_median_distance": finite_median(p[i]["distance"] for p in sel)
+                   for i, bg in enumerate(("plain", "photo"))}}
+    out = {f"{y:g}": stats([p for p in pairs if p[1]["yaw"] == y]) for y in yaws}
+    out["-45..45"] = stats([p for p in pairs if CHECKED[0] <= p[1]["yaw"] <= CHECKED[1]])
+    return out
+
+
+def print_paired(pair: dict) -> None:
+    if not pair:
+        return
+    print("\nviews with a face (HOG) over both backgrounds, all photos:")
+    print(f"  {'yaw':<22}" + "".join(f"{k:>9}" for k in pair))
+    for key, fmt in (("views", "{:.0f}"), ("plain_share_under_0.6", "{:.1%}"), ("photo_share_under_0.6", "{:.1%}"),
+                     ("plain_median_distance", "{:.3f}"), ("photo_median_distance", "{:.3f}")):
+        print(f"  {key:<22}" + "".join(f"{('-' if v[key] is None else fmt.format(v[key])):>9}" for v in pair.values()))
+
+
 def print_table(tab: dict, yaws: list[float]) -> None:
     cols = [f"{y:g}" for y in yaws] + ["-45..45", "all"]
     for set_name, by_bg in tab.items():
@@ -212,6 +245,8 @@ def main(argv=None) -> int:
 
     tab = tables(records, yaws)
     print_table(tab, yaws)
+    pair = paired(records, yaws)
+    print_paired(pair)
     t_speed = time.perf_counter()
     speed = fresh_rotate(face_photos()[0], SPEED_YAWS, "3d", args.runs) if args.runs > 0 else None
     speed_s = time.perf_counter() - t_speed
@@ -250,7 +285,7 @@ def main(argv=None) -> int:
                "photos": {"faces": sum(s == "faces" for s, _ in photos), "lfw": sum(s == "lfw" for s, _ in photos),
                           "lfw_seed": args.seed, "skipped": skipped},
                "back_of_head_drawn": {"counts": back_counts, "photos": {k: d for k, (_, d) in back_drawn.items()}},
-               "results": json_ready(tab), "views": json_ready([{"background": bg, **r} for bg, rows in records.items()
+               "results": json_ready(tab), "detected_over_both": json_ready(pair), "views": json_ready([{"background": bg, **r} for bg, rows in records.items()
                                                                 for r in rows]), "speed": speed, "seconds": {**seconds, "views_total": views_s, "speed_total": speed_s}}
     return targets.finish(args.json, payload)
 

@@ -722,10 +722,13 @@ def _vertex_values_in_atlas(model: MorphableModel, height: int, values: np.ndarr
     texels = atlas_texels(model, height)
     H, W = atlas_size(height)
     out = np.zeros((H * W, len(values)), np.float32)
-    known = np.zeros(H * W, bool)
     out[texels.flat] = interpolate(texels, values.astype(texels.bary.dtype)).T
-    known[texels.flat] = True
-    return out.reshape(H, W, -1), known.reshape(H, W)
+    return out.reshape(H, W, -1), on_islands(model, height)
+
+
+def on_islands(model: MorphableModel, height: int) -> np.ndarray:
+    """(H, W) bool: the texels of the UV atlas of `height` that lie on an island (not in a gutter)."""
+    return (atlas_texels(model, height).row >= 0).reshape(atlas_size(height))
 
 
 def neck_texel_alpha(model: MorphableModel, height: int) -> np.ndarray:
@@ -852,7 +855,7 @@ def nearest_island_texel(model: MorphableModel, height: int) -> np.ndarray:
     island (itself on an island, the nearest across the gutter otherwise), cached with the model."""
     key = ("photo_view_nearest_island", height)
     if key not in model._torch_cache:
-        gutter = (atlas_texels(model, height).row < 0).reshape(atlas_size(height)).astype(np.uint8)
+        gutter = (~on_islands(model, height)).astype(np.uint8)
         # OpenCV's 5x5 distance mask (scipy.ndimage's exact transform costs a fresh process 0.12 s to
         # import): exact next to the islands, where bilinear look-ups read; within ~3% further away
         _, label = cv2.distanceTransformWithLabels(gutter, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
@@ -864,16 +867,18 @@ def nearest_island_texel(model: MorphableModel, height: int) -> np.ndarray:
 def atlas_blur(values: np.ndarray, sigma: float, model: MorphableModel | None) -> np.ndarray:
     """(H, W) float32 `values` blurred (Gaussian, `sigma` texels) over the atlas's islands only: the
     gutters between them (and the pixels outside) weigh nothing, so a value does not fall towards 0
-    along an island's edge. With no `model` (no atlas known), a plain blur. An island's edge lies on a
-    seam of the head (the forehead's, where the face meets the scalp): a dip there would let the
-    backdrop show through as a thin line across the head in every view."""
-    blurred = cv2.GaussianBlur(values, (0, 0), sigma)
+    along an island's edge; a gutter texel takes the blur of the islands around it (0 far from any).
+    With no `model` (no atlas known), a plain blur. An island's edge lies on a seam of the head (the
+    forehead's, where the face meets the scalp): a dip there would let the backdrop show through as a
+    thin line across the head in every view."""
     if model is None:
-        return blurred
-    covered = atlas_texels(model, values.shape[0]).row.reshape(values.shape) >= 0
-    weight = cv2.GaussianBlur(covered.astype(np.float32), (0, 0), sigma)
+        return cv2.GaussianBlur(values, (0, 0), sigma)
+    covered = on_islands(model, values.shape[0])
+    key = ("photo_view_island_weight", values.shape[0], sigma)
+    if key not in model._torch_cache:    # the islands' own blur: the same for every texture of the model
+        model._torch_cache[key] = np.maximum(cv2.GaussianBlur(covered.astype(np.float32), (0, 0), sigma), 1e-6)
     inside = cv2.GaussianBlur(np.where(covered, values, 0.0).astype(np.float32), (0, 0), sigma)
-    return np.where(covered, inside / np.maximum(weight, 1e-6), blurred).astype(np.float32)
+    return (inside / model._torch_cache[key]).astype(np.float32)
 
 
 def see_through_texture(texture: Texture, model: MorphableModel | None = None) -> Texture:

@@ -645,6 +645,15 @@ def face_vertex_opacity(model: MorphableModel) -> np.ndarray:
     return (below_brows * before_ears).astype(np.float32)
 
 
+def opaque_vertex_weight(model: MorphableModel) -> np.ndarray:
+    """(V,) float32: where the head stays opaque over the photo whether or not the photo coloured
+    it: the face (`face_vertex_opacity`) and the ears. An ear the photo did not show (the far one, or
+    one the person mask cut off) left see-through was a hole in the turned head, the backdrop behind
+    the head showing in the ear's shape; it takes its mirror's colour, or the filled one. Where the
+    photo shows hair over the ears the texture's own alpha still hides them (`Texture.alpha`)."""
+    return np.maximum(face_vertex_opacity(model), ear_vertices(model).astype(np.float32))
+
+
 #: Hair sources for the back of the head (`back_of_head_texture`): scalp texels the photo showed at
 #: least this far above the brows' highest landmark (mm), or behind the face's outline
 #: (`FACE_OPAQUE_BACK`): the crown and the sides of the head, not the forehead.
@@ -663,6 +672,10 @@ HAIR_FILL_SCALE = 4
 HAIR_PATCH_SIZES = (48, 32, 24)
 HAIR_PATCH_COVER = 0.95
 HAIR_DETAIL_SIGMA = 3.0
+#: Side (texels at atlas height 512) of the hair's detail tile, a random-phase texture with the patch's
+#: grain (`hair_detail`), and the seed of its noise.
+HAIR_TILE = 128
+HAIR_NOISE_SEED = 0
 #: Texels of the scalp the photo did not colour and whose surface turned this far from its camera (the
 #: cosine of `Texture.facing` under it) are the back of the head (`back_of_head_texture`). At 0.25 a
 #: view near the photo's own pose changes at most in a line of pixels along the skull's outline; at
@@ -702,14 +715,14 @@ def hair_source_vertices(model: MorphableModel) -> np.ndarray:
 
 
 def vertex_texel_maps(model: MorphableModel, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(`neck_vertex_alpha`, `face_vertex_opacity`, `back_of_head_vertex_weight`) interpolated into
+    """(`neck_vertex_alpha`, `opaque_vertex_weight`, `back_of_head_vertex_weight`) interpolated into
     the UV atlas of `height`, cached with the model. The gutters between the islands take their
     islands' values (`push_pull_fill`, the three maps in one pass): a view samples the atlas
     bilinearly, and at an island's edge a gutter of another value would draw the island's outline (a
     thin dark line round the faded neck)."""
     key = ("photo_view_texel_maps", height)
     if key not in model._torch_cache:
-        values = np.stack([neck_vertex_alpha(model), face_vertex_opacity(model), back_of_head_vertex_weight(model)])
+        values = np.stack([neck_vertex_alpha(model), opaque_vertex_weight(model), back_of_head_vertex_weight(model)])
         out, known = _vertex_values_in_atlas(model, height, values)
         filled = push_pull_fill(out, known)
         model._torch_cache[key] = tuple(np.ascontiguousarray(filled[..., c], np.float32) for c in range(3))
@@ -736,8 +749,8 @@ def neck_texel_alpha(model: MorphableModel, height: int) -> np.ndarray:
     return vertex_texel_maps(model, height)[0]
 
 
-def face_texel_opacity(model: MorphableModel, height: int) -> np.ndarray:
-    """`face_vertex_opacity` in the UV atlas of `height` (`vertex_texel_maps`)."""
+def opaque_texel_weight(model: MorphableModel, height: int) -> np.ndarray:
+    """`opaque_vertex_weight` in the UV atlas of `height` (`vertex_texel_maps`)."""
     return vertex_texel_maps(model, height)[1]
 
 
@@ -751,14 +764,27 @@ def hair_source_texels(model: MorphableModel, height: int) -> np.ndarray:
 
 
 def hair_detail(image: np.ndarray, sources: np.ndarray) -> np.ndarray | None:
-    """(2P, 2P, 3) float32, the tile of the hair's fine detail: the atlas patch of P x P texels
-    that the hair sources cover best, less its blur at `HAIR_DETAIL_SIGMA`, beside its mirror images
-    (so copies of the tile meet without a seam); texel (y, x) of the atlas takes the tile's
-    (y mod 2P, x mod 2P). P is the largest of `HAIR_PATCH_SIZES` (at height 512) with a patch that
-    the sources cover to `HAIR_PATCH_COVER` (thin or receding hair has no large one); None where no
-    size has one. A smooth fill alone reads as a cap."""
+    """(T, T, 3) float32, a tile of the hair's fine detail (T = `HAIR_TILE` at height 512) that
+    repeats without a seam: texel (y, x) of the atlas takes the tile's (y mod T, x mod T). None where
+    the hair covers no patch (`hair_patch`). A smooth fill alone reads as a cap.
+
+    The tile is not the photo's patch itself but a random-phase texture with the patch's
+    autocorrelation (`spot_noise_tile`): copies of the patch, mirrored so that they met, tiled the
+    back of the head with a kaleidoscope of its strands and edges (ropes where the patch held a
+    strand or the hairline); spot noise has no feature that repeats visibly. Its noise is seeded
+    (`HAIR_NOISE_SEED`): a view is the same on every run."""
+    patch = hair_patch(image, sources)
+    if patch is None:
+        return None
+    return spot_noise_tile(patch, max(patch.shape[0], int(round(HAIR_TILE * sources.shape[0] / 512))), HAIR_NOISE_SEED)
+
+
+def hair_patch(image: np.ndarray, sources: np.ndarray) -> np.ndarray | None:
+    """(P, P, 3) float32, zero-mean per channel: the atlas patch that the hair sources cover best,
+    less its blur at `HAIR_DETAIL_SIGMA`; P the largest of `HAIR_PATCH_SIZES` (at height 512) with a
+    patch the sources cover to `HAIR_PATCH_COVER` (thin, receding or short hair has no large one);
+    None where no size has one."""
     H, W = sources.shape
-    found = None
     for size in HAIR_PATCH_SIZES:
         P = max(8, int(round(size * H / 512)))
         if H < P or W < P:
@@ -767,16 +793,25 @@ def hair_detail(image: np.ndarray, sources: np.ndarray) -> np.ndarray | None:
         half = P // 2
         inner = cover[half:H - (P - half) + 1, half:W - (P - half) + 1]
         if inner.size and inner.max() >= HAIR_PATCH_COVER:
-            found = P, np.unravel_index(int(np.argmax(inner)), inner.shape)   # top-left corner of the best patch
-            break
-    if found is None:
-        return None
-    P, (y, x) = found
-    patch = image[y:y + P, x:x + P].astype(np.float32)
-    sigma = HAIR_DETAIL_SIGMA * H / 512.0
-    patch = patch - cv2.GaussianBlur(patch, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-    return np.concatenate([np.concatenate([patch, patch[:, ::-1]], 1),
-                           np.concatenate([patch[::-1], patch[::-1, ::-1]], 1)], 0)
+            y, x = np.unravel_index(int(np.argmax(inner)), inner.shape)     # top-left corner of the best patch
+            patch = image[y:y + P, x:x + P].astype(np.float32)
+            patch = patch - cv2.GaussianBlur(patch, (0, 0), HAIR_DETAIL_SIGMA * H / 512.0,
+                                             borderType=cv2.BORDER_REFLECT)
+            return patch - patch.mean(axis=(0, 1))
+    return None
+
+
+def spot_noise_tile(patch: np.ndarray, side: int, seed: int) -> np.ndarray:
+    """(side, side, C) float32: `patch` (P, P, C), zero-mean per channel, P <= side, convolved
+    circularly with one white Gaussian noise image (side, side) and divided by P (asymptotic
+    discrete spot noise, `hair_detail`): a stationary texture, periodic with period `side`, whose
+    autocorrelation and per-channel covariance are the patch's."""
+    P, C = patch.shape[0], patch.shape[2]
+    noise = np.random.default_rng(seed).standard_normal((side, side))
+    kernel = np.zeros((side, side, C))
+    kernel[:P, :P] = patch / P
+    out = np.fft.irfft2(np.fft.rfft2(noise)[..., None] * np.fft.rfft2(kernel, axes=(0, 1)), s=(side, side), axes=(0, 1))
+    return out.astype(np.float32)
 
 
 def looks_like_hair(rgb: np.ndarray, skin: np.ndarray) -> np.ndarray:
@@ -884,7 +919,7 @@ def atlas_blur(values: np.ndarray, sigma: float, model: MorphableModel | None) -
 def see_through_texture(texture: Texture, model: MorphableModel | None = None) -> Texture:
     """`texture` with alpha 0 where no photo pixel coloured it and 1 where the photo (or its mirror)
     did, times any alpha it has: over the turned photo, the head shows only what the photo showed.
-    With `model`, the face stays opaque anyway (`face_vertex_opacity`), the neck below the jaw is 0
+    With `model`, the face and the ears stay opaque anyway (`opaque_vertex_weight`), the neck below the jaw is 0
     (`neck_vertex_alpha`), and where the texture knows which way its texels faced the photo's camera
     the back of the head gets the photo's hair colour and its own opacity (`Texture.back`,
     `back_of_head_texture`), which `render_views` draws behind the person of the turned photo."""
@@ -892,7 +927,7 @@ def see_through_texture(texture: Texture, model: MorphableModel | None = None) -
     fade = atlas_blur(fade, SEE_THROUGH_SIGMA * texture.confidence.shape[0] / 512.0, model)
     image, back = texture.image, None
     if model is not None:
-        fade = np.maximum(fade, face_texel_opacity(model, texture.confidence.shape[0]))
+        fade = np.maximum(fade, opaque_texel_weight(model, texture.confidence.shape[0]))
         if texture.facing is not None:
             image, back = back_of_head_texture(texture, model)
     alpha = fade if texture.alpha is None else fade * texture.alpha

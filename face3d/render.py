@@ -42,8 +42,12 @@ VIEW_FOV_DEGREES = 10.0
 #: atlas island meets the scalp's (the gutter beside an island counted as back of the head, and the alpha's
 #: blur and bilinear look-ups dipped there), and the back of the head is whole behind the scalp the photo saw
 #: edge-on (a thin arc of the backdrop showed between them); thin or receding hair gets the hair's grain
-#: from a smaller patch instead of a flat cap (`face3d.photo_view.hair_detail`).
-RENDER_VERSION = 8
+#: from a smaller patch instead of a flat cap (`face3d.photo_view.hair_detail`). 9: the hair's grain over the
+#: back of the head is a random-phase texture of the photo's hair (`face3d.photo_view.spot_noise_tile`)
+#: instead of mirrored copies of one patch; over the photo an ear the photo did not colour is drawn (it was
+#: a hole in the head's shape), and ear texels the person mask left out take the photo's colour where it is
+#: the skin's (`face3d.texture.looks_like_skin`).
+RENDER_VERSION = 9
 
 
 def render_version(method: str) -> int | None:

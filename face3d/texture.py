@@ -41,6 +41,9 @@ MIN_SHADING = 0.05              # texels shaded darker than this keep the mirror
 EAR_MIN_ABS_X, EAR_Y_RANGE, EAR_MAX_Z = 70.0, (-30.0, 45.0), 15.0
 #: An ear texel's photo colour is hair, not skin, beyond this chroma distance (YCrCb units) from the cheeks' skin.
 HAIR_CHROMA_DISTANCE = 22.0
+#: An ear texel the person mask left out is the ear when its photo colour is the skin's (`looks_like_skin`):
+#: its luma within this range of the cheeks' luma.
+SKIN_LUMA_RANGE = (0.5, 1.5)
 EAR_ALPHA_SIGMA = 3.0           # smoothing (texels at height 512) of the ear's hair verdicts into a soft alpha
 
 
@@ -285,10 +288,18 @@ def _extract_texture(fit, image: np.ndarray, model: MorphableModel, cfg: Texture
     facing = np.full(Ht * Wt, -1.0, np.float32)
     facing[flat] = cos
     fg = None
+    skin = None
     if cfg.segment:   # texels whose photo pixel shows the backdrop are not seen (mirror-filled or inpainted)
         fg = foreground()
+        skin = skin_ycrcb(image, fit.landmarks)
         cand = np.nonzero(seen)[0]
-        seen[cand] = _foreground_texels(fg, x[cand], y[cand])
+        person = _foreground_texels(fg, x[cand], y[cand])
+        # the mask is coarse at the ears (thin, beside the backdrop): an ear texel of the skin's colour
+        # is the ear whatever the mask says
+        ear = ~person & texels.ear[cand]
+        if ear.any():
+            person[ear] = looks_like_skin(sample_bilinear_xy(image, x[cand[ear]], y[cand[ear]]), skin)
+        seen[cand] = person
     rows = np.nonzero(seen)[0]
     # only seen texels' photo colours are ever used (the others have weight 0 in every fill below)
     colours = sample_bilinear_xy(image, x[rows], y[rows])
@@ -296,9 +307,8 @@ def _extract_texture(fit, image: np.ndarray, model: MorphableModel, cfg: Texture
     conf = np.zeros(Ht * Wt, np.float32)
     tex[flat[rows]] = colours.astype(np.float32) / 255.0
     conf[flat[rows]] = np.clip(cos[rows], 0.0, 1.0)
-    alpha = skin = None
+    alpha = None
     if cfg.segment:
-        skin = skin_ycrcb(image, fit.landmarks)
         alpha = ear_alpha(fit, image, texels.ear, seen, colours, raster.mirror.reshape(-1), flat, (Ht, Wt), skin[1:])
 
     shading = None
@@ -337,6 +347,16 @@ def ycrcb(rgb: np.ndarray) -> np.ndarray:
         return np.zeros((0, 3), np.float32)
     ycc = cv2.cvtColor(np.clip(rgb, 0, 255).astype(np.uint8).reshape(-1, 1, 3), cv2.COLOR_RGB2YCrCb)
     return ycc.reshape(-1, 3).astype(np.float32)
+
+
+def looks_like_skin(rgb: np.ndarray, skin: np.ndarray) -> np.ndarray:
+    """(N,) bool: colours (N, 3) in 0..255 close to the cheeks' skin (`skin`: Y, Cr, Cb): a chroma
+    within half `HAIR_CHROMA_DISTANCE` of it and a luma within `SKIN_LUMA_RANGE` of its luma. A white
+    or grey backdrop is further from the chroma of any skin than that."""
+    ycc = ycrcb(rgb)
+    close = np.linalg.norm(ycc[:, 1:] - skin[1:], axis=1) < 0.5 * HAIR_CHROMA_DISTANCE
+    luma = ycc[:, 0] / max(float(skin[0]), 1.0)
+    return close & (luma > SKIN_LUMA_RANGE[0]) & (luma < SKIN_LUMA_RANGE[1])
 
 
 def _chroma(rgb: np.ndarray) -> np.ndarray:

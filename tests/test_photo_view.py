@@ -248,6 +248,49 @@ def test_the_face_stays_opaque_over_the_photo_where_the_photo_did_not_colour_it(
     assert 0.05 < (alpha > 0.99).mean() < 0.5 and (alpha < 0.01).mean() > 0.3
 
 
+def test_ears_stay_opaque_over_the_photo_unless_hair_covers_them(ict_model):
+    """An ear the photo did not colour (the far one) is drawn, not left as a hole in the head's shape;
+    the texture's own alpha (hair over the ear) still hides it."""
+    from face3d.photo_view import opaque_vertex_weight, see_through_texture
+    from face3d.texture import INPAINT_CONFIDENCE, Texture, atlas_size, atlas_texels, ear_vertices
+
+    assert (opaque_vertex_weight(ict_model)[ear_vertices(ict_model)] == 1).all()
+    H, W = atlas_size(256)
+    texels = atlas_texels(ict_model, 256)
+    ear = np.zeros(H * W, bool)
+    ear[texels.flat[texels.ear]] = True
+    ear = ear.reshape(H, W)
+    inner = ear & (cv2.erode(ear.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0)
+    assert inner.sum() > 500
+    blank = Texture(np.zeros((H, W, 3), np.float32), np.full((H, W), INPAINT_CONFIDENCE, np.float32))
+    assert see_through_texture(blank, ict_model).alpha[inner].min() > 0.99
+    hair = replace(blank, alpha=np.where(ear, 0.0, 1.0).astype(np.float32))
+    assert see_through_texture(hair, ict_model).alpha[inner].max() < 0.01
+
+
+def test_an_ear_the_person_mask_cut_off_is_taken_from_the_photo_by_its_skin_colour(face_photos, ict_model):
+    """GrabCut's mask is coarse at the ears: on this photo it leaves the visible ear out, and the ear
+    texels are coloured from the photo all the same where the photo shows skin there."""
+    from face3d.fitting import FitConfig, fit_morphable_model
+    from face3d.image_io import load_image
+    from face3d.landmarks import detect_faces
+    from face3d.texture import INPAINT_CONFIDENCE, TextureConfig, atlas_texels, extract_texture, looks_like_skin
+
+    photo = load_image(next(p for p in face_photos if p.name == "face_recognition_obama2.jpg"))
+    fit = fit_morphable_model(photo, detect_faces(photo)[0].landmarks, ict_model, FitConfig())
+    tex = extract_texture(fit, photo, ict_model)
+    texels = atlas_texels(ict_model, tex.confidence.shape[0])
+    ear = np.zeros(tex.confidence.size, bool)
+    ear[texels.flat[texels.ear]] = True
+    seen = tex.confidence.reshape(-1) > INPAINT_CONFIDENCE
+    unmasked = extract_texture(fit, photo, ict_model, TextureConfig(segment=False)).confidence.reshape(-1)
+    visible = ear & (unmasked > INPAINT_CONFIDENCE)
+    assert visible.sum() > 1000
+    assert (seen & visible).sum() > 0.3 * visible.sum()          # none without the colour test
+    # a white or grey backdrop is not the skin
+    assert not looks_like_skin(np.array([[255.0, 255, 255], [128, 128, 128], [200, 200, 200]]), tex.skin).any()
+
+
 def test_padding_is_filled_by_the_photo_mirrored_about_its_edge():
     from face3d.photo_view import fill_padding
 
@@ -513,22 +556,51 @@ def test_back_of_head_stays_on_the_islands_and_is_whole_behind_the_scalp_seen_ed
     assert far.sum() > 20 and np.array_equal(image[far], tex.image[far])
 
 
-def test_hair_detail_takes_the_largest_patch_the_hair_covers():
+def test_hair_patch_takes_the_largest_patch_the_hair_covers():
     """Thin or receding hair covers no 48-texel patch: the grain comes from a smaller one (a smooth
     fill alone reads as a cap), and none where the hair covers no patch of the smallest size."""
-    from face3d.photo_view import HAIR_PATCH_COVER, HAIR_PATCH_SIZES, hair_detail
+    from face3d.photo_view import HAIR_PATCH_COVER, HAIR_PATCH_SIZES, HAIR_TILE, hair_detail, hair_patch
 
     rng = np.random.default_rng(0)
     image = rng.random((512, 1280, 3)).astype(np.float32)
-    for side, tile in ((60, 2 * HAIR_PATCH_SIZES[0]), (36, 2 * HAIR_PATCH_SIZES[1]), (26, 2 * HAIR_PATCH_SIZES[2])):
+    for side, P in ((60, HAIR_PATCH_SIZES[0]), (36, HAIR_PATCH_SIZES[1]), (26, HAIR_PATCH_SIZES[2])):
         sources = np.zeros((512, 1280), bool)
         sources[100:100 + side, 300:300 + side] = True
-        got = hair_detail(image, sources)
-        assert got is not None and got.shape == (tile, tile, 3)
-        P = tile // 2
-        assert np.array_equal(got[:P, P:], got[:P, :P][:, ::-1])             # mirrored copies meet
-        assert abs(float(got.mean())) < 0.05                                  # detail: the blur taken off
+        got = hair_patch(image, sources)
+        assert got is not None and got.shape == (P, P, 3)
+        assert np.abs(got.mean(axis=(0, 1))).max() < 1e-5                     # detail: the blur taken off
+        assert hair_detail(image, sources).shape == (HAIR_TILE, HAIR_TILE, 3)
     sources = np.zeros((512, 1280), bool)
     side = int(np.sqrt(HAIR_PATCH_COVER) * HAIR_PATCH_SIZES[-1]) - 1
     sources[100:100 + side, 300:300 + side] = True
-    assert hair_detail(image, sources) is None
+    assert hair_patch(image, sources) is None and hair_detail(image, sources) is None
+
+
+def test_spot_noise_tile_keeps_the_patch_grain_without_a_seam_or_a_copy():
+    """The hair's tile: the patch's variance per channel and the channels' correlation, periodic (the
+    wrap-around meets like neighbouring rows inside), no copy of the patch in it, the same every run."""
+    from face3d.photo_view import spot_noise_tile
+
+    rng = np.random.default_rng(1)
+    base = cv2.GaussianBlur(rng.standard_normal((32, 32)).astype(np.float32), (0, 0), 1.0)
+    patch = np.stack([base, 0.5 * base, -base + 0.3 * rng.standard_normal((32, 32)).astype(np.float32)], -1)
+    patch -= patch.mean(axis=(0, 1))
+    tile = spot_noise_tile(patch, 128, seed=0)
+    assert tile.shape == (128, 128, 3) and tile.dtype == np.float32
+    assert np.array_equal(tile, spot_noise_tile(patch, 128, seed=0))
+    ratio = tile.var(axis=(0, 1)) / patch.var(axis=(0, 1))
+    assert np.all((ratio > 0.6) & (ratio < 1.6)), ratio
+    corr = np.corrcoef(tile.reshape(-1, 3).T)
+    want = np.corrcoef(patch.reshape(-1, 3).T)
+    assert corr[0, 1] > 0.99 and want[0, 2] < -0.5
+    assert np.abs(corr - want).max() < 0.1                                   # the colours vary together
+    inside = np.abs(np.diff(tile, axis=0)).mean()
+    for wrap in (np.abs(tile[0] - tile[-1]).mean(), np.abs(tile[:, 0] - tile[:, -1]).mean()):
+        assert 0.7 < wrap / inside < 1.3                                       # no seam where copies meet
+    # no 32 x 32 window of the tile is the patch (or its mirror): the grain, not the picture
+    windows = np.lib.stride_tricks.sliding_window_view(tile[..., 0], (32, 32))[::4, ::4].reshape(-1, 32 * 32)
+    for ref in (patch[..., 0], patch[::-1, ..., 0], patch[:, ::-1, 0]):
+        r = (ref - ref.mean()).ravel()
+        w = windows - windows.mean(1, keepdims=True)
+        c = (w @ r) / (np.linalg.norm(w, axis=1) * np.linalg.norm(r) + 1e-9)
+        assert c.max() < 0.8

@@ -150,7 +150,8 @@ def _reference_texel_samples(fit, image, model, cfg):
     from face3d.image_io import sample_bilinear
     from face3d.segmentation import head_foreground_mask
     from face3d.shading import vertex_normals
-    from face3d.texture import _source_zbuffer
+    from face3d.texture import (HAIR_CHROMA_DISTANCE, SKIN_LUMA_RANGE, _source_zbuffer, ear_vertices, skin_ycrcb,
+                                ycrcb)
 
     raster = uv_raster(model, cfg.height)
     valid = raster.face >= 0
@@ -174,9 +175,17 @@ def _reference_texel_samples(fit, image, model, cfg):
     inside = (p[:, 0] >= 0) & (p[:, 0] <= W - 1) & (p[:, 1] >= 0) & (p[:, 1] <= H - 1)
     seen = inside & (zref > 0) & (p[:, 2] <= zref + cfg.depth_tolerance_mm) & (cos > cfg.min_cosine)
     fg = head_foreground_mask(fit, image, model)
+    person = np.ones(len(p), bool)
     for dx, dy in ((0, 0), (-2, 0), (2, 0), (0, -2), (0, 2)):
-        seen &= fg[np.clip(np.rint(p[:, 1]).astype(np.int64) + dy, 0, H - 1),
-                   np.clip(np.rint(p[:, 0]).astype(np.int64) + dx, 0, W - 1)]
+        person &= fg[np.clip(np.rint(p[:, 1]).astype(np.int64) + dy, 0, H - 1),
+                     np.clip(np.rint(p[:, 0]).astype(np.int64) + dx, 0, W - 1)]
+    # an ear texel off the mask counts when its photo colour is the skin's
+    ear = ear_vertices(model)[tri].all(axis=1)
+    skin = skin_ycrcb(image, fit.landmarks)
+    colour = ycrcb(sample_bilinear(image, p[:, :2]))
+    skin_like = (np.linalg.norm(colour[:, 1:] - skin[1:], axis=1) < 0.5 * HAIR_CHROMA_DISTANCE) \
+        & (colour[:, 0] / skin[0] > SKIN_LUMA_RANGE[0]) & (colour[:, 0] / skin[0] < SKIN_LUMA_RANGE[1])
+    seen &= person | (ear & skin_like)
     return sample_bilinear(image, p[:, :2]), np.where(seen, np.clip(cos, 0.0, 1.0), 0.0).astype(np.float32)
 
 

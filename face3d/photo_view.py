@@ -222,11 +222,21 @@ def warp_canvas(image: np.ndarray, A: np.ndarray, t: np.ndarray, canvas: int,
     if not unknown.any() or unknown.all():
         return out
     # the photo's edge drawn out (its last row or column carried on) and blurred: a body or a
-    # backdrop cut by the edge continues in its colours
+    # backdrop cut by the edge continues in its colours. Carried on unblurred along the edge, every
+    # pixel of the edge row drew a streak across the canvas (a beard cut by the bottom edge, a
+    # backdrop at the side): the blur grows from `HEAD_MIRROR_BLUR` at the photo's edge to
+    # `HEAD_EDGE_FAR_BLUR` at `HEAD_EDGE_FADE` beyond it, so the streaks melt into the edge's colours
     edge = cv2.warpAffine(img, M, (canvas, canvas), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    edge = cv2.GaussianBlur(edge, (0, 0), HEAD_MIRROR_BLUR * canvas).astype(np.float32) / 255.0
-    out[unknown] = edge[unknown]
-    return out
+    near = cv2.GaussianBlur(edge, (0, 0), HEAD_MIRROR_BLUR * canvas).astype(np.float32) / 255.0
+    far = cv2.GaussianBlur(edge, (0, 0), HEAD_EDGE_FAR_BLUR * canvas).astype(np.float32) / 255.0
+    beyond = cv2.distanceTransform((~inside).astype(np.uint8), cv2.DIST_L2, 5)
+    w = np.clip(beyond / (HEAD_EDGE_FADE * canvas), 0.0, 1.0)[..., None]
+    edge = near + (far - near) * w
+    # and it meets the mirrored canvas beside it softly, not at a straight seam: the carried-on part
+    # grows a little into the mirror, never the other way (the mirror would show the head)
+    soft = np.clip(2.0 * cv2.GaussianBlur(unknown.astype(np.float32), (0, 0), HEAD_MIRROR_BLUR * canvas), 0.0, 1.0)
+    soft = np.where(unknown, 1.0, soft * ~inside)[..., None]
+    return (out + (edge - out) * soft).astype(np.float32)
 
 
 def warp_mask(mask: np.ndarray, A: np.ndarray, t: np.ndarray, canvas: int) -> np.ndarray:
@@ -238,8 +248,11 @@ def warp_mask(mask: np.ndarray, A: np.ndarray, t: np.ndarray, canvas: int) -> np
 
 #: Growth of the projected head's box (fraction of its size, each side) that `warp_canvas` never mirrors.
 HEAD_BOX_MARGIN = 0.15
-#: Blur (fraction of the canvas side) of the photo's edge carried on where the mirror would show the head.
+#: Blur (fraction of the canvas side) of the photo's edge carried on where the mirror would show the head:
+#: this much at the photo's edge, growing to `HEAD_EDGE_FAR_BLUR` at `HEAD_EDGE_FADE` beyond it (`warp_canvas`).
 HEAD_MIRROR_BLUR = 0.03
+HEAD_EDGE_FAR_BLUR = 0.12
+HEAD_EDGE_FADE = 0.1
 
 
 def photo_head_box(fit, model: MorphableModel, verts: torch.Tensor) -> np.ndarray:

@@ -309,6 +309,34 @@ def test_padding_is_filled_by_the_photo_mirrored_about_its_edge():
     assert out[pad].min() > 20
 
 
+def test_a_head_cut_by_the_edge_is_carried_on_smoothly_not_mirrored_or_streaked():
+    """Below a photo whose bottom edge cuts the head (a beard), the canvas neither mirrors the head
+    nor draws each pixel of the edge row on as a streak: far from the edge the colour varies along
+    the edge a fraction of what the edge row does, and the carried-on part meets the mirrored canvas
+    beside it without a step."""
+    from face3d.photo_view import HEAD_EDGE_FADE, warp_canvas
+
+    rng = np.random.default_rng(3)
+    h = w = 200
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, :, 1] = img[:, :, 2] = 120 + np.arange(w)[None] // 4                      # a smooth backdrop
+    img[:, 70:130, 1:] = np.repeat(rng.integers(0, 256, (1, 3, 2)), 20, axis=1)      # stripes 20 px wide (a beard)
+    img[:, :, 0] = np.arange(h)[:, None]                                              # red rises downwards
+    canvas, top = 320, 40
+    out = warp_canvas(img, np.eye(2), np.array([60.0, top]), canvas, head_box=np.array([70.0, 120, 130, 200]))
+    bottom = top + h                                      # first canvas row below the photo
+    cols = slice(60 + 80, 60 + 120)                       # under the head box's middle
+    assert np.allclose(out[bottom - 1, 60:60 + w], img[-1] / 255.0, atol=1 / 255)
+    far = bottom + int(HEAD_EDGE_FADE * canvas) + 5
+    edge_var = out[bottom - 1, cols, 1:].std(axis=0)                      # the stripes' green and blue
+    assert (out[far, cols, 1:].std(axis=0) < 0.3 * edge_var).all()
+    # not the head mirrored: row bottom + k would be photo row h - 1 - k (red falling), it stays at the edge's red
+    assert abs(out[far, cols, 0].mean() - img[-1, 80:120, 0].mean() / 255.0) < 0.05
+    # no step between the carried-on part and the mirror beside it (at the head box's side, x = 70)
+    row = out[far, 60 + 40:60 + 100].mean(axis=1)
+    assert np.abs(np.diff(row)).max() < 0.05
+
+
 def _membrane_case(seed: int, n: int = 23):
     rng = np.random.default_rng(seed)
     fixed = np.zeros((n, n), bool)

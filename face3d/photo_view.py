@@ -658,15 +658,6 @@ def face_vertex_opacity(model: MorphableModel) -> np.ndarray:
     return (below_brows * before_ears).astype(np.float32)
 
 
-def opaque_vertex_weight(model: MorphableModel) -> np.ndarray:
-    """(V,) float32: where the head stays opaque over the photo whether or not the photo coloured
-    it: the face (`face_vertex_opacity`) and the ears. An ear the photo did not show (the far one, or
-    one the person mask cut off) left see-through was a hole in the turned head, the backdrop behind
-    the head showing in the ear's shape; it takes its mirror's colour, or the filled one. Where the
-    photo shows hair over the ears the texture's own alpha still hides them (`Texture.alpha`)."""
-    return np.maximum(face_vertex_opacity(model), ear_vertices(model).astype(np.float32))
-
-
 #: Hair sources for the back of the head (`back_of_head_texture`): scalp texels the photo showed at
 #: least this far above the brows' highest landmark (mm), or behind the face's outline
 #: (`FACE_OPAQUE_BACK`): the crown and the sides of the head, not the forehead.
@@ -728,14 +719,14 @@ def hair_source_vertices(model: MorphableModel) -> np.ndarray:
 
 
 def vertex_texel_maps(model: MorphableModel, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(`neck_vertex_alpha`, `opaque_vertex_weight`, `back_of_head_vertex_weight`) interpolated into
+    """(`neck_vertex_alpha`, `face_vertex_opacity`, `back_of_head_vertex_weight`) interpolated into
     the UV atlas of `height`, cached with the model. The gutters between the islands take their
     islands' values (`push_pull_fill`, the three maps in one pass): a view samples the atlas
     bilinearly, and at an island's edge a gutter of another value would draw the island's outline (a
     thin dark line round the faded neck)."""
     key = ("photo_view_texel_maps", height)
     if key not in model._torch_cache:
-        values = np.stack([neck_vertex_alpha(model), opaque_vertex_weight(model), back_of_head_vertex_weight(model)])
+        values = np.stack([neck_vertex_alpha(model), face_vertex_opacity(model), back_of_head_vertex_weight(model)])
         out, known = _vertex_values_in_atlas(model, height, values)
         filled = push_pull_fill(out, known)
         model._torch_cache[key] = tuple(np.ascontiguousarray(filled[..., c], np.float32) for c in range(3))
@@ -762,8 +753,8 @@ def neck_texel_alpha(model: MorphableModel, height: int) -> np.ndarray:
     return vertex_texel_maps(model, height)[0]
 
 
-def opaque_texel_weight(model: MorphableModel, height: int) -> np.ndarray:
-    """`opaque_vertex_weight` in the UV atlas of `height` (`vertex_texel_maps`)."""
+def face_texel_opacity(model: MorphableModel, height: int) -> np.ndarray:
+    """`face_vertex_opacity` in the UV atlas of `height` (`vertex_texel_maps`)."""
     return vertex_texel_maps(model, height)[1]
 
 
@@ -932,7 +923,7 @@ def atlas_blur(values: np.ndarray, sigma: float, model: MorphableModel | None) -
 def see_through_texture(texture: Texture, model: MorphableModel | None = None) -> Texture:
     """`texture` with alpha 0 where no photo pixel coloured it and 1 where the photo (or its mirror)
     did, times any alpha it has: over the turned photo, the head shows only what the photo showed.
-    With `model`, the face and the ears stay opaque anyway (`opaque_vertex_weight`), the neck below the jaw is 0
+    With `model`, the face stays opaque anyway (`face_vertex_opacity`), the neck below the jaw is 0
     (`neck_vertex_alpha`), and where the texture knows which way its texels faced the photo's camera
     the back of the head gets the photo's hair colour and its own opacity (`Texture.back`,
     `back_of_head_texture`), which `render_views` draws behind the person of the turned photo."""
@@ -940,7 +931,7 @@ def see_through_texture(texture: Texture, model: MorphableModel | None = None) -
     fade = atlas_blur(fade, SEE_THROUGH_SIGMA * texture.confidence.shape[0] / 512.0, model)
     image, back = texture.image, None
     if model is not None:
-        fade = np.maximum(fade, opaque_texel_weight(model, texture.confidence.shape[0]))
+        fade = np.maximum(fade, face_texel_opacity(model, texture.confidence.shape[0]))
         if texture.facing is not None:
             image, back = back_of_head_texture(texture, model)
     alpha = fade if texture.alpha is None else fade * texture.alpha

@@ -248,26 +248,6 @@ def test_the_face_stays_opaque_over_the_photo_where_the_photo_did_not_colour_it(
     assert 0.05 < (alpha > 0.99).mean() < 0.5 and (alpha < 0.01).mean() > 0.3
 
 
-def test_ears_stay_opaque_over_the_photo_unless_hair_covers_them(ict_model):
-    """An ear the photo did not colour (the far one) is drawn, not left as a hole in the head's shape;
-    the texture's own alpha (hair over the ear) still hides it."""
-    from face3d.photo_view import opaque_vertex_weight, see_through_texture
-    from face3d.texture import INPAINT_CONFIDENCE, Texture, atlas_size, atlas_texels, ear_vertices
-
-    assert (opaque_vertex_weight(ict_model)[ear_vertices(ict_model)] == 1).all()
-    H, W = atlas_size(256)
-    texels = atlas_texels(ict_model, 256)
-    ear = np.zeros(H * W, bool)
-    ear[texels.flat[texels.ear]] = True
-    ear = ear.reshape(H, W)
-    inner = ear & (cv2.erode(ear.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0)
-    assert inner.sum() > 500
-    blank = Texture(np.zeros((H, W, 3), np.float32), np.full((H, W), INPAINT_CONFIDENCE, np.float32))
-    assert see_through_texture(blank, ict_model).alpha[inner].min() > 0.99
-    hair = replace(blank, alpha=np.where(ear, 0.0, 1.0).astype(np.float32))
-    assert see_through_texture(hair, ict_model).alpha[inner].max() < 0.01
-
-
 def test_an_ear_the_person_mask_cut_off_is_taken_from_the_photo_by_its_skin_colour(face_photos, ict_model):
     """GrabCut's mask is coarse at the ears: on this photo it leaves the visible ear out, and the ear
     texels are coloured from the photo all the same where the photo shows skin there."""

@@ -63,8 +63,8 @@ def test_saturated_or_dark_face_falls_back(obama_image, obama_reconstruction, ic
                    "model span to the pixels (part 5) by 5.6%; bench_sfs_ambiguity.py: that refit with the margins left "
                    "out reaches -15.8% given the true light and albedo, and makes the error worse (+64%) with the "
                    "light and albedo estimated from the photo; bench_albedo.py: with the learnt albedo model the light "
-                   "is still ~26 deg off (median) and SFS changes the depth off the contours by +0.0%, while SFS given "
-                   "the true light and albedo reaches only -2.2%")
+                   "is still ~20 deg off (median) and SFS changes the depth off the contours by -0.3%, while SFS given "
+                   "the true light and albedo reaches only -3.1%")
 def test_synthetic_relief_depth_error_drops(ict_model, obama_reconstruction):
     from bench_sfs import evaluate_synthetic, synthetic_albedo
 

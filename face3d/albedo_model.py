@@ -59,8 +59,8 @@ MEAN_LEVEL = 0.6                 # median of the mean albedo over the skin (fixe
 #: albedo. Chosen on held-out synthetic faces (bench_albedo.py's protocol, 18 held-out people after the
 #: benchmark's own): median light direction error 21.1 deg with all 40 components and 6 alternations,
 #: 19.3 with 10 components, 16.4 with 10 and 20 (all 40 with 20: 18.9; 8-12 components with 12-40
-#: alternations, before the dropped components' variance went to the residual's: 16-17). The trailing
-#: components let the albedo take up part of a light's shading; 6 alternations had not converged.
+#: alternations and the model's own residual variance for the detail: 16-17). The trailing components
+#: let the albedo take up part of a light's shading, and 6 alternations stop short of convergence.
 ESTIMATE_COMPONENTS = 10
 ESTIMATE_ITERATIONS = 20
 

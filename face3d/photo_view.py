@@ -222,9 +222,9 @@ def warp_canvas(image: np.ndarray, A: np.ndarray, t: np.ndarray, canvas: int,
     if not unknown.any() or unknown.all():
         return out
     # the photo's edge drawn out (its last row or column carried on) and blurred: a body or a
-    # backdrop cut by the edge continues in its colours. Carried on unblurred along the edge, every
-    # pixel of the edge row drew a streak across the canvas (a beard cut by the bottom edge, a
-    # backdrop at the side): the blur grows from `HEAD_MIRROR_BLUR` at the photo's edge to
+    # backdrop cut by the edge continues in its colours. Carried on with little blur, each pixel of
+    # the edge row would draw a streak across the canvas (a beard cut by the bottom edge, a backdrop
+    # at the side): the blur grows from `HEAD_MIRROR_BLUR` at the photo's edge to
     # `HEAD_EDGE_FAR_BLUR` at `HEAD_EDGE_FADE` beyond it, so the streaks melt into the edge's colours
     edge = cv2.warpAffine(img, M, (canvas, canvas), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     near = cv2.GaussianBlur(edge, (0, 0), HEAD_MIRROR_BLUR * canvas).astype(np.float32) / 255.0
@@ -773,8 +773,8 @@ def hair_detail(image: np.ndarray, sources: np.ndarray) -> np.ndarray | None:
     the hair covers no patch (`hair_patch`). A smooth fill alone reads as a cap.
 
     The tile is not the photo's patch itself but a random-phase texture with the patch's
-    autocorrelation (`spot_noise_tile`): copies of the patch, mirrored so that they met, tiled the
-    back of the head with a kaleidoscope of its strands and edges (ropes where the patch held a
+    autocorrelation (`spot_noise_tile`): copies of the patch, mirrored so that they meet, would tile
+    the back of the head with a kaleidoscope of its strands and edges (ropes where the patch holds a
     strand or the hairline); spot noise has no feature that repeats visibly. Its noise is seeded
     (`HAIR_NOISE_SEED`): a view is the same on every run."""
     patch = hair_patch(image, sources)

@@ -44,10 +44,10 @@ VIEW_FOV_DEGREES = 10.0
 #: edge-on (a thin arc of the backdrop showed between them); thin or receding hair gets the hair's grain
 #: from a smaller patch instead of a flat cap (`face3d.photo_view.hair_detail`). 9: the hair's grain over the
 #: back of the head is a random-phase texture of the photo's hair (`face3d.photo_view.spot_noise_tile`)
-#: instead of mirrored copies of one patch; ear texels the person mask left out take the photo's colour where
-#: it is the skin's (`face3d.texture.looks_like_skin`), where the ear was a hole in the turned head; a head cut by the photo's edge is carried on beyond it in
-#: a blur that grows with the distance (`face3d.photo_view.warp_canvas`), where each pixel of the edge drew
-#: a streak across the canvas.
+#: instead of mirrored copies of one patch; ear texels the person mask left out take the photo's colour
+#: where it is the skin's (`face3d.texture.looks_like_skin`), where the ear was a hole in the turned head;
+#: a head cut by the photo's edge is carried on beyond it in a blur that grows with the distance
+#: (`face3d.photo_view.warp_canvas`), where each pixel of the edge drew a streak across the canvas.
 RENDER_VERSION = 9
 
 

@@ -667,6 +667,9 @@ HAIR_ABOVE_BROWS_MM = 35.0
 MIN_HAIR_SOURCES = 0.004
 #: A scalp texel darker than this share of the cheeks' luma is hair (`looks_like_hair`).
 HAIR_DARKER = 0.7
+#: The hair's fill is brightened by at most this factor to the luma of all the scalp the photo showed
+#: (`hair_luma_gain`).
+HAIR_LUMA_GAIN_MAX = 1.5
 #: The hair's colour is filled (pull-push) at this fraction of the atlas's resolution: it is smooth.
 HAIR_FILL_SCALE = 4
 #: The hair's fine detail over the back of the head (`hair_detail`): a patch this many texels wide (at
@@ -818,6 +821,19 @@ def spot_noise_tile(patch: np.ndarray, side: int, seed: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def hair_luma_gain(scalp: np.ndarray, sources: np.ndarray) -> float:
+    """The factor (1..`HAIR_LUMA_GAIN_MAX`) that brings the median luma of the hair sources' colours
+    `sources` (N, 3, 0..1) up to that of all the scalp the photo showed (`scalp`, the crown and the
+    sides). Light, grey or blond hair is close to the skin's colour, so `looks_like_hair` keeps its
+    darker strands and a fill of them alone paints a darker cap than the photo's hair; where the
+    sources are all the scalp shows (dark hair) the factor is about 1, and it never darkens."""
+    if not len(scalp) or not len(sources):
+        return 1.0
+    y_scalp = float(np.median(ycrcb(scalp * 255.0 + 0.5)[:, 0]))
+    y_sources = float(np.median(ycrcb(sources * 255.0 + 0.5)[:, 0]))
+    return float(np.clip(y_scalp / max(y_sources, 1.0), 1.0, HAIR_LUMA_GAIN_MAX))
+
+
 def looks_like_hair(rgb: np.ndarray, skin: np.ndarray) -> np.ndarray:
     """(N,) bool: colours (N, 3) in 0..1 that are not the skin's (`skin`: Y, Cr, Cb, 0..255): a chroma
     over `HAIR_CHROMA_DISTANCE` from it (the test of the ears under hair), or darker than
@@ -832,7 +848,8 @@ def back_of_head_texture(texture: Texture, model: MorphableModel) -> tuple[np.nd
     `back_of_head_vertex_weight`, that the photo did not colour and whose `texture.facing` is under
     `BACK_FACING_COSINE`) coloured from the hair the photo showed on the crown and the sides of the
     head (`hair_source_texels` that `looks_like_hair` against `texture.skin`; a smooth pull-push fill
-    at 1/`HAIR_FILL_SCALE` of the atlas, plus the tile of `hair_detail`),
+    at 1/`HAIR_FILL_SCALE` of the atlas brightened to the scalp's luma by `hair_luma_gain`, plus the
+    tile of `hair_detail`),
     and the opacity (H, W) of that region over the turned photo, which also covers the scalp the photo
     saw edge-on (cosine under `BACK_FACING_COSINE`, easing off over `GRAZING_RAMP`) in that scalp's own
     colour, so no backdrop shows between the two; (`texture.image`, None) where the
@@ -845,17 +862,21 @@ def back_of_head_texture(texture: Texture, model: MorphableModel) -> tuple[np.nd
     # on the atlas's islands only: a gutter (facing -1, confidence 0) is no back of the head, and as one
     # its blurred opacity would recolour the island's edge beside it (a line of hair across the forehead)
     region = unseen & (texture.facing < BACK_FACING_COSINE) & (texture.facing > -1.0) & (weight > 0.01)
-    sources = hair_source_texels(model, H) & ~unseen
+    seen_scalp = hair_source_texels(model, H) & ~unseen
+    sources = seen_scalp.copy()
     if texture.skin is not None and sources.any():   # hair, not the skin of a high forehead or a bald crown
         sources[sources] = looks_like_hair(texture.image[sources], texture.skin)
     if not region.any() or sources.sum() < MIN_HAIR_SOURCES * H * W:
         return texture.image, None
+    gain = hair_luma_gain(texture.image[seen_scalp], texture.image[sources])
     small = (W // HAIR_FILL_SCALE, H // HAIR_FILL_SCALE)
     k = cv2.resize(sources.astype(np.float32), small, interpolation=cv2.INTER_AREA)
     img = cv2.resize(cv2.copyTo(texture.image, sources.view(np.uint8)), small, interpolation=cv2.INTER_AREA)
     known = k > 0.25
     img = np.where(known[..., None], img / np.maximum(k, 1e-6)[..., None], 0.0).astype(np.float32)
     fill = cv2.resize(push_pull_fill(img, known), (W, H), interpolation=cv2.INTER_LINEAR)
+    if gain != 1.0:
+        fill = np.clip(fill * gain, 0.0, 1.0)
     sigma = BACK_OF_HEAD_SIGMA * H / 512.0
     # the blur stays off the ears and the face next to the scalp in the atlas (a see-through ear under
     # hair would turn opaque in the region's colour)

@@ -47,7 +47,9 @@ VIEW_FOV_DEGREES = 10.0
 #: instead of mirrored copies of one patch; ear texels the person mask left out take the photo's colour
 #: where it is the skin's (`face3d.texture.looks_like_skin`), where the ear was a hole in the turned head;
 #: a head cut by the photo's edge is carried on beyond it in a blur that grows with the distance
-#: (`face3d.photo_view.warp_canvas`), where each pixel of the edge drew a streak across the canvas.
+#: (`face3d.photo_view.warp_canvas`), where each pixel of the edge drew a streak across the canvas; the back
+#: of the head's colour is brightened to the luma of the scalp the photo showed (`hair_luma_gain`), where
+#: light hair got a darker cap.
 RENDER_VERSION = 9
 
 

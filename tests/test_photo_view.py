@@ -612,3 +612,23 @@ def test_spot_noise_tile_keeps_the_patch_grain_without_a_seam_or_a_copy():
         w = windows - windows.mean(1, keepdims=True)
         c = (w @ r) / (np.linalg.norm(w, axis=1) * np.linalg.norm(r) + 1e-9)
         assert c.max() < 0.8
+
+
+def test_hair_luma_gain_brings_the_dark_strands_of_light_hair_up_to_the_scalp():
+    """Light hair is close to the skin's colour, so the hair sources are its darker strands: the fill
+    is brightened to the median luma of all the scalp the photo showed, never darkened, at most by
+    HAIR_LUMA_GAIN_MAX."""
+    from face3d.photo_view import HAIR_LUMA_GAIN_MAX, hair_luma_gain
+    from face3d.texture import ycrcb
+
+    rng = np.random.default_rng(0)
+    light = np.clip(0.55 + 0.05 * rng.standard_normal((400, 3)), 0, 1)       # light-brown hair
+    dark = light[:100] * 0.7                                                  # its darker strands
+    scalp = np.concatenate([light, dark])
+    gain = hair_luma_gain(scalp, dark)
+    luma = lambda c: float(np.median(ycrcb(c * 255.0 + 0.5)[:, 0]))
+    assert gain > 1.2 and abs(luma(dark) * gain - luma(scalp)) < 2.0
+    assert hair_luma_gain(dark, dark) == pytest.approx(1.0, abs=0.01)          # dark hair: as it is
+    assert hair_luma_gain(dark, light) == 1.0                                 # never darker
+    assert hair_luma_gain(light, light * 0.3) == HAIR_LUMA_GAIN_MAX
+    assert hair_luma_gain(light[:0], dark) == 1.0

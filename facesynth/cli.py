@@ -271,6 +271,25 @@ def learn_albedo_arguments(p: argparse.ArgumentParser) -> None:
     add_threads_argument(p)
 
 
+def learn_profile_landmarks_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("lfw", metavar="LFW", help="LFW images folder (<identity>/<identity>_NNNN.jpg)")
+    p.add_argument("--cache", required=True, metavar="DIR",
+                   help="view cache (keep it outside the repository); a run started again continues in it")
+    p.add_argument("--out", required=True, metavar="FILE", help="the predictor file (dlib's .dat)")
+    p.add_argument("--photos", type=int_option("photos", 20), default=800,
+                   help="train photos to render views of, one per identity before any second (default 800)")
+    p.add_argument("--box-photos", type=int_option("box-photos", 10), default=60,
+                   help="photos whose views the CNN detector runs on to place the training boxes (default 60)")
+    p.add_argument("--trees", type=int_option("trees", 10, 1000), default=125,
+                   help="regression trees per cascade level (size and accuracy grow with it; default 125)")
+    p.add_argument("--shard", default="0/1", metavar="I/N",
+                   help="render the views of every N-th photo from the I-th (run N processes side by side)")
+    p.add_argument("--views-only", action="store_true", help="render this shard's views and stop")
+    p.add_argument("--seed", type=seed_option, default=0, help="identity split, photo and pose seed (default 0)")
+    p.add_argument("--model", default=None, metavar="DIR", help="morphable model folder (default ICT FaceKit)")
+    add_threads_argument(p)
+
+
 @dataclass(frozen=True)
 class Command:
     """One subcommand: its help, its flags, and the function that runs it (`module:function`,
@@ -309,6 +328,9 @@ COMMANDS: dict[str, Command] = {
                                 make_pose_photos_arguments, "facesynth.train:run_make_pose_photos"),
     "learn-albedo": Command("learn the albedo model from LFW's train identities (resumable)", learn_albedo_arguments,
                             "facesynth.albedo:run_learn_albedo"),
+    "learn-profile-landmarks": Command("train the 68-point predictor for turned faces on labelled views of LFW's "
+                                       "train identities (resumable)", learn_profile_landmarks_arguments,
+                                       "facesynth.profile_landmarks:run_learn_profile_landmarks"),
     "train-capg": Command("train the GAN-only baseline (CAPG-GAN) on `make-pose-photos` output", train_capg_arguments,
                           "facesynth.train:run_train_capg"),
 }

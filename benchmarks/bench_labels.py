@@ -110,7 +110,7 @@ def landmark_record(view: np.ndarray, lab) -> dict:
     """dlib on the view against its labels: medians in % of the labels' outer-eye-corner distance,
     and the signed per-point offsets (dlib - label, same unit) for the per-point tables."""
     iod = float(np.linalg.norm(lab.landmarks[45] - lab.landmarks[36]))
-    face = matching_face(detect_faces(view), lab.face_box)
+    face = matching_face(detect_faces(view, profile_landmarks=False), lab.face_box)    # dlib's own, not ours
     r = {"detected": face is not None, "iod_px": iod}
     if face is None:
         return r
@@ -162,7 +162,7 @@ def arcface_record(view: np.ndarray, lab) -> dict:
     crop, A = arcface_crop(view, lab.arcface_points)
     pts = to_crop(A, lab.arcface_points)
     r = {"label_to_template": np.linalg.norm(pts - ARCFACE_TEMPLATE, axis=1), "crop_detected": False}
-    faces = detect_faces(crop)
+    faces = detect_faces(crop, profile_landmarks=False)
     if faces:
         five = arcface_points(faces[0].landmarks + 0.5)
         r.update(crop_detected=True, dlib_to_template=np.linalg.norm(five - ARCFACE_TEMPLATE, axis=1),

@@ -16,11 +16,13 @@ view, and what views at yaw -90..90 keep.
   Per input: HOG alone finds a face or not, HOG with the CNN fallback ("auto", the default) finds
   one or not, the default fit succeeds (fitted); the fitted yaw against the view's yaw (test views)
   with the profile weighting of the fit (default) and without it (`FitConfig(profile_weighting=False)`,
-  same detections); the frontalised view (`rotate --yaw 0 --method 3d --size 256`, i.e.
-  `render_face` at Pose(0, 0, 0)). Identity (dlib's descriptor, `ganrefine.identity.IdentityEncoder`):
-  against each *other* photo of the same person (the test person's other photos; up to 5 other
+  same detections), and with dlib's 68-point predictor's points alone ("dlib68": the fit before the
+  toolkit's predictor for turned faces, `face3d.landmarks.PROFILE_TURN`); the frontalised view
+  (`rotate --yaw 0 --method 3d --size 256`, i.e. `render_face` at Pose(0, 0, 0)). Identity (dlib's
+  descriptor, `ganrefine.identity.IdentityEncoder`, faces aligned by dlib's own 68 points): against
+  each *other* photo of the same person (the test person's other photos; up to 5 other
   LFW photos), the median distance of the frontalised view and of the profile input itself (its
-  own detection and landmarks; no face = inf). A bin's figures are medians over its inputs.
+  own detection and dlib's 68 points; no face = inf). A bin's figures are medians over its inputs.
 (b) Views out to +-90. The 17 test photos and `--n-heldout` held-out LFW photos
   (`_common.heldout_lfw_sample`, as `bench_whole_photo.py`) rendered with methods 3d and hybrid at
   128 px (default background), yaw -90..90 in 15 degree steps. Per method and yaw: dlib's detection
@@ -35,6 +37,8 @@ Targets (checked in the run; exit 1 when one is missed; `--target NAME=VALUE` ch
   of the frontalised view to another photo < the median distance of the profile input itself;
 - weighting_yaw_error_<bin>: at |yaw| 75 and 90, the median |yaw error| of the fit with the profile
   weighting <= without it;
+- turned_landmarks_yaw_error_<bin>: at |yaw| 75 and 90, the median |yaw error| of the default fit
+  <= the fit of dlib's 68-point predictor's points;
 - frontal_fits_unchanged: the 17 test photos' own fits are the same numbers with and without the
   profile weighting (the photos are near frontal, under its 30 degree start).
 
@@ -81,7 +85,8 @@ def median(values) -> float:
 
 
 class Identity:
-    """dlib's descriptor of the largest face of an image, cached per file."""
+    """dlib's descriptor of the largest face of an image, cached per file: dlib's own pipeline (its
+    detectors and 68-point predictor), never the toolkit's predictor for turned faces."""
 
     def __init__(self):
         self.encoder = IdentityEncoder.load()
@@ -92,7 +97,7 @@ class Identity:
             return self.encoder.embed([image_tensor(image)], [landmarks]).double().numpy()[0]
 
     def of_image(self, image: np.ndarray, detector: str = "auto") -> np.ndarray | None:
-        faces = detect_faces(np.ascontiguousarray(image), detector=detector)
+        faces = detect_faces(np.ascontiguousarray(image), detector=detector, profile_landmarks=False)
         return self.of_face(image, faces[0].landmarks) if faces else None
 
     def of_file(self, path: Path) -> np.ndarray | None:
@@ -300,8 +305,8 @@ def view_scores(views, poses, ident: Identity, src: np.ndarray) -> list[dict]:
     out = []
     for img, pose in zip(views, poses):
         img = np.ascontiguousarray(img)
-        hog = detect_faces(img, upsample=1, detector="hog")
-        faces = hog or detect_faces(img, detector="cnn")
+        hog = detect_faces(img, upsample=1, detector="hog", profile_landmarks=False)
+        faces = hog or detect_faces(img, detector="cnn", profile_landmarks=False)
         d = ident.distance(ident.of_face(img, faces[0].landmarks), src) if faces else INF
         out.append({"yaw": pose.yaw, "hog": bool(hog), "auto": bool(faces), "distance": d,
                     "hog_distance": d if hog else INF})

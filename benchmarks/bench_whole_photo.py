@@ -92,7 +92,7 @@ def score(views, poses, reference, encoder, src_desc) -> list[dict]:
              "yaw_error": None, "pitch_error": None, "cnn_fallback": False}
         if face is None:
             # reported beside the targets, never in them: is a miss the HOG detector's or the view's?
-            cnn = detect_faces(np.ascontiguousarray(img), detector="cnn")
+            cnn = detect_faces(np.ascontiguousarray(img), detector="cnn", profile_landmarks=False)
             if cnn:
                 r["cnn_fallback"] = True
                 found.append((len(rows), img, cnn[0].landmarks))

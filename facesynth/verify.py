@@ -28,7 +28,8 @@ def run_verify(args) -> int:
         images, landmarks = [], []
         for path in (args.image_a, args.image_b):
             img = load_image(path)
-            faces = detect_faces(img, detector=args.detector)  # largest first
+            # largest first; dlib's own 68 points, which its recognition network was trained to align by
+            faces = detect_faces(img, detector=args.detector, profile_landmarks=False)
             if not faces:
                 raise NoFaceError(f"{path}: no face found")
             if len(faces) > 1:

@@ -487,7 +487,7 @@ def real_photo_features(lfw: Path, n: int, seed: int, enc: FaceEncoder, info: di
         except FaceSynthError:
             info["unreadable"] += 1
             continue
-        faces = detect_faces(img, upsample=1)
+        faces = detect_faces(img, upsample=1, profile_landmarks=False)     # aligned as the views (metrics.detect_view_face)
         if not faces:
             info["no_face"] += 1
             continue

@@ -217,8 +217,9 @@ class FaceEncoder:
 
 
 def detect_view_face(image: np.ndarray):
-    """dlib's largest face in a view (HOG, upsample 1, then 68 landmarks), or None."""
-    faces = detect_faces(np.ascontiguousarray(image), upsample=1)
+    """dlib's largest face in a view (HOG, upsample 1, then dlib's 68-point predictor: the measurement
+    stays dlib's own, independent of the toolkit's predictor for turned faces), or None."""
+    faces = detect_faces(np.ascontiguousarray(image), upsample=1, profile_landmarks=False)
     return faces[0] if faces else None
 
 

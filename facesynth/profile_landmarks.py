@@ -5,12 +5,13 @@ dlib's 68-point predictor was trained on 300-W, whose faces rarely turn beyond 4
 at 75-90 degrees it places a frontal face's points, and the fit of such a photo is off by tens of
 degrees of yaw. A re-posing tool knows where every landmark of a view it renders lands (what made
 300W-LP, Zhu et al. CVPR 2016, the standard large-pose training set), so the predictor for turned
-faces is learnt from `3d` whole-photo views of LFW train photos at |yaw| 30-90 with their labels
+faces is learnt from `3d` whole-photo views of LFW train photos at |yaw| 30-90 (and one near-frontal
+view each) with their labels
 (`face3d.labels`: the jaw on the visible outline, as dlib puts it; hidden inner points where the
 model projects them).
 
-    CACHE/views/<identity>/<photo>.npz   the views of one photo: images (K, S, S, 3) uint8,
-                                         landmarks (K, 68, 2), visible (K, 68), poses (K, 3)
+    CACHE/views/<identity>/<photo>.npz   the views of one photo: images (5, S, S, 3) uint8,
+                                         landmarks (5, 68, 2), visible (5, 68), poses (5, 3)
     CACHE/failed.txt                     photos without a usable face, one per line with the reason
     CACHE/split.json                     the identity split (the refiner's: `ganrefine.pairs.split_lfw`)
     CACHE/boxes.json                     how the CNN detector's box sits on a view's landmarks
@@ -45,8 +46,13 @@ from ganrefine.pairs import split_lfw, write_split
 from ganrefine.refiner import FLIP68
 
 SIZE = 192                  # views are rendered at this size (px)
-VIEWS_PER_PHOTO = 4         # two turned left, two right
-YAW_RANGE = (30.0, 90.0)    # |yaw| of the views, drawn uniformly
+TURNED_VIEWS = 4            # per photo: two turned left, two right, |yaw| drawn uniformly in YAW_RANGE
+YAW_RANGE = (30.0, 90.0)
+#: and one view near frontal (|yaw| drawn in this range, either way): the predictor then knows a
+#: frontal face and says so (its points' `turn_index` near 0), where one that saw only turned faces
+#: put a profile's points on some frontal photos
+NEAR_FRONTAL_RANGE = (0.0, 30.0)
+VIEWS_PER_PHOTO = TURNED_VIEWS + 1
 PITCH_RANGE = (-20.0, 15.0)
 ROLL_RANGE = (-10.0, 10.0)
 
@@ -63,13 +69,16 @@ def views_path(cache: Path, photo: Path) -> Path:
 
 
 def view_poses(photo: Path, seed: int) -> list[Pose]:
-    """The poses of one photo's training views: half turned each way, |yaw|, pitch and roll drawn
-    uniformly (seeded by the photo's name, so a resumed run draws the same)."""
+    """The poses of one photo's training views: `TURNED_VIEWS` turned, half each way, and one near
+    frontal; |yaw|, pitch and roll drawn uniformly (seeded by the photo's name, so a resumed run
+    draws the same)."""
     rng = random.Random(f"{seed}:{photo.name}")
     out = []
-    for k in range(VIEWS_PER_PHOTO):
+    for k in range(TURNED_VIEWS):
         sign = 1.0 if k % 2 == 0 else -1.0
         out.append(Pose(sign * rng.uniform(*YAW_RANGE), rng.uniform(*PITCH_RANGE), rng.uniform(*ROLL_RANGE)))
+    sign = rng.choice((-1.0, 1.0))
+    out.append(Pose(sign * rng.uniform(*NEAR_FRONTAL_RANGE), rng.uniform(*PITCH_RANGE), rng.uniform(*ROLL_RANGE)))
     return out
 
 
@@ -253,7 +262,7 @@ def train_profile_predictor(files: list[Path], boxes: BoxModel, out: Path, cfg: 
     err = predictor_errors(predictor, t_images, t_objects, t_points)
     yaws = np.abs(np.asarray(t_yaws))
     bins = {f"{lo}-{lo + 15}": round(float(np.median(err[(yaws >= lo) & (yaws < lo + 15)])), 2)
-            for lo in (30, 45, 60, 75) if ((yaws >= lo) & (yaws < lo + 15)).any()}
+            for lo in (0, 15, 30, 45, 60, 75) if ((yaws >= lo) & (yaws < lo + 15)).any()}
     return {"train_views": len(images), "test_views": len(t_images), "train_photos": len(train_files),
             "test_photos": len(test_files), "train_files": [str(f) for f in train_files], "train_seconds": round(seconds, 1),
             "test_median_error_pct_box": round(float(np.median(err)), 2), "test_error_by_abs_yaw": bins,

@@ -53,7 +53,7 @@ def test_shipped_predictor_places_the_turned_face(turned_view, ict_model):
     side = boxes[0][2] - boxes[0][0]
     # labels put the pixel centre at +0.5, dlib's points at +0
     err_turned, err_frontal = _median_error(turned + 0.5, labels), _median_error(frontal + 0.5, labels)
-    assert err_turned < 0.06 * side and err_turned < 0.6 * err_frontal, (err_turned, err_frontal, side)
+    assert err_turned < 0.08 * side and err_turned < 0.5 * err_frontal, (err_turned, err_frontal, side)
     assert turn_index(turned) >= PROFILE_TURN
     found = detect_faces(image, detector="auto")
     assert len(found) == 1 and found[0].detector == "cnn"
@@ -91,8 +91,10 @@ def test_mirrored_labels_are_the_labels_of_the_mirror_image(ict_model, mean_vert
 def test_view_poses_are_seeded_and_turned_both_ways():
     a, b = view_poses(Path("x/Some_One_0001.jpg"), 0), view_poses(Path("x/Some_One_0001.jpg"), 0)
     assert a == b and a != view_poses(Path("x/Some_One_0002.jpg"), 0)
-    assert sum(p.yaw > 0 for p in a) == sum(p.yaw < 0 for p in a) == 2
-    assert all(30 <= abs(p.yaw) <= 90 and -20 <= p.pitch <= 15 for p in a)
+    turned, near = a[:4], a[4]
+    assert sum(p.yaw > 0 for p in turned) == sum(p.yaw < 0 for p in turned) == 2
+    assert all(30 <= abs(p.yaw) <= 90 for p in turned) and abs(near.yaw) <= 30
+    assert all(-20 <= p.pitch <= 15 and -10 <= p.roll <= 10 for p in a)
 
 
 def test_a_tiny_training_run(tmp_path, data_dir, ict_model):
@@ -106,12 +108,12 @@ def test_a_tiny_training_run(tmp_path, data_dir, ict_model):
     assert counts == {"made": 2, "already_done": 0, "failed": 0}
     assert render_training_views(photos, tmp_path, ict_model, seed=0)["already_done"] == 2     # resumed: nothing redone
     with np.load(views_path(tmp_path, photos[0])) as z:
-        assert z["images"].shape[0] == z["landmarks"].shape[0] == 4 and z["landmarks"].shape[1:] == (68, 2)
+        assert z["images"].shape[0] == z["landmarks"].shape[0] == 5 and z["landmarks"].shape[1:] == (68, 2)
     boxes = BoxModel(dx0=0.0, dx1=0.05, dy=0.05, scale=0.9, centre_sd=0.02, log_side_sd=0.03, views=8, found=8)
     out = tmp_path / "p.dat"
     cfg = PredictorTrainConfig(cascade_depth=3, trees=20, oversampling=4, threads=1, test_fraction=0.5)
     report = train_profile_predictor([views_path(tmp_path, p) for p in photos], boxes, out, cfg)
-    assert report["train_views"] == report["test_views"] == 8          # 4 views and their mirrors each
+    assert report["train_views"] == report["test_views"] == 10         # 5 views and their mirrors each
     predictor = dlib.shape_predictor(str(out))
     with np.load(views_path(tmp_path, report_train_photo(report, photos, tmp_path))) as z:
         image, labels, yaw = z["images"][0], z["landmarks"][0].astype(np.float64), float(z["poses"][0, 0])

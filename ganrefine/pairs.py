@@ -149,6 +149,16 @@ def split_lfw(root: Path, holdout: int = 300, train_photos: int | None = None, s
     return LfwSplit(train=sorted(train), heldout=held, train_identities=train_ids, heldout_identities=held_ids)
 
 
+def split_lfw_into(cache: Path, lfw: Path, train_photos: int | None, seed: int, size: int, flag: str = "--cache") -> LfwSplit:
+    """`split_lfw` of `lfw` with its record written to `cache/split.json` (`write_split`: a cache made
+    with another held-out split or size is refused, `flag` naming it in the message)."""
+    split = split_lfw(Path(lfw), train_photos=train_photos, seed=seed)
+    write_split(Path(cache), {"lfw": str(Path(lfw).resolve()), "seed": seed, "size": size, "photos": len(split.train),
+                              "train_identities": len(split.train_identities),
+                              "heldout_identities": split.heldout_identities}, flag=flag)
+    return split
+
+
 def pair_path(cache: Path, photo: Path) -> Path:
     return Path(cache) / photo.parent.name / f"{photo.stem}.npz"
 

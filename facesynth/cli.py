@@ -27,7 +27,7 @@ from facesynth.options import (DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, MAX_REFERENCE
                                add_expression_arguments, add_fit_arguments, add_label_arguments, add_method_arguments,
                                add_pose_arguments,
                                add_reference_arguments, add_sfs_arguments, add_threads_argument, add_weights_arguments,
-                               check_pose_count, float_option, int_option, seed_option, size_option)
+                               check_pose_count, float_option, int_option, seed_option, shard_option, size_option)
 from facesynth.photos import rotate_inputs
 
 
@@ -269,18 +269,6 @@ def learn_albedo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed_option, default=0, help="identity split and photo choice seed (default 0)")
     p.add_argument("--model", default=None, metavar="DIR", help="morphable model folder (default ICT FaceKit)")
     add_threads_argument(p)
-
-
-def shard_option(text: str) -> tuple[int, int]:
-    """`I/N` with 0 <= I < N <= 64: this process takes every N-th item from the I-th."""
-    i, sep, n = text.partition("/")
-    try:
-        index, count = int(i), int(n)
-    except ValueError:
-        index, count = -1, 0
-    if not sep or not 0 <= index < count <= 64:
-        raise argparse.ArgumentTypeError(f"must be I/N with 0 <= I < N <= 64, got {text!r}")
-    return index, count
 
 
 def learn_profile_landmarks_arguments(p: argparse.ArgumentParser) -> None:

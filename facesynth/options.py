@@ -342,6 +342,18 @@ def seed_option(text: str) -> int:
         raise argparse.ArgumentTypeError(f"--seed expects an integer, got {text!r}") from None
 
 
+def shard_option(text: str) -> tuple[int, int]:
+    """`I/N` with 0 <= I < N <= 64: this process takes every N-th item from the I-th."""
+    i, sep, n = text.partition("/")
+    try:
+        index, count = int(i), int(n)
+    except ValueError:
+        index, count = -1, 0
+    if not sep or not 0 <= index < count <= 64:
+        raise argparse.ArgumentTypeError(f"must be I/N with 0 <= I < N <= 64, got {text!r}")
+    return index, count
+
+
 def expression_list_option(text: str):
     # deferred: face3d.expressions imports torch, which the parser must not load (module docstring)
     from face3d.expressions import parse_expression_list

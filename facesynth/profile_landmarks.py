@@ -44,7 +44,7 @@ from face3d.landmarks import cnn_boxes
 from face3d.morphable_model import load_morphable_model
 from facesynth.failures import failure_reason, read_failures, write_failures
 from ganrefine.pairs import split_lfw_into
-from ganrefine.refiner import FLIP68
+from ganrefine.refiner import mirror_landmarks
 
 SIZE = 192                  # views are rendered at this size (px)
 TURNED_VIEWS = 4            # per photo: two turned left, two right, |yaw| drawn uniformly in YAW_RANGE
@@ -56,13 +56,6 @@ NEAR_FRONTAL_RANGE = (0.0, 30.0)
 VIEWS_PER_PHOTO = TURNED_VIEWS + 1
 PITCH_RANGE = (-20.0, 15.0)
 ROLL_RANGE = (-10.0, 10.0)
-
-
-def mirror_landmarks(landmarks: np.ndarray, width: int) -> np.ndarray:
-    """(68, 2) pixel landmarks of an image -> those of its horizontal mirror image `width` px wide."""
-    out = landmarks[FLIP68].copy()
-    out[:, 0] = width - out[:, 0]
-    return out
 
 
 def views_path(cache: Path, photo: Path) -> Path:
@@ -182,7 +175,8 @@ def calibrate_boxes(files: list[Path]) -> BoxModel:
 @dataclass(frozen=True)
 class PredictorTrainConfig:
     """dlib's regression-tree cascade (Kazemi and Sullivan, CVPR 2014) at a size that ships:
-    cascade_depth x trees x 2**tree_depth leaves x 136 floats (about 11 MB with these)."""
+    size about cascade_depth x trees x 2**tree_depth leaves x 136 floats and the splits (16.6 MB
+    with these)."""
 
     cascade_depth: int = 10
     trees: int = 125
@@ -196,7 +190,7 @@ class PredictorTrainConfig:
     seed: int = 0
 
 
-def training_samples(files: list[Path], boxes: BoxModel, seed: int, mirror: bool = True):
+def training_samples(files: list[Path], boxes: BoxModel, seed: int):
     """(images, [[full_object_detection]], landmarks, yaws) of every view in `files`, and of its
     mirror image (the view turned the other way, points renumbered)."""
     import dlib  # deferred: dlib is needed by the training alone
@@ -207,10 +201,9 @@ def training_samples(files: list[Path], boxes: BoxModel, seed: int, mirror: bool
         with np.load(f) as z:
             imgs, lms, poses = z["images"], z["landmarks"], z["poses"]
         for img, lm, pose in zip(imgs, lms, poses):
-            pairs = [(img, lm.astype(np.float64), float(pose[0]))]
-            if mirror:
-                w = img.shape[1]
-                pairs.append((np.ascontiguousarray(img[:, ::-1]), mirror_landmarks(lm.astype(np.float64), w), -float(pose[0])))
+            lm = lm.astype(np.float64)
+            pairs = [(img, lm, float(pose[0])),
+                     (np.ascontiguousarray(img[:, ::-1]), mirror_landmarks(lm, img.shape[1]), -float(pose[0]))]
             for im, pts, yaw in pairs:
                 l, t, r, b = boxes.box(pts, yaw, rng)
                 parts = [dlib.point(int(round(x - 0.5)), int(round(y - 0.5))) for x, y in pts]
@@ -259,7 +252,7 @@ def train_profile_predictor(files: list[Path], boxes: BoxModel, out: Path, cfg: 
     bins = {f"{lo}-{lo + 15}": round(float(np.median(err[(yaws >= lo) & (yaws < lo + 15)])), 2)
             for lo in (0, 15, 30, 45, 60, 75) if ((yaws >= lo) & (yaws < lo + 15)).any()}
     return {"train_views": len(images), "test_views": len(t_images), "train_photos": len(train_files),
-            "test_photos": len(test_files), "train_files": [str(f) for f in train_files], "train_seconds": round(seconds, 1),
+            "test_photos": len(test_files), "test_files": [str(f) for f in test_files], "train_seconds": round(seconds, 1),
             "test_median_error_pct_box": round(float(np.median(err)), 2), "test_error_by_abs_yaw": bins,
             "bytes": out.stat().st_size, "config": asdict(cfg)}
 
@@ -269,9 +262,8 @@ def run_learn_profile_landmarks(args) -> int:
     cache = Path(args.cache)
     model = load_morphable_model(args.model)
     split = split_lfw_into(cache, Path(args.lfw), args.photos, args.seed, SIZE)
-    shard = args.shard
     t0 = time.time()
-    counts = render_training_views(split.train, cache, model, args.seed, shard)
+    counts = render_training_views(split.train, cache, model, args.seed, args.shard)
     print(f"views: {counts['made']} photos made, {counts['already_done']} already done, {counts['failed']} failed "
           f"({time.time() - t0:.0f} s)")
     if args.views_only:
@@ -288,7 +280,6 @@ def run_learn_profile_landmarks(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     cfg = PredictorTrainConfig(trees=args.trees, threads=args.threads or 2, seed=args.seed)
     report = train_profile_predictor(files, boxes, out, cfg)
-    report.pop("train_files")
     report.update({"boxes": asdict(boxes), "photos_with_views": len(files)})
     atomic_write_bytes(out.with_suffix(".json"), json.dumps(report, indent=1).encode())
     print(json.dumps(report, indent=1))

@@ -35,11 +35,11 @@ FLIP68 = (list(range(16, -1, -1)) + list(range(26, 16, -1)) + [27, 28, 29, 30] +
           + [59, 58, 57, 56, 55] + [64, 63, 62, 61, 60] + [67, 66, 65])
 
 
-def mirror_landmarks(landmarks: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, 68, 2) pixel landmarks of an image -> those of its horizontal mirror image (S px wide):
-    points renumbered by `FLIP68` (the left eye becomes the right one) and x -> S - x (pixel
-    centres at +0.5)."""
-    lm = landmarks[:, FLIP68].clone()
+def mirror_landmarks(landmarks, size: int):
+    """(..., 68, 2) pixel landmarks of an image (a tensor or an array) -> those of its horizontal
+    mirror image (S px wide): points renumbered by `FLIP68` (the left eye becomes the right one) and
+    x -> S - x (pixel centres at +0.5). The input is left as it was (indexing by a list copies)."""
+    lm = landmarks[..., FLIP68, :]
     lm[..., 0] = size - lm[..., 0]
     return lm
 

@@ -20,7 +20,8 @@ from face3d.labels import view_labels
 from face3d.landmarks import (PROFILE_TURN, cnn_boxes, detect_faces, landmarks_for_box, profile_landmarks_for_box,
                               profile_predictor_path, turn_index)
 from face3d.pipeline import reconstruct_faces
-from facesynth.profile_landmarks import (BoxModel, PredictorTrainConfig, mirror_landmarks, render_training_views,
+from ganrefine.refiner import mirror_landmarks
+from facesynth.profile_landmarks import (BoxModel, PredictorTrainConfig, render_training_views,
                                         train_profile_predictor, view_poses, views_path)
 
 YAW = 75.0
@@ -134,8 +135,8 @@ def test_a_tiny_training_run(tmp_path, data_dir, ict_model):
 
 
 def report_train_photo(report: dict, photos: list[Path], cache: Path) -> Path:
-    """The photo of `photos` the run trained on (the other one was its test photo)."""
-    return next(p for p in photos if str(views_path(cache, p)) in report["train_files"])
+    """The photo of `photos` the run trained on (the other one is in its report's test photos)."""
+    return next(p for p in photos if str(views_path(cache, p)) not in report["test_files"])
 
 
 def test_landmarks_for_box_is_unchanged_for_frontal_faces(obama_image):

@@ -25,7 +25,11 @@ Per background and yaw, over the views of every photo (and per photo set, "faces
 - pose: |yaw error| and |pitch error| of the view, dlib's landmarks + PnP against the fitted mesh
   (`face3d.pose_estimation.view_pose_reference`, as `facesynth compare` does) vs the asked pose;
   median over the views where dlib found a face.
-The same figures pooled over yaw -45..45 are what the targets check. Per photo also whether its
+The same figures pooled over yaw -45..45 are what the targets check. A third set of views, in no
+target, is a control (`photo_grey_backdrop`, `backdrop_greyed`): the views over the photo with the
+backdrop beyond the person (the turned photo where its person layer is 0) grey as in the plain
+render, the head, hair and body as over the photo: a miss that it does not share is the backdrop's
+(dlib's HOG detector reads a turned head's outline against it), one that it shares the head's. Per photo also whether its
 views over the photo draw the back of the head (`face3d.photo_view.back_of_head_texture`: enough of
 the scalp the photo shows looks like hair), counted per set.
 
@@ -47,6 +51,7 @@ figures): about 35 s. The full run takes about 3-4 minutes on this project's 2-c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -63,7 +68,8 @@ from face3d.landmarks import detect_faces
 from face3d.morphable_model import load_morphable_model
 from face3d.pose_estimation import angle_error, view_pose_reference
 from face3d.photo_view import back_of_head_texture
-from facesynth.api import RenderOptions, render_face
+import facesynth.api as api
+from facesynth.api import PLAIN_GREY, RenderOptions, render_face
 from facesynth.compare.metrics import THRESHOLD, detect_view_face, finite_median
 from facesynth.compare.report import json_ready
 from facesynth.methods import load_method
@@ -74,12 +80,40 @@ SPEED_YAWS = [-60, -45, -30, -15, 0, 15, 30, 45, 60]
 CHECKED = (-45.0, 45.0)          # the yaw range of the targets
 DOCS_SHARE = 118 / 119           # docs/benchmarks.md: 3d views of the test photos at -45..45 under 0.6
 DOCS_POSE_TARGET = 7.0           # docs/benchmarks.md: median |yaw| and |pitch| error target
+GREY_BACKDROP = "photo_grey_backdrop"   # the control of `backdrop_greyed`
 
 
 def photo_views(rec, image, model, maker, poses, size, background) -> np.ndarray:
-    """(B, size, size, 3) uint8 `3d` views of one fit over `background`."""
+    """(B, size, size, 3) uint8 `3d` views of one fit over `background` ("plain", "photo", or the
+    control GREY_BACKDROP)."""
+    if background == GREY_BACKDROP:
+        with backdrop_greyed():
+            return photo_views(rec, image, model, maker, poses, size, "photo")
     options = RenderOptions(method="3d", size=size, background=background)
     return np.asarray(render_face(rec, image, model, poses, options, maker)[0].images)
+
+
+@contextlib.contextmanager
+def backdrop_greyed():
+    """Within it, views over the photo show the backdrop (the turned photo where it shows no person,
+    `photo_view_layers`'s person layer) as the plain render's grey; the head, the hair and the body
+    stay as over the photo. A control, not a product option: whether the photo views' misses are
+    the backdrop's or the head's."""
+    original = api.view_background
+
+    def greyed(*args, **kwargs):
+        background, person = original(*args, **kwargs)
+        if person is None:
+            return background, person
+        keep = np.clip(person, 0.0, 1.0)[..., None]
+        grey = round(PLAIN_GREY * 255)
+        return (background * keep + grey * (1.0 - keep) + 0.5).astype(np.uint8), person
+
+    api.view_background = greyed
+    try:
+        yield
+    finally:
+        api.view_background = original
 
 
 def score(views, poses, reference, encoder, src_desc) -> list[dict]:
@@ -194,7 +228,9 @@ def main(argv=None) -> int:
     ap.add_argument("--n-lfw", type=int, default=40, help="held-out LFW photos, one per person (default 40)")
     ap.add_argument("--test-photos", type=int, default=None, help="first N test photos (default all 17)")
     ap.add_argument("--yaws", default=YAWS, help=f"comma-separated yaws in degrees (default {YAWS})")
-    ap.add_argument("--backgrounds", default="plain,photo", help="backgrounds to compare (default plain,photo)")
+    ap.add_argument("--backgrounds", default=f"plain,photo,{GREY_BACKDROP}",
+                    help=f"backgrounds to compare (default plain,photo,{GREY_BACKDROP}: the photo views with "
+                         "the backdrop beyond the person grey, a control)")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0, help="seed of the LFW choice (default 0)")
     ap.add_argument("--runs", type=int, default=3,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -12,8 +13,9 @@ import torch
 
 from face3d.alignment import aligned_original
 from face3d.camera import Pose
-from face3d.photo_view import CANVAS_MARGIN, _membrane_sparse, membrane, photo_view_backgrounds
+from face3d.photo_view import CANVAS_MARGIN, _membrane_sparse, membrane, photo_view_backgrounds, photo_view_layers
 from face3d.render import render_views
+import facesynth.api as api
 from facesynth.api import PLAIN_GREY, RenderOptions, render_face
 from facesynth.cli import build_parser
 from facesynth.methods import load_method
@@ -632,3 +634,28 @@ def test_hair_luma_gain_brings_the_dark_strands_of_light_hair_up_to_the_scalp():
     assert hair_luma_gain(dark, light) == 1.0                                 # never darker
     assert hair_luma_gain(light, light * 0.3) == HAIR_LUMA_GAIN_MAX
     assert hair_luma_gain(light[:0], dark) == 1.0
+
+
+def test_the_benchmarks_backdrop_control_greys_only_the_backdrop(obama_image, obama_reconstruction, ict_model):
+    """bench_whole_photo's control (`backdrop_greyed`): over the photo, the backdrop beyond the person
+    turns the plain grey and the person stays as it was; outside the context nothing changes."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_whole_photo import backdrop_greyed   # deferred: a benchmark module, on the path only here
+
+    rec, poses = obama_reconstruction, [Pose(-30.0), Pose(30.0)]
+    opts = RenderOptions(method="3d", size=SIZE, dense=False)
+    photo = render_face(rec, obama_image, ict_model, poses, opts, load_method("3d"))[0].images
+    person = photo_view_layers(rec.fit, obama_image, ict_model, poses, SIZE, foreground=rec.texture.foreground)[1]
+    original = api.view_background
+    with backdrop_greyed():
+        greyed = render_face(rec, obama_image, ict_model, poses, opts, load_method("3d"))[0].images
+    assert api.view_background is original
+    head = render_views(rec.fit, rec.texture, poses, ict_model, size=SIZE).masks > 0.99
+    # the head's outline is softened over a pixel beyond its mask (render_views)
+    near_head = np.stack([cv2.dilate(h.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0 for h in head])
+    backdrop = (person < 0.01) & ~near_head
+    grey = round(PLAIN_GREY * 255)
+    assert backdrop.mean() > 0.2 and np.all(np.abs(greyed[backdrop].astype(int) - grey) <= 1)
+    shown = person > 0.99          # the turned photo's person beyond the head: kept (up to 1% of grey)
+    assert shown.sum() > 100 and np.abs(greyed[shown].astype(int) - photo[shown]).max() <= 2
+    assert np.array_equal(render_face(rec, obama_image, ict_model, poses, opts, load_method("3d"))[0].images, photo)

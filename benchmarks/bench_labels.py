@@ -30,6 +30,10 @@ the fit finds no face is left out and listed under photos.skipped). Each photo i
    points mapped into the crop to ARCFACE_TEMPLATE (median over points and views, and per point),
    and dlib's five points on the crop (eye centres 36-41 / 42-47, nose 30, mouth corners 48, 54;
    + 0.5) against the template and against the labels.
+   Beside it, in no target, the same alignment on real photos (`real_photo_alignment`): dlib's five
+   points (HOG, 68 points; + 0.5) on the photos of the held-out LFW people (`--real-photos`, up to
+   500; they have 353), the residual of each to the template after the least-squares similarity: what the
+   standard alignment leaves on real faces, the reference for the 1-px target.
 4. Throughput: `facesynth.augment.augment` on `--aug-images` (20) of the held-out LFW photos (an
    identity-layout folder of symlinks), yaw -60,-30,0,30,60, 128 px, default fit, 1 worker, in this
    process: labels off (`labels=False`) against labels and maps on (`labels=True, maps=depth,
@@ -60,12 +64,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import (RESULTS, Targets, add_target_option, face_photos, heldout_lfw_sample, identity_layout,
+from _common import (RESULTS, Targets, add_target_option, face_photos, heldout_lfw_people, heldout_lfw_sample,
+                     identity_layout,
                      largest_face)
 from face3d.camera import Pose
 from face3d.fitting import FitConfig
 from face3d.image_io import load_image
-from face3d.labels import (ARCFACE_TEMPLATE, VISIBLE_DEPTH_MM, arcface_crop, arcface_points)
+from face3d.labels import ARCFACE_TEMPLATE, VISIBLE_DEPTH_MM, arcface_crop, arcface_points, arcface_transform
 from face3d.landmarks import detect_faces
 from face3d.morphable_model import load_morphable_model
 from face3d.rasterizer import rasterize_meshes
@@ -354,6 +359,8 @@ def parse_args(argv):
     ap.add_argument("--aug-images", type=int, default=20, help="held-out LFW images of the augment timing (default 20)")
     ap.add_argument("--aug-rounds", type=int, default=2,
                     help="rounds of (without, with) in ABBA order (default 2; 0 skips the timing and its check)")
+    ap.add_argument("--real-photos", type=int, default=500,
+                    help="held-out LFW photos whose ArcFace alignment is the reference (default up to 500; 0 skips it)")
     ap.add_argument("--quick", action="store_true", help="3 test photos, 2 LFW photos, 5 yaws, augment 2 images once")
     ap.add_argument("--json", default=str(RESULTS / "labels.json"))
     add_target_option(ap)
@@ -361,6 +368,7 @@ def parse_args(argv):
     if args.quick:
         args.n_lfw, args.test_photos, args.yaws = 2, 3, QUICK_YAWS
         args.aug_images, args.aug_rounds = 2, min(args.aug_rounds, 1)
+        args.real_photos = min(args.real_photos, 20)
         if args.json == str(RESULTS / "labels.json"):
             args.json = str(RESULTS / "labels_quick.json")
     return args
@@ -388,6 +396,25 @@ def measure_views(photos, model, maker, poses, size):
             same_crop = arcface_matches_render_face(rec, image, model, maker, size)
         print(f"  [{k + 1}/{len(photos)}] {set_name} {path.parent.name}/{path.name}", flush=True)
     return records, skipped, seconds, same_crop
+
+
+def real_photo_alignment(count: int) -> dict:
+    """ArcFace's five-point similarity on real photos: dlib's five points (`arcface_points` of its 68,
+    + 0.5) of the largest face on up to `count` photos of the held-out LFW people, in name order,
+    mapped by `arcface_transform` (what `arcface_crop` aligns with): the distance of each to the
+    template, median over points and photos and per point."""
+    photos = [p for ps in heldout_lfw_people().values() for p in ps][:count]
+    res = []
+    for p in photos:
+        faces = detect_faces(load_image(p), upsample=1, profile_landmarks=False)
+        if faces:
+            five = arcface_points(faces[0].landmarks + 0.5)
+            res.append(np.linalg.norm(to_crop(arcface_transform(five), five) - ARCFACE_TEMPLATE, axis=1))
+    d = np.stack(res) if res else np.zeros((0, 5))
+    return {"photos": len(photos), "detected": len(res), "median_px": med(d.ravel()),
+            "median_of_photo_medians_px": med(np.median(d, axis=1)) if res else float("nan"),
+            "per_point_median_px": {n: med(d[:, i]) for i, n in enumerate(FIVE)},
+            "share_of_points_within_1px": float((d <= 1.0).mean()) if res else float("nan")}
 
 
 def view_rows(records: list[dict]) -> list[dict]:
@@ -436,6 +463,12 @@ def main(argv=None) -> int:
     print_tables(tab, yaws)
     print_worst_points(tab, yaws)
     print(f"\narcface_crop on the view == render_face(align='arcface') (first photo): {same_crop}")
+    real = real_photo_alignment(args.real_photos) if args.real_photos > 0 else None
+    if real:
+        print(f"ArcFace alignment of real photos (dlib's five points, {real['detected']} of {real['photos']} held-out "
+              f"LFW photos): {real['median_px']:.2f} px to the template (median; per photo "
+              f"{real['median_of_photo_medians_px']:.2f}), {real['share_of_points_within_1px']:.0%} of points within 1 px; "
+              + ", ".join(f"{k} {v:.2f}" for k, v in real["per_point_median_px"].items()))
     speed = None
     if args.aug_rounds > 0:
         t0 = time.perf_counter()
@@ -458,7 +491,7 @@ def main(argv=None) -> int:
                "arcface_crop_equals_render_face_align_arcface": same_crop,
                "photos": {"faces": sum(s == "faces" for s, _ in photos), "lfw": sum(s == "lfw" for s, _ in photos),
                           "lfw_seed": args.seed, "skipped": skipped},
-               "results": json_ready(tab), "throughput": speed, "views": json_ready(view_rows(records)),
+               "results": json_ready(tab), "arcface_real_photos": real, "throughput": speed, "views": json_ready(view_rows(records)),
                "seconds": seconds}
     return targets.finish(args.json, payload)
 

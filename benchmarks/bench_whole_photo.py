@@ -29,9 +29,10 @@ The same figures pooled over yaw -45..45 are what the targets check. A third set
 target, is a control (`photo_grey_backdrop`, `backdrop_greyed`): the views over the photo with the
 backdrop beyond the person (the turned photo where its person layer is 0) grey as in the plain
 render, the head, hair and body as over the photo: a miss that it does not share is the backdrop's
-(dlib's HOG detector reads a turned head's outline against it), one that it shares the head's. Per photo also whether its
-views over the photo draw the back of the head (`face3d.photo_view.back_of_head_texture`: enough of
-the scalp the photo shows looks like hair), counted per set.
+(dlib's HOG detector reads a turned head's outline against it), one that it shares the head's. Per
+photo also whether its views over the photo draw the back of the head
+(`face3d.photo_view.back_of_head_texture`: enough of the scalp the photo shows looks like hair),
+counted per set.
 
 Speed: `facesynth rotate PHOTO --yaw=-60..60 (9 poses) --method 3d` with the default background
 (no --background flag), as a fresh process, median of `--runs` (wall time).
@@ -46,7 +47,7 @@ changes one), all at yaw -45..45 over both photo sets unless named otherwise:
 - rotate_3d_fresh_process_seconds <= 3 s (default background).
 
 `--quick`: 3 test photos, 2 LFW photos, yaw -45,0,45, one timed run (a check that it runs, not
-figures): about 35 s. The full run takes about 3-4 minutes on this project's 2-core machine.
+figures): about 35 s. The full run takes about 5 minutes on this project's 2-core machine.
 """
 from __future__ import annotations
 

@@ -23,6 +23,9 @@ view, and what views at yaw -90..90 keep.
   each *other* photo of the same person (the test person's other photos; up to 5 other
   LFW photos), the median distance of the frontalised view and of the profile input itself (its
   own detection and dlib's 68 points; no face = inf). A bin's figures are medians over its inputs.
+  Whether the frontalised view is frontal (`frontal_view_yaw`: dlib's HOG detector and 68 points on
+  it, PnP against the fit; the share within FRONTAL_VIEW_DEG = 15 degrees of yaw 0, and the median
+  |yaw|): a fit that read a profile as near frontal leaves the view turned, close to the input.
 (b) Views out to +-90. The 17 test photos and `--n-heldout` held-out LFW photos
   (`_common.heldout_lfw_sample`, as `bench_whole_photo.py`) rendered with methods 3d and hybrid at
   128 px (default background), yaw -90..90 in 15 degree steps. Per method and yaw: dlib's detection
@@ -65,7 +68,7 @@ from face3d.image_io import load_image, save_png
 from face3d.landmarks import CNN_WORK_SIDE, cnn_boxes, cnn_face, detect_faces
 from face3d.morphable_model import load_morphable_model
 from face3d.pipeline import reconstruct_faces
-from face3d.pose_estimation import photo_pose
+from face3d.pose_estimation import photo_pose, view_pose_reference
 from facesynth.api import RenderOptions, render_face
 from facesynth.compare.report import json_ready
 from facesynth.methods import load_method
@@ -77,6 +80,7 @@ VIEW_YAWS = list(range(-90, 91, 15))
 INPUT_SIZE = 256
 THRESHOLD = 0.6
 INF = float("inf")
+FRONTAL_VIEW_DEG = 15.0          # a frontalised view within this |yaw| of 0 (HOG + PnP) is frontal
 
 
 def median(values) -> float:
@@ -191,6 +195,20 @@ def frontal_view(rec, image, model, maker) -> np.ndarray:
     return render_face(rec, image, model, [Pose(0.0, 0.0, 0.0)], options, maker)[0].images[0]
 
 
+def frontal_view_yaw(view: np.ndarray, fit, model) -> float | None:
+    """The yaw (degrees) at which the frontalised view shows the head: dlib's HOG detector and its own
+    68 points on the view, PnP against the fitted mesh (`view_pose_reference`, as `compare` measures
+    views); None where HOG finds no face or PnP fails. A fit that read a profile as near frontal
+    renders a view still turned: its identity distance is the input's, not a frontal face's."""
+    faces = detect_faces(np.ascontiguousarray(view), detector="hog", upsample=1, profile_landmarks=False)
+    if not faces:
+        return None
+    try:
+        return float(view_pose_reference(fit, model, INPUT_SIZE).estimate(faces[0].landmarks).yaw)
+    except ValueError:
+        return None
+
+
 def profile_row(item: dict, model, maker, ident: Identity, cnn_seconds: list[float]) -> dict:
     """Detection; fits with the default landmarks (the turned-face predictor's where the CNN found the
     face and they say it is turned), with dlib's 68-point predictor's alone ("dlib68"), and without the
@@ -217,7 +235,7 @@ def profile_row(item: dict, model, maker, ident: Identity, cnn_seconds: list[flo
     row["profile_refit"] = None
     for name, cfg, found in (("weighted", FitConfig(), faces), ("unweighted", FitConfig(profile_weighting=False), faces),
                              ("dlib68", FitConfig(), faces_dlib68)):
-        row[f"{name}_fitted_yaw"], row[f"{name}_frontal_distance"] = None, INF
+        row[f"{name}_fitted_yaw"], row[f"{name}_frontal_distance"], row[f"{name}_frontal_view_yaw"] = None, INF, None
         if not found:
             continue
         same_as = None
@@ -228,7 +246,7 @@ def profile_row(item: dict, model, maker, ident: Identity, cnn_seconds: list[flo
         if name == "dlib68" and not turned:
             same_as = "weighted"                   # the same landmarks: the same fit
         if same_as:
-            for key in ("fitted_yaw", "frontal_detected", "frontal_distance"):
+            for key in ("fitted_yaw", "frontal_detected", "frontal_distance", "frontal_view_yaw"):
                 row[f"{name}_{key}"] = row.get(f"{same_as}_{key}")
             continue
         rec = largest_face(image, model, item["path"], fit_config=cfg, faces=found)
@@ -243,6 +261,7 @@ def profile_row(item: dict, model, maker, ident: Identity, cnn_seconds: list[flo
             item["frontal"] = front
         fd = ident.of_image(front)
         row[f"{name}_frontal_detected"] = fd is not None
+        row[f"{name}_frontal_view_yaw"] = frontal_view_yaw(front, rec.fit, model)
         row[f"{name}_frontal_distance"] = median(ident.distance(fd, r) for r in refs) if refs else float("nan")
     return row
 
@@ -266,6 +285,10 @@ def bin_summary(rows: list[dict]) -> dict:
         errs = [abs(r[f"{name}_fitted_yaw"] - r["yaw"]) for r in rows
                 if r["set"] == "faces" and r[f"{name}_fitted_yaw"] is not None]
         out[f"median_abs_yaw_error_{name}"] = median(errs)
+        # is the frontalised view frontal? HOG finds it and PnP puts it within FRONTAL_VIEW_DEG of 0
+        view_yaws = [r[f"{name}_frontal_view_yaw"] for r in rows]
+        out[f"frontal_view_frontal_{name}"] = sum(y is not None and abs(y) <= FRONTAL_VIEW_DEG for y in view_yaws) / n
+        out[f"median_abs_frontal_view_yaw_{name}"] = median(abs(y) for y in view_yaws if y is not None)
     if rows and rows[0]["set"] == "lfw":
         out["fitted_yaw_range"] = [min(r["yaw"] for r in rows), max(r["yaw"] for r in rows)]
     return out
@@ -358,7 +381,9 @@ def print_tables(bins: dict, table: dict) -> None:
                 ("median_profile_distance", "{:.3f}"), ("median_frontal_distance_dlib68", "{:.3f}"),
                 ("median_frontal_distance_unweighted", "{:.3f}"), ("median_frontal_distance", "{:.3f}"),
                 ("frontal_below_profile", "{:.0%}"), ("profile_under_0.6", "{:.0%}"),
-                ("frontal_under_0.6_dlib68", "{:.0%}"), ("frontal_under_0.6", "{:.0%}")]
+                ("frontal_under_0.6_dlib68", "{:.0%}"), ("frontal_under_0.6", "{:.0%}"),
+                ("frontal_view_frontal_dlib68", "{:.0%}"), ("frontal_view_frontal_weighted", "{:.0%}"),
+                ("median_abs_frontal_view_yaw_dlib68", "{:.1f}"), ("median_abs_frontal_view_yaw_weighted", "{:.1f}")]
         print(f"  {'bin':<36}" + "".join(f"{b:>8}" for b in bins))
         for key, fmt in keys:
             print(f"  {key:<36}" + "".join(f"{fmt.format(s.get(key, float('nan'))):>8}" for s in bins.values()))

@@ -467,7 +467,8 @@ def main(argv=None) -> int:
     if real:
         print(f"ArcFace alignment of real photos (dlib's five points, {real['detected']} of {real['photos']} held-out "
               f"LFW photos): {real['median_px']:.2f} px to the template (median; per photo "
-              f"{real['median_of_photo_medians_px']:.2f}), {real['share_of_points_within_1px']:.0%} of points within 1 px; "
+              f"{real['median_of_photo_medians_px']:.2f}), {real['share_of_points_within_1px']:.0%} of points "
+              "within 1 px; "
               + ", ".join(f"{k} {v:.2f}" for k, v in real["per_point_median_px"].items()))
     speed = None
     if args.aug_rounds > 0:
@@ -491,7 +492,8 @@ def main(argv=None) -> int:
                "arcface_crop_equals_render_face_align_arcface": same_crop,
                "photos": {"faces": sum(s == "faces" for s, _ in photos), "lfw": sum(s == "lfw" for s, _ in photos),
                           "lfw_seed": args.seed, "skipped": skipped},
-               "results": json_ready(tab), "arcface_real_photos": real, "throughput": speed, "views": json_ready(view_rows(records)),
+               "results": json_ready(tab), "arcface_real_photos": real, "throughput": speed,
+               "views": json_ready(view_rows(records)),
                "seconds": seconds}
     return targets.finish(args.json, payload)
 

@@ -32,9 +32,9 @@ test: install
 # project's 2-core CPU (augment, compare, recognition and refiner alone take most of it). It rewrites
 # benchmarks/results/*.json (and compare's figures in docs/benchmarks.md). A script exits 1 when it misses one of its
 # targets (or fails to run); every script runs, then the target lists those that failed and exits 1.
-# Some targets are known to be missed (docs/benchmarks.md: bench_sfs's synthetic targets, two of bench_compare's,
-# bench_whole_photo's identity shares, bench_realism's two, bench_labels' landmarks at +-45 deg and
-# its ArcFace residual, bench_expression_transfer's eye-aspect, identity-to-A and distance-to-B targets).
+# Some targets are known to be missed (docs/benchmarks.md lists them: bench_sfs's synthetic targets, two of
+# bench_compare's, one of bench_pixel_realism's, bench_whole_photo's identity shares, bench_albedo's, bench_relight's,
+# bench_augment's two-worker speed-up, bench_labels' landmarks at +-45 deg and its ArcFace residual, two of bench_profiles').
 # bench_refiner and bench_flip_average need the make-pairs cache in ~/.cache/facesynth/pairs128.
 BENCHES := bench_rasterizer bench_render bench_fit_synthetic bench_identity bench_serve bench_dense \
 	bench_real_photos bench_expressions "bench_expressions --method hybrid" bench_expression_sizes \

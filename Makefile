@@ -36,11 +36,13 @@ test: install
 # bench_compare's, one of bench_pixel_realism's, bench_whole_photo's identity shares, bench_albedo's, bench_relight's,
 # bench_augment's two-worker speed-up, bench_labels' landmarks at +-45 deg and its ArcFace residual, two of bench_profiles').
 # bench_refiner and bench_flip_average need the make-pairs cache in ~/.cache/facesynth/pairs128.
-BENCHES := bench_rasterizer bench_render bench_fit_synthetic bench_identity bench_serve bench_dense \
-	bench_real_photos bench_expressions "bench_expressions --method hybrid" bench_expression_sizes \
+# bench_gpu needs a CUDA GPU (it exits 2 without one) and is not among them.
+BENCHES := bench_rasterizer bench_render bench_texture bench_fit_synthetic bench_identity bench_serve bench_dense \
+	bench_batched_fit bench_real_photos bench_expressions "bench_expressions --method hybrid" bench_expression_sizes \
 	bench_blink_reference bench_sfs bench_smile_presets bench_flip_average bench_blink_lash \
-	bench_sfs_ambiguity bench_expression_split bench_recognition bench_sfs_diagnosis bench_refiner \
-	bench_compare bench_augment bench_augment_speedup bench_labels bench_whole_photo bench_realism bench_expression_transfer bench_profiles
+	bench_sfs_ambiguity bench_expression_split bench_recognition bench_sfs_diagnosis bench_albedo bench_relight \
+	bench_refiner bench_compare bench_pixel_realism bench_augment bench_augment_speedup bench_augment_profile \
+	bench_labels bench_whole_photo bench_realism bench_expression_transfer bench_profiles
 
 bench: install
 	$(BIN)/pip install -q eos-py  # benchmark-only: the eos-py baseline of bench_real_photos

@@ -1,5 +1,5 @@
 """`facesynth learn-profile-landmarks`: train the 68-point predictor for turned faces
-(`face3d.landmarks.PROFILE_PREDICTOR`) on the toolkit's own labelled views of LFW's train identities.
+(`face3d.landmarks.profile_predictor_path`) on the toolkit's own labelled views of LFW's train identities.
 
 dlib's 68-point predictor was trained on 300-W, whose faces rarely turn beyond 45 degrees: on a face
 at 75-90 degrees it places a frontal face's points, and the fit of such a photo is off by tens of
@@ -53,7 +53,6 @@ YAW_RANGE = (30.0, 90.0)
 #: frontal face and says so (its points' `turn_index` near 0), where one that saw only turned faces
 #: put a profile's points on some frontal photos
 NEAR_FRONTAL_RANGE = (0.0, 30.0)
-VIEWS_PER_PHOTO = TURNED_VIEWS + 1
 PITCH_RANGE = (-20.0, 15.0)
 ROLL_RANGE = (-10.0, 10.0)
 
@@ -94,6 +93,7 @@ def render_training_views(photos: list[Path], cache: Path, model, seed: int = 0,
             views = rotate(load_image(p), poses, options=options, model=model)[0]
         except Exception as exc:  # one photo's failure is that photo's alone
             failed[str(p)] = failure_reason(p, exc)
+            write_failures(failed_path, failed)
         else:
             buf = io.BytesIO()
             np.savez_compressed(buf, images=np.asarray(views.images, np.uint8),
@@ -104,7 +104,6 @@ def render_training_views(photos: list[Path], cache: Path, model, seed: int = 0,
             out.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(out, buf.getvalue())
             made += 1
-        write_failures(failed_path, failed)
     return {"made": made, "already_done": done, "failed": len(failed)}
 
 

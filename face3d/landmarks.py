@@ -243,19 +243,20 @@ def cnn_to_hog_box(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
 
 def landmarks_for_box(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     """68 landmarks inside a given face box (no detection)."""
-    import dlib  # deferred: as in _detector
-
-    l, t, r, b = (int(v) for v in box)
-    shape = _predictor()(image, dlib.rectangle(l, t, r, b))
-    return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+    return _points_in_box(_predictor(), image, box)
 
 
 def profile_landmarks_for_box(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     """68 landmarks of a turned face inside a CNN detector box, by the turned-face predictor."""
+    return _points_in_box(_profile_predictor(), image, box)
+
+
+def _points_in_box(predictor, image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """(68, 2) float64: a dlib shape predictor's points in `box` (left, top, right, bottom)."""
     import dlib  # deferred: as in _detector
 
     l, t, r, b = (int(v) for v in box)
-    shape = _profile_predictor()(image, dlib.rectangle(l, t, r, b))
+    shape = predictor(image, dlib.rectangle(l, t, r, b))
     return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
 
 

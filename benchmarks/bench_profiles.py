@@ -70,6 +70,7 @@ from face3d.morphable_model import load_morphable_model
 from face3d.pipeline import reconstruct_faces
 from face3d.pose_estimation import photo_pose, view_pose_reference
 from facesynth.api import RenderOptions, render_face
+from facesynth.compare.metrics import detect_view_face
 from facesynth.compare.report import json_ready
 from facesynth.methods import load_method
 from ganrefine.identity import IdentityEncoder, image_tensor
@@ -197,14 +198,14 @@ def frontal_view(rec, image, model, maker) -> np.ndarray:
 
 def frontal_view_yaw(view: np.ndarray, fit, model) -> float | None:
     """The yaw (degrees) at which the frontalised view shows the head: dlib's HOG detector and its own
-    68 points on the view, PnP against the fitted mesh (`view_pose_reference`, as `compare` measures
-    views); None where HOG finds no face or PnP fails. A fit that read a profile as near frontal
+    68 points on the view, PnP against the fitted mesh (`detect_view_face`, `view_pose_reference`: as
+    `compare` measures views); None where HOG finds no face or PnP fails. A fit that read a profile as near frontal
     renders a view still turned: its identity distance is the input's, not a frontal face's."""
-    faces = detect_faces(np.ascontiguousarray(view), detector="hog", upsample=1, profile_landmarks=False)
-    if not faces:
+    face = detect_view_face(view)
+    if face is None:
         return None
     try:
-        return float(view_pose_reference(fit, model, INPUT_SIZE).estimate(faces[0].landmarks).yaw)
+        return float(view_pose_reference(fit, model, INPUT_SIZE).estimate(face.landmarks).yaw)
     except ValueError:
         return None
 

@@ -234,6 +234,19 @@ def train_refiner_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-decay-steps", type=int_option("lr-decay-steps", 0), default=None, metavar="N",
                    help="let both learning rates fall linearly to zero over the last N steps (default "
                         f"{TrainConfig.lr_decay_steps}: constant); a fresh run only (a resumed run keeps its checkpoint's)")
+    g = p.add_argument_group("realism (pix2pixHD's losses; fresh runs only, a resumed run keeps its checkpoint's)")
+    g.add_argument("--adv-weight", type=float_option("adv-weight", 0), default=None, metavar="W",
+                   help=f"weight of the adversarial loss (default {TrainConfig.adv_weight})")
+    g.add_argument("--disc-scales", type=int_option("disc-scales", 1, 4), default=None, metavar="N",
+                   help=f"patch discriminators at 1, 1/2, ... of the size (default {TrainConfig.disc_scales})")
+    g.add_argument("--feature-matching-weight", type=float_option("feature-matching-weight", 0), default=None,
+                   metavar="W", help=f"weight of the discriminators' feature matching (default {TrainConfig.feature_matching_weight})")
+    g.add_argument("--perceptual-weight", type=float_option("perceptual-weight", 0), default=None, metavar="W",
+                   help=f"weight of the identity network's perceptual loss (default {TrainConfig.perceptual_weight})")
+    g.add_argument("--keep-seen", action="store_const", const=True, default=None,
+                   help="train on the output composed as --method hybrid composes it (the render where the photo saw the head)")
+    g.add_argument("--feather", type=float_option("feather", 0, 0.5), default=None, metavar="F",
+                   help="fade the local pathways' patches to 0 over this share of their size at their edges (default 0)")
 
 
 def train_capg_arguments(p: argparse.ArgumentParser) -> None:

@@ -182,9 +182,9 @@ def int_option(name: str, lo: int | None = None, hi: int | None = None):
     return parse
 
 
-def float_option(name: str, lo: float):
-    """An argparse `type` for the finite number --name >= lo: a bad value (text, nan, inf, below lo)
-    is a one-line usage error that names the option."""
+def float_option(name: str, lo: float, hi: float | None = None):
+    """An argparse `type` for the finite number --name >= lo (and <= hi where given): a bad value
+    (text, nan, inf, out of range) is a one-line usage error that names the option."""
     def parse(text: str) -> float:
         try:
             v = float(text)
@@ -192,6 +192,8 @@ def float_option(name: str, lo: float):
             raise argparse.ArgumentTypeError(f"--{name} expects a number, got {text!r}") from None
         if not math.isfinite(v) or v < lo:
             raise argparse.ArgumentTypeError(f"--{name} must be a finite number >= {lo:g}, got {text}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"--{name} must be at most {hi:g}, got {text}")
         return v
     return parse
 

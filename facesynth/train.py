@@ -21,6 +21,7 @@ from ganrefine.pairs import generate_pairs, split_lfw, write_split
 from ganrefine.pose_pairs import make_pose_photo_file, split_pose_photos
 from ganrefine.soup import greedy_soup
 from ganrefine.train_capg import CapgTrainConfig, train_capg
+from ganrefine.refiner import RefinerConfig
 from ganrefine.train_refiner import TrainConfig, train_refiner
 from ganrefine.weights import save_weights
 
@@ -71,13 +72,19 @@ def run_training(args, cfg_cls, train, **extra) -> int:
 def run_train_refiner(args) -> int:
     extra = {"init": args.init}
     # settings of a fresh run's config: a resumed run takes its checkpoint's
-    for flag, key, what in (("--identity-weight", "identity_weight", "loss"), ("--lr-decay-steps", "lr_decay_steps", "schedule")):
+    for flag, key, what in (("--identity-weight", "identity_weight", "loss"), ("--lr-decay-steps", "lr_decay_steps", "schedule"),
+                            ("--adv-weight", "adv_weight", "loss"), ("--disc-scales", "disc_scales", "discriminators"),
+                            ("--feature-matching-weight", "feature_matching_weight", "loss"),
+                            ("--perceptual-weight", "perceptual_weight", "loss"), ("--keep-seen", "keep_seen", "loss"),
+                            ("--feather", "feather", "architecture")):
         value = getattr(args, key)
         if value is None:
             continue
         if args.resume:
             raise FaceSynthError(f"{flag} sets a fresh run's {what}; a resumed run keeps its checkpoint's")
         extra[key] = value
+    if "feather" in extra:     # a setting of the generator's architecture config
+        extra["refiner"] = RefinerConfig(feather=extra.pop("feather"))
     if args.init is not None:
         if args.resume:
             raise FaceSynthError("--init starts a fresh run; --resume continues one: pass one of them")

@@ -327,6 +327,19 @@ class DlibFaceResNet(nn.Module):
         x = self.blocks(x)
         return self.fc(x.mean(dim=(2, 3)))
 
+    def features(self, chips: torch.Tensor) -> list[torch.Tensor]:
+        """The activations of (B,3,150,150) chips after the stem's pooling and after the last block
+        of each resolution: six maps, 32 channels at 35 px (the stem's and its blocks'), 64 at 17, 128
+        at 8, 256 at 4 and at 2; the layers a perceptual loss compares."""
+        x = (chips - self.means) / 256.0
+        x = F.max_pool2d(F.relu_(self.stem(x)), 3, 2)
+        out = [x]
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i + 1 == len(self.blocks) or _BLOCKS[i + 1][1]:
+                out.append(x)
+        return out
+
     @classmethod
     def from_dlib(cls, net: DlibNetwork) -> "DlibFaceResNet":
         kinds = [layer.kind for layer in net.layers]
@@ -656,6 +669,10 @@ class IdentityEncoder(nn.Module):
         ``get_face_chip(img, shape, 150, 0.25)`` (see :func:`align_faces`) and encoded in one batch.
         """
         return self.embed_chips(align_faces(images, landmarks, quantize=quantize))
+
+    def features(self, images, landmarks, quantize: bool = True) -> list[torch.Tensor]:
+        """`DlibFaceResNet.features` of faces in full images, aligned as :meth:`embed` aligns them."""
+        return self.net.features(align_faces(images, landmarks, quantize=quantize).to(self.device))
 
     @staticmethod
     def distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

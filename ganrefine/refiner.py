@@ -54,6 +54,10 @@ class RefinerConfig:
     base: int = 16                # global pathway channels at full resolution (x2 per level, 3 levels)
     res_blocks: int = 4           # residual blocks at the bottleneck
     local: int = 16               # channels of each local pathway's output
+    #: share of each local patch's height and width over which its output fades to 0 at the patch's
+    #: edges before it is pasted (`patch_window`); 0 pastes it whole, so that its rectangle's edge is
+    #: an edge in the features the fusion layers see (the shipped weights were trained that way)
+    feather: float = 0.0
 
 
 def conv_block(cin, cout, stride=1):
@@ -126,6 +130,23 @@ def paste_patch(patch: torch.Tensor, centres: torch.Tensor, size: int) -> torch.
     return F.grid_sample(patch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def patch_window(hw: tuple[int, int], feather: float, device=None, dtype=None) -> torch.Tensor:
+    """(h, w) weights of a local patch: 1 inside, falling linearly to 0 at the patch's edges over
+    `feather` of its height and width (raised to 1 everywhere with feather 0). Local pathways see
+    only their patch; pasted whole, their output ends at the patch's rectangle, and the refined
+    views showed those rectangles round the eyes, the nose and the mouth."""
+    h, w = hw
+
+    def ramp(n: int) -> torch.Tensor:
+        if feather <= 0:
+            return torch.ones(n, device=device, dtype=dtype)
+        i = torch.arange(n, device=device, dtype=dtype) + 0.5           # pixel centres
+        edge = torch.minimum(i, n - i)                                     # distance to the nearer edge
+        return (edge / max(feather * n, 1e-6)).clamp(max=1.0)
+
+    return ramp(h)[:, None] * ramp(w)[None, :]
+
+
 class RefinerGenerator(nn.Module):
     def __init__(self, cfg: RefinerConfig | None = None):
         super().__init__()
@@ -163,7 +184,10 @@ class RefinerGenerator(nn.Module):
             scale = size / self.cfg.size
             phw = (max(8, round(hw[0] * scale)), max(8, round(hw[1] * scale)))
             patch = crop_patch(inputs, centres[:, k], phw)
-            canvases.append(paste_patch(path(patch), centres[:, k], size))
+            local = path(patch)
+            if self.cfg.feather > 0:
+                local = local * patch_window(phw, self.cfg.feather, local.device, local.dtype)
+            canvases.append(paste_patch(local, centres[:, k], size))
         x = self.fuse(torch.cat([d1] + canvases + [inputs], 1))
         # a residual on the render: the generator corrects the render rather than repainting it
         return (inputs[:, :3] + x).clamp(0.0, 1.0)
@@ -203,8 +227,38 @@ class PatchDiscriminator(nn.Module):
             nn.Conv2d(2 * base, 4 * base, 4, 2, 1), nn.InstanceNorm2d(4 * base, affine=True), nn.LeakyReLU(0.2),
             nn.Conv2d(4 * base, 1, 3, 1, 1))
 
-    def forward(self, image: torch.Tensor, render: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([image, render], 1))
+    def forward(self, image: torch.Tensor, render: torch.Tensor, features: bool = False):
+        """The score grid of (image, render); with `features`, the list of every LeakyReLU's
+        activations (the feature-matching loss's features) followed by the score grid."""
+        x = torch.cat([image, render], 1)
+        if not features:
+            return self.net(x)
+        out = []
+        for layer in self.net:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                out.append(x)
+        return out + [x]
+
+
+class MultiScaleDiscriminator(nn.Module):
+    """pix2pixHD's multi-scale discriminator: `scales` conditional patch discriminators of the same
+    shape, the k-th on (image, render) average-pooled k times by 2, so the coarse ones judge the
+    whole face's structure and the fine one its texture. The forward pass returns one entry per
+    scale (a score grid, or with `features` the list of `PatchDiscriminator`'s features)."""
+
+    def __init__(self, scales: int = 2, in_channels: int = 6, base: int = 32):
+        super().__init__()
+        self.scales = nn.ModuleList([PatchDiscriminator(in_channels, base) for _ in range(scales)])
+
+    def forward(self, image: torch.Tensor, render: torch.Tensor, features: bool = False) -> list:
+        out = []
+        for k, disc in enumerate(self.scales):
+            if k:
+                image = F.avg_pool2d(image, 3, 2, 1, count_include_pad=False)
+                render = F.avg_pool2d(render, 3, 2, 1, count_include_pad=False)
+            out.append(disc(image, render, features))
+        return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -235,3 +289,36 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 
 def lsgan_loss(scores: torch.Tensor, real: bool) -> torch.Tensor:
     return ((scores - (1.0 if real else 0.0)) ** 2).mean()
+
+
+def feature_matching_loss(real: list, fake: list) -> torch.Tensor:
+    """pix2pixHD's feature-matching loss: the mean L1 between the discriminator's intermediate
+    features of the photo (`real`, computed without gradients) and of the refined image (`fake`),
+    averaged over layers and scales. `real` and `fake`: per scale, the feature list of
+    `PatchDiscriminator(..., features=True)` (its last entry, the score grid, is left out)."""
+    total, n = 0.0, 0
+    for r_scale, f_scale in zip(real, fake):
+        for r, f in zip(r_scale[:-1], f_scale[:-1]):
+            total = total + (f - r.detach()).abs().mean()
+            n += 1
+    return total / max(n, 1)
+
+
+def seen_render_weights(confidence: torch.Tensor, mask: torch.Tensor, band: tuple[float, float],
+                        feather: float) -> torch.Tensor:
+    """(B, 1, S, S) texture confidence and head mask -> (B, 1, S, S) weights of the render in the
+    refined view: 0 off the head and under band[0], 1 over band[1], linear between, blurred by a
+    Gaussian of `feather` x S. The torch form of `ganrefine.hybrid.seen_weights` (its reference,
+    with OpenCV's blur), so that training composes the output as `--method hybrid` does."""
+    lo, hi = band
+    w = ((confidence - lo) / (hi - lo)).clamp(0.0, 1.0) * (mask > 0.5).to(confidence.dtype)
+    sigma = feather * w.shape[-1]
+    if sigma <= 0:
+        return w
+    r = max(1, int(round(4 * sigma)))          # OpenCV's kernel for float images reaches ~4 sigma
+    x = torch.arange(-r, r + 1, device=w.device, dtype=w.dtype)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    # OpenCV's default border: reflect-101 (the edge pixel not repeated)
+    w = F.conv2d(F.pad(w, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(w, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))

@@ -16,15 +16,24 @@ Losses of the generator (each weighted by `TrainConfig` and logged):
     pixel     multi-scale L1 (32, 64, 128 px) against the photo; weight 1 on the rendered head and
               `outside_weight` elsewhere, so hair and background are learnt without drowning the face
     symmetry  TP-GAN's symmetry loss, on the near-frontal samples only
-    adv       LSGAN against a patch discriminator conditioned on the render
+    adv       LSGAN against a patch discriminator conditioned on the render (`disc_scales` of them,
+              pix2pixHD's multi-scale discriminator, when more than 1)
+    fm        pix2pixHD's feature matching: L1 between the discriminators' features of the photo and
+              of the output (`feature_matching_weight`, 0 by default)
+    perceptual  L1 between the identity network's features of the output and of the photo
+              (`perceptual_weight`, 0 by default; `ganrefine.training.perceptual_loss`)
     identity  dlib descriptor distance between output and photo (the torch port, frozen)
     tv        total variation
+With `keep_seen` every loss, the discriminators and the validation see the output as `--method
+hybrid` shows it: the render where the texture confidence says the photo saw the head
+(`ganrefine.hybrid.SEEN_CONFIDENCE`), the generator's output elsewhere, so the generator's capacity
+goes where the view shows what the photo never saw.
 Every step draws its batch from a generator seeded by (seed, step), so a resumed run draws exactly
 the batches the uninterrupted run would have drawn.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +43,13 @@ from tqdm import tqdm
 from face3d.errors import FaceSynthError
 from ganrefine.metrics import masked_l1, masked_ssim
 from ganrefine.pairs import TrainingPair
-from ganrefine.refiner import (PatchDiscriminator, RefinerConfig, RefinerGenerator, lsgan_loss, mirror_landmarks,
-                               multiscale_l1, symmetry_loss, total_variation)
+from ganrefine.hybrid import SEEN_CONFIDENCE, SEEN_FEATHER
+from ganrefine.refiner import (MultiScaleDiscriminator, PatchDiscriminator, RefinerConfig, RefinerGenerator,
+                               feature_matching_loss, lsgan_loss, mirror_landmarks, multiscale_l1, seen_render_weights,
+                               symmetry_loss, total_variation)
 from ganrefine.training import (GanTrainConfig, GanTask, discriminator_step, frozen_identity_encoder, identity_embeddings,
-                                identity_loss, image_grid, learning_rate_scale, on_device, set_learning_rate,
-                                start_gan_run, train_gan)
+                                identity_loss, image_grid, learning_rate_scale, on_device, perceptual_loss,
+                                set_learning_rate, start_gan_run, train_gan)
 from ganrefine.weights import CHECKPOINT_FORMAT, load_refiner, save_weights
 
 
@@ -49,6 +60,10 @@ class TrainConfig(GanTrainConfig):
     val_pairs: int = 100              # the first held-out identities: checkpoint selection only
     init: str | None = None           # generator weights to start from (fine-tuning); None: random
     lr_decay_steps: int = 0           # both learning rates fall linearly to 0 over the run's last N steps (0: constant)
+    disc_scales: int = 1              # patch discriminators at 1, 1/2, 1/4 ... of the size (pix2pixHD)
+    feature_matching_weight: float = 0.0
+    perceptual_weight: float = 0.0
+    keep_seen: bool = False           # losses on the output composed as --method hybrid composes it
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
 
 
@@ -121,6 +136,30 @@ def refiner_inputs(b: dict) -> torch.Tensor:
     return torch.cat([b["render"], b["confidence"], b["mask"]], dim=1)
 
 
+def refined_output(generator: RefinerGenerator, b: dict, keep_seen: bool) -> torch.Tensor:
+    """The generator's output on batch `b`; with `keep_seen`, composed with the render as `--method
+    hybrid` composes it (`seen_render_weights` at `SEEN_CONFIDENCE`, `SEEN_FEATHER`)."""
+    out = generator(refiner_inputs(b), b["landmarks"])
+    if not keep_seen:
+        return out
+    keep = seen_render_weights(b["confidence"], b["mask"], SEEN_CONFIDENCE, SEEN_FEATHER)
+    return keep * b["render"] + (1 - keep) * out
+
+
+def build_discriminator(cfg: TrainConfig) -> torch.nn.Module:
+    """The conditional patch discriminator of a run: one (`disc_scales` 1, the shipped weights'
+    training) or pix2pixHD's multi-scale set."""
+    if cfg.disc_scales <= 1:
+        return PatchDiscriminator(in_channels=6)
+    return MultiScaleDiscriminator(cfg.disc_scales, in_channels=6)
+
+
+def _per_scale(disc: torch.nn.Module, *args, **kwargs) -> list:
+    """`disc(*args, **kwargs)` as a list over scales (a single patch discriminator is one scale)."""
+    out = disc(*args, **kwargs)
+    return out if isinstance(disc, MultiScaleDiscriminator) else [out]
+
+
 def frontal_flags(landmarks: torch.Tensor, threshold: float) -> torch.Tensor:
     """Near-frontal samples: the nose tip sits midway between the outer eye corners."""
     left, right, nose = landmarks[:, 36], landmarks[:, 45], landmarks[:, 30]
@@ -133,17 +172,19 @@ def frontal_flags(landmarks: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_refiner(generator: RefinerGenerator, data: PairSet, encoder, batch: int = 32) -> dict:
+def evaluate_refiner(generator: RefinerGenerator, data: PairSet, encoder, batch: int = 32,
+                     keep_seen: bool = False) -> dict:
     """Per-pair L1, SSIM (over the head the render covers) and identity distance to the photo, for
-    the raw render and the refined output. Identity uses the same model-landmark alignment for all
-    three images, so the comparison is not confounded by landmark detection on renders."""
+    the raw render and the refined output (with `keep_seen`, composed as `refined_output` composes
+    it). Identity uses the same model-landmark alignment for all three images, so the comparison is
+    not confounded by landmark detection on renders."""
     generator.eval()
     device = next(generator.parameters()).device
     rows = {k: [] for k in ("l1_render", "l1_refined", "ssim_render", "ssim_refined", "id_render", "id_refined")}
     for s in range(0, len(data), batch):
         idx = torch.arange(s, min(s + batch, len(data)), device="cpu")   # the data stay on the CPU
         b = on_device(data.batch(idx), device)
-        out = generator(refiner_inputs(b), b["landmarks"])
+        out = refined_output(generator, b, keep_seen)
         head = (b["mask"] > 0.5).float()
         rows["l1_render"].append(masked_l1(b["render"], b["target"], head))
         rows["l1_refined"].append(masked_l1(out, b["target"], head))
@@ -169,12 +210,12 @@ def summarise(per_pair: dict) -> dict:
     return s
 
 
-def sample_grid(generator: RefinerGenerator, data: PairSet, n: int = 8) -> np.ndarray:
+def sample_grid(generator: RefinerGenerator, data: PairSet, n: int = 8, keep_seen: bool = False) -> np.ndarray:
     """(3 S, n S, 3) uint8: rows render, refined, photo for the first n pairs of `data`."""
     with torch.no_grad():
         generator.eval()
         b = on_device(data.batch(torch.arange(min(n, len(data)), device="cpu")), next(generator.parameters()).device)
-        out = generator(refiner_inputs(b), b["landmarks"])
+        out = refined_output(generator, b, keep_seen)
         generator.train()
     return image_grid([b["render"], out, b["target"]])
 
@@ -183,27 +224,43 @@ def sample_grid(generator: RefinerGenerator, data: PairSet, n: int = 8) -> np.nd
 # The losses of one step
 
 
-def discriminator_loss(disc: PatchDiscriminator, b: dict, out_img: torch.Tensor) -> torch.Tensor:
-    """LSGAN loss of the patch discriminator: the photo is real, the refined render fake (both
-    conditioned on the render)."""
-    return 0.5 * (lsgan_loss(disc(b["target"], b["render"]), True)
-                  + lsgan_loss(disc(out_img.detach(), b["render"]), False))
+def discriminator_loss(disc: torch.nn.Module, b: dict, out_img: torch.Tensor) -> torch.Tensor:
+    """LSGAN loss of the patch discriminator(s): the photo is real, the refined render fake (both
+    conditioned on the render); the mean over the scales."""
+    real = _per_scale(disc, b["target"], b["render"])
+    fake = _per_scale(disc, out_img.detach(), b["render"])
+    return sum(0.5 * (lsgan_loss(r, True) + lsgan_loss(f, False)) for r, f in zip(real, fake)) / len(real)
 
 
-def generator_losses(out_img: torch.Tensor, b: dict, disc: PatchDiscriminator, encoder, cfg: TrainConfig) -> dict:
+def generator_losses(out_img: torch.Tensor, b: dict, disc: torch.nn.Module, encoder, cfg: TrainConfig) -> dict:
     """The generator's losses on batch `b` (module docstring), each unweighted, and `total`, their
     sum weighted by `cfg`."""
     weight = b["mask"] + cfg.outside_weight * (1 - b["mask"])
     frontal = frontal_flags(b["landmarks"], cfg.frontal_asymmetry)
+    zero = out_img.new_zeros(())
+    if cfg.feature_matching_weight > 0:
+        with torch.no_grad():
+            real = _per_scale(disc, b["target"], b["render"], features=True)
+        fake = _per_scale(disc, out_img, b["render"], features=True)
+        adv = sum(lsgan_loss(f[-1], True) for f in fake) / len(fake)
+        fm = feature_matching_loss(real, fake)
+    else:
+        scores = _per_scale(disc, out_img, b["render"])
+        adv = sum(lsgan_loss(f, True) for f in scores) / len(scores)
+        fm = zero
     losses = {
         "pixel": multiscale_l1(out_img, b["target"], weight),
-        "symmetry": symmetry_loss(out_img[frontal], b["mask"][frontal]) if bool(frontal.any()) else out_img.new_zeros(()),
-        "adv": lsgan_loss(disc(out_img, b["render"]), True),
+        "symmetry": symmetry_loss(out_img[frontal], b["mask"][frontal]) if bool(frontal.any()) else zero,
+        "adv": adv,
+        "fm": fm,
+        "perceptual": (perceptual_loss(encoder, out_img, b["target"], b["landmarks"])
+                       if cfg.perceptual_weight > 0 else zero),
         "identity": identity_loss(encoder, out_img, b["target"], b["landmarks"]),
         "tv": total_variation(out_img),
     }
     losses["total"] = (cfg.pixel_weight * losses["pixel"] + cfg.symmetry_weight * losses["symmetry"]
-                       + cfg.adv_weight * losses["adv"] + cfg.identity_weight * losses["identity"]
+                       + cfg.adv_weight * losses["adv"] + cfg.feature_matching_weight * losses["fm"]
+                       + cfg.perceptual_weight * losses["perceptual"] + cfg.identity_weight * losses["identity"]
                        + cfg.tv_weight * losses["tv"])
     losses["frontal"] = int(frontal.sum())
     return losses
@@ -221,13 +278,16 @@ def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = Fa
     val_files = validation_files(data_dir, cfg.val_pairs)
 
     run = start_gan_run(out, cfg, resume, fmt=CHECKPOINT_FORMAT, what="refiner", arch="refiner",
-                        arch_what="refiner", build=lambda: (RefinerGenerator(cfg.refiner), {"discriminator": PatchDiscriminator(in_channels=6)}))
+                        arch_what="refiner", build=lambda: (RefinerGenerator(cfg.refiner), {"discriminator": build_discriminator(cfg)}))
     cfg, gen, disc = run.cfg, run.generator, run.discriminators["discriminator"]
     if not run.resumed and cfg.init:
         # a fresh run from trained weights (the discriminator and optimisers start anew): step 0's
-        # validation row is then the starting weights' score, which the run must beat to replace them
+        # validation row is then the starting weights' score, which the run must beat to replace them.
+        # The weights must fit this run's generator; settings without weights of their own (the
+        # local patches' feather) may differ
         init, _ = load_refiner(cfg.init)
-        if asdict(init.cfg) != asdict(cfg.refiner):
+        own = {k: tuple(v.shape) for k, v in gen.state_dict().items()}
+        if {k: tuple(v.shape) for k, v in init.state_dict().items()} != own:
             raise FaceSynthError(f"{cfg.init}: a refiner of another architecture than this run's")
         gen.load_state_dict(init.state_dict())
 
@@ -243,14 +303,14 @@ def train_refiner(data_dir: Path, out: Path, cfg: TrainConfig, resume: bool = Fa
         scale = learning_rate_scale(step, cfg.steps, cfg.lr_decay_steps)
         set_learning_rate(run.opt_g, cfg.lr_g * scale)
         set_learning_rate(run.opt_d, cfg.lr_d * scale)
-        out_img = gen(refiner_inputs(b), b["landmarks"])
+        out_img = refined_output(gen, b, cfg.keep_seen)
         d_loss = discriminator_loss(disc, b, out_img)
         discriminator_step(d_loss, run.opt_d)
         losses = generator_losses(out_img, b, disc, encoder, cfg)
-        logged = {k: losses[k] for k in ("pixel", "symmetry", "adv", "identity", "tv")}
+        logged = {k: losses[k] for k in ("pixel", "symmetry", "adv", "fm", "perceptual", "identity", "tv")}
         return losses["total"], {**logged, "d": d_loss, "frontal": losses["frontal"], "lr_g": cfg.lr_g * scale}
 
     task = GanTask(desc="train-refiner", data=data_dir, train_examples=len(train), count_key="train_pairs",
-                   train_step=train_step, evaluate=lambda: summarise(evaluate_refiner(gen, val, encoder)),
-                   sample_grid=lambda: sample_grid(gen, val), save_weights=save_weights)
+                   train_step=train_step, evaluate=lambda: summarise(evaluate_refiner(gen, val, encoder, keep_seen=cfg.keep_seen)),
+                   sample_grid=lambda: sample_grid(gen, val, keep_seen=cfg.keep_seen), save_weights=save_weights)
     return train_gan(run, task, progress)

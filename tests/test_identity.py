@@ -285,3 +285,27 @@ def test_verify_without_a_face_is_exit_1(tmp_path, capsys):
     assert _verify(["verify", str(tmp_path / "nope.jpg"), face, "--json"]) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "nope.jpg" in err
+
+
+def test_features_end_where_the_descriptor_starts_and_perceptual_loss(encoder, faces):
+    """`features`' last map is what the descriptor pools; the perceptual loss is 0 for the photo
+    itself, grows with a blur, and sends gradients to the image only."""
+    import torch.nn.functional as F
+
+    from ganrefine.training import perceptual_loss
+
+    chips = _chips_tensor(faces[:2])
+    feats = encoder.net.features(chips)
+    assert [f.shape[1] for f in feats] == [32, 32, 64, 128, 256, 256]
+    assert torch.allclose(encoder.net.fc(feats[-1].mean(dim=(2, 3))), encoder.embed_chips(chips), atol=1e-4)
+
+    src = faces[0]
+    img = image_tensor(src["image"])[None] / 255.0                     # (1, 3, H, W) in 0..1
+    lm = torch.from_numpy(src["landmarks"]).float()[None]
+    assert perceptual_loss(encoder, img, img, lm) < 1e-6
+    blurred = F.avg_pool2d(img, 5, 1, 2, count_include_pad=False).requires_grad_(True)
+    loss = perceptual_loss(encoder, blurred, img, lm)
+    more = F.avg_pool2d(img, 11, 1, 5, count_include_pad=False)
+    assert 0.02 < loss < perceptual_loss(encoder, more, img, lm)
+    loss.backward()
+    assert blurred.grad.abs().sum() > 0

@@ -88,3 +88,69 @@ def test_flip_averaged_is_the_mean_of_both_passes_and_mirror_equivariant():
     assert Refiner(tta, "w.pt", "0" * 64, 128).inference == "flip-averaged, seen render kept (confidence 0.2-0.45)"
     assert Refiner(g, "w.pt", "0" * 64, 128, keep_seen=(0.1, 0.5)).inference == \
         "one-pass, seen render kept (confidence 0.1-0.5)"
+
+
+def test_patch_window_fades_to_the_patch_edges():
+    from ganrefine.refiner import patch_window
+
+    assert torch.equal(patch_window((32, 40), 0.0), torch.ones(32, 40))
+    w = patch_window((32, 40), 0.25)
+    assert w.shape == (32, 40)
+    assert torch.equal(w, torch.flip(w, dims=[0])) and torch.equal(w, torch.flip(w, dims=[1]))
+    assert w[8:24, 10:30].min() == 1.0                       # the inner half is whole
+    assert w[0].max() < 0.07 and w[:, 0].max() < 0.07         # the edges nearly 0
+    assert (w[:16, 20].diff() >= 0).all()                     # rising towards the middle
+
+
+def test_feathered_generator_pastes_faded_patches():
+    """With `feather`, a local pathway's output reaches the fusion layers faded at its patch's edge:
+    the canvas a pathway pastes is near 0 along the patch's border, whole at its centre."""
+    from ganrefine.refiner import patch_window
+
+    torch.manual_seed(0)
+    g = RefinerGenerator(RefinerConfig(base=8, res_blocks=1, local=4, feather=0.25))
+    x = torch.rand(1, 5, 128, 128)
+    centre = torch.tensor([[64.0, 64.0]])
+    hw = PATCHES[3][2]                                         # the mouth's 32 x 48
+    local = g.local[3](crop_patch(x, centre, hw))
+    canvas = paste_patch(local * patch_window(hw, 0.25), centre, 128)
+    assert canvas[0, :, 64 - 16, 64 - 24:64 + 24].abs().max() < 0.1 * local.abs().max()
+    assert torch.allclose(canvas[0, :, 62:66, 62:66], local[0, :, 14:18, 22:26], atol=1e-5)
+    assert torch.equal(g(x, _landmarks(1)), x[:, :3].clamp(0, 1))   # still the render at initialisation
+
+
+def test_multiscale_discriminator_and_feature_matching():
+    from ganrefine.refiner import MultiScaleDiscriminator, feature_matching_loss
+
+    torch.manual_seed(0)
+    d = MultiScaleDiscriminator(scales=3, base=8)
+    img, render = torch.rand(2, 3, 128, 128), torch.rand(2, 3, 128, 128)
+    scores = d(img, render)
+    assert [tuple(s.shape) for s in scores] == [(2, 1, 16, 16), (2, 1, 8, 8), (2, 1, 4, 4)]
+    feats = d(img, render, features=True)
+    assert len(feats) == 3 and all(len(f) == 4 for f in feats)          # 3 LeakyReLUs and the scores
+    assert all(torch.equal(f[-1], s) for f, s in zip(feats, scores))
+    assert feature_matching_loss(feats, feats) == 0
+    fake = img.clone().requires_grad_(True)
+    loss = feature_matching_loss(feats, d(fake + 0.1, render, features=True))
+    assert loss > 0
+    loss.backward()
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+
+
+def test_seen_render_weights_match_the_hybrids_reference():
+    """The torch composite weights that training uses equal `ganrefine.hybrid.seen_weights` (OpenCV's
+    blur), the ones `--method hybrid` composes with."""
+    import numpy as np
+
+    from ganrefine.hybrid import SEEN_CONFIDENCE, SEEN_FEATHER, seen_weights
+    from ganrefine.refiner import seen_render_weights
+
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0, 1, (2, 128, 128)).astype(np.float32)
+    conf[:, :, :40] = 0.1
+    mask = (rng.uniform(0, 1, (2, 128, 128)) > 0.2).astype(np.float32)
+    ref = seen_weights(conf, mask, SEEN_CONFIDENCE, SEEN_FEATHER)[..., 0]
+    got = seen_render_weights(torch.from_numpy(conf)[:, None], torch.from_numpy(mask)[:, None], SEEN_CONFIDENCE,
+                              SEEN_FEATHER)[:, 0].numpy()
+    assert np.abs(got - ref).max() < 1e-5

@@ -121,6 +121,37 @@ def test_training_writes_its_files_and_resumes_exactly(tiny_pairs, tmp_path):
     assert ck_d["opt_d"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
     assert ck_d["config"]["lr_decay_steps"] == 2
 
+    # pix2pixHD's losses: two discriminator scales, feature matching, the perceptual loss, the hybrid's
+    # composite and feathered patches; logged, carried by the checkpoint, resumed exactly
+    def realism(steps: int) -> TrainConfig:
+        cfg = _tiny_config(steps)
+        cfg.disc_scales, cfg.feature_matching_weight, cfg.perceptual_weight, cfg.keep_seen = 2, 10.0, 1.0, True
+        cfg.refiner = RefinerConfig(base=8, res_blocks=1, local=4, feather=0.25)
+        return cfg
+
+    train_refiner(tiny_pairs, tmp_path / "e" / "ck.pt", realism(2), progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "e" / "ck_log.csv")))
+    assert all(float(r["fm"]) > 0 and float(r["perceptual"]) > 0 and np.isfinite(float(r["adv"])) for r in rows)
+    ck_e = torch.load(tmp_path / "e" / "ck.pt", weights_only=True)
+    assert ck_e["config"]["disc_scales"] == 2 and ck_e["config"]["refiner"]["feather"] == 0.25
+    assert any(k.startswith("scales.1.") for k in ck_e["discriminator"])
+    train_refiner(tiny_pairs, tmp_path / "f" / "ck.pt", realism(1), progress=False)
+    train_refiner(tiny_pairs, tmp_path / "f" / "ck.pt", realism(2), resume=True, progress=False)
+    f = torch.load(tmp_path / "f" / "ck.pt", weights_only=True)
+    assert all(torch.allclose(ck_e["generator"][k], f["generator"][k], atol=1e-6) for k in ck_e["generator"])
+    assert all(torch.allclose(ck_e["discriminator"][k], f["discriminator"][k], atol=1e-6) for k in ck_e["discriminator"])
+    # with the composite, the step-0 validation is still the render (the generator starts at a zero residual)
+    val_e = list(csv.DictReader(open(tmp_path / "e" / "ck_val.csv")))
+    assert abs(float(val_e[0]["l1_refined_mean"]) - float(val_e[0]["l1_render_mean"])) < 1e-6
+    # --init takes weights trained without the feather (the same tensors): the feather has none of its own
+    cfg = realism(1)
+    cfg.init = str(tmp_path / "a" / "ck_best.pt")
+    train_refiner(tiny_pairs, tmp_path / "g" / "ck.pt", cfg, progress=False)
+    cfg = _tiny_config(1)
+    cfg.refiner, cfg.init = RefinerConfig(base=8, res_blocks=1, local=8), str(tmp_path / "a" / "ck_best.pt")
+    with pytest.raises(Exception, match="another architecture"):
+        train_refiner(tiny_pairs, tmp_path / "h" / "ck.pt", cfg, progress=False)
+
 
 def test_learning_rate_scale_is_constant_then_linear_to_the_last_step():
     from ganrefine.training import learning_rate_scale
@@ -158,6 +189,15 @@ def test_train_refiner_cli_errors(tmp_path, capsys):
                  "--lr-decay-steps", "3", "--resume"]) == 1
     err = capsys.readouterr().err
     assert "--lr-decay-steps must be at least 0" in err and "sets a fresh run's schedule" in err
+    for flag, value in (("--disc-scales", "0"), ("--disc-scales", "5"), ("--feather", "0.6"), ("--feather", "-0.1"),
+                        ("--feature-matching-weight", "-1"), ("--perceptual-weight", "nan")):
+        assert main(["train-refiner", "--data", str(tmp_path), "--steps", "5", "--out", str(tmp_path / "c.pt"),
+                     flag, value]) == 2
+    assert main(["train-refiner", "--data", str(tmp_path), "--steps", "5", "--out", str(tmp_path / "c.pt"),
+                 "--keep-seen", "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "--disc-scales must be between 1 and 4" in err and "--feather must be at most 0.5" in err
+    assert "--keep-seen sets a fresh run's loss" in err and "Traceback" not in err
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     from face3d.errors import FaceSynthError

@@ -21,7 +21,7 @@ Losses of the generator (each weighted by `TrainConfig` and logged):
     fm        pix2pixHD's feature matching: L1 between the discriminators' features of the photo and
               of the output (`feature_matching_weight`, 0 by default)
     perceptual  L1 between the identity network's features of the output and of the photo
-              (`perceptual_weight`, 0 by default; `ganrefine.training.perceptual_loss`)
+              (`perceptual_weight`, 0 by default; `ganrefine.training.identity_and_perceptual_losses`)
     identity  dlib descriptor distance between output and photo (the torch port, frozen)
     tv        total variation
 With `keep_seen` every loss, the discriminators and the validation see the output as `--method
@@ -48,8 +48,8 @@ from ganrefine.refiner import (MultiScaleDiscriminator, PatchDiscriminator, Refi
                                feature_matching_loss, lsgan_loss, mirror_landmarks, multiscale_l1, seen_render_weights,
                                symmetry_loss, total_variation)
 from ganrefine.training import (GanTrainConfig, GanTask, discriminator_step, frozen_identity_encoder, identity_embeddings,
-                                identity_loss, image_grid, learning_rate_scale, on_device, perceptual_loss,
-                                set_learning_rate, start_gan_run, train_gan)
+                                identity_and_perceptual_losses, identity_loss, image_grid, learning_rate_scale,
+                                on_device, set_learning_rate, start_gan_run, train_gan)
 from ganrefine.weights import CHECKPOINT_FORMAT, load_refiner, save_weights
 
 
@@ -248,14 +248,17 @@ def generator_losses(out_img: torch.Tensor, b: dict, disc: torch.nn.Module, enco
         scores = _per_scale(disc, out_img, b["render"])
         adv = sum(lsgan_loss(f, True) for f in scores) / len(scores)
         fm = zero
+    if cfg.perceptual_weight > 0:   # both from one pass of the identity network
+        identity, perceptual = identity_and_perceptual_losses(encoder, out_img, b["target"], b["landmarks"])
+    else:
+        identity, perceptual = identity_loss(encoder, out_img, b["target"], b["landmarks"]), zero
     losses = {
         "pixel": multiscale_l1(out_img, b["target"], weight),
         "symmetry": symmetry_loss(out_img[frontal], b["mask"][frontal]) if bool(frontal.any()) else zero,
         "adv": adv,
         "fm": fm,
-        "perceptual": (perceptual_loss(encoder, out_img, b["target"], b["landmarks"])
-                       if cfg.perceptual_weight > 0 else zero),
-        "identity": identity_loss(encoder, out_img, b["target"], b["landmarks"]),
+        "perceptual": perceptual,
+        "identity": identity,
         "tv": total_variation(out_img),
     }
     losses["total"] = (cfg.pixel_weight * losses["pixel"] + cfg.symmetry_weight * losses["symmetry"]

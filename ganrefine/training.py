@@ -95,16 +95,23 @@ def identity_loss(encoder, images: torch.Tensor, targets: torch.Tensor, landmark
     return (identity_embeddings(encoder, images, landmarks) - e_t).norm(dim=-1).mean()
 
 
-def perceptual_loss(encoder, images: torch.Tensor, targets: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
-    """A perceptual loss on the identity network's features (`IdentityEncoder.features`): per
-    layer the mean L1 between the features of `images` and of their `targets` (both aligned by the
-    same landmarks), divided by the targets' mean absolute feature so that every layer counts alike,
-    averaged over the layers. The gradient flows through `images` only. Unlike the identity loss,
-    which compares two 128-d descriptors, it asks for the photo's texture and local structure."""
+def identity_and_perceptual_losses(encoder, images: torch.Tensor, targets: torch.Tensor,
+                                   landmarks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(`identity_loss`, perceptual loss) of `images` against their `targets` (both aligned by the
+    same landmarks) from one pass of the identity network: the descriptor is its last feature map
+    pooled (`DlibFaceResNet.features`). The perceptual loss: per feature map the mean L1 between
+    the two images' features, divided by the targets' mean absolute feature so that every layer
+    counts alike, averaged over the maps. Unlike the identity loss, which compares two 128-d
+    descriptors, it asks for the photo's texture and local structure. Gradients flow through
+    `images` only."""
+    fc = encoder.net.fc
     with torch.no_grad():
         f_t = encoder.features(targets * 255.0, landmarks, quantize=False)
+        e_t = fc(f_t[-1].mean(dim=(2, 3)))
     f_i = encoder.features(images * 255.0, landmarks, quantize=False)
-    return sum((a - b).abs().mean() / b.abs().mean().clamp(min=1e-6) for a, b in zip(f_i, f_t)) / len(f_t)
+    identity = (fc(f_i[-1].mean(dim=(2, 3))) - e_t).norm(dim=-1).mean()
+    perceptual = sum((a - b).abs().mean() / b.abs().mean().clamp(min=1e-6) for a, b in zip(f_i, f_t)) / len(f_t)
+    return identity, perceptual
 
 
 # ------------------------------------------------------------------------------------------------

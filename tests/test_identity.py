@@ -288,11 +288,12 @@ def test_verify_without_a_face_is_exit_1(tmp_path, capsys):
 
 
 def test_features_end_where_the_descriptor_starts_and_perceptual_loss(encoder, faces):
-    """`features`' last map is what the descriptor pools; the perceptual loss is 0 for the photo
-    itself, grows with a blur, and sends gradients to the image only."""
+    """`features`' last map is what the descriptor pools; from one pass, the identity loss equals
+    `identity_loss` and the perceptual loss is 0 for the photo itself, grows with a blur, and sends
+    gradients to the image only."""
     import torch.nn.functional as F
 
-    from ganrefine.training import perceptual_loss
+    from ganrefine.training import identity_and_perceptual_losses, identity_loss
 
     chips = _chips_tensor(faces[:2])
     feats = encoder.net.features(chips)
@@ -302,10 +303,12 @@ def test_features_end_where_the_descriptor_starts_and_perceptual_loss(encoder, f
     src = faces[0]
     img = image_tensor(src["image"])[None] / 255.0                     # (1, 3, H, W) in 0..1
     lm = torch.from_numpy(src["landmarks"]).float()[None]
-    assert perceptual_loss(encoder, img, img, lm) < 1e-6
+    same_id, same = identity_and_perceptual_losses(encoder, img, img, lm)
+    assert same < 1e-6 and same_id < 1e-4
     blurred = F.avg_pool2d(img, 5, 1, 2, count_include_pad=False).requires_grad_(True)
-    loss = perceptual_loss(encoder, blurred, img, lm)
+    ident, loss = identity_and_perceptual_losses(encoder, blurred, img, lm)
+    assert torch.allclose(ident, identity_loss(encoder, blurred, img, lm), atol=1e-4)
     more = F.avg_pool2d(img, 11, 1, 5, count_include_pad=False)
-    assert 0.02 < loss < perceptual_loss(encoder, more, img, lm)
-    loss.backward()
+    assert 0.02 < loss < identity_and_perceptual_losses(encoder, more, img, lm)[1]
+    (loss + ident).backward()
     assert blurred.grad.abs().sum() > 0

@@ -80,6 +80,13 @@ def reconstruction(refiner, pairs_dir: Path, val_pairs: int, targets: Targets) -
         print(f"   one generator pass, no flip averaging: L1 {single['l1_refined_mean']:.4f} "
               f"({-100 * single['l1_reduction']:+.1f}%), SSIM {single['ssim_refined_mean']:.4f}, identity "
               f"{single['id_refined_mean']:.4f} ({-100 * single['id_reduction']:+.1f}%)")
+    composite = None
+    if refiner.keep_seen is not None:   # as `--method hybrid` shows it: the render where the photo saw the head
+        composite = summarise(evaluate_refiner(refiner.generator, data, IdentityEncoder.load(), keep_seen=True))
+        print(f"   as --method hybrid composes it (the render kept where the texture confidence >= "
+              f"{refiner.keep_seen[1]:g}): L1 {composite['l1_refined_mean']:.4f} ({-100 * composite['l1_reduction']:+.1f}%), "
+              f"SSIM {composite['ssim_refined_mean']:.4f}, identity {composite['id_refined_mean']:.4f} "
+              f"({-100 * composite['id_reduction']:+.1f}%)")
     wins = {k: float(np.mean(per[f"{k}_refined"] < per[f"{k}_render"])) if k != "ssim"
             else float(np.mean(per["ssim_refined"] > per["ssim_render"])) for k in ("l1", "ssim", "id")}
     print(f"   refined better than the render on {100 * wins['l1']:.0f}% (L1), {100 * wins['ssim']:.0f}% (SSIM), "
@@ -94,7 +101,7 @@ def reconstruction(refiner, pairs_dir: Path, val_pairs: int, targets: Targets) -
         print(f"   {who} relit by the photo itself (a multiplicative gain blurred by sigma px, an oracle): L1 "
               + ", ".join(f"sigma {k}: {v:.4f} ({100 * (v / r['l1'] - 1):+.1f}% vs the render)" for k, v in g.items()))
     return {"pairs": len(data), "summary": s, "pass": passed, "share_better": wins, "headroom": room,
-            "single_pass_summary": single}
+            "single_pass_summary": single, "hybrid_composite_summary": composite}
 
 
 LOW_CONFIDENCE = 0.7

@@ -137,13 +137,18 @@ def refiner_inputs(b: dict) -> torch.Tensor:
 
 
 def refined_output(generator: RefinerGenerator, b: dict, keep_seen: bool) -> torch.Tensor:
-    """The generator's output on batch `b`; with `keep_seen`, composed with the render as `--method
-    hybrid` composes it (`seen_render_weights` at `SEEN_CONFIDENCE`, `SEEN_FEATHER`)."""
+    """The generator's output on batch `b`; with `keep_seen`, composed as `--method hybrid` composes a
+    view over the photo: the render where the photo saw the head (`seen_render_weights` at
+    `SEEN_CONFIDENCE`, `SEEN_FEATHER`), the generator's output on the rest of the head, and off the
+    head (by the render's head mask) the photo itself, as a whole-photo view shows the photo's own
+    surroundings there. The discriminators then judge the head alone: with the generator's guess of
+    the background they told it from the photo's by the background."""
     out = generator(refiner_inputs(b), b["landmarks"])
     if not keep_seen:
         return out
     keep = seen_render_weights(b["confidence"], b["mask"], SEEN_CONFIDENCE, SEEN_FEATHER)
-    return keep * b["render"] + (1 - keep) * out
+    head = keep * b["render"] + (1 - keep) * out
+    return b["mask"] * head + (1 - b["mask"]) * b["target"]
 
 
 def build_discriminator(cfg: TrainConfig) -> torch.nn.Module:

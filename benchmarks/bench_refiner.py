@@ -13,7 +13,9 @@
     face found = distance inf) and dlib landmarks + PnP vs the pose asked for. Targets: hybrid median
     distance <= 3d + 0.02, median pose error <= 3d + 2 deg.
 The refiner runs as `facesynth rotate` runs it: flip-averaged (`ganrefine.refiner.FlipAveraged`, two
-generator passes per view); (a) also prints one pass of the same weights for reference.
+generator passes per view); (a) also prints one pass of the same weights for reference, and the
+output as `--method hybrid` composes it (the render kept where the photo saw the head), the only
+figure that means anything for weights trained with `train-refiner --keep-seen`.
 (c) Speed: the refiner alone (ms per 128-px view, batch 32) and `facesynth rotate` of one photo to
     9 poses, hybrid vs 3d, as a fresh process (what a user waits for) and as the in-process
     per-photo time that the manifest records.

@@ -24,10 +24,11 @@ Losses of the generator (each weighted by `TrainConfig` and logged):
               (`perceptual_weight`, 0 by default; `ganrefine.training.identity_and_perceptual_losses`)
     identity  dlib descriptor distance between output and photo (the torch port, frozen)
     tv        total variation
-With `keep_seen` every loss, the discriminators and the validation see the output as `--method
-hybrid` shows it: the render where the texture confidence says the photo saw the head
-(`ganrefine.hybrid.SEEN_CONFIDENCE`), the generator's output elsewhere, so the generator's capacity
-goes where the view shows what the photo never saw.
+With `keep_seen` every loss, the discriminators and the validation see the output as a whole-photo
+`--method hybrid` view shows it (`refined_output`): the render where the texture confidence says the
+photo saw the head (`ganrefine.hybrid.SEEN_CONFIDENCE`), the generator's output on the rest of the
+head, the photo off the head; the generator's capacity goes where the view shows what the photo
+never saw.
 Every step draws its batch from a generator seeded by (seed, step), so a resumed run draws exactly
 the batches the uninterrupted run would have drawn.
 """

@@ -19,9 +19,9 @@ from face3d.morphable_model import load_morphable_model
 from face3d.render import RENDER_VERSION
 from ganrefine.pairs import generate_pairs, split_lfw, write_split
 from ganrefine.pose_pairs import make_pose_photo_file, split_pose_photos
+from ganrefine.refiner import RefinerConfig
 from ganrefine.soup import greedy_soup
 from ganrefine.train_capg import CapgTrainConfig, train_capg
-from ganrefine.refiner import RefinerConfig
 from ganrefine.train_refiner import TrainConfig, train_refiner
 from ganrefine.weights import save_weights
 

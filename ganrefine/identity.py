@@ -322,16 +322,18 @@ class DlibFaceResNet(nn.Module):
         self.fc = nn.Linear(256, 128, bias=False)
 
     def forward(self, chips: torch.Tensor) -> torch.Tensor:
-        x = (chips - self.means) / 256.0  # dlib's input_rgb_image: (value - mean)/256
-        x = F.max_pool2d(F.relu_(self.stem(x)), 3, 2)
-        x = self.blocks(x)
-        return self.fc(x.mean(dim=(2, 3)))
+        return self.descriptor(self.features(chips))
+
+    def descriptor(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """(B,128) descriptors from `features`' last map: its mean over the image, then the fc layer."""
+        return self.fc(features[-1].mean(dim=(2, 3)))
 
     def features(self, chips: torch.Tensor) -> list[torch.Tensor]:
         """The activations of (B,3,150,150) chips after the stem's pooling and after the last block
         of each resolution: six maps, 32 channels at 35 px (the stem's and its blocks'), 64 at 17, 128
-        at 8, 256 at 4 and at 2; the layers a perceptual loss compares."""
-        x = (chips - self.means) / 256.0
+        at 8, 256 at 4 and at 2; the layers a perceptual loss compares, the last one what the
+        descriptor pools."""
+        x = (chips - self.means) / 256.0  # dlib's input_rgb_image: (value - mean)/256
         x = F.max_pool2d(F.relu_(self.stem(x)), 3, 2)
         out = [x]
         for i, block in enumerate(self.blocks):

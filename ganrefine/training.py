@@ -104,12 +104,11 @@ def identity_and_perceptual_losses(encoder, images: torch.Tensor, targets: torch
     counts alike, averaged over the maps. Unlike the identity loss, which compares two 128-d
     descriptors, it asks for the photo's texture and local structure. Gradients flow through
     `images` only."""
-    fc = encoder.net.fc
     with torch.no_grad():
         f_t = encoder.features(targets * 255.0, landmarks, quantize=False)
-        e_t = fc(f_t[-1].mean(dim=(2, 3)))
+        e_t = encoder.net.descriptor(f_t)
     f_i = encoder.features(images * 255.0, landmarks, quantize=False)
-    identity = (fc(f_i[-1].mean(dim=(2, 3))) - e_t).norm(dim=-1).mean()
+    identity = (encoder.net.descriptor(f_i) - e_t).norm(dim=-1).mean()
     perceptual = sum((a - b).abs().mean() / b.abs().mean().clamp(min=1e-6) for a, b in zip(f_i, f_t)) / len(f_t)
     return identity, perceptual
 

@@ -1,8 +1,9 @@
 """SFS and relighting with the learnt albedo model keep identity (issue 28), on the 17 test photos.
 
 For each photo of ../shared/data/faces, the `3d` views at each yaw (plain background, 160 px) are
-rendered three ways through `facesynth.rotate`: as photographed (`keep`), with `--sfs` (the shape
-refined from the shading, light and albedo from the albedo model), and with `--relight random`
+rendered from one fit of the photo, as `facesynth.rotate` renders them (`render_face`), three ways:
+as photographed (`keep`), with `--sfs` (the shape refined from the shading, light and albedo from
+the albedo model), and with `--relight random`
 (the de-lit texture under a light drawn from the LFW lights of the albedo model, one per view), and
 for reference with `--relight frontal` (the same de-lit texture under a soft light from the viewer).
 dlib's 128-D descriptor (dlib itself) of each view is compared with that of the `keep` view at the
@@ -43,12 +44,16 @@ from _common import RESULTS, Targets, add_target_option, face_photos
 from bench_real_photos import Dlib
 from face3d.image_io import load_image
 from face3d.morphable_model import load_morphable_model
-from face3d.sfs import _K, _sh_np
+from face3d.pipeline import reconstruct_faces
+from face3d.sfs import frontal_hemisphere_basis
+from face3d.shading import SH_LAMBERT, SH_NORMALIZATION
 from face3d.variants import prepare_sfs
-from facesynth.api import RenderOptions, as_poses, render_face, rotate
+from facesynth.api import RenderOptions, as_poses, render_face
 from facesynth.methods import load_method
 
 CASES = ("keep", "sfs", "relit", "frontal", "own", "albedo")
+#: the controls render with the plain options and their own lights
+CONTROL_OPTIONS = {"own": "keep", "albedo": "keep"}
 PAIR_MEDIAN_MAX, SAME_MAX, SOURCE_RISE_MAX = 0.35, 0.6, 0.03
 
 
@@ -77,17 +82,14 @@ def other_photos(photo: Path, photos: list[Path]) -> list[Path]:
 
 def control_lights(sh: np.ndarray) -> dict[str, np.ndarray]:
     """The two controls' SH lights (9, 3): the photo's own light `sh` scaled to median shading 1 over
-    the normals of a frontal hemisphere (n_z >= 0.3), per channel, as the de-lit texture is scaled;
-    and the uniform light of shading 1."""
-    g = np.linspace(-1, 1, 41)
-    x, y = np.meshgrid(g, g)
-    z2 = 1 - x * x - y * y
-    keep = z2 >= 0.09
-    n = np.stack([x[keep], y[keep], np.sqrt(z2[keep])], 1).astype(np.float32)
+    the normals of a frontal hemisphere (`frontal_hemisphere_basis`, as `normalised_light` scales),
+    per channel, as the de-lit texture is scaled; and the uniform light of shading 1 (band 0 alone:
+    irradiance SH_LAMBERT[0] * SH_NORMALIZATION[0] per unit of L[0])."""
+    basis = frontal_hemisphere_basis()
     L = np.asarray(sh, np.float64)
-    own = L / np.median(_sh_np(n).astype(np.float64) @ L, axis=0)
+    own = L / np.median(basis @ L, axis=0)
     flat = np.zeros((9, 3))
-    flat[0] = 1.0 / _K[0]
+    flat[0] = 1.0 / (SH_LAMBERT[0] * SH_NORMALIZATION[0])
     return {"own": own.astype(np.float32), "albedo": flat.astype(np.float32)}
 
 
@@ -107,6 +109,7 @@ def main() -> int:
                "sfs": RenderOptions(method="3d", size=args.size, background="plain", sfs=True),
                "relit": RenderOptions(method="3d", size=args.size, background="plain", relight="random"),
                "frontal": RenderOptions(method="3d", size=args.size, background="plain", relight="frontal")}
+    poses = as_poses(yaws=yaws)
     rows = []
     photos = face_photos()
     descriptors = {p: dl.largest_descriptor(load_image(p)) for p in photos}
@@ -114,12 +117,14 @@ def main() -> int:
         image = load_image(photo)
         src = descriptors[photo]
         others = [descriptors[p] for p in other_photos(photo, photos) if descriptors[p] is not None]
-        views = {case: rotate(image, yaws=yaws, options=opt)[0] for case, opt in options.items()}
-        rec = views["frontal"].reconstruction
-        state = prepare_sfs(rec, image, model, False, "frontal", len(yaws))
-        for case, light in control_lights(state.result.sh).items():
-            views[case] = render_face(rec, image, model, as_poses(yaws=yaws), options["keep"], maker,
-                                      sfs=replace(state, sh=np.repeat(light[None], len(yaws), 0)))[0]
+        # one fit per photo (the cases differ only after it), rendered as `rotate` renders its face 0
+        rec = reconstruct_faces(image, model, fit_config=options["keep"].fit_config(),
+                                detector=options["keep"].detector)[0]
+        state = prepare_sfs(rec, image, model, False, "frontal", len(poses), options["frontal"].seed, "face0")
+        sfs = {"frontal": state, **{case: replace(state, sh=np.repeat(light[None], len(poses), 0))
+                                    for case, light in control_lights(state.result.sh).items()}}
+        views = {case: render_face(rec, image, model, poses, options[CONTROL_OPTIONS.get(case, case)], maker,
+                                   key="face0", sfs=sfs.get(case))[0] for case in CASES}
         for i, yaw in enumerate(yaws):
             d = {case: dl.largest_descriptor(views[case].images[i]) for case in CASES}
             row = {"photo": f"{photo.parent.name}/{photo.name}", "yaw": yaw,

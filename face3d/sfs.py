@@ -33,6 +33,7 @@ de-lit with `delight_image` (divide the photo by the estimated shading) for `--r
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -658,6 +659,20 @@ MAX_CONTRAST = 0.8
 _X_ODD = (3, 4, 7)
 
 
+@functools.lru_cache(maxsize=1)
+def frontal_hemisphere_basis() -> np.ndarray:
+    """(N, 9) float64, read-only: the SH basis of the normals of a frontal hemisphere (n_z >= 0.3, a
+    41 x 41 grid over x and y): what `normalised_light` scales a light's median shading over."""
+    g = np.linspace(-1, 1, 41)
+    x, y = np.meshgrid(g, g)
+    z2 = 1 - x * x - y * y
+    keep = z2 >= 0.09
+    n = np.stack([x[keep], y[keep], np.sqrt(z2[keep])], 1)
+    basis = _sh_np(n.astype(np.float32)).astype(np.float64)
+    basis.flags.writeable = False
+    return basis
+
+
 def normalised_light(sh: np.ndarray, mirror: bool = False) -> np.ndarray:
     """An SH light (9, 3), mirrored left-right if asked, scaled so that its median shading over the
     normals of a frontal hemisphere (n_z >= 0.3) is 1, its direction kept, its contrast (first-order
@@ -666,12 +681,7 @@ def normalised_light(sh: np.ndarray, mirror: bool = False) -> np.ndarray:
     L = np.array(sh, np.float64)
     if mirror:
         L[list(_X_ODD)] *= -1.0
-    g = np.linspace(-1, 1, 41)
-    x, y = np.meshgrid(g, g)
-    z2 = 1 - x * x - y * y
-    keep = z2 >= 0.09
-    n = np.stack([x[keep], y[keep], np.sqrt(z2[keep])], 1)
-    basis = _sh_np(n.astype(np.float32)).astype(np.float64)
+    basis = frontal_hemisphere_basis()
     shade = basis @ L
     level = float(np.median(shade.mean(axis=1)))
     # the colour of a fitted light is the photo's white balance (and the fit's noise) as much as

@@ -64,7 +64,8 @@ def reconstruction(refiner, pairs_dir: Path, val_pairs: int, targets: Targets) -
 
     _, test = split_heldout(pair_files(pairs_dir / "heldout"), val_pairs)
     data = PairSet.load(test)
-    per = evaluate_refiner(refiner.generator, data, IdentityEncoder.load())
+    encoder = IdentityEncoder.load()
+    per = evaluate_refiner(refiner.generator, data, encoder)
     s = summarise(per)
     print(f"\n(a) Reconstruction on {len(data)} held-out test pairs (head region the render covers), mean [median]")
     print(f"{'':22s} {'raw render':>18s} {'refined':>18s} {'change':>10s} {'target':>10s}")
@@ -78,13 +79,13 @@ def reconstruction(refiner, pairs_dir: Path, val_pairs: int, targets: Targets) -
               "identity": targets.check("reconstruction_identity_reduction", s["id_reduction"], ">=", 0.20)}
     single = None
     if isinstance(refiner.generator, FlipAveraged):  # the same weights without the flip averaging, for reference
-        single = summarise(evaluate_refiner(refiner.generator.generator, data, IdentityEncoder.load()))
+        single = summarise(evaluate_refiner(refiner.generator.generator, data, encoder))
         print(f"   one generator pass, no flip averaging: L1 {single['l1_refined_mean']:.4f} "
               f"({-100 * single['l1_reduction']:+.1f}%), SSIM {single['ssim_refined_mean']:.4f}, identity "
               f"{single['id_refined_mean']:.4f} ({-100 * single['id_reduction']:+.1f}%)")
     composite = None
     if refiner.keep_seen is not None:   # as `--method hybrid` shows it: the render where the photo saw the head
-        composite = summarise(evaluate_refiner(refiner.generator, data, IdentityEncoder.load(), keep_seen=True))
+        composite = summarise(evaluate_refiner(refiner.generator, data, encoder, keep_seen=True))
         print(f"   as --method hybrid composes it (the render kept where the texture confidence >= "
               f"{refiner.keep_seen[1]:g}): L1 {composite['l1_refined_mean']:.4f} ({-100 * composite['l1_reduction']:+.1f}%), "
               f"SSIM {composite['ssim_refined_mean']:.4f}, identity {composite['id_refined_mean']:.4f} "

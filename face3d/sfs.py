@@ -466,6 +466,7 @@ def _gauss_newton(view: _SourceView, obs: _Observations, L: np.ndarray, rho: np.
     cost_hist = []
     didx = np.nonzero(obs.usable[fidx])[0]        # rows of the data term, among the free vertices
     dv = fidx[didx]
+    sane = None          # the vertices the data term keeps: set in the first iteration
     for it in range(cfg.iterations):
         vm = view.vertices + d[:, None] * view.normals
         cp, _ = view.project(vm)

@@ -311,10 +311,11 @@ def _extract_texture(fit, image: np.ndarray, model: MorphableModel, cfg: Texture
     if cfg.segment:
         alpha = ear_alpha(fit, image, texels.ear, seen, colours, raster.mirror.reshape(-1), flat, (Ht, Wt), skin[1:])
 
-    shading = None
-    if np.any(np.asarray(fit.sh) != 0):     # a landmark-only fit has no light (sh = 0): mirror as photographed
-        def shading(idx: np.ndarray) -> np.ndarray:   # only the texels the mirror fill touches need it
-            return texel_shading(n[:, texels.row[idx]].T, fit.sh)
+    def fitted_shading(idx: np.ndarray) -> np.ndarray:   # only the texels the mirror fill touches need it
+        return texel_shading(n[:, texels.row[idx]].T, fit.sh)
+
+    # a landmark-only fit has no light (sh = 0): mirror as photographed
+    shading = fitted_shading if np.any(np.asarray(fit.sh) != 0) else None
     _fill_from_mirror(tex, conf, raster.mirror.reshape(-1), cfg.mirror_below, shading)
     if texels.mouth.any():
         socket = np.nonzero(texels.mouth)[0]

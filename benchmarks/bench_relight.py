@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import re
 import sys
 import time
@@ -57,15 +58,21 @@ CONTROL_OPTIONS = {"own": "keep", "albedo": "keep"}
 PAIR_MEDIAN_MAX, SAME_MAX, SOURCE_RISE_MAX = 0.35, 0.6, 0.03
 
 
+@functools.lru_cache(maxsize=None)
+def photo_labels(folder: Path) -> dict[str, dict]:
+    """The rows of `folder`'s labels.csv by their `file` ("person/photo.jpg"), read once."""
+    with open(folder / "labels.csv", newline="") as f:
+        return {row["file"]: row for row in csv.DictReader(f)}
+
+
 def source_photo(photo: Path) -> str:
     """The file a test photo was taken from, the original where labels.csv's notes call it a crop of
     another file of the same source ("crop of examples/obama.jpg"): copies share one key."""
-    with open(photo.parent.parent / "labels.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            if row["file"] == f"{photo.parent.name}/{photo.name}":
-                m = re.search(r"crop of (\S+\.jpg)", row.get("notes") or "")
-                return m.group(1) if m else row["source_path"]
-    return photo.name
+    row = photo_labels(photo.parent.parent).get(f"{photo.parent.name}/{photo.name}")
+    if row is None:
+        return photo.name
+    m = re.search(r"crop of (\S+\.jpg)", row.get("notes") or "")
+    return m.group(1) if m else row["source_path"]
 
 
 def other_photos(photo: Path, photos: list[Path]) -> list[Path]:
